@@ -1,0 +1,1 @@
+"""grants layer (see ../shared/DESIGN.md)."""

@@ -1,0 +1,429 @@
+"""The embedded engine: TigerBeetle's state machine in-process, durable, behind the client API.
+
+`EmbeddedEngine` owns one `StateMachine` and, when it has a data directory, one `Journal`.
+`client_sync()` and `client_async()` hand out objects with exactly the methods, argument types
+and return types of `tigerbeetle.ClientSync` / `tigerbeetle.ClientAsync`.
+
+Invariants:
+- Requests are applied one at a time under `_lock`, in the order they are journaled; replaying
+  the journal therefore rebuilds the same state.
+- A request is answered only once its record, and every record before it, is durable. A read is
+  answered only once every record it might have observed is durable, so no caller ever sees
+  state that a crash could take back.
+- Pending transfers expire by themselves: before any request, the engine runs TigerBeetle's
+  `pulse` for every timeout that the clock has passed, and journals it like a request.
+- Malformed input (a field out of its integer range, too many events) raises the same exception
+  as the real client, before anything is applied.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ledger.clock import wall_clock_ns
+from ledger.embedded.journal import Journal
+from ledger.embedded.state import AccountTuple, StateMachine, TransferTuple
+from ledger.limits import BATCH_EVENTS_MAX, JOURNAL_SNAPSHOT_BYTES_DEFAULT
+from ledger.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    AccountFlags,
+    ClientClosedError,
+    CreateAccountResult,
+    CreateTransferResult,
+    IntegerOverflowError,
+    QueryFilter,
+    TooMuchDataError,
+    Transfer,
+    TransferFlags,
+)
+
+OP_PULSE = 128
+OP_CREATE_ACCOUNTS = 146
+OP_CREATE_TRANSFERS = 147
+
+_TRANSFER_FIELDS = (
+    ("id", 128), ("debit_account_id", 128), ("credit_account_id", 128), ("amount", 128),
+    ("pending_id", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
+    ("timeout", 32), ("ledger", 32), ("code", 16), ("flags", 16), ("timestamp", 64),
+)  # fmt: skip
+_ACCOUNT_FIELDS = (
+    ("id", 128), ("debits_pending", 128), ("debits_posted", 128), ("credits_pending", 128),
+    ("credits_posted", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
+    ("ledger", 32), ("code", 16), ("flags", 16), ("timestamp", 64),
+)  # fmt: skip
+_FILTER_FIELDS = (
+    ("account_id", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
+    ("code", 16), ("timestamp_min", 64), ("timestamp_max", 64), ("limit", 32), ("flags", 32),
+)  # fmt: skip
+_QUERY_FIELDS = (
+    ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32), ("ledger", 32),
+    ("code", 16), ("timestamp_min", 64), ("timestamp_max", 64), ("limit", 32), ("flags", 32),
+)  # fmt: skip
+
+
+class EmbeddedEngine:
+    """TigerBeetle's state machine in this process; durable when given a data directory."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        clock_ns: Callable[[], int] = wall_clock_ns,
+        fsync: bool = True,
+        snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
+    ) -> None:
+        assert snapshot_bytes > 0
+        self._clock_ns = clock_ns
+        self._lock = threading.Lock()
+        self._snapshot_bytes = snapshot_bytes
+        self._closed = False
+        self.journal: Journal | None = None
+        self.torn_bytes = 0
+        self.replayed_records = 0
+        if data_dir is None:
+            self.state = StateMachine()
+            return
+        journal = Journal(data_dir, fsync=fsync)
+        try:
+            recovered = journal.recover()
+            state = (
+                StateMachine()
+                if recovered.snapshot is None
+                else StateMachine.from_export(marshal.loads(recovered.snapshot))
+            )
+            for payload in recovered.records:
+                _apply_record(state, payload)
+            journal.start()
+        except BaseException:
+            journal.close()
+            raise
+        self.state = state
+        self.journal = journal
+        self.torn_bytes = recovered.torn_bytes
+        self.replayed_records = len(recovered.records)
+
+    # -------------------------------------------------------------------------------------
+    # Clients.
+
+    def client_sync(self) -> EmbeddedClientSync:
+        return EmbeddedClientSync(self)
+
+    def client_async(self) -> EmbeddedClientAsync:
+        return EmbeddedClientAsync(self)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.journal is not None:
+            self.journal.close()
+
+    def __enter__(self) -> EmbeddedEngine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------------------------------
+    # Requests. Each returns (result, journal position to wait for).
+
+    def create_accounts(self, accounts: Sequence[Account]) -> tuple[list[Any], int]:
+        events = _account_tuples(accounts)
+        with self._lock:
+            self._check_open()
+            self._pulse()
+            timestamp = self.state.prepare(len(events), self._clock_ns())
+            results = self.state.create_accounts(timestamp, events)
+            position = self._journal(OP_CREATE_ACCOUNTS, timestamp, events)
+        return [CreateAccountResult(timestamp=ts, status=s) for s, ts in results], position
+
+    def create_transfers(self, transfers: Sequence[Transfer]) -> tuple[list[Any], int]:
+        events = _transfer_tuples(transfers)
+        with self._lock:
+            self._check_open()
+            self._pulse()
+            timestamp = self.state.prepare(len(events), self._clock_ns())
+            results = self.state.create_transfers(timestamp, events)
+            position = self._journal(OP_CREATE_TRANSFERS, timestamp, events)
+        return [CreateTransferResult(timestamp=ts, status=s) for s, ts in results], position
+
+    def read(self, operation: str, argument: Any) -> tuple[list[Any], int]:
+        if operation in ("lookup_accounts", "lookup_transfers"):
+            ids = list(argument)
+            if len(ids) > BATCH_EVENTS_MAX:
+                raise TooMuchDataError()
+            for i in ids:
+                _check_uint("id", i, 128)
+            argument = ids
+        with self._lock:
+            self._check_open()
+            self._pulse()
+            rows = getattr(self.state, operation)(argument)
+            position = self.journal.appended if self.journal is not None else 0
+            return _to_python(operation, rows), position
+
+    def _pulse(self) -> None:
+        """Expires every pending transfer whose timeout the clock has passed (TigerBeetle's
+        `pulse` operation), journaled like a request."""
+        state = self.state
+        now = self._clock_ns()
+        while state.pulse_needed(now):
+            timestamp = state.prepare(BATCH_EVENTS_MAX, now)
+            state.pulse(timestamp)
+            self._journal(OP_PULSE, timestamp, ())
+
+    def _journal(self, operation: int, timestamp: int, events: Sequence[Any]) -> int:
+        journal = self.journal
+        if journal is None:
+            return 0
+        position = journal.append(marshal.dumps((operation, timestamp, events)))
+        if journal.segment_bytes >= self._snapshot_bytes:
+            journal.rotate(marshal.dumps(self.state.export()), position)
+        return position
+
+    def snapshot(self) -> None:
+        """Writes a snapshot now (start-up then replays nothing before it)."""
+        with self._lock:
+            self._check_open()
+            if self.journal is not None:
+                self.journal.rotate(marshal.dumps(self.state.export()), self.journal.appended)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError()
+
+    def wait(self, position: int) -> None:
+        if self.journal is not None and position:
+            self.journal.wait(position)
+
+    async def wait_async(self, position: int) -> None:
+        if self.journal is not None and position:
+            await self.journal.wait_async(position)
+
+
+def _apply_record(state: StateMachine, payload: bytes) -> None:
+    operation, timestamp, events = marshal.loads(payload)
+    state.prepare_timestamp = max(state.prepare_timestamp, timestamp)
+    if operation == OP_CREATE_TRANSFERS:
+        state.create_transfers(timestamp, events)
+    elif operation == OP_CREATE_ACCOUNTS:
+        state.create_accounts(timestamp, events)
+    elif operation == OP_PULSE:
+        state.pulse(timestamp)
+    else:
+        raise ValueError(f"unknown journal operation {operation}")
+
+
+# -----------------------------------------------------------------------------------------
+# Conversions between TigerBeetle's dataclasses and the state machine's tuples.
+
+
+def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
+    if len(transfers) > BATCH_EVENTS_MAX:
+        raise TooMuchDataError()
+    events = [
+        (
+            t.id, t.debit_account_id, t.credit_account_id, t.amount, t.pending_id,
+            t.user_data_128, t.user_data_64, t.user_data_32, t.timeout, t.ledger, t.code,
+            int(t.flags), t.timestamp,
+        )  # fmt: skip
+        for t in transfers
+    ]
+    for e in events:
+        wide = e[0] | e[1] | e[2] | e[3] | e[4] | e[5]
+        narrow = e[7] | e[8] | e[9]
+        if wide >> 128 or wide < 0 or (e[6] | e[12]) >> 64 or narrow >> 32 or (e[10] | e[11]) >> 16 or (
+            min(e[6], e[12], narrow, e[10], e[11]) < 0
+        ):
+            _raise_overflow(e, _TRANSFER_FIELDS)
+    return events
+
+
+def _account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
+    if len(accounts) > BATCH_EVENTS_MAX:
+        raise TooMuchDataError()
+    events = [
+        (
+            a.id, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
+            a.user_data_128, a.user_data_64, a.user_data_32, a.ledger, a.code, int(a.flags),
+            a.timestamp,
+        )  # fmt: skip
+        for a in accounts
+    ]
+    for e in events:
+        for (name, bits), value in zip(_ACCOUNT_FIELDS, e, strict=True):
+            _check_uint(name, value, bits)
+    return events
+
+
+def _filter_tuple(f: AccountFilter | QueryFilter, fields: tuple[tuple[str, int], ...]) -> tuple[
+    int, ...
+]:
+    values = tuple(int(getattr(f, name)) for name, _ in fields)
+    for (name, bits), value in zip(fields, values, strict=True):
+        _check_uint(name, value, bits)
+    return values
+
+
+def _raise_overflow(values: tuple[int, ...], fields: tuple[tuple[str, int], ...]) -> None:
+    for (name, bits), value in zip(fields, values, strict=True):
+        _check_uint(name, value, bits)
+    raise AssertionError("unreachable: a field was out of range")
+
+
+def _check_uint(name: str, number: int, bits: int) -> None:
+    # The same checks and messages as the tigerbeetle client's `validate_uint`.
+    if number > 2**bits - 1:
+        raise IntegerOverflowError(f"{name}=={number} is too large to fit in {bits} bits")
+    if number < 0:
+        raise IntegerOverflowError(f"{name}=={number} cannot be negative")
+
+
+def _account(a: Sequence[int]) -> Account:
+    return Account(
+        id=a[0], debits_pending=a[1], debits_posted=a[2], credits_pending=a[3],
+        credits_posted=a[4], user_data_128=a[5], user_data_64=a[6], user_data_32=a[7],
+        ledger=a[8], code=a[9], flags=AccountFlags(a[10]), timestamp=a[11],
+    )  # fmt: skip
+
+
+def _transfer(t: TransferTuple) -> Transfer:
+    return Transfer(
+        id=t[0], debit_account_id=t[1], credit_account_id=t[2], amount=t[3], pending_id=t[4],
+        user_data_128=t[5], user_data_64=t[6], user_data_32=t[7], timeout=t[8], ledger=t[9],
+        code=t[10], flags=TransferFlags(t[11]), timestamp=t[12],
+    )  # fmt: skip
+
+
+def _balance(b: tuple[int, int, int, int, int]) -> AccountBalance:
+    return AccountBalance(
+        debits_pending=b[0], debits_posted=b[1], credits_pending=b[2], credits_posted=b[3],
+        timestamp=b[4],
+    )
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "lookup_accounts": _account,
+    "query_accounts": _account,
+    "lookup_transfers": _transfer,
+    "query_transfers": _transfer,
+    "get_account_transfers": _transfer,
+    "get_account_balances": _balance,
+}
+
+
+def _to_python(operation: str, rows: list[Any]) -> list[Any]:
+    convert = _CONVERT[operation]
+    return [convert(r) for r in rows]
+
+
+# -----------------------------------------------------------------------------------------
+# The client faces.
+
+
+class EmbeddedClientSync:
+    """The methods of `tigerbeetle.ClientSync`, answered by an embedded engine."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        self._engine = engine
+
+    def create_accounts(self, accounts: list[Account]) -> list[CreateAccountResult]:
+        results, position = self._engine.create_accounts(accounts)
+        self._engine.wait(position)
+        return results
+
+    def create_transfers(self, transfers: list[Transfer]) -> list[CreateTransferResult]:
+        results, position = self._engine.create_transfers(transfers)
+        self._engine.wait(position)
+        return results
+
+    def _read(self, operation: str, argument: Any) -> list[Any]:
+        rows, position = self._engine.read(operation, argument)
+        self._engine.wait(position)
+        return rows
+
+    def lookup_accounts(self, accounts: list[int]) -> list[Account]:
+        return self._read("lookup_accounts", accounts)
+
+    def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
+        return self._read("lookup_transfers", transfers)
+
+    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+        return self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
+
+    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:  # noqa: A002
+        return self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
+
+    def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return self._read("query_accounts", _filter_tuple(query_filter, _QUERY_FIELDS))
+
+    def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        return self._read("query_transfers", _filter_tuple(query_filter, _QUERY_FIELDS))
+
+    def close(self) -> None:
+        """Closing a client leaves the engine open; the engine's owner closes it."""
+
+    def __enter__(self) -> EmbeddedClientSync:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class EmbeddedClientAsync:
+    """The methods of `tigerbeetle.ClientAsync`, answered by an embedded engine."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        self._engine = engine
+
+    async def create_accounts(self, accounts: list[Account]) -> list[CreateAccountResult]:
+        results, position = self._engine.create_accounts(accounts)
+        await self._engine.wait_async(position)
+        return results
+
+    async def create_transfers(self, transfers: list[Transfer]) -> list[CreateTransferResult]:
+        results, position = self._engine.create_transfers(transfers)
+        await self._engine.wait_async(position)
+        return results
+
+    async def _read(self, operation: str, argument: Any) -> list[Any]:
+        rows, position = self._engine.read(operation, argument)
+        await self._engine.wait_async(position)
+        return rows
+
+    async def lookup_accounts(self, accounts: list[int]) -> list[Account]:
+        return await self._read("lookup_accounts", accounts)
+
+    async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
+        return await self._read("lookup_transfers", transfers)
+
+    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+        return await self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
+
+    async def get_account_balances(
+        self,
+        filter: AccountFilter,  # noqa: A002
+    ) -> list[AccountBalance]:
+        return await self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
+
+    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return await self._read("query_accounts", _filter_tuple(query_filter, _QUERY_FIELDS))
+
+    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        return await self._read("query_transfers", _filter_tuple(query_filter, _QUERY_FIELDS))
+
+    async def close(self) -> None:
+        """Closing a client leaves the engine open; the engine's owner closes it."""
+
+    async def __aenter__(self) -> EmbeddedClientAsync:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

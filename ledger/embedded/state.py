@@ -1,0 +1,841 @@
+"""TigerBeetle's state machine, in memory, deterministic, with no I/O.
+
+This module mirrors `src/state_machine.zig` of TigerBeetle 0.17 for every operation the project
+uses. Invariants:
+
+- The state changes only through `create_accounts`, `create_transfers` and `pulse`, each given
+  its cluster timestamp by the caller. Given the same sequence of (operation, timestamp, events),
+  two state machines reach byte-identical states (`canonical_bytes`): that is what makes the
+  journal's replay exact.
+- Validation follows TigerBeetle's order of precedence, so the same bad event gets the same
+  status from the embedded engine and from a real cluster.
+- A linked chain is all or nothing: the effects of its events are recorded in an undo log and
+  rolled back, in reverse, when an event of the chain fails.
+- Per ledger, the sum of debits equals the sum of credits, posted and pending, after every event.
+
+Events travel as tuples, not dataclasses, because this loop is the embedded engine's hot path:
+- account tuple  (id, debits_pending, debits_posted, credits_pending, credits_posted,
+                  user_data_128, user_data_64, user_data_32, ledger, code, flags, timestamp)
+- transfer tuple (id, debit_account_id, credit_account_id, amount, pending_id, user_data_128,
+                  user_data_64, user_data_32, timeout, ledger, code, flags, timestamp)
+A stored account is a list with the account tuple's layout (its balances change in place); a
+stored transfer is a tuple (it never changes once created).
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ledger.limits import BATCH_EVENTS_MAX, TIMESTAMP_MAX, TIMESTAMP_MIN, U128_MAX
+from ledger.types import CreateAccountStatus as A
+from ledger.types import CreateTransferStatus as T
+
+AccountTuple = tuple[int, int, int, int, int, int, int, int, int, int, int, int]
+TransferTuple = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int]
+
+# Account flag bits.
+AF_LINKED = 1
+AF_DEBITS_MUST_NOT_EXCEED_CREDITS = 2
+AF_CREDITS_MUST_NOT_EXCEED_DEBITS = 4
+AF_HISTORY = 8
+AF_IMPORTED = 16
+AF_CLOSED = 32
+AF_PADDING = 0xFFFF & ~0x3F
+
+# Transfer flag bits.
+TF_LINKED = 1
+TF_PENDING = 2
+TF_POST = 4
+TF_VOID = 8
+TF_BALANCING_DEBIT = 16
+TF_BALANCING_CREDIT = 32
+TF_CLOSING_DEBIT = 64
+TF_CLOSING_CREDIT = 128
+TF_IMPORTED = 256
+TF_PADDING = 0xFFFF & ~0x1FF
+
+# Status of a pending transfer (TigerBeetle's TransferPendingStatus).
+PENDING = 1
+POSTED = 2
+VOIDED = 3
+EXPIRED = 4
+
+NS_PER_S = 1_000_000_000
+
+# Account list indexes.
+_ID, _DP, _DPO, _CP, _CPO, _U128, _U64, _U32, _LEDGER, _CODE, _FLAGS, _TS = range(12)
+
+# Transfer statuses that leave the transfer id unusable: a transient failure must be retried
+# with a new id (TigerBeetle's `CreateTransferStatus.transient()`).
+TRANSIENT = frozenset(
+    {
+        T.DEBIT_ACCOUNT_NOT_FOUND,
+        T.CREDIT_ACCOUNT_NOT_FOUND,
+        T.PENDING_TRANSFER_NOT_FOUND,
+        T.EXCEEDS_CREDITS,
+        T.EXCEEDS_DEBITS,
+        T.DEBIT_ACCOUNT_ALREADY_CLOSED,
+        T.CREDIT_ACCOUNT_ALREADY_CLOSED,
+    }
+)
+
+_T_CREATED = T.CREATED
+_A_CREATED = A.CREATED
+
+
+class StateMachine:
+    """The ledger's state and TigerBeetle's rules for changing it."""
+
+    def __init__(self) -> None:
+        self.accounts: dict[int, list[int]] = {}
+        # Accounts and transfers in timestamp order, for query_accounts / query_transfers.
+        self.account_log: list[list[int]] = []
+        self.account_log_ts: list[int] = []
+        self.transfers: dict[int, TransferTuple] = {}
+        self.transfer_log: list[TransferTuple] = []
+        self.transfer_log_ts: list[int] = []
+        # Transfers of each account, in timestamp order, for get_account_transfers.
+        self.account_transfers: dict[int, list[TransferTuple]] = {}
+        # Status of every pending transfer, by its id.
+        self.pending_status: dict[int, int] = {}
+        # (expires_at, timestamp, id) of pending transfers with a timeout. Entries of posted,
+        # voided or rolled-back transfers stay until they reach the top and are skipped.
+        self.expiry_heap: list[tuple[int, int, int]] = []
+        # Ids of transfers that failed with a transient status (`id_already_failed`).
+        self.orphans: set[int] = set()
+        # Balances after each transfer touching a history account, by transfer timestamp:
+        # (dr_id, dr dp, dpo, cp, cpo, cr_id, cr dp, dpo, cp, cpo).
+        self.history: dict[int, tuple[int, ...]] = {}
+        self.account_timestamps: set[int] = set()
+        self.commit_timestamp = 0
+        self.prepare_timestamp = 0
+        self._undo: list[tuple[Any, ...]] | None = None
+
+    # ---------------------------------------------------------------------------------------
+    # Timestamps.
+
+    def prepare(self, events_count: int, realtime_ns: int) -> int:
+        """Assigns the cluster timestamp of a request, as TigerBeetle's primary does."""
+        timestamp = max(max(self.prepare_timestamp, self.commit_timestamp) + 1, realtime_ns)
+        timestamp += events_count
+        assert TIMESTAMP_MIN <= timestamp <= TIMESTAMP_MAX
+        self.prepare_timestamp = timestamp
+        return timestamp
+
+    def pulse_needed(self, timestamp: int) -> bool:
+        heap = self.expiry_heap
+        while heap:
+            _, ts, tid = heap[0]
+            if self.pending_status.get(tid) == PENDING and self._transfer_ts(tid) == ts:
+                return heap[0][0] <= timestamp
+            heapq.heappop(heap)
+        return False
+
+    def _transfer_ts(self, tid: int) -> int:
+        t = self.transfers.get(tid)
+        return -1 if t is None else t[12]
+
+    # ---------------------------------------------------------------------------------------
+    # create_accounts / create_transfers: the batch driver with linked chains.
+
+    def create_accounts(self, timestamp: int, events: Sequence[AccountTuple]) -> list[Any]:
+        return self._execute(timestamp, events, self._create_account, A, False)
+
+    def create_transfers(self, timestamp: int, events: Sequence[TransferTuple]) -> list[Any]:
+        return self._execute(timestamp, events, self._create_transfer, T, True)
+
+    def _execute(
+        self, timestamp: int, events: Sequence[Any], create: Any, S: Any, transfers: bool
+    ) -> list[Any]:
+        """Returns [(status, timestamp)] per event: TigerBeetle's `execute_create`."""
+        n = len(events)
+        assert n <= BATCH_EVENTS_MAX
+        results: list[Any] = []
+        chain: int | None = None
+        chain_broken = False
+        flags_index = 11 if transfers else 10
+        imported_bit = TF_IMPORTED if transfers else AF_IMPORTED
+        batch_imported = n > 0 and bool(events[0][flags_index] & imported_bit)
+        created = S.CREATED
+        base = timestamp - n
+        for index, event in enumerate(events):
+            ts_event = base + index + 1
+            linked = event[flags_index] & 1
+            status: Any = None
+            ts_actual = ts_event
+            if linked:
+                if chain is None:
+                    chain = index
+                    self._undo = []
+                if index == n - 1:
+                    status = S.LINKED_EVENT_CHAIN_OPEN
+            if status is None:
+                if chain_broken:
+                    status = S.LINKED_EVENT_FAILED
+                else:
+                    status = self._check_timestamp(event, imported_bit, batch_imported, timestamp, S)
+                    if status is None:
+                        status, ts_actual = create(ts_event, event)
+            if status is not created:
+                if chain is not None and not chain_broken:
+                    chain_broken = True
+                    self._rollback()
+                    failed = S.LINKED_EVENT_FAILED
+                    for i in range(chain, index):
+                        results[i] = (failed, results[i][1])
+                if transfers and status in TRANSIENT:
+                    self.orphans.add(event[0])
+            results.append((status, ts_actual))
+            if chain is not None and (not linked or index == n - 1):
+                chain = None
+                chain_broken = False
+                self._undo = None
+        return results
+
+    @staticmethod
+    def _check_timestamp(
+        event: Any, imported_bit: int, batch_imported: bool, timestamp: int, S: Any
+    ) -> Any:
+        """The batch-level checks of `execute_create`, before the event's own validation."""
+        imported = bool(event[-2] & imported_bit)
+        if batch_imported != imported:
+            return S.IMPORTED_EVENT_NOT_EXPECTED if imported else S.IMPORTED_EVENT_EXPECTED
+        ts = event[-1]
+        if imported:
+            if not TIMESTAMP_MIN <= ts <= TIMESTAMP_MAX:
+                return S.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
+            if ts >= timestamp:
+                return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
+        elif ts != 0:
+            return S.TIMESTAMP_MUST_BE_ZERO
+        return None
+
+    def _rollback(self) -> None:
+        undo = self._undo
+        assert undo is not None
+        for entry in reversed(undo):
+            if entry[0] == 0:
+                self._undo_account(entry)
+            else:
+                self._undo_transfer(entry)
+        undo.clear()
+
+    # ---------------------------------------------------------------------------------------
+    # create_account.
+
+    def _create_account(self, ts_event: int, a: AccountTuple) -> tuple[Any, int]:
+        flags = a[10]
+        if flags & AF_PADDING:
+            return A.RESERVED_FLAG, ts_event
+        aid = a[0]
+        if aid == 0:
+            return A.ID_MUST_NOT_BE_ZERO, ts_event
+        if aid == U128_MAX:
+            return A.ID_MUST_NOT_BE_INT_MAX, ts_event
+        e = self.accounts.get(aid)
+        if e is not None:
+            return self._account_exists(a, e, ts_event)
+        both = AF_DEBITS_MUST_NOT_EXCEED_CREDITS | AF_CREDITS_MUST_NOT_EXCEED_DEBITS
+        if flags & both == both:
+            return A.FLAGS_ARE_MUTUALLY_EXCLUSIVE, ts_event
+        if a[1] != 0:
+            return A.DEBITS_PENDING_MUST_BE_ZERO, ts_event
+        if a[2] != 0:
+            return A.DEBITS_POSTED_MUST_BE_ZERO, ts_event
+        if a[3] != 0:
+            return A.CREDITS_PENDING_MUST_BE_ZERO, ts_event
+        if a[4] != 0:
+            return A.CREDITS_POSTED_MUST_BE_ZERO, ts_event
+        if a[8] == 0:
+            return A.LEDGER_MUST_NOT_BE_ZERO, ts_event
+        if a[9] == 0:
+            return A.CODE_MUST_NOT_BE_ZERO, ts_event
+        ts = ts_event
+        if flags & AF_IMPORTED:
+            ts = a[11]
+            if (self.account_log_ts and ts <= self.account_log_ts[-1]) or self._transfer_at(ts):
+                return A.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, ts_event
+        account = [aid, 0, 0, 0, 0, a[5], a[6], a[7], a[8], a[9], flags, ts]
+        self.accounts[aid] = account
+        self.account_log.append(account)
+        self.account_log_ts.append(ts)
+        self.account_timestamps.add(ts)
+        if self._undo is not None:
+            self._undo.append((0, aid, ts, self.commit_timestamp))
+        self.commit_timestamp = ts
+        return _A_CREATED, ts
+
+    def _undo_account(self, entry: tuple[Any, ...]) -> None:
+        _, aid, ts, commit_timestamp = entry
+        del self.accounts[aid]
+        self.account_log.pop()
+        self.account_log_ts.pop()
+        self.account_timestamps.discard(ts)
+        self.account_transfers.pop(aid, None)
+        self.commit_timestamp = commit_timestamp
+
+    @staticmethod
+    def _account_exists(a: AccountTuple, e: list[int], ts_event: int) -> tuple[Any, int]:
+        if a[10] != e[_FLAGS]:
+            return A.EXISTS_WITH_DIFFERENT_FLAGS, ts_event
+        if a[5] != e[_U128]:
+            return A.EXISTS_WITH_DIFFERENT_USER_DATA_128, ts_event
+        if a[6] != e[_U64]:
+            return A.EXISTS_WITH_DIFFERENT_USER_DATA_64, ts_event
+        if a[7] != e[_U32]:
+            return A.EXISTS_WITH_DIFFERENT_USER_DATA_32, ts_event
+        if a[8] != e[_LEDGER]:
+            return A.EXISTS_WITH_DIFFERENT_LEDGER, ts_event
+        if a[9] != e[_CODE]:
+            return A.EXISTS_WITH_DIFFERENT_CODE, ts_event
+        return A.EXISTS, e[_TS]
+
+    def _transfer_at(self, timestamp: int) -> bool:
+        log_ts = self.transfer_log_ts
+        i = bisect_left(log_ts, timestamp)
+        return i < len(log_ts) and log_ts[i] == timestamp
+
+    # ---------------------------------------------------------------------------------------
+    # create_transfer.
+
+    def _create_transfer(self, ts_event: int, t: TransferTuple) -> tuple[Any, int]:
+        (tid, dr_id, cr_id, amount, pending_id, _, _, _, timeout, ledger, code, flags, _) = t
+        if flags & TF_PADDING:
+            return T.RESERVED_FLAG, ts_event
+        if tid == 0:
+            return T.ID_MUST_NOT_BE_ZERO, ts_event
+        if tid == U128_MAX:
+            return T.ID_MUST_NOT_BE_INT_MAX, ts_event
+        e = self.transfers.get(tid)
+        if e is not None:
+            return self._transfer_exists(t, e, ts_event)
+        if tid in self.orphans:
+            return T.ID_ALREADY_FAILED, ts_event
+        if flags & (TF_POST | TF_VOID):
+            return self._post_or_void(ts_event, t)
+        if dr_id == 0:
+            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, ts_event
+        if dr_id == U128_MAX:
+            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, ts_event
+        if cr_id == 0:
+            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, ts_event
+        if cr_id == U128_MAX:
+            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, ts_event
+        if cr_id == dr_id:
+            return T.ACCOUNTS_MUST_BE_DIFFERENT, ts_event
+        if pending_id != 0:
+            return T.PENDING_ID_MUST_BE_ZERO, ts_event
+        pending = flags & TF_PENDING
+        if not pending:
+            if timeout != 0:
+                return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, ts_event
+            if flags & (TF_CLOSING_DEBIT | TF_CLOSING_CREDIT):
+                return T.CLOSING_TRANSFER_MUST_BE_PENDING, ts_event
+        if ledger == 0:
+            return T.LEDGER_MUST_NOT_BE_ZERO, ts_event
+        if code == 0:
+            return T.CODE_MUST_NOT_BE_ZERO, ts_event
+        accounts = self.accounts
+        dr = accounts.get(dr_id)
+        if dr is None:
+            return T.DEBIT_ACCOUNT_NOT_FOUND, ts_event
+        cr = accounts.get(cr_id)
+        if cr is None:
+            return T.CREDIT_ACCOUNT_NOT_FOUND, ts_event
+        if dr[_LEDGER] != cr[_LEDGER]:
+            return T.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER, ts_event
+        if ledger != dr[_LEDGER]:
+            return T.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS, ts_event
+        ts = ts_event
+        if flags & TF_IMPORTED:
+            status = self._check_imported_transfer(t, dr, cr)
+            if status is not None:
+                return status, ts_event
+            ts = t[12]
+        if dr[_FLAGS] & AF_CLOSED:
+            return T.DEBIT_ACCOUNT_ALREADY_CLOSED, ts_event
+        if cr[_FLAGS] & AF_CLOSED:
+            return T.CREDIT_ACCOUNT_ALREADY_CLOSED, ts_event
+
+        if flags & TF_BALANCING_DEBIT:
+            headroom = dr[_CPO] - dr[_DPO] - dr[_DP]
+            amount = min(amount, headroom if headroom > 0 else 0)
+        if flags & TF_BALANCING_CREDIT:
+            headroom = cr[_DPO] - cr[_CPO] - cr[_CP]
+            amount = min(amount, headroom if headroom > 0 else 0)
+
+        if pending:
+            if amount + dr[_DP] > U128_MAX:
+                return T.OVERFLOWS_DEBITS_PENDING, ts_event
+            if amount + cr[_CP] > U128_MAX:
+                return T.OVERFLOWS_CREDITS_PENDING, ts_event
+        if amount + dr[_DPO] > U128_MAX:
+            return T.OVERFLOWS_DEBITS_POSTED, ts_event
+        if amount + cr[_CPO] > U128_MAX:
+            return T.OVERFLOWS_CREDITS_POSTED, ts_event
+        if amount + dr[_DP] + dr[_DPO] > U128_MAX:
+            return T.OVERFLOWS_DEBITS, ts_event
+        if amount + cr[_CP] + cr[_CPO] > U128_MAX:
+            return T.OVERFLOWS_CREDITS, ts_event
+        if ts + timeout * NS_PER_S > TIMESTAMP_MAX:
+            return T.OVERFLOWS_TIMEOUT, ts_event
+        if dr[_FLAGS] & AF_DEBITS_MUST_NOT_EXCEED_CREDITS and (
+            dr[_DP] + dr[_DPO] + amount > dr[_CPO]
+        ):
+            return T.EXCEEDS_CREDITS, ts_event
+        if cr[_FLAGS] & AF_CREDITS_MUST_NOT_EXCEED_DEBITS and (
+            cr[_CP] + cr[_CPO] + amount > cr[_DPO]
+        ):
+            return T.EXCEEDS_DEBITS, ts_event
+
+        # From here on the transfer succeeds.
+        stored = (tid, dr_id, cr_id, amount, 0, t[5], t[6], t[7], timeout, ledger, code, flags, ts)
+        undo = self._undo
+        if undo is not None:
+            undo.append(
+                (1, stored, dr, dr[1:5], dr[_FLAGS], cr, cr[1:5], cr[_FLAGS], 0, self.commit_timestamp)
+            )
+        if pending:
+            dr[_DP] += amount
+            cr[_CP] += amount
+            self.pending_status[tid] = PENDING
+            if timeout:
+                heapq.heappush(self.expiry_heap, (ts + timeout * NS_PER_S, ts, tid))
+        else:
+            dr[_DPO] += amount
+            cr[_CPO] += amount
+        if flags & TF_CLOSING_DEBIT:
+            dr[_FLAGS] |= AF_CLOSED
+        if flags & TF_CLOSING_CREDIT:
+            cr[_FLAGS] |= AF_CLOSED
+        self._insert_transfer(stored, dr, cr)
+        return _T_CREATED, ts
+
+    def _insert_transfer(self, stored: TransferTuple, dr: list[int], cr: list[int]) -> None:
+        ts = stored[12]
+        self.transfers[stored[0]] = stored
+        self.transfer_log.append(stored)
+        self.transfer_log_ts.append(ts)
+        account_transfers = self.account_transfers
+        xs = account_transfers.get(dr[_ID])
+        if xs is None:
+            account_transfers[dr[_ID]] = [stored]
+        else:
+            xs.append(stored)
+        xs = account_transfers.get(cr[_ID])
+        if xs is None:
+            account_transfers[cr[_ID]] = [stored]
+        else:
+            xs.append(stored)
+        if (dr[_FLAGS] | cr[_FLAGS]) & AF_HISTORY:
+            self.history[ts] = (
+                dr[_ID], dr[_DP], dr[_DPO], dr[_CP], dr[_CPO],
+                cr[_ID], cr[_DP], cr[_DPO], cr[_CP], cr[_CPO],
+            )  # fmt: skip
+        self.commit_timestamp = ts
+
+    def _undo_transfer(self, entry: tuple[Any, ...]) -> None:
+        _, stored, dr, dr_balances, dr_flags, cr, cr_balances, cr_flags, pending_id, commit_ts = (
+            entry
+        )
+        tid = stored[0]
+        del self.transfers[tid]
+        self.transfer_log.pop()
+        self.transfer_log_ts.pop()
+        self.account_transfers[dr[_ID]].pop()
+        self.account_transfers[cr[_ID]].pop()
+        self.history.pop(stored[12], None)
+        dr[1:5] = dr_balances
+        dr[_FLAGS] = dr_flags
+        cr[1:5] = cr_balances
+        cr[_FLAGS] = cr_flags
+        if stored[11] & TF_PENDING:
+            del self.pending_status[tid]
+        if pending_id:
+            self.pending_status[pending_id] = PENDING
+        self.commit_timestamp = commit_ts
+
+    def _check_imported_transfer(
+        self, t: TransferTuple, dr: list[int], cr: list[int]
+    ) -> Any:
+        ts = t[12]
+        if (self.transfer_log_ts and ts <= self.transfer_log_ts[-1]) or (
+            ts in self.account_timestamps
+        ):
+            return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
+        if ts <= dr[_TS]:
+            return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT
+        if ts <= cr[_TS]:
+            return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_CREDIT_ACCOUNT
+        if t[8] != 0:
+            return T.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO
+        return None
+
+    def _transfer_exists(self, t: TransferTuple, e: TransferTuple, ts_event: int) -> tuple[Any, int]:
+        flags = t[11]
+        if flags != e[11]:
+            return T.EXISTS_WITH_DIFFERENT_FLAGS, ts_event
+        if t[4] != e[4]:
+            return T.EXISTS_WITH_DIFFERENT_PENDING_ID, ts_event
+        if t[8] != e[8]:
+            return T.EXISTS_WITH_DIFFERENT_TIMEOUT, ts_event
+        if flags & (TF_POST | TF_VOID):
+            return self._post_or_void_exists(t, e, self.transfers[t[4]], ts_event)
+        if t[1] != e[1]:
+            return T.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID, ts_event
+        if t[2] != e[2]:
+            return T.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID, ts_event
+        if flags & (TF_BALANCING_DEBIT | TF_BALANCING_CREDIT):
+            if t[3] < e[3]:
+                return T.EXISTS_WITH_DIFFERENT_AMOUNT, ts_event
+        elif t[3] != e[3]:
+            return T.EXISTS_WITH_DIFFERENT_AMOUNT, ts_event
+        if t[5] != e[5]:
+            return T.EXISTS_WITH_DIFFERENT_USER_DATA_128, ts_event
+        if t[6] != e[6]:
+            return T.EXISTS_WITH_DIFFERENT_USER_DATA_64, ts_event
+        if t[7] != e[7]:
+            return T.EXISTS_WITH_DIFFERENT_USER_DATA_32, ts_event
+        if t[9] != e[9]:
+            return T.EXISTS_WITH_DIFFERENT_LEDGER, ts_event
+        if t[10] != e[10]:
+            return T.EXISTS_WITH_DIFFERENT_CODE, ts_event
+        return T.EXISTS, e[12]
+
+    @staticmethod
+    def _post_or_void_exists(
+        t: TransferTuple, e: TransferTuple, p: TransferTuple, ts_event: int
+    ) -> tuple[Any, int]:
+        if t[1] != 0 and t[1] != e[1]:
+            return T.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID, ts_event
+        if t[2] != 0 and t[2] != e[2]:
+            return T.EXISTS_WITH_DIFFERENT_CREDIT_ACCOUNT_ID, ts_event
+        amount = t[3]
+        if t[11] & TF_VOID:
+            if (e[3] != p[3]) if amount == 0 else (amount != e[3]):
+                return T.EXISTS_WITH_DIFFERENT_AMOUNT, ts_event
+        if t[11] & TF_POST:
+            if (e[3] != p[3]) if amount == U128_MAX else (amount != e[3]):
+                return T.EXISTS_WITH_DIFFERENT_AMOUNT, ts_event
+        for i, status in (
+            (5, T.EXISTS_WITH_DIFFERENT_USER_DATA_128),
+            (6, T.EXISTS_WITH_DIFFERENT_USER_DATA_64),
+            (7, T.EXISTS_WITH_DIFFERENT_USER_DATA_32),
+        ):
+            if (e[i] != p[i]) if t[i] == 0 else (t[i] != e[i]):
+                return status, ts_event
+        if t[9] != 0 and t[9] != e[9]:
+            return T.EXISTS_WITH_DIFFERENT_LEDGER, ts_event
+        if t[10] != 0 and t[10] != e[10]:
+            return T.EXISTS_WITH_DIFFERENT_CODE, ts_event
+        return T.EXISTS, e[12]
+
+    def _post_or_void(self, ts_event: int, t: TransferTuple) -> tuple[Any, int]:
+        (tid, dr_id, cr_id, amount, pending_id, u128, u64, u32, timeout, ledger, code, flags, _) = t
+        post = flags & TF_POST
+        void = flags & TF_VOID
+        if post and void:
+            return T.FLAGS_ARE_MUTUALLY_EXCLUSIVE, ts_event
+        if flags & (
+            TF_PENDING | TF_BALANCING_DEBIT | TF_BALANCING_CREDIT | TF_CLOSING_DEBIT
+            | TF_CLOSING_CREDIT
+        ):
+            return T.FLAGS_ARE_MUTUALLY_EXCLUSIVE, ts_event
+        if pending_id == 0:
+            return T.PENDING_ID_MUST_NOT_BE_ZERO, ts_event
+        if pending_id == U128_MAX:
+            return T.PENDING_ID_MUST_NOT_BE_INT_MAX, ts_event
+        if pending_id == tid:
+            return T.PENDING_ID_MUST_BE_DIFFERENT, ts_event
+        if timeout != 0:
+            return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, ts_event
+        p = self.transfers.get(pending_id)
+        if p is None:
+            return T.PENDING_TRANSFER_NOT_FOUND, ts_event
+        if not p[11] & TF_PENDING:
+            return T.PENDING_TRANSFER_NOT_PENDING, ts_event
+        dr = self.accounts[p[1]]
+        cr = self.accounts[p[2]]
+        if dr_id and dr_id != p[1]:
+            return T.PENDING_TRANSFER_HAS_DIFFERENT_DEBIT_ACCOUNT_ID, ts_event
+        if cr_id and cr_id != p[2]:
+            return T.PENDING_TRANSFER_HAS_DIFFERENT_CREDIT_ACCOUNT_ID, ts_event
+        if ledger and ledger != p[9]:
+            return T.PENDING_TRANSFER_HAS_DIFFERENT_LEDGER, ts_event
+        if code and code != p[10]:
+            return T.PENDING_TRANSFER_HAS_DIFFERENT_CODE, ts_event
+        p_amount = p[3]
+        if void:
+            amount = p_amount if amount == 0 else amount
+        else:
+            amount = p_amount if amount == U128_MAX else amount
+        if amount > p_amount:
+            return T.EXCEEDS_PENDING_TRANSFER_AMOUNT, ts_event
+        if void and amount < p_amount:
+            return T.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT, ts_event
+        status = self.pending_status[pending_id]
+        if status == POSTED:
+            return T.PENDING_TRANSFER_ALREADY_POSTED, ts_event
+        if status == VOIDED:
+            return T.PENDING_TRANSFER_ALREADY_VOIDED, ts_event
+        if status == EXPIRED:
+            return T.PENDING_TRANSFER_EXPIRED, ts_event
+        if p[8] and p[12] + p[8] * NS_PER_S <= ts_event:
+            return T.PENDING_TRANSFER_EXPIRED, ts_event
+        ts = ts_event
+        if flags & TF_IMPORTED:
+            if (self.transfer_log_ts and t[12] <= self.transfer_log_ts[-1]) or (
+                t[12] in self.account_timestamps
+            ):
+                return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, ts_event
+            ts = t[12]
+        if not void:
+            if dr[_FLAGS] & AF_CLOSED:
+                return T.DEBIT_ACCOUNT_ALREADY_CLOSED, ts_event
+            if cr[_FLAGS] & AF_CLOSED:
+                return T.CREDIT_ACCOUNT_ALREADY_CLOSED, ts_event
+
+        # From here on the transfer succeeds.
+        stored = (
+            tid, p[1], p[2], amount, pending_id, u128 or p[5], u64 or p[6], u32 or p[7], 0,
+            p[9], p[10], flags, ts,
+        )  # fmt: skip
+        if self._undo is not None:
+            self._undo.append(
+                (1, stored, dr, dr[1:5], dr[_FLAGS], cr, cr[1:5], cr[_FLAGS], pending_id,
+                 self.commit_timestamp)
+            )  # fmt: skip
+        self.pending_status[pending_id] = POSTED if post else VOIDED
+        dr[_DP] -= p_amount
+        cr[_CP] -= p_amount
+        if post:
+            dr[_DPO] += amount
+            cr[_CPO] += amount
+        else:
+            if p[11] & TF_CLOSING_DEBIT:
+                dr[_FLAGS] &= ~AF_CLOSED
+            if p[11] & TF_CLOSING_CREDIT:
+                cr[_FLAGS] &= ~AF_CLOSED
+        self._insert_transfer(stored, dr, cr)
+        return _T_CREATED, ts
+
+    # ---------------------------------------------------------------------------------------
+    # Expiry of pending transfers.
+
+    def pulse(self, timestamp: int) -> int:
+        """Expires up to a batch of pending transfers whose timeout has passed by `timestamp`.
+
+        TigerBeetle's `execute_expire_pending_transfers`: each expiry takes its own timestamp
+        from the range the pulse reserved, in (expires_at, timestamp) order. Returns how many
+        expired.
+        """
+        due: list[TransferTuple] = []
+        heap = self.expiry_heap
+        while heap and len(due) < BATCH_EVENTS_MAX:
+            expires_at, ts, tid = heap[0]
+            if self.pending_status.get(tid) != PENDING or self._transfer_ts(tid) != ts:
+                heapq.heappop(heap)
+                continue
+            if expires_at > timestamp:
+                break
+            heapq.heappop(heap)
+            due.append(self.transfers[tid])
+        base = timestamp - len(due)
+        for index, p in enumerate(due):
+            assert base + index + 1 > self.commit_timestamp
+            dr = self.accounts[p[1]]
+            cr = self.accounts[p[2]]
+            dr[_DP] -= p[3]
+            cr[_CP] -= p[3]
+            if p[11] & TF_CLOSING_DEBIT:
+                dr[_FLAGS] &= ~AF_CLOSED
+            if p[11] & TF_CLOSING_CREDIT:
+                cr[_FLAGS] &= ~AF_CLOSED
+            self.pending_status[p[0]] = EXPIRED
+            self.commit_timestamp = base + index + 1
+        return len(due)
+
+    # ---------------------------------------------------------------------------------------
+    # Reads. They return tuples; the client layer turns them into TigerBeetle's dataclasses.
+
+    def lookup_accounts(self, ids: Iterable[int]) -> list[list[int]]:
+        accounts = self.accounts
+        return [accounts[i] for i in ids if i in accounts]
+
+    def lookup_transfers(self, ids: Iterable[int]) -> list[TransferTuple]:
+        transfers = self.transfers
+        return [transfers[i] for i in ids if i in transfers]
+
+    def get_account_transfers(self, f: tuple[int, ...]) -> list[TransferTuple]:
+        """`f` is an AccountFilter as a tuple: (account_id, user_data_128, user_data_64,
+        user_data_32, code, timestamp_min, timestamp_max, limit, flags)."""
+        account_id, u128, u64, u32, code, ts_min, ts_max, limit, flags = f
+        if not _account_filter_valid(f):
+            return []
+        debits, credits, reversed_ = flags & 1, flags & 2, flags & 4
+        xs = self.account_transfers.get(account_id, [])
+        lo, hi = _timestamp_slice(xs, ts_min, ts_max)
+        indexes = range(hi - 1, lo - 1, -1) if reversed_ else range(lo, hi)
+        out: list[TransferTuple] = []
+        limit = min(limit, BATCH_EVENTS_MAX)
+        for i in indexes:
+            t = xs[i]
+            if not ((debits and t[1] == account_id) or (credits and t[2] == account_id)):
+                continue
+            if (u128 and t[5] != u128) or (u64 and t[6] != u64) or (u32 and t[7] != u32):
+                continue
+            if code and t[10] != code:
+                continue
+            out.append(t)
+            if len(out) >= limit:
+                break
+        return out
+
+    def get_account_balances(self, f: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:
+        """Balances of a history account after each transfer that matches the filter:
+        (debits_pending, debits_posted, credits_pending, credits_posted, timestamp)."""
+        account = self.accounts.get(f[0])
+        if account is None or not account[_FLAGS] & AF_HISTORY:
+            return []
+        out = []
+        for t in self.get_account_transfers(f):
+            h = self.history[t[12]]
+            side = h[1:5] if h[0] == f[0] else h[6:10]
+            out.append((side[0], side[1], side[2], side[3], t[12]))
+        return out
+
+    def query_accounts(self, f: tuple[int, ...]) -> list[list[int]]:
+        """`f` is a QueryFilter as a tuple: (user_data_128, user_data_64, user_data_32, ledger,
+        code, timestamp_min, timestamp_max, limit, flags)."""
+        return self._query(self.account_log, self.account_log_ts, f, (5, 6, 7, 8, 9))
+
+    def query_transfers(self, f: tuple[int, ...]) -> list[TransferTuple]:
+        return self._query(self.transfer_log, self.transfer_log_ts, f, (5, 6, 7, 9, 10))
+
+    @staticmethod
+    def _query(log: list[Any], log_ts: list[int], f: tuple[int, ...], fields: tuple[int, ...]
+               ) -> list[Any]:
+        u128, u64, u32, ledger, code, ts_min, ts_max, limit, flags = f
+        if not _query_filter_valid(f):
+            return []
+        lo = bisect_left(log_ts, ts_min) if ts_min else 0
+        hi = bisect_right(log_ts, ts_max) if ts_max else len(log_ts)
+        indexes = range(hi - 1, lo - 1, -1) if flags & 1 else range(lo, hi)
+        wanted = [(i, v) for i, v in zip(fields, (u128, u64, u32, ledger, code), strict=True) if v]
+        limit = min(limit, BATCH_EVENTS_MAX)
+        out: list[Any] = []
+        for i in indexes:
+            x = log[i]
+            for field, value in wanted:
+                if x[field] != value:
+                    break
+            else:
+                out.append(x)
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # Snapshots and canonical form.
+
+    def export(self) -> tuple[Any, ...]:
+        """Everything needed to rebuild this state, as plain lists and tuples (marshal-able).
+        Indexes (per-account transfers, logs' timestamps, the expiry heap, account timestamps)
+        are derived, so they are rebuilt on import rather than stored."""
+        return (
+            1,
+            self.commit_timestamp,
+            self.prepare_timestamp,
+            [list(a) for a in self.account_log],
+            self.transfer_log,
+            sorted(self.pending_status.items()),
+            sorted(self.orphans),
+            sorted(self.history.items()),
+        )
+
+    @classmethod
+    def from_export(cls, data: tuple[Any, ...]) -> StateMachine:
+        version, commit_ts, prepare_ts, accounts, transfers, pending, orphans, history = data
+        assert version == 1
+        sm = cls()
+        sm.commit_timestamp = commit_ts
+        sm.prepare_timestamp = prepare_ts
+        for a in accounts:
+            sm.accounts[a[0]] = a
+            sm.account_log.append(a)
+            sm.account_log_ts.append(a[_TS])
+            sm.account_timestamps.add(a[_TS])
+        sm.pending_status = dict(pending)
+        for t in transfers:
+            t = tuple(t)
+            sm.transfers[t[0]] = t
+            sm.transfer_log.append(t)
+            sm.transfer_log_ts.append(t[12])
+            sm.account_transfers.setdefault(t[1], []).append(t)
+            sm.account_transfers.setdefault(t[2], []).append(t)
+            if t[11] & TF_PENDING and t[8] and sm.pending_status.get(t[0]) == PENDING:
+                sm.expiry_heap.append((t[12] + t[8] * NS_PER_S, t[12], t[0]))
+        heapq.heapify(sm.expiry_heap)
+        sm.orphans = set(orphans)
+        sm.history = {ts: tuple(h) for ts, h in history}
+        return sm
+
+    def canonical_bytes(self) -> bytes:
+        """A byte-exact, order-independent image of the state: equal states, equal bytes."""
+        out = bytearray()
+        pack = struct.Struct("<QQ").pack
+        out += pack(self.commit_timestamp, self.prepare_timestamp)
+        for a in sorted(self.accounts.values(), key=lambda a: a[_TS]):
+            out += _ints(a)
+        for t in self.transfer_log:
+            out += _ints(t)
+        for tid, status in sorted(self.pending_status.items()):
+            out += _ints((tid, status))
+        for tid in sorted(self.orphans):
+            out += _ints((tid,))
+        for ts, h in sorted(self.history.items()):
+            out += _ints((ts, *h))
+        return bytes(out)
+
+
+def _ints(values: Iterable[int]) -> bytes:
+    return b"".join(v.to_bytes(16, "little") for v in values)
+
+
+def _timestamp_slice(xs: list[TransferTuple], ts_min: int, ts_max: int) -> tuple[int, int]:
+    lo = bisect_left(xs, ts_min, key=_ts) if ts_min else 0
+    hi = bisect_right(xs, ts_max, key=_ts) if ts_max else len(xs)
+    return lo, hi
+
+
+def _ts(t: TransferTuple) -> int:
+    return t[12]
+
+
+def _timestamps_valid(ts_min: int, ts_max: int) -> bool:
+    return (
+        (ts_min == 0 or TIMESTAMP_MIN <= ts_min <= TIMESTAMP_MAX)
+        and (ts_max == 0 or TIMESTAMP_MIN <= ts_max <= TIMESTAMP_MAX)
+        and (ts_max == 0 or ts_min <= ts_max)
+    )
+
+
+def _account_filter_valid(f: tuple[int, ...]) -> bool:
+    account_id, _, _, _, _, ts_min, ts_max, limit, flags = f
+    return (
+        account_id != 0
+        and account_id != U128_MAX
+        and _timestamps_valid(ts_min, ts_max)
+        and limit != 0
+        and bool(flags & 3)
+        and not flags & ~7
+    )
+
+
+def _query_filter_valid(f: tuple[int, ...]) -> bool:
+    _, _, _, _, _, ts_min, ts_max, limit, flags = f
+    return _timestamps_valid(ts_min, ts_max) and limit != 0 and not flags & ~1

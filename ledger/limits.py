@@ -1,0 +1,41 @@
+"""Every limit of the project, in one place, with asserts on how they relate.
+
+Units are last in names (TIGER_STYLE). A limit that the engine shares with TigerBeetle has the
+same value as TigerBeetle's, so that a request the embedded engine accepts is one a real cluster
+accepts too.
+"""
+
+from __future__ import annotations
+
+# TigerBeetle's largest batch: a 1 MiB message body holds 8189 events of 128 bytes after the
+# multi-batch trailer. Lookups and query results are bounded the same way.
+BATCH_EVENTS_MAX = 8189
+
+# Largest value of the u128 / u64 / u32 / u16 fields.
+U128_MAX = (1 << 128) - 1
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+U16_MAX = (1 << 16) - 1
+
+# Cluster timestamps are u63: the top bit of the u64 is TigerBeetle's tombstone flag.
+TIMESTAMP_MIN = 1
+TIMESTAMP_MAX = (1 << 63) - 1
+
+# A pending transfer's timeout is a u32 of seconds.
+PENDING_TIMEOUT_S_MAX = U32_MAX
+
+# A request toward a real cluster that has not answered within this deadline is an unknown
+# outcome: the caller retries with the same ids.
+CLUSTER_REQUEST_DEADLINE_S_DEFAULT = 5.0
+
+# The embedded engine writes a snapshot after this many journal bytes, so that start-up replays
+# at most this much.
+JOURNAL_SNAPSHOT_BYTES_DEFAULT = 256 * 1024 * 1024
+# One journal record holds one request; a batch of BATCH_EVENTS_MAX transfers encodes to well
+# under this bound, and a record claiming more is corrupt.
+JOURNAL_RECORD_BYTES_MAX = 64 * 1024 * 1024
+
+assert BATCH_EVENTS_MAX * 128 <= 1024 * 1024
+assert TIMESTAMP_MAX < U64_MAX
+assert PENDING_TIMEOUT_S_MAX * 1_000_000_000 < TIMESTAMP_MAX
+assert JOURNAL_RECORD_BYTES_MAX < JOURNAL_SNAPSHOT_BYTES_DEFAULT

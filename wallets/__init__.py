@@ -1,0 +1,1 @@
+"""wallets layer (see ../shared/DESIGN.md)."""
