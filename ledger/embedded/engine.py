@@ -230,17 +230,32 @@ def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
         raise TooMuchDataError()
     events = [
         (
-            t.id, t.debit_account_id, t.credit_account_id, t.amount, t.pending_id,
-            t.user_data_128, t.user_data_64, t.user_data_32, t.timeout, t.ledger, t.code,
-            int(t.flags), t.timestamp,
-        )  # fmt: skip
+            t.id,
+            t.debit_account_id,
+            t.credit_account_id,
+            t.amount,
+            t.pending_id,
+            t.user_data_128,
+            t.user_data_64,
+            t.user_data_32,
+            t.timeout,
+            t.ledger,
+            t.code,
+            int(t.flags),
+            t.timestamp,
+        )
         for t in transfers
     ]
     for e in events:
         wide = e[0] | e[1] | e[2] | e[3] | e[4] | e[5]
         narrow = e[7] | e[8] | e[9]
-        if wide >> 128 or wide < 0 or (e[6] | e[12]) >> 64 or narrow >> 32 or (e[10] | e[11]) >> 16 or (
-            min(e[6], e[12], narrow, e[10], e[11]) < 0
+        if (
+            wide >> 128
+            or wide < 0
+            or (e[6] | e[12]) >> 64
+            or narrow >> 32
+            or (e[10] | e[11]) >> 16
+            or (min(e[6], e[12], narrow, e[10], e[11]) < 0)
         ):
             _raise_overflow(e, _TRANSFER_FIELDS)
     return events
@@ -251,10 +266,19 @@ def _account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
         raise TooMuchDataError()
     events = [
         (
-            a.id, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted,
-            a.user_data_128, a.user_data_64, a.user_data_32, a.ledger, a.code, int(a.flags),
+            a.id,
+            a.debits_pending,
+            a.debits_posted,
+            a.credits_pending,
+            a.credits_posted,
+            a.user_data_128,
+            a.user_data_64,
+            a.user_data_32,
+            a.ledger,
+            a.code,
+            int(a.flags),
             a.timestamp,
-        )  # fmt: skip
+        )
         for a in accounts
     ]
     for e in events:
@@ -263,9 +287,9 @@ def _account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
     return events
 
 
-def _filter_tuple(f: AccountFilter | QueryFilter, fields: tuple[tuple[str, int], ...]) -> tuple[
-    int, ...
-]:
+def _filter_tuple(
+    f: AccountFilter | QueryFilter, fields: tuple[tuple[str, int], ...]
+) -> tuple[int, ...]:
     values = tuple(int(getattr(f, name)) for name, _ in fields)
     for (name, bits), value in zip(fields, values, strict=True):
         _check_uint(name, value, bits)
@@ -304,7 +328,10 @@ def _transfer(t: TransferTuple) -> Transfer:
 
 def _balance(b: tuple[int, int, int, int, int]) -> AccountBalance:
     return AccountBalance(
-        debits_pending=b[0], debits_posted=b[1], credits_pending=b[2], credits_posted=b[3],
+        debits_pending=b[0],
+        debits_posted=b[1],
+        credits_pending=b[2],
+        credits_posted=b[3],
         timestamp=b[4],
     )
 
@@ -355,10 +382,10 @@ class EmbeddedClientSync:
     def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
         return self._read("lookup_transfers", transfers)
 
-    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+    def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
         return self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
 
-    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:  # noqa: A002
+    def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
         return self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
 
     def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
@@ -404,12 +431,12 @@ class EmbeddedClientAsync:
     async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
         return await self._read("lookup_transfers", transfers)
 
-    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:  # noqa: A002
+    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
         return await self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
 
     async def get_account_balances(
         self,
-        filter: AccountFilter,  # noqa: A002
+        filter: AccountFilter,
     ) -> list[AccountBalance]:
         return await self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
 

@@ -89,7 +89,9 @@ class Journal:
         relevant = [(n, p) for n, p in segments if n >= start or _next_start(segments, n) > start]
         for i, (first, path) in enumerate(relevant):
             if first > count:
-                raise JournalCorrupt(f"journal gap: expected record {count}, {path.name} starts later")
+                raise JournalCorrupt(
+                    f"journal gap: expected record {count}, {path.name} starts later"
+                )
             last = i == len(relevant) - 1
             n = first
             for payload, end, damaged in _read_records(path):
@@ -128,10 +130,7 @@ class Journal:
     def start(self) -> None:
         """Opens the newest segment for appending and starts the writer thread."""
         segments = sorted(self._segments())
-        if segments:
-            first, path = segments[-1]
-        else:
-            first, path = self._record_count, self._segment_path(self._record_count)
+        path = segments[-1][1] if segments else self._segment_path(self._record_count)
         self._open_segment(path)
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()

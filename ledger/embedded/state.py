@@ -149,7 +149,7 @@ class StateMachine:
         return self._execute(timestamp, events, self._create_transfer, T, True)
 
     def _execute(
-        self, timestamp: int, events: Sequence[Any], create: Any, S: Any, transfers: bool
+        self, timestamp: int, events: Sequence[Any], create: Any, statuses: Any, transfers: bool
     ) -> list[Any]:
         """Returns [(status, timestamp)] per event: TigerBeetle's `execute_create`."""
         n = len(events)
@@ -160,7 +160,7 @@ class StateMachine:
         flags_index = 11 if transfers else 10
         imported_bit = TF_IMPORTED if transfers else AF_IMPORTED
         batch_imported = n > 0 and bool(events[0][flags_index] & imported_bit)
-        created = S.CREATED
+        created = statuses.CREATED
         base = timestamp - n
         for index, event in enumerate(events):
             ts_event = base + index + 1
@@ -172,19 +172,21 @@ class StateMachine:
                     chain = index
                     self._undo = []
                 if index == n - 1:
-                    status = S.LINKED_EVENT_CHAIN_OPEN
+                    status = statuses.LINKED_EVENT_CHAIN_OPEN
             if status is None:
                 if chain_broken:
-                    status = S.LINKED_EVENT_FAILED
+                    status = statuses.LINKED_EVENT_FAILED
                 else:
-                    status = self._check_timestamp(event, imported_bit, batch_imported, timestamp, S)
+                    status = self._check_timestamp(
+                        event, imported_bit, batch_imported, timestamp, statuses
+                    )
                     if status is None:
                         status, ts_actual = create(ts_event, event)
             if status is not created:
                 if chain is not None and not chain_broken:
                     chain_broken = True
                     self._rollback()
-                    failed = S.LINKED_EVENT_FAILED
+                    failed = statuses.LINKED_EVENT_FAILED
                     for i in range(chain, index):
                         results[i] = (failed, results[i][1])
                 if transfers and status in TRANSIENT:
@@ -198,20 +200,24 @@ class StateMachine:
 
     @staticmethod
     def _check_timestamp(
-        event: Any, imported_bit: int, batch_imported: bool, timestamp: int, S: Any
+        event: Any, imported_bit: int, batch_imported: bool, timestamp: int, statuses: Any
     ) -> Any:
         """The batch-level checks of `execute_create`, before the event's own validation."""
         imported = bool(event[-2] & imported_bit)
         if batch_imported != imported:
-            return S.IMPORTED_EVENT_NOT_EXPECTED if imported else S.IMPORTED_EVENT_EXPECTED
+            return (
+                statuses.IMPORTED_EVENT_NOT_EXPECTED
+                if imported
+                else statuses.IMPORTED_EVENT_EXPECTED
+            )
         ts = event[-1]
         if imported:
             if not TIMESTAMP_MIN <= ts <= TIMESTAMP_MAX:
-                return S.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
+                return statuses.IMPORTED_EVENT_TIMESTAMP_OUT_OF_RANGE
             if ts >= timestamp:
-                return S.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
+                return statuses.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_ADVANCE
         elif ts != 0:
-            return S.TIMESTAMP_MUST_BE_ZERO
+            return statuses.TIMESTAMP_MUST_BE_ZERO
         return None
 
     def _rollback(self) -> None:
@@ -397,7 +403,18 @@ class StateMachine:
         undo = self._undo
         if undo is not None:
             undo.append(
-                (1, stored, dr, dr[1:5], dr[_FLAGS], cr, cr[1:5], cr[_FLAGS], 0, self.commit_timestamp)
+                (
+                    1,
+                    stored,
+                    dr,
+                    dr[1:5],
+                    dr[_FLAGS],
+                    cr,
+                    cr[1:5],
+                    cr[_FLAGS],
+                    0,
+                    self.commit_timestamp,
+                )
             )
         if pending:
             dr[_DP] += amount
@@ -459,9 +476,7 @@ class StateMachine:
             self.pending_status[pending_id] = PENDING
         self.commit_timestamp = commit_ts
 
-    def _check_imported_transfer(
-        self, t: TransferTuple, dr: list[int], cr: list[int]
-    ) -> Any:
+    def _check_imported_transfer(self, t: TransferTuple, dr: list[int], cr: list[int]) -> Any:
         ts = t[12]
         if (self.transfer_log_ts and ts <= self.transfer_log_ts[-1]) or (
             ts in self.account_timestamps
@@ -475,7 +490,9 @@ class StateMachine:
             return T.IMPORTED_EVENT_TIMEOUT_MUST_BE_ZERO
         return None
 
-    def _transfer_exists(self, t: TransferTuple, e: TransferTuple, ts_event: int) -> tuple[Any, int]:
+    def _transfer_exists(
+        self, t: TransferTuple, e: TransferTuple, ts_event: int
+    ) -> tuple[Any, int]:
         flags = t[11]
         if flags != e[11]:
             return T.EXISTS_WITH_DIFFERENT_FLAGS, ts_event
@@ -541,7 +558,10 @@ class StateMachine:
         if post and void:
             return T.FLAGS_ARE_MUTUALLY_EXCLUSIVE, ts_event
         if flags & (
-            TF_PENDING | TF_BALANCING_DEBIT | TF_BALANCING_CREDIT | TF_CLOSING_DEBIT
+            TF_PENDING
+            | TF_BALANCING_DEBIT
+            | TF_BALANCING_CREDIT
+            | TF_CLOSING_DEBIT
             | TF_CLOSING_CREDIT
         ):
             return T.FLAGS_ARE_MUTUALLY_EXCLUSIVE, ts_event
@@ -717,8 +737,9 @@ class StateMachine:
         return self._query(self.transfer_log, self.transfer_log_ts, f, (5, 6, 7, 9, 10))
 
     @staticmethod
-    def _query(log: list[Any], log_ts: list[int], f: tuple[int, ...], fields: tuple[int, ...]
-               ) -> list[Any]:
+    def _query(
+        log: list[Any], log_ts: list[int], f: tuple[int, ...], fields: tuple[int, ...]
+    ) -> list[Any]:
         u128, u64, u32, ledger, code, ts_min, ts_max, limit, flags = f
         if not _query_filter_valid(f):
             return []
