@@ -341,6 +341,10 @@ def _read_records(path: Path) -> Iterator[tuple[bytes, int, bool]]:
             return
         payload = data[start:end]
         if zlib.crc32(payload) != crc:
+            if end < size:
+                # A whole record with more after it: not a torn write but damage to data that
+                # was acknowledged. Cutting here would lose acknowledged requests.
+                raise JournalCorrupt(f"record at byte {offset} of {path.name} fails its checksum")
             yield b"", offset, True
             return
         yield payload, end, False

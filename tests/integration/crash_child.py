@@ -1,0 +1,57 @@
+"""A child process for the crash test: applies requests from several threads, forever.
+
+Prints `S <id>` before submitting a linked pair of transfers and `A <id>` once the engine has
+acknowledged it; the parent kills it with SIGKILL at a random moment.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from ledger.embedded import EmbeddedEngine
+from ledger.types import Account, AccountFlags, CreateTransferStatus, Transfer, TransferFlags
+
+THREADS = 4
+
+
+def main(data_dir: str, first_id: int) -> None:
+    engine = EmbeddedEngine(data_dir)
+    client = engine.client_sync()
+    client.create_accounts(
+        [
+            Account(id=1, ledger=1, code=1),
+            Account(id=2, ledger=1, code=1, flags=AccountFlags.HISTORY),
+            Account(id=3, ledger=1, code=1),
+        ]
+    )
+    out = threading.Lock()
+
+    def say(line: str) -> None:
+        with out:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def work(thread: int) -> None:
+        n = 0
+        while True:
+            tid = first_id + (n * THREADS + thread) * 2
+            n += 1
+            pair = [
+                Transfer(id=tid, debit_account_id=1, credit_account_id=2, amount=3, ledger=1,
+                         code=1, flags=TransferFlags.LINKED),  # fmt: skip
+                Transfer(id=tid + 1, debit_account_id=2, credit_account_id=3, amount=1, ledger=1,
+                         code=1),  # fmt: skip
+            ]
+            say(f"S {tid}")
+            results = client.create_transfers(pair)
+            assert all(r.status == CreateTransferStatus.CREATED for r in results), results
+            say(f"A {tid}")
+
+    for thread in range(THREADS):
+        threading.Thread(target=work, args=(thread,), daemon=True).start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))

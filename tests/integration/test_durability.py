@@ -1,0 +1,158 @@
+"""The embedded engine's durability: journal, torn writes, corruption, snapshots, locking, and
+a crash test that kills a writer with SIGKILL at random points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
+from ledger.types import Account, CreateTransferStatus, Transfer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fill(engine: EmbeddedEngine, transfers: int, first_id: int = 100) -> None:
+    client = engine.client_sync()
+    client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+    for i in range(transfers):
+        result = client.create_transfers(
+            [Transfer(id=first_id + i, debit_account_id=1, credit_account_id=2, amount=i + 1,
+                      ledger=1, code=1)]  # fmt: skip
+        )
+        assert result[0].status == CreateTransferStatus.CREATED
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("journal-*.log"))
+
+
+def test_restart_replays_to_the_same_state(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 20)
+        image = engine.state.canonical_bytes()
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records == 21
+        assert engine.state.canonical_bytes() == image
+        account = engine.client_sync().lookup_accounts([2])[0]
+        assert account.credits_posted == sum(range(1, 21))
+
+
+def test_torn_last_record_is_cut_never_half_applied(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 5)
+        image = engine.state.canonical_bytes()
+    segment = _segments(tmp_path)[-1]
+    size = segment.stat().st_size
+    with open(segment, "ab") as f:  # half a record: a length and checksum, and some payload
+        f.write((1000).to_bytes(4, "little") + b"\x01\x02\x03\x04" + b"x" * 10)
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.torn_bytes == 18
+        assert engine.state.canonical_bytes() == image
+    assert segment.stat().st_size == size
+
+
+def test_torn_checksum_of_the_last_record_is_cut(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 5)
+    segment = _segments(tmp_path)[-1]
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF  # the last record's payload, as a torn sector would leave it
+    segment.write_bytes(bytes(data))
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.torn_bytes > 0
+        assert engine.replayed_records == 5  # the accounts and 4 of the 5 transfers
+        assert engine.client_sync().lookup_transfers([104]) == []
+        assert len(engine.client_sync().lookup_transfers([100, 101, 102, 103])) == 4
+
+
+def test_damage_before_the_end_is_corruption_not_a_torn_write(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 5)
+    segment = _segments(tmp_path)[-1]
+    data = bytearray(segment.read_bytes())
+    data[12] ^= 0xFF  # inside the first record
+    segment.write_bytes(bytes(data))
+    with pytest.raises(JournalCorrupt, match="fails its checksum"):
+        EmbeddedEngine(tmp_path)
+
+
+def test_snapshots_bound_the_replay_and_keep_the_state(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path, snapshot_bytes=2048) as engine:
+        _fill(engine, 200)
+        image = engine.state.canonical_bytes()
+    assert len(list(tmp_path.glob("snapshot-*.bin"))) == 1
+    assert len(_segments(tmp_path)) == 1
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records < 30
+        assert engine.state.canonical_bytes() == image
+
+
+def test_a_second_engine_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path):
+        with pytest.raises(DataDirectoryLocked, match="in use by another process"):
+            EmbeddedEngine(tmp_path)
+        code = (
+            "import sys\n"
+            "from ledger.embedded import EmbeddedEngine, DataDirectoryLocked\n"
+            "try:\n"
+            f"    EmbeddedEngine({str(tmp_path)!r})\n"
+            "except DataDirectoryLocked as e:\n"
+            "    print(e); sys.exit(3)\n"
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert child.returncode == 3, child.stderr
+        assert f"pid {os.getpid()}" in child.stdout
+    # Released on close: the directory opens again.
+    EmbeddedEngine(tmp_path).close()
+
+
+@pytest.mark.slow
+def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    acknowledged: set[int] = set()
+    submitted: set[int] = set()
+    for round_ in range(10):
+        first_id = 1_000_000 * (round_ + 1)
+        child = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "integration" / "crash_child.py"),
+             str(tmp_path), str(first_id)],  # fmt: skip
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert child.stdout is not None
+        acks_wanted = rng.randint(1, 400)
+        acks = 0
+        for line in child.stdout:
+            kind, tid = line.split()
+            (acknowledged if kind == "A" else submitted).add(int(tid))
+            acks += kind == "A"
+            if acks >= acks_wanted:
+                break
+        child.send_signal(signal.SIGKILL)
+        rest, _ = child.communicate(timeout=30)
+        for line in rest.splitlines():
+            kind, tid = line.split()
+            (acknowledged if kind == "A" else submitted).add(int(tid))
+        with EmbeddedEngine(tmp_path) as engine:
+            client = engine.client_sync()
+            present = set(engine.state.transfers)
+            heads = {tid for tid in present if tid % 2 == 0}
+            # Every acknowledged pair is there, whole; nothing is there that was not submitted.
+            assert acknowledged <= heads
+            assert heads <= submitted
+            assert all(tid + 1 in present for tid in heads)
+            a1, a2, a3 = client.lookup_accounts([1, 2, 3])
+            assert a1.debits_posted == 3 * len(heads)
+            assert a2.credits_posted == 3 * len(heads) and a2.debits_posted == len(heads)
+            assert a3.credits_posted == len(heads)
