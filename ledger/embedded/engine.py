@@ -179,7 +179,7 @@ class EmbeddedEngine:
             state.pulse(timestamp)
             self._journal(OP_PULSE, timestamp, ())
 
-    def _journal(self, operation: int, timestamp: int, events: Sequence[Any]) -> int:
+    def _journal(self, operation: int, timestamp: int, events: list[Any] | tuple[()]) -> int:
         journal = self.journal
         if journal is None:
             return 0
