@@ -293,6 +293,9 @@ def _filter_tuple(
     values = tuple(int(getattr(f, name)) for name, _ in fields)
     for (name, bits), value in zip(fields, values, strict=True):
         _check_uint(name, value, bits)
+    # TigerBeetle refuses a query whose reply could exceed one message, as the real client does.
+    if f.limit > BATCH_EVENTS_MAX:
+        raise TooMuchDataError()
     return values
 
 
