@@ -63,16 +63,22 @@ class Bench:
         return self.base + (i % ACCOUNTS)
 
     async def setup(self) -> None:
-        accounts = [Account(id=self._account(i), ledger=self.ledger_id, code=1)
-                    for i in range(ACCOUNTS)]  # fmt: skip
+        accounts = [
+            Account(id=self._account(i), ledger=self.ledger_id, code=1) for i in range(ACCOUNTS)
+        ]
         results = await self.ledger.create_accounts(accounts)
         assert all(r.status.name in ("CREATED", "EXISTS") for r in results)
 
     def _transfer(self, i: int, **fields: int) -> Transfer:
         return Transfer(
-            id=new_id(), debit_account_id=self._account(i), credit_account_id=self._account(i + 1),
-            amount=1, ledger=self.ledger_id, code=1, **fields,
-        )  # fmt: skip
+            id=new_id(),
+            debit_account_id=self._account(i),
+            credit_account_id=self._account(i + 1),
+            amount=1,
+            ledger=self.ledger_id,
+            code=1,
+            **fields,
+        )
 
     async def _timed(self, requests: list[list[Transfer]]) -> tuple[float, list[float]]:
         latencies = []
@@ -87,32 +93,50 @@ class Bench:
     async def batch(self, requests: int) -> None:
         batches = [[self._transfer(i) for i in range(BATCH_EVENTS_MAX)] for _ in range(requests)]
         seconds, latencies = await self._timed(batches)
-        _row("batch of 8189 transfers", requests * BATCH_EVENTS_MAX, "transfers", seconds,
-             latencies)  # fmt: skip
+        _row(
+            "batch of 8189 transfers", requests * BATCH_EVENTS_MAX, "transfers", seconds, latencies
+        )
 
     async def chains(self, requests: int) -> None:
         per_request = BATCH_EVENTS_MAX // 4
         batches = [
-            [self._transfer(i, flags=TransferFlags.LINKED if i % 4 != 3 else 0)
-             for i in range(per_request * 4)]  # fmt: skip
+            [
+                self._transfer(i, flags=TransferFlags.LINKED if i % 4 != 3 else 0)
+                for i in range(per_request * 4)
+            ]
             for _ in range(requests)
         ]
         seconds, latencies = await self._timed(batches)
-        _row("linked chains of 4 (full batches)", requests * per_request, "chains", seconds,
-             latencies)  # fmt: skip
-        _row("  the same, in transfers", requests * per_request * 4, "transfers", seconds,
-             latencies)  # fmt: skip
+        _row(
+            "linked chains of 4 (full batches)",
+            requests * per_request,
+            "chains",
+            seconds,
+            latencies,
+        )
+        _row(
+            "  the same, in transfers", requests * per_request * 4, "transfers", seconds, latencies
+        )
 
     async def two_phase(self, requests: int) -> None:
         per_request = BATCH_EVENTS_MAX // 2
         pendings = [
-            [self._transfer(i, flags=TransferFlags.PENDING, timeout=3600)
-             for i in range(per_request)]  # fmt: skip
+            [
+                self._transfer(i, flags=TransferFlags.PENDING, timeout=3600)
+                for i in range(per_request)
+            ]
             for _ in range(requests)
         ]
         posts = [
-            [Transfer(id=new_id(), pending_id=p.id, amount=1, flags=TransferFlags.POST_PENDING_TRANSFER)
-             for p in batch]  # fmt: skip
+            [
+                Transfer(
+                    id=new_id(),
+                    pending_id=p.id,
+                    amount=1,
+                    flags=TransferFlags.POST_PENDING_TRANSFER,
+                )
+                for p in batch
+            ]
             for batch in pendings
         ]
         latencies = []
@@ -124,8 +148,9 @@ class Bench:
                 assert all(r.status == CREATED for r in results)
             latencies.append(time.perf_counter() - t0)
         seconds = time.perf_counter() - start
-        _row("pending-then-post pairs (batches)", requests * per_request, "pairs", seconds,
-             latencies)  # fmt: skip
+        _row(
+            "pending-then-post pairs (batches)", requests * per_request, "pairs", seconds, latencies
+        )
 
     async def single(self, total: int, callers: int) -> None:
         transfers = [self._transfer(i) for i in range(total)]

@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ledger.client import LedgerSync, open_ledger_sync
 from ledger.settings import LedgerSettings
-from ledger.types import Account, AccountFlags, Transfer, TransferFlags, new_id
+from ledger.types import (
+    Account,
+    AccountFlags,
+    CreateAccountResult,
+    CreateTransferResult,
+    Transfer,
+    TransferFlags,
+    new_id,
+)
 
 
 def _show(ledger: LedgerSync, names: dict[int, str]) -> None:
@@ -26,8 +35,8 @@ def _show(ledger: LedgerSync, names: dict[int, str]) -> None:
         )
 
 
-def _say(step: str, results: list[object]) -> None:
-    statuses = ", ".join(r.status.name.lower() for r in results)  # type: ignore[attr-defined]
+def _say(step: str, results: Sequence[CreateAccountResult | CreateTransferResult]) -> None:
+    statuses = ", ".join(r.status.name.lower() for r in results)
     print(f"\n{step}\n    -> {statuses}")
 
 
@@ -40,23 +49,41 @@ def tour(ledger: LedgerSync) -> None:
         ledger.create_accounts(
             [
                 Account(id=issuance, ledger=ledger_id, code=101),
-                Account(id=wallet, ledger=ledger_id, code=200,
-                        flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY),
+                Account(
+                    id=wallet,
+                    ledger=ledger_id,
+                    code=200,
+                    flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY,
+                ),
                 Account(id=consumed, ledger=ledger_id, code=110),
-            ]  # fmt: skip
+            ]
         ),
     )
 
-    def move(dr: int, cr: int, amount: int, **kw: int) -> Transfer:
-        return Transfer(id=new_id(), debit_account_id=dr, credit_account_id=cr, amount=amount,
-                        ledger=ledger_id, code=1, **kw)  # fmt: skip
+    def move(
+        dr: int, cr: int, amount: int, flags: TransferFlags = TransferFlags.NONE, timeout: int = 0
+    ) -> Transfer:
+        return Transfer(
+            id=new_id(),
+            debit_account_id=dr,
+            credit_account_id=cr,
+            amount=amount,
+            ledger=ledger_id,
+            code=1,
+            flags=flags,
+            timeout=timeout,
+        )
 
     _say("Grant 1,000 credits:", ledger.create_transfers([move(issuance, wallet, 1000)]))
     _say("Spend 300:", ledger.create_transfers([move(wallet, consumed, 300)]))
-    _say("Try to spend 800 (only 700 left):", ledger.create_transfers([move(wallet, consumed, 800)]))
+    _say(
+        "Try to spend 800 (only 700 left):", ledger.create_transfers([move(wallet, consumed, 800)])
+    )
     _say(
         "Reserve 200 for 1 second (a pending transfer with a timeout):",
-        ledger.create_transfers([move(wallet, consumed, 200, flags=TransferFlags.PENDING, timeout=1)]),
+        ledger.create_transfers(
+            [move(wallet, consumed, 200, flags=TransferFlags.PENDING, timeout=1)]
+        ),
     )
     _show(ledger, names)
     print("\n(waiting 1.5 s for the reservation to time out by itself)")

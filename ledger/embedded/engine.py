@@ -48,23 +48,56 @@ OP_CREATE_ACCOUNTS = 146
 OP_CREATE_TRANSFERS = 147
 
 _TRANSFER_FIELDS = (
-    ("id", 128), ("debit_account_id", 128), ("credit_account_id", 128), ("amount", 128),
-    ("pending_id", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
-    ("timeout", 32), ("ledger", 32), ("code", 16), ("flags", 16), ("timestamp", 64),
-)  # fmt: skip
+    ("id", 128),
+    ("debit_account_id", 128),
+    ("credit_account_id", 128),
+    ("amount", 128),
+    ("pending_id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("timeout", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+    ("timestamp", 64),
+)
 _ACCOUNT_FIELDS = (
-    ("id", 128), ("debits_pending", 128), ("debits_posted", 128), ("credits_pending", 128),
-    ("credits_posted", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
-    ("ledger", 32), ("code", 16), ("flags", 16), ("timestamp", 64),
-)  # fmt: skip
+    ("id", 128),
+    ("debits_pending", 128),
+    ("debits_posted", 128),
+    ("credits_pending", 128),
+    ("credits_posted", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("flags", 16),
+    ("timestamp", 64),
+)
 _FILTER_FIELDS = (
-    ("account_id", 128), ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32),
-    ("code", 16), ("timestamp_min", 64), ("timestamp_max", 64), ("limit", 32), ("flags", 32),
-)  # fmt: skip
+    ("account_id", 128),
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("code", 16),
+    ("timestamp_min", 64),
+    ("timestamp_max", 64),
+    ("limit", 32),
+    ("flags", 32),
+)
 _QUERY_FIELDS = (
-    ("user_data_128", 128), ("user_data_64", 64), ("user_data_32", 32), ("ledger", 32),
-    ("code", 16), ("timestamp_min", 64), ("timestamp_max", 64), ("limit", 32), ("flags", 32),
-)  # fmt: skip
+    ("user_data_128", 128),
+    ("user_data_64", 64),
+    ("user_data_32", 32),
+    ("ledger", 32),
+    ("code", 16),
+    ("timestamp_min", 64),
+    ("timestamp_max", 64),
+    ("limit", 32),
+    ("flags", 32),
+)
 
 
 class EmbeddedEngine:
@@ -315,18 +348,37 @@ def _check_uint(name: str, number: int, bits: int) -> None:
 
 def _account(a: Sequence[int]) -> Account:
     return Account(
-        id=a[0], debits_pending=a[1], debits_posted=a[2], credits_pending=a[3],
-        credits_posted=a[4], user_data_128=a[5], user_data_64=a[6], user_data_32=a[7],
-        ledger=a[8], code=a[9], flags=AccountFlags(a[10]), timestamp=a[11],
-    )  # fmt: skip
+        id=a[0],
+        debits_pending=a[1],
+        debits_posted=a[2],
+        credits_pending=a[3],
+        credits_posted=a[4],
+        user_data_128=a[5],
+        user_data_64=a[6],
+        user_data_32=a[7],
+        ledger=a[8],
+        code=a[9],
+        flags=AccountFlags(a[10]),
+        timestamp=a[11],
+    )
 
 
 def _transfer(t: TransferTuple) -> Transfer:
     return Transfer(
-        id=t[0], debit_account_id=t[1], credit_account_id=t[2], amount=t[3], pending_id=t[4],
-        user_data_128=t[5], user_data_64=t[6], user_data_32=t[7], timeout=t[8], ledger=t[9],
-        code=t[10], flags=TransferFlags(t[11]), timestamp=t[12],
-    )  # fmt: skip
+        id=t[0],
+        debit_account_id=t[1],
+        credit_account_id=t[2],
+        amount=t[3],
+        pending_id=t[4],
+        user_data_128=t[5],
+        user_data_64=t[6],
+        user_data_32=t[7],
+        timeout=t[8],
+        ledger=t[9],
+        code=t[10],
+        flags=TransferFlags(t[11]),
+        timestamp=t[12],
+    )
 
 
 def _balance(b: tuple[int, int, int, int, int]) -> AccountBalance:

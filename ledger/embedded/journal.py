@@ -75,6 +75,7 @@ class Journal:
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.syncs = 0  # how many times the writer synced: under load, far fewer than records
 
     # -------------------------------------------------------------------------------------
     # Recovery.
@@ -271,6 +272,7 @@ class Journal:
             view = view[n:]
         if self._fsync:
             os.fdatasync(self._fd)
+        self.syncs += 1
         self._segment_bytes += len(data)
 
     def _wake_waiters(self, error: BaseException | None) -> None:

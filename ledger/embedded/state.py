@@ -450,9 +450,17 @@ class StateMachine:
             xs.append(stored)
         if (dr[_FLAGS] | cr[_FLAGS]) & AF_HISTORY:
             self.history[ts] = (
-                dr[_ID], dr[_DP], dr[_DPO], dr[_CP], dr[_CPO],
-                cr[_ID], cr[_DP], cr[_DPO], cr[_CP], cr[_CPO],
-            )  # fmt: skip
+                dr[_ID],
+                dr[_DP],
+                dr[_DPO],
+                dr[_CP],
+                dr[_CPO],
+                cr[_ID],
+                cr[_DP],
+                cr[_DPO],
+                cr[_CP],
+                cr[_CPO],
+            )
         self.commit_timestamp = ts
 
     def _undo_transfer(self, entry: tuple[Any, ...]) -> None:
@@ -621,14 +629,35 @@ class StateMachine:
 
         # From here on the transfer succeeds.
         stored = (
-            tid, p[1], p[2], amount, pending_id, u128 or p[5], u64 or p[6], u32 or p[7], 0,
-            p[9], p[10], flags, ts,
-        )  # fmt: skip
+            tid,
+            p[1],
+            p[2],
+            amount,
+            pending_id,
+            u128 or p[5],
+            u64 or p[6],
+            u32 or p[7],
+            0,
+            p[9],
+            p[10],
+            flags,
+            ts,
+        )
         if self._undo is not None:
             self._undo.append(
-                (1, stored, dr, dr[1:5], dr[_FLAGS], cr, cr[1:5], cr[_FLAGS], pending_id,
-                 self.commit_timestamp)
-            )  # fmt: skip
+                (
+                    1,
+                    stored,
+                    dr,
+                    dr[1:5],
+                    dr[_FLAGS],
+                    cr,
+                    cr[1:5],
+                    cr[_FLAGS],
+                    pending_id,
+                    self.commit_timestamp,
+                )
+            )
         self.pending_status[pending_id] = POSTED if post else VOIDED
         dr[_DP] -= p_amount
         cr[_CP] -= p_amount

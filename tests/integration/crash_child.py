@@ -38,10 +38,18 @@ def main(data_dir: str, first_id: int) -> None:
             tid = first_id + (n * THREADS + thread) * 2
             n += 1
             pair = [
-                Transfer(id=tid, debit_account_id=1, credit_account_id=2, amount=3, ledger=1,
-                         code=1, flags=TransferFlags.LINKED),  # fmt: skip
-                Transfer(id=tid + 1, debit_account_id=2, credit_account_id=3, amount=1, ledger=1,
-                         code=1),  # fmt: skip
+                Transfer(
+                    id=tid,
+                    debit_account_id=1,
+                    credit_account_id=2,
+                    amount=3,
+                    ledger=1,
+                    code=1,
+                    flags=TransferFlags.LINKED,
+                ),
+                Transfer(
+                    id=tid + 1, debit_account_id=2, credit_account_id=3, amount=1, ledger=1, code=1
+                ),
             ]
             say(f"S {tid}")
             results = client.create_transfers(pair)

@@ -87,9 +87,16 @@ def transfer_events(draw: st.DrawFn, next_id: list[int], pendings: list[int]) ->
             dr = cr = ledger = 0
         events.append(
             Transfer(
-                id=tid, debit_account_id=dr, credit_account_id=cr, amount=amount,
-                pending_id=pending_id, timeout=timeout, ledger=ledger, code=7, flags=flags,
-            )  # fmt: skip
+                id=tid,
+                debit_account_id=dr,
+                credit_account_id=cr,
+                amount=amount,
+                pending_id=pending_id,
+                timeout=timeout,
+                ledger=ledger,
+                code=7,
+                flags=flags,
+            )
         )
     return events
 
@@ -98,7 +105,7 @@ def _check_invariants(state: StateMachine) -> None:
     sums: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     expected: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for t in state.transfer_log:
-        tid, dr, cr, amount, pending_id, *_ = t
+        tid, dr, cr, amount, *_ = t
         flags = t[11]
         if flags & TransferFlags.PENDING:
             if state.pending_status[tid] == PENDING:
@@ -135,8 +142,14 @@ def test_random_sequences_keep_the_books_balanced(tmp_path_factory, data: st.Dat
     engine = EmbeddedEngine(directory, clock_ns=clock, fsync=False, snapshot_bytes=4096)
     client = engine.client_sync()
     funding = [
-        Transfer(id=10_000 + dr, debit_account_id=dr, credit_account_id=cr, amount=100,
-                 ledger=LEDGERS[(dr - 1) % 2], code=1)  # fmt: skip
+        Transfer(
+            id=10_000 + dr,
+            debit_account_id=dr,
+            credit_account_id=cr,
+            amount=100,
+            ledger=LEDGERS[(dr - 1) % 2],
+            code=1,
+        )
         for dr, cr in FUNDING
     ]
     client.create_accounts(_accounts())
