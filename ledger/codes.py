@@ -65,6 +65,7 @@ class AccountCode(enum.IntEnum):
     # The two ends of the zero-amount operation header transfer. Zero forever.
     OPERATION_HEADER_DEBIT = 13
     OPERATION_HEADER_CREDIT = 14
+    CONTROL_CAP = 15  # Zero between chains: carries a capped overage while it is collected.
 
     # Owned accounts.
     GRANT = 100  # One credit block: its balance is what is left to spend.
@@ -100,6 +101,7 @@ class TransferCode(enum.IntEnum):
     CONTROL_HOLD = 17  # Drain -> hold: the N a reservation must drain.
     CONTROL_NORMALIZE = 18  # Hold -> drain, balancing: clears what released reservations left.
     CONTROL_CHECK = 19  # Check -> drain, balancing: moves zero, or the chain did not reach N.
+    CONTROL_CAP = 20  # Drain -> cap (load the overage), cap -> drain (give back the shortfall).
 
 
 SYSTEM_ACCOUNT_CODES: Final[frozenset[AccountCode]] = frozenset(
@@ -113,6 +115,7 @@ CONTROL_ACCOUNT_CODES: Final[frozenset[AccountCode]] = frozenset(
         AccountCode.CONTROL_DRAIN,
         AccountCode.CONTROL_CHECK,
         AccountCode.CONTROL_HOLD,
+        AccountCode.CONTROL_CAP,
         AccountCode.OPERATION_HEADER_DEBIT,
         AccountCode.OPERATION_HEADER_CREDIT,
     }
@@ -148,6 +151,8 @@ ACCOUNT_FLAGS: Final[dict[AccountCode, int]] = {
     # Both ends of the header hold zero forever, enforced by TigerBeetle.
     AccountCode.OPERATION_HEADER_DEBIT: _DMNEC,
     AccountCode.OPERATION_HEADER_CREDIT: _CMNED,
+    # The cap is credited the overage first and never pays out more than it holds.
+    AccountCode.CONTROL_CAP: _DMNEC,
     AccountCode.GRANT: _DMNEC | _HISTORY,
     AccountCode.OVERDRAFT: _DMNEC | _HISTORY,
     AccountCode.OVERDRAFT_UNBOUNDED: _CMNED | _HISTORY,

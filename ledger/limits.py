@@ -35,6 +35,27 @@ JOURNAL_SNAPSHOT_BYTES_DEFAULT = 256 * 1024 * 1024
 # under this bound, and a record claiming more is corrupt.
 JOURNAL_RECORD_BYTES_MAX = 64 * 1024 * 1024
 
+# A spend path: at most this many accounts to draw from (grants in burn order, the parent's when
+# the wallet falls through, the overdraft) and this many budgets (one per resource on the path).
+PATH_SOURCES_MAX = 64
+PATH_BUDGETS_MAX = 8
+# Events of one drain chain: header, normalize, set-up, check, then budgets and sources.
+CHAIN_LEGS_MAX = 4 + PATH_BUDGETS_MAX + PATH_SOURCES_MAX
+# A settle resolves reservation leg i with its own leg i; its overage legs start here.
+SETTLE_LEG_INDEX = 0
+OVERAGE_LEG_INDEX = 100
+
+# Amounts a caller may ask for: 1 .. 2^63-1 (they travel as JSON integers).
+AMOUNT_MAX_REQUEST = (1 << 63) - 1
+
+# Reservations: default and longest timeout.
+RESERVATION_TIMEOUT_S_DEFAULT = 3600
+RESERVATION_TIMEOUT_S_MAX = 24 * 3600
+
+assert CHAIN_LEGS_MAX < OVERAGE_LEG_INDEX
+assert OVERAGE_LEG_INDEX + CHAIN_LEGS_MAX < 2 * OVERAGE_LEG_INDEX
+assert 2 * CHAIN_LEGS_MAX + 2 <= BATCH_EVENTS_MAX
+assert RESERVATION_TIMEOUT_S_DEFAULT <= RESERVATION_TIMEOUT_S_MAX <= PENDING_TIMEOUT_S_MAX
 assert BATCH_EVENTS_MAX * 128 <= 1024 * 1024
 assert TIMESTAMP_MAX < U64_MAX
 assert PENDING_TIMEOUT_S_MAX * 1_000_000_000 < TIMESTAMP_MAX

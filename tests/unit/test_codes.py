@@ -134,6 +134,7 @@ def test_values_are_stable() -> None:
         "CONTROL_HOLD": 12,
         "OPERATION_HEADER_DEBIT": 13,
         "OPERATION_HEADER_CREDIT": 14,
+        "CONTROL_CAP": 15,
         "GRANT": 100,
         "OVERDRAFT": 101,
         "OVERDRAFT_UNBOUNDED": 102,
@@ -159,6 +160,7 @@ def test_values_are_stable() -> None:
         "CONTROL_HOLD": 17,
         "CONTROL_NORMALIZE": 18,
         "CONTROL_CHECK": 19,
+        "CONTROL_CAP": 20,
     }
 
 

@@ -1,0 +1,67 @@
+"""Domain errors with stable codes. The API maps each code to one HTTP status (one table).
+
+Business outcomes (not enough credits, an expired reservation) are errors of this module, never
+assertions: a caller meets them in normal operation. Programmer errors are assertions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CreditError(Exception):
+    code: ClassVar[str] = "credit_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InsufficientCredits(CreditError):
+    code = "insufficient_credits"
+
+
+class BudgetExceeded(CreditError):
+    code = "budget_exceeded"
+
+
+class ReservationExpired(CreditError):
+    code = "reservation_expired"
+
+
+class ReservationAlreadySettled(CreditError):
+    code = "reservation_already_settled"
+
+
+class ReservationAlreadyReleased(CreditError):
+    code = "reservation_already_released"
+
+
+class IdempotencyConflict(CreditError):
+    code = "idempotency_conflict"
+
+
+class NotFound(CreditError):
+    code = "not_found"
+
+
+class InvalidRequest(CreditError):
+    code = "validation_error"
+
+
+class LedgerUnavailableError(CreditError):
+    code = "ledger_unavailable"
+
+
+ALL_ERRORS: tuple[type[CreditError], ...] = (
+    InsufficientCredits,
+    BudgetExceeded,
+    ReservationExpired,
+    ReservationAlreadySettled,
+    ReservationAlreadyReleased,
+    IdempotencyConflict,
+    NotFound,
+    InvalidRequest,
+    LedgerUnavailableError,
+)

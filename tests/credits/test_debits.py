@@ -1,0 +1,105 @@
+"""Debits: burn order, spans over several blocks, fall-through, overdraft, idempotency."""
+
+from __future__ import annotations
+
+import pytest
+
+from grants.errors import IdempotencyConflict, InsufficientCredits
+from grants.model import Category
+from tests.credits.conftest import AGENT, TEAM, OverdraftMode, World
+
+S = 1_000_000_000
+
+
+def test_debit_spans_blocks_in_burn_order(world: World) -> None:
+    wallet = world.wallet(AGENT)
+    now = world.now()
+    later = world.grant(wallet, 100, expires_at_ns=now + 90 * S)
+    sooner = world.grant(wallet, 50, expires_at_ns=now + 10 * S)
+    promo = world.grant(wallet, 30, category=Category.PROMOTIONAL, expires_at_ns=now + 90 * S)
+    result = world.debit(120)
+    assert [(f.account_id, f.amount) for f in result.funded_by] == [
+        (sooner.id, 50),
+        (promo.id, 30),
+        (later.id, 40),
+    ]
+    assert world.available(later.id) == 60
+    assert world.available(sooner.id) == 0
+    assert world.available(promo.id) == 0
+
+
+def test_debit_of_more_than_available_moves_nothing(world: World) -> None:
+    wallet = world.wallet(AGENT)
+    grant = world.grant(wallet, 100)
+    with pytest.raises(InsufficientCredits):
+        world.debit(101)
+    assert world.available(grant.id) == 100
+    assert world.debit(100).amount == 100
+    assert world.available(grant.id) == 0
+
+
+def test_replay_returns_the_original_outcome_and_moves_nothing(world: World) -> None:
+    wallet = world.wallet(AGENT)
+    grant = world.grant(wallet, 100)
+    first = world.debit(30, key="same")
+    again = world.debit(30, key="same")
+    assert again.replayed and not first.replayed
+    assert again.operation_id == first.operation_id
+    assert again.funded_by == first.funded_by
+    assert world.available(grant.id) == 70
+    with pytest.raises(IdempotencyConflict):
+        world.debit(31, key="same")
+    assert world.available(grant.id) == 70
+
+
+def test_a_refused_debit_keeps_its_answer_under_the_same_key(world: World) -> None:
+    wallet = world.wallet(AGENT)
+    grant = world.grant(wallet, 10)
+    with pytest.raises(InsufficientCredits):
+        world.debit(20, key="k-refused")
+    world.grant(wallet, 100)
+    with pytest.raises(InsufficientCredits):
+        world.debit(20, key="k-refused")
+    assert world.available(grant.id) == 10
+
+
+def test_fall_through_to_the_parent_wallet(world: World) -> None:
+    team = world.wallet(TEAM)
+    agent = world.wallet(AGENT, fall_through=True)
+    own = world.grant(agent, 10)
+    parent = world.grant(team, 100)
+    result = world.debit(25)
+    assert [(f.account_id, f.amount) for f in result.funded_by] == [(own.id, 10), (parent.id, 15)]
+    assert world.available(parent.id) == 85
+
+
+def test_no_fall_through_without_the_flag(world: World) -> None:
+    team = world.wallet(TEAM)
+    agent = world.wallet(AGENT)
+    world.grant(agent, 10)
+    world.grant(team, 100)
+    with pytest.raises(InsufficientCredits):
+        world.debit(25)
+
+
+def test_soft_limit_overdraft_and_repayment_by_the_next_grant(world: World) -> None:
+    wallet = world.wallet(AGENT, overdraft_mode=OverdraftMode.SOFT, overdraft_limit=50)
+    world.grant(wallet, 20)
+    result = world.debit(60)
+    assert [(f.kind, f.amount) for f in result.funded_by] == [("grant", 20), ("overdraft", 40)]
+    with pytest.raises(InsufficientCredits):
+        world.debit(11)  # 10 of headroom left
+    grant = world.grant(wallet, 100)
+    assert world.available(grant.id) == 60  # 40 repaid the deficit first
+    assert world.account(wallet.overdraft_account_id).debits_posted == 40
+    # The headroom is whole again.
+    world.debit(60 + 50)
+
+
+def test_unbounded_overdraft_never_refuses(world: World) -> None:
+    wallet = world.wallet(AGENT, overdraft_mode=OverdraftMode.UNBOUNDED)
+    world.grant(wallet, 5)
+    result = world.debit(1000)
+    assert [(f.kind, f.amount) for f in result.funded_by] == [("grant", 5), ("overdraft", 995)]
+    grant = world.grant(wallet, 2000)
+    assert world.available(grant.id) == 1005

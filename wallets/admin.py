@@ -1,0 +1,357 @@
+"""Admin operations on credit blocks, on the ledger side: issue, void, expire, refund.
+
+Each is idempotent on its own: ids derive from the caller's key (issue, void, refund) or from
+the block's state (expiry sweeps), so a retry finds `exists` and moves nothing twice. The
+Postgres side of these operations (catalog rows, idempotency records, the audit log) is the
+caller's, ordered around these calls so that a crash between the two stores leaves nothing
+reconciliation cannot finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from grants.burn_order import burn_order_key
+from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
+from grants.model import Category, Grant
+from ledger.codes import AccountCode, TransferCode, account_flags
+from ledger.ids import derive_id, leg_id, system_account_id
+from ledger.limits import AMOUNT_MAX_REQUEST
+from ledger.statuses import Outcome, transfer_outcome
+from ledger.types import (
+    AMOUNT_MAX,
+    Account,
+    AccountFilter,
+    AccountFilterFlags,
+    AccountFlags,
+    CreateAccountStatus,
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferFlags,
+)
+from wallets import chains
+from wallets.catalog import OverdraftMode
+from wallets.chains import Operation
+from wallets.service import CreditService, _fingerprint
+
+S = CreateTransferStatus
+LINKED = TransferFlags.LINKED
+BD = TransferFlags.BALANCING_DEBIT
+BC = TransferFlags.BALANCING_CREDIT
+
+
+class IssueResult(msgspec.Struct, frozen=True):
+    grant_id: int
+    amount: int
+    repaid: int  # what went straight to the wallet's overdraft deficit
+    replayed: bool
+
+
+class SweepResult(msgspec.Struct, frozen=True):
+    grant_id: int
+    amount: int
+    reason: str  # "expired" | "voided"
+
+
+class RefundResult(msgspec.Struct, frozen=True):
+    operation_id: int
+    debit_id: int
+    amount: int
+    restored: list[tuple[int, int]]  # (account id, amount), reverse burn order
+    replayed: bool
+
+
+class CreditAdmin:
+    def __init__(self, service: CreditService) -> None:
+        self.service = service
+        self.ledger = service.ledger
+        self.catalog = service.catalog
+        # Blocks that were voided: kept so that credits a release returns to them are voided too.
+        self.voided: dict[int, Grant] = {}
+
+    async def issue(self, grant: Grant, *, tenant: int, fingerprint: int) -> IssueResult:
+        """Opens the block's account and funds it, repaying the wallet's deficit first."""
+        if not 1 <= grant.amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        wallet = self.catalog.wallet(grant.wallet_id)
+        account = Account(
+            id=grant.id,
+            ledger=grant.ledger,
+            code=AccountCode.GRANT,
+            user_data_128=grant.wallet_id,
+            user_data_64=grant.effective_at_ns,
+            user_data_32=tenant,
+            flags=AccountFlags(account_flags(AccountCode.GRANT)),
+        )
+        (created,) = await self.ledger.create_accounts([account])
+        if created.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS):
+            raise IdempotencyConflict("this idempotency key issued another grant")
+        op = Operation(grant.id, fingerprint, grant.ledger, tenant, grant.effective_at_ns)
+        issuance = (
+            AccountCode.ISSUANCE_PAID
+            if grant.category is Category.PAID
+            else AccountCode.ISSUANCE_PROMOTIONAL
+        )
+        chain = [
+            chains.header(op),
+            _move(
+                op,
+                1,
+                system_account_id(grant.ledger, issuance),
+                grant.id,
+                grant.amount,
+                TransferCode.GRANT_FUNDING,
+                LINKED,
+            ),
+            _move(
+                op,
+                2,
+                grant.id,
+                wallet.debt_account_id,
+                AMOUNT_MAX,
+                TransferCode.OVERDRAFT_REPAY,
+                LINKED | BD | BC,
+            ),
+        ]
+        deficit = 0
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            deficit = await self._bounded_deficit(
+                wallet.overdraft_account_id, wallet.overdraft_limit
+            )
+        if deficit > 0:
+            assert wallet.overdraft_account_id is not None
+            chain.append(
+                _move(
+                    op,
+                    3,
+                    grant.id,
+                    wallet.overdraft_account_id,
+                    deficit,
+                    TransferCode.OVERDRAFT_REPAY,
+                    LINKED | BD,
+                )
+            )
+        chain[-1].flags &= ~LINKED
+        results = await self.ledger.create_transfers(chain)
+        replayed = results[0].status is S.EXISTS
+        if not replayed and any(r.status is not S.CREATED for r in results):
+            if transfer_outcome(results[0].status) is Outcome.CONFLICT:
+                raise IdempotencyConflict("this idempotency key issued another grant")
+            raise AssertionError(f"grant funding failed: {[r.status.name for r in results]}")
+        legs = {
+            t.id: t for t in await self.ledger.lookup_transfers([leg_id(op.id, i) for i in (2, 3)])
+        }
+        repaid = sum(t.amount for t in legs.values())
+        self.catalog.put_grant(grant)
+        return IssueResult(grant.id, grant.amount, repaid, replayed)
+
+    async def _bounded_deficit(self, account_id: int | None, limit: int) -> int:
+        """The posted deficit of a bounded overdraft account: what was drawn and not repaid.
+        Read, not enforced: draws only ever raise it, so a stale read repays too little, never
+        too much; and grants to one wallet are issued one at a time."""
+        if account_id is None:
+            return 0
+        accounts = await self.ledger.lookup_accounts([account_id])
+        if not accounts:
+            return 0
+        a = accounts[0]
+        return max(0, a.debits_posted + limit - a.credits_posted)
+
+    async def void(self, grant_id: int, *, tenant: int, key: str) -> SweepResult:
+        """Takes what is left of a block out of the wallet; held credits stay held, and what a
+        release later gives back to the block is voided by the next sweep."""
+        grant = self.catalog.grants.get(grant_id) or self.voided.get(grant_id)
+        if grant is None:
+            raise NotFound(f"grant {grant_id} not found")
+        self.catalog.drop_grant(grant_id)
+        self.voided[grant_id] = grant
+        op = derive_id("grant/void", tenant, key)
+        sweep = _sweep(grant, op, AccountCode.VOIDED, TransferCode.GRANT_VOID, tenant)
+        (result,) = await self.ledger.create_transfers([sweep])
+        if result.status not in (S.CREATED, S.EXISTS):
+            raise IdempotencyConflict(f"grant void refused: {result.status.name}")
+        (moved,) = await self.ledger.lookup_transfers([sweep.id])
+        return SweepResult(grant_id, moved.amount, "voided")
+
+    async def sweep(self, at_ns: int) -> list[SweepResult]:
+        """Expiry: moves the available balance of every block past `expires_at` to breakage,
+        and of every voided block to voided. Credits still held stay held; what comes back
+        later is swept again. Each sweep's id derives from the block's balances, so a repeated
+        sweep of an unchanged block is `exists`, never a second movement."""
+        expired = [g for g in self.catalog.grants.values() if g.expired(at_ns)]
+        candidates = [*expired, *self.voided.values()]
+        if not candidates:
+            return []
+        accounts = {a.id: a for a in await self.ledger.lookup_accounts([g.id for g in candidates])}
+        sweeps, reasons = [], {}
+        for grant in candidates:
+            account = accounts.get(grant.id)
+            if account is None:
+                continue
+            voided = grant.id in self.voided
+            if account.credits_posted - account.debits_posted - account.debits_pending > 0:
+                state = (account.debits_pending, account.debits_posted, account.credits_posted)
+                op = derive_id("grant/sweep", grant.id, *state)
+                sweeps.append(
+                    _sweep(
+                        grant,
+                        op,
+                        AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
+                        TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
+                        account.user_data_32,
+                    )
+                )
+                reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
+            elif account.debits_pending == 0:
+                # Nothing left and nothing held: nothing can come back. Done with this block.
+                self.catalog.drop_grant(grant.id)
+                self.voided.pop(grant.id, None)
+        if not sweeps:
+            return []
+        results = await self.ledger.create_transfers(sweeps)
+        assert all(r.status in (S.CREATED, S.EXISTS) for r in results), results
+        moved = await self.ledger.lookup_transfers([t.id for t in sweeps])
+        return [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
+
+    async def refund(self, debit_id: int, amount: int, *, tenant: int, key: str) -> RefundResult:
+        """Gives back up to `amount` of a debit's credits to the blocks it drew from, in
+        reverse burn order, never more than the debit took (earlier refunds counted)."""
+        if not 1 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        legs = await self.service._legs(debit_id)
+        setup = legs[chains.SETUP]
+        if setup.code != TransferCode.CONSUME:
+            raise NotFound(f"debit {debit_id} not found")
+        op_id = derive_id("refund", tenant, key)
+        fingerprint = _fingerprint("refund", debit_id, amount)
+        op = Operation(op_id, fingerprint, setup.ledger, tenant, self.service.clock_ns())
+        existing = await self.ledger.lookup_transfers([leg_id(op_id, 0)])
+        if existing:
+            return await self._refund_replay(op, debit_id, existing[0])
+        taken = [
+            (t.debit_account_id, t.amount)
+            for t in legs[chains.FIRST_VARIABLE :]
+            if t.id and t.amount and t.code in (TransferCode.DEBIT, TransferCode.OVERDRAFT_DRAW)
+        ]
+        refunded = await self._refunded(debit_id, setup.ledger)
+        left = amount
+        restored: list[tuple[int, int]] = []
+        for account_id, took in reversed(taken):  # the debit's legs are in burn order
+            room = took - refunded.get(account_id, 0)
+            give = min(room, left)
+            if give > 0:
+                restored.append((account_id, give))
+                left -= give
+        if left > 0:
+            raise InvalidRequest(
+                "refund exceeds what the debit took",
+                field="amount",
+                refundable=amount - left,
+            )
+        consumed = system_account_id(setup.ledger, AccountCode.CONSUMED)
+        chain = [chains.header(op)]
+        for i, (account_id, give) in enumerate(restored):
+            leg = _move(
+                op,
+                chains.FIRST_VARIABLE + i,
+                consumed,
+                account_id,
+                give,
+                TransferCode.USAGE_REFUND,
+                LINKED,
+            )
+            leg.user_data_128 = debit_id  # a refund leg names the debit it gives back
+            chain.append(leg)
+        chain[-1].flags &= ~LINKED
+        results = await self.ledger.create_transfers(chain)
+        if results[0].status is S.EXISTS:
+            return await self._refund_replay(op, debit_id, chain[0])
+        if any(r.status is not S.CREATED for r in results):
+            raise IdempotencyConflict(f"refund refused: {[r.status.name for r in results]}")
+        return RefundResult(op_id, debit_id, amount, restored, replayed=False)
+
+    async def _refunded(self, debit_id: int, ledger: int) -> dict[int, int]:
+        query = QueryFilter(
+            user_data_128=debit_id,
+            user_data_64=0,
+            user_data_32=0,
+            ledger=ledger,
+            code=TransferCode.USAGE_REFUND,
+            timestamp_min=0,
+            timestamp_max=0,
+            limit=8189,
+            flags=QueryFilterFlags.NONE,
+        )
+        out: dict[int, int] = {}
+        for t in await self.ledger.query_transfers(query):
+            out[t.credit_account_id] = out.get(t.credit_account_id, 0) + t.amount
+        return out
+
+    async def _refund_replay(self, op: Operation, debit_id: int, header: Transfer) -> RefundResult:
+        if header.user_data_128 != op.fingerprint:
+            raise IdempotencyConflict("this idempotency key was used with another request body")
+        legs = await self.service._legs(op.id)
+        restored = [(t.credit_account_id, t.amount) for t in legs[chains.FIRST_VARIABLE :] if t.id]
+        return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
+
+
+def _move(
+    op: Operation,
+    index: int,
+    debit: int,
+    credit: int,
+    amount: int,
+    code: TransferCode,
+    flags: TransferFlags,
+) -> Transfer:
+    return Transfer(
+        id=leg_id(op.id, index),
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        user_data_128=op.id,
+        user_data_64=op.effective_at_ns,
+        user_data_32=op.tenant,
+        ledger=op.ledger,
+        code=code,
+        flags=flags,
+    )
+
+
+def _sweep(
+    grant: Grant, op_id: int, sink: AccountCode, code: TransferCode, tenant: int
+) -> Transfer:
+    return Transfer(
+        id=op_id,
+        debit_account_id=grant.id,
+        credit_account_id=system_account_id(grant.ledger, sink),
+        amount=AMOUNT_MAX,
+        user_data_128=grant.id,
+        user_data_64=grant.expires_at_ns or 0,
+        user_data_32=tenant,
+        ledger=grant.ledger,
+        code=code,
+        flags=BD,
+    )
+
+
+def grant_statement_filter(grant_id: int, limit: int = 8189) -> AccountFilter:
+    return AccountFilter(
+        account_id=grant_id,
+        user_data_128=0,
+        user_data_64=0,
+        user_data_32=0,
+        code=0,
+        timestamp_min=0,
+        timestamp_max=0,
+        limit=limit,
+        flags=AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS,
+    )
+
+
+def in_burn_order(grants: Iterable[Grant]) -> list[Grant]:
+    return sorted(grants, key=burn_order_key)

@@ -1,0 +1,255 @@
+"""The in-process catalog: what the hot path needs to build a chain, without asking Postgres.
+
+Postgres is the catalog's home; this is its cache, loaded at start and kept current by the
+process's own admin operations and by change notifications from other processes. Resolving a
+spend path is pure computation over this cache.
+
+Invariants:
+- A grant is listed here only once its TigerBeetle account exists and is funded, so a chain
+  never names an account that is not there.
+- Wallets are unique per (resource, credit type); a resource's parent is on the same customer.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import enum
+import threading
+from collections.abc import Iterable
+
+import msgspec
+
+from grants.burn_order import burn_order
+from grants.model import Grant
+from ledger.codes import AccountCode
+from ledger.ids import budget_account_id, overdraft_account_id
+from ledger.limits import PATH_BUDGETS_MAX, PATH_SOURCES_MAX
+from wallets.chains import BudgetLeg, Source, SourceKind, SpendPath
+
+
+class OverdraftMode(enum.StrEnum):
+    HARD = "hard"  # limit 0: never below zero
+    SOFT = "soft"  # down to -overdraft_limit
+    UNBOUNDED = "unbounded"  # no floor
+
+
+class Period(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
+class CreditType(msgspec.Struct, frozen=True):
+    ledger: int  # the TigerBeetle ledger; also the credit type's id
+    code: str
+    name: str
+    asset_scale: int
+
+
+class Resource(msgspec.Struct, frozen=True):
+    id: int
+    customer_id: int
+    tenant: int
+    kind: str
+    parent_id: int | None = None
+
+
+class Wallet(msgspec.Struct, frozen=True):
+    id: int
+    resource_id: int
+    ledger: int
+    overdraft_mode: OverdraftMode = OverdraftMode.HARD
+    overdraft_limit: int = 0
+    fall_through: bool = False
+
+    @property
+    def overdraft_account_id(self) -> int | None:
+        if self.overdraft_mode is OverdraftMode.SOFT:
+            return overdraft_account_id(self.id, AccountCode.OVERDRAFT)
+        if self.overdraft_mode is OverdraftMode.UNBOUNDED:
+            return self.debt_account_id
+        return None
+
+    @property
+    def debt_account_id(self) -> int:
+        """The wallet's unbounded overdraft account: an unbounded wallet's overdraft, and where
+        a settle's overage goes under the `overdraft` policy."""
+        return overdraft_account_id(self.id, AccountCode.OVERDRAFT_UNBOUNDED)
+
+
+class Budget(msgspec.Struct, frozen=True):
+    id: int
+    resource_id: int
+    ledger: int
+    period: Period
+    cap: int
+
+
+class PathError(Exception):
+    """The request names something the catalog does not have (a 404 or 422 above)."""
+
+
+def period_start_ns(period: Period, at_ns: int) -> int:
+    """Start of the UTC calendar period containing `at_ns` (0 for a lifetime budget)."""
+    if period is Period.LIFETIME:
+        return 0
+    at = dt.datetime.fromtimestamp(at_ns / 1e9, tz=dt.UTC)
+    day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is Period.WEEK:
+        day -= dt.timedelta(days=day.weekday())
+    elif period is Period.MONTH:
+        day = day.replace(day=1)
+    return calendar.timegm(day.timetuple()) * 1_000_000_000
+
+
+class Catalog:
+    """The cache. Readers never lock; writers replace whole entries under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.credit_types: dict[int, CreditType] = {}
+        self.resources: dict[int, Resource] = {}
+        self.wallets: dict[int, Wallet] = {}
+        self.wallet_of: dict[tuple[int, int], int] = {}
+        self.grants: dict[int, Grant] = {}
+        self.grants_of: dict[int, tuple[Grant, ...]] = {}
+        self.budgets: dict[int, Budget] = {}
+        self.budgets_of: dict[tuple[int, int], tuple[Budget, ...]] = {}
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def put_credit_type(self, credit_type: CreditType) -> None:
+        self.credit_types[credit_type.ledger] = credit_type
+
+    def put_resource(self, resource: Resource) -> None:
+        assert resource.parent_id is None or resource.parent_id in self.resources
+        self.resources[resource.id] = resource
+
+    def put_wallet(self, wallet: Wallet) -> None:
+        with self._lock:
+            self.wallets[wallet.id] = wallet
+            self.wallet_of[(wallet.resource_id, wallet.ledger)] = wallet.id
+
+    def put_grant(self, grant: Grant) -> None:
+        with self._lock:
+            self.grants[grant.id] = grant
+            others = [g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant.id]
+            self.grants_of[grant.wallet_id] = (*others, grant)
+
+    def drop_grant(self, grant_id: int) -> None:
+        with self._lock:
+            grant = self.grants.pop(grant_id, None)
+            if grant is not None:
+                self.grants_of[grant.wallet_id] = tuple(
+                    g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant_id
+                )
+
+    def put_budget(self, budget: Budget) -> None:
+        with self._lock:
+            self.budgets[budget.id] = budget
+            key = (budget.resource_id, budget.ledger)
+            others = [b for b in self.budgets_of.get(key, ()) if b.id != budget.id]
+            self.budgets_of[key] = (*others, budget)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def wallet(self, wallet_id: int) -> Wallet:
+        wallet = self.wallets.get(wallet_id)
+        if wallet is None:
+            raise PathError(f"wallet {wallet_id} not found")
+        return wallet
+
+    def wallet_for(self, resource_id: int, ledger: int) -> Wallet:
+        wallet_id = self.wallet_of.get((resource_id, ledger))
+        if wallet_id is None:
+            raise PathError(f"resource {resource_id} has no wallet for credit type {ledger}")
+        return self.wallets[wallet_id]
+
+    def ancestors(self, resource_id: int) -> list[Resource]:
+        """The resource and its ancestors, nearest first."""
+        chain = []
+        seen: set[int] = set()
+        current: int | None = resource_id
+        while current is not None:
+            assert current not in seen, "the resource tree has a cycle"
+            seen.add(current)
+            resource = self.resources.get(current)
+            if resource is None:
+                raise PathError(f"resource {current} not found")
+            chain.append(resource)
+            current = resource.parent_id
+        return chain
+
+    def spend_path(self, wallet: Wallet, at_ns: int) -> SpendPath:
+        """Own grants in burn order, the parents' while the wallet falls through, then the
+        overdraft; plus every budget on the resource and its ancestors."""
+        sources: list[Source] = []
+        current: Wallet | None = wallet
+        resources = self.ancestors(wallet.resource_id)
+        level = 0
+        while current is not None:
+            sources += [
+                Source(g.id, SourceKind.GRANT, current.id)
+                for g in burn_order(self.grants_of.get(current.id, ()), at_ns)
+            ]
+            if not current.fall_through or level + 1 >= len(resources):
+                break
+            level += 1
+            parent_wallet = self.wallet_of.get((resources[level].id, wallet.ledger))
+            current = self.wallets[parent_wallet] if parent_wallet is not None else None
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            sources.append(
+                Source(wallet.overdraft_account_id or 0, SourceKind.OVERDRAFT, wallet.id)
+            )
+        elif wallet.overdraft_mode is OverdraftMode.UNBOUNDED:
+            sources.append(Source(wallet.debt_account_id, SourceKind.DEBT, wallet.id))
+        if len(sources) > PATH_SOURCES_MAX:
+            # Drawing from more blocks than one chain holds: the earliest in burn order first.
+            sources = sources[: PATH_SOURCES_MAX - 1] + sources[-1:]
+        budgets = [
+            BudgetLeg(b.id, budget_account_id(r.id, b.id, period_start_ns(b.period, at_ns)), r.id)
+            for r in resources
+            for b in self.budgets_of.get((r.id, wallet.ledger), ())
+        ]
+        if len(budgets) > PATH_BUDGETS_MAX:
+            raise PathError(f"{len(budgets)} budgets on the path, over {PATH_BUDGETS_MAX}")
+        tenant = resources[0].tenant
+        return SpendPath(
+            wallet.ledger, tenant, wallet.id, wallet.resource_id, tuple(sources), tuple(budgets)
+        )
+
+    def budget_of_account(self, path: SpendPath, account_id: int) -> Budget | None:
+        for leg in path.budgets:
+            if leg.account_id == account_id:
+                return self.budgets[leg.budget_id]
+        return None
+
+    def load(
+        self,
+        credit_types: Iterable[CreditType],
+        resources: Iterable[Resource],
+        wallets: Iterable[Wallet],
+        grants: Iterable[Grant],
+        budgets: Iterable[Budget],
+    ) -> None:
+        """Replaces the whole cache (at start, or after a missed notification)."""
+        fresh = Catalog()
+        for credit_type in credit_types:
+            fresh.put_credit_type(credit_type)
+        pending = list(resources)
+        while pending:  # parents before children
+            placed = [r for r in pending if r.parent_id is None or r.parent_id in fresh.resources]
+            assert placed, "resources whose parents are missing"
+            for r in placed:
+                fresh.put_resource(r)
+            pending = [r for r in pending if r.id not in fresh.resources]
+        for wallet in wallets:
+            fresh.put_wallet(wallet)
+        for grant in grants:
+            fresh.put_grant(grant)
+        for budget in budgets:
+            fresh.put_budget(budget)
+        with self._lock:
+            self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_lock"})

@@ -1,0 +1,374 @@
+"""Pure builders of the TigerBeetle chains that move credits (ledger/README.md, "Drain chains").
+
+No I/O here: each function takes what the spend path is and returns the list of transfers of
+one linked chain, in order. The service runs them. Invariants:
+
+- Every id is `leg_id(operation, index)` with a fixed index per role, so a retry derives the
+  same ids and TigerBeetle answers `exists`, and a reservation's legs are found again from its
+  id alone.
+- Event 0 is the operation header (amount 0, `user_data_128` = the request's fingerprint): the
+  same key with another body comes back `exists_with_different_*` from TigerBeetle itself.
+- A drain chain moves exactly N or nothing: its last event, the check, fails when the sources
+  came up short.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import msgspec
+
+from ledger.codes import AccountCode, TransferCode
+from ledger.ids import leg_id, overdraft_account_id, system_account_id
+from ledger.limits import (
+    CHAIN_LEGS_MAX,
+    OVERAGE_LEG_INDEX,
+    PATH_BUDGETS_MAX,
+    PATH_SOURCES_MAX,
+    SETTLE_LEG_INDEX,
+)
+from ledger.types import AMOUNT_MAX, Transfer, TransferFlags
+
+HEADER = 0
+NORMALIZE = 1
+SETUP = 2
+CHECK = 3
+FIRST_VARIABLE = 4
+# Under the `cap` policy, the leg passing what was collected to consumed.
+CAP_CONSUME = CHAIN_LEGS_MAX
+
+LINKED = TransferFlags.LINKED
+PENDING = TransferFlags.PENDING
+BD = TransferFlags.BALANCING_DEBIT
+BC = TransferFlags.BALANCING_CREDIT
+POST = TransferFlags.POST_PENDING_TRANSFER
+VOID = TransferFlags.VOID_PENDING_TRANSFER
+
+
+class SourceKind(enum.Enum):
+    GRANT = "grant"
+    OVERDRAFT = "overdraft"
+    DEBT = "debt"  # an unbounded overdraft account: takes whatever is left
+
+
+class Source(msgspec.Struct, frozen=True):
+    """An account a spend may draw from, in burn order."""
+
+    account_id: int
+    kind: SourceKind
+    wallet_id: int
+
+
+class BudgetLeg(msgspec.Struct, frozen=True):
+    budget_id: int
+    account_id: int  # the budget account of the request's period
+    resource_id: int
+
+
+class SpendPath(msgspec.Struct, frozen=True):
+    """Everything a drain chain needs, resolved from the catalog at the time of the request."""
+
+    ledger: int
+    tenant: int
+    wallet_id: int
+    resource_id: int
+    sources: tuple[Source, ...]
+    budgets: tuple[BudgetLeg, ...]
+
+    def __post_init__(self) -> None:
+        assert len(self.sources) <= PATH_SOURCES_MAX
+        assert len(self.budgets) <= PATH_BUDGETS_MAX
+
+
+class Operation(msgspec.Struct, frozen=True):
+    """Who asks and under which key: the fields every leg of a chain carries."""
+
+    id: int  # derived from the tenant and the idempotency key
+    fingerprint: int  # of the request body
+    ledger: int
+    tenant: int
+    effective_at_ns: int
+
+
+def _system(ledger: int, code: AccountCode) -> int:
+    return system_account_id(ledger, code)
+
+
+def _leg(
+    op: Operation,
+    index: int,
+    debit: int,
+    credit: int,
+    amount: int,
+    code: TransferCode,
+    flags: TransferFlags,
+    timeout_s: int = 0,
+) -> Transfer:
+    return Transfer(
+        id=leg_id(op.id, index),
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=amount,
+        user_data_128=op.id,
+        user_data_64=op.effective_at_ns,
+        user_data_32=op.tenant,
+        timeout=timeout_s,
+        ledger=op.ledger,
+        code=code,
+        flags=flags,
+    )
+
+
+def header(op: Operation) -> Transfer:
+    """Event 0. Every field but `user_data_128` depends only on the key, so that a replay is
+    `exists` and another body under the same key is `exists_with_different_user_data_128`."""
+    return Transfer(
+        id=leg_id(op.id, HEADER),
+        debit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
+        credit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
+        amount=0,
+        user_data_128=op.fingerprint,
+        user_data_64=0,
+        user_data_32=op.tenant,
+        ledger=op.ledger,
+        code=TransferCode.OPERATION_HEADER,
+        flags=LINKED,
+    )
+
+
+def _source_legs(
+    op: Operation,
+    path: SpendPath,
+    amount: int,
+    first_index: int,
+    flags: TransferFlags,
+    timeout_s: int,
+) -> list[Transfer]:
+    drain = _system(op.ledger, AccountCode.CONTROL_DRAIN)
+    legs = []
+    for i, source in enumerate(path.sources):
+        if source.kind is SourceKind.GRANT:
+            code, leg_flags = (
+                TransferCode.RESERVE if flags & PENDING else TransferCode.DEBIT,
+                flags | BD | BC,
+            )
+        elif source.kind is SourceKind.OVERDRAFT:
+            code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BD | BC
+        else:
+            code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BC
+        legs.append(
+            _leg(op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s)
+        )
+    return legs
+
+
+def drain_chain(
+    op: Operation, path: SpendPath, amount: int, *, timeout_s: int = 0
+) -> list[Transfer]:
+    """Debit (timeout_s == 0) or reserve (timeout_s > 0) exactly `amount`, or nothing."""
+    assert amount > 0
+    pending = timeout_s > 0
+    ledger = op.ledger
+    drain = _system(ledger, AccountCode.CONTROL_DRAIN)
+    hold = _system(ledger, AccountCode.CONTROL_HOLD)
+    flags = LINKED | (PENDING if pending else TransferFlags.NONE)
+    setup = (
+        _leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
+        if pending
+        else _leg(
+            op,
+            SETUP,
+            drain,
+            _system(ledger, AccountCode.CONSUMED),
+            amount,
+            TransferCode.CONSUME,
+            LINKED,
+        )
+    )
+    # The set-up leg names the wallet spent from, so a reservation's wallet is found again
+    # from its legs alone.
+    setup.user_data_128 = path.wallet_id
+    chain = [
+        header(op),
+        _leg(op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC),
+        setup,
+    ]
+    usage = _system(ledger, AccountCode.BUDGET_USAGE)
+    index = FIRST_VARIABLE
+    for budget in path.budgets:
+        chain.append(
+            _leg(
+                op,
+                index,
+                budget.account_id,
+                usage,
+                amount,
+                TransferCode.BUDGET_SPEND,
+                flags,
+                timeout_s,
+            )
+        )
+        index += 1
+    chain += _source_legs(op, path, amount, index, flags, timeout_s)
+    check = _system(ledger, AccountCode.CONTROL_CHECK)
+    chain.append(
+        _leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
+    )
+    return chain
+
+
+def budget_leg_index(path: SpendPath, position: int) -> int:
+    return FIRST_VARIABLE + position
+
+
+def source_leg_index(path: SpendPath, position: int) -> int:
+    return FIRST_VARIABLE + len(path.budgets) + position
+
+
+def leg_ids(operation_id: int, count: int) -> list[int]:
+    """The ids of the first `count` events of an operation, to find its legs again."""
+    return [leg_id(operation_id, i) for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Settle and release: posts and voids of a reservation's pending legs.
+
+
+class Overage(enum.StrEnum):
+    REJECT = "reject"
+    CAP = "cap"
+    OVERDRAFT = "overdraft"
+
+
+class SettlePlan(msgspec.Struct, frozen=True):
+    chain: list[Transfer]
+    posted: int  # credits posted from the reservation's legs
+    released: int  # credits the reservation held and gave back
+    overage: int  # credits asked beyond the reservation
+
+
+def settle_chain(
+    op: Operation,
+    reservation: Sequence[Transfer],
+    amount: int,
+    overage_path: SpendPath | None,
+    policy: Overage,
+) -> SettlePlan:
+    """Posts the reservation's legs in burn order up to `amount` and releases the rest; past the
+    reserved amount, collects the overage in the same chain under `policy`."""
+    ledger = op.ledger
+    hold_leg = reservation[SETUP]
+    reserved = hold_leg.amount
+    to_post = min(amount, reserved)
+    chain = [header(op)]
+    remaining = to_post
+    for index, leg in enumerate(reservation):
+        if index < FIRST_VARIABLE or leg.id == 0:
+            continue
+        if leg.code == TransferCode.BUDGET_SPEND:
+            share = to_post
+        else:
+            share = min(remaining, leg.amount)
+            remaining -= share
+        chain.append(_resolve(op, SETTLE_LEG_INDEX + index, leg, share))
+    assert remaining == 0
+    consumed = _system(ledger, AccountCode.CONSUMED)
+    hold = _system(ledger, AccountCode.CONTROL_HOLD)
+    chain.append(_leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
+    overage = amount - to_post
+    if overage > 0:
+        assert overage_path is not None
+        chain += overage_legs(op, overage_path, overage, policy, base=OVERAGE_LEG_INDEX)
+    last = chain[-1]
+    last.flags &= ~LINKED
+    return SettlePlan(chain=chain, posted=to_post, released=reserved - to_post, overage=overage)
+
+
+def _resolve(op: Operation, index: int, leg: Transfer, amount: int) -> Transfer:
+    """Posts `amount` of a pending leg, or voids it when nothing of it is used."""
+    flags = LINKED | (POST if amount > 0 else VOID)
+    return Transfer(
+        id=leg_id(op.id, index),
+        pending_id=leg.id,
+        amount=amount if amount > 0 else 0,
+        user_data_128=op.id,
+        user_data_64=op.effective_at_ns,
+        user_data_32=op.tenant,
+        flags=flags,
+    )
+
+
+def release_chain(op: Operation, reservation: Sequence[Transfer]) -> list[Transfer]:
+    """Voids every pending leg of a reservation."""
+    chain = [header(op)]
+    for index, leg in enumerate(reservation):
+        if index < FIRST_VARIABLE or leg.id == 0:
+            continue
+        chain.append(_resolve(op, SETTLE_LEG_INDEX + index, leg, 0))
+    chain[-1].flags &= ~LINKED
+    return chain
+
+
+def overage_legs(
+    op: Operation, path: SpendPath, amount: int, policy: Overage, *, base: int
+) -> list[Transfer]:
+    """Collects `amount` under `policy`: `reject` needs all of it, `cap` takes what the sources
+    have, `overdraft` takes the rest from the wallet's debt account. Indexes start at `base`."""
+    ledger = op.ledger
+    drain = _system(ledger, AccountCode.CONTROL_DRAIN)
+    hold = _system(ledger, AccountCode.CONTROL_HOLD)
+    consumed = _system(ledger, AccountCode.CONSUMED)
+    legs = [
+        _leg(
+            op,
+            base + NORMALIZE,
+            hold,
+            drain,
+            AMOUNT_MAX,
+            TransferCode.CONTROL_NORMALIZE,
+            LINKED | BC,
+        ),
+    ]
+    capped = policy is Overage.CAP
+    if capped:
+        cap = _system(ledger, AccountCode.CONTROL_CAP)
+        legs.append(_leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED))
+    else:
+        legs.append(_leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED))
+    usage = _system(ledger, AccountCode.BUDGET_USAGE)
+    index = base + FIRST_VARIABLE
+    budget_flags = LINKED if policy is Overage.REJECT else LINKED | BD
+    for budget in path.budgets:
+        legs.append(
+            _leg(
+                op, index, budget.account_id, usage, amount, TransferCode.BUDGET_SPEND, budget_flags
+            )
+        )
+        index += 1
+    kept = tuple(s for s in path.sources if s.kind is not SourceKind.DEBT)
+    if policy is Overage.OVERDRAFT:
+        # Whatever the wallet's limit, the overage is owed: the wallet's debt account takes
+        # what the blocks and the overdraft headroom could not.
+        debt = overdraft_account_id(path.wallet_id, AccountCode.OVERDRAFT_UNBOUNDED)
+        kept += (Source(debt, SourceKind.DEBT, path.wallet_id),)
+    sources = msgspec.structs.replace(path, sources=kept)
+    legs += _source_legs(op, sources, amount, index, LINKED, 0)
+    if capped:
+        cap = _system(ledger, AccountCode.CONTROL_CAP)
+        legs.append(
+            _leg(op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC)
+        )
+        legs.append(
+            _leg(
+                op, base + CAP_CONSUME, cap, consumed, AMOUNT_MAX, TransferCode.CONSUME, LINKED | BD
+            )
+        )
+    else:
+        check = _system(ledger, AccountCode.CONTROL_CHECK)
+        legs.append(
+            _leg(
+                op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC
+            )
+        )
+    return legs

@@ -1,0 +1,585 @@
+"""The credit service: debit, reserve, settle, release, check on the hot path; grants, expiry,
+voids, refunds and budgets for admins. Every mutation is one TigerBeetle request of linked
+transfers built by `wallets.chains`; this module runs them and reads their outcome.
+
+Invariants:
+- The hot path (check, debit, reserve, settle, release) reads only the in-process catalog and
+  TigerBeetle; it never waits on Postgres.
+- Idempotency rides on TigerBeetle: ids derive from (tenant, key), the header carries the
+  request's fingerprint. A replay rebuilds the original outcome from the transfers; another
+  body under the same key is `IdempotencyConflict`.
+- No read-then-write decides a spend: a chain either moves exactly what was asked, or nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from grants.errors import (
+    BudgetExceeded,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidRequest,
+    LedgerUnavailableError,
+    NotFound,
+    ReservationAlreadyReleased,
+    ReservationAlreadySettled,
+    ReservationExpired,
+)
+from ledger.client import Ledger, LedgerUnavailable
+from ledger.codes import AccountCode, TransferCode, account_flags
+from ledger.ids import derive_id, leg_id, operation_id, request_fingerprint, system_account_id
+from ledger.limits import (
+    AMOUNT_MAX_REQUEST,
+    CHAIN_LEGS_MAX,
+    OVERAGE_LEG_INDEX,
+    RESERVATION_TIMEOUT_S_MAX,
+)
+from ledger.statuses import Outcome, transfer_outcome
+from ledger.types import (
+    Account,
+    AccountFlags,
+    CreateAccountStatus,
+    CreateTransferResult,
+    CreateTransferStatus,
+    Transfer,
+    TransferFlags,
+)
+from wallets import chains
+from wallets.catalog import Catalog, OverdraftMode, PathError, Wallet
+from wallets.chains import Operation, Overage, SourceKind, SpendPath
+
+S = CreateTransferStatus
+_OK_ACCOUNT = {CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS}
+_RESOLVED = {
+    S.PENDING_TRANSFER_ALREADY_POSTED: ReservationAlreadySettled,
+    S.PENDING_TRANSFER_ALREADY_VOIDED: ReservationAlreadyReleased,
+}
+
+
+class Funding(msgspec.Struct, frozen=True):
+    account_id: int  # a grant id, or the wallet's overdraft account
+    kind: str  # "grant" | "overdraft" | "debt"
+    amount: int
+
+
+class DebitResult(msgspec.Struct, frozen=True):
+    operation_id: int
+    amount: int
+    funded_by: list[Funding]
+    replayed: bool = False
+
+
+class ReservationResult(msgspec.Struct, frozen=True):
+    reservation_id: int
+    amount: int
+    timeout_s: int
+    funded_by: list[Funding]
+    replayed: bool = False
+
+
+class SettleResult(msgspec.Struct, frozen=True):
+    reservation_id: int
+    operation_id: int
+    requested: int
+    collected: int  # what was consumed in all
+    released: int  # what the reservation held and gave back
+    overage: int  # asked beyond the reservation
+    overage_collected: int
+    overage_uncollected: int
+    policy: str
+    fallback_debit: bool  # the reservation had timed out: collected by a direct debit
+    replayed: bool = False
+
+
+class ReleaseResult(msgspec.Struct, frozen=True):
+    reservation_id: int
+    operation_id: int
+    released: int
+    replayed: bool = False
+
+
+class BudgetHeadroom(msgspec.Struct, frozen=True):
+    budget_id: int
+    resource_id: int
+    cap: int
+    used: int
+    headroom: int
+    blocking: bool
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    allowed: bool
+    reason: str | None
+    amount: int
+    available: int  # what the sources could fund now, overdraft headroom included
+    reserved: int  # held by open reservations on the wallet's own grants
+    overdraft_headroom: int | None  # None: unbounded
+    budgets: list[BudgetHeadroom]
+    would_fund: list[Funding]
+
+
+def _fingerprint(*parts: int | str) -> int:
+    """The fingerprint of a request: its kind and every field that changes its effect."""
+    return request_fingerprint("\x1f".join(f"{type(p).__name__}:{p}" for p in parts).encode())
+
+
+def _balance(account: Account) -> int:
+    return account.credits_posted - account.debits_posted - account.debits_pending
+
+
+class CreditService:
+    """Composition: a ledger (either engine), the catalog cache, a clock."""
+
+    def __init__(
+        self, ledger: Ledger, catalog: Catalog, *, clock_ns: Callable[[], int] = time.time_ns
+    ) -> None:
+        self.ledger = ledger
+        self.catalog = catalog
+        self.clock_ns = clock_ns
+        self._budget_accounts: set[int] = set()
+
+    # -- engine calls -------------------------------------------------------------------------
+
+    async def _create(self, chain: list[Transfer]) -> list[CreateTransferResult]:
+        try:
+            return await self.ledger.create_transfers(chain)
+        except LedgerUnavailable as error:
+            raise LedgerUnavailableError(str(error)) from None
+
+    async def _lookup(self, ids: list[int]) -> list[Transfer]:
+        try:
+            return await self.ledger.lookup_transfers(ids)
+        except LedgerUnavailable as error:
+            raise LedgerUnavailableError(str(error)) from None
+
+    async def _accounts(self, ids: list[int]) -> dict[int, Account]:
+        try:
+            return {a.id: a for a in await self.ledger.lookup_accounts(ids)}
+        except LedgerUnavailable as error:
+            raise LedgerUnavailableError(str(error)) from None
+
+    async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
+        """An operation's events by index; a missing index is an empty Transfer (id 0)."""
+        found = {t.id: t for t in await self._lookup(chains.leg_ids(op_id, count))}
+        return [found.get(leg_id(op_id, i), Transfer()) for i in range(count)]
+
+    # -- set-up of accounts -------------------------------------------------------------------
+
+    async def open_ledger(self, ledger: int) -> None:
+        """Creates the system accounts of a credit type (idempotent)."""
+        accounts = [
+            Account(
+                id=system_account_id(ledger, code),
+                ledger=ledger,
+                code=code,
+                flags=AccountFlags(account_flags(code)),
+            )
+            for code in AccountCode
+            if code < 100
+        ]
+        results = await self.ledger.create_accounts(accounts)
+        assert all(r.status in _OK_ACCOUNT for r in results), results
+
+    async def open_wallet(self, wallet: Wallet, tenant: int) -> None:
+        """Creates the wallet's overdraft accounts (idempotent); funds a soft limit."""
+        accounts = [
+            Account(
+                id=wallet.debt_account_id,
+                ledger=wallet.ledger,
+                code=AccountCode.OVERDRAFT_UNBOUNDED,
+                user_data_128=wallet.id,
+                user_data_32=tenant,
+                flags=AccountFlags(account_flags(AccountCode.OVERDRAFT_UNBOUNDED)),
+            )
+        ]
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            assert wallet.overdraft_account_id is not None
+            accounts.append(
+                Account(
+                    id=wallet.overdraft_account_id,
+                    ledger=wallet.ledger,
+                    code=AccountCode.OVERDRAFT,
+                    user_data_128=wallet.id,
+                    user_data_32=tenant,
+                    flags=AccountFlags(account_flags(AccountCode.OVERDRAFT)),
+                )
+            )
+        results = await self.ledger.create_accounts(accounts)
+        assert all(r.status in _OK_ACCOUNT for r in results), results
+        if wallet.overdraft_mode is OverdraftMode.SOFT and wallet.overdraft_limit > 0:
+            assert wallet.overdraft_account_id is not None
+            limit = Transfer(
+                id=derive_id("wallet/overdraft-limit", wallet.id, wallet.overdraft_limit),
+                debit_account_id=system_account_id(wallet.ledger, AccountCode.OVERDRAFT_LINE),
+                credit_account_id=wallet.overdraft_account_id,
+                amount=wallet.overdraft_limit,
+                user_data_128=wallet.id,
+                user_data_32=tenant,
+                ledger=wallet.ledger,
+                code=TransferCode.OVERDRAFT_LIMIT,
+            )
+            (result,) = await self._create([limit])
+            assert result.status in (S.CREATED, S.EXISTS), result
+
+    async def _ensure_budget_accounts(self, path: SpendPath) -> None:
+        """Budget accounts are per period: the first spend of a period opens and funds it."""
+        missing = [b for b in path.budgets if b.account_id not in self._budget_accounts]
+        if not missing:
+            return
+        accounts, funding = [], []
+        for leg in missing:
+            budget = self.catalog.budgets[leg.budget_id]
+            accounts.append(
+                Account(
+                    id=leg.account_id,
+                    ledger=path.ledger,
+                    code=AccountCode.BUDGET,
+                    user_data_128=budget.id,
+                    user_data_32=path.tenant,
+                    flags=AccountFlags(account_flags(AccountCode.BUDGET)),
+                )
+            )
+            funding.append(
+                Transfer(
+                    id=derive_id("budget/cap", leg.account_id),
+                    amount=budget.cap,
+                    debit_account_id=system_account_id(path.ledger, AccountCode.BUDGET_LINE),
+                    credit_account_id=leg.account_id,
+                    user_data_128=budget.id,
+                    user_data_32=path.tenant,
+                    ledger=path.ledger,
+                    code=TransferCode.BUDGET_LIMIT,
+                )
+            )
+        results = await self.ledger.create_accounts(accounts)
+        assert all(r.status in _OK_ACCOUNT for r in results), results
+        for r in await self._create(funding):
+            assert r.status in (S.CREATED, S.EXISTS), r
+        self._budget_accounts.update(b.account_id for b in missing)
+
+    # -- hot path -----------------------------------------------------------------------------
+
+    def _wallet(self, wallet_id: int | None, resource_id: int | None, ledger: int) -> Wallet:
+        try:
+            if wallet_id is not None:
+                return self.catalog.wallet(wallet_id)
+            if resource_id is None:
+                raise InvalidRequest("name a wallet_id or a resource_id", field="resource_id")
+            return self.catalog.wallet_for(resource_id, ledger)
+        except PathError as error:
+            raise NotFound(str(error)) from None
+
+    def _path(self, wallet: Wallet, at_ns: int) -> SpendPath:
+        try:
+            return self.catalog.spend_path(wallet, at_ns)
+        except PathError as error:
+            raise InvalidRequest(str(error)) from None
+
+    async def debit(
+        self,
+        *,
+        tenant: int,
+        key: str,
+        amount: int,
+        ledger: int,
+        resource_id: int | None = None,
+        wallet_id: int | None = None,
+        at_ns: int | None = None,
+    ) -> DebitResult:
+        _check_amount(amount)
+        wallet = self._wallet(wallet_id, resource_id, ledger)
+        at = self.clock_ns() if at_ns is None else at_ns
+        fingerprint = _fingerprint("debit", wallet.id, amount, ledger)
+        op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
+        path = self._path(wallet, at)
+        await self._ensure_budget_accounts(path)
+        chain = chains.drain_chain(op, path, amount)
+        results = await self._create(chain)
+        if results[0].status is S.EXISTS:
+            return await self._debit_replay(op)
+        self._raise_for(chain, results, path, amount)
+        legs = await self._legs(op.id)
+        return DebitResult(op.id, amount, _funding(legs, path))
+
+    async def _debit_replay(self, op: Operation) -> DebitResult:
+        legs = await self._legs(op.id)
+        if legs[chains.SETUP].code != TransferCode.CONSUME:
+            raise IdempotencyConflict("this idempotency key was used for another operation")
+        return DebitResult(op.id, legs[chains.SETUP].amount, _funding(legs, None), replayed=True)
+
+    def _raise_for(
+        self,
+        chain: Sequence[Transfer],
+        results: Sequence[CreateTransferResult],
+        path: SpendPath,
+        amount: int,
+    ) -> None:
+        """Turns the first failing event of a chain into the domain error it means; returns
+        when every event was created."""
+        if all(r.status is S.CREATED for r in results):
+            return
+        for position, (event, result) in enumerate(zip(chain, results, strict=True)):
+            status = result.status
+            if status is S.CREATED or status is S.LINKED_EVENT_FAILED:
+                continue
+            outcome = transfer_outcome(status)
+            if position == 0 and outcome is Outcome.CONFLICT:
+                raise IdempotencyConflict("this idempotency key was used with another request body")
+            refused = status in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED)
+            if refused and event.code == TransferCode.BUDGET_SPEND:
+                budget = self.catalog.budget_of_account(path, event.debit_account_id)
+                raise BudgetExceeded(
+                    "the spend would pass a budget's cap",
+                    budget_id=budget.id if budget else None,
+                    resource_id=budget.resource_id if budget else None,
+                    needed=amount,
+                )
+            if refused and event.code == TransferCode.CONTROL_CHECK:
+                raise InsufficientCredits("not enough credits", needed=amount)
+            if status is S.PENDING_TRANSFER_EXPIRED:
+                raise ReservationExpired("the reservation has timed out")
+            if status in _RESOLVED:
+                raise _RESOLVED[status]("the reservation was already resolved")
+            raise AssertionError(f"chain event {position} failed: {status.name} ({event})")
+        raise AssertionError("a failed chain without a failing event")
+
+    async def reserve(
+        self,
+        *,
+        tenant: int,
+        key: str,
+        amount: int,
+        ledger: int,
+        timeout_s: int,
+        resource_id: int | None = None,
+        wallet_id: int | None = None,
+        at_ns: int | None = None,
+    ) -> ReservationResult:
+        _check_amount(amount)
+        if not 1 <= timeout_s <= RESERVATION_TIMEOUT_S_MAX:
+            raise InvalidRequest(
+                f"timeout_s must be in 1..{RESERVATION_TIMEOUT_S_MAX}", field="timeout_s"
+            )
+        wallet = self._wallet(wallet_id, resource_id, ledger)
+        at = self.clock_ns() if at_ns is None else at_ns
+        fingerprint = _fingerprint("reserve", wallet.id, amount, ledger, timeout_s)
+        op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
+        path = self._path(wallet, at)
+        await self._ensure_budget_accounts(path)
+        chain = chains.drain_chain(op, path, amount, timeout_s=timeout_s)
+        results = await self._create(chain)
+        replayed = results[0].status is S.EXISTS
+        if not replayed:
+            self._raise_for(chain, results, path, amount)
+        legs = await self._legs(op.id)
+        if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
+            raise IdempotencyConflict("this idempotency key was used for another operation")
+        return ReservationResult(op.id, amount, timeout_s, _funding(legs, None), replayed=replayed)
+
+    async def _reservation(self, reservation_id: int) -> list[Transfer]:
+        legs = await self._legs(reservation_id)
+        if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
+            raise NotFound(f"reservation {reservation_id} not found")
+        return legs
+
+    async def settle(
+        self,
+        *,
+        tenant: int,
+        key: str,
+        reservation_id: int,
+        amount: int,
+        policy: Overage = Overage.CAP,
+        at_ns: int | None = None,
+    ) -> SettleResult:
+        if not 0 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        reservation = await self._reservation(reservation_id)
+        ledger = reservation[chains.SETUP].ledger
+        wallet = self._wallet(_wallet_of(reservation), None, ledger)
+        at = self.clock_ns() if at_ns is None else at_ns
+        fingerprint = _fingerprint("settle", reservation_id, amount, policy.value)
+        op = Operation(operation_id(tenant, key), fingerprint, ledger, tenant, at)
+        path = self._path(wallet, at)
+        await self._ensure_budget_accounts(path)
+        plan = chains.settle_chain(op, reservation, amount, path, policy)
+        results = await self._create(plan.chain)
+        if results[0].status is S.EXISTS:
+            return await self._settle_outcome(op, reservation, amount, policy, replayed=True)
+        expired = any(r.status is S.PENDING_TRANSFER_EXPIRED for r in results)
+        if expired:
+            return await self._settle_fallback(op, path, reservation, amount, policy)
+        self._raise_for(plan.chain, results, path, plan.overage)
+        return await self._settle_outcome(op, reservation, amount, policy, replayed=False)
+
+    async def _settle_outcome(
+        self,
+        op: Operation,
+        reservation: Sequence[Transfer],
+        amount: int,
+        policy: Overage,
+        *,
+        replayed: bool,
+    ) -> SettleResult:
+        legs = await self._legs(op.id, OVERAGE_LEG_INDEX + CHAIN_LEGS_MAX + 1)
+        if legs[chains.SETUP].code not in (
+            TransferCode.SETTLE,
+            TransferCode.CONSUME,
+            TransferCode.CONTROL_CAP,
+        ):
+            raise IdempotencyConflict("this idempotency key was used for another operation")
+        reserved = reservation[chains.SETUP].amount
+        fallback = legs[chains.SETUP].code != TransferCode.SETTLE
+        if fallback:
+            posted, released, base = 0, reserved, 0
+        else:
+            posted = legs[chains.SETUP].amount
+            released, base = reserved - posted, OVERAGE_LEG_INDEX
+        overage = amount - posted
+        collected = _overage_collected(legs, base)
+        return SettleResult(
+            reservation_id=_reservation_id(reservation),
+            operation_id=op.id,
+            requested=amount,
+            collected=posted + collected,
+            released=released,
+            overage=overage,
+            overage_collected=collected,
+            overage_uncollected=overage - collected,
+            policy=policy.value,
+            fallback_debit=fallback,
+            replayed=replayed,
+        )
+
+    async def _settle_fallback(
+        self,
+        op: Operation,
+        path: SpendPath,
+        reservation: Sequence[Transfer],
+        amount: int,
+        policy: Overage,
+    ) -> SettleResult:
+        """The reservation timed out: collect `amount` as a direct debit, same policy."""
+        if amount == 0:
+            raise ReservationExpired("the reservation has timed out; nothing to settle")
+        chain = [chains.header(op), *chains.overage_legs(op, path, amount, policy, base=0)]
+        chain[-1].flags &= ~TransferFlags.LINKED
+        results = await self._create(chain)
+        if results[0].status is not S.EXISTS:
+            self._raise_for(chain, results, path, amount)
+        return await self._settle_outcome(op, reservation, amount, policy, replayed=False)
+
+    async def release(
+        self, *, tenant: int, key: str, reservation_id: int, at_ns: int | None = None
+    ) -> ReleaseResult:
+        reservation = await self._reservation(reservation_id)
+        ledger = reservation[chains.SETUP].ledger
+        at = self.clock_ns() if at_ns is None else at_ns
+        op = Operation(
+            operation_id(tenant, key), _fingerprint("release", reservation_id), ledger, tenant, at
+        )
+        chain = chains.release_chain(op, reservation)
+        results = await self._create(chain)
+        replayed = results[0].status is S.EXISTS
+        if not replayed:
+            wallet = self._wallet(_wallet_of(reservation), None, ledger)
+            self._raise_for(chain, results, self._path(wallet, at), 0)
+        return ReleaseResult(reservation_id, op.id, reservation[chains.SETUP].amount, replayed)
+
+    async def check(
+        self,
+        *,
+        amount: int,
+        ledger: int,
+        resource_id: int | None = None,
+        wallet_id: int | None = None,
+        at_ns: int | None = None,
+    ) -> CheckResult:
+        """What a debit of `amount` would do now; changes nothing."""
+        _check_amount(amount)
+        wallet = self._wallet(wallet_id, resource_id, ledger)
+        at = self.clock_ns() if at_ns is None else at_ns
+        path = self._path(wallet, at)
+        ids = [s.account_id for s in path.sources] + [b.account_id for b in path.budgets]
+        accounts = await self._accounts(ids)
+        left, funding, available, reserved = amount, [], 0, 0
+        headroom: int | None = 0
+        for source in path.sources:
+            account = accounts.get(source.account_id)
+            if source.kind is SourceKind.DEBT:
+                can, headroom = left, None
+            else:
+                can = max(0, _balance(account)) if account else 0
+                if source.kind is SourceKind.OVERDRAFT:
+                    headroom = can
+                elif account is not None and source.wallet_id == wallet.id:
+                    reserved += account.debits_pending
+            available += can if source.kind is not SourceKind.DEBT else 0
+            take = min(can, left)
+            if take:
+                funding.append(Funding(source.account_id, source.kind.value, take))
+                left -= take
+        budgets = []
+        for leg in path.budgets:
+            budget = self.catalog.budgets[leg.budget_id]
+            account = accounts.get(leg.account_id)
+            room = _balance(account) if account else budget.cap
+            budgets.append(
+                BudgetHeadroom(
+                    budget.id, leg.resource_id, budget.cap, budget.cap - room, room, room < amount
+                )
+            )
+        reason = None
+        if any(b.blocking for b in budgets):
+            reason = BudgetExceeded.code
+        elif left > 0:
+            reason = InsufficientCredits.code
+        return CheckResult(
+            allowed=reason is None,
+            reason=reason,
+            amount=amount,
+            available=available,
+            reserved=reserved,
+            overdraft_headroom=headroom,
+            budgets=budgets,
+            would_fund=funding,
+        )
+
+
+def _check_amount(amount: int) -> None:
+    if not 1 <= amount <= AMOUNT_MAX_REQUEST:
+        raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+
+
+def _wallet_of(legs: Sequence[Transfer]) -> int:
+    """The wallet a reservation drew for: its set-up leg names it."""
+    return legs[chains.SETUP].user_data_128
+
+
+def _reservation_id(legs: Sequence[Transfer]) -> int:
+    """A reservation's id is its operation id, which every leg but the header carries."""
+    return legs[chains.NORMALIZE].user_data_128
+
+
+def _funding(legs: Sequence[Transfer], path: SpendPath | None) -> list[Funding]:
+    out = []
+    for leg in legs[chains.FIRST_VARIABLE :]:
+        if leg.id == 0 or leg.amount == 0:
+            continue
+        if leg.code in (TransferCode.DEBIT, TransferCode.RESERVE):
+            out.append(Funding(leg.debit_account_id, "grant", leg.amount))
+        elif leg.code == TransferCode.OVERDRAFT_DRAW:
+            out.append(Funding(leg.debit_account_id, "overdraft", leg.amount))
+    return out
+
+
+def _overage_collected(legs: Sequence[Transfer], base: int) -> int:
+    return sum(
+        t.amount
+        for t in legs[base + chains.FIRST_VARIABLE : base + CHAIN_LEGS_MAX]
+        if t.id and t.code in (TransferCode.DEBIT, TransferCode.OVERDRAFT_DRAW)
+    )
