@@ -106,7 +106,7 @@ def entry_type(t: Transfer, account_id: int) -> str:
         return "settle"
     if t.flags & VOID:
         return "release"
-    names = {
+    names: dict[int, str] = {
         TransferCode.GRANT_FUNDING: "grant",
         TransferCode.DEBIT: "debit",
         TransferCode.RESERVE: "reserve",
@@ -118,7 +118,7 @@ def entry_type(t: Transfer, account_id: int) -> str:
         TransferCode.OVERDRAFT_REPAY: "repay",
         TransferCode.OVERDRAFT_LIMIT: "overdraft_limit",
     }
-    return names.get(TransferCode(code), "other") if code in TransferCode else "other"
+    return names.get(int(code), "other")
 
 
 def grant_balance(account: Account, transfers: list[Transfer]) -> GrantBalance:
