@@ -15,6 +15,7 @@ one linked chain, in order. The service runs them. Invariants:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 
 import msgspec
@@ -91,6 +92,7 @@ class Operation(msgspec.Struct, frozen=True):
     effective_at_ns: int
 
 
+@functools.lru_cache(maxsize=4096)
 def _system(ledger: int, code: AccountCode) -> int:
     return system_account_id(ledger, code)
 

@@ -162,6 +162,12 @@ class CreditService:
         except LedgerUnavailable as error:
             raise LedgerUnavailableError(str(error)) from None
 
+    async def _funded(self, chain: Sequence[Transfer]) -> list[Funding]:
+        """What each source of a chain that just succeeded actually moved (balancing legs move
+        what they can, so the amounts are read back)."""
+        sources = [t.id for t in chain if t.code in _SOURCE_CODES]
+        return _funding([Transfer(), *await self._lookup(sources)], None, start=1)
+
     async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
         """An operation's events by index; a missing index is an empty Transfer (id 0)."""
         found = {t.id: t for t in await self._lookup(chains.leg_ids(op_id, count))}
@@ -302,8 +308,7 @@ class CreditService:
         if results[0].status is S.EXISTS:
             return await self._debit_replay(op)
         self._raise_for(chain, results, path, amount)
-        legs = await self._legs(op.id)
-        return DebitResult(op.id, amount, _funding(legs, path))
+        return DebitResult(op.id, amount, await self._funded(chain))
 
     async def _debit_replay(self, op: Operation) -> DebitResult:
         legs = await self._legs(op.id)
@@ -372,13 +377,13 @@ class CreditService:
         await self._ensure_budget_accounts(path)
         chain = chains.drain_chain(op, path, amount, timeout_s=timeout_s)
         results = await self._create(chain)
-        replayed = results[0].status is S.EXISTS
-        if not replayed:
+        if results[0].status is not S.EXISTS:
             self._raise_for(chain, results, path, amount)
+            return ReservationResult(op.id, amount, timeout_s, await self._funded(chain))
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
             raise IdempotencyConflict("this idempotency key was used for another operation")
-        return ReservationResult(op.id, amount, timeout_s, _funding(legs, None), replayed=replayed)
+        return ReservationResult(op.id, amount, timeout_s, _funding(legs, None), replayed=True)
 
     async def _reservation(self, reservation_id: int) -> list[Transfer]:
         legs = await self._legs(reservation_id)
@@ -414,7 +419,25 @@ class CreditService:
         if expired:
             return await self._settle_fallback(op, path, reservation, amount, policy)
         self._raise_for(plan.chain, results, path, plan.overage)
-        return await self._settle_outcome(op, reservation, amount, policy, replayed=False)
+        collected = 0
+        if plan.overage:
+            overage_sources = [
+                t for t in plan.chain if t.code in _SOURCE_CODES and not t.pending_id
+            ]
+            collected = sum(f.amount for f in await self._funded(overage_sources))
+        return SettleResult(
+            reservation_id=reservation_id,
+            operation_id=op.id,
+            requested=amount,
+            collected=plan.posted + collected,
+            released=plan.released,
+            overage=plan.overage,
+            overage_collected=collected,
+            overage_uncollected=plan.overage - collected,
+            policy=policy.value,
+            fallback_debit=False,
+            replayed=False,
+        )
 
     async def _settle_outcome(
         self,
@@ -565,9 +588,14 @@ def _reservation_id(legs: Sequence[Transfer]) -> int:
     return legs[chains.NORMALIZE].user_data_128
 
 
-def _funding(legs: Sequence[Transfer], path: SpendPath | None) -> list[Funding]:
+_SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)
+
+
+def _funding(
+    legs: Sequence[Transfer], path: SpendPath | None, start: int = chains.FIRST_VARIABLE
+) -> list[Funding]:
     out = []
-    for leg in legs[chains.FIRST_VARIABLE :]:
+    for leg in legs[start:]:
         if leg.id == 0 or leg.amount == 0:
             continue
         if leg.code in (TransferCode.DEBIT, TransferCode.RESERVE):

@@ -224,3 +224,8 @@ def test_part_validation() -> None:
         derive_id("n", True)
     with pytest.raises(TypeError, match="float"):
         derive_id("n", 1.0)  # type: ignore[arg-type]
+
+
+@given(st.integers(1, 2**128 - 2), st.integers(0, 2**32 - 1))
+def test_leg_id_fast_path_is_derive_id(operation: int, index: int) -> None:
+    assert leg_id(operation, index) == derive_id("operation/leg", operation, index)
