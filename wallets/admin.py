@@ -98,7 +98,7 @@ class CreditAdmin:
         )
         chain = [
             chains.header(op),
-            _move(
+            chains.leg(
                 op,
                 1,
                 system_account_id(grant.ledger, issuance),
@@ -107,7 +107,7 @@ class CreditAdmin:
                 TransferCode.GRANT_FUNDING,
                 LINKED,
             ),
-            _move(
+            chains.leg(
                 op,
                 2,
                 grant.id,
@@ -125,7 +125,7 @@ class CreditAdmin:
         if deficit > 0:
             assert wallet.overdraft_account_id is not None
             chain.append(
-                _move(
+                chains.leg(
                     op,
                     3,
                     grant.id,
@@ -255,7 +255,7 @@ class CreditAdmin:
         consumed = system_account_id(setup.ledger, AccountCode.CONSUMED)
         chain = [chains.header(op)]
         for i, (account_id, give) in enumerate(restored):
-            leg = _move(
+            leg = chains.leg(
                 op,
                 chains.FIRST_VARIABLE + i,
                 consumed,
@@ -297,29 +297,6 @@ class CreditAdmin:
         legs = await self.service._legs(op.id)
         restored = [(t.credit_account_id, t.amount) for t in legs[chains.FIRST_VARIABLE :] if t.id]
         return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
-
-
-def _move(
-    op: Operation,
-    index: int,
-    debit: int,
-    credit: int,
-    amount: int,
-    code: TransferCode,
-    flags: TransferFlags,
-) -> Transfer:
-    return Transfer(
-        id=leg_id(op.id, index),
-        debit_account_id=debit,
-        credit_account_id=credit,
-        amount=amount,
-        user_data_128=op.id,
-        user_data_64=op.effective_at_ns,
-        user_data_32=op.tenant,
-        ledger=op.ledger,
-        code=code,
-        flags=flags,
-    )
 
 
 def _sweep(

@@ -97,7 +97,7 @@ def _system(ledger: int, code: AccountCode) -> int:
     return system_account_id(ledger, code)
 
 
-def _leg(
+def leg(
     op: Operation,
     index: int,
     debit: int,
@@ -160,7 +160,7 @@ def _source_legs(
         else:
             code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BC
         legs.append(
-            _leg(op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s)
+            leg(op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s)
         )
     return legs
 
@@ -176,9 +176,9 @@ def drain_chain(
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
     flags = LINKED | (PENDING if pending else TransferFlags.NONE)
     setup = (
-        _leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
+        leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
         if pending
-        else _leg(
+        else leg(
             op,
             SETUP,
             drain,
@@ -193,14 +193,14 @@ def drain_chain(
     setup.user_data_128 = path.wallet_id
     chain = [
         header(op),
-        _leg(op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC),
+        leg(op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC),
         setup,
     ]
     usage = _system(ledger, AccountCode.BUDGET_USAGE)
     index = FIRST_VARIABLE
     for budget in path.budgets:
         chain.append(
-            _leg(
+            leg(
                 op,
                 index,
                 budget.account_id,
@@ -215,7 +215,7 @@ def drain_chain(
     chain += _source_legs(op, path, amount, index, flags, timeout_s)
     check = _system(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
-        _leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
+        leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
     )
     return chain
 
@@ -277,7 +277,7 @@ def settle_chain(
     assert remaining == 0
     consumed = _system(ledger, AccountCode.CONSUMED)
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
-    chain.append(_leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
+    chain.append(leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
     overage = amount - to_post
     if overage > 0:
         assert overage_path is not None
@@ -322,7 +322,7 @@ def overage_legs(
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
     consumed = _system(ledger, AccountCode.CONSUMED)
     legs = [
-        _leg(
+        leg(
             op,
             base + NORMALIZE,
             hold,
@@ -335,15 +335,15 @@ def overage_legs(
     capped = policy is Overage.CAP
     if capped:
         cap = _system(ledger, AccountCode.CONTROL_CAP)
-        legs.append(_leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED))
+        legs.append(leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED))
     else:
-        legs.append(_leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED))
+        legs.append(leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED))
     usage = _system(ledger, AccountCode.BUDGET_USAGE)
     index = base + FIRST_VARIABLE
     budget_flags = LINKED if policy is Overage.REJECT else LINKED | BD
     for budget in path.budgets:
         legs.append(
-            _leg(
+            leg(
                 op, index, budget.account_id, usage, amount, TransferCode.BUDGET_SPEND, budget_flags
             )
         )
@@ -359,18 +359,16 @@ def overage_legs(
     if capped:
         cap = _system(ledger, AccountCode.CONTROL_CAP)
         legs.append(
-            _leg(op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC)
+            leg(op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC)
         )
         legs.append(
-            _leg(
+            leg(
                 op, base + CAP_CONSUME, cap, consumed, AMOUNT_MAX, TransferCode.CONSUME, LINKED | BD
             )
         )
     else:
         check = _system(ledger, AccountCode.CONTROL_CHECK)
         legs.append(
-            _leg(
-                op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC
-            )
+            leg(op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC)
         )
     return legs
