@@ -1,0 +1,92 @@
+"""Customers: the tenant (TigerBeetle's user_data_32) and the owner of a tree of resources."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from ledger.db import Connection
+from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    from_uuid,
+    page_limit,
+    to_uuid,
+)
+
+_COLUMNS: Final = "id, tenant, external_ref, name, created_at"
+
+
+class Customer(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    tenant: int  # a u32, never 0: TigerBeetle's user_data_32 on this customer's events
+    external_ref: str | None
+    name: str
+    created_at: datetime
+
+
+def _row(row: tuple[Any, ...]) -> Customer:
+    id_, tenant, external_ref, name, created_at = row
+    return Customer(
+        id=from_uuid(id_),
+        tenant=int(tenant),
+        external_ref=external_ref,
+        name=name,
+        created_at=created_at,
+    )
+
+
+async def insert_customer(
+    conn: Connection, *, id: int, tenant: int, name: str, external_ref: str | None = None
+) -> Customer:
+    cursor = await conn.execute(
+        "INSERT INTO customers (id, tenant, external_ref, name) VALUES (%s, %s, %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (to_uuid(id), tenant, external_ref, name),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return _row(row)
+
+
+async def get_customer(conn: Connection, id: int) -> Customer | None:
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM customers WHERE id = %s", (to_uuid(id),))
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def get_customer_by_tenant(conn: Connection, tenant: int) -> Customer | None:
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM customers WHERE tenant = %s", (tenant,))
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def get_customer_by_external_ref(conn: Connection, external_ref: str) -> Customer | None:
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM customers WHERE external_ref = %s", (external_ref,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def list_customers(
+    conn: Connection, *, after_id: int | None = None, limit: int = ROWS_PER_PAGE_DEFAULT
+) -> list[Customer]:
+    """A page of customers by id; pass the last id of a page as `after_id` for the next."""
+    if after_id is None:
+        cursor = await conn.execute(
+            f"SELECT {_COLUMNS} FROM customers ORDER BY id LIMIT %s", (page_limit(limit),)
+        )
+    else:
+        cursor = await conn.execute(
+            f"SELECT {_COLUMNS} FROM customers WHERE id > %s ORDER BY id LIMIT %s",
+            (to_uuid(after_id), page_limit(limit)),
+        )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_all_customers(conn: Connection) -> list[Customer]:
+    """Every customer, by id, unpaged: for the catalog snapshot only."""
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM customers ORDER BY id")
+    return [_row(row) for row in await cursor.fetchall()]

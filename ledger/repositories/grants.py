@@ -1,0 +1,232 @@
+"""Grants: credit blocks. A grant's id is its TigerBeetle account id.
+
+Invariants (enforced by the schema): amount > 0; a paid grant, and any grant with a
+consideration, has a currency; expires_at (exclusive) is after effective_at; a grant's credit
+type is its wallet's. `state` is 'pending' until the grant's account and funding transfer exist
+in TigerBeetle, then 'active'; 'voided' once voided. Balances are never stored here.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from ledger.db import Connection
+from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    from_amount,
+    from_uuid,
+    page_limit,
+    to_amount,
+    to_uuid,
+    uuids,
+)
+
+_COLUMNS: Final = (
+    "id, wallet_id, credit_type_id, amount, category, consideration_minor, currency, priority,"
+    " effective_at, expires_at, source, reason, actor, external_ref, state, created_at"
+)
+
+
+class GrantCategory(enum.StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantSource(enum.StrEnum):
+    ADMIN = "admin"
+    PURCHASE = "purchase"
+    PLAN_ALLOCATION = "plan_allocation"
+    ROLLOVER = "rollover"
+
+
+class GrantState(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    VOIDED = "voided"
+
+
+class Grant(msgspec.Struct, frozen=True, kw_only=True):
+    id: int  # = the TigerBeetle account id of the block
+    wallet_id: int
+    credit_type_id: int
+    amount: int
+    category: GrantCategory
+    consideration_minor: int  # what the customer paid, in minor units of `currency`
+    currency: str | None  # ISO 4217
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None  # exclusive; None: never expires
+    source: GrantSource
+    reason: str | None
+    actor: str
+    external_ref: str | None
+    state: GrantState
+    created_at: datetime
+
+
+class NewGrant(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a grant that its issuer chooses."""
+
+    id: int
+    wallet_id: int
+    credit_type_id: int
+    amount: int
+    category: GrantCategory
+    effective_at: datetime
+    source: GrantSource
+    actor: str
+    consideration_minor: int = 0
+    currency: str | None = None
+    priority: int = 0
+    expires_at: datetime | None = None
+    reason: str | None = None
+    external_ref: str | None = None
+    state: GrantState = GrantState.PENDING
+
+
+def _row(row: tuple[Any, ...]) -> Grant:
+    return Grant(
+        id=from_uuid(row[0]),
+        wallet_id=from_uuid(row[1]),
+        credit_type_id=int(row[2]),
+        amount=from_amount(row[3]),
+        category=GrantCategory(row[4]),
+        consideration_minor=int(row[5]),
+        currency=row[6],
+        priority=int(row[7]),
+        effective_at=row[8],
+        expires_at=row[9],
+        source=GrantSource(row[10]),
+        reason=row[11],
+        actor=row[12],
+        external_ref=row[13],
+        state=GrantState(row[14]),
+        created_at=row[15],
+    )
+
+
+async def insert_grant(conn: Connection, grant: NewGrant) -> Grant:
+    cursor = await conn.execute(
+        "INSERT INTO grants (id, wallet_id, credit_type_id, amount, category,"
+        " consideration_minor, currency, priority, effective_at, expires_at, source, reason,"
+        " actor, external_ref, state)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        f" RETURNING {_COLUMNS}",
+        (
+            to_uuid(grant.id),
+            to_uuid(grant.wallet_id),
+            grant.credit_type_id,
+            to_amount(grant.amount),
+            grant.category.value,
+            grant.consideration_minor,
+            grant.currency,
+            grant.priority,
+            grant.effective_at,
+            grant.expires_at,
+            grant.source.value,
+            grant.reason,
+            grant.actor,
+            grant.external_ref,
+            grant.state.value,
+        ),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return _row(row)
+
+
+async def get_grant(conn: Connection, id: int) -> Grant | None:
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE id = %s", (to_uuid(id),))
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def list_grants_for_wallets(
+    conn: Connection,
+    wallet_ids: Collection[int],
+    *,
+    states: Collection[GrantState] | None = None,
+) -> list[Grant]:
+    """The grants of these wallets (in these states, if given), by wallet then id.
+
+    Not in burn order: burn order is one versioned function in `grants`, applied to these rows.
+    """
+    if states is None:
+        cursor = await conn.execute(
+            f"SELECT {_COLUMNS} FROM grants WHERE wallet_id = ANY(%s) ORDER BY wallet_id, id",
+            (uuids(wallet_ids),),
+        )
+    else:
+        cursor = await conn.execute(
+            f"SELECT {_COLUMNS} FROM grants WHERE wallet_id = ANY(%s) AND state = ANY(%s)"
+            " ORDER BY wallet_id, id",
+            (uuids(wallet_ids), [state.value for state in states]),
+        )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
+async def set_grant_state(
+    conn: Connection,
+    id: int,
+    state: GrantState,
+    *,
+    expected: Collection[GrantState] | None = None,
+) -> Grant | None:
+    """Set the grant's state; with `expected`, only if its current state is one of those.
+
+    Returns the updated grant, or None when there is no such grant or its state was not an
+    expected one (a compare-and-set: `expected=[PENDING]` activates a grant exactly once).
+    """
+    if expected is None:
+        cursor = await conn.execute(
+            f"UPDATE grants SET state = %s WHERE id = %s RETURNING {_COLUMNS}",
+            (state.value, to_uuid(id)),
+        )
+    else:
+        cursor = await conn.execute(
+            f"UPDATE grants SET state = %s WHERE id = %s AND state = ANY(%s) RETURNING {_COLUMNS}",
+            (state.value, to_uuid(id), [s.value for s in expected]),
+        )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def list_expired_active_grants(
+    conn: Connection, at: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
+) -> list[Grant]:
+    """Active grants whose expiry is at or before `at`, oldest expiry first (for the sweep)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants"
+        " WHERE state = 'active' AND expires_at IS NOT NULL AND expires_at <= %s"
+        " ORDER BY expires_at, id LIMIT %s",
+        (at, page_limit(limit)),
+    )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_pending_grants(
+    conn: Connection, created_before: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
+) -> list[Grant]:
+    """Grants still 'pending' that were created before `created_before`, oldest first: the
+    dual writes that reconciliation must finish (or undo)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE state = 'pending' AND created_at < %s"
+        " ORDER BY created_at, id LIMIT %s",
+        (created_before, page_limit(limit)),
+    )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_all_live_grants(conn: Connection) -> list[Grant]:
+    """Every active grant not yet expired (at the transaction's now()), by id, unpaged: for the
+    catalog snapshot only."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants"
+        " WHERE state = 'active' AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
+    )
+    return [_row(row) for row in await cursor.fetchall()]
