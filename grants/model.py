@@ -6,21 +6,13 @@ block. Times are integers of nanoseconds since the Unix epoch, UTC, as on the le
 
 from __future__ import annotations
 
-import enum
-
 import msgspec
 
+from ledger.repositories.grants import GrantCategory, GrantSource
 
-class Category(enum.StrEnum):
-    PAID = "paid"
-    PROMOTIONAL = "promotional"
-
-
-class Source(enum.StrEnum):
-    ADMIN = "admin"
-    PURCHASE = "purchase"
-    PLAN_ALLOCATION = "plan_allocation"
-    ROLLOVER = "rollover"
+# The vocabulary is the catalog's: one definition, shared with the Postgres rows.
+Category = GrantCategory
+Source = GrantSource
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):

@@ -98,7 +98,7 @@ class CreditAdmin:
         )
         chain = [
             chains.header(op),
-            chains.leg(
+            chains.make_leg(
                 op,
                 1,
                 system_account_id(grant.ledger, issuance),
@@ -107,7 +107,7 @@ class CreditAdmin:
                 TransferCode.GRANT_FUNDING,
                 LINKED,
             ),
-            chains.leg(
+            chains.make_leg(
                 op,
                 2,
                 grant.id,
@@ -125,7 +125,7 @@ class CreditAdmin:
         if deficit > 0:
             assert wallet.overdraft_account_id is not None
             chain.append(
-                chains.leg(
+                chains.make_leg(
                     op,
                     3,
                     grant.id,
@@ -255,7 +255,7 @@ class CreditAdmin:
         consumed = system_account_id(setup.ledger, AccountCode.CONSUMED)
         chain = [chains.header(op)]
         for i, (account_id, give) in enumerate(restored):
-            leg = chains.leg(
+            leg = chains.make_leg(
                 op,
                 chains.FIRST_VARIABLE + i,
                 consumed,

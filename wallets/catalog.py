@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import enum
 import threading
 from collections.abc import Iterable
 
@@ -25,20 +24,13 @@ from grants.model import Grant
 from ledger.codes import AccountCode
 from ledger.ids import budget_account_id, overdraft_account_id
 from ledger.limits import PATH_BUDGETS_MAX, PATH_SOURCES_MAX
+from ledger.repositories import wallets as repo_wallets
+from ledger.repositories.budgets import BudgetPeriod
 from wallets.chains import BudgetLeg, Source, SourceKind, SpendPath
 
-
-class OverdraftMode(enum.StrEnum):
-    HARD = "hard"  # limit 0: never below zero
-    SOFT = "soft"  # down to -overdraft_limit
-    UNBOUNDED = "unbounded"  # no floor
-
-
-class Period(enum.StrEnum):
-    DAY = "day"
-    WEEK = "week"
-    MONTH = "month"
-    LIFETIME = "lifetime"
+# The vocabulary is the catalog's: one definition, shared with the Postgres rows.
+OverdraftMode = repo_wallets.OverdraftMode
+Period = BudgetPeriod
 
 
 class CreditType(msgspec.Struct, frozen=True):

@@ -97,7 +97,7 @@ def _system(ledger: int, code: AccountCode) -> int:
     return system_account_id(ledger, code)
 
 
-def leg(
+def make_leg(
     op: Operation,
     index: int,
     debit: int,
@@ -160,7 +160,9 @@ def _source_legs(
         else:
             code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BC
         legs.append(
-            leg(op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s)
+            make_leg(
+                op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s
+            )
         )
     return legs
 
@@ -176,9 +178,9 @@ def drain_chain(
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
     flags = LINKED | (PENDING if pending else TransferFlags.NONE)
     setup = (
-        leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
+        make_leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
         if pending
-        else leg(
+        else make_leg(
             op,
             SETUP,
             drain,
@@ -193,14 +195,16 @@ def drain_chain(
     setup.user_data_128 = path.wallet_id
     chain = [
         header(op),
-        leg(op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC),
+        make_leg(
+            op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC
+        ),
         setup,
     ]
     usage = _system(ledger, AccountCode.BUDGET_USAGE)
     index = FIRST_VARIABLE
     for budget in path.budgets:
         chain.append(
-            leg(
+            make_leg(
                 op,
                 index,
                 budget.account_id,
@@ -215,7 +219,7 @@ def drain_chain(
     chain += _source_legs(op, path, amount, index, flags, timeout_s)
     check = _system(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
-        leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
+        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
     )
     return chain
 
@@ -277,7 +281,7 @@ def settle_chain(
     assert remaining == 0
     consumed = _system(ledger, AccountCode.CONSUMED)
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
-    chain.append(leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
+    chain.append(make_leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
     overage = amount - to_post
     if overage > 0:
         assert overage_path is not None
@@ -322,7 +326,7 @@ def overage_legs(
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
     consumed = _system(ledger, AccountCode.CONSUMED)
     legs = [
-        leg(
+        make_leg(
             op,
             base + NORMALIZE,
             hold,
@@ -335,15 +339,19 @@ def overage_legs(
     capped = policy is Overage.CAP
     if capped:
         cap = _system(ledger, AccountCode.CONTROL_CAP)
-        legs.append(leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED))
+        legs.append(
+            make_leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED)
+        )
     else:
-        legs.append(leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED))
+        legs.append(
+            make_leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED)
+        )
     usage = _system(ledger, AccountCode.BUDGET_USAGE)
     index = base + FIRST_VARIABLE
     budget_flags = LINKED if policy is Overage.REJECT else LINKED | BD
     for budget in path.budgets:
         legs.append(
-            leg(
+            make_leg(
                 op, index, budget.account_id, usage, amount, TransferCode.BUDGET_SPEND, budget_flags
             )
         )
@@ -359,16 +367,20 @@ def overage_legs(
     if capped:
         cap = _system(ledger, AccountCode.CONTROL_CAP)
         legs.append(
-            leg(op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC)
+            make_leg(
+                op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC
+            )
         )
         legs.append(
-            leg(
+            make_leg(
                 op, base + CAP_CONSUME, cap, consumed, AMOUNT_MAX, TransferCode.CONSUME, LINKED | BD
             )
         )
     else:
         check = _system(ledger, AccountCode.CONTROL_CHECK)
         legs.append(
-            leg(op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC)
+            make_leg(
+                op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC
+            )
         )
     return legs
