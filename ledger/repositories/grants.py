@@ -48,6 +48,7 @@ class GrantState(enum.StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     VOIDED = "voided"
+    EXPIRED = "expired"  # swept, and nothing held: nothing can come back to it
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -223,10 +224,7 @@ async def list_pending_grants(
 
 
 async def list_all_live_grants(conn: Connection) -> list[Grant]:
-    """Every active grant not yet expired (at the transaction's now()), by id, unpaged: for the
-    catalog snapshot only."""
-    cursor = await conn.execute(
-        f"SELECT {_COLUMNS} FROM grants"
-        " WHERE state = 'active' AND (expires_at IS NULL OR expires_at > now()) ORDER BY id"
-    )
+    """Every active grant, by id, unpaged: for the catalog snapshot only. Active grants past
+    their expiry are included: the spend path skips them, the sweep still needs them."""
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE state = 'active' ORDER BY id")
     return [_row(row) for row in await cursor.fetchall()]

@@ -640,10 +640,14 @@ async def test_catalog_snapshot_reads_what_the_hot_path_needs(pool: db.Pool) -> 
             conn, _grant(ids["agent_wallet"], 1, state=GrantState.ACTIVE)
         )
         await grants.insert_grant(conn, _grant(ids["agent_wallet"], 2))  # pending: not yet
-        await grants.insert_grant(
+        expired_active = await grants.insert_grant(
             conn,
             _grant(ids["agent_wallet"], 3, state=GrantState.ACTIVE, expires_at=T0 + timedelta(1)),
-        )  # expired long ago
+        )  # expired long ago, not yet swept: the sweep needs it
+        await grants.insert_grant(
+            conn,
+            _grant(ids["agent_wallet"], 5, state=GrantState.EXPIRED, expires_at=T0 + timedelta(2)),
+        )  # swept: done
         await grants.insert_grant(conn, _grant(ids["agent_wallet"], 4, state=GrantState.VOIDED))
         await budgets.insert_budget(
             conn,
@@ -666,7 +670,7 @@ async def test_catalog_snapshot_reads_what_the_hot_path_needs(pool: db.Pool) -> 
         ids["agent"]: ids["team"],
     }
     assert len(snapshot.wallets) == 3
-    assert snapshot.grants == (live,)
+    assert snapshot.grants == (live, expired_active)
     assert [b.id for b in snapshot.budgets] == [1]
     assert [p.feature for p in snapshot.prices] == ["chat"]
 

@@ -1,0 +1,393 @@
+"""The control plane: admin operations that write both stores, and the reconciliation that
+finishes what a crash interrupted.
+
+Order of the dual writes (DESIGN.md, "Idempotency and failure"):
+1. Postgres, one transaction: claim the idempotency key, write the catalog row in its first
+   state ('pending' for a grant), append to the audit log.
+2. TigerBeetle: the accounts and transfers, with ids derived from the row's id (idempotent).
+3. Postgres, one transaction: the row's final state ('active'), the stored outcome.
+4. The in-process cache; other processes learn through the catalog's NOTIFY triggers.
+A crash after 1 leaves a pending row and an open key: `reconcile` (or a retry of the same
+request) runs 2 and 3 again; every step is idempotent, so finishing is always safe. A crash
+after 2 leaves TigerBeetle ahead of Postgres; 3 catches up. Nothing is ever written to
+TigerBeetle that Postgres has not recorded first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
+from grants.model import Category, Grant, Source
+from ledger.db import Connection, Pool
+from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
+from ledger.limits import AMOUNT_MAX_REQUEST, U32_MAX
+from ledger.repositories import (
+    audit,
+    budgets,
+    catalog,
+    credit_types,
+    customers,
+    grants,
+    idempotency,
+    resources,
+    wallets,
+)
+from ledger.repositories.grants import GrantState
+from ledger.repositories.resources import ResourceKind
+from wallets.admin import CreditAdmin, IssueResult
+from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
+from wallets.service import CreditService
+
+R = TypeVar("R")
+NS = 1_000_000_000
+
+
+def to_ns(at: dt.datetime) -> int:
+    return int(at.timestamp()) * NS + at.microsecond * 1000
+
+
+def from_ns(ns: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ns // NS, tz=dt.UTC) + dt.timedelta(
+        microseconds=ns % NS // 1000
+    )
+
+
+class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
+    wallet_id: int
+    amount: int
+    category: Category
+    consideration_minor: int = 0
+    currency: str | None = None
+    priority: int = 0
+    effective_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    source: Source = Source.ADMIN
+    reason: str | None = None
+    external_ref: str | None = None
+
+
+class ReconcileReport(msgspec.Struct, frozen=True):
+    credit_types: int  # whose system accounts were (re)ensured
+    wallets: int  # whose accounts were (re)ensured
+    grants_finished: list[int]  # pending grants brought to 'active'
+
+
+class ControlPlane:
+    def __init__(self, pool: Pool, service: CreditService, admin: CreditAdmin) -> None:
+        self.pool = pool
+        self.service = service
+        self.admin = admin
+        self.catalog: Catalog = service.catalog
+
+    # -- the cache ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Fills the in-process catalog from Postgres (at start and after a missed NOTIFY)."""
+        async with self.pool.connection() as conn:
+            snapshot = await catalog.load_catalog_snapshot(conn)
+        tenants = {c.id: c.tenant for c in snapshot.customers}
+        self.catalog.load(
+            [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
+            [
+                Resource(r.id, r.customer_id, tenants[r.customer_id], r.kind.value, r.parent_id)
+                for r in snapshot.resources
+            ],
+            [_wallet(w) for w in snapshot.wallets],
+            [_grant(g) for g in snapshot.grants],
+            [
+                Budget(b.id, b.resource_id, b.credit_type_id, b.period, b.cap)
+                for b in snapshot.budgets
+            ],
+        )
+
+    # -- idempotency --------------------------------------------------------------------------
+
+    async def _once(
+        self,
+        *,
+        tenant: int,
+        key: str,
+        operation: str,
+        request: Any,
+        first: Callable[[Connection], Awaitable[None]],
+        then: Callable[[], Awaitable[R]],
+        result_type: type[R],
+    ) -> tuple[R, bool]:
+        """Runs an admin operation once per (tenant, key): `first` in the claiming transaction,
+        `then` (the ledger side and the final state) after it. A replay returns the stored
+        outcome; an unfinished earlier attempt is finished; another body is a conflict."""
+        try:
+            idempotency_key_bytes(key)
+        except ValueError as error:
+            raise InvalidRequest(str(error), field="idempotency_key") from None
+        request_hash = msgspec.msgpack.encode(msgspec.to_builtins(request))
+        async with self.pool.connection() as conn, conn.transaction():
+            existing = await idempotency.begin(
+                conn, tenant=tenant, key=key, operation=operation, request_hash=request_hash
+            )
+            if existing is None:
+                await first(conn)
+        if existing is not None:
+            if not existing.matches(operation, request_hash):
+                raise IdempotencyConflict("this idempotency key was used with another request")
+            if existing.completed:
+                return msgspec.convert(existing.response, result_type), True
+        result = await then()
+        async with self.pool.connection() as conn, conn.transaction():
+            await idempotency.complete(
+                conn,
+                tenant=tenant,
+                key=key,
+                status_code=200,
+                response=msgspec.to_builtins(result),
+            )
+        return result, False
+
+    # -- catalog objects ----------------------------------------------------------------------
+
+    async def create_credit_type(
+        self, *, ledger: int, code: str, name: str, asset_scale: int, actor: str
+    ) -> CreditType:
+        if not 1 <= ledger <= U32_MAX:
+            raise InvalidRequest("ledger must be in 1..2^32-1", field="ledger")
+        async with self.pool.connection() as conn, conn.transaction():
+            await credit_types.insert_credit_type(
+                conn, id=ledger, code=code, name=name, asset_scale=asset_scale
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="credit_type.create",
+                details={"ledger": str(ledger), "code": code},
+            )
+        await self.service.open_ledger(ledger)
+        credit_type = CreditType(ledger, code, name, asset_scale)
+        self.catalog.put_credit_type(credit_type)
+        return credit_type
+
+    async def create_customer(
+        self, *, name: str, tenant: int, actor: str, external_ref: str | None = None
+    ) -> int:
+        customer_id = derive_id("customer", tenant)
+        async with self.pool.connection() as conn, conn.transaction():
+            await customers.insert_customer(
+                conn, id=customer_id, tenant=tenant, name=name, external_ref=external_ref
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="customer.create",
+                object_type="customer",
+                object_id=customer_id,
+            )
+        return customer_id
+
+    async def create_resource(
+        self,
+        *,
+        customer_id: int,
+        tenant: int,
+        kind: ResourceKind,
+        actor: str,
+        parent_id: int | None = None,
+        external_ref: str | None = None,
+        resource_id: int,
+    ) -> Resource:
+        async with self.pool.connection() as conn, conn.transaction():
+            await resources.insert_resource(
+                conn,
+                id=resource_id,
+                customer_id=customer_id,
+                kind=kind,
+                parent_id=parent_id,
+                external_ref=external_ref,
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="resource.create",
+                object_type="resource",
+                object_id=resource_id,
+            )
+        resource = Resource(resource_id, customer_id, tenant, kind.value, parent_id)
+        self.catalog.put_resource(resource)
+        return resource
+
+    async def create_wallet(self, wallet: Wallet, *, tenant: int, actor: str) -> Wallet:
+        if wallet.overdraft_mode is OverdraftMode.SOFT and wallet.overdraft_limit <= 0:
+            raise InvalidRequest(
+                "a soft limit needs an overdraft_limit > 0", field="overdraft_limit"
+            )
+        async with self.pool.connection() as conn, conn.transaction():
+            await wallets.insert_wallet(
+                conn,
+                id=wallet.id,
+                resource_id=wallet.resource_id,
+                credit_type_id=wallet.ledger,
+                overdraft_mode=wallet.overdraft_mode,
+                overdraft_limit=wallet.overdraft_limit,
+                overdraft_account_id=wallet.overdraft_account_id,
+                fall_through=wallet.fall_through,
+            )
+            await audit.append(
+                conn, actor=actor, action="wallet.create", object_type="wallet", object_id=wallet.id
+            )
+        await self.service.open_wallet(wallet, tenant)
+        self.catalog.put_wallet(wallet)
+        return wallet
+
+    async def create_budget(self, budget: Budget, *, actor: str) -> Budget:
+        async with self.pool.connection() as conn, conn.transaction():
+            await budgets.insert_budget(
+                conn,
+                id=budget.id,
+                resource_id=budget.resource_id,
+                credit_type_id=budget.ledger,
+                period=Period(budget.period),
+                cap=budget.cap,
+            )
+            await audit.append(
+                conn, actor=actor, action="budget.create", object_type="budget", object_id=budget.id
+            )
+        self.catalog.put_budget(budget)
+        return budget
+
+    # -- grants -------------------------------------------------------------------------------
+
+    async def issue_grant(
+        self, request: GrantRequest, *, tenant: int, key: str, actor: str
+    ) -> tuple[IssueResult, bool]:
+        """Issues a credit block once per key. Returns (outcome, replayed)."""
+        wallet = self.catalog.wallets.get(request.wallet_id)
+        if wallet is None:
+            raise NotFound(f"wallet {request.wallet_id} not found")
+        _validate_grant(request)
+        grant_id = operation_id(tenant, key)
+        effective_at = request.effective_at or from_ns(self.service.clock_ns())
+
+        async def first(conn: Connection) -> None:
+            await grants.insert_grant(
+                conn,
+                grants.NewGrant(
+                    id=grant_id,
+                    wallet_id=wallet.id,
+                    credit_type_id=wallet.ledger,
+                    amount=request.amount,
+                    category=request.category,
+                    effective_at=effective_at,
+                    source=request.source,
+                    actor=actor,
+                    consideration_minor=request.consideration_minor,
+                    currency=request.currency,
+                    priority=request.priority,
+                    expires_at=request.expires_at,
+                    reason=request.reason,
+                    external_ref=request.external_ref,
+                ),
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.issue",
+                object_type="grant",
+                object_id=grant_id,
+                reason=request.reason,
+                details={"amount": str(request.amount)},
+            )
+
+        async def then() -> IssueResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+            assert row is not None
+            return await self._finish_grant(row)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.issue",
+            request=request,
+            first=first,
+            then=then,
+            result_type=IssueResult,
+        )
+
+    async def _finish_grant(self, row: grants.Grant) -> IssueResult:
+        """Steps 2 and 3 of a grant: the ledger side, then 'active'. Idempotent. The ledger
+        records the wallet owner's tenant, whoever asked."""
+        wallet = self.catalog.wallet(row.wallet_id)
+        tenant = self.catalog.resources[wallet.resource_id].tenant
+        fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
+        result = await self.admin.issue(_grant(row), tenant=tenant, fingerprint=fingerprint)
+        async with self.pool.connection() as conn, conn.transaction():
+            await grants.set_grant_state(
+                conn, row.id, GrantState.ACTIVE, expected=[GrantState.PENDING]
+            )
+        return result
+
+    async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
+        """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
+        pending grants funded and activated, their idempotency records completed."""
+        cutoff = from_ns(self.service.clock_ns() - int(older_than_s * NS))
+        async with self.pool.connection() as conn:
+            types = await credit_types.list_credit_types(conn)
+            all_wallets = await wallets.list_all_wallets(conn)
+            pending = await grants.list_pending_grants(conn, cutoff)
+            tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
+            owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
+        for credit_type in types:
+            await self.service.open_ledger(credit_type.id)
+        for w in all_wallets:
+            await self.service.open_wallet(_wallet(w), tenants[owners[w.resource_id]])
+        finished = []
+        for row in pending:
+            await self._finish_grant(row)
+            finished.append(row.id)
+        return ReconcileReport(len(types), len(all_wallets), finished)
+
+
+def _validate_grant(request: GrantRequest) -> None:
+    if not 1 <= request.amount <= AMOUNT_MAX_REQUEST:
+        raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+    if request.category is Category.PAID and not request.currency:
+        raise InvalidRequest("a paid grant needs its currency", field="currency")
+    if request.consideration_minor < 0:
+        raise InvalidRequest(
+            "consideration_minor must not be negative", field="consideration_minor"
+        )
+    if (
+        request.expires_at is not None
+        and request.effective_at is not None
+        and request.expires_at <= request.effective_at
+    ):
+        raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+
+
+def _wallet(w: wallets.Wallet) -> Wallet:
+    return Wallet(
+        w.id,
+        w.resource_id,
+        w.credit_type_id,
+        OverdraftMode(w.overdraft_mode),
+        w.overdraft_limit,
+        w.fall_through,
+    )
+
+
+def _grant(g: grants.Grant) -> Grant:
+    return Grant(
+        id=g.id,
+        wallet_id=g.wallet_id,
+        ledger=g.credit_type_id,
+        amount=g.amount,
+        category=g.category,
+        priority=g.priority,
+        effective_at_ns=to_ns(g.effective_at),
+        expires_at_ns=None if g.expires_at is None else to_ns(g.expires_at),
+        consideration_minor=g.consideration_minor,
+        currency=g.currency,
+    )
