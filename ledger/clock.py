@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 
@@ -31,3 +32,17 @@ class ManualClock:
         assert nanoseconds >= 0
         with self._lock:
             self._now_ns += nanoseconds
+
+
+def datetime_of_ns(ns: int) -> dt.datetime:
+    """An aware UTC datetime from ns since the epoch (microsecond precision, as Postgres keeps)."""
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=dt.UTC) + dt.timedelta(
+        microseconds=ns % 1_000_000_000 // 1000
+    )
+
+
+def ns_of_datetime(at: dt.datetime) -> int:
+    """ns since the epoch of an aware datetime, exactly (no float on the way)."""
+    assert at.tzinfo is not None, "naive datetimes are not allowed"
+    delta = at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000

@@ -48,6 +48,11 @@ OVERAGE_LEG_INDEX = 100
 # Amounts a caller may ask for: 1 .. 2^63-1 (they travel as JSON integers).
 AMOUNT_MAX_REQUEST = (1 << 63) - 1
 
+# Dimensions a spend may carry (feature, model, session, user, ...), kept on its movement.
+DIMENSIONS_MAX = 16
+DIMENSION_NAME_CHARS_MAX = 64
+DIMENSION_VALUE_CHARS_MAX = 256
+
 # Reservations: default and longest timeout.
 RESERVATION_TIMEOUT_S_DEFAULT = 3600
 RESERVATION_TIMEOUT_S_MAX = 24 * 3600

@@ -57,6 +57,13 @@ class SweepResult(msgspec.Struct, frozen=True):
     reason: str  # "expired" | "voided"
 
 
+class SweepReport(msgspec.Struct, frozen=True):
+    swept: list[SweepResult]
+    # Blocks with nothing left and nothing held: nothing can come back to them, so they
+    # leave the cache and are 'expired' (or stay 'voided') for good.
+    finished: list[int]
+
+
 class RefundResult(msgspec.Struct, frozen=True):
     operation_id: int
     debit_id: int
@@ -177,7 +184,7 @@ class CreditAdmin:
         (moved,) = await self.ledger.lookup_transfers([sweep.id])
         return SweepResult(grant_id, moved.amount, "voided")
 
-    async def sweep(self, at_ns: int) -> list[SweepResult]:
+    async def sweep(self, at_ns: int) -> SweepReport:
         """Expiry: moves the available balance of every block past `expires_at` to breakage,
         and of every voided block to voided. Credits still held stay held; what comes back
         later is swept again. Each sweep's id derives from the block's balances, so a repeated
@@ -185,9 +192,9 @@ class CreditAdmin:
         expired = [g for g in self.catalog.grants.values() if g.expired(at_ns)]
         candidates = [*expired, *self.voided.values()]
         if not candidates:
-            return []
+            return SweepReport([], [])
         accounts = {a.id: a for a in await self.ledger.lookup_accounts([g.id for g in candidates])}
-        sweeps, reasons = [], {}
+        sweeps, reasons, finished = [], {}, []
         for grant in candidates:
             account = accounts.get(grant.id)
             if account is None:
@@ -210,12 +217,14 @@ class CreditAdmin:
                 # Nothing left and nothing held: nothing can come back. Done with this block.
                 self.catalog.drop_grant(grant.id)
                 self.voided.pop(grant.id, None)
+                finished.append(grant.id)
         if not sweeps:
-            return []
+            return SweepReport([], finished)
         results = await self.ledger.create_transfers(sweeps)
         assert all(r.status in (S.CREATED, S.EXISTS) for r in results), results
         moved = await self.ledger.lookup_transfers([t.id for t in sweeps])
-        return [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
+        swept = [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
+        return SweepReport(swept, finished)
 
     async def refund(self, debit_id: int, amount: int, *, tenant: int, key: str) -> RefundResult:
         """Gives back up to `amount` of a debit's credits to the blocks it drew from, in

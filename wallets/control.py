@@ -15,6 +15,8 @@ TigerBeetle that Postgres has not recorded first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -23,9 +25,11 @@ import msgspec
 
 from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant, Source
-from ledger.db import Connection, Pool
+from ledger.clock import datetime_of_ns, ns_of_datetime
+from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
 from ledger.limits import AMOUNT_MAX_REQUEST, U32_MAX
+from ledger.notify import listen_catalog_changes
 from ledger.repositories import (
     audit,
     budgets,
@@ -39,7 +43,7 @@ from ledger.repositories import (
 )
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
-from wallets.admin import CreditAdmin, IssueResult
+from wallets.admin import CreditAdmin, IssueResult, SweepReport, SweepResult
 from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
 from wallets.service import CreditService
 
@@ -47,14 +51,8 @@ R = TypeVar("R")
 NS = 1_000_000_000
 
 
-def to_ns(at: dt.datetime) -> int:
-    return int(at.timestamp()) * NS + at.microsecond * 1000
-
-
-def from_ns(ns: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ns // NS, tz=dt.UTC) + dt.timedelta(
-        microseconds=ns % NS // 1000
-    )
+to_ns = ns_of_datetime
+from_ns = datetime_of_ns
 
 
 class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +81,7 @@ class ControlPlane:
         self.service = service
         self.admin = admin
         self.catalog: Catalog = service.catalog
+        self.reloads = 0
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -104,6 +103,29 @@ class ControlPlane:
                 for b in snapshot.budgets
             ],
         )
+
+    async def follow(self, target: DatabaseSettings | str) -> None:
+        """Keeps the cache current until cancelled: every catalog change (from any process)
+        triggers a reload; changes that arrive during a reload are folded into the next one.
+        Every (re)connection reloads too, since notifications sent meanwhile are lost."""
+        dirty = asyncio.Event()
+
+        def mark(*_: object) -> None:
+            dirty.set()
+
+        listener = asyncio.create_task(
+            listen_catalog_changes(target, mark, on_listening=mark), name="catalog-listener"
+        )
+        try:
+            while True:
+                await dirty.wait()
+                dirty.clear()
+                await self.load()
+                self.reloads += 1
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
 
     # -- idempotency --------------------------------------------------------------------------
 
@@ -328,6 +350,51 @@ class ControlPlane:
                 conn, row.id, GrantState.ACTIVE, expected=[GrantState.PENDING]
             )
         return result
+
+    async def sweep(self, at_ns: int) -> SweepReport:
+        """Expiry and void sweeps (CreditAdmin.sweep), then the blocks that are done are
+        'expired' in Postgres, so that no later cache load brings them back."""
+        report = await self.admin.sweep(at_ns)
+        if report.finished:
+            async with self.pool.connection() as conn, conn.transaction():
+                for grant_id in report.finished:
+                    await grants.set_grant_state(
+                        conn, grant_id, GrantState.EXPIRED, expected=[GrantState.ACTIVE]
+                    )
+        return report
+
+    async def void_grant(
+        self, grant_id: int, *, tenant: int, key: str, actor: str, reason: str | None = None
+    ) -> tuple[SweepResult, bool]:
+        """Voids what is left of a block, once per key; later returns are voided by sweeps."""
+
+        async def first(conn: Connection) -> None:
+            row = await grants.set_grant_state(
+                conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
+            )
+            if row is None:
+                raise NotFound(f"active grant {grant_id} not found")
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.void",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+            )
+
+        async def then() -> SweepResult:
+            return await self.admin.void(grant_id, tenant=tenant, key=key)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.void",
+            request={"grant_id": str(grant_id)},
+            first=first,
+            then=then,
+            result_type=SweepResult,
+        )
 
     async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,

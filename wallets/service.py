@@ -14,7 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -30,14 +30,19 @@ from grants.errors import (
     ReservationExpired,
 )
 from ledger.client import Ledger, LedgerUnavailable
+from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode, account_flags
 from ledger.ids import derive_id, leg_id, operation_id, request_fingerprint, system_account_id
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     CHAIN_LEGS_MAX,
+    DIMENSION_NAME_CHARS_MAX,
+    DIMENSION_VALUE_CHARS_MAX,
+    DIMENSIONS_MAX,
     OVERAGE_LEG_INDEX,
     RESERVATION_TIMEOUT_S_MAX,
 )
+from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.statuses import Outcome, transfer_outcome
 from ledger.types import (
     Account,
@@ -135,12 +140,42 @@ class CreditService:
     """Composition: a ledger (either engine), the catalog cache, a clock."""
 
     def __init__(
-        self, ledger: Ledger, catalog: Catalog, *, clock_ns: Callable[[], int] = time.time_ns
+        self,
+        ledger: Ledger,
+        catalog: Catalog,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        on_movement: Callable[[NewMovement], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self.clock_ns = clock_ns
+        # Where movements go for Postgres (a MovementSink's `offer`): it must never wait.
+        self.on_movement = on_movement
         self._budget_accounts: set[int] = set()
+
+    def _record(
+        self,
+        kind: MovementKind,
+        op: Operation,
+        wallet: Wallet,
+        amount: int,
+        dimensions: Mapping[str, str] | None,
+    ) -> None:
+        if self.on_movement is None:
+            return
+        self.on_movement(
+            NewMovement(
+                operation_id=op.id,
+                kind=kind,
+                wallet_id=wallet.id,
+                resource_id=wallet.resource_id,
+                credit_type_id=wallet.ledger,
+                amount=amount,
+                effective_at=datetime_of_ns(op.effective_at_ns),
+                dimensions=dict(dimensions or {}),
+            )
+        )
 
     # -- engine calls -------------------------------------------------------------------------
 
@@ -295,11 +330,13 @@ class CreditService:
         resource_id: int | None = None,
         wallet_id: int | None = None,
         at_ns: int | None = None,
+        dimensions: Mapping[str, str] | None = None,
     ) -> DebitResult:
         _check_amount(amount)
+        _check_dimensions(dimensions)
         wallet = self._wallet(wallet_id, resource_id, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = _fingerprint("debit", wallet.id, amount, ledger)
+        fingerprint = _fingerprint("debit", wallet.id, amount, ledger, *_flat(dimensions))
         op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
         path = self._path(wallet, at)
         await self._ensure_budget_accounts(path)
@@ -308,6 +345,7 @@ class CreditService:
         if results[0].status is S.EXISTS:
             return await self._debit_replay(op)
         self._raise_for(chain, results, path, amount)
+        self._record(MovementKind.DEBIT, op, wallet, amount, dimensions)
         return DebitResult(op.id, amount, await self._funded(chain))
 
     async def _debit_replay(self, op: Operation) -> DebitResult:
@@ -363,15 +401,19 @@ class CreditService:
         resource_id: int | None = None,
         wallet_id: int | None = None,
         at_ns: int | None = None,
+        dimensions: Mapping[str, str] | None = None,
     ) -> ReservationResult:
         _check_amount(amount)
+        _check_dimensions(dimensions)
         if not 1 <= timeout_s <= RESERVATION_TIMEOUT_S_MAX:
             raise InvalidRequest(
                 f"timeout_s must be in 1..{RESERVATION_TIMEOUT_S_MAX}", field="timeout_s"
             )
         wallet = self._wallet(wallet_id, resource_id, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = _fingerprint("reserve", wallet.id, amount, ledger, timeout_s)
+        fingerprint = _fingerprint(
+            "reserve", wallet.id, amount, ledger, timeout_s, *_flat(dimensions)
+        )
         op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
         path = self._path(wallet, at)
         await self._ensure_budget_accounts(path)
@@ -379,6 +421,7 @@ class CreditService:
         results = await self._create(chain)
         if results[0].status is not S.EXISTS:
             self._raise_for(chain, results, path, amount)
+            self._record(MovementKind.RESERVE, op, wallet, amount, dimensions)
             return ReservationResult(op.id, amount, timeout_s, await self._funded(chain))
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
@@ -425,6 +468,7 @@ class CreditService:
                 t for t in plan.chain if t.code in _SOURCE_CODES and not t.pending_id
             ]
             collected = sum(f.amount for f in await self._funded(overage_sources))
+        self._record(MovementKind.SETTLE, op, wallet, plan.posted + collected, None)
         return SettleResult(
             reservation_id=reservation_id,
             operation_id=op.id,
@@ -511,6 +555,7 @@ class CreditService:
         if not replayed:
             wallet = self._wallet(_wallet_of(reservation), None, ledger)
             self._raise_for(chain, results, self._path(wallet, at), 0)
+            self._record(MovementKind.RELEASE, op, wallet, reservation[chains.SETUP].amount, None)
         return ReleaseResult(reservation_id, op.id, reservation[chains.SETUP].amount, replayed)
 
     async def check(
@@ -571,6 +616,22 @@ class CreditService:
             budgets=budgets,
             would_fund=funding,
         )
+
+
+def _check_dimensions(dimensions: Mapping[str, str] | None) -> None:
+    if not dimensions:
+        return
+    if len(dimensions) > DIMENSIONS_MAX:
+        raise InvalidRequest(f"at most {DIMENSIONS_MAX} dimensions", field="dimensions")
+    for name, value in dimensions.items():
+        if not (isinstance(name, str) and 0 < len(name) <= DIMENSION_NAME_CHARS_MAX):
+            raise InvalidRequest(f"bad dimension name {name!r}", field="dimensions")
+        if not (isinstance(value, str) and len(value) <= DIMENSION_VALUE_CHARS_MAX):
+            raise InvalidRequest(f"bad value for dimension {name!r}", field="dimensions")
+
+
+def _flat(dimensions: Mapping[str, str] | None) -> list[str]:
+    return [part for item in sorted((dimensions or {}).items()) for part in item]
 
 
 def _check_amount(amount: int) -> None:

@@ -81,7 +81,7 @@ def test_void_takes_the_rest_and_later_returns(world: World) -> None:
     with pytest.raises(InsufficientCredits):
         world.debit(1)
     world.release(r.reservation_id)
-    swept = world.run(world.admin.sweep(world.now()))
+    swept = world.run(world.admin.sweep(world.now())).swept
     assert [(s.amount, s.reason) for s in swept] == [(30, "voided")]
     assert world.available(g.id) == 0
 

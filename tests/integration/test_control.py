@@ -150,3 +150,77 @@ async def test_bad_grants_are_refused_with_the_field(plane: ControlPlane) -> Non
         await plane.issue_grant(bad, tenant=46, key="g5", actor="a")
     with pytest.raises(InvalidRequest, match="amount"):
         await plane.issue_grant(_request(wallet, 0), tenant=46, key="g6", actor="a")
+
+
+async def test_another_process_cache_follows_changes(
+    plane: ControlPlane, migrated_db_url: str
+) -> None:
+    import asyncio
+
+    other = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog()), plane.admin)
+    follower = asyncio.create_task(other.follow(migrated_db_url))
+    try:
+        for _ in range(200):  # the first (re)connection loads everything
+            if other.reloads:
+                break
+            await asyncio.sleep(0.01)
+        wallet = await _world(plane, 6)
+        for _ in range(500):
+            if wallet.id in other.catalog.wallets:
+                break
+            await asyncio.sleep(0.01)
+        assert other.catalog.wallets[wallet.id] == wallet
+    finally:
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+
+
+async def test_movements_reach_postgres_with_their_dimensions(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    from ledger.repositories import movements
+    from wallets.projection import MovementSink
+
+    wallet = await _world(plane, 7)
+    await plane.issue_grant(_request(wallet), tenant=47, key="g7", actor="a")
+    sink = MovementSink(pool)
+    plane.service.on_movement = sink.offer
+    debit = await plane.service.debit(
+        tenant=47,
+        key="d7",
+        amount=30,
+        ledger=wallet.ledger,
+        wallet_id=wallet.id,
+        dimensions={"feature": "chat", "model": "small"},
+    )
+    reservation = await plane.service.reserve(
+        tenant=47, key="r7", amount=20, ledger=wallet.ledger, wallet_id=wallet.id, timeout_s=60
+    )
+    await plane.service.settle(
+        tenant=47, key="s7", reservation_id=reservation.reservation_id, amount=15
+    )
+    assert sink.queue.qsize() == 3  # nothing written on the caller's time
+    await sink.drain()
+    async with pool.connection() as conn:
+        row = await movements.get_movement(conn, debit.operation_id)
+        page = await movements.list_movements_for_wallet(conn, wallet.id)
+    assert row is not None
+    assert (row.kind, row.amount, row.dimensions) == (
+        movements.MovementKind.DEBIT,
+        30,
+        {"feature": "chat", "model": "small"},
+    )
+    assert sorted(m.kind.value for m in page) == ["debit", "reserve", "settle"]
+
+
+async def test_void_and_sweep_keep_postgres_in_step(plane: ControlPlane, pool: db.Pool) -> None:
+    wallet = await _world(plane, 8)
+    result, _ = await plane.issue_grant(_request(wallet), tenant=48, key="g8", actor="a")
+    voided, replayed = await plane.void_grant(result.grant_id, tenant=48, key="v8", actor="a")
+    assert (voided.amount, replayed) == (500, False)
+    again, replayed = await plane.void_grant(result.grant_id, tenant=48, key="v8", actor="a")
+    assert (again, replayed) == (voided, True)
+    async with pool.connection() as conn:
+        row = await grant_rows.get_grant(conn, result.grant_id)
+    assert row is not None and row.state is GrantState.VOIDED
