@@ -109,6 +109,8 @@ class Catalog:
         self.grants_of: dict[int, tuple[Grant, ...]] = {}
         self.budgets: dict[int, Budget] = {}
         self.budgets_of: dict[tuple[int, int], tuple[Budget, ...]] = {}
+        # (feature, credit type) -> credits per unit: usage priced without a deploy.
+        self.prices: dict[tuple[str, int], int] = {}
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -137,6 +139,16 @@ class Catalog:
                 self.grants_of[grant.wallet_id] = tuple(
                     g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant_id
                 )
+
+    def put_price(self, feature: str, ledger: int, credits_per_unit: int) -> None:
+        self.prices[(feature, ledger)] = credits_per_unit
+
+    def price(self, feature: str, ledger: int, quantity: int) -> int:
+        """The credits `quantity` units of `feature` cost now."""
+        per_unit = self.prices.get((feature, ledger))
+        if per_unit is None:
+            raise PathError(f"no price for feature {feature!r} in credit type {ledger}")
+        return per_unit * quantity
 
     def put_budget(self, budget: Budget) -> None:
         with self._lock:
@@ -225,9 +237,12 @@ class Catalog:
         wallets: Iterable[Wallet],
         grants: Iterable[Grant],
         budgets: Iterable[Budget],
+        prices: Iterable[tuple[str, int, int]] = (),
     ) -> None:
         """Replaces the whole cache (at start, or after a missed notification)."""
         fresh = Catalog()
+        for feature, ledger, credits_per_unit in prices:
+            fresh.put_price(feature, ledger, credits_per_unit)
         for credit_type in credit_types:
             fresh.put_credit_type(credit_type)
         pending = list(resources)

@@ -38,12 +38,13 @@ from ledger.repositories import (
     customers,
     grants,
     idempotency,
+    prices,
     resources,
     wallets,
 )
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
-from wallets.admin import CreditAdmin, IssueResult, SweepReport, SweepResult
+from wallets.admin import CreditAdmin, IssueResult, RefundResult, SweepReport, SweepResult
 from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
 from wallets.service import CreditService
 
@@ -82,6 +83,7 @@ class ControlPlane:
         self.admin = admin
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        self._refund_lock = asyncio.Lock()
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class ControlPlane:
                 Budget(b.id, b.resource_id, b.credit_type_id, b.period, b.cap)
                 for b in snapshot.budgets
             ],
+            [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
         )
 
     async def follow(self, target: DatabaseSettings | str) -> None:
@@ -278,6 +281,60 @@ class ControlPlane:
             )
         self.catalog.put_budget(budget)
         return budget
+
+    async def set_price(
+        self, *, feature: str, ledger: int, credits_per_unit: int, actor: str
+    ) -> None:
+        if not feature or len(feature) > 128:
+            raise InvalidRequest("feature must be 1..128 characters", field="feature")
+        if not 0 <= credits_per_unit <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("credits_per_unit out of range", field="credits_per_unit")
+        async with self.pool.connection() as conn, conn.transaction():
+            await prices.upsert_price(
+                conn,
+                id=derive_id("price", feature, ledger),
+                feature=feature,
+                credit_type_id=ledger,
+                credits_per_unit=credits_per_unit,
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="price.set",
+                details={
+                    "feature": feature,
+                    "ledger": str(ledger),
+                    "credits_per_unit": str(credits_per_unit),
+                },
+            )
+        self.catalog.put_price(feature, ledger, credits_per_unit)
+
+    async def refund(
+        self,
+        debit_id: int,
+        amount: int,
+        *,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+    ) -> RefundResult:
+        """A usage refund (CreditAdmin.refund), audited; refunds of one debit run one at a
+        time in this process, so two cannot both pass the never-more-than-taken check."""
+        async with self._refund_lock:
+            result = await self.admin.refund(debit_id, amount, tenant=tenant, key=key)
+        if not result.replayed:
+            async with self.pool.connection() as conn, conn.transaction():
+                await audit.append(
+                    conn,
+                    actor=actor,
+                    action="debit.refund",
+                    object_type="debit",
+                    object_id=debit_id,
+                    reason=reason,
+                    details={"refund_id": str(result.operation_id), "amount": str(amount)},
+                )
+        return result
 
     # -- grants -------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from ledger.limits import (
     DIMENSION_VALUE_CHARS_MAX,
     DIMENSIONS_MAX,
     OVERAGE_LEG_INDEX,
+    RESERVATION_TIMEOUT_S_DEFAULT,
     RESERVATION_TIMEOUT_S_MAX,
 )
 from ledger.repositories.movements import MovementKind, NewMovement
@@ -397,7 +398,7 @@ class CreditService:
         key: str,
         amount: int,
         ledger: int,
-        timeout_s: int,
+        timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
         resource_id: int | None = None,
         wallet_id: int | None = None,
         at_ns: int | None = None,

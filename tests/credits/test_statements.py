@@ -40,11 +40,17 @@ def test_entries_are_typed_paginated_and_carry_the_running_balance(world: World)
     statements = Statements(world.ledger, world.catalog)
     first = world.run(statements.entries(wallet.id, limit=3))
     assert [(e.type, e.amount, e.available_after) for e in first.entries] == [
-        ("grant", 100, 100), ("debit", -30, 70), ("reserve", -20, 50)]
+        ("grant", 100, 100),
+        ("debit", -30, 70),
+        ("reserve", -20, 50),
+    ]
     assert first.next_cursor is not None
     rest = world.run(statements.entries(wallet.id, after=first.next_cursor, limit=10))
     assert [(e.type, e.amount, e.available_after) for e in rest.entries] == [
-        ("settle", -15, 55), ("reserve", -10, 45), ("release", 10, 55)]
+        ("settle", -15, 55),
+        ("reserve", -10, 45),
+        ("release", 10, 55),
+    ]
     assert rest.next_cursor is None
     assert rest.entries[-1].available_after == world.run(statements.wallet(wallet.id)).available
 

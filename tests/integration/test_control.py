@@ -224,3 +224,33 @@ async def test_void_and_sweep_keep_postgres_in_step(plane: ControlPlane, pool: d
     async with pool.connection() as conn:
         row = await grant_rows.get_grant(conn, result.grant_id)
     assert row is not None and row.state is GrantState.VOIDED
+
+
+async def test_prices_are_cached_and_loaded(plane: ControlPlane) -> None:
+    await _world(plane, 9)
+    await plane.set_price(feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a")
+    assert plane.catalog.price("gpt-tokens", 109, 1000) == 3000
+    fresh = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog()), plane.admin)
+    await fresh.load()
+    assert fresh.catalog.price("gpt-tokens", 109, 2) == 6
+    with pytest.raises(InvalidRequest):
+        await plane.set_price(feature="", ledger=109, credits_per_unit=3, actor="a")
+
+
+async def test_refunds_are_audited(plane: ControlPlane, pool: db.Pool) -> None:
+    from ledger.repositories import audit
+
+    wallet = await _world(plane, 10)
+    await plane.issue_grant(_request(wallet), tenant=50, key="g10", actor="a")
+    debit = await plane.service.debit(
+        tenant=50, key="d10", amount=40, ledger=wallet.ledger, wallet_id=wallet.id
+    )
+    result = await plane.refund(
+        debit.operation_id, 15, tenant=50, key="rf10", actor="ops", reason="bad answer"
+    )
+    assert result.restored and sum(a for _, a in result.restored) == 15
+    async with pool.connection() as conn:
+        entries = await audit.list_for_object(conn, "debit", debit.operation_id)
+    assert [(e.actor, e.action, e.reason) for e in entries] == [
+        ("ops", "debit.refund", "bad answer")
+    ]
