@@ -400,22 +400,8 @@ class StateMachine:
 
         # From here on the transfer succeeds.
         stored = (tid, dr_id, cr_id, amount, 0, t[5], t[6], t[7], timeout, ledger, code, flags, ts)
-        undo = self._undo
-        if undo is not None:
-            undo.append(
-                (
-                    1,
-                    stored,
-                    dr,
-                    dr[1:5],
-                    dr[_FLAGS],
-                    cr,
-                    cr[1:5],
-                    cr[_FLAGS],
-                    0,
-                    self.commit_timestamp,
-                )
-            )
+        if self._undo is not None:
+            self._remember(stored, dr, cr, 0)
         if pending:
             dr[_DP] += amount
             cr[_CP] += amount
@@ -462,6 +448,26 @@ class StateMachine:
                 cr[_CPO],
             )
         self.commit_timestamp = ts
+
+    def _remember(
+        self, stored: TransferTuple, dr: list[int], cr: list[int], pending_id: int
+    ) -> None:
+        """Records what a transfer of an open chain is about to change, to undo it."""
+        assert self._undo is not None
+        self._undo.append(
+            (
+                1,
+                stored,
+                dr,
+                dr[1:5],
+                dr[_FLAGS],
+                cr,
+                cr[1:5],
+                cr[_FLAGS],
+                pending_id,
+                self.commit_timestamp,
+            )
+        )
 
     def _undo_transfer(self, entry: tuple[Any, ...]) -> None:
         _, stored, dr, dr_balances, dr_flags, cr, cr_balances, cr_flags, pending_id, commit_ts = (
@@ -644,20 +650,7 @@ class StateMachine:
             ts,
         )
         if self._undo is not None:
-            self._undo.append(
-                (
-                    1,
-                    stored,
-                    dr,
-                    dr[1:5],
-                    dr[_FLAGS],
-                    cr,
-                    cr[1:5],
-                    cr[_FLAGS],
-                    pending_id,
-                    self.commit_timestamp,
-                )
-            )
+            self._remember(stored, dr, cr, pending_id)
         self.pending_status[pending_id] = POSTED if post else VOIDED
         dr[_DP] -= p_amount
         cr[_CP] -= p_amount
