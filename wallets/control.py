@@ -83,7 +83,6 @@ class ControlPlane:
         self.admin = admin
         self.catalog: Catalog = service.catalog
         self.reloads = 0
-        self._refund_lock = asyncio.Lock()
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -319,12 +318,13 @@ class ControlPlane:
         actor: str,
         reason: str | None = None,
     ) -> RefundResult:
-        """A usage refund (CreditAdmin.refund), audited; refunds of one debit run one at a
-        time in this process, so two cannot both pass the never-more-than-taken check."""
-        async with self._refund_lock:
+        """A usage refund (CreditAdmin.refund), audited. Refunds of one debit run one at a
+        time across processes (a transaction-scoped advisory lock on the debit), so two cannot
+        both pass the never-more-than-taken check."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("refund", debit_id),))
             result = await self.admin.refund(debit_id, amount, tenant=tenant, key=key)
-        if not result.replayed:
-            async with self.pool.connection() as conn, conn.transaction():
+            if not result.replayed:
                 await audit.append(
                     conn,
                     actor=actor,
@@ -401,8 +401,11 @@ class ControlPlane:
         wallet = self.catalog.wallet(row.wallet_id)
         tenant = self.catalog.resources[wallet.resource_id].tenant
         fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
-        result = await self.admin.issue(_grant(row), tenant=tenant, fingerprint=fingerprint)
         async with self.pool.connection() as conn, conn.transaction():
+            # Grants to one wallet are issued one at a time, across processes: the bounded
+            # overdraft's repay is computed from a read of its deficit.
+            await wallets.lock_wallet(conn, row.wallet_id)
+            result = await self.admin.issue(_grant(row), tenant=tenant, fingerprint=fingerprint)
             await grants.set_grant_state(
                 conn, row.id, GrantState.ACTIVE, expected=[GrantState.PENDING]
             )
@@ -472,6 +475,11 @@ class ControlPlane:
             await self._finish_grant(row)
             finished.append(row.id)
         return ReconcileReport(len(types), len(all_wallets), finished)
+
+
+def _lock_key(kind: str, object_id: int) -> int:
+    """A signed 64-bit advisory lock key for one object."""
+    return derive_id("lock/" + kind, object_id) % (1 << 63)
 
 
 def _validate_grant(request: GrantRequest) -> None:

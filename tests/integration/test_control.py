@@ -254,3 +254,37 @@ async def test_refunds_are_audited(plane: ControlPlane, pool: db.Pool) -> None:
     assert [(e.actor, e.action, e.reason) for e in entries] == [
         ("ops", "debit.refund", "bad answer")
     ]
+
+
+async def test_concurrent_refunds_never_give_back_more_than_was_taken(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    # A slow read between "how much was refunded already" and the refund itself: without the
+    # lock, every concurrent refund would read 0 and pass.
+    real_query = plane.service.ledger.query_transfers
+
+    async def slow_query(*args: object) -> object:
+        answer = await real_query(*args)  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        return answer
+
+    monkeypatch.setattr(plane.service.ledger, "query_transfers", slow_query)
+    wallet = await _world(plane, 11)
+    await plane.issue_grant(_request(wallet), tenant=51, key="g11", actor="a")
+    debit = await plane.service.debit(
+        tenant=51, key="d11", amount=40, ledger=wallet.ledger, wallet_id=wallet.id
+    )
+
+    async def refund(n: int) -> bool:
+        try:
+            await plane.refund(debit.operation_id, 30, tenant=51, key=f"rf11-{n}", actor="ops")
+        except InvalidRequest:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(refund(n) for n in range(4)))
+    assert sorted(outcomes) == [False, False, False, True]
+    (account,) = await plane.service.ledger.lookup_accounts([debit.funded_by[0].account_id])
+    assert account.credits_posted - account.debits_posted == 500 - 40 + 30
