@@ -42,6 +42,12 @@ class IdempotencyConflict(CreditError):
     code = "idempotency_conflict"
 
 
+class Conflict(CreditError):
+    """The request clashes with what exists (a duplicate code, a second wallet)."""
+
+    code = "conflict"
+
+
 class NotFound(CreditError):
     code = "not_found"
 
@@ -61,6 +67,7 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     ReservationAlreadySettled,
     ReservationAlreadyReleased,
     IdempotencyConflict,
+    Conflict,
     NotFound,
     InvalidRequest,
     LedgerUnavailableError,

@@ -45,6 +45,9 @@ CHAIN_LEGS_MAX = 4 + PATH_BUDGETS_MAX + PATH_SOURCES_MAX
 SETTLE_LEG_INDEX = 0
 OVERAGE_LEG_INDEX = 100
 
+# A credit type's decimal places.
+ASSET_SCALE_MAX = 18
+
 # Amounts a caller may ask for: 1 .. 2^63-1 (they travel as JSON integers).
 AMOUNT_MAX_REQUEST = (1 << 63) - 1
 

@@ -18,17 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
-from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
+from grants.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant, Source
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
-from ledger.limits import AMOUNT_MAX_REQUEST, U32_MAX
+from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, U32_MAX
 from ledger.notify import listen_catalog_changes
 from ledger.repositories import (
     audit,
@@ -149,7 +151,9 @@ class ControlPlane:
             idempotency_key_bytes(key)
         except ValueError as error:
             raise InvalidRequest(str(error), field="idempotency_key") from None
-        request_hash = msgspec.msgpack.encode(msgspec.to_builtins(request))
+        request_hash = hashlib.sha256(
+            json.dumps(msgspec.to_builtins(request), sort_keys=True, default=str).encode()
+        ).digest()
         async with self.pool.connection() as conn, conn.transaction():
             existing = await idempotency.begin(
                 conn, tenant=tenant, key=key, operation=operation, request_hash=request_hash
@@ -175,32 +179,68 @@ class ControlPlane:
     # -- catalog objects ----------------------------------------------------------------------
 
     async def create_credit_type(
-        self, *, ledger: int, code: str, name: str, asset_scale: int, actor: str
-    ) -> CreditType:
-        if not 1 <= ledger <= U32_MAX:
+        self,
+        *,
+        code: str,
+        name: str,
+        asset_scale: int,
+        actor: str,
+        tenant: int,
+        key: str,
+        ledger: int | None = None,
+    ) -> tuple[CreditType, bool]:
+        """A credit type and its TigerBeetle ledger (the next free number unless given)."""
+        if ledger is not None and not 1 <= ledger <= U32_MAX:
             raise InvalidRequest("ledger must be in 1..2^32-1", field="ledger")
-        async with self.pool.connection() as conn, conn.transaction():
+        if not 0 <= asset_scale <= ASSET_SCALE_MAX:
+            raise InvalidRequest(
+                f"asset_scale must be in 0..{ASSET_SCALE_MAX}", field="asset_scale"
+            )
+
+        async def first(conn: Connection) -> None:
+            if await credit_types.get_credit_type_by_code(conn, code) is not None:
+                raise Conflict(f"credit type {code!r} exists", field="code")
+            number = ledger or await credit_types.next_id(conn)
             await credit_types.insert_credit_type(
-                conn, id=ledger, code=code, name=name, asset_scale=asset_scale
+                conn, id=number, code=code, name=name, asset_scale=asset_scale
             )
             await audit.append(
                 conn,
                 actor=actor,
                 action="credit_type.create",
-                details={"ledger": str(ledger), "code": code},
+                details={"ledger": str(number), "code": code},
             )
-        await self.service.open_ledger(ledger)
-        credit_type = CreditType(ledger, code, name, asset_scale)
-        self.catalog.put_credit_type(credit_type)
-        return credit_type
+
+        async def then() -> CreditType:
+            async with self.pool.connection() as conn:
+                row = await credit_types.get_credit_type_by_code(conn, code)
+            assert row is not None
+            await self.service.open_ledger(row.id)
+            credit_type = CreditType(row.id, row.code, row.name, row.asset_scale)
+            self.catalog.put_credit_type(credit_type)
+            return credit_type
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="credit_type.create",
+            request=(code, name, asset_scale, ledger),
+            first=first,
+            then=then,
+            result_type=CreditType,
+        )
 
     async def create_customer(
-        self, *, name: str, tenant: int, actor: str, external_ref: str | None = None
-    ) -> int:
-        customer_id = derive_id("customer", tenant)
-        async with self.pool.connection() as conn, conn.transaction():
+        self, *, name: str, actor: str, tenant: int, key: str, external_ref: str | None = None
+    ) -> tuple[customers.Customer, bool]:
+        """A customer, with the next free tenant number (its user_data_32 on the ledger)."""
+        customer_id = derive_id("customer", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            await conn.execute("LOCK TABLE customers IN SHARE ROW EXCLUSIVE MODE")
+            number = await customers.next_tenant(conn)
             await customers.insert_customer(
-                conn, id=customer_id, tenant=tenant, name=name, external_ref=external_ref
+                conn, id=customer_id, tenant=number, name=name, external_ref=external_ref
             )
             await audit.append(
                 conn,
@@ -209,20 +249,42 @@ class ControlPlane:
                 object_type="customer",
                 object_id=customer_id,
             )
-        return customer_id
+
+        async def then() -> customers.Customer:
+            async with self.pool.connection() as conn:
+                row = await customers.get_customer(conn, customer_id)
+            assert row is not None
+            return row
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="customer.create",
+            request=(name, external_ref),
+            first=first,
+            then=then,
+            result_type=customers.Customer,
+        )
 
     async def create_resource(
         self,
         *,
         customer_id: int,
-        tenant: int,
         kind: ResourceKind,
         actor: str,
+        tenant: int,
+        key: str,
         parent_id: int | None = None,
         external_ref: str | None = None,
-        resource_id: int,
-    ) -> Resource:
-        async with self.pool.connection() as conn, conn.transaction():
+    ) -> tuple[Resource, bool]:
+        resource_id = derive_id("resource", tenant, key)
+        parent = self.catalog.resources.get(parent_id) if parent_id is not None else None
+        if parent_id is not None and (parent is None or parent.customer_id != customer_id):
+            raise NotFound(f"parent resource {parent_id} not found for this customer")
+
+        async def first(conn: Connection) -> None:
+            if await customers.get_customer(conn, customer_id) is None:
+                raise NotFound(f"customer {customer_id} not found")
             await resources.insert_resource(
                 conn,
                 id=resource_id,
@@ -238,48 +300,133 @@ class ControlPlane:
                 object_type="resource",
                 object_id=resource_id,
             )
-        resource = Resource(resource_id, customer_id, tenant, kind.value, parent_id)
-        self.catalog.put_resource(resource)
-        return resource
 
-    async def create_wallet(self, wallet: Wallet, *, tenant: int, actor: str) -> Wallet:
-        if wallet.overdraft_mode is OverdraftMode.SOFT and wallet.overdraft_limit <= 0:
+        async def then() -> Resource:
+            async with self.pool.connection() as conn:
+                owner = await customers.get_customer(conn, customer_id)
+            assert owner is not None
+            resource = Resource(resource_id, customer_id, owner.tenant, kind.value, parent_id)
+            self.catalog.put_resource(resource)
+            return resource
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="resource.create",
+            request=(customer_id, kind.value, parent_id, external_ref),
+            first=first,
+            then=then,
+            result_type=Resource,
+        )
+
+    async def create_wallet(
+        self,
+        *,
+        resource_id: int,
+        ledger: int,
+        actor: str,
+        tenant: int,
+        key: str,
+        overdraft_mode: OverdraftMode = OverdraftMode.HARD,
+        overdraft_limit: int = 0,
+        fall_through: bool = False,
+    ) -> tuple[Wallet, bool]:
+        if (overdraft_mode is OverdraftMode.SOFT) != (overdraft_limit > 0):
             raise InvalidRequest(
-                "a soft limit needs an overdraft_limit > 0", field="overdraft_limit"
+                "overdraft_limit > 0 goes with, and only with, a soft limit",
+                field="overdraft_limit",
             )
-        async with self.pool.connection() as conn, conn.transaction():
+        resource = self.catalog.resources.get(resource_id)
+        if resource is None:
+            raise NotFound(f"resource {resource_id} not found")
+        if ledger not in self.catalog.credit_types:
+            raise NotFound(f"credit type {ledger} not found")
+        wallet = Wallet(
+            derive_id("wallet", tenant, key),
+            resource_id,
+            ledger,
+            overdraft_mode,
+            overdraft_limit,
+            fall_through,
+        )
+
+        async def first(conn: Connection) -> None:
+            if await wallets.get_wallet_by_resource(conn, resource_id, ledger) is not None:
+                raise Conflict(
+                    "this resource has a wallet for this credit type", field="resource_id"
+                )
             await wallets.insert_wallet(
                 conn,
                 id=wallet.id,
-                resource_id=wallet.resource_id,
-                credit_type_id=wallet.ledger,
-                overdraft_mode=wallet.overdraft_mode,
-                overdraft_limit=wallet.overdraft_limit,
+                resource_id=resource_id,
+                credit_type_id=ledger,
+                overdraft_mode=overdraft_mode,
+                overdraft_limit=overdraft_limit,
                 overdraft_account_id=wallet.overdraft_account_id,
-                fall_through=wallet.fall_through,
+                fall_through=fall_through,
             )
             await audit.append(
                 conn, actor=actor, action="wallet.create", object_type="wallet", object_id=wallet.id
             )
-        await self.service.open_wallet(wallet, tenant)
-        self.catalog.put_wallet(wallet)
-        return wallet
 
-    async def create_budget(self, budget: Budget, *, actor: str) -> Budget:
-        async with self.pool.connection() as conn, conn.transaction():
+        async def then() -> Wallet:
+            await self.service.open_wallet(wallet, resource.tenant)
+            self.catalog.put_wallet(wallet)
+            return wallet
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="wallet.create",
+            request=(resource_id, ledger, overdraft_mode.value, overdraft_limit, fall_through),
+            first=first,
+            then=then,
+            result_type=Wallet,
+        )
+
+    async def create_budget(
+        self,
+        *,
+        resource_id: int,
+        ledger: int,
+        period: Period,
+        cap: int,
+        actor: str,
+        tenant: int,
+        key: str,
+    ) -> tuple[Budget, bool]:
+        if resource_id not in self.catalog.resources:
+            raise NotFound(f"resource {resource_id} not found")
+        if not 1 <= cap <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("cap out of range", field="cap")
+        budget = Budget(derive_id("budget", tenant, key), resource_id, ledger, period, cap)
+
+        async def first(conn: Connection) -> None:
             await budgets.insert_budget(
                 conn,
                 id=budget.id,
-                resource_id=budget.resource_id,
-                credit_type_id=budget.ledger,
-                period=Period(budget.period),
-                cap=budget.cap,
+                resource_id=resource_id,
+                credit_type_id=ledger,
+                period=period,
+                cap=cap,
             )
             await audit.append(
                 conn, actor=actor, action="budget.create", object_type="budget", object_id=budget.id
             )
-        self.catalog.put_budget(budget)
-        return budget
+
+        async def then() -> Budget:
+            self.catalog.put_budget(budget)
+            return budget
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="budget.create",
+            request=(resource_id, ledger, period.value, cap),
+            first=first,
+            then=then,
+            result_type=Budget,
+        )
 
     async def set_price(
         self, *, feature: str, ledger: int, credits_per_unit: int, actor: str

@@ -20,6 +20,7 @@ import msgspec
 
 from grants.errors import (
     BudgetExceeded,
+    CreditError,
     IdempotencyConflict,
     InsufficientCredits,
     InvalidRequest,
@@ -70,6 +71,25 @@ class Funding(msgspec.Struct, frozen=True):
     account_id: int  # a grant id, or the wallet's overdraft account
     kind: str  # "grant" | "overdraft" | "debt"
     amount: int
+
+
+class DebitRequest(msgspec.Struct, frozen=True):
+    tenant: int
+    key: str
+    amount: int
+    ledger: int
+    resource_id: int | None = None
+    wallet_id: int | None = None
+    at_ns: int | None = None
+    dimensions: Mapping[str, str] | None = None
+
+
+class _PreparedDebit(msgspec.Struct, frozen=True):
+    request: DebitRequest
+    wallet: Wallet
+    op: Operation
+    path: SpendPath
+    chain: list[Transfer]
 
 
 class DebitResult(msgspec.Struct, frozen=True):
@@ -333,21 +353,79 @@ class CreditService:
         at_ns: int | None = None,
         dimensions: Mapping[str, str] | None = None,
     ) -> DebitResult:
-        _check_amount(amount)
-        _check_dimensions(dimensions)
-        wallet = self._wallet(wallet_id, resource_id, ledger)
-        at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = _fingerprint("debit", wallet.id, amount, ledger, *_flat(dimensions))
-        op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
+        request = DebitRequest(
+            tenant, key, amount, ledger, resource_id, wallet_id, at_ns, dimensions
+        )
+        prepared = self._prepare_debit(request)
+        await self._ensure_budget_accounts(prepared.path)
+        results = await self._create(prepared.chain)
+        return await self._conclude_debit(prepared, results, None)
+
+    async def debit_many(self, requests: Sequence[DebitRequest]) -> list[DebitResult | CreditError]:
+        """Many independent debits in one engine request (usage ingestion): each is its own
+        linked chain and succeeds or fails alone; the answer for each is its result or the
+        domain error it met, in order."""
+        prepared: list[_PreparedDebit | CreditError] = []
+        for request in requests:
+            try:
+                prepared.append(self._prepare_debit(request))
+            except CreditError as error:
+                prepared.append(error)
+        ready = [item for item in prepared if isinstance(item, _PreparedDebit)]
+        for item in ready:
+            await self._ensure_budget_accounts(item.path)
+        results = await self._create([t for r in ready for t in r.chain]) if ready else []
+        sources = [t.id for r in ready for t in r.chain if t.code in _SOURCE_CODES]
+        moved = {t.id: t for t in await self._lookup(sources)} if sources else {}
+        out: list[DebitResult | CreditError] = []
+        offset = 0
+        for entry in prepared:
+            if isinstance(entry, CreditError):
+                out.append(entry)
+                continue
+            mine = results[offset : offset + len(entry.chain)]
+            offset += len(entry.chain)
+            try:
+                out.append(await self._conclude_debit(entry, mine, moved))
+            except CreditError as error:
+                out.append(error)
+        return out
+
+    def _prepare_debit(self, request: DebitRequest) -> _PreparedDebit:
+        _check_amount(request.amount)
+        _check_dimensions(request.dimensions)
+        wallet = self._wallet(request.wallet_id, request.resource_id, request.ledger)
+        at = self.clock_ns() if request.at_ns is None else request.at_ns
+        fingerprint = _fingerprint(
+            "debit", wallet.id, request.amount, request.ledger, *_flat(request.dimensions)
+        )
+        op = Operation(
+            operation_id(request.tenant, request.key),
+            fingerprint,
+            wallet.ledger,
+            request.tenant,
+            at,
+        )
         path = self._path(wallet, at)
-        await self._ensure_budget_accounts(path)
-        chain = chains.drain_chain(op, path, amount)
-        results = await self._create(chain)
+        chain = chains.drain_chain(op, path, request.amount)
+        return _PreparedDebit(request, wallet, op, path, chain)
+
+    async def _conclude_debit(
+        self,
+        p: _PreparedDebit,
+        results: Sequence[CreateTransferResult],
+        moved: dict[int, Transfer] | None,
+    ) -> DebitResult:
         if results[0].status is S.EXISTS:
-            return await self._debit_replay(op)
-        self._raise_for(chain, results, path, amount)
-        self._record(MovementKind.DEBIT, op, wallet, amount, dimensions)
-        return DebitResult(op.id, amount, await self._funded(chain))
+            return await self._debit_replay(p.op)
+        self._raise_for(p.chain, results, p.path, p.request.amount)
+        self._record(MovementKind.DEBIT, p.op, p.wallet, p.request.amount, p.request.dimensions)
+        if moved is None:
+            funded = await self._funded(p.chain)
+        else:
+            legs = [moved[t.id] for t in p.chain if t.code in _SOURCE_CODES and t.id in moved]
+            funded = _funding([Transfer(), *legs], None, start=1)
+        return DebitResult(p.op.id, p.request.amount, funded)
 
     async def _debit_replay(self, op: Operation) -> DebitResult:
         legs = await self._legs(op.id)

@@ -56,3 +56,11 @@ async def list_credit_types(conn: Connection) -> list[CreditType]:
     """Every credit type, by id (there are few: one per unit a product sells)."""
     cursor = await conn.execute(f"SELECT {_COLUMNS} FROM credit_types ORDER BY id")
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def next_id(conn: Connection) -> int:
+    """The next free ledger number (a concurrent insert of the same number fails its key)."""
+    cursor = await conn.execute("SELECT coalesce(max(id), 0) + 1 FROM credit_types")
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])

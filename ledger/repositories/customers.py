@@ -90,3 +90,11 @@ async def list_all_customers(conn: Connection) -> list[Customer]:
     """Every customer, by id, unpaged: for the catalog snapshot only."""
     cursor = await conn.execute(f"SELECT {_COLUMNS} FROM customers ORDER BY id")
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def next_tenant(conn: Connection) -> int:
+    """The next free tenant number (the caller locks the table against a concurrent insert)."""
+    cursor = await conn.execute("SELECT coalesce(max(tenant), 0) + 1 FROM customers")
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])

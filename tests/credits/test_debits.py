@@ -103,3 +103,22 @@ def test_unbounded_overdraft_never_refuses(world: World) -> None:
     assert [(f.kind, f.amount) for f in result.funded_by] == [("grant", 5), ("overdraft", 995)]
     grant = world.grant(wallet, 2000)
     assert world.available(grant.id) == 1005
+
+
+def test_many_debits_in_one_request_each_on_its_own(world: World) -> None:
+    from grants.errors import InvalidRequest
+    from wallets.service import DebitRequest
+
+    wallet = world.wallet(AGENT)
+    grant = world.grant(wallet, 100)
+    requests = [
+        DebitRequest(7, world.k(f"b{i}"), amount, world.ledger_id, resource_id=AGENT)
+        for i, amount in enumerate([30, 50, 40, 20])
+    ] + [DebitRequest(7, world.k("bad"), 0, world.ledger_id, resource_id=AGENT)]
+    outcomes = world.run(world.service.debit_many(requests))
+    assert [type(o).__name__ for o in outcomes] == [
+        "DebitResult", "DebitResult", "InsufficientCredits", "DebitResult", "InvalidRequest"]
+    assert isinstance(outcomes[4], InvalidRequest)
+    assert world.available(grant.id) == 0
+    again = world.run(world.service.debit_many(requests[:2]))
+    assert all(o.replayed for o in again)  # type: ignore[union-attr]

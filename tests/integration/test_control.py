@@ -45,21 +45,23 @@ async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
 
 
 async def _world(plane: ControlPlane, tag: int) -> Wallet:
-    ledger = 100 + tag
-    await plane.create_credit_type(
-        ledger=ledger, code=f"c{tag}", name="Credits", asset_scale=2, actor="admin"
-    )
-    customer = await plane.create_customer(name="Acme", tenant=TENANT + tag, actor="admin")
-    resource = await plane.create_resource(
-        customer_id=customer,
-        tenant=TENANT + tag,
-        kind=ResourceKind.AGENT,
+    credit_type, _ = await plane.create_credit_type(
+        ledger=100 + tag,
+        code=f"c{tag}",
+        name="Credits",
+        asset_scale=2,
         actor="admin",
-        resource_id=9000 + tag,
+        tenant=0,
+        key=f"ct{tag}",
     )
-    return await plane.create_wallet(
-        Wallet(7000 + tag, resource.id, ledger), tenant=TENANT + tag, actor="admin"
+    customer, _ = await plane.create_customer(name="Acme", actor="admin", tenant=0, key=f"cu{tag}")
+    resource, _ = await plane.create_resource(
+        customer_id=customer.id, kind=ResourceKind.AGENT, actor="admin", tenant=0, key=f"re{tag}"
     )
+    wallet, _ = await plane.create_wallet(
+        resource_id=resource.id, ledger=credit_type.ledger, actor="admin", tenant=0, key=f"wa{tag}"
+    )
+    return wallet
 
 
 def _request(wallet: Wallet, amount: int = 500) -> GrantRequest:

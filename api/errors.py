@@ -1,0 +1,122 @@
+"""One table from error codes to HTTP statuses, and problem+json (RFC 9457) on the wire.
+
+A business outcome is a 4xx with a stable snake_case `code`, never a 500. A test checks that
+every domain error's code is in this table and documented.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    NotFoundException,
+    ValidationException,
+)
+
+from grants.errors import CreditError
+
+_logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+STATUS: dict[str, int] = {
+    "insufficient_credits": 402,
+    "budget_exceeded": 402,
+    "reservation_expired": 409,
+    "reservation_already_settled": 409,
+    "reservation_already_released": 409,
+    "idempotency_conflict": 409,
+    "conflict": 409,
+    "not_found": 404,
+    "validation_error": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "payload_too_large": 413,
+    "method_not_allowed": 405,
+    "ledger_unavailable": 503,
+    "internal_error": 500,
+}
+
+TITLES: dict[str, str] = {
+    "insufficient_credits": "Not enough credits",
+    "budget_exceeded": "A budget's cap would be passed",
+    "reservation_expired": "The reservation has timed out",
+    "reservation_already_settled": "The reservation was already settled",
+    "reservation_already_released": "The reservation was already released",
+    "idempotency_conflict": "Idempotency key reused with another request",
+    "conflict": "Conflicts with what exists",
+    "not_found": "Not found",
+    "validation_error": "Invalid request",
+    "unauthorized": "Missing or invalid API key",
+    "forbidden": "The API key lacks the scope for this",
+    "payload_too_large": "Request body too large",
+    "method_not_allowed": "Method not allowed",
+    "ledger_unavailable": "The ledger did not answer; retry with the same idempotency key",
+    "internal_error": "Internal error",
+}
+
+assert set(STATUS) == set(TITLES)
+
+
+def problem(code: str, detail: str | None = None, **extra: Any) -> Response[bytes]:
+    status = STATUS[code]
+    body: dict[str, Any] = {
+        "type": f"https://credit-ledger.dev/problems/{code.replace('_', '-')}",
+        "title": TITLES[code],
+        "status": status,
+        "code": code,
+    }
+    if detail:
+        body["detail"] = detail
+    for name, value in extra.items():
+        body[name] = str(value) if isinstance(value, int) and value >= 1 << 53 else value
+    return Response(
+        msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def credit_error_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    assert isinstance(error, CreditError)
+    details = {k: v for k, v in error.details.items() if v is not None}
+    return problem(error.code, error.message, **details)
+
+
+def validation_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    assert isinstance(error, ValidationException)
+    field = None
+    extra = error.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        key = extra[0].get("key")
+        field = str(key) if key is not None else None
+        message = str(extra[0].get("message") or error.detail)
+    else:
+        message = str(error.detail)
+    return problem("validation_error", message, field=field)
+
+
+def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    assert isinstance(error, HTTPException)
+    if isinstance(error, NotFoundException):
+        return problem("not_found", "no such route")
+    code = {413: "payload_too_large", 405: "method_not_allowed", 401: "unauthorized",
+            403: "forbidden", 404: "not_found"}.get(error.status_code)  # fmt: skip
+    if code is None:
+        code = "validation_error" if 400 <= error.status_code < 500 else "internal_error"
+    return problem(code, str(error.detail))
+
+
+def internal_handler(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    _logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem("internal_error", "an unexpected error; it has been logged")
+
+
+EXCEPTION_HANDLERS = {
+    CreditError: credit_error_handler,
+    ValidationException: validation_handler,
+    HTTPException: http_handler,
+    Exception: internal_handler,
+}

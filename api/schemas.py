@@ -1,0 +1,383 @@
+"""The wire contract: msgspec structs for every request and response body.
+
+Ids are strings (a u128 does not fit a JSON number): UUID text for objects and operations.
+Amounts are integers in the credit type's minor unit, 1 .. 2^63-1. Times are RFC 3339 UTC.
+Unknown fields are refused, so a typo is an error instead of a silently ignored field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Annotated
+
+import msgspec
+
+AMOUNT = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1, description="credits, minor unit")]
+AMOUNT0 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+ID = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description="an object id (UUID text of a u128)",
+        examples=["0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"],
+    ),
+]
+CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$", examples=["credits"])]
+NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+REF = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+DIMENSIONS = Annotated[
+    dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+         Annotated[str, msgspec.Meta(max_length=256)]],
+    msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
+]  # fmt: skip
+TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Out(msgspec.Struct, kw_only=True):
+    pass
+
+
+# -- catalog ------------------------------------------------------------------------------------
+
+
+class CreditTypeIn(Strict):
+    code: CODE
+    name: NAME
+    asset_scale: Annotated[int, msgspec.Meta(ge=0, le=18)] = 0
+
+
+class CreditTypeOut(Out):
+    id: int  # the TigerBeetle ledger number
+    code: str
+    name: str
+    asset_scale: int
+
+
+class CustomerIn(Strict):
+    name: NAME
+    external_ref: REF | None = None
+
+
+class CustomerOut(Out):
+    id: str
+    tenant: int
+    name: str
+    external_ref: str | None
+
+
+class ResourceKind(enum.StrEnum):
+    SUBSCRIPTION = "subscription"
+    TEAM = "team"
+    AGENT = "agent"
+    USER = "user"
+    WORKSPACE = "workspace"
+    SESSION = "session"
+
+
+class ResourceIn(Strict):
+    customer_id: ID
+    kind: ResourceKind
+    parent_id: ID | None = None
+    external_ref: REF | None = None
+
+
+class ResourceOut(Out):
+    id: str
+    customer_id: str
+    kind: str
+    parent_id: str | None
+    external_ref: str | None
+
+
+class OverdraftMode(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    UNBOUNDED = "unbounded"
+
+
+class WalletIn(Strict):
+    resource_id: ID
+    credit_type: CODE
+    overdraft_mode: OverdraftMode = OverdraftMode.HARD
+    overdraft_limit: AMOUNT0 = 0
+    fall_through: bool = False
+
+
+class WalletOut(Out):
+    id: str
+    resource_id: str
+    credit_type: str
+    overdraft_mode: str
+    overdraft_limit: int
+    fall_through: bool
+
+
+class GrantBalanceOut(Out):
+    grant_id: str
+    granted: int
+    available: int
+    held: int
+    consumed: int
+    expired: int
+    voided: int
+    refunded: int
+    repaid: int
+
+
+class WalletBalanceOut(Out):
+    wallet: WalletOut
+    available: int
+    held: int
+    consumed: int
+    expired: int
+    voided: int
+    overdraft_used: int
+    overdraft_limit: int | None
+    grants: list[GrantBalanceOut]
+
+
+class EntryOut(Out):
+    timestamp: int
+    type: str
+    account_id: str
+    amount: int
+    operation_id: str
+    available_after: int
+
+
+class EntriesOut(Out):
+    entries: list[EntryOut]
+    next_cursor: str | None
+
+
+# -- grants ---------------------------------------------------------------------------------------
+
+
+class Category(enum.StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantSource(enum.StrEnum):
+    ADMIN = "admin"
+    PURCHASE = "purchase"
+    PLAN_ALLOCATION = "plan_allocation"
+    ROLLOVER = "rollover"
+
+
+class GrantIn(Strict):
+    wallet_id: ID
+    amount: AMOUNT
+    category: Category
+    consideration_minor: AMOUNT0 = 0
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    effective_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    source: GrantSource = GrantSource.ADMIN
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    external_ref: REF | None = None
+
+
+class GrantOut(Out):
+    id: str
+    wallet_id: str
+    amount: int
+    repaid_overdraft: int
+
+
+class VoidIn(Strict):
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class VoidOut(Out):
+    grant_id: str
+    voided: int
+
+
+# -- spending -------------------------------------------------------------------------------------
+
+
+class Usage(Strict):
+    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    quantity: AMOUNT
+
+
+class SpendIn(Strict):
+    """Names a resource (its spend path follows) or a wallet, and an amount or a usage."""
+
+    credit_type: CODE
+    resource_id: ID | None = None
+    wallet_id: ID | None = None
+    amount: AMOUNT | None = None
+    usage: Usage | None = None
+    dimensions: DIMENSIONS | None = None
+
+
+class ReserveIn(SpendIn, kw_only=True):
+    timeout_s: TIMEOUT_S = 3600
+
+
+class FundingOut(Out):
+    account_id: str
+    kind: str
+    amount: int
+
+
+class DebitOut(Out):
+    id: str
+    amount: int
+    funded_by: list[FundingOut]
+
+
+class BatchDebitIn(SpendIn, kw_only=True):
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class BatchIn(Strict):
+    debits: Annotated[list[BatchDebitIn], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class BatchResultOut(Out):
+    idempotency_key: str
+    status: int
+    debit: DebitOut | None = None
+    error: dict[str, object] | None = None
+
+
+class BatchOut(Out):
+    results: list[BatchResultOut]
+
+
+class RefundIn(Strict):
+    amount: AMOUNT
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class RefundOut(Out):
+    id: str
+    debit_id: str
+    amount: int
+    restored: list[FundingOut]
+
+
+class ReservationOut(Out):
+    id: str
+    amount: int
+    timeout_s: int
+    funded_by: list[FundingOut]
+    status: str = "held"
+
+
+class Overage(enum.StrEnum):
+    REJECT = "reject"
+    CAP = "cap"
+    OVERDRAFT = "overdraft"
+
+
+class SettleIn(Strict):
+    amount: AMOUNT0 | None = None
+    usage: Usage | None = None
+    overage: Overage = Overage.CAP
+
+
+class SettleOut(Out):
+    reservation_id: str
+    id: str
+    requested: int
+    collected: int
+    released: int
+    overage: int
+    overage_collected: int
+    overage_uncollected: int
+    policy: str
+    fallback_debit: bool
+
+
+class ReleaseOut(Out):
+    reservation_id: str
+    id: str
+    released: int
+
+
+class BudgetHeadroomOut(Out):
+    budget_id: str
+    resource_id: str
+    cap: int
+    used: int
+    headroom: int
+    blocking: bool
+
+
+class CheckOut(Out):
+    allowed: bool
+    reason: str | None
+    amount: int
+    available: int
+    reserved: int
+    overdraft_headroom: int | None
+    budgets: list[BudgetHeadroomOut]
+    would_fund: list[FundingOut]
+
+
+# -- budgets and prices ---------------------------------------------------------------------------
+
+
+class Period(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
+class BudgetIn(Strict):
+    resource_id: ID
+    credit_type: CODE
+    period: Period
+    cap: AMOUNT
+
+
+class BudgetOut(Out):
+    id: str
+    resource_id: str
+    credit_type: str
+    period: str
+    cap: int
+    used: int | None = None
+    headroom: int | None = None
+
+
+class PriceIn(Strict):
+    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    credit_type: CODE
+    credits_per_unit: AMOUNT0
+
+
+class PriceOut(Out):
+    feature: str
+    credit_type: str
+    credits_per_unit: int
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+class Scope(enum.StrEnum):
+    RUNTIME = "runtime"
+    ADMIN = "admin"
+    FINANCE = "finance"
+
+
+class Problem(Out):
+    """RFC 9457 problem details, with the stable `code`."""
+
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
