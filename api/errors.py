@@ -74,9 +74,7 @@ def problem(code: str, detail: str | None = None, **extra: Any) -> Response[byte
         body["detail"] = detail
     for name, value in extra.items():
         body[name] = str(value) if isinstance(value, int) and value >= 1 << 53 else value
-    return Response(
-        msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE
-    )
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def credit_error_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
@@ -102,8 +100,13 @@ def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]
     assert isinstance(error, HTTPException)
     if isinstance(error, NotFoundException):
         return problem("not_found", "no such route")
-    code = {413: "payload_too_large", 405: "method_not_allowed", 401: "unauthorized",
-            403: "forbidden", 404: "not_found"}.get(error.status_code)  # fmt: skip
+    code = {
+        413: "payload_too_large",
+        405: "method_not_allowed",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+    }.get(error.status_code)
     if code is None:
         code = "validation_error" if 400 <= error.status_code < 500 else "internal_error"
     return problem(code, str(error.detail))

@@ -27,10 +27,12 @@ CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$", examples
 NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 REF = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 DIMENSIONS = Annotated[
-    dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
-         Annotated[str, msgspec.Meta(max_length=256)]],
+    dict[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
+        Annotated[str, msgspec.Meta(max_length=256)],
+    ],
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
-]  # fmt: skip
+]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
 
 

@@ -1,10 +1,11 @@
 """Cache invalidation across processes: Postgres NOTIFY on channel `catalog_changed`.
 
 Every insert, update or delete of a catalog row that the hot path caches (credit types,
-customers, resources, wallets, grants, budgets, prices) notifies `'<table>:<id>'` through a
-trigger (migration 0001); `notify_catalog_changed` sends the same for anything else. Postgres
-delivers a notification when its transaction commits, and never when it rolls back, so a
-listener never sees a change that did not happen.
+customers, resources, wallets, grants, budgets, prices), and of an API key (which the HTTP edge
+keeps in memory), notifies `'<table>:<id>'` through a trigger (migrations 0001 and 0003);
+`notify_catalog_changed` sends the same for anything else. Postgres delivers a notification
+when its transaction commits, and never when it rolls back, so a listener never sees a change
+that did not happen.
 
 A listener can miss notifications while it is disconnected. `listen_catalog_changes` therefore
 calls `on_listening` each time its LISTEN is in place, the first time included: the caller
@@ -30,7 +31,16 @@ _logger = logging.getLogger(__name__)
 
 CATALOG_CHANNEL: Final = "catalog_changed"  # also spelled out in LISTEN below and in 0001
 CATALOG_TABLES: Final = frozenset(
-    {"credit_types", "customers", "resources", "wallets", "grants", "budgets", "prices"}
+    {
+        "credit_types",
+        "customers",
+        "resources",
+        "wallets",
+        "grants",
+        "budgets",
+        "prices",
+        "api_keys",
+    }
 )
 RECONNECT_DELAY_S_MIN: Final = 0.1
 RECONNECT_DELAY_S_MAX: Final = 10.0

@@ -36,10 +36,21 @@ async def test_the_packaged_migrations_apply_once(
 ) -> None:
     pool = await db.open_pool(db_settings, conninfo=fresh_db_url())
     try:
-        assert await migrate(pool) == ["0001_catalog", "0002_grant_expired_state"]
+        assert await migrate(pool) == [
+            "0001_catalog",
+            "0002_grant_expired_state",
+            "0003_api_keys",
+        ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
-        assert {"schema_migrations", "credit_types", "grants", "audit_log", "movements"} <= tables
+        assert {
+            "schema_migrations",
+            "credit_types",
+            "grants",
+            "audit_log",
+            "movements",
+            "api_keys",
+        } <= tables
         async with pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT version, name, checksum, applied_at FROM schema_migrations"
@@ -49,7 +60,7 @@ async def test_the_packaged_migrations_apply_once(
         assert [(r[0], r[1], r[2]) for r in rows] == [
             (m.version, m.name, m.checksum) for m in packaged
         ]
-        assert [m.name for m in packaged] == ["catalog", "grant_expired_state"]
+        assert [m.name for m in packaged] == ["catalog", "grant_expired_state", "api_keys"]
         assert rows[0][3].tzinfo is not None
     finally:
         await db.close(pool)

@@ -1,0 +1,185 @@
+"""The composition root: `create_app(settings, ledger=..., pool=...)` builds the service from
+the dependencies it is given. Nothing reads the environment or opens a connection at import.
+
+At start it loads the catalog and the API keys into memory, finishes any dual write a crash
+interrupted (reconcile), and runs two background tasks: the movement projection to Postgres,
+and the listener that reloads the caches whenever the catalog or the keys change, in this
+process or another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Litestar, Request, Response, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, generate_latest
+
+from api.auth import KeyCache
+from api.errors import EXCEPTION_HANDLERS
+from api.metrics import Metrics
+from api.routes import ROUTES
+from api.services import Services
+from ledger.client import Ledger
+from ledger.db import DatabaseSettings, Pool
+from ledger.notify import listen_catalog_changes
+from wallets.admin import CreditAdmin
+from wallets.catalog import Catalog
+from wallets.control import ControlPlane
+from wallets.projection import MovementSink
+from wallets.service import CreditService
+from wallets.statements import Statements
+
+_logger = logging.getLogger(__name__)
+
+# Bodies larger than this are refused with 413 before they are read whole.
+REQUEST_BODY_BYTES_MAX = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    # Where the cache listener connects (the same database as the pool).
+    database: DatabaseSettings | str
+    request_body_bytes_max: int = REQUEST_BODY_BYTES_MAX
+    reconcile_on_start: bool = True
+    title: str = "credit-ledger"
+
+
+class _RouteMetrics:
+    """ASGI middleware: request counts and latencies per route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # type: ignore[comparison-overlap]
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = str(scope.get("path_template") or "unmatched")
+            method = str(scope.get("method", ""))
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - start)
+
+
+def build_services(ledger: Ledger, pool: Pool) -> Services:
+    catalog = Catalog()
+    sink = MovementSink(pool)
+    service = CreditService(ledger, catalog, on_movement=sink.offer)
+    admin = CreditAdmin(service)
+    registry = CollectorRegistry()
+    return Services(
+        pool=pool,
+        catalog=catalog,
+        service=service,
+        admin=admin,
+        control=ControlPlane(pool, service, admin),
+        statements=Statements(ledger, catalog),
+        sink=sink,
+        keys=KeyCache(),
+        metrics=Metrics(registry),
+    )
+
+
+async def _follow(services: Services, target: DatabaseSettings | str) -> None:
+    """Reloads the catalog and the keys after every change notification (and reconnection)."""
+    dirty = asyncio.Event()
+
+    def mark(*_: object) -> None:
+        dirty.set()
+
+    listener = asyncio.create_task(listen_catalog_changes(target, mark, on_listening=mark))
+    try:
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            await services.control.load()
+            await services.keys.load(services.pool)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> Litestar:
+    services = build_services(ledger, pool)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await services.control.load()
+        await services.keys.load(pool)
+        if settings.reconcile_on_start:
+            report = await services.control.reconcile()
+            if report.grants_finished:
+                _logger.warning("reconciled %d unfinished grants", len(report.grants_finished))
+        services.tasks = [
+            asyncio.create_task(services.sink.run(), name="movements"),
+            asyncio.create_task(_follow(services, settings.database), name="cache-follow"),
+        ]
+        try:
+            yield
+        finally:
+            for task in services.tasks:
+                task.cancel()
+            for task in services.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await services.sink.drain()
+
+    @get(
+        "/metrics",
+        tags=["health"],
+        include_in_schema=True,
+        description="Prometheus metrics: requests and latencies per route, engine latency, "
+        "spending decisions by outcome.",
+    )
+    async def metrics(state: State) -> Response[bytes]:
+        body = generate_latest(services.metrics.registry)
+        return Response(body, media_type="text/plain; version=0.0.4")
+
+    def route_metrics(app: ASGIApp) -> ASGIApp:
+        return _RouteMetrics(app, services.metrics)
+
+    return Litestar(
+        route_handlers=[*ROUTES, metrics],
+        state=State({"services": services}),
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[route_metrics],
+        request_max_body_size=settings.request_body_bytes_max,
+        openapi_config=OpenAPIConfig(
+            title=settings.title,
+            version="1",
+            description="Exact, fast, auditable credits on TigerBeetle. Ids are strings; "
+            "amounts are integers in the credit type's minor unit. Every POST "
+            "requires an Idempotency-Key header; a replay answers with "
+            "Idempotency-Hit: true. Errors are problem+json with a stable code.",
+            path="/schema",
+        ),
+        debug=False,
+    )
+
+
+def request_services(request: Request[Any, Any, Any]) -> Services:
+    services: Services = request.app.state.services
+    return services

@@ -1,0 +1,41 @@
+"""Prometheus metrics: request counts and latencies per route (litestar's middleware), engine
+latency, and decisions by outcome. One registry per app, so tests can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.decisions = Counter(
+            "credit_decisions",
+            "Spending decisions by operation and outcome",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.engine_seconds = Histogram(
+            "credit_engine_request_seconds",
+            "Latency of requests to the ledger engine",
+            ["method"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+
+        self.requests = Counter(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.request_seconds = Histogram(
+            "http_request_seconds",
+            "HTTP request latency by method and route",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+
+    def decision(self, operation: str, outcome: str) -> None:
+        self.decisions.labels(operation, outcome).inc()

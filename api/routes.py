@@ -1,0 +1,1002 @@
+"""The HTTP handlers: thin. Each authenticates from the in-process key cache, checks the scope
+and the customer boundary, converts wire ids, calls the service, and shapes the answer.
+
+Hot-path routes (check, debits, reservations) never touch Postgres: their idempotency rides on
+TigerBeetle. Admin routes keep theirs in Postgres through the control plane.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Collection
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from api import schemas as w
+from api.auth import READ_SCOPES, Principal, require_any_scope
+from api.services import Services
+from grants.errors import CreditError, InvalidRequest, NotFound
+from grants.model import Category, Source
+from ledger.codes import AccountCode, TransferCode
+from ledger.repositories.resources import ResourceKind
+from wallets import chains
+from wallets.catalog import Budget, OverdraftMode, Period, Wallet
+from wallets.chains import Overage
+from wallets.control import GrantRequest
+from wallets.service import DebitRequest, DebitResult, Funding
+from wallets.statements import budget_used, reservation_status
+
+HIT = {"Idempotency-Hit": "true"}
+T = TypeVar("T")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def _auth(request: Request[Any, Any, Any], state: State, scopes: Collection[str]) -> Principal:
+    principal = _services(state).keys.authenticate(request.headers.get("authorization"))
+    require_any_scope(principal, scopes)
+    return principal
+
+
+async def _strict(request: Request[Any, Any, Any], cls: type[T]) -> T:
+    """The body decoded strictly: litestar coerces ("1" becomes 1); the contract does not."""
+    try:
+        return msgspec.json.decode(await request.body(), type=cls)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        found = re.search(r"at `\$\.([^`]+)`", message)
+        raise InvalidRequest(message, field=found.group(1) if found else None) from None
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"the body is not JSON: {error}") from None
+
+
+def _key(request: Request[Any, Any, Any]) -> str:
+    key = request.headers.get("idempotency-key")
+    if not key:
+        raise InvalidRequest("the Idempotency-Key header is required", field="Idempotency-Key")
+    if len(key.encode()) > 255:
+        raise InvalidRequest("Idempotency-Key is over 255 bytes", field="Idempotency-Key")
+    return key
+
+
+def _id(text: str, field: str) -> int:
+    try:
+        value = uuid.UUID(text).int
+    except ValueError:
+        raise InvalidRequest(f"{field} is not an id", field=field) from None
+    if value == 0:
+        raise InvalidRequest(f"{field} is not an id", field=field)
+    return value
+
+
+def _sid(value: int) -> str:
+    return str(uuid.UUID(int=value))
+
+
+def _ledger(services: Services, code: str) -> int:
+    for credit_type in services.catalog.credit_types.values():
+        if credit_type.code == code:
+            return credit_type.ledger
+    raise NotFound(f"credit type {code!r} not found")
+
+
+def _code(services: Services, ledger: int) -> str:
+    credit_type = services.catalog.credit_types.get(ledger)
+    return credit_type.code if credit_type else str(ledger)
+
+
+def _own(principal: Principal, customer_id: int | None, what: str) -> None:
+    """A key bound to a customer sees only that customer's objects: others are not found."""
+    if principal.customer_id is not None and principal.customer_id != customer_id:
+        raise NotFound(f"{what} not found")
+
+
+def _wallet_customer(services: Services, wallet_id: int) -> int | None:
+    wallet = services.catalog.wallets.get(wallet_id)
+    if wallet is None:
+        return None
+    resource = services.catalog.resources.get(wallet.resource_id)
+    return resource.customer_id if resource else None
+
+
+def _resource_customer(services: Services, resource_id: int) -> int | None:
+    resource = services.catalog.resources.get(resource_id)
+    return resource.customer_id if resource else None
+
+
+def _funding(items: list[Funding]) -> list[w.FundingOut]:
+    return [
+        w.FundingOut(account_id=_sid(f.account_id), kind=f.kind, amount=f.amount) for f in items
+    ]
+
+
+def _reply(body: Any, replayed: bool, status: int = 200) -> Response[Any]:
+    return Response(body, status_code=status, headers=HIT if replayed else None)
+
+
+def _amount(services: Services, ledger: int, amount: int | None, usage: w.Usage | None) -> int:
+    if (amount is None) == (usage is None):
+        raise InvalidRequest("give exactly one of amount and usage", field="amount")
+    if usage is not None:
+        try:
+            return services.catalog.price(usage.feature, ledger, usage.quantity)
+        except Exception as error:  # PathError: no price
+            raise InvalidRequest(str(error), field="usage.feature") from None
+    assert amount is not None
+    return amount
+
+
+def _target(
+    services: Services, principal: Principal, data: JSONBody[w.SpendIn]
+) -> tuple[int | None, int | None]:
+    if (data.resource_id is None) == (data.wallet_id is None):
+        raise InvalidRequest("name exactly one of resource_id and wallet_id", field="resource_id")
+    if data.wallet_id is not None:
+        wallet_id = _id(data.wallet_id, "wallet_id")
+        _own(principal, _wallet_customer(services, wallet_id), "wallet")
+        return None, wallet_id
+    assert data.resource_id is not None
+    resource_id = _id(data.resource_id, "resource_id")
+    _own(principal, _resource_customer(services, resource_id), "resource")
+    return resource_id, None
+
+
+# -- hot path -------------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/check",
+    status_code=200,
+    tags=["spending"],
+    description="What a debit would do now: allowed or not with the reason, available, "
+    "reserved, the overdraft headroom, every budget's headroom (and which blocks) "
+    "and the grants that would fund it. Changes nothing.",
+)
+async def check(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
+) -> w.CheckOut:
+    principal = _auth(request, state, {"runtime", "admin"})
+    data = await _strict(request, w.SpendIn)
+    services = _services(state)
+    ledger = _ledger(services, data.credit_type)
+    resource_id, wallet_id = _target(services, principal, data)
+    amount = _amount(services, ledger, data.amount, data.usage)
+    result = await services.service.check(
+        amount=amount, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
+    )
+    services.metrics.decision("check", "allowed" if result.allowed else str(result.reason))
+    return w.CheckOut(
+        allowed=result.allowed,
+        reason=result.reason,
+        amount=result.amount,
+        available=result.available,
+        reserved=result.reserved,
+        overdraft_headroom=result.overdraft_headroom,
+        budgets=[
+            w.BudgetHeadroomOut(
+                budget_id=_sid(b.budget_id),
+                resource_id=_sid(b.resource_id),
+                cap=b.cap,
+                used=b.used,
+                headroom=b.headroom,
+                blocking=b.blocking,
+            )
+            for b in result.budgets
+        ],
+        would_fund=_funding(result.would_fund),
+    )
+
+
+def _debit_out(result: DebitResult) -> w.DebitOut:
+    return w.DebitOut(
+        id=_sid(result.operation_id), amount=result.amount, funded_by=_funding(result.funded_by)
+    )
+
+
+@post(
+    "/v1/debits",
+    status_code=201,
+    tags=["spending"],
+    description="Debit an amount (or a priced usage) in one step: the resource's spend path "
+    "(own grants in burn order, the parent's when the wallet falls through, the "
+    "overdraft) drained up to exactly the amount, with every budget on the path, "
+    "or nothing. 402 insufficient_credits or budget_exceeded when it cannot.",
+)
+async def debit(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"runtime"})
+    data = await _strict(request, w.SpendIn)
+    key = _key(request)
+    services = _services(state)
+    ledger = _ledger(services, data.credit_type)
+    resource_id, wallet_id = _target(services, principal, data)
+    amount = _amount(services, ledger, data.amount, data.usage)
+    try:
+        result = await services.service.debit(
+            tenant=principal.tenant,
+            key=key,
+            amount=amount,
+            ledger=ledger,
+            resource_id=resource_id,
+            wallet_id=wallet_id,
+            dimensions=data.dimensions,
+        )
+    except CreditError as error:
+        services.metrics.decision("debit", error.code)
+        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
+        raise
+    services.metrics.decision("debit", "ok")
+    return _reply(_debit_out(result), result.replayed, 201)
+
+
+async def _enrich_refusal(
+    services: Services,
+    error: CreditError,
+    ledger: int,
+    resource_id: int | None,
+    wallet_id: int | None,
+) -> None:
+    """A 402 says what was available: one read, only on the refusal path."""
+    if error.code != "insufficient_credits":
+        return
+    check = await services.service.check(
+        amount=1, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
+    )
+    error.details["available"] = check.available
+
+
+@post(
+    "/v1/debits/batch",
+    status_code=200,
+    tags=["spending"],
+    description="Many debits in one call (usage ingestion), each with its own idempotency "
+    "key and its own result: one engine request for all of them. At most 1000.",
+)
+async def debit_batch(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.BatchIn]
+) -> w.BatchOut:
+    principal = _auth(request, state, {"runtime"})
+    data = await _strict(request, w.BatchIn)
+    services = _services(state)
+    requests: list[DebitRequest | CreditError] = []
+    for item in data.debits:
+        try:
+            ledger = _ledger(services, item.credit_type)
+            resource_id, wallet_id = _target(services, principal, item)
+            amount = _amount(services, ledger, item.amount, item.usage)
+            requests.append(
+                DebitRequest(
+                    principal.tenant,
+                    item.idempotency_key,
+                    amount,
+                    ledger,
+                    resource_id,
+                    wallet_id,
+                    None,
+                    item.dimensions,
+                )
+            )
+        except CreditError as error:
+            requests.append(error)
+    valid = [r for r in requests if isinstance(r, DebitRequest)]
+    outcomes = iter(await services.service.debit_many(valid))
+    results = []
+    for item, prepared in zip(data.debits, requests, strict=True):
+        outcome = prepared if isinstance(prepared, CreditError) else next(outcomes)
+        if isinstance(outcome, CreditError):
+            services.metrics.decision("debit", outcome.code)
+            results.append(
+                w.BatchResultOut(
+                    idempotency_key=item.idempotency_key,
+                    status=_status(outcome.code),
+                    error={"code": outcome.code, "detail": outcome.message},
+                )
+            )
+        else:
+            services.metrics.decision("debit", "ok")
+            results.append(
+                w.BatchResultOut(
+                    idempotency_key=item.idempotency_key, status=201, debit=_debit_out(outcome)
+                )
+            )
+    return w.BatchOut(results=results)
+
+
+def _status(code: str) -> int:
+    from api.errors import STATUS
+
+    return STATUS[code]
+
+
+@post(
+    "/v1/reservations",
+    status_code=201,
+    tags=["spending"],
+    description="Reserve an amount before a billable call: the same chain as a debit, as "
+    "pending transfers that TigerBeetle releases by itself after timeout_s "
+    "(default 3600, at most 86400).",
+)
+async def reserve(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ReserveIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"runtime"})
+    data = await _strict(request, w.ReserveIn)
+    key = _key(request)
+    services = _services(state)
+    ledger = _ledger(services, data.credit_type)
+    resource_id, wallet_id = _target(services, principal, data)
+    amount = _amount(services, ledger, data.amount, data.usage)
+    try:
+        result = await services.service.reserve(
+            tenant=principal.tenant,
+            key=key,
+            amount=amount,
+            ledger=ledger,
+            timeout_s=data.timeout_s,
+            resource_id=resource_id,
+            wallet_id=wallet_id,
+            dimensions=data.dimensions,
+        )
+    except CreditError as error:
+        services.metrics.decision("reserve", error.code)
+        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
+        raise
+    services.metrics.decision("reserve", "ok")
+    body = w.ReservationOut(
+        id=_sid(result.reservation_id),
+        amount=result.amount,
+        timeout_s=result.timeout_s,
+        funded_by=_funding(result.funded_by),
+    )
+    return _reply(body, result.replayed, 201)
+
+
+async def _reservation_wallet(
+    services: Services, principal: Principal, reservation_id: int
+) -> None:
+    legs = await services.service.ledger.lookup_transfers(
+        [chains.leg_ids(reservation_id, chains.SETUP + 1)[chains.SETUP]]
+    )
+    if not legs or legs[0].code != TransferCode.CONTROL_HOLD:
+        raise NotFound("reservation not found")
+    _own(principal, _wallet_customer(services, legs[0].user_data_128), "reservation")
+
+
+@post(
+    "/v1/reservations/{reservation_id:str}/settle",
+    status_code=200,
+    tags=["spending"],
+    description="Settle with the measured cost: up to the reserved amount the legs are "
+    "posted in burn order and the rest released; beyond it the overage is "
+    "collected under `overage` (reject, cap (default), overdraft). After the "
+    "timeout it falls back to a direct debit and says so.",
+)
+async def settle(
+    request: Request[Any, Any, Any],
+    state: State,
+    reservation_id: FromPath[str],
+    data: JSONBody[w.SettleIn],
+) -> Response[Any]:
+    principal = _auth(request, state, {"runtime"})
+    data = await _strict(request, w.SettleIn)
+    key = _key(request)
+    services = _services(state)
+    rid = _id(reservation_id, "reservation_id")
+    await _reservation_wallet(services, principal, rid)
+    amount = data.amount
+    if data.usage is not None:
+        if data.amount is not None:
+            raise InvalidRequest("give amount or usage, not both", field="amount")
+        legs = await services.service.ledger.lookup_transfers(chains.leg_ids(rid, 3))
+        amount = _amount(services, legs[-1].ledger if legs else 0, None, data.usage)
+    if amount is None:
+        raise InvalidRequest("give amount or usage", field="amount")
+    result = await services.service.settle(
+        tenant=principal.tenant,
+        key=key,
+        reservation_id=rid,
+        amount=amount,
+        policy=Overage(data.overage.value),
+    )
+    services.metrics.decision("settle", "fallback" if result.fallback_debit else "ok")
+    body = w.SettleOut(
+        reservation_id=reservation_id,
+        id=_sid(result.operation_id),
+        requested=result.requested,
+        collected=result.collected,
+        released=result.released,
+        overage=result.overage,
+        overage_collected=result.overage_collected,
+        overage_uncollected=result.overage_uncollected,
+        policy=result.policy,
+        fallback_debit=result.fallback_debit,
+    )
+    return _reply(body, result.replayed)
+
+
+@post(
+    "/v1/reservations/{reservation_id:str}/release",
+    status_code=200,
+    tags=["spending"],
+    description="Release a reservation: every pending leg is voided.",
+)
+async def release(
+    request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
+) -> Response[Any]:
+    principal = _auth(request, state, {"runtime"})
+    key = _key(request)
+    services = _services(state)
+    rid = _id(reservation_id, "reservation_id")
+    await _reservation_wallet(services, principal, rid)
+    result = await services.service.release(tenant=principal.tenant, key=key, reservation_id=rid)
+    body = w.ReleaseOut(
+        reservation_id=reservation_id, id=_sid(result.operation_id), released=result.released
+    )
+    return _reply(body, result.replayed)
+
+
+@get(
+    "/v1/reservations/{reservation_id:str}",
+    tags=["spending"],
+    description="A reservation and its status: held, settled, released or expired.",
+)
+async def get_reservation(
+    request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
+) -> w.ReservationOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    rid = _id(reservation_id, "reservation_id")
+    await _reservation_wallet(services, principal, rid)
+    view = await reservation_status(services.service.ledger, rid, time.time_ns())
+    legs = view.legs
+    hold = legs[chains.SETUP]
+    funded = [
+        Funding(
+            t.debit_account_id,
+            "grant" if t.code == TransferCode.RESERVE else "overdraft",
+            t.amount,
+        )
+        for t in legs[chains.FIRST_VARIABLE :]
+        if t.id
+        and t.pending_id == 0
+        and t.code in (TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)
+        and t.amount
+    ]
+    timeout_s = next((t.timeout for t in legs if t.timeout), 0)
+    return w.ReservationOut(
+        id=reservation_id,
+        amount=hold.amount,
+        timeout_s=timeout_s,
+        funded_by=_funding(funded),
+        status=view.status,
+    )
+
+
+# -- catalog --------------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/credit-types",
+    status_code=201,
+    tags=["catalog"],
+    description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
+)
+async def create_credit_type(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.CreditTypeIn)
+    services = _services(state)
+    credit_type, replayed = await services.control.create_credit_type(
+        code=data.code,
+        name=data.name,
+        asset_scale=data.asset_scale,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
+    )
+    body = w.CreditTypeOut(
+        id=credit_type.ledger,
+        code=credit_type.code,
+        name=credit_type.name,
+        asset_scale=credit_type.asset_scale,
+    )
+    return _reply(body, replayed, 201)
+
+
+@get("/v1/credit-types/{code:str}", tags=["catalog"], description="A credit type by code.")
+async def get_credit_type(
+    request: Request[Any, Any, Any], state: State, code: FromPath[str]
+) -> w.CreditTypeOut:
+    _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    credit_type = services.catalog.credit_types[_ledger(services, code)]
+    return w.CreditTypeOut(
+        id=credit_type.ledger,
+        code=credit_type.code,
+        name=credit_type.name,
+        asset_scale=credit_type.asset_scale,
+    )
+
+
+@post(
+    "/v1/customers",
+    status_code=201,
+    tags=["catalog"],
+    description="A customer: the owner of a tree of resources, with its own tenant number.",
+)
+async def create_customer(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.CustomerIn)
+    if principal.customer_id is not None:
+        raise NotFound("customers are created by unbound admin keys only")
+    services = _services(state)
+    row, replayed = await services.control.create_customer(
+        name=data.name,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
+        external_ref=data.external_ref,
+    )
+    body = w.CustomerOut(
+        id=_sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
+    )
+    return _reply(body, replayed, 201)
+
+
+@get("/v1/customers/{customer_id:str}", tags=["catalog"], description="A customer.")
+async def get_customer(
+    request: Request[Any, Any, Any], state: State, customer_id: FromPath[str]
+) -> w.CustomerOut:
+    principal = _auth(request, state, READ_SCOPES)
+    cid = _id(customer_id, "customer_id")
+    _own(principal, cid, "customer")
+    row = await _services(state).control.customer(cid)
+    return w.CustomerOut(
+        id=customer_id, tenant=row.tenant, name=row.name, external_ref=row.external_ref
+    )
+
+
+def _resource_out(resource: Any) -> w.ResourceOut:
+    return w.ResourceOut(
+        id=_sid(resource.id),
+        customer_id=_sid(resource.customer_id),
+        kind=resource.kind,
+        parent_id=_sid(resource.parent_id) if resource.parent_id else None,
+        external_ref=None,
+    )
+
+
+@post(
+    "/v1/resources",
+    status_code=201,
+    tags=["catalog"],
+    description="A resource on the customer's tree: subscription, team, agent, ... with a "
+    "parent of the same customer.",
+)
+async def create_resource(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.ResourceIn)
+    customer_id = _id(data.customer_id, "customer_id")
+    _own(principal, customer_id, "customer")
+    resource, replayed = await _services(state).control.create_resource(
+        customer_id=customer_id,
+        kind=ResourceKind(data.kind.value),
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
+        parent_id=_id(data.parent_id, "parent_id") if data.parent_id else None,
+        external_ref=data.external_ref,
+    )
+    return _reply(_resource_out(resource), replayed, 201)
+
+
+@get("/v1/resources/{resource_id:str}", tags=["catalog"], description="A resource.")
+async def get_resource(
+    request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
+) -> w.ResourceOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    resource = services.catalog.resources.get(_id(resource_id, "resource_id"))
+    if resource is None:
+        raise NotFound("resource not found")
+    _own(principal, resource.customer_id, "resource")
+    return _resource_out(resource)
+
+
+def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
+    return w.WalletOut(
+        id=_sid(wallet.id),
+        resource_id=_sid(wallet.resource_id),
+        credit_type=_code(services, wallet.ledger),
+        overdraft_mode=wallet.overdraft_mode.value,
+        overdraft_limit=wallet.overdraft_limit,
+        fall_through=wallet.fall_through,
+    )
+
+
+@post(
+    "/v1/wallets",
+    status_code=201,
+    tags=["catalog"],
+    description="A wallet: one per (resource, credit type), with its overdraft policy (hard: "
+    "never below zero; soft with a limit; unbounded) and whether spending falls "
+    "through to the parent's wallet.",
+)
+async def create_wallet(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.WalletIn)
+    services = _services(state)
+    resource_id = _id(data.resource_id, "resource_id")
+    _own(principal, _resource_customer(services, resource_id), "resource")
+    wallet, replayed = await services.control.create_wallet(
+        resource_id=resource_id,
+        ledger=_ledger(services, data.credit_type),
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
+        overdraft_mode=OverdraftMode(data.overdraft_mode.value),
+        overdraft_limit=data.overdraft_limit,
+        fall_through=data.fall_through,
+    )
+    return _reply(_wallet_out(services, wallet), replayed, 201)
+
+
+@get(
+    "/v1/wallets/{wallet_id:str}",
+    tags=["catalog"],
+    description="A wallet's balance summary with a per-grant breakdown.",
+)
+async def get_wallet(
+    request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
+) -> w.WalletBalanceOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    wid = _id(wallet_id, "wallet_id")
+    _own(principal, _wallet_customer(services, wid), "wallet")
+    b = await services.statements.wallet(wid)
+    return w.WalletBalanceOut(
+        wallet=_wallet_out(services, services.catalog.wallet(wid)),
+        available=b.available,
+        held=b.held,
+        consumed=b.consumed,
+        expired=b.expired,
+        voided=b.voided,
+        overdraft_used=b.overdraft_used,
+        overdraft_limit=b.overdraft_limit,
+        grants=[_grant_balance(g) for g in b.grants],
+    )
+
+
+def _grant_balance(g: Any) -> w.GrantBalanceOut:
+    return w.GrantBalanceOut(
+        grant_id=_sid(g.grant_id),
+        granted=g.granted,
+        available=g.available,
+        held=g.held,
+        consumed=g.consumed,
+        expired=g.expired,
+        voided=g.voided,
+        refunded=g.refunded,
+        repaid=g.repaid,
+    )
+
+
+@get(
+    "/v1/wallets/{wallet_id:str}/entries",
+    tags=["catalog"],
+    description="A wallet's typed movements (grant, debit, reserve, settle, release, expire, "
+    "void, refund, overdraft, repay) with the running balance, oldest first. "
+    "Pass next_cursor back as cursor for the next page; limit 1..1000.",
+)
+async def wallet_entries(
+    request: Request[Any, Any, Any],
+    state: State,
+    wallet_id: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> w.EntriesOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    wid = _id(wallet_id, "wallet_id")
+    _own(principal, _wallet_customer(services, wid), "wallet")
+    try:
+        after = int(cursor) if cursor else 0
+    except ValueError:
+        raise InvalidRequest("cursor is not one this API gave", field="cursor") from None
+    page = await services.statements.entries(wid, after=after, limit=limit)
+    return w.EntriesOut(
+        entries=[
+            w.EntryOut(
+                timestamp=e.timestamp,
+                type=e.type,
+                account_id=_sid(e.account_id),
+                amount=e.amount,
+                operation_id=_sid(e.operation_id),
+                available_after=e.available_after,
+            )
+            for e in page.entries
+        ],
+        next_cursor=str(page.next_cursor) if page.next_cursor else None,
+    )
+
+
+# -- grants ---------------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/grants",
+    status_code=201,
+    tags=["grants"],
+    description="Issue a credit block to a wallet: paid (with its consideration and "
+    "currency, the cost basis) or promotional, with priority, effective_at and "
+    "expires_at (exclusive). A wallet in deficit is repaid first.",
+)
+async def create_grant(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.GrantIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.GrantIn)
+    services = _services(state)
+    wallet_id = _id(data.wallet_id, "wallet_id")
+    _own(principal, _wallet_customer(services, wallet_id), "wallet")
+    grant_request = GrantRequest(
+        wallet_id=wallet_id,
+        amount=data.amount,
+        category=Category(data.category.value),
+        consideration_minor=data.consideration_minor,
+        currency=data.currency,
+        priority=data.priority,
+        effective_at=data.effective_at,
+        expires_at=data.expires_at,
+        source=Source(data.source.value),
+        reason=data.reason,
+        external_ref=data.external_ref,
+    )
+    result, replayed = await services.control.issue_grant(
+        grant_request, tenant=principal.tenant, key=_key(request), actor=principal.name
+    )
+    body = w.GrantOut(
+        id=_sid(result.grant_id),
+        wallet_id=data.wallet_id,
+        amount=result.amount,
+        repaid_overdraft=result.repaid,
+    )
+    return _reply(body, replayed, 201)
+
+
+async def _grant_customer(services: Services, grant_id: int) -> int | None:
+    accounts = await services.service.ledger.lookup_accounts([grant_id])
+    if not accounts or accounts[0].code != AccountCode.GRANT:
+        raise NotFound("grant not found")
+    return _wallet_customer(services, accounts[0].user_data_128)
+
+
+@get(
+    "/v1/grants/{grant_id:str}",
+    tags=["grants"],
+    description="A grant's balances: granted, available, held, consumed, expired, voided.",
+)
+async def get_grant(
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
+) -> w.GrantBalanceOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    gid = _id(grant_id, "grant_id")
+    _own(principal, await _grant_customer(services, gid), "grant")
+    return _grant_balance(await services.statements.grant(gid))
+
+
+@post(
+    "/v1/grants/{grant_id:str}/void",
+    status_code=200,
+    tags=["grants"],
+    description="Void what is left of a grant; credits held by reservations stay held and "
+    "are voided when they come back.",
+)
+async def void_grant(
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str], data: JSONBody[w.VoidIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.VoidIn)
+    services = _services(state)
+    gid = _id(grant_id, "grant_id")
+    _own(principal, await _grant_customer(services, gid), "grant")
+    result, replayed = await services.control.void_grant(
+        gid, tenant=principal.tenant, key=_key(request), actor=principal.name, reason=data.reason
+    )
+    return _reply(w.VoidOut(grant_id=grant_id, voided=result.amount), replayed)
+
+
+@post(
+    "/v1/debits/{debit_id:str}/refund",
+    status_code=200,
+    tags=["grants"],
+    description="Give back up to the amount of a debit's credits to the blocks it drew from, "
+    "in reverse burn order; never more than the debit took.",
+)
+async def refund(
+    request: Request[Any, Any, Any],
+    state: State,
+    debit_id: FromPath[str],
+    data: JSONBody[w.RefundIn],
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.RefundIn)
+    services = _services(state)
+    did = _id(debit_id, "debit_id")
+    legs = await services.service.ledger.lookup_transfers(
+        [chains.leg_ids(did, chains.SETUP + 1)[chains.SETUP]]
+    )
+    if not legs or legs[0].code != TransferCode.CONSUME:
+        raise NotFound("debit not found")
+    _own(principal, _wallet_customer(services, legs[0].user_data_128), "debit")
+    result = await services.control.refund(
+        did,
+        data.amount,
+        tenant=principal.tenant,
+        key=_key(request),
+        actor=principal.name,
+        reason=data.reason,
+    )
+    body = w.RefundOut(
+        id=_sid(result.operation_id),
+        debit_id=debit_id,
+        amount=result.amount,
+        restored=[
+            w.FundingOut(account_id=_sid(a), kind="grant", amount=n) for a, n in result.restored
+        ],
+    )
+    return _reply(body, result.replayed)
+
+
+# -- budgets and prices ---------------------------------------------------------------------------
+
+
+@post(
+    "/v1/budgets",
+    status_code=201,
+    tags=["budgets"],
+    description="A spending cap on a resource per period (day, week, month in UTC, or "
+    "lifetime), enforced in the same engine request as every spend below it.",
+)
+async def create_budget(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.BudgetIn]
+) -> Response[Any]:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.BudgetIn)
+    services = _services(state)
+    resource_id = _id(data.resource_id, "resource_id")
+    _own(principal, _resource_customer(services, resource_id), "resource")
+    budget, replayed = await services.control.create_budget(
+        resource_id=resource_id,
+        ledger=_ledger(services, data.credit_type),
+        period=Period(data.period.value),
+        cap=data.cap,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
+    )
+    return _reply(_budget_out(services, budget, None), replayed, 201)
+
+
+def _budget_out(services: Services, budget: Budget, used: int | None) -> w.BudgetOut:
+    return w.BudgetOut(
+        id=_sid(budget.id),
+        resource_id=_sid(budget.resource_id),
+        credit_type=_code(services, budget.ledger),
+        period=budget.period.value,
+        cap=budget.cap,
+        used=used,
+        headroom=None if used is None else budget.cap - used,
+    )
+
+
+@get(
+    "/v1/budgets/{budget_id:str}",
+    tags=["budgets"],
+    description="A budget with its usage and headroom in the current period.",
+)
+async def get_budget(
+    request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
+) -> w.BudgetOut:
+    principal = _auth(request, state, READ_SCOPES)
+    services = _services(state)
+    budget = services.catalog.budgets.get(_id(budget_id, "budget_id"))
+    if budget is None:
+        raise NotFound("budget not found")
+    _own(principal, _resource_customer(services, budget.resource_id), "budget")
+    used = await budget_used(services.service.ledger, budget, time.time_ns())
+    return _budget_out(services, budget, used)
+
+
+@post(
+    "/v1/prices",
+    status_code=201,
+    tags=["budgets"],
+    description="A feature's price in credits per unit, so request paths may send usage "
+    "quantities and prices change without a deploy.",
+)
+async def set_price(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
+) -> w.PriceOut:
+    principal = _auth(request, state, {"admin"})
+    data = await _strict(request, w.PriceIn)
+    if principal.customer_id is not None:
+        raise NotFound("prices are set by unbound admin keys only")
+    _key(request)
+    services = _services(state)
+    await services.control.set_price(
+        feature=data.feature,
+        ledger=_ledger(services, data.credit_type),
+        credits_per_unit=data.credits_per_unit,
+        actor=principal.name,
+    )
+    return w.PriceOut(
+        feature=data.feature, credit_type=data.credit_type, credits_per_unit=data.credits_per_unit
+    )
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+
+@get("/healthz", tags=["health"], description="The process is up.")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["health"], description="The engine and Postgres answer.")
+async def readyz(state: State) -> Response[Any]:
+    services = _services(state)
+    problems = await services.readiness()
+    if problems:
+        return Response({"status": "unavailable", "problems": problems}, status_code=503)
+    return Response({"status": "ready"})
+
+
+ROUTES = [
+    check,
+    debit,
+    debit_batch,
+    reserve,
+    settle,
+    release,
+    get_reservation,
+    create_credit_type,
+    get_credit_type,
+    create_customer,
+    get_customer,
+    create_resource,
+    get_resource,
+    create_wallet,
+    get_wallet,
+    wallet_entries,
+    create_grant,
+    get_grant,
+    void_grant,
+    refund,
+    create_budget,
+    get_budget,
+    set_price,
+    healthz,
+    readyz,
+]

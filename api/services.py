@@ -1,0 +1,45 @@
+"""The composition of one running service: everything the handlers use, built from the
+ledger and the Postgres pool that `create_app` is given."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from api.auth import KeyCache
+from api.metrics import Metrics
+from ledger.db import Pool
+from wallets.admin import CreditAdmin
+from wallets.catalog import Catalog
+from wallets.control import ControlPlane
+from wallets.projection import MovementSink
+from wallets.service import CreditService
+from wallets.statements import Statements
+
+
+@dataclass
+class Services:
+    pool: Pool
+    catalog: Catalog
+    service: CreditService
+    admin: CreditAdmin
+    control: ControlPlane
+    statements: Statements
+    sink: MovementSink
+    keys: KeyCache
+    metrics: Metrics
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def readiness(self) -> list[str]:
+        """What is not answering: the engine, Postgres."""
+        problems = []
+        try:
+            await asyncio.wait_for(self.service.ledger.lookup_accounts([1]), 2.0)
+        except Exception as error:  # any failure means not ready
+            problems.append(f"ledger: {error!r}")
+        try:
+            async with self.pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as error:
+            problems.append(f"postgres: {error!r}")
+        return problems

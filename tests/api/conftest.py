@@ -1,0 +1,64 @@
+"""An app on the embedded engine (in memory) and a real Postgres, driven through litestar's
+async test client; API keys of every scope, and one bound to a customer."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import ApiSettings, create_app
+from ledger import db
+from ledger.client import open_ledger
+from ledger.embedded import EmbeddedEngine
+from ledger.repositories import api_keys
+from ledger.settings import LedgerSettings
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class Api:
+    client: AsyncTestClient[Any]
+    keys: dict[str, str]
+    engine: EmbeddedEngine
+    seq: int = field(default_factory=lambda: next(_counter))
+
+    def headers(self, key: str = "admin", idem: str | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.keys[key]}"}
+        if idem is not None:
+            headers["Idempotency-Key"] = idem
+        return headers
+
+    def k(self, name: str) -> str:
+        return f"t{self.seq}-{name}"
+
+    async def post(self, path: str, body: Any, key: str = "admin", idem: str | None = "auto",
+                   ) -> Any:
+        idem_key = self.k(f"{path}-{next(_counter)}") if idem == "auto" else idem
+        return await self.client.post(path, json=body, headers=self.headers(key, idem_key))
+
+    async def get(self, path: str, key: str = "admin") -> Any:
+        return await self.client.get(path, headers=self.headers(key))
+
+
+@pytest.fixture
+async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
+    keys = {}
+    async with pool.connection() as conn, conn.transaction():
+        for scope in ("admin", "runtime", "finance"):
+            _, keys[scope] = await api_keys.create_key(conn, name=f"test-{scope}",
+                                                       scopes=[scope])
+        _, keys["all"] = await api_keys.create_key(conn, name="test-all",
+                                                   scopes=["admin", "runtime", "finance"])
+    engine = EmbeddedEngine()
+    ledger = open_ledger(LedgerSettings(), engine=engine)
+    app = create_app(ApiSettings(database=migrated_db_url), ledger=ledger, pool=pool)
+    async with AsyncTestClient(app=app) as client:
+        yield Api(client, keys, engine)
+    await ledger.close()
+    engine.close()
