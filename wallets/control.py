@@ -483,6 +483,13 @@ class ControlPlane:
                 )
         return result
 
+    async def customer(self, customer_id: int) -> customers.Customer:
+        async with self.pool.connection() as conn:
+            row = await customers.get_customer(conn, customer_id)
+        if row is None:
+            raise NotFound(f"customer {customer_id} not found")
+        return row
+
     # -- grants -------------------------------------------------------------------------------
 
     async def issue_grant(

@@ -14,7 +14,8 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.limits import BATCH_EVENTS_MAX
+from ledger.ids import budget_account_id
+from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
 from ledger.types import (
     Account,
     AccountFilter,
@@ -24,7 +25,8 @@ from ledger.types import (
     Transfer,
     TransferFlags,
 )
-from wallets.catalog import Catalog, OverdraftMode, Wallet
+from wallets import chains
+from wallets.catalog import Budget, Catalog, OverdraftMode, Wallet, period_start_ns
 
 # A wallet's movements are read a page at a time; a page is at most this many entries.
 ENTRIES_PAGE_MAX = 1000
@@ -287,3 +289,49 @@ class Statements:
             return 0
         b = history[0]
         return b.credits_posted - b.debits_posted - b.debits_pending
+
+
+class ReservationView(msgspec.Struct, frozen=True):
+    status: str  # held | settled | released | expired
+    legs: list[Transfer]
+
+
+async def reservation_status(ledger: Ledger, reservation_id: int, now_ns: int) -> ReservationView:
+    """Where a reservation stands. TigerBeetle does not expose a pending transfer's state, so
+    the first source leg's account is searched for a post or void of that leg (they carry the
+    leg's code); with neither, the timeout decides between held and expired."""
+    ids = chains.leg_ids(reservation_id, CHAIN_LEGS_MAX)
+    found = {t.id: t for t in await ledger.lookup_transfers(ids)}
+    legs = [found.get(i, Transfer()) for i in ids]
+    sources = [t for t in legs[chains.FIRST_VARIABLE :] if t.id and t.flags & PENDING]
+    if not sources:
+        return ReservationView("held", legs)
+    leg = sources[0]
+    query = AccountFilter(
+        account_id=leg.debit_account_id,
+        user_data_128=0,
+        user_data_64=0,
+        user_data_32=0,
+        code=leg.code,
+        timestamp_min=leg.timestamp + 1,
+        timestamp_max=0,
+        limit=BATCH_EVENTS_MAX,
+        flags=AccountFilterFlags.DEBITS,
+    )
+    for t in await ledger.get_account_transfers(query):
+        if t.pending_id == leg.id:
+            return ReservationView("settled" if t.flags & POST else "released", legs)
+    expired = leg.timeout and now_ns >= leg.timestamp + leg.timeout * 1_000_000_000
+    return ReservationView("expired" if expired else "held", legs)
+
+
+async def budget_used(ledger: Ledger, budget: Budget, now_ns: int) -> int:
+    """What the budget's current period has used (held reservations included)."""
+    account_id = budget_account_id(
+        budget.resource_id, budget.id, period_start_ns(budget.period, now_ns)
+    )
+    accounts = await ledger.lookup_accounts([account_id])
+    if not accounts:
+        return 0
+    a = accounts[0]
+    return budget.cap - (a.credits_posted - a.debits_posted - a.debits_pending)
