@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -112,6 +113,21 @@ def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]
     return problem(code, str(error.detail))
 
 
+def integrity_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    """A constraint of the catalog refused the write: the request clashes or is invalid."""
+    assert isinstance(error, psycopg.errors.IntegrityError)
+    diag = error.diag
+    if isinstance(error, psycopg.errors.UniqueViolation):
+        return problem("conflict", "that already exists", constraint=diag.constraint_name)
+    if isinstance(error, psycopg.errors.ForeignKeyViolation):
+        return problem(
+            "not_found", "a referenced object does not exist", constraint=diag.constraint_name
+        )
+    return problem(
+        "validation_error", diag.message_primary or "invalid value", constraint=diag.constraint_name
+    )
+
+
 def internal_handler(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     _logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem("internal_error", "an unexpected error; it has been logged")
@@ -119,6 +135,7 @@ def internal_handler(request: Request[Any, Any, Any], error: Exception) -> Respo
 
 EXCEPTION_HANDLERS = {
     CreditError: credit_error_handler,
+    psycopg.errors.IntegrityError: integrity_handler,
     ValidationException: validation_handler,
     HTTPException: http_handler,
     Exception: internal_handler,

@@ -23,7 +23,7 @@ ID = Annotated[
         examples=["0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"],
     ),
 ]
-CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_\-]{0,63}$", examples=["credits"])]
+CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["credits"])]
 NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 REF = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 DIMENSIONS = Annotated[

@@ -1,0 +1,169 @@
+"""`credit-ledger`: the command line. The composition root of the processes: it may import
+every layer (the edges `api` and `jobs` may not import each other; this package joins them).
+
+    credit-ledger serve   [--data-dir DIR] [--host H] [--port P]
+    credit-ledger migrate
+    credit-ledger keys create|list|revoke
+    credit-ledger demo    [--url URL --key KEY]
+
+Defaults are embedded: TigerBeetle's state machine in-process (journal under
+DATA_DIR/engine) and Postgres 16 started by the project (DATA_DIR/postgres). TB_ADDRESSES and
+DATABASE_URL switch to a real cluster and a real Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api.cli_keys import keys
+from ledger import db
+from ledger.client import Ledger, open_ledger
+from ledger.migrate import migrate as apply_migrations
+from ledger.settings import LedgerSettings
+
+DATA_DIR_DEFAULT = ".data"
+
+
+@dataclass
+class Runtime:
+    ledger: Ledger
+    pool: db.Pool
+    database: db.DatabaseSettings
+    conninfo: str
+
+
+def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if data_dir is not None:
+        env["CREDIT_LEDGER_DATA_DIR"] = str(data_dir)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def runtime(data_dir: Path | None) -> AsyncIterator[Runtime]:
+    """The engine and the database of this process, migrated; closed on the way out."""
+    env = _env_with_data_dir(data_dir)
+    database = db.DatabaseSettings.from_env(env)
+    conninfo = await db.resolve_conninfo(database)
+    pool = await db.open_pool(database, conninfo=conninfo)
+    ledger = None
+    try:
+        applied = await apply_migrations(pool)
+        if applied:
+            click.echo(f"applied migrations: {', '.join(applied)}", err=True)
+        ledger = open_ledger(LedgerSettings.from_env(env))
+        yield Runtime(ledger, pool, database, conninfo)
+    finally:
+        if ledger is not None:
+            await ledger.close()
+        await db.close(pool)
+
+
+@click.group()
+def main() -> None:
+    """Exact, fast, auditable credits for AI products, on TigerBeetle."""
+
+
+main.add_command(keys)
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the embedded engine and Postgres keep their data "
+    "(default $CREDIT_LEDGER_DATA_DIR or .data).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--access-log/--no-access-log", default=False, show_default=True)
+def serve(data_dir: Path | None, host: str, port: int, access_log: bool) -> None:
+    """Run the HTTP API (and, on the embedded engine, the background jobs)."""
+    _use_uvloop()
+    asyncio.run(_serve(data_dir, host, port, access_log))
+
+
+async def _serve(data_dir: Path | None, host: str, port: int, access_log: bool) -> None:
+    import uvicorn
+
+    from api.app import ApiSettings, create_app
+
+    async with runtime(data_dir) as rt:
+        app = create_app(ApiSettings(database=rt.conninfo), ledger=rt.ledger, pool=rt.pool)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="none",
+            lifespan="on",
+            access_log=access_log,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+        )
+        server = uvicorn.Server(config)
+        click.echo(
+            f"credit-ledger: engine {rt.ledger.engine_name}, listening on http://{host}:{port}",
+            err=True,
+        )
+        await server.serve()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def migrate(data_dir: Path | None) -> None:
+    """Apply the database migrations (serve does this too)."""
+
+    async def run() -> None:
+        async with runtime(data_dir):
+            pass
+
+    asyncio.run(run())
+    click.echo("database is up to date", err=True)
+
+
+@main.command()
+@click.option("--url", default=None, help="A running service; default: start one in-process.")
+@click.option("--key", default=None, help="An admin+runtime API key for --url.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def demo(url: str | None, key: str | None, data_dir: Path | None) -> None:
+    """Create a customer, a team and an agent, grant paid and promotional credits, reserve and
+    settle, hit the limit, and print balances and entries."""
+    from cli.demo import run_demo
+
+    if (url is None) != (key is None):
+        raise click.UsageError("--url and --key go together")
+    _use_uvloop()
+    asyncio.run(run_demo(url, key, data_dir))
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _sigterm_is_exit() -> None:
+    """SIGTERM ends the process like Ctrl-C, so `finally` blocks and atexit handlers run (the
+    embedded Postgres is released)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def run() -> Any:
+    _sigterm_is_exit()
+    return main()
+
+
+if __name__ == "__main__":
+    run()
