@@ -166,7 +166,7 @@ async def run_demo(url: str | None, key: str | None, data_dir: Path | None) -> N
         if url is None:
             url, key = await stack.enter_async_context(_local_service(data_dir))
             click.echo(f"started a service at {url} (embedded defaults)", err=True)
-        assert key is not None
+        assert key is not None and url is not None
         client = await stack.enter_async_context(
             httpx.AsyncClient(
                 base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0
