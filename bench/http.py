@@ -1,0 +1,217 @@
+"""HTTP load benchmark on loopback with wrk (a C load generator, so Python is not measured on
+both sides). Not a test. Prints requests/s and latency percentiles per scenario.
+
+    python -m bench.http                 # starts `credit-ledger serve` (embedded) in a temp dir
+    python -m bench.http --url http://127.0.0.1:8080 --key clk_...   # an existing service
+
+Scenarios, 64 connections unless said: single debits on one hot wallet; reserve-then-settle
+pairs on one hot wallet (each connection alternates reserve and settle); check at a paced
+~500 requests/s (4 connections, 8 ms apart); reserve at ~500 requests/s; batch ingestion
+(POST /v1/debits/batch of 500 debits each).
+
+Needs `wrk` on PATH (Debian: apt-get install wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LUA_COMMON = """
+local key = "{key}"
+local resource = "{resource}"
+local run = "{run}"
+local counter = 0
+-- setup runs in wrk's main Lua state; it gives each thread its own global `tid`, so that every
+-- request of the run has a key of its own (a shared key would be a replay, not a new debit).
+threads_seen = 0
+setup = function(thread) threads_seen = threads_seen + 1; thread:set("tid", threads_seen) end
+local function headers()
+  counter = counter + 1
+  return {{["Authorization"] = "Bearer " .. key,
+          ["Idempotency-Key"] = run .. "-" .. tid .. "-" .. counter,
+          ["Content-Type"] = "application/json"}}
+end
+local spend = '"resource_id":"' .. resource .. '","credit_type":"{code}"'
+"""
+
+LUA = {
+    "debit": """
+request = function()
+  return wrk.format("POST", "/v1/debits", headers(), "{" .. spend .. ',"amount":1}')
+end
+""",
+    "pairs": """
+local pending = {}
+request = function()
+  local id = table.remove(pending)
+  if id then
+    return wrk.format("POST", "/v1/reservations/" .. id .. "/settle", headers(),
+                      '{"amount":2}')
+  end
+  return wrk.format("POST", "/v1/reservations", headers(),
+                    "{" .. spend .. ',"amount":3,"timeout_s":60}')
+end
+response = function(status, hdrs, body)
+  if status == 201 then
+    local id = body:match('"id":"([%w%-]+)"')
+    if id then table.insert(pending, id) end
+  end
+end
+""",
+    "check": """
+request = function()
+  return wrk.format("POST", "/v1/check", headers(), "{" .. spend .. ',"amount":1}')
+end
+delay = function() return 8 end
+""",
+    "reserve": """
+request = function()
+  return wrk.format("POST", "/v1/reservations", headers(),
+                    "{" .. spend .. ',"amount":1,"timeout_s":5}')
+end
+delay = function() return 8 end
+""",
+    "batch": """
+request = function()
+  local items = {}
+  for i = 1, 500 do
+    counter = counter + 1
+    items[i] = '{"idempotency_key":"' .. run .. "-b" .. tid .. "-" .. counter .. '",' ..
+               spend .. ',"amount":1}'
+  end
+  local h = headers()
+  return wrk.format("POST", "/v1/debits/batch", h,
+                    '{"debits":[' .. table.concat(items, ",") .. "]}")
+end
+""",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _local_service() -> Iterator[tuple[str, str]]:
+    cli = str(Path(sys.executable).parent / "credit-ledger")
+    with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
+        env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": tmp}
+        key = subprocess.run(
+            [cli, "keys", "create", "--name", "bench", "--scope", "admin", "--scope", "runtime"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        port = _free_port()
+        server = subprocess.Popen(
+            [cli, "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield url, key
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def _setup(url: str, key: str) -> tuple[str, str]:
+    code = f"bench_{uuid.uuid4().hex[:8]}"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+
+        def post(path: str, body: dict[str, object]) -> dict[str, str]:
+            r = client.post(path, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+            r.raise_for_status()
+            return dict(r.json())
+
+        post("/v1/credit-types", {"code": code, "name": "Bench"})
+        customer = post("/v1/customers", {"name": "Bench"})
+        resource = post("/v1/resources", {"customer_id": customer["id"], "kind": "agent"})
+        wallet = post("/v1/wallets", {"resource_id": resource["id"], "credit_type": code})
+        post("/v1/grants", {"wallet_id": wallet["id"], "amount": 10**15, "category": "promotional"})
+    return code, resource["id"]
+
+
+def _wrk(url: str, lua: str, connections: int, seconds: int) -> dict[str, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name, url],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    os.unlink(f.name)
+    found = {
+        "rps": re.search(r"Requests/sec:\s+([\d.]+)", out),
+        "p50": re.search(r"50%\s+([\d.]+\w+)", out),
+        "p99": re.search(r"99%\s+([\d.]+\w+)", out),
+        "errors": re.search(r"Non-2xx or 3xx responses: (\d+)", out),
+    }
+    return {k: (m.group(1) if m else "0") for k, m in found.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="HTTP load benchmark with wrk.")
+    parser.add_argument("--url")
+    parser.add_argument("--key")
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("bench.http needs wrk on PATH (Debian: apt-get install wrk)")
+    with contextlib.ExitStack() as stack:
+        url, key = (args.url, args.key) if args.url else stack.enter_context(_local_service())
+        code, resource = _setup(url, key)
+        print(f"service {url}; wrk, 2 threads; {args.seconds} s per scenario", flush=True)
+        scenarios = [
+            ("single debits, hot wallet", "debit", 64, 1),
+            ("reserve-then-settle, hot wallet", "pairs", 64, 1),
+            ("check, ~500 req/s", "check", 4, 1),
+            ("reserve, ~500 req/s", "reserve", 4, 1),
+            ("batch ingestion (500 per request)", "batch", 8, 500),
+        ]
+        for name, script, connections, per_request in scenarios:
+            lua = (
+                LUA_COMMON.format(key=key, resource=resource, code=code, run=uuid.uuid4().hex[:8])
+                + LUA[script]
+            )
+            r = _wrk(url, lua, connections, args.seconds)
+            rate = float(r["rps"]) * per_request
+            unit = "pairs/s" if script == "pairs" else "debits/s" if per_request > 1 else "req/s"
+            if script == "pairs":
+                rate /= 2
+            print(
+                f"{name:<36} {rate:>10,.0f} {unit:<9} p50 {r['p50']:>8}  p99 {r['p99']:>8}"
+                f"  non-2xx {r['errors']}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
