@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from grants.burn_order import burn_order
+from grants.burn_order import burn_order_key
 from grants.model import Grant
 from ledger.codes import AccountCode
 from ledger.ids import budget_account_id, overdraft_account_id
@@ -130,7 +130,8 @@ class Catalog:
         with self._lock:
             self.grants[grant.id] = grant
             others = [g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant.id]
-            self.grants_of[grant.wallet_id] = (*others, grant)
+            # Kept in burn order, so a spend only filters by time and never sorts.
+            self.grants_of[grant.wallet_id] = tuple(sorted((*others, grant), key=burn_order_key))
 
     def drop_grant(self, grant_id: int) -> None:
         with self._lock:
@@ -196,7 +197,8 @@ class Catalog:
         while current is not None:
             sources += [
                 Source(g.id, SourceKind.GRANT, current.id)
-                for g in burn_order(self.grants_of.get(current.id, ()), at_ns)
+                for g in self.grants_of.get(current.id, ())
+                if g.effective(at_ns)
             ]
             if not current.fall_through or level + 1 >= len(resources):
                 break
