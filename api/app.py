@@ -30,7 +30,7 @@ from api.routes import ROUTES
 from api.services import Services
 from ledger.client import Ledger
 from ledger.db import DatabaseSettings, Pool
-from ledger.notify import listen_catalog_changes
+from ledger.notify import CatalogChange, listen_catalog_changes
 from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
@@ -102,23 +102,20 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
 
 
 async def _follow(services: Services, target: DatabaseSettings | str) -> None:
-    """Reloads the catalog and the keys after every change notification (and reconnection)."""
-    dirty = asyncio.Event()
+    """Keeps the caches current: catalog rows change one by one; the keys reload whole (they
+    are few); every (re)connection reloads everything, as notifications may have been lost."""
 
-    def mark(*_: object) -> None:
-        dirty.set()
-
-    listener = asyncio.create_task(listen_catalog_changes(target, mark, on_listening=mark))
-    try:
-        while True:
-            await dirty.wait()
-            dirty.clear()
-            await services.control.load()
+    async def on_change(change: CatalogChange) -> None:
+        if change.table in ("api_keys", "customers"):
             await services.keys.load(services.pool)
-    finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        if change.table != "api_keys":
+            await services.control.apply_change(change)
+
+    async def on_listening() -> None:
+        await services.control.load()
+        await services.keys.load(services.pool)
+
+    await listen_catalog_changes(target, on_change, on_listening=on_listening)
 
 
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> Litestar:

@@ -364,15 +364,13 @@ async def reserve(
     return _reply(body, result.replayed, 201)
 
 
-async def _reservation_wallet(
+async def _reservation_legs(
     services: Services, principal: Principal, reservation_id: int
-) -> None:
-    legs = await services.service.ledger.lookup_transfers(
-        [chains.leg_ids(reservation_id, chains.SETUP + 1)[chains.SETUP]]
-    )
-    if not legs or legs[0].code != TransferCode.CONTROL_HOLD:
-        raise NotFound("reservation not found")
-    _own(principal, _wallet_customer(services, legs[0].user_data_128), "reservation")
+) -> list[Any]:
+    """The reservation's legs, after checking the customer boundary (404 across it)."""
+    legs = await services.service.reservation(reservation_id)
+    _own(principal, _wallet_customer(services, legs[chains.SETUP].user_data_128), "reservation")
+    return legs
 
 
 @post(
@@ -395,13 +393,12 @@ async def settle(
     key = _key(request)
     services = _services(state)
     rid = _id(reservation_id, "reservation_id")
-    await _reservation_wallet(services, principal, rid)
+    legs = await _reservation_legs(services, principal, rid)
     amount = data.amount
     if data.usage is not None:
         if data.amount is not None:
             raise InvalidRequest("give amount or usage, not both", field="amount")
-        legs = await services.service.ledger.lookup_transfers(chains.leg_ids(rid, 3))
-        amount = _amount(services, legs[-1].ledger if legs else 0, None, data.usage)
+        amount = _amount(services, legs[chains.SETUP].ledger, None, data.usage)
     if amount is None:
         raise InvalidRequest("give amount or usage", field="amount")
     result = await services.service.settle(
@@ -410,6 +407,7 @@ async def settle(
         reservation_id=rid,
         amount=amount,
         policy=Overage(data.overage.value),
+        legs=legs,
     )
     services.metrics.decision("settle", "fallback" if result.fallback_debit else "ok")
     body = w.SettleOut(
@@ -440,8 +438,10 @@ async def release(
     key = _key(request)
     services = _services(state)
     rid = _id(reservation_id, "reservation_id")
-    await _reservation_wallet(services, principal, rid)
-    result = await services.service.release(tenant=principal.tenant, key=key, reservation_id=rid)
+    legs = await _reservation_legs(services, principal, rid)
+    result = await services.service.release(
+        tenant=principal.tenant, key=key, reservation_id=rid, legs=legs
+    )
     body = w.ReleaseOut(
         reservation_id=reservation_id, id=_sid(result.operation_id), released=result.released
     )
@@ -459,7 +459,7 @@ async def get_reservation(
     principal = _auth(request, state, READ_SCOPES)
     services = _services(state)
     rid = _id(reservation_id, "reservation_id")
-    await _reservation_wallet(services, principal, rid)
+    await _reservation_legs(services, principal, rid)
     view = await reservation_status(services.service.ledger, rid, time.time_ns())
     legs = view.legs
     hold = legs[chains.SETUP]

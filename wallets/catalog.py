@@ -151,6 +151,15 @@ class Catalog:
             raise PathError(f"no price for feature {feature!r} in credit type {ledger}")
         return per_unit * quantity
 
+    def drop_budget(self, budget_id: int) -> None:
+        with self._lock:
+            budget = self.budgets.pop(budget_id, None)
+            if budget is not None:
+                key = (budget.resource_id, budget.ledger)
+                self.budgets_of[key] = tuple(
+                    b for b in self.budgets_of.get(key, ()) if b.id != budget_id
+                )
+
     def put_budget(self, budget: Budget) -> None:
         with self._lock:
             self.budgets[budget.id] = budget

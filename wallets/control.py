@@ -15,8 +15,6 @@ TigerBeetle that Postgres has not recorded first.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +29,7 @@ from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
 from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, U32_MAX
-from ledger.notify import listen_catalog_changes
+from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories import (
     audit,
     budgets,
@@ -108,28 +106,77 @@ class ControlPlane:
             [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
         )
 
+    async def apply_change(self, change: CatalogChange) -> None:
+        """Brings one changed row into the cache. Row by row, never a whole reload: a reload
+        could replace what this process has just put in the cache with a snapshot read a
+        moment before (a grant funded here but not yet 'active' in the snapshot)."""
+        table, row_id = change.table, change.id
+        async with self.pool.connection() as conn:
+            if table == "grants":
+                grant = await grants.get_grant(conn, row_id)
+                if grant is None or grant.state in (GrantState.VOIDED, GrantState.EXPIRED):
+                    self.catalog.drop_grant(row_id)
+                elif grant.state is GrantState.ACTIVE:
+                    self.catalog.put_grant(_grant(grant))
+                # 'pending': the issuing process puts the grant once it is funded.
+            elif table == "wallets":
+                wallet = await wallets.get_wallet(conn, row_id)
+                if wallet is not None:
+                    self.catalog.put_wallet(_wallet(wallet))
+            elif table == "resources":
+                resource = await resources.get_resource(conn, row_id)
+                if resource is not None:
+                    owner = await customers.get_customer(conn, resource.customer_id)
+                    assert owner is not None
+                    self.catalog.put_resource(
+                        Resource(
+                            resource.id,
+                            resource.customer_id,
+                            owner.tenant,
+                            resource.kind.value,
+                            resource.parent_id,
+                        )
+                    )
+            elif table == "credit_types":
+                row = await credit_types.get_credit_type(conn, row_id)
+                if row is not None:
+                    self.catalog.put_credit_type(
+                        CreditType(row.id, row.code, row.name, row.asset_scale)
+                    )
+            elif table == "budgets":
+                budget = await budgets.get_budget(conn, row_id)
+                if budget is not None and budget.active:
+                    self.catalog.put_budget(
+                        Budget(
+                            budget.id,
+                            budget.resource_id,
+                            budget.credit_type_id,
+                            budget.period,
+                            budget.cap,
+                        )
+                    )
+                else:
+                    self.catalog.drop_budget(row_id)
+            elif table == "prices":
+                for price in await prices.list_prices(conn):
+                    self.catalog.put_price(
+                        price.feature, price.credit_type_id, price.credits_per_unit
+                    )
+
     async def follow(self, target: DatabaseSettings | str) -> None:
         """Keeps the cache current until cancelled: every catalog change (from any process)
-        triggers a reload; changes that arrive during a reload are folded into the next one.
-        Every (re)connection reloads too, since notifications sent meanwhile are lost."""
-        dirty = asyncio.Event()
+        is applied row by row; every (re)connection reloads everything, since notifications
+        sent while disconnected are lost."""
 
-        def mark(*_: object) -> None:
-            dirty.set()
+        async def on_change(change: CatalogChange) -> None:
+            await self.apply_change(change)
+            self.reloads += 1
 
-        listener = asyncio.create_task(
-            listen_catalog_changes(target, mark, on_listening=mark), name="catalog-listener"
-        )
-        try:
-            while True:
-                await dirty.wait()
-                dirty.clear()
-                await self.load()
-                self.reloads += 1
-        finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        async def on_listening() -> None:
+            await self.load()
+            self.reloads += 1
+
+        await listen_catalog_changes(target, on_change, on_listening=on_listening)
 
     # -- idempotency --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -174,6 +175,8 @@ class CreditService:
         # Where movements go for Postgres (a MovementSink's `offer`): it must never wait.
         self.on_movement = on_movement
         self._budget_accounts: set[int] = set()
+        # How many legs the reservations made here have, so a settle looks up only those.
+        self._known_legs: collections.OrderedDict[int, int] = collections.OrderedDict()
 
     def _record(
         self,
@@ -225,9 +228,23 @@ class CreditService:
         return _funding([Transfer(), *await self._lookup(sources)], None, start=1)
 
     async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
-        """An operation's events by index; a missing index is an empty Transfer (id 0)."""
-        found = {t.id: t for t in await self._lookup(chains.leg_ids(op_id, count))}
-        return [found.get(leg_id(op_id, i), Transfer()) for i in range(count)]
+        """An operation's events by index; a missing index is an empty Transfer (id 0). For a
+        reservation made by this process, only the indexes its chain used are looked up."""
+        known = self._known_legs.get(op_id) if count == CHAIN_LEGS_MAX else None
+        indexes = range(count if known is None else known)
+        ids = [leg_id(op_id, i) for i in indexes]
+        found = {t.id: t for t in await self._lookup(ids)}
+        legs = [_BLANK] * count
+        for i, tid in zip(indexes, ids, strict=True):
+            t = found.get(tid)
+            if t is not None:
+                legs[i] = t
+        return legs
+
+    def _remember_legs(self, op_id: int, chain: Sequence[Transfer]) -> None:
+        self._known_legs[op_id] = len(chain)
+        if len(self._known_legs) > KNOWN_RESERVATIONS_MAX:
+            self._known_legs.popitem(last=False)
 
     # -- set-up of accounts -------------------------------------------------------------------
 
@@ -501,11 +518,16 @@ class CreditService:
         if results[0].status is not S.EXISTS:
             self._raise_for(chain, results, path, amount)
             self._record(MovementKind.RESERVE, op, wallet, amount, dimensions)
+            self._remember_legs(op.id, chain)
             return ReservationResult(op.id, amount, timeout_s, await self._funded(chain))
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
             raise IdempotencyConflict("this idempotency key was used for another operation")
         return ReservationResult(op.id, amount, timeout_s, _funding(legs, None), replayed=True)
+
+    async def reservation(self, reservation_id: int) -> list[Transfer]:
+        """A reservation's legs by index (NotFound when there is none)."""
+        return await self._reservation(reservation_id)
 
     async def _reservation(self, reservation_id: int) -> list[Transfer]:
         legs = await self._legs(reservation_id)
@@ -522,10 +544,12 @@ class CreditService:
         amount: int,
         policy: Overage = Overage.CAP,
         at_ns: int | None = None,
+        legs: list[Transfer] | None = None,
     ) -> SettleResult:
+        """`legs`: the reservation's legs when the caller has just read them."""
         if not 0 <= amount <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("amount out of range", field="amount")
-        reservation = await self._reservation(reservation_id)
+        reservation = legs if legs is not None else await self._reservation(reservation_id)
         ledger = reservation[chains.SETUP].ledger
         wallet = self._wallet(_wallet_of(reservation), None, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
@@ -620,9 +644,15 @@ class CreditService:
         return await self._settle_outcome(op, reservation, amount, policy, replayed=False)
 
     async def release(
-        self, *, tenant: int, key: str, reservation_id: int, at_ns: int | None = None
+        self,
+        *,
+        tenant: int,
+        key: str,
+        reservation_id: int,
+        at_ns: int | None = None,
+        legs: list[Transfer] | None = None,
     ) -> ReleaseResult:
-        reservation = await self._reservation(reservation_id)
+        reservation = legs if legs is not None else await self._reservation(reservation_id)
         ledger = reservation[chains.SETUP].ledger
         at = self.clock_ns() if at_ns is None else at_ns
         op = Operation(
@@ -728,6 +758,9 @@ def _reservation_id(legs: Sequence[Transfer]) -> int:
     return legs[chains.NORMALIZE].user_data_128
 
 
+_BLANK = Transfer()
+# Reservations whose leg count this process remembers (settles look up only those legs).
+KNOWN_RESERVATIONS_MAX = 100_000
 _SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)
 
 

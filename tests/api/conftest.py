@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from api.app import ApiSettings, create_app
 from ledger import db
@@ -23,7 +23,7 @@ _counter = itertools.count(1)
 
 @dataclass
 class Api:
-    client: AsyncTestClient[Any]
+    client: httpx.AsyncClient
     keys: dict[str, str]
     engine: EmbeddedEngine
     seq: int = field(default_factory=lambda: next(_counter))
@@ -37,8 +37,13 @@ class Api:
     def k(self, name: str) -> str:
         return f"t{self.seq}-{name}"
 
-    async def post(self, path: str, body: Any, key: str = "admin", idem: str | None = "auto",
-                   ) -> Any:
+    async def post(
+        self,
+        path: str,
+        body: Any,
+        key: str = "admin",
+        idem: str | None = "auto",
+    ) -> Any:
         idem_key = self.k(f"{path}-{next(_counter)}") if idem == "auto" else idem
         return await self.client.post(path, json=body, headers=self.headers(key, idem_key))
 
@@ -51,14 +56,20 @@ async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
     keys = {}
     async with pool.connection() as conn, conn.transaction():
         for scope in ("admin", "runtime", "finance"):
-            _, keys[scope] = await api_keys.create_key(conn, name=f"test-{scope}",
-                                                       scopes=[scope])
-        _, keys["all"] = await api_keys.create_key(conn, name="test-all",
-                                                   scopes=["admin", "runtime", "finance"])
+            _, keys[scope] = await api_keys.create_key(conn, name=f"test-{scope}", scopes=[scope])
+        _, keys["all"] = await api_keys.create_key(
+            conn, name="test-all", scopes=["admin", "runtime", "finance"]
+        )
     engine = EmbeddedEngine()
     ledger = open_ledger(LedgerSettings(), engine=engine)
     app = create_app(ApiSettings(database=migrated_db_url), ledger=ledger, pool=pool)
-    async with AsyncTestClient(app=app) as client:
+    # The app runs on this test's event loop, the loop its Postgres pool belongs to (litestar's
+    # AsyncTestClient would run it in a thread of its own, with another loop).
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
         yield Api(client, keys, engine)
     await ledger.close()
     engine.close()

@@ -1,0 +1,1110 @@
+"""A small typed client for the credit service's HTTP API, for request paths (sync and async).
+
+It imports only httpx, msgspec and the wire contract (`api.schemas`), never the server, so a
+caller needs none of the service's dependencies. Bodies are the msgspec structs of
+`api.schemas`; answers are decoded into the `...Out` structs; errors are `CreditApiError`
+subclasses chosen by the problem's stable `code`.
+
+Invariants:
+- Every POST carries an `Idempotency-Key`. The key is fixed once per method call, before the first
+  attempt, and every retry of that call sends the same key with the same body, so the service
+  applies the call at most once however many attempts it takes.
+- The default key is a fresh uuid4 string: it makes the client's own retries safe, nothing more.
+  A caller that retries a call itself (after a crash, a restart, or catching an error) must pass
+  its own `idempotency_key`, the same on every try, or the retry may spend twice.
+- The client retries only where the outcome is unknown or the service asks for it: connection
+  errors, timeouts, and 502/503/504 (503 is `ledger_unavailable`). A business answer (402, 409,
+  404, 422, ...) is final for its key and is raised at once.
+- The `reserve(...)` context manager derives the settle and release keys from the reservation's
+  key (`{key}:settle`, `{key}:release`), so re-running the same block with the same key after a
+  crash replays the same reservation and the same settlement instead of spending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from api.schemas import (
+    BatchIn,
+    BatchOut,
+    BudgetIn,
+    BudgetOut,
+    CheckOut,
+    CreditTypeIn,
+    CreditTypeOut,
+    CustomerIn,
+    CustomerOut,
+    DebitOut,
+    EntriesOut,
+    EntryOut,
+    FundingOut,
+    GrantBalanceOut,
+    GrantIn,
+    GrantOut,
+    Overage,
+    PriceIn,
+    PriceOut,
+    RefundIn,
+    RefundOut,
+    ReleaseOut,
+    ReservationOut,
+    ReserveIn,
+    ResourceIn,
+    ResourceOut,
+    SettleIn,
+    SettleOut,
+    SpendIn,
+    Usage,
+    VoidIn,
+    VoidOut,
+    WalletBalanceOut,
+    WalletIn,
+    WalletOut,
+)
+
+__all__ = [
+    "AsyncCreditClient",
+    "AsyncReservationScope",
+    "BudgetExceededError",
+    "ConflictError",
+    "CreditApiError",
+    "CreditClient",
+    "ForbiddenError",
+    "IdempotencyConflictError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "LedgerUnavailableError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Reservation",
+    "ReservationAlreadyReleasedError",
+    "ReservationAlreadySettledError",
+    "ReservationExpiredError",
+    "ReservationScope",
+    "ReservationStateError",
+    "RetryPolicy",
+    "ServiceUnreachableError",
+    "SpendRefusedError",
+    "UnauthorizedError",
+    "UnexpectedResponseError",
+    "ValidationError",
+]
+
+T = TypeVar("T")
+
+USER_AGENT = "credit-ledger-python/0.1"
+TIMEOUT_S_DEFAULT = 10.0
+# 64 concurrent callers each hold one connection for a call; twice that leaves room for bursts
+# without opening a connection per request.
+CONNECTIONS_MAX_DEFAULT = 128
+IDEMPOTENCY_KEY_CHARS_MAX = 255
+# The reservation's own key is suffixed for its settle and release, which must still fit.
+KEY_SUFFIX_SETTLE = ":settle"
+KEY_SUFFIX_RELEASE = ":release"
+RESERVATION_KEY_CHARS_MAX = IDEMPOTENCY_KEY_CHARS_MAX - max(
+    len(KEY_SUFFIX_SETTLE), len(KEY_SUFFIX_RELEASE)
+)
+RESERVATION_TIMEOUT_S_DEFAULT = 3600
+RETRY_ATTEMPTS_MAX = 10
+# A non-problem error body (a proxy's HTML page) is cut to this much in the error's detail.
+DETAIL_CHARS_MAX = 500
+# Fields of a problem document that are attributes of the error, not extras.
+_PROBLEM_FIELDS = frozenset({"type", "title", "status", "code", "detail"})
+
+assert 0 < RESERVATION_KEY_CHARS_MAX < IDEMPOTENCY_KEY_CHARS_MAX
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class CreditApiError(Exception):
+    """A call that did not succeed: the service's problem+json answer, or no answer at all.
+
+    `status` is the HTTP status (0 when no response arrived), `code` the stable snake_case code,
+    `extra` every other field of the problem document (`available`, `needed`, `budget_id`,
+    `field`, ...), and `idempotency_key` the key the call was sent with: retry with that key
+    when `retryable` is true.
+    """
+
+    # Whether the same call with the same key may still succeed later.
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        title: str = "",
+        detail: str | None = None,
+        problem_type: str = "about:blank",
+        extra: Mapping[str, Any] | None = None,
+        method: str = "",
+        path: str = "",
+        idempotency_key: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.title = title
+        self.detail = detail
+        self.type = problem_type
+        self.extra: dict[str, Any] = dict(extra or {})
+        self.method = method
+        self.path = path
+        self.idempotency_key = idempotency_key
+        super().__init__(f"{status} {code}: {detail or title or 'no detail'} ({method} {path})")
+
+
+class SpendRefusedError(CreditApiError):
+    """402: the spend was refused and nothing moved. The answer stays with its key: a new attempt
+    (after a top-up, say) needs a new key."""
+
+
+class InsufficientCreditsError(SpendRefusedError):
+    @property
+    def available(self) -> int | None:
+        return _int_or_none(self.extra.get("available"))
+
+    @property
+    def needed(self) -> int | None:
+        return _int_or_none(self.extra.get("needed"))
+
+
+class BudgetExceededError(SpendRefusedError):
+    @property
+    def budget_id(self) -> str | None:
+        value = self.extra.get("budget_id")
+        return value if isinstance(value, str) else None
+
+
+class ReservationStateError(CreditApiError):
+    """409: the reservation is no longer held (expired, settled or released)."""
+
+
+class ReservationExpiredError(ReservationStateError):
+    pass
+
+
+class ReservationAlreadySettledError(ReservationStateError):
+    pass
+
+
+class ReservationAlreadyReleasedError(ReservationStateError):
+    pass
+
+
+class IdempotencyConflictError(CreditApiError):
+    """409: the key was used before with another body."""
+
+
+class ConflictError(CreditApiError):
+    """409: the request conflicts with what exists (an object created differently before)."""
+
+
+class NotFoundError(CreditApiError):
+    pass
+
+
+class PayloadTooLargeError(CreditApiError):
+    pass
+
+
+class InternalServerError(CreditApiError):
+    """500: a bug in the service. Not retried: the same request would most likely fail again."""
+
+
+class ValidationError(CreditApiError):
+    @property
+    def field(self) -> str | None:
+        value = self.extra.get("field")
+        return value if isinstance(value, str) else None
+
+
+class UnauthorizedError(CreditApiError):
+    pass
+
+
+class ForbiddenError(CreditApiError):
+    pass
+
+
+class LedgerUnavailableError(CreditApiError):
+    """503: the engine did not answer in time; the outcome is unknown. Retry with the same key."""
+
+    retryable = True
+
+
+class ServiceUnreachableError(CreditApiError):
+    """No answer from the service after every attempt (connection refused or reset, timeout, a
+    proxy's 502 or 504); the outcome is unknown. Retry with the same key. For a failure without a
+    response, `status` is 0 and the httpx error is the `__cause__`."""
+
+    retryable = True
+
+
+class UnexpectedResponseError(CreditApiError):
+    """A response that is not the contract: a success body that does not decode, or an error
+    without a problem document (a proxy's page)."""
+
+
+ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
+    "insufficient_credits": InsufficientCreditsError,
+    "budget_exceeded": BudgetExceededError,
+    "reservation_expired": ReservationExpiredError,
+    "reservation_already_settled": ReservationAlreadySettledError,
+    "reservation_already_released": ReservationAlreadyReleasedError,
+    "idempotency_conflict": IdempotencyConflictError,
+    "conflict": ConflictError,
+    "not_found": NotFoundError,
+    "validation_error": ValidationError,
+    "unauthorized": UnauthorizedError,
+    "forbidden": ForbiddenError,
+    "ledger_unavailable": LedgerUnavailableError,
+    "payload_too_large": PayloadTooLargeError,
+    "internal_error": InternalServerError,
+}
+# For a code this client does not know (a newer service), the status still picks a family.
+ERRORS_BY_STATUS: dict[int, type[CreditApiError]] = {
+    400: ValidationError,
+    401: UnauthorizedError,
+    402: SpendRefusedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: ValidationError,
+    500: InternalServerError,
+    # A proxy's 502 or 504: the service's answer, if any, was lost on the way.
+    502: ServiceUnreachableError,
+    503: LedgerUnavailableError,
+    504: ServiceUnreachableError,
+}
+
+
+def _int_or_none(value: object) -> int | None:
+    # The service sends integers of 2^53 and more as strings, which a JSON number cannot carry
+    # exactly in every language.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently one call is retried (with its one idempotency key).
+
+    `attempts` counts the first try. The pause after failed attempt n is
+    `min(backoff_max_s, backoff_initial_s * 2**(n-1))`, raised to a `Retry-After` the service
+    sends (still at most `backoff_max_s`), then shortened by up to `jitter` of itself at random
+    so that many callers do not retry in step.
+    """
+
+    attempts: int = 3
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    jitter: float = 0.5
+    statuses: frozenset[int] = field(default_factory=lambda: frozenset({502, 503, 504}))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= RETRY_ATTEMPTS_MAX:
+            raise ValueError(f"attempts must be between 1 and {RETRY_ATTEMPTS_MAX}")
+        if not 0 <= self.backoff_initial_s <= self.backoff_max_s:
+            raise ValueError("backoff_initial_s must be between 0 and backoff_max_s")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+        if not all(500 <= status <= 599 for status in self.statuses):
+            # A 4xx is the service's final answer for the key; retrying it cannot change it.
+            raise ValueError("only 5xx statuses may be retried")
+
+    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        assert attempt >= 1
+        delay_s = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** (attempt - 1))
+        if retry_after_s is not None:
+            delay_s = min(self.backoff_max_s, max(delay_s, retry_after_s))
+        return delay_s * (1 - self.jitter * random.random())
+
+
+# Failures after which the request may or may not have reached the service. UnsupportedProtocol,
+# LocalProtocolError and ProxyError are configuration bugs: retrying cannot help.
+_TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+# -- requests and responses (pure) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call(Generic[T]):
+    """One API call, complete before the first attempt: every attempt sends exactly this."""
+
+    method: str
+    path: str
+    out: type[T]
+    body: bytes | None = None
+    idempotency_key: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+    retry: bool = True
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.idempotency_key is not None:
+            headers["Idempotency-Key"] = self.idempotency_key
+        return headers
+
+
+def _key(idempotency_key: str | None, chars_max: int = IDEMPOTENCY_KEY_CHARS_MAX) -> str:
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    if not 1 <= len(idempotency_key) <= chars_max:
+        raise ValueError(f"idempotency_key must have 1 to {chars_max} characters")
+    if not (idempotency_key.isascii() and idempotency_key.isprintable()):
+        raise ValueError("idempotency_key must be printable ASCII (it travels in a header)")
+    return idempotency_key
+
+
+def _segment(value: str) -> str:
+    """An id or code as one path segment: quoted, so that it can never name another route."""
+    if not value:
+        raise ValueError("an id or code in the path must not be empty")
+    return quote(value, safe="")
+
+
+def _post(path: str, body: msgspec.Struct | None, out: type[T], key: str | None) -> _Call[T]:
+    encoded = msgspec.json.encode(body) if body is not None else b"{}"
+    return _Call("POST", path, out, encoded, _key(key))
+
+
+def _get(path: str, out: type[T], params: tuple[tuple[str, str], ...] = ()) -> _Call[T]:
+    return _Call("GET", path, out, params=params)
+
+
+def _probe(path: str) -> _Call[dict[str, Any]]:
+    # A probe wants the current answer, so it is never retried.
+    return _Call("GET", path, dict[str, Any], retry=False)
+
+
+def _entries_params(cursor: str | None, limit: int | None) -> tuple[tuple[str, str], ...]:
+    params: list[tuple[str, str]] = []
+    if cursor is not None:
+        params.append(("cursor", cursor))
+    if limit is not None:
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        params.append(("limit", str(limit)))
+    return tuple(params)
+
+
+def _result(call: _Call[T], response: httpx.Response) -> T:
+    if not response.is_success:
+        raise _error(call, response)
+    try:
+        return msgspec.json.decode(response.content, type=call.out)
+    except msgspec.DecodeError as error:
+        raise UnexpectedResponseError(
+            status=response.status_code,
+            code="unexpected_response",
+            detail=f"the response body does not decode as {call.out!r}: {error}",
+            method=call.method,
+            path=call.path,
+            idempotency_key=call.idempotency_key,
+        ) from error
+
+
+def _error(call: _Call[Any], response: httpx.Response) -> CreditApiError:
+    status = response.status_code
+    problem = _problem(response.content)
+    code = problem.get("code") if problem is not None else None
+    if problem is None or not isinstance(code, str):
+        text = response.text[:DETAIL_CHARS_MAX]
+        return ERRORS_BY_STATUS.get(status, UnexpectedResponseError)(
+            status=status,
+            code=f"http_{status}",
+            detail=text or None,
+            method=call.method,
+            path=call.path,
+            idempotency_key=call.idempotency_key,
+        )
+    error_class = ERRORS_BY_CODE.get(code) or ERRORS_BY_STATUS.get(status, CreditApiError)
+    detail, title, problem_type = problem.get("detail"), problem.get("title"), problem.get("type")
+    return error_class(
+        status=status,
+        code=code,
+        title=title if isinstance(title, str) else "",
+        detail=detail if isinstance(detail, str) else None,
+        problem_type=problem_type if isinstance(problem_type, str) else "about:blank",
+        extra={k: v for k, v in problem.items() if k not in _PROBLEM_FIELDS},
+        method=call.method,
+        path=call.path,
+        idempotency_key=call.idempotency_key,
+    )
+
+
+def _problem(content: bytes) -> dict[str, Any] | None:
+    try:
+        return msgspec.json.decode(content, type=dict[str, Any])
+    except msgspec.DecodeError:
+        return None
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    # Only the delta-seconds form; an HTTP date falls back to the policy's own pause.
+    raw = response.headers.get("Retry-After", "").strip()
+    return float(raw) if raw.isdigit() else None
+
+
+def _unreachable(call: _Call[Any], error: Exception, attempts: int) -> ServiceUnreachableError:
+    return ServiceUnreachableError(
+        status=0,
+        code="unreachable",
+        detail=f"no response after {attempts} attempt(s): {type(error).__name__}: {error}",
+        method=call.method,
+        path=call.path,
+        idempotency_key=call.idempotency_key,
+    )
+
+
+def _http_options(
+    base_url: str, api_key: str, timeout_s: float, connections_max: int
+) -> dict[str, Any]:
+    if not base_url:
+        raise ValueError("base_url must not be empty")
+    if not api_key or not (api_key.isascii() and api_key.isprintable()):
+        raise ValueError("api_key must be non-empty printable ASCII")
+    if not timeout_s > 0:
+        raise ValueError("timeout_s must be positive")
+    if connections_max < 1:
+        raise ValueError("connections_max must be positive")
+    return {
+        "base_url": base_url,
+        "headers": {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json, application/problem+json",
+            "User-Agent": USER_AGENT,
+        },
+        "timeout": httpx.Timeout(timeout_s),
+        "limits": httpx.Limits(
+            max_connections=connections_max, max_keepalive_connections=connections_max
+        ),
+        # Redirects are not part of the contract; a POST must never be re-sent elsewhere.
+        "follow_redirects": False,
+    }
+
+
+def _spend(
+    *,
+    credit_type: str,
+    amount: int | None,
+    usage: Usage | None,
+    resource_id: str | None,
+    wallet_id: str | None,
+    timeout_s: int,
+    dimensions: Mapping[str, str] | None,
+) -> ReserveIn:
+    return ReserveIn(
+        credit_type=credit_type,
+        resource_id=resource_id,
+        wallet_id=wallet_id,
+        amount=amount,
+        usage=usage,
+        dimensions=dict(dimensions) if dimensions is not None else None,
+        timeout_s=timeout_s,
+    )
+
+
+# -- reservations as a context manager ------------------------------------------------------------
+
+
+class Reservation:
+    """A held reservation inside `with client.reserve(...) as r:`.
+
+    Before the block ends, set what the work really cost: `r.settle_amount = n` (0 releases it
+    all) or `r.usage = Usage(feature=..., quantity=...)`; by default the reserved amount is
+    settled. `r.overage` is the policy when the cost exceeds the reservation. After the block,
+    `settled` (normal exit) or `released` (exception) holds the service's answer.
+    """
+
+    def __init__(self, out: ReservationOut, idempotency_key: str, overage: Overage) -> None:
+        self.out = out
+        self.idempotency_key = idempotency_key
+        self.overage = overage
+        self.settled: SettleOut | None = None
+        self.released: ReleaseOut | None = None
+        # Why the release after an exception failed, if it did (the reservation then expires
+        # after its timeout by itself).
+        self.release_error: Exception | None = None
+        self._settle_amount: int | None = None
+        self._usage: Usage | None = None
+
+    @property
+    def id(self) -> str:
+        return self.out.id
+
+    @property
+    def amount(self) -> int:
+        return self.out.amount
+
+    @property
+    def timeout_s(self) -> int:
+        return self.out.timeout_s
+
+    @property
+    def funded_by(self) -> list[FundingOut]:
+        return self.out.funded_by
+
+    @property
+    def settle_key(self) -> str:
+        return self.idempotency_key + KEY_SUFFIX_SETTLE
+
+    @property
+    def release_key(self) -> str:
+        return self.idempotency_key + KEY_SUFFIX_RELEASE
+
+    @property
+    def settle_amount(self) -> int | None:
+        return self._settle_amount
+
+    @settle_amount.setter
+    def settle_amount(self, value: int | None) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError("settle_amount must be a non-negative int")
+            if self._usage is not None:
+                raise ValueError("set either settle_amount or usage, not both")
+        self._settle_amount = value
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    @usage.setter
+    def usage(self, value: Usage | None) -> None:
+        if value is not None and self._settle_amount is not None:
+            raise ValueError("set either settle_amount or usage, not both")
+        self._usage = value
+
+    def settle_body(self) -> SettleIn:
+        if self._usage is not None:
+            return SettleIn(usage=self._usage, overage=self.overage)
+        amount = self.amount if self._settle_amount is None else self._settle_amount
+        return SettleIn(amount=amount, overage=self.overage)
+
+
+def _note_release_failure(
+    reservation: Reservation, exc: BaseException, release_error: Exception
+) -> None:
+    reservation.release_error = release_error
+    exc.add_note(
+        f"releasing reservation {reservation.id} failed as well ({release_error!r}); "
+        f"it expires by itself after {reservation.timeout_s} s"
+    )
+
+
+class ReservationScope:
+    """`with client.reserve(...) as r:` reserves on entry, settles on normal exit, releases on an
+    exception (which is re-raised). Returned by `CreditClient.reserve`."""
+
+    def __init__(self, client: CreditClient, body: ReserveIn, key: str, overage: Overage) -> None:
+        self._client = client
+        self._body = body
+        self._key = key
+        self._overage = overage
+        self._reservation: Reservation | None = None
+
+    def __enter__(self) -> Reservation:
+        assert self._reservation is None, "a ReservationScope is entered once"
+        out = self._client.create_reservation(self._body, idempotency_key=self._key)
+        self._reservation = Reservation(out, self._key, self._overage)
+        return self._reservation
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        reservation = self._reservation
+        assert reservation is not None
+        if exc is None:
+            reservation.settled = self._client.settle(
+                reservation.id, reservation.settle_body(), idempotency_key=reservation.settle_key
+            )
+            return
+        try:
+            reservation.released = self._client.release(
+                reservation.id, idempotency_key=reservation.release_key
+            )
+        except Exception as release_error:
+            # The caller's exception matters more; the reservation times out on its own.
+            _note_release_failure(reservation, exc, release_error)
+
+
+class AsyncReservationScope:
+    """`async with client.reserve(...) as r:`, the async twin of `ReservationScope`."""
+
+    def __init__(
+        self, client: AsyncCreditClient, body: ReserveIn, key: str, overage: Overage
+    ) -> None:
+        self._client = client
+        self._body = body
+        self._key = key
+        self._overage = overage
+        self._reservation: Reservation | None = None
+
+    async def __aenter__(self) -> Reservation:
+        assert self._reservation is None, "an AsyncReservationScope is entered once"
+        out = await self._client.create_reservation(self._body, idempotency_key=self._key)
+        self._reservation = Reservation(out, self._key, self._overage)
+        return self._reservation
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        reservation = self._reservation
+        assert reservation is not None
+        if exc is None:
+            reservation.settled = await self._client.settle(
+                reservation.id, reservation.settle_body(), idempotency_key=reservation.settle_key
+            )
+            return
+        try:
+            reservation.released = await self._client.release(
+                reservation.id, idempotency_key=reservation.release_key
+            )
+        except Exception as release_error:
+            _note_release_failure(reservation, exc, release_error)
+
+
+# -- the clients ----------------------------------------------------------------------------------
+
+
+class CreditClient:
+    """The synchronous client. Make one per process and share it between threads: it keeps a pool
+    of up to `connections_max` keep-alive connections.
+
+    Every mutating method takes `idempotency_key`; left out, a fresh uuid4 is used, which makes the
+    client's own retries safe but not the caller's: pass your own key to retry a call yourself.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        retry: RetryPolicy | None = None,
+        connections_max: int = CONNECTIONS_MAX_DEFAULT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry if retry is not None else RetryPolicy()
+        options = _http_options(base_url, api_key, timeout_s, connections_max)
+        self._http = httpx.Client(transport=transport, **options)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CreditClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _send(self, call: _Call[T]) -> T:
+        attempts = self.retry.attempts if call.retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.request(
+                    call.method,
+                    call.path,
+                    content=call.body,
+                    params=call.params or None,
+                    headers=call.headers(),
+                )
+            except _TRANSIENT as error:
+                if attempt == attempts:
+                    raise _unreachable(call, error, attempt) from error
+                time.sleep(self.retry.delay_s(attempt))
+                continue
+            if attempt == attempts or response.status_code not in self.retry.statuses:
+                return _result(call, response)
+            time.sleep(self.retry.delay_s(attempt, _retry_after_s(response)))
+        raise AssertionError("the loop returns or raises on its last attempt")
+
+    # -- catalog
+
+    def create_credit_type(
+        self, body: CreditTypeIn, *, idempotency_key: str | None = None
+    ) -> CreditTypeOut:
+        return self._send(_post("/v1/credit-types", body, CreditTypeOut, idempotency_key))
+
+    def get_credit_type(self, code: str) -> CreditTypeOut:
+        return self._send(_get(f"/v1/credit-types/{_segment(code)}", CreditTypeOut))
+
+    def create_customer(
+        self, body: CustomerIn, *, idempotency_key: str | None = None
+    ) -> CustomerOut:
+        return self._send(_post("/v1/customers", body, CustomerOut, idempotency_key))
+
+    def get_customer(self, customer_id: str) -> CustomerOut:
+        return self._send(_get(f"/v1/customers/{_segment(customer_id)}", CustomerOut))
+
+    def create_resource(
+        self, body: ResourceIn, *, idempotency_key: str | None = None
+    ) -> ResourceOut:
+        return self._send(_post("/v1/resources", body, ResourceOut, idempotency_key))
+
+    def get_resource(self, resource_id: str) -> ResourceOut:
+        return self._send(_get(f"/v1/resources/{_segment(resource_id)}", ResourceOut))
+
+    def create_wallet(self, body: WalletIn, *, idempotency_key: str | None = None) -> WalletOut:
+        return self._send(_post("/v1/wallets", body, WalletOut, idempotency_key))
+
+    def get_wallet(self, wallet_id: str) -> WalletBalanceOut:
+        return self._send(_get(f"/v1/wallets/{_segment(wallet_id)}", WalletBalanceOut))
+
+    def list_entries(
+        self, wallet_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> EntriesOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/entries"
+        return self._send(_get(path, EntriesOut, _entries_params(cursor, limit)))
+
+    def iter_entries(self, wallet_id: str, *, page_limit: int | None = None) -> Iterator[EntryOut]:
+        """Every entry of the wallet, page after page, following `next_cursor`."""
+        cursor: str | None = None
+        while True:
+            page = self.list_entries(wallet_id, cursor=cursor, limit=page_limit)
+            yield from page.entries
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # -- grants
+
+    def create_grant(self, body: GrantIn, *, idempotency_key: str | None = None) -> GrantOut:
+        return self._send(_post("/v1/grants", body, GrantOut, idempotency_key))
+
+    def get_grant(self, grant_id: str) -> GrantBalanceOut:
+        return self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantBalanceOut))
+
+    def void_grant(
+        self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
+    ) -> VoidOut:
+        path = f"/v1/grants/{_segment(grant_id)}/void"
+        return self._send(_post(path, body, VoidOut, idempotency_key))
+
+    # -- spending
+
+    def debit(self, body: SpendIn, *, idempotency_key: str | None = None) -> DebitOut:
+        return self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
+
+    def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
+        """Many debits in one call; each carries its own key and gets its own result."""
+        return self._send(_post("/v1/debits/batch", body, BatchOut, idempotency_key))
+
+    def refund(
+        self, debit_id: str, body: RefundIn, *, idempotency_key: str | None = None
+    ) -> RefundOut:
+        path = f"/v1/debits/{_segment(debit_id)}/refund"
+        return self._send(_post(path, body, RefundOut, idempotency_key))
+
+    def check(self, body: SpendIn, *, idempotency_key: str | None = None) -> CheckOut:
+        return self._send(_post("/v1/check", body, CheckOut, idempotency_key))
+
+    def create_reservation(
+        self, body: ReserveIn, *, idempotency_key: str | None = None
+    ) -> ReservationOut:
+        return self._send(_post("/v1/reservations", body, ReservationOut, idempotency_key))
+
+    def get_reservation(self, reservation_id: str) -> ReservationOut:
+        return self._send(_get(f"/v1/reservations/{_segment(reservation_id)}", ReservationOut))
+
+    def settle(
+        self,
+        reservation_id: str,
+        body: SettleIn,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SettleOut:
+        """Settle with the measured `amount` or `usage` (one is required); see `Overage`."""
+        path = f"/v1/reservations/{_segment(reservation_id)}/settle"
+        return self._send(_post(path, body, SettleOut, idempotency_key))
+
+    def release(self, reservation_id: str, *, idempotency_key: str | None = None) -> ReleaseOut:
+        path = f"/v1/reservations/{_segment(reservation_id)}/release"
+        return self._send(_post(path, None, ReleaseOut, idempotency_key))
+
+    def reserve(
+        self,
+        *,
+        credit_type: str,
+        amount: int | None = None,
+        usage: Usage | None = None,
+        resource_id: str | None = None,
+        wallet_id: str | None = None,
+        timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
+        dimensions: Mapping[str, str] | None = None,
+        overage: Overage = Overage.CAP,
+        idempotency_key: str | None = None,
+    ) -> ReservationScope:
+        """`with client.reserve(...) as r:` holds credits for the block; see `Reservation`.
+
+        Pass `idempotency_key` (at most 247 characters) to make a re-run of the block after a
+        crash replay the same reservation and settlement."""
+        body = _spend(
+            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
+            wallet_id=wallet_id, timeout_s=timeout_s, dimensions=dimensions,
+        )  # fmt: skip
+        return ReservationScope(
+            self, body, _key(idempotency_key, RESERVATION_KEY_CHARS_MAX), overage
+        )
+
+    # -- budgets and prices
+
+    def create_budget(self, body: BudgetIn, *, idempotency_key: str | None = None) -> BudgetOut:
+        return self._send(_post("/v1/budgets", body, BudgetOut, idempotency_key))
+
+    def get_budget(self, budget_id: str) -> BudgetOut:
+        return self._send(_get(f"/v1/budgets/{_segment(budget_id)}", BudgetOut))
+
+    def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
+        return self._send(_post("/v1/prices", body, PriceOut, idempotency_key))
+
+    # -- probes
+
+    def healthz(self) -> dict[str, Any]:
+        return self._send(_probe("/healthz"))
+
+    def readyz(self) -> dict[str, Any]:
+        """The readiness document; raises (usually `LedgerUnavailableError`) when not ready."""
+        return self._send(_probe("/readyz"))
+
+
+class AsyncCreditClient:
+    """The asyncio client: the same methods as `CreditClient`, awaited. Make one per event loop
+    and share it between tasks."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        retry: RetryPolicy | None = None,
+        connections_max: int = CONNECTIONS_MAX_DEFAULT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.retry = retry if retry is not None else RetryPolicy()
+        options = _http_options(base_url, api_key, timeout_s, connections_max)
+        self._http = httpx.AsyncClient(transport=transport, **options)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncCreditClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _send(self, call: _Call[T]) -> T:
+        attempts = self.retry.attempts if call.retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    content=call.body,
+                    params=call.params or None,
+                    headers=call.headers(),
+                )
+            except _TRANSIENT as error:
+                if attempt == attempts:
+                    raise _unreachable(call, error, attempt) from error
+                await asyncio.sleep(self.retry.delay_s(attempt))
+                continue
+            if attempt == attempts or response.status_code not in self.retry.statuses:
+                return _result(call, response)
+            await asyncio.sleep(self.retry.delay_s(attempt, _retry_after_s(response)))
+        raise AssertionError("the loop returns or raises on its last attempt")
+
+    # -- catalog
+
+    async def create_credit_type(
+        self, body: CreditTypeIn, *, idempotency_key: str | None = None
+    ) -> CreditTypeOut:
+        return await self._send(_post("/v1/credit-types", body, CreditTypeOut, idempotency_key))
+
+    async def get_credit_type(self, code: str) -> CreditTypeOut:
+        return await self._send(_get(f"/v1/credit-types/{_segment(code)}", CreditTypeOut))
+
+    async def create_customer(
+        self, body: CustomerIn, *, idempotency_key: str | None = None
+    ) -> CustomerOut:
+        return await self._send(_post("/v1/customers", body, CustomerOut, idempotency_key))
+
+    async def get_customer(self, customer_id: str) -> CustomerOut:
+        return await self._send(_get(f"/v1/customers/{_segment(customer_id)}", CustomerOut))
+
+    async def create_resource(
+        self, body: ResourceIn, *, idempotency_key: str | None = None
+    ) -> ResourceOut:
+        return await self._send(_post("/v1/resources", body, ResourceOut, idempotency_key))
+
+    async def get_resource(self, resource_id: str) -> ResourceOut:
+        return await self._send(_get(f"/v1/resources/{_segment(resource_id)}", ResourceOut))
+
+    async def create_wallet(
+        self, body: WalletIn, *, idempotency_key: str | None = None
+    ) -> WalletOut:
+        return await self._send(_post("/v1/wallets", body, WalletOut, idempotency_key))
+
+    async def get_wallet(self, wallet_id: str) -> WalletBalanceOut:
+        return await self._send(_get(f"/v1/wallets/{_segment(wallet_id)}", WalletBalanceOut))
+
+    async def list_entries(
+        self, wallet_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> EntriesOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/entries"
+        return await self._send(_get(path, EntriesOut, _entries_params(cursor, limit)))
+
+    async def iter_entries(
+        self, wallet_id: str, *, page_limit: int | None = None
+    ) -> AsyncIterator[EntryOut]:
+        """Every entry of the wallet, page after page, following `next_cursor`."""
+        cursor: str | None = None
+        while True:
+            page = await self.list_entries(wallet_id, cursor=cursor, limit=page_limit)
+            for entry in page.entries:
+                yield entry
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    # -- grants
+
+    async def create_grant(self, body: GrantIn, *, idempotency_key: str | None = None) -> GrantOut:
+        return await self._send(_post("/v1/grants", body, GrantOut, idempotency_key))
+
+    async def get_grant(self, grant_id: str) -> GrantBalanceOut:
+        return await self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantBalanceOut))
+
+    async def void_grant(
+        self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
+    ) -> VoidOut:
+        path = f"/v1/grants/{_segment(grant_id)}/void"
+        return await self._send(_post(path, body, VoidOut, idempotency_key))
+
+    # -- spending
+
+    async def debit(self, body: SpendIn, *, idempotency_key: str | None = None) -> DebitOut:
+        return await self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
+
+    async def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
+        """Many debits in one call; each carries its own key and gets its own result."""
+        return await self._send(_post("/v1/debits/batch", body, BatchOut, idempotency_key))
+
+    async def refund(
+        self, debit_id: str, body: RefundIn, *, idempotency_key: str | None = None
+    ) -> RefundOut:
+        path = f"/v1/debits/{_segment(debit_id)}/refund"
+        return await self._send(_post(path, body, RefundOut, idempotency_key))
+
+    async def check(self, body: SpendIn, *, idempotency_key: str | None = None) -> CheckOut:
+        return await self._send(_post("/v1/check", body, CheckOut, idempotency_key))
+
+    async def create_reservation(
+        self, body: ReserveIn, *, idempotency_key: str | None = None
+    ) -> ReservationOut:
+        return await self._send(_post("/v1/reservations", body, ReservationOut, idempotency_key))
+
+    async def get_reservation(self, reservation_id: str) -> ReservationOut:
+        path = f"/v1/reservations/{_segment(reservation_id)}"
+        return await self._send(_get(path, ReservationOut))
+
+    async def settle(
+        self,
+        reservation_id: str,
+        body: SettleIn,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SettleOut:
+        """Settle with the measured `amount` or `usage` (one is required); see `Overage`."""
+        path = f"/v1/reservations/{_segment(reservation_id)}/settle"
+        return await self._send(_post(path, body, SettleOut, idempotency_key))
+
+    async def release(
+        self, reservation_id: str, *, idempotency_key: str | None = None
+    ) -> ReleaseOut:
+        path = f"/v1/reservations/{_segment(reservation_id)}/release"
+        return await self._send(_post(path, None, ReleaseOut, idempotency_key))
+
+    def reserve(
+        self,
+        *,
+        credit_type: str,
+        amount: int | None = None,
+        usage: Usage | None = None,
+        resource_id: str | None = None,
+        wallet_id: str | None = None,
+        timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
+        dimensions: Mapping[str, str] | None = None,
+        overage: Overage = Overage.CAP,
+        idempotency_key: str | None = None,
+    ) -> AsyncReservationScope:
+        """`async with client.reserve(...) as r:`; see `CreditClient.reserve`."""
+        body = _spend(
+            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
+            wallet_id=wallet_id, timeout_s=timeout_s, dimensions=dimensions,
+        )  # fmt: skip
+        key = _key(idempotency_key, RESERVATION_KEY_CHARS_MAX)
+        return AsyncReservationScope(self, body, key, overage)
+
+    # -- budgets and prices
+
+    async def create_budget(
+        self, body: BudgetIn, *, idempotency_key: str | None = None
+    ) -> BudgetOut:
+        return await self._send(_post("/v1/budgets", body, BudgetOut, idempotency_key))
+
+    async def get_budget(self, budget_id: str) -> BudgetOut:
+        return await self._send(_get(f"/v1/budgets/{_segment(budget_id)}", BudgetOut))
+
+    async def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
+        return await self._send(_post("/v1/prices", body, PriceOut, idempotency_key))
+
+    # -- probes
+
+    async def healthz(self) -> dict[str, Any]:
+        return await self._send(_probe("/healthz"))
+
+    async def readyz(self) -> dict[str, Any]:
+        """The readiness document; raises (usually `LedgerUnavailableError`) when not ready."""
+        return await self._send(_probe("/readyz"))
