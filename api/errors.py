@@ -7,6 +7,7 @@ every domain error's code is in this table and documented.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import msgspec
@@ -74,6 +75,8 @@ def problem(code: str, detail: str | None = None, **extra: Any) -> Response[byte
     if detail:
         body["detail"] = detail
     for name, value in extra.items():
+        if isinstance(value, int) and not isinstance(value, bool) and name.endswith("_id"):
+            value = str(uuid.UUID(int=value))  # ids travel as strings, like everywhere else
         body[name] = str(value) if isinstance(value, int) and value >= 1 << 53 else value
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
