@@ -1,7 +1,8 @@
 """`credit-ledger`: the command line. The composition root of the processes: it may import
 every layer (the edges `api` and `jobs` may not import each other; this package joins them).
 
-    credit-ledger serve   [--data-dir DIR] [--host H] [--port P]
+    credit-ledger serve   [--data-dir DIR] [--host H] [--port P] [--no-jobs]
+    credit-ledger jobs    (the background jobs alone, beside `serve` on a real cluster)
     credit-ledger migrate
     credit-ledger keys create|list|revoke
     credit-ledger demo    [--url URL --key KEY]
@@ -88,19 +89,34 @@ main.add_command(keys)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
-def serve(data_dir: Path | None, host: str, port: int, access_log: bool) -> None:
-    """Run the HTTP API (and, on the embedded engine, the background jobs)."""
+@click.option(
+    "--jobs/--no-jobs",
+    "with_jobs",
+    default=True,
+    show_default=True,
+    help="Run the background jobs in this process too (the embedded engine allows "
+    "one process only; on a real cluster a separate `jobs` process may run "
+    "them, and one leader is elected).",
+)
+def serve(data_dir: Path | None, host: str, port: int, access_log: bool, with_jobs: bool) -> None:
+    """Run the HTTP API (and the background jobs)."""
     _use_uvloop()
-    asyncio.run(_serve(data_dir, host, port, access_log))
+    asyncio.run(_serve(data_dir, host, port, access_log, with_jobs))
 
 
-async def _serve(data_dir: Path | None, host: str, port: int, access_log: bool) -> None:
+async def _serve(
+    data_dir: Path | None, host: str, port: int, access_log: bool, with_jobs: bool
+) -> None:
     import uvicorn
 
     from api.app import ApiSettings, create_app
+    from jobs.scheduler import Jobs, JobSettings
 
     async with runtime(data_dir) as rt:
         app = create_app(ApiSettings(database=rt.conninfo), ledger=rt.ledger, pool=rt.pool)
+        if with_jobs:
+            jobs = Jobs(app.state.services.control, JobSettings())
+            app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
         config = uvicorn.Config(
             app,
             host=host,
@@ -117,6 +133,36 @@ async def _serve(data_dir: Path | None, host: str, port: int, access_log: bool) 
             err=True,
         )
         await server.serve()
+
+
+def _start(coro: Any, state: Any) -> None:
+    state.jobs_task = asyncio.get_running_loop().create_task(coro, name="jobs")
+
+
+@main.command(name="jobs")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+def jobs_command(data_dir: Path | None) -> None:
+    """Run the background jobs alone (expiry sweep, reconciliation), for a deployment on a real
+    cluster where `serve` runs elsewhere; one leader is elected among such processes."""
+    _use_uvloop()
+    asyncio.run(_jobs(data_dir))
+
+
+async def _jobs(data_dir: Path | None) -> None:
+    from api.app import build_services
+    from jobs.scheduler import Jobs, JobSettings
+
+    async with runtime(data_dir) as rt:
+        services = build_services(rt.ledger, rt.pool)
+        await services.control.load()
+        follower = asyncio.create_task(services.control.follow(rt.conninfo))
+        click.echo(f"credit-ledger jobs: engine {rt.ledger.engine_name}", err=True)
+        try:
+            await Jobs(services.control, JobSettings()).run(rt.conninfo)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
 
 
 @main.command()

@@ -1,0 +1,131 @@
+"""Background jobs on APScheduler 3: the expiry sweep and reconciliation.
+
+Invariants:
+- Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
+  (ids derived from the block's balances, so a repeated tick moves nothing twice);
+  reconciliation finishes interrupted dual writes, which is idempotent by construction.
+- One leader: ticks run only in the process that holds a Postgres advisory lock, on a
+  connection of its own; when that connection drops, another process takes over.
+- `coalesce`, `max_instances=1` and `misfire_grace_time` are explicit: a slow tick is never run
+  twice at once, and missed ticks collapse into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import psycopg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from psycopg.conninfo import make_conninfo
+
+from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
+from ledger.ids import derive_id
+from wallets.control import ControlPlane
+
+_logger = logging.getLogger(__name__)
+
+# The advisory lock whose holder runs the jobs (a signed 64-bit key).
+LEADER_LOCK_KEY = derive_id("lock/jobs-leader") % (1 << 63)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    sweep_interval_s: float = 60.0
+    reconcile_interval_s: float = 300.0
+    # Pending dual writes younger than this are left to the request that is finishing them.
+    reconcile_older_than_s: float = 60.0
+    misfire_grace_time_s: int = 30
+    leader_retry_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
+        assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
+
+
+class Jobs:
+    def __init__(self, control: ControlPlane, settings: JobSettings) -> None:
+        self.control = control
+        self.settings = settings
+        self.leader = False
+        self.sweeps = 0
+        self.reconciles = 0
+
+    async def sweep(self) -> None:
+        if not self.leader:
+            return
+        report = await self.control.sweep(time.time_ns())
+        self.sweeps += 1
+        if report.swept:
+            _logger.info(
+                "expiry sweep: %d blocks, %d credits",
+                len(report.swept),
+                sum(s.amount for s in report.swept),
+            )
+
+    async def reconcile(self) -> None:
+        if not self.leader:
+            return
+        report = await self.control.reconcile(older_than_s=self.settings.reconcile_older_than_s)
+        self.reconciles += 1
+        if report.grants_finished:
+            _logger.warning("reconciliation finished %d grants", len(report.grants_finished))
+
+    def scheduler(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        options = {
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": self.settings.misfire_grace_time_s,
+        }
+        scheduler.add_job(
+            self.sweep,
+            "interval",
+            seconds=self.settings.sweep_interval_s,
+            id="expiry-sweep",
+            **options,
+        )
+        scheduler.add_job(
+            self.reconcile,
+            "interval",
+            seconds=self.settings.reconcile_interval_s,
+            id="reconcile",
+            **options,
+        )
+        return scheduler
+
+    async def run(self, database: DatabaseSettings | str) -> None:
+        """Runs the jobs until cancelled, as leader whenever this process holds the lock."""
+        scheduler = self.scheduler()
+        scheduler.start()
+        try:
+            while True:
+                with contextlib.suppress(psycopg.OperationalError):
+                    await self._lead(database)
+                self.leader = False
+                await asyncio.sleep(self.settings.leader_retry_s)
+        finally:
+            self.leader = False
+            scheduler.shutdown(wait=False)
+
+    async def _lead(self, database: DatabaseSettings | str) -> None:
+        if isinstance(database, DatabaseSettings):
+            base = await resolve_conninfo(database)
+            conninfo = make_conninfo(base, **connection_kwargs(database, base))
+        else:
+            conninfo = database
+        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+            while True:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
+                row = await cursor.fetchone()
+                self.leader = bool(row and row[0])
+                if self.leader:
+                    _logger.info("this process runs the background jobs")
+                    # Hold the lock for as long as the connection lives; check it now and then.
+                    while True:
+                        await asyncio.sleep(self.settings.leader_retry_s)
+                        await conn.execute("SELECT 1")
+                await asyncio.sleep(self.settings.leader_retry_s)

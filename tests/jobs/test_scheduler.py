@@ -1,0 +1,102 @@
+"""The background jobs: the sweep and reconciliation ticks, their scheduling options, and one
+leader among several processes (a Postgres advisory lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+
+from grants.model import Category
+from jobs.scheduler import Jobs, JobSettings
+from ledger import db
+from ledger.client import open_ledger
+from ledger.embedded import EmbeddedEngine
+from ledger.repositories.resources import ResourceKind
+from ledger.settings import LedgerSettings
+from wallets.admin import CreditAdmin
+from wallets.catalog import Catalog
+from wallets.control import ControlPlane, GrantRequest
+from wallets.service import CreditService
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
+    engine = EmbeddedEngine()
+    ledger = open_ledger(LedgerSettings(), engine=engine)
+    service = CreditService(ledger, Catalog())
+    yield ControlPlane(pool, service, CreditAdmin(service))
+    await ledger.close()
+    engine.close()
+
+
+async def test_the_sweep_tick_expires_blocks_only_when_leader(plane: ControlPlane) -> None:
+    credit_type, _ = await plane.create_credit_type(
+        code="jobs", name="J", asset_scale=0, actor="t", tenant=0, key="j-ct"
+    )
+    customer, _ = await plane.create_customer(name="J", actor="t", tenant=0, key="j-cu")
+    resource, _ = await plane.create_resource(
+        customer_id=customer.id, kind=ResourceKind.AGENT, actor="t", tenant=0, key="j-re"
+    )
+    wallet, _ = await plane.create_wallet(
+        resource_id=resource.id, ledger=credit_type.ledger, actor="t", tenant=0, key="j-wa"
+    )
+    now = dt.datetime.now(dt.UTC)
+    grant, _ = await plane.issue_grant(
+        GrantRequest(
+            wallet_id=wallet.id,
+            amount=70,
+            category=Category.PROMOTIONAL,
+            effective_at=now - dt.timedelta(hours=2),
+            expires_at=now - dt.timedelta(seconds=1),
+        ),
+        tenant=0,
+        key="j-gr",
+        actor="t",
+    )
+    jobs = Jobs(plane, JobSettings())
+    await jobs.sweep()
+    assert jobs.sweeps == 0  # not the leader: nothing ran
+    jobs.leader = True
+    await jobs.sweep()
+    (account,) = await plane.service.ledger.lookup_accounts([grant.grant_id])
+    assert account.debits_posted == 70  # swept to breakage
+    await jobs.reconcile()
+    assert (jobs.sweeps, jobs.reconciles) == (1, 1)
+
+
+async def test_ticks_never_overlap_and_coalesce(plane: ControlPlane) -> None:
+    scheduler = Jobs(plane, JobSettings(sweep_interval_s=5)).scheduler()
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    assert set(jobs) == {"expiry-sweep", "reconcile"}
+    for job in jobs.values():
+        assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 30)
+
+
+async def test_one_leader_among_processes(plane: ControlPlane, migrated_db_url: str) -> None:
+    settings = JobSettings(leader_retry_s=0.05)
+    first, second = Jobs(plane, settings), Jobs(plane, settings)
+    a = asyncio.create_task(first._lead(migrated_db_url))
+    b = asyncio.create_task(second._lead(migrated_db_url))
+    for _ in range(100):
+        if first.leader or second.leader:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    assert first.leader != second.leader
+    leader_task = a if first.leader else b
+    follower = second if first.leader else first
+    leader_task.cancel()  # the leader goes away: its connection closes, the lock is free
+    for _ in range(200):
+        if follower.leader:
+            break
+        await asyncio.sleep(0.02)
+    assert follower.leader
+    (b if first.leader else a).cancel()
+    for task in (a, b):
+        with pytest.raises(asyncio.CancelledError):
+            await task
