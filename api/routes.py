@@ -508,13 +508,7 @@ async def create_credit_type(
         tenant=principal.tenant,
         key=_key(request),
     )
-    body = w.CreditTypeOut(
-        id=credit_type.ledger,
-        code=credit_type.code,
-        name=credit_type.name,
-        asset_scale=credit_type.asset_scale,
-    )
-    return _reply(body, replayed, 201)
+    return _reply(_credit_type_out(credit_type), replayed, 201)
 
 
 @get("/v1/credit-types/{code:str}", tags=["catalog"], description="A credit type by code.")
@@ -523,7 +517,10 @@ async def get_credit_type(
 ) -> w.CreditTypeOut:
     _auth(request, state, READ_SCOPES)
     services = _services(state)
-    credit_type = services.catalog.credit_types[_ledger(services, code)]
+    return _credit_type_out(services.catalog.credit_types[_ledger(services, code)])
+
+
+def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
     return w.CreditTypeOut(
         id=credit_type.ledger,
         code=credit_type.code,
