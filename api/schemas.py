@@ -1,5 +1,9 @@
 """The wire contract: msgspec structs for every request and response body.
 
+This module stands alone (msgspec only), so that the Python client imports no server code;
+its enums therefore repeat the catalog's values on purpose, and the API tests check both
+sides accept the same values.
+
 Ids are strings (a u128 does not fit a JSON number): UUID text for objects and operations.
 Amounts are integers in the credit type's minor unit, 1 .. 2^63-1. Times are RFC 3339 UTC.
 Unknown fields are refused, so a typo is an error instead of a silently ignored field.
@@ -12,11 +16,6 @@ import enum
 from typing import Annotated
 
 import msgspec
-
-from ledger.repositories import wallets as repo_wallets
-from ledger.repositories.budgets import BudgetPeriod
-from ledger.repositories.grants import GrantCategory, GrantSource
-from ledger.repositories.resources import ResourceKind
 
 AMOUNT = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1, description="credits, minor unit")]
 AMOUNT0 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
@@ -39,12 +38,6 @@ DIMENSIONS = Annotated[
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
-
-
-# The vocabulary is the catalog's: one definition of each enum, shared with the Postgres rows.
-Category = GrantCategory
-OverdraftMode = repo_wallets.OverdraftMode
-Period = BudgetPeriod
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -83,6 +76,15 @@ class CustomerOut(Out):
     external_ref: str | None
 
 
+class ResourceKind(enum.StrEnum):
+    SUBSCRIPTION = "subscription"
+    TEAM = "team"
+    AGENT = "agent"
+    USER = "user"
+    WORKSPACE = "workspace"
+    SESSION = "session"
+
+
 class ResourceIn(Strict):
     customer_id: ID
     kind: ResourceKind
@@ -96,6 +98,12 @@ class ResourceOut(Out):
     kind: str
     parent_id: str | None
     external_ref: str | None
+
+
+class OverdraftMode(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    UNBOUNDED = "unbounded"
 
 
 class WalletIn(Strict):
@@ -154,6 +162,18 @@ class EntriesOut(Out):
 
 
 # -- grants ---------------------------------------------------------------------------------------
+
+
+class Category(enum.StrEnum):
+    PAID = "paid"
+    PROMOTIONAL = "promotional"
+
+
+class GrantSource(enum.StrEnum):
+    ADMIN = "admin"
+    PURCHASE = "purchase"
+    PLAN_ALLOCATION = "plan_allocation"
+    ROLLOVER = "rollover"
 
 
 class GrantIn(Strict):
@@ -312,6 +332,13 @@ class CheckOut(Out):
 
 
 # -- budgets and prices ---------------------------------------------------------------------------
+
+
+class Period(enum.StrEnum):
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    LIFETIME = "lifetime"
 
 
 class BudgetIn(Strict):

@@ -3,7 +3,9 @@ async test client; API keys of every scope, and one bound to a customer."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,23 @@ class Api:
         return await self.client.get(path, headers=self.headers(key))
 
 
+async def wait_until_following(client: httpx.AsyncClient, pool: db.Pool) -> None:
+    """Returns once the app follows catalog changes. Its listener reloads the whole catalog when
+    its LISTEN is in place, a moment after start; an object created before that reload ends
+    can be missing from the cache until its notification comes through. A key created now is
+    known only after that reload (through it, or through its own notification), so once it
+    authenticates, the reload is behind us."""
+    async with pool.connection() as conn, conn.transaction():
+        _, probe = await api_keys.create_key(conn, name="test-probe", scopes=["finance"])
+    deadline_s = time.monotonic() + 10.0
+    while True:
+        r = await client.get("/v1/credit-types/probe", headers={"Authorization": f"Bearer {probe}"})
+        if r.status_code != 401:
+            return
+        assert time.monotonic() < deadline_s, "the app did not start following catalog changes"
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
     keys = {}
@@ -70,6 +89,7 @@ async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
         app.lifespan(),
         httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
     ):
+        await wait_until_following(client, pool)
         yield Api(client, keys, engine)
     await ledger.close()
     engine.close()
