@@ -1,0 +1,25 @@
+"""The wire schemas repeat the catalog's enums (the client imports no server code): the values
+must stay the same on both sides."""
+
+from __future__ import annotations
+
+import enum
+
+import pytest
+
+from api import schemas
+from ledger.repositories import budgets, grants, resources, wallets
+
+
+@pytest.mark.parametrize(
+    ("wire", "catalog"),
+    [
+        (schemas.ResourceKind, resources.ResourceKind),
+        (schemas.OverdraftMode, wallets.OverdraftMode),
+        (schemas.Category, grants.GrantCategory),
+        (schemas.GrantSource, grants.GrantSource),
+        (schemas.Period, budgets.BudgetPeriod),
+    ],
+)
+def test_wire_and_catalog_enums_agree(wire: type[enum.Enum], catalog: type[enum.Enum]) -> None:
+    assert {m.value for m in wire} == {m.value for m in catalog}
