@@ -110,7 +110,12 @@ def operation_id(tenant: int, idempotency_key: str) -> int:
     """
     if not 0 <= tenant <= U32_MAX:
         raise ValueError(f"tenant must be a u32, got {tenant}")
-    return derive_id(_NAMESPACE_OPERATION, tenant, idempotency_key_bytes(idempotency_key))
+    key = idempotency_key_bytes(idempotency_key)
+    # derive_id(_NAMESPACE_OPERATION, tenant, key), from a prehashed prefix (every request).
+    hasher = _OPERATION_PREFIX.copy()
+    hasher.update(_INT_PART + tenant.to_bytes(16, "big"))
+    hasher.update(_TAG_BYTES + len(key).to_bytes(4, "big") + key)
+    return _u128_from_digest(hasher.digest())
 
 
 def leg_id(operation_id: int, leg_index: int) -> int:
@@ -140,7 +145,10 @@ def request_fingerprint(body: bytes) -> int:
     """
     if len(body) > PART_BYTES_MAX:
         raise ValueError(f"body is longer than {PART_BYTES_MAX} bytes")
-    return derive_id(_NAMESPACE_FINGERPRINT, body)
+    # derive_id(_NAMESPACE_FINGERPRINT, body), from a prehashed prefix (every request).
+    hasher = _FINGERPRINT_PREFIX.copy()
+    hasher.update(_TAG_BYTES + len(body).to_bytes(4, "big") + body)
+    return _u128_from_digest(hasher.digest())
 
 
 def idempotency_key_bytes(idempotency_key: str) -> bytes:
@@ -208,3 +216,9 @@ _INT_PART: Final = _TAG_INT + (16).to_bytes(4, "big")
 _LEG_PREFIX: Final = hashlib.blake2b(digest_size=_DIGEST_BYTES, person=_PERSON)
 _LEG_PREFIX.update(_encode_part(_NAMESPACE_LEG))
 _LEG_PREFIX.update((2).to_bytes(4, "big"))
+_OPERATION_PREFIX: Final = hashlib.blake2b(digest_size=_DIGEST_BYTES, person=_PERSON)
+_OPERATION_PREFIX.update(_encode_part(_NAMESPACE_OPERATION))
+_OPERATION_PREFIX.update((2).to_bytes(4, "big"))
+_FINGERPRINT_PREFIX: Final = hashlib.blake2b(digest_size=_DIGEST_BYTES, person=_PERSON)
+_FINGERPRINT_PREFIX.update(_encode_part(_NAMESPACE_FINGERPRINT))
+_FINGERPRINT_PREFIX.update((1).to_bytes(4, "big"))

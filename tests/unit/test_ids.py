@@ -229,3 +229,17 @@ def test_part_validation() -> None:
 @given(st.integers(1, 2**128 - 2), st.integers(0, 2**32 - 1))
 def test_leg_id_fast_path_is_derive_id(operation: int, index: int) -> None:
     assert leg_id(operation, index) == derive_id("operation/leg", operation, index)
+
+
+@given(st.integers(0, 2**32 - 1), st.text(min_size=1, max_size=60))
+def test_operation_id_fast_path_is_derive_id(tenant: int, key: str) -> None:
+    from ledger.ids import operation_id
+
+    assert operation_id(tenant, key) == derive_id("operation", tenant, key.encode())
+
+
+@given(st.binary(max_size=300))
+def test_fingerprint_fast_path_is_derive_id(body: bytes) -> None:
+    from ledger.ids import request_fingerprint
+
+    assert request_fingerprint(body) == derive_id("request/fingerprint", body)
