@@ -88,6 +88,8 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
     service = CreditService(ledger, catalog, on_movement=sink.offer)
     admin = CreditAdmin(service)
     registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    ledger.observe = metrics.engine
     return Services(
         pool=pool,
         catalog=catalog,
@@ -97,7 +99,7 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
         statements=Statements(ledger, catalog),
         sink=sink,
         keys=KeyCache(),
-        metrics=Metrics(registry),
+        metrics=metrics,
     )
 
 

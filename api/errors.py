@@ -7,6 +7,7 @@ every domain error's code is in this table and documented.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -20,6 +21,7 @@ from litestar.exceptions import (
 )
 
 from grants.errors import CreditError
+from ledger.client import LedgerUnavailable
 
 _logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def problem(code: str, detail: str | None = None, **extra: Any) -> Response[byte
     for name, value in extra.items():
         if isinstance(value, int) and not isinstance(value, bool) and name.endswith("_id"):
             value = str(uuid.UUID(int=value))  # ids travel as strings, like everywhere else
-        body[name] = str(value) if isinstance(value, int) and value >= 1 << 53 else value
+        body[name] = value  # amounts stay integers, as in every other body
     return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -97,7 +99,29 @@ def validation_handler(_: Request[Any, Any, Any], error: Exception) -> Response[
         message = str(extra[0].get("message") or error.detail)
     else:
         message = str(error.detail)
+    named = _FIELD_IN_MESSAGE.search(message)
+    if field in (None, "data"):
+        field = field_from_message(message)
+    elif named is not None and not named.group("path"):
+        field = f"{field}.{named.group('name')}"  # litestar names the parent object
     return problem("validation_error", message, field=field)
+
+
+def field_from_message(message: str) -> str | None:
+    """The field a msgspec validation message is about ("Object contains unknown field `x` -
+    at `$.a`" is about a.x; "Expected `int`, got `str` - at `$.amount`" about amount)."""
+    named = _FIELD_IN_MESSAGE.search(message)
+    if named is not None:
+        path, name = named.group("path"), named.group("name")
+        return f"{path}.{name}" if path else name
+    at = _PATH_IN_MESSAGE.search(message)
+    return at.group(1) if at else None
+
+
+_FIELD_IN_MESSAGE = re.compile(
+    r"(?:unknown|missing required) field `(?P<name>[^`]+)`(?: - at `\$\.?(?P<path>[^`]*)`)?"
+)
+_PATH_IN_MESSAGE = re.compile(r"at `\$\.([^`]+)`")
 
 
 def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
@@ -131,6 +155,11 @@ def integrity_handler(_: Request[Any, Any, Any], error: Exception) -> Response[b
     )
 
 
+def ledger_unavailable_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
+    """The engine did not answer in time: the outcome is unknown; the same key is safe."""
+    return problem("ledger_unavailable", str(error))
+
+
 def internal_handler(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     _logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem("internal_error", "an unexpected error; it has been logged")
@@ -139,6 +168,7 @@ def internal_handler(request: Request[Any, Any, Any], error: Exception) -> Respo
 EXCEPTION_HANDLERS = {
     CreditError: credit_error_handler,
     psycopg.errors.IntegrityError: integrity_handler,
+    LedgerUnavailable: ledger_unavailable_handler,
     ValidationException: validation_handler,
     HTTPException: http_handler,
     Exception: internal_handler,

@@ -37,5 +37,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
 
+    def engine(self, method: str, seconds: float) -> None:
+        self.engine_seconds.labels(method).observe(seconds)
+
     def decision(self, operation: str, outcome: str) -> None:
         self.decisions.labels(operation, outcome).inc()

@@ -7,7 +7,6 @@ TigerBeetle. Admin routes keep theirs in Postgres through the control plane.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Collection
@@ -20,6 +19,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api import schemas as w
 from api.auth import READ_SCOPES, Principal, require_any_scope
+from api.errors import field_from_message
 from api.services import Services
 from grants.errors import CreditError, InvalidRequest, NotFound
 from grants.model import Category, Source
@@ -56,8 +56,7 @@ async def _strict(request: Request[Any, Any, Any], cls: type[T]) -> T:
         return msgspec.json.decode(await request.body(), type=cls)
     except msgspec.ValidationError as error:
         message = str(error)
-        found = re.search(r"at `\$\.([^`]+)`", message)
-        raise InvalidRequest(message, field=found.group(1) if found else None) from None
+        raise InvalidRequest(message, field=field_from_message(message)) from None
     except msgspec.DecodeError as error:
         raise InvalidRequest(f"the body is not JSON: {error}") from None
 
@@ -499,6 +498,8 @@ async def create_credit_type(
 ) -> Response[Any]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.CreditTypeIn)
+    if principal.customer_id is not None:
+        raise NotFound("credit types are created by unbound admin keys only")
     services = _services(state)
     credit_type, replayed = await services.control.create_credit_type(
         code=data.code,
@@ -935,22 +936,24 @@ async def get_budget(
 )
 async def set_price(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
-) -> w.PriceOut:
+) -> Response[Any]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.PriceIn)
     if principal.customer_id is not None:
         raise NotFound("prices are set by unbound admin keys only")
-    _key(request)
     services = _services(state)
-    await services.control.set_price(
+    _, replayed = await services.control.set_price(
         feature=data.feature,
         ledger=_ledger(services, data.credit_type),
         credits_per_unit=data.credits_per_unit,
         actor=principal.name,
+        tenant=principal.tenant,
+        key=_key(request),
     )
-    return w.PriceOut(
+    body = w.PriceOut(
         feature=data.feature, credit_type=data.credit_type, credits_per_unit=data.credits_per_unit
     )
+    return _reply(body, replayed, 201)
 
 
 # -- health ---------------------------------------------------------------------------------------

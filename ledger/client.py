@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -98,8 +99,19 @@ class Ledger:
         self._deadline_s = deadline_s
         self._on_close = on_close
         self.engine_name = engine_name
+        # Called with (method, seconds) after every engine request: the metrics hook.
+        self.observe: Callable[[str, float], None] | None = None
 
     async def _call(self, method: str, argument: Any) -> Any:
+        if self.observe is None:
+            return await self._call_engine(method, argument)
+        start = time.perf_counter()
+        try:
+            return await self._call_engine(method, argument)
+        finally:
+            self.observe(method, time.perf_counter() - start)
+
+    async def _call_engine(self, method: str, argument: Any) -> Any:
         call = getattr(self._client, method)(argument)
         if self._deadline_s is None:
             return await call

@@ -168,10 +168,13 @@ class CreditAdmin:
         a = accounts[0]
         return max(0, a.debits_posted + limit - a.credits_posted)
 
-    async def void(self, grant_id: int, *, tenant: int, key: str) -> SweepResult:
+    async def void(
+        self, grant_id: int, *, tenant: int, key: str, grant: Grant | None = None
+    ) -> SweepResult:
         """Takes what is left of a block out of the wallet; held credits stay held, and what a
-        release later gives back to the block is voided by the next sweep."""
-        grant = self.catalog.grants.get(grant_id) or self.voided.get(grant_id)
+        release later gives back to the block is voided by the next sweep. `grant`: the block
+        as the caller read it (the cache may already have dropped a block being voided)."""
+        grant = grant or self.catalog.grants.get(grant_id) or self.voided.get(grant_id)
         if grant is None:
             raise NotFound(f"grant {grant_id} not found")
         self.catalog.drop_grant(grant_id)
@@ -226,7 +229,9 @@ class CreditAdmin:
         swept = [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
         return SweepReport(swept, finished)
 
-    async def refund(self, debit_id: int, amount: int, *, tenant: int, key: str) -> RefundResult:
+    async def refund(
+        self, debit_id: int, amount: int, *, tenant: int, key: str, reason: str | None = None
+    ) -> RefundResult:
         """Gives back up to `amount` of a debit's credits to the blocks it drew from, in
         reverse burn order, never more than the debit took (earlier refunds counted)."""
         if not 1 <= amount <= AMOUNT_MAX_REQUEST:
@@ -236,7 +241,7 @@ class CreditAdmin:
         if setup.code != TransferCode.CONSUME:
             raise NotFound(f"debit {debit_id} not found")
         op_id = derive_id("refund", tenant, key)
-        fingerprint = _fingerprint("refund", debit_id, amount)
+        fingerprint = _fingerprint("refund", debit_id, amount, reason or "")
         op = Operation(op_id, fingerprint, setup.ledger, tenant, self.service.clock_ns())
         existing = await self.ledger.lookup_transfers([leg_id(op_id, 0)])
         if existing:

@@ -16,6 +16,7 @@ import calendar
 import datetime as dt
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
@@ -111,22 +112,42 @@ class Catalog:
         self.budgets_of: dict[tuple[int, int], tuple[Budget, ...]] = {}
         # (feature, credit type) -> credits per unit: usage priced without a deploy.
         self.prices: dict[tuple[str, int], int] = {}
+        # Every write since the last whole load began, numbered: a load re-applies those made
+        # after its snapshot was read, so it never takes back what this process just did.
+        self.generation = 0
+        self._journal: list[tuple[int, str, Any]] = []
+        self._loading = 0  # whole loads under way: only then is the journal kept
+
+    def _note(self, method: str, argument: Any) -> None:
+        self.generation += 1
+        if self._loading:
+            self._journal.append((self.generation, method, argument))
+
+    def begin_load(self) -> int:
+        """Marks the start of a whole load; returns the `since` to pass to `load`."""
+        with self._lock:
+            self._loading += 1
+            return self.generation
 
     # -- writes -------------------------------------------------------------------------------
 
     def put_credit_type(self, credit_type: CreditType) -> None:
+        self._note("put_credit_type", credit_type)
         self.credit_types[credit_type.ledger] = credit_type
 
     def put_resource(self, resource: Resource) -> None:
+        self._note("put_resource", resource)
         assert resource.parent_id is None or resource.parent_id in self.resources
         self.resources[resource.id] = resource
 
     def put_wallet(self, wallet: Wallet) -> None:
+        self._note("put_wallet", wallet)
         with self._lock:
             self.wallets[wallet.id] = wallet
             self.wallet_of[(wallet.resource_id, wallet.ledger)] = wallet.id
 
     def put_grant(self, grant: Grant) -> None:
+        self._note("put_grant", grant)
         with self._lock:
             self.grants[grant.id] = grant
             others = [g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant.id]
@@ -134,6 +155,7 @@ class Catalog:
             self.grants_of[grant.wallet_id] = tuple(sorted((*others, grant), key=burn_order_key))
 
     def drop_grant(self, grant_id: int) -> None:
+        self._note("drop_grant", grant_id)
         with self._lock:
             grant = self.grants.pop(grant_id, None)
             if grant is not None:
@@ -142,6 +164,7 @@ class Catalog:
                 )
 
     def put_price(self, feature: str, ledger: int, credits_per_unit: int) -> None:
+        self._note("put_price", (feature, ledger, credits_per_unit))
         self.prices[(feature, ledger)] = credits_per_unit
 
     def price(self, feature: str, ledger: int, quantity: int) -> int:
@@ -152,6 +175,7 @@ class Catalog:
         return per_unit * quantity
 
     def drop_budget(self, budget_id: int) -> None:
+        self._note("drop_budget", budget_id)
         with self._lock:
             budget = self.budgets.pop(budget_id, None)
             if budget is not None:
@@ -161,6 +185,7 @@ class Catalog:
                 )
 
     def put_budget(self, budget: Budget) -> None:
+        self._note("put_budget", budget)
         with self._lock:
             self.budgets[budget.id] = budget
             key = (budget.resource_id, budget.ledger)
@@ -249,8 +274,12 @@ class Catalog:
         grants: Iterable[Grant],
         budgets: Iterable[Budget],
         prices: Iterable[tuple[str, int, int]] = (),
+        *,
+        since: int | None = None,
     ) -> None:
-        """Replaces the whole cache (at start, or after a missed notification)."""
+        """Replaces the whole cache (at start, or after a missed notification) with a snapshot
+        read after write number `since` of this cache; the writes made here after it are applied
+        again on top, so a load never undoes them."""
         fresh = Catalog()
         for feature, ledger, credits_per_unit in prices:
             fresh.put_price(feature, ledger, credits_per_unit)
@@ -270,4 +299,19 @@ class Catalog:
         for budget in budgets:
             fresh.put_budget(budget)
         with self._lock:
-            self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_lock"})
+            later = [(g, m, a) for g, m, a in self._journal if since is not None and g > since]
+            for _, method, argument in later:
+                if method == "put_price":
+                    fresh.put_price(*argument)
+                else:
+                    getattr(fresh, method)(argument)
+            generation, loading = self.generation, max(0, self._loading - 1)
+            self.__dict__.update(
+                {
+                    k: v
+                    for k, v in fresh.__dict__.items()
+                    if k not in ("_lock", "generation", "_loading")
+                }
+            )
+            self.generation, self._loading = generation, loading
+            self._journal = later if loading else []

@@ -88,6 +88,7 @@ class ControlPlane:
 
     async def load(self) -> None:
         """Fills the in-process catalog from Postgres (at start and after a missed NOTIFY)."""
+        since = self.catalog.begin_load()
         async with self.pool.connection() as conn:
             snapshot = await catalog.load_catalog_snapshot(conn)
         tenants = {c.id: c.tenant for c in snapshot.customers}
@@ -104,6 +105,7 @@ class ControlPlane:
                 for b in snapshot.budgets
             ],
             [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
+            since=since,
         )
 
     async def apply_change(self, change: CatalogChange) -> None:
@@ -476,13 +478,22 @@ class ControlPlane:
         )
 
     async def set_price(
-        self, *, feature: str, ledger: int, credits_per_unit: int, actor: str
-    ) -> None:
+        self,
+        *,
+        feature: str,
+        ledger: int,
+        credits_per_unit: int,
+        actor: str,
+        tenant: int = 0,
+        key: str | None = None,
+    ) -> tuple[None, bool]:
+        """Sets a feature's price, once per key when a key is given (the API always gives one)."""
         if not feature or len(feature) > 128:
             raise InvalidRequest("feature must be 1..128 characters", field="feature")
         if not 0 <= credits_per_unit <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("credits_per_unit out of range", field="credits_per_unit")
-        async with self.pool.connection() as conn, conn.transaction():
+
+        async def first(conn: Connection) -> None:
             await prices.upsert_price(
                 conn,
                 id=derive_id("price", feature, ledger),
@@ -500,7 +511,24 @@ class ControlPlane:
                     "credits_per_unit": str(credits_per_unit),
                 },
             )
-        self.catalog.put_price(feature, ledger, credits_per_unit)
+
+        async def then() -> None:
+            self.catalog.put_price(feature, ledger, credits_per_unit)
+
+        if key is None:
+            async with self.pool.connection() as conn, conn.transaction():
+                await first(conn)
+            await then()
+            return None, False
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="price.set",
+            request=(feature, ledger, credits_per_unit),
+            first=first,
+            then=then,
+            result_type=type(None),
+        )
 
     async def refund(
         self,
@@ -517,7 +545,9 @@ class ControlPlane:
         both pass the never-more-than-taken check."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("refund", debit_id),))
-            result = await self.admin.refund(debit_id, amount, tenant=tenant, key=key)
+            result = await self.admin.refund(
+                debit_id, amount, tenant=tenant, key=key, reason=reason
+            )
             if not result.replayed:
                 await audit.append(
                     conn,
@@ -645,13 +675,16 @@ class ControlPlane:
             )
 
         async def then() -> SweepResult:
-            return await self.admin.void(grant_id, tenant=tenant, key=key)
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+            assert row is not None
+            return await self.admin.void(grant_id, tenant=tenant, key=key, grant=_grant(row))
 
         return await self._once(
             tenant=tenant,
             key=key,
             operation="grant.void",
-            request={"grant_id": str(grant_id)},
+            request={"grant_id": str(grant_id), "reason": reason},
             first=first,
             then=then,
             result_type=SweepResult,

@@ -122,3 +122,18 @@ def test_many_debits_in_one_request_each_on_its_own(world: World) -> None:
     assert world.available(grant.id) == 0
     again = world.run(world.service.debit_many(requests[:2]))
     assert all(o.replayed for o in again)  # type: ignore[union-attr]
+
+
+def test_a_whole_catalog_load_keeps_what_was_written_meanwhile(world: World) -> None:
+    from wallets.catalog import Wallet
+
+    catalog = world.catalog
+    before = catalog.wallets[world.wallet(AGENT).id]
+    since = catalog.begin_load()  # a snapshot is read now; then this process writes
+    later = Wallet(999_999, TEAM, world.ledger_id)
+    catalog.put_wallet(later)
+    catalog.load(list(catalog.credit_types.values()), list(catalog.resources.values()),
+                 [before], [], [], since=since)
+    assert catalog.wallets[later.id] == later  # not taken back by the older snapshot
+    assert catalog.wallets[before.id] == before
+    assert catalog._journal == []
