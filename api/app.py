@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from api.auth import KeyCache
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import Metrics
+from api.openapi import SECURITY
 from api.routes import ROUTES
 from api.services import Services
 from ledger.client import Ledger
@@ -174,6 +175,8 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> Litestar
             "requires an Idempotency-Key header; a replay answers with "
             "Idempotency-Hit: true. Errors are problem+json with a stable code.",
             path="/schema",
+            components=SECURITY,
+            security=[{"BearerAuth": []}],
         ),
         debug=False,
     )

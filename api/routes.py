@@ -20,6 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from api import schemas as w
 from api.auth import READ_SCOPES, Principal, require_any_scope
 from api.errors import field_from_message
+from api.openapi import COMMON, WRITE, operation
 from api.services import Services
 from grants.errors import CreditError, InvalidRequest, NotFound
 from grants.model import Category, Source
@@ -34,6 +35,7 @@ from wallets.statements import budget_used, reservation_status
 
 HIT = {"Idempotency-Hit": "true"}
 T = TypeVar("T")
+B = TypeVar("B")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def _funding(items: list[Funding]) -> list[w.FundingOut]:
     ]
 
 
-def _reply(body: Any, replayed: bool, status: int = 200) -> Response[Any]:
+def _reply(body: B, replayed: bool, status: int = 200) -> Response[B]:
     return Response(body, status_code=status, headers=HIT if replayed else None)
 
 
@@ -152,11 +154,88 @@ def _target(
     return resource_id, None
 
 
+# -- OpenAPI: each route's problems, Idempotency-Key, an example body ----------------------------
+
+_ID = "0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"
+_SPEND = {
+    "resource_id": _ID,
+    "credit_type": "credits",
+    "amount": 300,
+    "dimensions": {"feature": "chat", "model": "small"},
+}
+_READ = (*COMMON, "validation_error", "not_found", "ledger_unavailable")
+_SPENDING = (*COMMON, *WRITE, "not_found", "insufficient_credits", "budget_exceeded")
+_RESERVATION = (
+    "reservation_expired",
+    "reservation_already_settled",
+    "reservation_already_released",
+)
+_ADMIN = (*COMMON, *WRITE, "conflict", "not_found")
+OPS = {
+    "check": operation(*_SPENDING, idempotent=False, example=_SPEND),
+    "debit": operation(*_SPENDING, example=_SPEND),
+    "debit_batch": operation(
+        *_SPENDING, idempotent=False, example={"debits": [{**_SPEND, "idempotency_key": "usage-1"}]}
+    ),
+    "reserve": operation(*_SPENDING, example={**_SPEND, "timeout_s": 60}),
+    "settle": operation(*_SPENDING, *_RESERVATION, example={"amount": 120, "overage": "cap"}),
+    "release": operation(*COMMON, *WRITE, "not_found", *_RESERVATION),
+    "get_reservation": operation(*_READ, idempotent=False),
+    "create_credit_type": operation(
+        *_ADMIN, example={"code": "credits", "name": "Credits", "asset_scale": 2}
+    ),
+    "get_credit_type": operation(*_READ, idempotent=False),
+    "create_customer": operation(*_ADMIN, example={"name": "Acme AI", "external_ref": "crm-42"}),
+    "get_customer": operation(*_READ, idempotent=False),
+    "create_resource": operation(
+        *_ADMIN, example={"customer_id": _ID, "kind": "agent", "parent_id": _ID}
+    ),
+    "get_resource": operation(*_READ, idempotent=False),
+    "create_wallet": operation(
+        *_ADMIN,
+        example={
+            "resource_id": _ID,
+            "credit_type": "credits",
+            "overdraft_mode": "soft",
+            "overdraft_limit": 500,
+            "fall_through": True,
+        },
+    ),
+    "get_wallet": operation(*_READ, idempotent=False),
+    "wallet_entries": operation(*_READ, idempotent=False),
+    "create_grant": operation(
+        *_ADMIN,
+        example={
+            "wallet_id": _ID,
+            "amount": 1000,
+            "category": "paid",
+            "consideration_minor": 1000,
+            "currency": "USD",
+            "expires_at": "2027-01-01T00:00:00Z",
+        },
+    ),
+    "get_grant": operation(*_READ, idempotent=False),
+    "void_grant": operation(*_ADMIN, example={"reason": "chargeback"}),
+    "refund": operation(*_ADMIN, example={"amount": 40, "reason": "a wrong answer"}),
+    "create_budget": operation(
+        *_ADMIN,
+        example={"resource_id": _ID, "credit_type": "credits", "period": "month", "cap": 50000},
+    ),
+    "get_budget": operation(*_READ, idempotent=False),
+    "set_price": operation(
+        *_ADMIN, example={"feature": "chat-tokens", "credit_type": "credits", "credits_per_unit": 2}
+    ),
+    "healthz": operation("internal_error", idempotent=False),
+    "readyz": operation("internal_error", idempotent=False),
+}
+
+
 # -- hot path -------------------------------------------------------------------------------------
 
 
 @post(
     "/v1/check",
+    operation_class=OPS["check"],
     status_code=200,
     tags=["spending"],
     description="What a debit would do now: allowed or not with the reason, available, "
@@ -206,6 +285,7 @@ def _debit_out(result: DebitResult) -> w.DebitOut:
 
 @post(
     "/v1/debits",
+    operation_class=OPS["debit"],
     status_code=201,
     tags=["spending"],
     description="Debit an amount (or a priced usage) in one step: the resource's spend path "
@@ -215,7 +295,7 @@ def _debit_out(result: DebitResult) -> w.DebitOut:
 )
 async def debit(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
-) -> Response[Any]:
+) -> Response[w.DebitOut]:
     principal = _auth(request, state, {"runtime"})
     data = await _strict(request, w.SpendIn)
     key = _key(request)
@@ -259,6 +339,7 @@ async def _enrich_refusal(
 
 @post(
     "/v1/debits/batch",
+    operation_class=OPS["debit_batch"],
     status_code=200,
     tags=["spending"],
     description="Many debits in one call (usage ingestion), each with its own idempotency "
@@ -322,6 +403,7 @@ def _status(code: str) -> int:
 
 @post(
     "/v1/reservations",
+    operation_class=OPS["reserve"],
     status_code=201,
     tags=["spending"],
     description="Reserve an amount before a billable call: the same chain as a debit, as "
@@ -330,7 +412,7 @@ def _status(code: str) -> int:
 )
 async def reserve(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.ReserveIn]
-) -> Response[Any]:
+) -> Response[w.ReservationOut]:
     principal = _auth(request, state, {"runtime"})
     data = await _strict(request, w.ReserveIn)
     key = _key(request)
@@ -374,6 +456,7 @@ async def _reservation_legs(
 
 @post(
     "/v1/reservations/{reservation_id:str}/settle",
+    operation_class=OPS["settle"],
     status_code=200,
     tags=["spending"],
     description="Settle with the measured cost: up to the reserved amount the legs are "
@@ -386,7 +469,7 @@ async def settle(
     state: State,
     reservation_id: FromPath[str],
     data: JSONBody[w.SettleIn],
-) -> Response[Any]:
+) -> Response[w.SettleOut]:
     principal = _auth(request, state, {"runtime"})
     data = await _strict(request, w.SettleIn)
     key = _key(request)
@@ -426,13 +509,14 @@ async def settle(
 
 @post(
     "/v1/reservations/{reservation_id:str}/release",
+    operation_class=OPS["release"],
     status_code=200,
     tags=["spending"],
     description="Release a reservation: every pending leg is voided.",
 )
 async def release(
     request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
-) -> Response[Any]:
+) -> Response[w.ReleaseOut]:
     principal = _auth(request, state, {"runtime"})
     key = _key(request)
     services = _services(state)
@@ -449,6 +533,7 @@ async def release(
 
 @get(
     "/v1/reservations/{reservation_id:str}",
+    operation_class=OPS["get_reservation"],
     tags=["spending"],
     description="A reservation and its status: held, settled, released or expired.",
 )
@@ -489,13 +574,14 @@ async def get_reservation(
 
 @post(
     "/v1/credit-types",
+    operation_class=OPS["create_credit_type"],
     status_code=201,
     tags=["catalog"],
     description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
 )
 async def create_credit_type(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
-) -> Response[Any]:
+) -> Response[w.CreditTypeOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.CreditTypeIn)
     if principal.customer_id is not None:
@@ -512,7 +598,12 @@ async def create_credit_type(
     return _reply(_credit_type_out(credit_type), replayed, 201)
 
 
-@get("/v1/credit-types/{code:str}", tags=["catalog"], description="A credit type by code.")
+@get(
+    "/v1/credit-types/{code:str}",
+    operation_class=OPS["get_credit_type"],
+    tags=["catalog"],
+    description="A credit type by code.",
+)
 async def get_credit_type(
     request: Request[Any, Any, Any], state: State, code: FromPath[str]
 ) -> w.CreditTypeOut:
@@ -532,13 +623,14 @@ def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
 
 @post(
     "/v1/customers",
+    operation_class=OPS["create_customer"],
     status_code=201,
     tags=["catalog"],
     description="A customer: the owner of a tree of resources, with its own tenant number.",
 )
 async def create_customer(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
-) -> Response[Any]:
+) -> Response[w.CustomerOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.CustomerIn)
     if principal.customer_id is not None:
@@ -557,7 +649,12 @@ async def create_customer(
     return _reply(body, replayed, 201)
 
 
-@get("/v1/customers/{customer_id:str}", tags=["catalog"], description="A customer.")
+@get(
+    "/v1/customers/{customer_id:str}",
+    operation_class=OPS["get_customer"],
+    tags=["catalog"],
+    description="A customer.",
+)
 async def get_customer(
     request: Request[Any, Any, Any], state: State, customer_id: FromPath[str]
 ) -> w.CustomerOut:
@@ -582,6 +679,7 @@ def _resource_out(resource: Any) -> w.ResourceOut:
 
 @post(
     "/v1/resources",
+    operation_class=OPS["create_resource"],
     status_code=201,
     tags=["catalog"],
     description="A resource on the customer's tree: subscription, team, agent, ... with a "
@@ -589,7 +687,7 @@ def _resource_out(resource: Any) -> w.ResourceOut:
 )
 async def create_resource(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
-) -> Response[Any]:
+) -> Response[w.ResourceOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.ResourceIn)
     customer_id = _id(data.customer_id, "customer_id")
@@ -606,7 +704,12 @@ async def create_resource(
     return _reply(_resource_out(resource), replayed, 201)
 
 
-@get("/v1/resources/{resource_id:str}", tags=["catalog"], description="A resource.")
+@get(
+    "/v1/resources/{resource_id:str}",
+    operation_class=OPS["get_resource"],
+    tags=["catalog"],
+    description="A resource.",
+)
 async def get_resource(
     request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
 ) -> w.ResourceOut:
@@ -632,6 +735,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 
 @post(
     "/v1/wallets",
+    operation_class=OPS["create_wallet"],
     status_code=201,
     tags=["catalog"],
     description="A wallet: one per (resource, credit type), with its overdraft policy (hard: "
@@ -640,7 +744,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 )
 async def create_wallet(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
-) -> Response[Any]:
+) -> Response[w.WalletOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.WalletIn)
     services = _services(state)
@@ -661,6 +765,7 @@ async def create_wallet(
 
 @get(
     "/v1/wallets/{wallet_id:str}",
+    operation_class=OPS["get_wallet"],
     tags=["catalog"],
     description="A wallet's balance summary with a per-grant breakdown.",
 )
@@ -701,6 +806,7 @@ def _grant_balance(g: Any) -> w.GrantBalanceOut:
 
 @get(
     "/v1/wallets/{wallet_id:str}/entries",
+    operation_class=OPS["wallet_entries"],
     tags=["catalog"],
     description="A wallet's typed movements (grant, debit, reserve, settle, release, expire, "
     "void, refund, overdraft, repay) with the running balance, oldest first. "
@@ -743,6 +849,7 @@ async def wallet_entries(
 
 @post(
     "/v1/grants",
+    operation_class=OPS["create_grant"],
     status_code=201,
     tags=["grants"],
     description="Issue a credit block to a wallet: paid (with its consideration and "
@@ -751,7 +858,7 @@ async def wallet_entries(
 )
 async def create_grant(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.GrantIn]
-) -> Response[Any]:
+) -> Response[w.GrantOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.GrantIn)
     services = _services(state)
@@ -791,6 +898,7 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
 
 @get(
     "/v1/grants/{grant_id:str}",
+    operation_class=OPS["get_grant"],
     tags=["grants"],
     description="A grant's balances: granted, available, held, consumed, expired, voided.",
 )
@@ -806,6 +914,7 @@ async def get_grant(
 
 @post(
     "/v1/grants/{grant_id:str}/void",
+    operation_class=OPS["void_grant"],
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
@@ -813,7 +922,7 @@ async def get_grant(
 )
 async def void_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str], data: JSONBody[w.VoidIn]
-) -> Response[Any]:
+) -> Response[w.VoidOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.VoidIn)
     services = _services(state)
@@ -827,6 +936,7 @@ async def void_grant(
 
 @post(
     "/v1/debits/{debit_id:str}/refund",
+    operation_class=OPS["refund"],
     status_code=200,
     tags=["grants"],
     description="Give back up to the amount of a debit's credits to the blocks it drew from, "
@@ -837,7 +947,7 @@ async def refund(
     state: State,
     debit_id: FromPath[str],
     data: JSONBody[w.RefundIn],
-) -> Response[Any]:
+) -> Response[w.RefundOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.RefundIn)
     services = _services(state)
@@ -872,6 +982,7 @@ async def refund(
 
 @post(
     "/v1/budgets",
+    operation_class=OPS["create_budget"],
     status_code=201,
     tags=["budgets"],
     description="A spending cap on a resource per period (day, week, month in UTC, or "
@@ -879,7 +990,7 @@ async def refund(
 )
 async def create_budget(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.BudgetIn]
-) -> Response[Any]:
+) -> Response[w.BudgetOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.BudgetIn)
     services = _services(state)
@@ -911,6 +1022,7 @@ def _budget_out(services: Services, budget: Budget, used: int | None) -> w.Budge
 
 @get(
     "/v1/budgets/{budget_id:str}",
+    operation_class=OPS["get_budget"],
     tags=["budgets"],
     description="A budget with its usage and headroom in the current period.",
 )
@@ -929,6 +1041,7 @@ async def get_budget(
 
 @post(
     "/v1/prices",
+    operation_class=OPS["set_price"],
     status_code=201,
     tags=["budgets"],
     description="A feature's price in credits per unit, so request paths may send usage "
@@ -936,7 +1049,7 @@ async def get_budget(
 )
 async def set_price(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
-) -> Response[Any]:
+) -> Response[w.PriceOut]:
     principal = _auth(request, state, {"admin"})
     data = await _strict(request, w.PriceIn)
     if principal.customer_id is not None:
@@ -959,13 +1072,18 @@ async def set_price(
 # -- health ---------------------------------------------------------------------------------------
 
 
-@get("/healthz", tags=["health"], description="The process is up.")
+@get("/healthz", operation_class=OPS["healthz"], tags=["health"], description="The process is up.")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], description="The engine and Postgres answer.")
-async def readyz(state: State) -> Response[Any]:
+@get(
+    "/readyz",
+    operation_class=OPS["readyz"],
+    tags=["health"],
+    description="The engine and Postgres answer.",
+)
+async def readyz(state: State) -> Response[dict[str, Any]]:
     services = _services(state)
     problems = await services.readiness()
     if problems:
