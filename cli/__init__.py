@@ -117,6 +117,7 @@ async def _serve(
         if with_jobs:
             jobs = Jobs(app.state.services.control, JobSettings())
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
+            app.on_shutdown.append(jobs.stop)
         config = uvicorn.Config(
             app,
             host=host,

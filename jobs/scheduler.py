@@ -53,6 +53,17 @@ class Jobs:
         self.leader = False
         self.sweeps = 0
         self.reconciles = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ends `run` (and gives up the leadership) at its next check."""
+        self._stopping.set()
+
+    async def _pause(self) -> bool:
+        """Waits one retry period; True when asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.settings.leader_retry_s)
+        return self._stopping.is_set()
 
     async def sweep(self) -> None:
         if not self.leader:
@@ -102,11 +113,11 @@ class Jobs:
         scheduler = self.scheduler()
         scheduler.start()
         try:
-            while True:
+            while not self._stopping.is_set():
                 with contextlib.suppress(psycopg.OperationalError):
                     await self._lead(database)
                 self.leader = False
-                await asyncio.sleep(self.settings.leader_retry_s)
+                await self._pause()
         finally:
             self.leader = False
             scheduler.shutdown(wait=False)
@@ -117,15 +128,18 @@ class Jobs:
             conninfo = make_conninfo(base, **connection_kwargs(database, base))
         else:
             conninfo = database
-        async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-            while True:
+        async with await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, connect_timeout=10
+        ) as conn:
+            while not self._stopping.is_set():
                 cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK_KEY,))
                 row = await cursor.fetchone()
                 self.leader = bool(row and row[0])
                 if self.leader:
                     _logger.info("this process runs the background jobs")
                     # Hold the lock for as long as the connection lives; check it now and then.
-                    while True:
-                        await asyncio.sleep(self.settings.leader_retry_s)
+                    while not await self._pause():
                         await conn.execute("SELECT 1")
-                await asyncio.sleep(self.settings.leader_retry_s)
+                    self.leader = False
+                    return  # closing the connection frees the lock for another process
+                await self._pause()
