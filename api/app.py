@@ -27,7 +27,7 @@ from api.auth import KeyCache
 from api.errors import EXCEPTION_HANDLERS
 from api.metrics import Metrics
 from api.openapi import SECURITY
-from api.routes import ROUTES
+from api.routes import ROUTES, authorize
 from api.services import Services
 from ledger.client import Ledger
 from ledger.db import DatabaseSettings, Pool
@@ -165,6 +165,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> Litestar
         state=State({"services": services}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        guards=[authorize],
         middleware=[route_metrics],
         request_max_body_size=settings.request_body_bytes_max,
         openapi_config=OpenAPIConfig(

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from api import schemas as w
@@ -230,12 +232,25 @@ OPS = {
 }
 
 
+def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """The app's guard: authenticates and checks the route's scopes (its `opt["scopes"]`)
+    before the body is read, so a caller without a valid key gets 401/403, not 422."""
+    scopes = handler.opt.get("scopes")
+    if scopes is None:
+        return  # health, metrics and the schema are open
+    services: Services = connection.app.state.services
+    principal = services.keys.authenticate(connection.headers.get("authorization"))
+    require_any_scope(principal, scopes)
+    connection.scope["principal"] = principal  # type: ignore[typeddict-unknown-key]
+
+
 # -- hot path -------------------------------------------------------------------------------------
 
 
 @post(
     "/v1/check",
     operation_class=OPS["check"],
+    opt={"scopes": {"runtime", "admin"}},
     status_code=200,
     tags=["spending"],
     description="What a debit would do now: allowed or not with the reason, available, "
@@ -286,6 +301,7 @@ def _debit_out(result: DebitResult) -> w.DebitOut:
 @post(
     "/v1/debits",
     operation_class=OPS["debit"],
+    opt={"scopes": {"runtime"}},
     status_code=201,
     tags=["spending"],
     description="Debit an amount (or a priced usage) in one step: the resource's spend path "
@@ -340,6 +356,7 @@ async def _enrich_refusal(
 @post(
     "/v1/debits/batch",
     operation_class=OPS["debit_batch"],
+    opt={"scopes": {"runtime"}},
     status_code=200,
     tags=["spending"],
     description="Many debits in one call (usage ingestion), each with its own idempotency "
@@ -404,6 +421,7 @@ def _status(code: str) -> int:
 @post(
     "/v1/reservations",
     operation_class=OPS["reserve"],
+    opt={"scopes": {"runtime"}},
     status_code=201,
     tags=["spending"],
     description="Reserve an amount before a billable call: the same chain as a debit, as "
@@ -457,6 +475,7 @@ async def _reservation_legs(
 @post(
     "/v1/reservations/{reservation_id:str}/settle",
     operation_class=OPS["settle"],
+    opt={"scopes": {"runtime"}},
     status_code=200,
     tags=["spending"],
     description="Settle with the measured cost: up to the reserved amount the legs are "
@@ -510,6 +529,7 @@ async def settle(
 @post(
     "/v1/reservations/{reservation_id:str}/release",
     operation_class=OPS["release"],
+    opt={"scopes": {"runtime"}},
     status_code=200,
     tags=["spending"],
     description="Release a reservation: every pending leg is voided.",
@@ -534,6 +554,7 @@ async def release(
 @get(
     "/v1/reservations/{reservation_id:str}",
     operation_class=OPS["get_reservation"],
+    opt={"scopes": READ_SCOPES},
     tags=["spending"],
     description="A reservation and its status: held, settled, released or expired.",
 )
@@ -575,6 +596,7 @@ async def get_reservation(
 @post(
     "/v1/credit-types",
     operation_class=OPS["create_credit_type"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
@@ -601,6 +623,7 @@ async def create_credit_type(
 @get(
     "/v1/credit-types/{code:str}",
     operation_class=OPS["get_credit_type"],
+    opt={"scopes": READ_SCOPES},
     tags=["catalog"],
     description="A credit type by code.",
 )
@@ -624,6 +647,7 @@ def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
 @post(
     "/v1/customers",
     operation_class=OPS["create_customer"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A customer: the owner of a tree of resources, with its own tenant number.",
@@ -652,6 +676,7 @@ async def create_customer(
 @get(
     "/v1/customers/{customer_id:str}",
     operation_class=OPS["get_customer"],
+    opt={"scopes": READ_SCOPES},
     tags=["catalog"],
     description="A customer.",
 )
@@ -680,6 +705,7 @@ def _resource_out(resource: Any) -> w.ResourceOut:
 @post(
     "/v1/resources",
     operation_class=OPS["create_resource"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A resource on the customer's tree: subscription, team, agent, ... with a "
@@ -707,6 +733,7 @@ async def create_resource(
 @get(
     "/v1/resources/{resource_id:str}",
     operation_class=OPS["get_resource"],
+    opt={"scopes": READ_SCOPES},
     tags=["catalog"],
     description="A resource.",
 )
@@ -736,6 +763,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 @post(
     "/v1/wallets",
     operation_class=OPS["create_wallet"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A wallet: one per (resource, credit type), with its overdraft policy (hard: "
@@ -766,6 +794,7 @@ async def create_wallet(
 @get(
     "/v1/wallets/{wallet_id:str}",
     operation_class=OPS["get_wallet"],
+    opt={"scopes": READ_SCOPES},
     tags=["catalog"],
     description="A wallet's balance summary with a per-grant breakdown.",
 )
@@ -807,6 +836,7 @@ def _grant_balance(g: Any) -> w.GrantBalanceOut:
 @get(
     "/v1/wallets/{wallet_id:str}/entries",
     operation_class=OPS["wallet_entries"],
+    opt={"scopes": READ_SCOPES},
     tags=["catalog"],
     description="A wallet's typed movements (grant, debit, reserve, settle, release, expire, "
     "void, refund, overdraft, repay) with the running balance, oldest first. "
@@ -850,6 +880,7 @@ async def wallet_entries(
 @post(
     "/v1/grants",
     operation_class=OPS["create_grant"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["grants"],
     description="Issue a credit block to a wallet: paid (with its consideration and "
@@ -899,6 +930,7 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
 @get(
     "/v1/grants/{grant_id:str}",
     operation_class=OPS["get_grant"],
+    opt={"scopes": READ_SCOPES},
     tags=["grants"],
     description="A grant's balances: granted, available, held, consumed, expired, voided.",
 )
@@ -915,6 +947,7 @@ async def get_grant(
 @post(
     "/v1/grants/{grant_id:str}/void",
     operation_class=OPS["void_grant"],
+    opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
@@ -937,6 +970,7 @@ async def void_grant(
 @post(
     "/v1/debits/{debit_id:str}/refund",
     operation_class=OPS["refund"],
+    opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
     description="Give back up to the amount of a debit's credits to the blocks it drew from, "
@@ -983,6 +1017,7 @@ async def refund(
 @post(
     "/v1/budgets",
     operation_class=OPS["create_budget"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["budgets"],
     description="A spending cap on a resource per period (day, week, month in UTC, or "
@@ -1023,6 +1058,7 @@ def _budget_out(services: Services, budget: Budget, used: int | None) -> w.Budge
 @get(
     "/v1/budgets/{budget_id:str}",
     operation_class=OPS["get_budget"],
+    opt={"scopes": READ_SCOPES},
     tags=["budgets"],
     description="A budget with its usage and headroom in the current period.",
 )
@@ -1042,6 +1078,7 @@ async def get_budget(
 @post(
     "/v1/prices",
     operation_class=OPS["set_price"],
+    opt={"scopes": {"admin"}},
     status_code=201,
     tags=["budgets"],
     description="A feature's price in credits per unit, so request paths may send usage "

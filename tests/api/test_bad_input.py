@@ -21,7 +21,12 @@ from tests.api.support import (
 
 pytestmark = pytest.mark.anyio
 
-SPEND_SCOPE = {"/v1/debits": "runtime", "/v1/reservations": "runtime", "/v1/check": "runtime"}
+SPEND_SCOPE = {
+    "/v1/debits": "runtime",
+    "/v1/debits/batch": "runtime",
+    "/v1/reservations": "runtime",
+    "/v1/check": "runtime",
+}
 
 
 class Unchanged:
@@ -474,13 +479,6 @@ async def test_dimensions_are_bounded(api: Api, pool: db.Pool) -> None:
     assert r.status_code == 201, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="litestar decodes the typed `data` body before the handler runs, and api/routes.py "
-    "authenticates inside the handler (_auth): a caller with no key, or the wrong scope, who "
-    "sends a bad body gets 422 and a description of the schema instead of 401/403; move "
-    "authentication and scopes into litestar guards (guards run before the body is parsed)",
-)
 async def test_authentication_comes_before_body_validation(api: Api) -> None:
     world = await make_world(api, granted=1000)
     bad = world.spend(amount="lots", surprise=1)
