@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection
 from typing import Any, TypeVar
 
 import msgspec
@@ -48,9 +47,11 @@ def _services(state: State) -> Services:
     return services
 
 
-def _auth(request: Request[Any, Any, Any], state: State, scopes: Collection[str]) -> Principal:
-    principal = _services(state).keys.authenticate(request.headers.get("authorization"))
-    require_any_scope(principal, scopes)
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    """Who is asking: the app's guard (`authorize`) has authenticated the key and checked the
+    route's scopes, declared once in the route's `opt`, before the body was read."""
+    principal: Principal | None = request.scope.get("principal")  # type: ignore[assignment]
+    assert principal is not None, "every /v1 route declares opt={'scopes': ...}"
     return principal
 
 
@@ -260,7 +261,7 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
 async def check(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
 ) -> w.CheckOut:
-    principal = _auth(request, state, {"runtime", "admin"})
+    principal = _principal(request)
     data = await _strict(request, w.SpendIn)
     services = _services(state)
     ledger = _ledger(services, data.credit_type)
@@ -312,7 +313,7 @@ def _debit_out(result: DebitResult) -> w.DebitOut:
 async def debit(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
 ) -> Response[w.DebitOut]:
-    principal = _auth(request, state, {"runtime"})
+    principal = _principal(request)
     data = await _strict(request, w.SpendIn)
     key = _key(request)
     services = _services(state)
@@ -365,7 +366,7 @@ async def _enrich_refusal(
 async def debit_batch(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.BatchIn]
 ) -> w.BatchOut:
-    principal = _auth(request, state, {"runtime"})
+    principal = _principal(request)
     data = await _strict(request, w.BatchIn)
     services = _services(state)
     requests: list[DebitRequest | CreditError] = []
@@ -431,7 +432,7 @@ def _status(code: str) -> int:
 async def reserve(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.ReserveIn]
 ) -> Response[w.ReservationOut]:
-    principal = _auth(request, state, {"runtime"})
+    principal = _principal(request)
     data = await _strict(request, w.ReserveIn)
     key = _key(request)
     services = _services(state)
@@ -489,7 +490,7 @@ async def settle(
     reservation_id: FromPath[str],
     data: JSONBody[w.SettleIn],
 ) -> Response[w.SettleOut]:
-    principal = _auth(request, state, {"runtime"})
+    principal = _principal(request)
     data = await _strict(request, w.SettleIn)
     key = _key(request)
     services = _services(state)
@@ -537,7 +538,7 @@ async def settle(
 async def release(
     request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
 ) -> Response[w.ReleaseOut]:
-    principal = _auth(request, state, {"runtime"})
+    principal = _principal(request)
     key = _key(request)
     services = _services(state)
     rid = _id(reservation_id, "reservation_id")
@@ -561,7 +562,7 @@ async def release(
 async def get_reservation(
     request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
 ) -> w.ReservationOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     rid = _id(reservation_id, "reservation_id")
     await _reservation_legs(services, principal, rid)
@@ -604,7 +605,7 @@ async def get_reservation(
 async def create_credit_type(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
 ) -> Response[w.CreditTypeOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.CreditTypeIn)
     if principal.customer_id is not None:
         raise NotFound("credit types are created by unbound admin keys only")
@@ -630,7 +631,7 @@ async def create_credit_type(
 async def get_credit_type(
     request: Request[Any, Any, Any], state: State, code: FromPath[str]
 ) -> w.CreditTypeOut:
-    _auth(request, state, READ_SCOPES)
+    _principal(request)
     services = _services(state)
     return _credit_type_out(services.catalog.credit_types[_ledger(services, code)])
 
@@ -655,7 +656,7 @@ def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
 async def create_customer(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
 ) -> Response[w.CustomerOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.CustomerIn)
     if principal.customer_id is not None:
         raise NotFound("customers are created by unbound admin keys only")
@@ -683,7 +684,7 @@ async def create_customer(
 async def get_customer(
     request: Request[Any, Any, Any], state: State, customer_id: FromPath[str]
 ) -> w.CustomerOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     cid = _id(customer_id, "customer_id")
     _own(principal, cid, "customer")
     row = await _services(state).control.customer(cid)
@@ -714,7 +715,7 @@ def _resource_out(resource: Any) -> w.ResourceOut:
 async def create_resource(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
 ) -> Response[w.ResourceOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.ResourceIn)
     customer_id = _id(data.customer_id, "customer_id")
     _own(principal, customer_id, "customer")
@@ -740,7 +741,7 @@ async def create_resource(
 async def get_resource(
     request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
 ) -> w.ResourceOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     resource = services.catalog.resources.get(_id(resource_id, "resource_id"))
     if resource is None:
@@ -773,7 +774,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 async def create_wallet(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
 ) -> Response[w.WalletOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.WalletIn)
     services = _services(state)
     resource_id = _id(data.resource_id, "resource_id")
@@ -801,7 +802,7 @@ async def create_wallet(
 async def get_wallet(
     request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
 ) -> w.WalletBalanceOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     wid = _id(wallet_id, "wallet_id")
     _own(principal, _wallet_customer(services, wid), "wallet")
@@ -849,7 +850,7 @@ async def wallet_entries(
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
 ) -> w.EntriesOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     wid = _id(wallet_id, "wallet_id")
     _own(principal, _wallet_customer(services, wid), "wallet")
@@ -890,7 +891,7 @@ async def wallet_entries(
 async def create_grant(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.GrantIn]
 ) -> Response[w.GrantOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.GrantIn)
     services = _services(state)
     wallet_id = _id(data.wallet_id, "wallet_id")
@@ -937,7 +938,7 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
 ) -> w.GrantBalanceOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     gid = _id(grant_id, "grant_id")
     _own(principal, await _grant_customer(services, gid), "grant")
@@ -956,7 +957,7 @@ async def get_grant(
 async def void_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str], data: JSONBody[w.VoidIn]
 ) -> Response[w.VoidOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.VoidIn)
     services = _services(state)
     gid = _id(grant_id, "grant_id")
@@ -982,7 +983,7 @@ async def refund(
     debit_id: FromPath[str],
     data: JSONBody[w.RefundIn],
 ) -> Response[w.RefundOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.RefundIn)
     services = _services(state)
     did = _id(debit_id, "debit_id")
@@ -1026,7 +1027,7 @@ async def refund(
 async def create_budget(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.BudgetIn]
 ) -> Response[w.BudgetOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.BudgetIn)
     services = _services(state)
     resource_id = _id(data.resource_id, "resource_id")
@@ -1065,7 +1066,7 @@ def _budget_out(services: Services, budget: Budget, used: int | None) -> w.Budge
 async def get_budget(
     request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
 ) -> w.BudgetOut:
-    principal = _auth(request, state, READ_SCOPES)
+    principal = _principal(request)
     services = _services(state)
     budget = services.catalog.budgets.get(_id(budget_id, "budget_id"))
     if budget is None:
@@ -1087,7 +1088,7 @@ async def get_budget(
 async def set_price(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
 ) -> Response[w.PriceOut]:
-    principal = _auth(request, state, {"admin"})
+    principal = _principal(request)
     data = await _strict(request, w.PriceIn)
     if principal.customer_id is not None:
         raise NotFound("prices are set by unbound admin keys only")
