@@ -187,6 +187,18 @@ class CreditAdmin:
         (moved,) = await self.ledger.lookup_transfers([sweep.id])
         return SweepResult(grant_id, moved.amount, "voided")
 
+    async def track_voided(self, grants: list[Grant]) -> int:
+        """After a restart: voided blocks that still hold credits (or have some left) are
+        watched again, so what comes back to them is voided. Returns how many."""
+        if not grants:
+            return 0
+        accounts = {a.id: a for a in await self.ledger.lookup_accounts([g.id for g in grants])}
+        for grant in grants:
+            a = accounts.get(grant.id)
+            if a is not None and (a.debits_pending or a.credits_posted > a.debits_posted):
+                self.voided[grant.id] = grant
+        return len(self.voided)
+
     async def sweep(self, at_ns: int) -> SweepReport:
         """Expiry: moves the available balance of every block past `expires_at` to breakage,
         and of every voided block to voided. Credits still held stay held; what comes back

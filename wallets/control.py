@@ -91,6 +91,7 @@ class ControlPlane:
         since = self.catalog.begin_load()
         async with self.pool.connection() as conn:
             snapshot = await catalog.load_catalog_snapshot(conn)
+            voided = await grants.list_voided_grants(conn)
         tenants = {c.id: c.tenant for c in snapshot.customers}
         self.catalog.load(
             [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
@@ -107,6 +108,7 @@ class ControlPlane:
             [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
             since=since,
         )
+        await self.admin.track_voided([_grant(g) for g in voided])
 
     async def apply_change(self, change: CatalogChange) -> None:
         """Brings one changed row into the cache. Row by row, never a whole reload: a reload

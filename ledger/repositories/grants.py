@@ -228,3 +228,10 @@ async def list_all_live_grants(conn: Connection) -> list[Grant]:
     their expiry are included: the spend path skips them, the sweep still needs them."""
     cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE state = 'active' ORDER BY id")
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_voided_grants(conn: Connection) -> list[Grant]:
+    """Every voided grant, by id: what a release gives back to one must be voided too, so the
+    cache learns them at start (the caller keeps only those with something left or held)."""
+    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE state = 'voided' ORDER BY id")
+    return [_row(row) for row in await cursor.fetchall()]

@@ -290,3 +290,29 @@ async def test_concurrent_refunds_never_give_back_more_than_was_taken(
     assert sorted(outcomes) == [False, False, False, True]
     (account,) = await plane.service.ledger.lookup_accounts([debit.funded_by[0].account_id])
     assert account.credits_posted - account.debits_posted == 500 - 40 + 30
+
+
+async def test_a_restart_still_voids_what_comes_back_to_a_voided_grant(
+    plane: ControlPlane,
+) -> None:
+    wallet = await _world(plane, 12)
+    result, _ = await plane.issue_grant(_request(wallet), tenant=52, key="g12", actor="a")
+    reservation = await plane.service.reserve(
+        tenant=52, key="r12", amount=200, ledger=wallet.ledger, wallet_id=wallet.id, timeout_s=600
+    )
+    voided, _ = await plane.void_grant(result.grant_id, tenant=52, key="v12", actor="a")
+    assert voided.amount == 300  # 200 stay held
+    # A new process: a fresh cache, a fresh admin, the same ledger and database.
+    service = CreditService(plane.service.ledger, Catalog())
+    restarted = ControlPlane(plane.pool, service, CreditAdmin(service))
+    await restarted.load()
+    assert result.grant_id in restarted.admin.voided
+    await restarted.service.release(
+        tenant=52, key="rel12", reservation_id=reservation.reservation_id
+    )
+    report = await restarted.sweep(plane.service.clock_ns())
+    assert [(s.grant_id, s.amount, s.reason) for s in report.swept] == [
+        (result.grant_id, 200, "voided")
+    ]
+    (account,) = await plane.service.ledger.lookup_accounts([result.grant_id])
+    assert account.credits_posted - account.debits_posted - account.debits_pending == 0
