@@ -20,7 +20,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from api import schemas as w
 from api.auth import READ_SCOPES, Principal, require_any_scope
-from api.errors import field_from_message
+from api.errors import STATUS, field_from_message
 from api.openapi import COMMON, WRITE, operation
 from api.services import Services
 from grants.errors import CreditError, InvalidRequest, NotFound
@@ -399,7 +399,7 @@ async def debit_batch(
             results.append(
                 w.BatchResultOut(
                     idempotency_key=item.idempotency_key,
-                    status=_status(outcome.code),
+                    status=STATUS[outcome.code],
                     error={"code": outcome.code, "detail": outcome.message},
                 )
             )
@@ -411,12 +411,6 @@ async def debit_batch(
                 )
             )
     return w.BatchOut(results=results)
-
-
-def _status(code: str) -> int:
-    from api.errors import STATUS
-
-    return STATUS[code]
 
 
 @post(

@@ -52,10 +52,6 @@ R = TypeVar("R")
 NS = 1_000_000_000
 
 
-to_ns = ns_of_datetime
-from_ns = datetime_of_ns
-
-
 class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     wallet_id: int
     amount: int
@@ -580,7 +576,7 @@ class ControlPlane:
             raise NotFound(f"wallet {request.wallet_id} not found")
         _validate_grant(request)
         grant_id = operation_id(tenant, key)
-        effective_at = request.effective_at or from_ns(self.service.clock_ns())
+        effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
 
         async def first(conn: Connection) -> None:
             await grants.insert_grant(
@@ -695,7 +691,7 @@ class ControlPlane:
     async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
         pending grants funded and activated, their idempotency records completed."""
-        cutoff = from_ns(self.service.clock_ns() - int(older_than_s * NS))
+        cutoff = datetime_of_ns(self.service.clock_ns() - int(older_than_s * NS))
         async with self.pool.connection() as conn:
             types = await credit_types.list_credit_types(conn)
             all_wallets = await wallets.list_all_wallets(conn)
@@ -754,8 +750,8 @@ def _grant(g: grants.Grant) -> Grant:
         amount=g.amount,
         category=g.category,
         priority=g.priority,
-        effective_at_ns=to_ns(g.effective_at),
-        expires_at_ns=None if g.expires_at is None else to_ns(g.expires_at),
+        effective_at_ns=ns_of_datetime(g.effective_at),
+        expires_at_ns=None if g.expires_at is None else ns_of_datetime(g.expires_at),
         consideration_minor=g.consideration_minor,
         currency=g.currency,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -225,7 +225,7 @@ class CreditService:
         """What each source of a chain that just succeeded actually moved (balancing legs move
         what they can, so the amounts are read back)."""
         sources = [t.id for t in chain if t.code in _SOURCE_CODES]
-        return _funding([Transfer(), *await self._lookup(sources)], None, start=1)
+        return _funding(await self._lookup(sources))
 
     async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
         """An operation's events by index; a missing index is an empty Transfer (id 0). For a
@@ -441,14 +441,14 @@ class CreditService:
             funded = await self._funded(p.chain)
         else:
             legs = [moved[t.id] for t in p.chain if t.code in _SOURCE_CODES and t.id in moved]
-            funded = _funding([Transfer(), *legs], None, start=1)
+            funded = _funding(legs)
         return DebitResult(p.op.id, p.request.amount, funded)
 
     async def _debit_replay(self, op: Operation) -> DebitResult:
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONSUME:
             raise IdempotencyConflict("this idempotency key was used for another operation")
-        return DebitResult(op.id, legs[chains.SETUP].amount, _funding(legs, None), replayed=True)
+        return DebitResult(op.id, legs[chains.SETUP].amount, _funding(legs), replayed=True)
 
     def _raise_for(
         self,
@@ -523,7 +523,7 @@ class CreditService:
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
             raise IdempotencyConflict("this idempotency key was used for another operation")
-        return ReservationResult(op.id, amount, timeout_s, _funding(legs, None), replayed=True)
+        return ReservationResult(op.id, amount, timeout_s, _funding(legs), replayed=True)
 
     async def reservation(self, reservation_id: int) -> list[Transfer]:
         """A reservation's legs by index (NotFound when there is none)."""
@@ -764,11 +764,10 @@ KNOWN_RESERVATIONS_MAX = 100_000
 _SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)
 
 
-def _funding(
-    legs: Sequence[Transfer], path: SpendPath | None, start: int = chains.FIRST_VARIABLE
-) -> list[Funding]:
+def _funding(legs: Iterable[Transfer]) -> list[Funding]:
+    """What each source leg moved (other legs, and balancing legs that moved 0, are skipped)."""
     out = []
-    for leg in legs[start:]:
+    for leg in legs:
         if leg.id == 0 or leg.amount == 0:
             continue
         if leg.code in (TransferCode.DEBIT, TransferCode.RESERVE):
