@@ -40,5 +40,5 @@ class Metrics:
     def engine(self, method: str, seconds: float) -> None:
         self.engine_seconds.labels(method).observe(seconds)
 
-    def decision(self, operation: str, outcome: str) -> None:
-        self.decisions.labels(operation, outcome).inc()
+    def decision(self, operation: str, outcome: str, count: int = 1) -> None:
+        self.decisions.labels(operation, outcome).inc(count)

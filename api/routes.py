@@ -1,17 +1,18 @@
-"""The HTTP handlers: thin. Each authenticates from the in-process key cache, checks the scope
-and the customer boundary, converts wire ids, calls the service, and shapes the answer.
+"""The litestar routes: thin. The app's guard authenticates from the in-process key cache and
+checks the route's scopes; each handler checks the customer boundary, converts wire ids, calls
+the service, and shapes the answer.
 
-Hot-path routes (check, debits, reservations) never touch Postgres: their idempotency rides on
-TigerBeetle. Admin routes keep theirs in Postgres through the control plane.
+The spending routes (check, debits, reservations) are served by the hot lane (`api.lane`) in
+front of litestar; their handlers here document them and call the same `api.spending`. They
+never touch Postgres: their idempotency rides on TigerBeetle. Admin routes keep theirs in
+Postgres through the control plane.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, TypeVar
 
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -19,19 +20,31 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from api import schemas as w
+from api import spending
 from api.auth import READ_SCOPES, Principal, require_any_scope
-from api.errors import STATUS, field_from_message
+from api.common import (
+    code_of,
+    decode_strict,
+    funding,
+    idempotency_key,
+    ledger_of,
+    own,
+    parse_id,
+    resource_customer,
+    sid,
+    wallet_customer,
+)
 from api.openapi import COMMON, WRITE, operation
 from api.services import Services
-from grants.errors import CreditError, InvalidRequest, NotFound
+from api.spending import Reply
+from grants.errors import InvalidRequest, NotFound
 from grants.model import Category, Source
 from ledger.codes import AccountCode, TransferCode
 from ledger.repositories.resources import ResourceKind
 from wallets import chains
 from wallets.catalog import Budget, OverdraftMode, Period, Wallet
-from wallets.chains import Overage
 from wallets.control import GrantRequest
-from wallets.service import DebitRequest, DebitResult, Funding
+from wallets.service import Funding
 from wallets.statements import budget_used, reservation_status
 
 HIT = {"Idempotency-Hit": "true"}
@@ -57,104 +70,19 @@ def _principal(request: Request[Any, Any, Any]) -> Principal:
 
 async def _strict(request: Request[Any, Any, Any], cls: type[T]) -> T:
     """The body decoded strictly: litestar coerces ("1" becomes 1); the contract does not."""
-    try:
-        return msgspec.json.decode(await request.body(), type=cls)
-    except msgspec.ValidationError as error:
-        message = str(error)
-        raise InvalidRequest(message, field=field_from_message(message)) from None
-    except msgspec.DecodeError as error:
-        raise InvalidRequest(f"the body is not JSON: {error}") from None
+    return decode_strict(await request.body(), cls)
 
 
 def _key(request: Request[Any, Any, Any]) -> str:
-    key = request.headers.get("idempotency-key")
-    if not key:
-        raise InvalidRequest("the Idempotency-Key header is required", field="Idempotency-Key")
-    if len(key.encode()) > 255:
-        raise InvalidRequest("Idempotency-Key is over 255 bytes", field="Idempotency-Key")
-    return key
-
-
-def _id(text: str, field: str) -> int:
-    try:
-        value = uuid.UUID(text).int
-    except ValueError:
-        raise InvalidRequest(f"{field} is not an id", field=field) from None
-    if value == 0:
-        raise InvalidRequest(f"{field} is not an id", field=field)
-    return value
-
-
-def _sid(value: int) -> str:
-    return str(uuid.UUID(int=value))
-
-
-def _ledger(services: Services, code: str) -> int:
-    for credit_type in services.catalog.credit_types.values():
-        if credit_type.code == code:
-            return credit_type.ledger
-    raise NotFound(f"credit type {code!r} not found")
-
-
-def _code(services: Services, ledger: int) -> str:
-    credit_type = services.catalog.credit_types.get(ledger)
-    return credit_type.code if credit_type else str(ledger)
-
-
-def _own(principal: Principal, customer_id: int | None, what: str) -> None:
-    """A key bound to a customer sees only that customer's objects: others are not found."""
-    if principal.customer_id is not None and principal.customer_id != customer_id:
-        raise NotFound(f"{what} not found")
-
-
-def _wallet_customer(services: Services, wallet_id: int) -> int | None:
-    wallet = services.catalog.wallets.get(wallet_id)
-    if wallet is None:
-        return None
-    resource = services.catalog.resources.get(wallet.resource_id)
-    return resource.customer_id if resource else None
-
-
-def _resource_customer(services: Services, resource_id: int) -> int | None:
-    resource = services.catalog.resources.get(resource_id)
-    return resource.customer_id if resource else None
-
-
-def _funding(items: list[Funding]) -> list[w.FundingOut]:
-    return [
-        w.FundingOut(account_id=_sid(f.account_id), kind=f.kind, amount=f.amount) for f in items
-    ]
+    return idempotency_key(request.headers.get("idempotency-key"))
 
 
 def _reply(body: B, replayed: bool, status: int = 200) -> Response[B]:
     return Response(body, status_code=status, headers=HIT if replayed else None)
 
 
-def _amount(services: Services, ledger: int, amount: int | None, usage: w.Usage | None) -> int:
-    if (amount is None) == (usage is None):
-        raise InvalidRequest("give exactly one of amount and usage", field="amount")
-    if usage is not None:
-        try:
-            return services.catalog.price(usage.feature, ledger, usage.quantity)
-        except Exception as error:  # PathError: no price
-            raise InvalidRequest(str(error), field="usage.feature") from None
-    assert amount is not None
-    return amount
-
-
-def _target(
-    services: Services, principal: Principal, data: JSONBody[w.SpendIn]
-) -> tuple[int | None, int | None]:
-    if (data.resource_id is None) == (data.wallet_id is None):
-        raise InvalidRequest("name exactly one of resource_id and wallet_id", field="resource_id")
-    if data.wallet_id is not None:
-        wallet_id = _id(data.wallet_id, "wallet_id")
-        _own(principal, _wallet_customer(services, wallet_id), "wallet")
-        return None, wallet_id
-    assert data.resource_id is not None
-    resource_id = _id(data.resource_id, "resource_id")
-    _own(principal, _resource_customer(services, resource_id), "resource")
-    return resource_id, None
+def _send(reply: Reply) -> Response[Any]:
+    return _reply(reply.body, reply.replayed, reply.status)
 
 
 # -- OpenAPI: each route's problems, Idempotency-Key, an example body ----------------------------
@@ -233,9 +161,12 @@ OPS = {
 }
 
 
-def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def authorize(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
     """The app's guard: authenticates and checks the route's scopes (its `opt["scopes"]`)
-    before the body is read, so a caller without a valid key gets 401/403, not 422."""
+    before the body is read, so a caller without a valid key gets 401/403, not 422. Async on
+    purpose: litestar runs a sync guard in a worker thread."""
     scopes = handler.opt.get("scopes")
     if scopes is None:
         return  # health, metrics and the schema are open
@@ -245,7 +176,12 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
     connection.scope["principal"] = principal  # type: ignore[typeddict-unknown-key]
 
 
-# -- hot path -------------------------------------------------------------------------------------
+# -- hot path: the litestar door of the spending routes (see api.lane for the fast one) -----------
+
+# The hot lane (`api.lane`) answers these paths before litestar routes them; these handlers
+# declare them for the OpenAPI document and serve them when the lane is off. Both call
+# `api.spending`. The `data` parameter gives the document its request schema; the body is
+# decoded again strictly (litestar's decoding coerces "1" to 1; the contract does not).
 
 
 @post(
@@ -260,43 +196,9 @@ def authorize(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRoute
 )
 async def check(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
-) -> w.CheckOut:
-    principal = _principal(request)
-    data = await _strict(request, w.SpendIn)
-    services = _services(state)
-    ledger = _ledger(services, data.credit_type)
-    resource_id, wallet_id = _target(services, principal, data)
-    amount = _amount(services, ledger, data.amount, data.usage)
-    result = await services.service.check(
-        amount=amount, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
-    )
-    services.metrics.decision("check", "allowed" if result.allowed else str(result.reason))
-    return w.CheckOut(
-        allowed=result.allowed,
-        reason=result.reason,
-        amount=result.amount,
-        available=result.available,
-        reserved=result.reserved,
-        overdraft_headroom=result.overdraft_headroom,
-        budgets=[
-            w.BudgetHeadroomOut(
-                budget_id=_sid(b.budget_id),
-                resource_id=_sid(b.resource_id),
-                cap=b.cap,
-                used=b.used,
-                headroom=b.headroom,
-                blocking=b.blocking,
-            )
-            for b in result.budgets
-        ],
-        would_fund=_funding(result.would_fund),
-    )
-
-
-def _debit_out(result: DebitResult) -> w.DebitOut:
-    return w.DebitOut(
-        id=_sid(result.operation_id), amount=result.amount, funded_by=_funding(result.funded_by)
-    )
+) -> Response[w.CheckOut]:
+    body = await _strict(request, w.SpendIn)
+    return _send(await spending.check(_services(state), _principal(request), body))
 
 
 @post(
@@ -314,44 +216,8 @@ async def debit(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
 ) -> Response[w.DebitOut]:
     principal = _principal(request)
-    data = await _strict(request, w.SpendIn)
-    key = _key(request)
-    services = _services(state)
-    ledger = _ledger(services, data.credit_type)
-    resource_id, wallet_id = _target(services, principal, data)
-    amount = _amount(services, ledger, data.amount, data.usage)
-    try:
-        result = await services.service.debit(
-            tenant=principal.tenant,
-            key=key,
-            amount=amount,
-            ledger=ledger,
-            resource_id=resource_id,
-            wallet_id=wallet_id,
-            dimensions=data.dimensions,
-        )
-    except CreditError as error:
-        services.metrics.decision("debit", error.code)
-        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
-        raise
-    services.metrics.decision("debit", "ok")
-    return _reply(_debit_out(result), result.replayed, 201)
-
-
-async def _enrich_refusal(
-    services: Services,
-    error: CreditError,
-    ledger: int,
-    resource_id: int | None,
-    wallet_id: int | None,
-) -> None:
-    """A 402 says what was available: one read, only on the refusal path."""
-    if error.code != "insufficient_credits":
-        return
-    check = await services.service.check(
-        amount=1, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
-    )
-    error.details["available"] = check.available
+    body = await _strict(request, w.SpendIn)
+    return _send(await spending.debit(_services(state), principal, _key(request), body))
 
 
 @post(
@@ -365,52 +231,9 @@ async def _enrich_refusal(
 )
 async def debit_batch(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.BatchIn]
-) -> w.BatchOut:
-    principal = _principal(request)
-    data = await _strict(request, w.BatchIn)
-    services = _services(state)
-    requests: list[DebitRequest | CreditError] = []
-    for item in data.debits:
-        try:
-            ledger = _ledger(services, item.credit_type)
-            resource_id, wallet_id = _target(services, principal, item)
-            amount = _amount(services, ledger, item.amount, item.usage)
-            requests.append(
-                DebitRequest(
-                    principal.tenant,
-                    item.idempotency_key,
-                    amount,
-                    ledger,
-                    resource_id,
-                    wallet_id,
-                    None,
-                    item.dimensions,
-                )
-            )
-        except CreditError as error:
-            requests.append(error)
-    valid = [r for r in requests if isinstance(r, DebitRequest)]
-    outcomes = iter(await services.service.debit_many(valid))
-    results = []
-    for item, prepared in zip(data.debits, requests, strict=True):
-        outcome = prepared if isinstance(prepared, CreditError) else next(outcomes)
-        if isinstance(outcome, CreditError):
-            services.metrics.decision("debit", outcome.code)
-            results.append(
-                w.BatchResultOut(
-                    idempotency_key=item.idempotency_key,
-                    status=STATUS[outcome.code],
-                    error={"code": outcome.code, "detail": outcome.message},
-                )
-            )
-        else:
-            services.metrics.decision("debit", "ok")
-            results.append(
-                w.BatchResultOut(
-                    idempotency_key=item.idempotency_key, status=201, debit=_debit_out(outcome)
-                )
-            )
-    return w.BatchOut(results=results)
+) -> Response[w.BatchOut]:
+    body = await _strict(request, w.BatchIn)
+    return _send(await spending.debit_batch(_services(state), _principal(request), body))
 
 
 @post(
@@ -427,44 +250,8 @@ async def reserve(
     request: Request[Any, Any, Any], state: State, data: JSONBody[w.ReserveIn]
 ) -> Response[w.ReservationOut]:
     principal = _principal(request)
-    data = await _strict(request, w.ReserveIn)
-    key = _key(request)
-    services = _services(state)
-    ledger = _ledger(services, data.credit_type)
-    resource_id, wallet_id = _target(services, principal, data)
-    amount = _amount(services, ledger, data.amount, data.usage)
-    try:
-        result = await services.service.reserve(
-            tenant=principal.tenant,
-            key=key,
-            amount=amount,
-            ledger=ledger,
-            timeout_s=data.timeout_s,
-            resource_id=resource_id,
-            wallet_id=wallet_id,
-            dimensions=data.dimensions,
-        )
-    except CreditError as error:
-        services.metrics.decision("reserve", error.code)
-        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
-        raise
-    services.metrics.decision("reserve", "ok")
-    body = w.ReservationOut(
-        id=_sid(result.reservation_id),
-        amount=result.amount,
-        timeout_s=result.timeout_s,
-        funded_by=_funding(result.funded_by),
-    )
-    return _reply(body, result.replayed, 201)
-
-
-async def _reservation_legs(
-    services: Services, principal: Principal, reservation_id: int
-) -> list[Any]:
-    """The reservation's legs, after checking the customer boundary (404 across it)."""
-    legs = await services.service.reservation(reservation_id)
-    _own(principal, _wallet_customer(services, legs[chains.SETUP].user_data_128), "reservation")
-    return legs
+    body = await _strict(request, w.ReserveIn)
+    return _send(await spending.reserve(_services(state), principal, _key(request), body))
 
 
 @post(
@@ -485,40 +272,9 @@ async def settle(
     data: JSONBody[w.SettleIn],
 ) -> Response[w.SettleOut]:
     principal = _principal(request)
-    data = await _strict(request, w.SettleIn)
+    body = await _strict(request, w.SettleIn)
     key = _key(request)
-    services = _services(state)
-    rid = _id(reservation_id, "reservation_id")
-    legs = await _reservation_legs(services, principal, rid)
-    amount = data.amount
-    if data.usage is not None:
-        if data.amount is not None:
-            raise InvalidRequest("give amount or usage, not both", field="amount")
-        amount = _amount(services, legs[chains.SETUP].ledger, None, data.usage)
-    if amount is None:
-        raise InvalidRequest("give amount or usage", field="amount")
-    result = await services.service.settle(
-        tenant=principal.tenant,
-        key=key,
-        reservation_id=rid,
-        amount=amount,
-        policy=Overage(data.overage.value),
-        legs=legs,
-    )
-    services.metrics.decision("settle", "fallback" if result.fallback_debit else "ok")
-    body = w.SettleOut(
-        reservation_id=reservation_id,
-        id=_sid(result.operation_id),
-        requested=result.requested,
-        collected=result.collected,
-        released=result.released,
-        overage=result.overage,
-        overage_collected=result.overage_collected,
-        overage_uncollected=result.overage_uncollected,
-        policy=result.policy,
-        fallback_debit=result.fallback_debit,
-    )
-    return _reply(body, result.replayed)
+    return _send(await spending.settle(_services(state), principal, key, reservation_id, body))
 
 
 @post(
@@ -534,16 +290,7 @@ async def release(
 ) -> Response[w.ReleaseOut]:
     principal = _principal(request)
     key = _key(request)
-    services = _services(state)
-    rid = _id(reservation_id, "reservation_id")
-    legs = await _reservation_legs(services, principal, rid)
-    result = await services.service.release(
-        tenant=principal.tenant, key=key, reservation_id=rid, legs=legs
-    )
-    body = w.ReleaseOut(
-        reservation_id=reservation_id, id=_sid(result.operation_id), released=result.released
-    )
-    return _reply(body, result.replayed)
+    return _send(await spending.release(_services(state), principal, key, reservation_id))
 
 
 @get(
@@ -558,8 +305,8 @@ async def get_reservation(
 ) -> w.ReservationOut:
     principal = _principal(request)
     services = _services(state)
-    rid = _id(reservation_id, "reservation_id")
-    await _reservation_legs(services, principal, rid)
+    rid = parse_id(reservation_id, "reservation_id")
+    await spending.reservation_legs(services, principal, rid)
     view = await reservation_status(services.service.ledger, rid, time.time_ns())
     legs = view.legs
     hold = legs[chains.SETUP]
@@ -580,7 +327,7 @@ async def get_reservation(
         id=reservation_id,
         amount=hold.amount,
         timeout_s=timeout_s,
-        funded_by=_funding(funded),
+        funded_by=funding(funded),
         status=view.status,
     )
 
@@ -627,7 +374,7 @@ async def get_credit_type(
 ) -> w.CreditTypeOut:
     _principal(request)
     services = _services(state)
-    return _credit_type_out(services.catalog.credit_types[_ledger(services, code)])
+    return _credit_type_out(services.catalog.credit_types[ledger_of(services, code)])
 
 
 def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
@@ -663,7 +410,7 @@ async def create_customer(
         external_ref=data.external_ref,
     )
     body = w.CustomerOut(
-        id=_sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
+        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
     )
     return _reply(body, replayed, 201)
 
@@ -679,8 +426,8 @@ async def get_customer(
     request: Request[Any, Any, Any], state: State, customer_id: FromPath[str]
 ) -> w.CustomerOut:
     principal = _principal(request)
-    cid = _id(customer_id, "customer_id")
-    _own(principal, cid, "customer")
+    cid = parse_id(customer_id, "customer_id")
+    own(principal, cid, "customer")
     row = await _services(state).control.customer(cid)
     return w.CustomerOut(
         id=customer_id, tenant=row.tenant, name=row.name, external_ref=row.external_ref
@@ -689,10 +436,10 @@ async def get_customer(
 
 def _resource_out(resource: Any) -> w.ResourceOut:
     return w.ResourceOut(
-        id=_sid(resource.id),
-        customer_id=_sid(resource.customer_id),
+        id=sid(resource.id),
+        customer_id=sid(resource.customer_id),
         kind=resource.kind,
-        parent_id=_sid(resource.parent_id) if resource.parent_id else None,
+        parent_id=sid(resource.parent_id) if resource.parent_id else None,
         external_ref=None,
     )
 
@@ -711,15 +458,15 @@ async def create_resource(
 ) -> Response[w.ResourceOut]:
     principal = _principal(request)
     data = await _strict(request, w.ResourceIn)
-    customer_id = _id(data.customer_id, "customer_id")
-    _own(principal, customer_id, "customer")
+    customer_id = parse_id(data.customer_id, "customer_id")
+    own(principal, customer_id, "customer")
     resource, replayed = await _services(state).control.create_resource(
         customer_id=customer_id,
         kind=ResourceKind(data.kind.value),
         actor=principal.name,
         tenant=principal.tenant,
         key=_key(request),
-        parent_id=_id(data.parent_id, "parent_id") if data.parent_id else None,
+        parent_id=parse_id(data.parent_id, "parent_id") if data.parent_id else None,
         external_ref=data.external_ref,
     )
     return _reply(_resource_out(resource), replayed, 201)
@@ -737,18 +484,18 @@ async def get_resource(
 ) -> w.ResourceOut:
     principal = _principal(request)
     services = _services(state)
-    resource = services.catalog.resources.get(_id(resource_id, "resource_id"))
+    resource = services.catalog.resources.get(parse_id(resource_id, "resource_id"))
     if resource is None:
         raise NotFound("resource not found")
-    _own(principal, resource.customer_id, "resource")
+    own(principal, resource.customer_id, "resource")
     return _resource_out(resource)
 
 
 def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
     return w.WalletOut(
-        id=_sid(wallet.id),
-        resource_id=_sid(wallet.resource_id),
-        credit_type=_code(services, wallet.ledger),
+        id=sid(wallet.id),
+        resource_id=sid(wallet.resource_id),
+        credit_type=code_of(services, wallet.ledger),
         overdraft_mode=wallet.overdraft_mode.value,
         overdraft_limit=wallet.overdraft_limit,
         fall_through=wallet.fall_through,
@@ -771,11 +518,11 @@ async def create_wallet(
     principal = _principal(request)
     data = await _strict(request, w.WalletIn)
     services = _services(state)
-    resource_id = _id(data.resource_id, "resource_id")
-    _own(principal, _resource_customer(services, resource_id), "resource")
+    resource_id = parse_id(data.resource_id, "resource_id")
+    own(principal, resource_customer(services, resource_id), "resource")
     wallet, replayed = await services.control.create_wallet(
         resource_id=resource_id,
-        ledger=_ledger(services, data.credit_type),
+        ledger=ledger_of(services, data.credit_type),
         actor=principal.name,
         tenant=principal.tenant,
         key=_key(request),
@@ -798,8 +545,8 @@ async def get_wallet(
 ) -> w.WalletBalanceOut:
     principal = _principal(request)
     services = _services(state)
-    wid = _id(wallet_id, "wallet_id")
-    _own(principal, _wallet_customer(services, wid), "wallet")
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
     b = await services.statements.wallet(wid)
     return w.WalletBalanceOut(
         wallet=_wallet_out(services, services.catalog.wallet(wid)),
@@ -816,7 +563,7 @@ async def get_wallet(
 
 def _grant_balance(g: Any) -> w.GrantBalanceOut:
     return w.GrantBalanceOut(
-        grant_id=_sid(g.grant_id),
+        grant_id=sid(g.grant_id),
         granted=g.granted,
         available=g.available,
         held=g.held,
@@ -846,8 +593,8 @@ async def wallet_entries(
 ) -> w.EntriesOut:
     principal = _principal(request)
     services = _services(state)
-    wid = _id(wallet_id, "wallet_id")
-    _own(principal, _wallet_customer(services, wid), "wallet")
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
     try:
         after = int(cursor) if cursor else 0
     except ValueError:
@@ -858,9 +605,9 @@ async def wallet_entries(
             w.EntryOut(
                 timestamp=e.timestamp,
                 type=e.type,
-                account_id=_sid(e.account_id),
+                account_id=sid(e.account_id),
                 amount=e.amount,
-                operation_id=_sid(e.operation_id),
+                operation_id=sid(e.operation_id),
                 available_after=e.available_after,
             )
             for e in page.entries
@@ -888,8 +635,8 @@ async def create_grant(
     principal = _principal(request)
     data = await _strict(request, w.GrantIn)
     services = _services(state)
-    wallet_id = _id(data.wallet_id, "wallet_id")
-    _own(principal, _wallet_customer(services, wallet_id), "wallet")
+    wallet_id = parse_id(data.wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wallet_id), "wallet")
     grant_request = GrantRequest(
         wallet_id=wallet_id,
         amount=data.amount,
@@ -907,7 +654,7 @@ async def create_grant(
         grant_request, tenant=principal.tenant, key=_key(request), actor=principal.name
     )
     body = w.GrantOut(
-        id=_sid(result.grant_id),
+        id=sid(result.grant_id),
         wallet_id=data.wallet_id,
         amount=result.amount,
         repaid_overdraft=result.repaid,
@@ -919,7 +666,7 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     accounts = await services.service.ledger.lookup_accounts([grant_id])
     if not accounts or accounts[0].code != AccountCode.GRANT:
         raise NotFound("grant not found")
-    return _wallet_customer(services, accounts[0].user_data_128)
+    return wallet_customer(services, accounts[0].user_data_128)
 
 
 @get(
@@ -934,8 +681,8 @@ async def get_grant(
 ) -> w.GrantBalanceOut:
     principal = _principal(request)
     services = _services(state)
-    gid = _id(grant_id, "grant_id")
-    _own(principal, await _grant_customer(services, gid), "grant")
+    gid = parse_id(grant_id, "grant_id")
+    own(principal, await _grant_customer(services, gid), "grant")
     return _grant_balance(await services.statements.grant(gid))
 
 
@@ -954,8 +701,8 @@ async def void_grant(
     principal = _principal(request)
     data = await _strict(request, w.VoidIn)
     services = _services(state)
-    gid = _id(grant_id, "grant_id")
-    _own(principal, await _grant_customer(services, gid), "grant")
+    gid = parse_id(grant_id, "grant_id")
+    own(principal, await _grant_customer(services, gid), "grant")
     result, replayed = await services.control.void_grant(
         gid, tenant=principal.tenant, key=_key(request), actor=principal.name, reason=data.reason
     )
@@ -980,13 +727,13 @@ async def refund(
     principal = _principal(request)
     data = await _strict(request, w.RefundIn)
     services = _services(state)
-    did = _id(debit_id, "debit_id")
+    did = parse_id(debit_id, "debit_id")
     legs = await services.service.ledger.lookup_transfers(
         [chains.leg_ids(did, chains.SETUP + 1)[chains.SETUP]]
     )
     if not legs or legs[0].code != TransferCode.CONSUME:
         raise NotFound("debit not found")
-    _own(principal, _wallet_customer(services, legs[0].user_data_128), "debit")
+    own(principal, wallet_customer(services, legs[0].user_data_128), "debit")
     result = await services.control.refund(
         did,
         data.amount,
@@ -996,11 +743,11 @@ async def refund(
         reason=data.reason,
     )
     body = w.RefundOut(
-        id=_sid(result.operation_id),
+        id=sid(result.operation_id),
         debit_id=debit_id,
         amount=result.amount,
         restored=[
-            w.FundingOut(account_id=_sid(a), kind="grant", amount=n) for a, n in result.restored
+            w.FundingOut(account_id=sid(a), kind="grant", amount=n) for a, n in result.restored
         ],
     )
     return _reply(body, result.replayed)
@@ -1024,11 +771,11 @@ async def create_budget(
     principal = _principal(request)
     data = await _strict(request, w.BudgetIn)
     services = _services(state)
-    resource_id = _id(data.resource_id, "resource_id")
-    _own(principal, _resource_customer(services, resource_id), "resource")
+    resource_id = parse_id(data.resource_id, "resource_id")
+    own(principal, resource_customer(services, resource_id), "resource")
     budget, replayed = await services.control.create_budget(
         resource_id=resource_id,
-        ledger=_ledger(services, data.credit_type),
+        ledger=ledger_of(services, data.credit_type),
         period=Period(data.period.value),
         cap=data.cap,
         actor=principal.name,
@@ -1040,9 +787,9 @@ async def create_budget(
 
 def _budget_out(services: Services, budget: Budget, used: int | None) -> w.BudgetOut:
     return w.BudgetOut(
-        id=_sid(budget.id),
-        resource_id=_sid(budget.resource_id),
-        credit_type=_code(services, budget.ledger),
+        id=sid(budget.id),
+        resource_id=sid(budget.resource_id),
+        credit_type=code_of(services, budget.ledger),
         period=budget.period.value,
         cap=budget.cap,
         used=used,
@@ -1062,10 +809,10 @@ async def get_budget(
 ) -> w.BudgetOut:
     principal = _principal(request)
     services = _services(state)
-    budget = services.catalog.budgets.get(_id(budget_id, "budget_id"))
+    budget = services.catalog.budgets.get(parse_id(budget_id, "budget_id"))
     if budget is None:
         raise NotFound("budget not found")
-    _own(principal, _resource_customer(services, budget.resource_id), "budget")
+    own(principal, resource_customer(services, budget.resource_id), "budget")
     used = await budget_used(services.service.ledger, budget, time.time_ns())
     return _budget_out(services, budget, used)
 
@@ -1089,7 +836,7 @@ async def set_price(
     services = _services(state)
     _, replayed = await services.control.set_price(
         feature=data.feature,
-        ledger=_ledger(services, data.credit_type),
+        ledger=ledger_of(services, data.credit_type),
         credits_per_unit=data.credits_per_unit,
         actor=principal.name,
         tenant=principal.tenant,

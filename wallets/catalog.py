@@ -103,6 +103,7 @@ class Catalog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.credit_types: dict[int, CreditType] = {}
+        self.ledger_by_code: dict[str, int] = {}
         self.resources: dict[int, Resource] = {}
         self.wallets: dict[int, Wallet] = {}
         self.wallet_of: dict[tuple[int, int], int] = {}
@@ -129,11 +130,16 @@ class Catalog:
             self._loading += 1
             return self.generation
 
+    def ledger_of_code(self, code: str) -> int | None:
+        """The ledger of the credit type with this code (codes are unique), if cached."""
+        return self.ledger_by_code.get(code)
+
     # -- writes -------------------------------------------------------------------------------
 
     def put_credit_type(self, credit_type: CreditType) -> None:
         self._note("put_credit_type", credit_type)
         self.credit_types[credit_type.ledger] = credit_type
+        self.ledger_by_code[credit_type.code] = credit_type.ledger
 
     def put_resource(self, resource: Resource) -> None:
         self._note("put_resource", resource)

@@ -1,0 +1,121 @@
+"""What every door into the API shares, with no web framework in it: strict body decoding, the
+Idempotency-Key rules, wire ids, the customer boundary, and the spend target of a request.
+
+The litestar routes (`api.routes`) and the hot lane (`api.lane`) both call these, so a request
+means the same thing whichever door it comes through.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TypeVar
+
+import msgspec
+
+from api import schemas as w
+from api.auth import Principal
+from api.errors import field_from_message
+from api.services import Services
+from grants.errors import InvalidRequest, NotFound
+from wallets.service import Funding
+
+T = TypeVar("T")
+
+IDEMPOTENCY_KEY_BYTES_MAX = 255
+
+
+def decode_strict(body: bytes, cls: type[T]) -> T:
+    """The body decoded strictly: no coercion ("1" is not 1), unknown fields refused."""
+    try:
+        return msgspec.json.decode(body, type=cls)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        raise InvalidRequest(message, field=field_from_message(message)) from None
+    except msgspec.DecodeError as error:
+        raise InvalidRequest(f"the body is not JSON: {error}") from None
+
+
+def idempotency_key(value: str | None) -> str:
+    if not value:
+        raise InvalidRequest("the Idempotency-Key header is required", field="Idempotency-Key")
+    if len(value.encode()) > IDEMPOTENCY_KEY_BYTES_MAX:
+        raise InvalidRequest("Idempotency-Key is over 255 bytes", field="Idempotency-Key")
+    return value
+
+
+def parse_id(text: str, field: str) -> int:
+    try:
+        value = uuid.UUID(text).int
+    except ValueError:
+        raise InvalidRequest(f"{field} is not an id", field=field) from None
+    if value == 0:
+        raise InvalidRequest(f"{field} is not an id", field=field)
+    return value
+
+
+def sid(value: int) -> str:
+    return str(uuid.UUID(int=value))
+
+
+def ledger_of(services: Services, code: str) -> int:
+    ledger = services.catalog.ledger_of_code(code)
+    if ledger is None:
+        raise NotFound(f"credit type {code!r} not found")
+    return ledger
+
+
+def code_of(services: Services, ledger: int) -> str:
+    credit_type = services.catalog.credit_types.get(ledger)
+    return credit_type.code if credit_type else str(ledger)
+
+
+def own(principal: Principal, customer_id: int | None, what: str) -> None:
+    """A key bound to a customer sees only that customer's objects: others are not found."""
+    if principal.customer_id is not None and principal.customer_id != customer_id:
+        raise NotFound(f"{what} not found")
+
+
+def wallet_customer(services: Services, wallet_id: int) -> int | None:
+    wallet = services.catalog.wallets.get(wallet_id)
+    if wallet is None:
+        return None
+    resource = services.catalog.resources.get(wallet.resource_id)
+    return resource.customer_id if resource else None
+
+
+def resource_customer(services: Services, resource_id: int) -> int | None:
+    resource = services.catalog.resources.get(resource_id)
+    return resource.customer_id if resource else None
+
+
+def funding(items: list[Funding]) -> list[w.FundingOut]:
+    return [w.FundingOut(account_id=sid(f.account_id), kind=f.kind, amount=f.amount) for f in items]
+
+
+def amount_of(services: Services, ledger: int, amount: int | None, usage: w.Usage | None) -> int:
+    """The amount a request spends: given, or its usage priced by the catalog."""
+    if (amount is None) == (usage is None):
+        raise InvalidRequest("give exactly one of amount and usage", field="amount")
+    if usage is not None:
+        try:
+            return services.catalog.price(usage.feature, ledger, usage.quantity)
+        except Exception as error:  # PathError: no price
+            raise InvalidRequest(str(error), field="usage.feature") from None
+    assert amount is not None
+    return amount
+
+
+def target(
+    services: Services, principal: Principal, data: w.SpendIn
+) -> tuple[int | None, int | None]:
+    """(resource_id, wallet_id) of a spend: exactly one named, inside the key's boundary."""
+    if (data.resource_id is None) == (data.wallet_id is None):
+        raise InvalidRequest("name exactly one of resource_id and wallet_id", field="resource_id")
+    if data.wallet_id is not None:
+        wallet_id = parse_id(data.wallet_id, "wallet_id")
+        own(principal, wallet_customer(services, wallet_id), "wallet")
+        return None, wallet_id
+    assert data.resource_id is not None
+    resource_id = parse_id(data.resource_id, "resource_id")
+    own(principal, resource_customer(services, resource_id), "resource")
+    return resource_id, None

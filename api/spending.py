@@ -1,0 +1,238 @@
+"""The spending operations (check, debit, batch, reserve, settle, release), framework-free.
+
+Each takes the services, the authenticated principal, the Idempotency-Key and the decoded body,
+and returns a `Reply`; a refusal is a `CreditError`. The hot lane (`api.lane`) calls them on
+every request; the litestar routes of the same paths call them too, so both doors behave alike.
+None of them touches Postgres: their idempotency rides on TigerBeetle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from api import schemas as w
+from api.auth import Principal
+from api.common import amount_of, funding, ledger_of, own, parse_id, sid, target, wallet_customer
+from api.errors import STATUS
+from api.services import Services
+from grants.errors import CreditError, InvalidRequest
+from wallets import chains
+from wallets.chains import Overage
+from wallets.service import DebitRequest, DebitResult
+
+
+class Reply(NamedTuple):
+    body: Any  # a schemas struct
+    status: int = 200
+    replayed: bool = False
+
+
+async def check(services: Services, principal: Principal, data: w.SpendIn) -> Reply:
+    ledger = ledger_of(services, data.credit_type)
+    resource_id, wallet_id = target(services, principal, data)
+    amount = amount_of(services, ledger, data.amount, data.usage)
+    result = await services.service.check(
+        amount=amount, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
+    )
+    services.metrics.decision("check", "allowed" if result.allowed else str(result.reason))
+    return Reply(
+        w.CheckOut(
+            allowed=result.allowed,
+            reason=result.reason,
+            amount=result.amount,
+            available=result.available,
+            reserved=result.reserved,
+            overdraft_headroom=result.overdraft_headroom,
+            budgets=[
+                w.BudgetHeadroomOut(
+                    budget_id=sid(b.budget_id),
+                    resource_id=sid(b.resource_id),
+                    cap=b.cap,
+                    used=b.used,
+                    headroom=b.headroom,
+                    blocking=b.blocking,
+                )
+                for b in result.budgets
+            ],
+            would_fund=funding(result.would_fund),
+        )
+    )
+
+
+def _debit_out(result: DebitResult) -> w.DebitOut:
+    return w.DebitOut(
+        id=sid(result.operation_id), amount=result.amount, funded_by=funding(result.funded_by)
+    )
+
+
+async def _enrich_refusal(
+    services: Services,
+    error: CreditError,
+    ledger: int,
+    resource_id: int | None,
+    wallet_id: int | None,
+) -> None:
+    """A 402 says what was available: one read, only on the refusal path."""
+    if error.code != "insufficient_credits":
+        return
+    check = await services.service.check(
+        amount=1, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
+    )
+    error.details["available"] = check.available
+
+
+async def debit(services: Services, principal: Principal, key: str, data: w.SpendIn) -> Reply:
+    ledger = ledger_of(services, data.credit_type)
+    resource_id, wallet_id = target(services, principal, data)
+    amount = amount_of(services, ledger, data.amount, data.usage)
+    try:
+        result = await services.service.debit(
+            tenant=principal.tenant,
+            key=key,
+            amount=amount,
+            ledger=ledger,
+            resource_id=resource_id,
+            wallet_id=wallet_id,
+            dimensions=data.dimensions,
+        )
+    except CreditError as error:
+        services.metrics.decision("debit", error.code)
+        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
+        raise
+    services.metrics.decision("debit", "ok")
+    return Reply(_debit_out(result), 201, result.replayed)
+
+
+async def debit_batch(services: Services, principal: Principal, data: w.BatchIn) -> Reply:
+    """Every debit with its own key and result; the valid ones in one engine request."""
+    requests: list[DebitRequest | CreditError] = []
+    for item in data.debits:
+        try:
+            ledger = ledger_of(services, item.credit_type)
+            resource_id, wallet_id = target(services, principal, item)
+            amount = amount_of(services, ledger, item.amount, item.usage)
+            requests.append(
+                DebitRequest(
+                    principal.tenant,
+                    item.idempotency_key,
+                    amount,
+                    ledger,
+                    resource_id,
+                    wallet_id,
+                    None,
+                    item.dimensions,
+                )
+            )
+        except CreditError as error:
+            requests.append(error)
+    valid = [r for r in requests if isinstance(r, DebitRequest)]
+    outcomes = iter(await services.service.debit_many(valid))
+    results = []
+    tally: dict[str, int] = {}
+    for item, prepared in zip(data.debits, requests, strict=True):
+        outcome = prepared if isinstance(prepared, CreditError) else next(outcomes)
+        if isinstance(outcome, CreditError):
+            tally[outcome.code] = tally.get(outcome.code, 0) + 1
+            results.append(
+                w.BatchResultOut(
+                    idempotency_key=item.idempotency_key,
+                    status=STATUS[outcome.code],
+                    error={"code": outcome.code, "detail": outcome.message},
+                )
+            )
+        else:
+            tally["ok"] = tally.get("ok", 0) + 1
+            results.append(
+                w.BatchResultOut(
+                    idempotency_key=item.idempotency_key, status=201, debit=_debit_out(outcome)
+                )
+            )
+    for outcome_code, count in tally.items():
+        services.metrics.decision("debit", outcome_code, count)
+    return Reply(w.BatchOut(results=results))
+
+
+async def reserve(services: Services, principal: Principal, key: str, data: w.ReserveIn) -> Reply:
+    ledger = ledger_of(services, data.credit_type)
+    resource_id, wallet_id = target(services, principal, data)
+    amount = amount_of(services, ledger, data.amount, data.usage)
+    try:
+        result = await services.service.reserve(
+            tenant=principal.tenant,
+            key=key,
+            amount=amount,
+            ledger=ledger,
+            timeout_s=data.timeout_s,
+            resource_id=resource_id,
+            wallet_id=wallet_id,
+            dimensions=data.dimensions,
+        )
+    except CreditError as error:
+        services.metrics.decision("reserve", error.code)
+        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
+        raise
+    services.metrics.decision("reserve", "ok")
+    body = w.ReservationOut(
+        id=sid(result.reservation_id),
+        amount=result.amount,
+        timeout_s=result.timeout_s,
+        funded_by=funding(result.funded_by),
+    )
+    return Reply(body, 201, result.replayed)
+
+
+async def reservation_legs(
+    services: Services, principal: Principal, reservation_id: int
+) -> list[Any]:
+    """The reservation's legs, after checking the customer boundary (404 across it)."""
+    legs = await services.service.reservation(reservation_id)
+    own(principal, wallet_customer(services, legs[chains.SETUP].user_data_128), "reservation")
+    return legs
+
+
+async def settle(
+    services: Services, principal: Principal, key: str, reservation_id: str, data: w.SettleIn
+) -> Reply:
+    rid = parse_id(reservation_id, "reservation_id")
+    legs = await reservation_legs(services, principal, rid)
+    amount = data.amount
+    if data.usage is not None:
+        if data.amount is not None:
+            raise InvalidRequest("give amount or usage, not both", field="amount")
+        amount = amount_of(services, legs[chains.SETUP].ledger, None, data.usage)
+    if amount is None:
+        raise InvalidRequest("give amount or usage", field="amount")
+    result = await services.service.settle(
+        tenant=principal.tenant,
+        key=key,
+        reservation_id=rid,
+        amount=amount,
+        policy=Overage(data.overage.value),
+        legs=legs,
+    )
+    services.metrics.decision("settle", "fallback" if result.fallback_debit else "ok")
+    body = w.SettleOut(
+        reservation_id=reservation_id,
+        id=sid(result.operation_id),
+        requested=result.requested,
+        collected=result.collected,
+        released=result.released,
+        overage=result.overage,
+        overage_collected=result.overage_collected,
+        overage_uncollected=result.overage_uncollected,
+        policy=result.policy,
+        fallback_debit=result.fallback_debit,
+    )
+    return Reply(body, 200, result.replayed)
+
+
+async def release(services: Services, principal: Principal, key: str, reservation_id: str) -> Reply:
+    rid = parse_id(reservation_id, "reservation_id")
+    legs = await reservation_legs(services, principal, rid)
+    result = await services.service.release(
+        tenant=principal.tenant, key=key, reservation_id=rid, legs=legs
+    )
+    body = w.ReleaseOut(
+        reservation_id=reservation_id, id=sid(result.operation_id), released=result.released
+    )
+    return Reply(body, 200, result.replayed)
