@@ -67,6 +67,12 @@ assert set(STATUS) == set(TITLES)
 
 
 def problem(code: str, detail: str | None = None, **extra: Any) -> Response[bytes]:
+    status, body = problem_body(code, detail, **extra)
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def problem_body(code: str, detail: str | None = None, **extra: Any) -> tuple[int, bytes]:
+    """(status, problem+json bytes) of a code: what every door sends for it."""
     status = STATUS[code]
     body: dict[str, Any] = {
         "type": f"https://credit-ledger.dev/problems/{code.replace('_', '-')}",
@@ -80,13 +86,18 @@ def problem(code: str, detail: str | None = None, **extra: Any) -> Response[byte
         if isinstance(value, int) and not isinstance(value, bool) and name.endswith("_id"):
             value = str(uuid.UUID(int=value))  # ids travel as strings, like everywhere else
         body[name] = value  # amounts stay integers, as in every other body
-    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    return status, msgspec.json.encode(body)
+
+
+def credit_problem(error: CreditError) -> tuple[int, bytes]:
+    details = {k: v for k, v in error.details.items() if v is not None}
+    return problem_body(error.code, error.message, **details)
 
 
 def credit_error_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     assert isinstance(error, CreditError)
-    details = {k: v for k, v in error.details.items() if v is not None}
-    return problem(error.code, error.message, **details)
+    status, body = credit_problem(error)
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
 
 
 def validation_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
@@ -121,7 +132,7 @@ def field_from_message(message: str) -> str | None:
 _FIELD_IN_MESSAGE = re.compile(
     r"(?:unknown|missing required) field `(?P<name>[^`]+)`(?: - at `\$\.?(?P<path>[^`]*)`)?"
 )
-_PATH_IN_MESSAGE = re.compile(r"at `\$\.([^`]+)`")
+_PATH_IN_MESSAGE = re.compile(r"at (?:`key` in )?`\$\.([^`]+)`")
 
 
 def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:

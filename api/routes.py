@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -180,13 +181,27 @@ async def authorize(
 
 # The hot lane (`api.lane`) answers these paths before litestar routes them; these handlers
 # declare them for the OpenAPI document and serve them when the lane is off. Both call
-# `api.spending`. The `data` parameter gives the document its request schema; the body is
-# decoded again strictly (litestar's decoding coerces "1" to 1; the contract does not).
+# `api.spending` and decode the body once, strictly, with `decode_strict`: a handler with a
+# `data` parameter would have litestar decode it first, leniently ("1" becomes 1), and answer
+# some bad bodies in its own words.
+
+
+def _documented_body(cls: type[Any]) -> dict[str, Provide]:
+    """Documents `cls` as the route's request body without litestar decoding it: litestar's
+    OpenAPI takes the body from a declared dependency's `data` parameter; no handler asks for
+    this dependency, so it is never resolved."""
+
+    def body(data: Any) -> None:
+        raise AssertionError("documentation only")
+
+    body.__annotations__ = {"data": cls, "return": None}
+    return {"documented_body": Provide(body, sync_to_thread=False)}
 
 
 @post(
     "/v1/check",
     operation_class=OPS["check"],
+    dependencies=_documented_body(w.SpendIn),
     opt={"scopes": {"runtime", "admin"}},
     status_code=200,
     tags=["spending"],
@@ -194,9 +209,7 @@ async def authorize(
     "reserved, the overdraft headroom, every budget's headroom (and which blocks) "
     "and the grants that would fund it. Changes nothing.",
 )
-async def check(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
-) -> Response[w.CheckOut]:
+async def check(request: Request[Any, Any, Any], state: State) -> Response[w.CheckOut]:
     body = await _strict(request, w.SpendIn)
     return _send(await spending.check(_services(state), _principal(request), body))
 
@@ -204,6 +217,7 @@ async def check(
 @post(
     "/v1/debits",
     operation_class=OPS["debit"],
+    dependencies=_documented_body(w.SpendIn),
     opt={"scopes": {"runtime"}},
     status_code=201,
     tags=["spending"],
@@ -212,9 +226,7 @@ async def check(
     "overdraft) drained up to exactly the amount, with every budget on the path, "
     "or nothing. 402 insufficient_credits or budget_exceeded when it cannot.",
 )
-async def debit(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.SpendIn]
-) -> Response[w.DebitOut]:
+async def debit(request: Request[Any, Any, Any], state: State) -> Response[w.DebitOut]:
     principal = _principal(request)
     body = await _strict(request, w.SpendIn)
     return _send(await spending.debit(_services(state), principal, _key(request), body))
@@ -223,15 +235,14 @@ async def debit(
 @post(
     "/v1/debits/batch",
     operation_class=OPS["debit_batch"],
+    dependencies=_documented_body(w.BatchIn),
     opt={"scopes": {"runtime"}},
     status_code=200,
     tags=["spending"],
     description="Many debits in one call (usage ingestion), each with its own idempotency "
     "key and its own result: one engine request for all of them. At most 1000.",
 )
-async def debit_batch(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.BatchIn]
-) -> Response[w.BatchOut]:
+async def debit_batch(request: Request[Any, Any, Any], state: State) -> Response[w.BatchOut]:
     body = await _strict(request, w.BatchIn)
     return _send(await spending.debit_batch(_services(state), _principal(request), body))
 
@@ -239,6 +250,7 @@ async def debit_batch(
 @post(
     "/v1/reservations",
     operation_class=OPS["reserve"],
+    dependencies=_documented_body(w.ReserveIn),
     opt={"scopes": {"runtime"}},
     status_code=201,
     tags=["spending"],
@@ -246,9 +258,7 @@ async def debit_batch(
     "pending transfers that TigerBeetle releases by itself after timeout_s "
     "(default 3600, at most 86400).",
 )
-async def reserve(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ReserveIn]
-) -> Response[w.ReservationOut]:
+async def reserve(request: Request[Any, Any, Any], state: State) -> Response[w.ReservationOut]:
     principal = _principal(request)
     body = await _strict(request, w.ReserveIn)
     return _send(await spending.reserve(_services(state), principal, _key(request), body))
@@ -257,6 +267,7 @@ async def reserve(
 @post(
     "/v1/reservations/{reservation_id:str}/settle",
     operation_class=OPS["settle"],
+    dependencies=_documented_body(w.SettleIn),
     opt={"scopes": {"runtime"}},
     status_code=200,
     tags=["spending"],
@@ -269,7 +280,6 @@ async def settle(
     request: Request[Any, Any, Any],
     state: State,
     reservation_id: FromPath[str],
-    data: JSONBody[w.SettleIn],
 ) -> Response[w.SettleOut]:
     principal = _principal(request)
     body = await _strict(request, w.SettleIn)

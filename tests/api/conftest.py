@@ -28,6 +28,7 @@ class Api:
     client: httpx.AsyncClient
     keys: dict[str, str]
     engine: EmbeddedEngine
+    app: Any = None
     seq: int = field(default_factory=lambda: next(_counter))
 
     def headers(self, key: str = "admin", idem: str | None = None) -> dict[str, str]:
@@ -90,6 +91,6 @@ async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
         httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
     ):
         await wait_until_following(client, pool)
-        yield Api(client, keys, engine)
+        yield Api(client, keys, engine, app)
     await ledger.close()
     engine.close()
