@@ -32,6 +32,7 @@ from api.routes import ROUTES, authorize
 from api.services import Services
 from ledger.client import Ledger
 from ledger.db import DatabaseSettings, Pool
+from ledger.heap import HeapPolicy, manage_heap
 from ledger.notify import CatalogChange, listen_catalog_changes
 from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog
@@ -56,6 +57,9 @@ class ApiSettings:
     # Serve the spending routes from the hot lane (api.lane) in front of litestar. Off, the
     # litestar handlers of the same paths serve them (the same answers, more CPU per request).
     hot_lane: bool = True
+    # How the process collects garbage (ledger.heap); None leaves CPython's defaults. The
+    # server sets it: with the embedded engine its heap is large and lives as long as it does.
+    heap: HeapPolicy | None = None
 
 
 class CreditLedgerApp(Litestar):
@@ -156,6 +160,8 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             asyncio.create_task(services.sink.run(), name="movements"),
             asyncio.create_task(_follow(services, settings.database), name="cache-follow"),
         ]
+        if settings.heap is not None:
+            services.tasks.append(asyncio.create_task(manage_heap(settings.heap), name="heap"))
         try:
             yield
         finally:

@@ -111,9 +111,12 @@ async def _serve(
 
     from api.app import ApiSettings, create_app
     from jobs.scheduler import Jobs, JobSettings
+    from ledger.heap import HeapPolicy
 
     async with runtime(data_dir) as rt:
-        app = create_app(ApiSettings(database=rt.conninfo), ledger=rt.ledger, pool=rt.pool)
+        app = create_app(
+            ApiSettings(database=rt.conninfo, heap=HeapPolicy()), ledger=rt.ledger, pool=rt.pool
+        )
         if with_jobs:
             jobs = Jobs(app.state.services.control, JobSettings())
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))

@@ -1,0 +1,88 @@
+"""Garbage collection for a process that holds a large heap for its whole life.
+
+With the embedded engine, the service process keeps the ledger's state in memory: millions of
+long-lived objects, growing with every transfer. CPython's cyclic collector walks every tracked
+container of the generation it collects, and the oldest generation is collected whenever it has
+grown by a quarter, so under load the process paused for 60-100 ms every few seconds, walking
+objects that can never be garbage. Measured on the debit benchmark: full collections took 1.3 s
+of a 20 s run, and request p99 was 107 ms; with this policy, 25-37 ms, and 20% more debits/s.
+
+The policy (`manage_heap`, a task the server runs):
+- every `freeze_every_s`, collect what is young and move every survivor to the permanent
+  generation (`gc.freeze()`), which no collection walks; the collector then only ever sees the
+  objects made since the last freeze;
+- every `full_every_s`, unfreeze, collect everything once, and freeze again: this reclaims the
+  reference cycles that became garbage after they were frozen (rare: reference counting frees
+  everything else as usual), so nothing leaks for longer than that;
+- the youngest generation is collected every `young_threshold` allocations instead of CPython's
+  700, as a request makes a few hundred objects that almost all die by reference counting.
+
+Nothing here changes what is freed by reference counting, which is almost everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from dataclasses import dataclass
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeapPolicy:
+    freeze_every_s: float = 10.0
+    full_every_s: float = 3600.0
+    young_threshold: int = 10_000
+
+
+@dataclass(frozen=True)
+class HeapReport:
+    frozen: int  # objects in the permanent generation after the step
+    collected: int  # unreachable objects found by the step's collection
+    seconds: float
+
+
+def freeze() -> HeapReport:
+    """Collect what is not frozen (all made since the last freeze), then freeze the survivors."""
+    start = time.perf_counter()
+    collected = gc.collect()
+    gc.freeze()
+    return HeapReport(gc.get_freeze_count(), collected, time.perf_counter() - start)
+
+
+def full() -> HeapReport:
+    """Unfreeze, collect everything, freeze again (reclaims cycles that died while frozen)."""
+    start = time.perf_counter()
+    gc.unfreeze()
+    collected = gc.collect()
+    gc.freeze()
+    return HeapReport(gc.get_freeze_count(), collected, time.perf_counter() - start)
+
+
+async def manage_heap(policy: HeapPolicy) -> None:
+    """Runs the policy until cancelled; on cancel, leaves the collector as it found it, with
+    nothing frozen."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(policy.young_threshold, thresholds[1], thresholds[2])
+    freeze()
+    last_full = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(policy.freeze_every_s)
+            if time.monotonic() - last_full >= policy.full_every_s:
+                report = full()
+                last_full = time.monotonic()
+                _logger.info(
+                    "full collection: %d unreachable, %d frozen, %.0f ms",
+                    report.collected,
+                    report.frozen,
+                    report.seconds * 1000,
+                )
+            else:
+                freeze()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -1,0 +1,72 @@
+"""The garbage-collection policy of the server process (ledger.heap)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from ledger import heap
+
+pytestmark = pytest.mark.anyio
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def _cycle() -> weakref.ref[Node]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+@pytest.fixture(autouse=True)
+def collector_restored() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+def test_a_frozen_cycle_is_reclaimed_by_the_full_step_only() -> None:
+    alive = _cycle()
+    held = alive()  # alive at the freeze, garbage after it
+    report = heap.freeze()
+    assert report.frozen == gc.get_freeze_count() > 0
+    del held
+    gc.collect()
+    assert alive() is not None, "a frozen cycle is not walked by ordinary collections"
+    report = heap.full()
+    assert alive() is None
+    assert report.collected >= 2 and gc.get_freeze_count() > 0
+
+
+def test_freeze_collects_what_died_before_it() -> None:
+    alive = _cycle()
+    report = heap.freeze()
+    assert alive() is None and report.collected >= 2
+
+
+async def test_manage_heap_runs_its_steps_and_restores_the_collector() -> None:
+    before = gc.get_threshold()
+    policy = heap.HeapPolicy(freeze_every_s=0.01, full_every_s=0.05, young_threshold=12_345)
+    task = asyncio.create_task(heap.manage_heap(policy))
+    await asyncio.sleep(0.02)
+    assert gc.get_threshold()[0] == 12_345
+    assert gc.get_freeze_count() > 0
+    doomed = _cycle()
+    held = doomed()
+    gc.freeze()  # alive at a freeze, garbage after it
+    del held
+    await asyncio.sleep(0.15)  # past a full step
+    assert doomed() is None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
