@@ -115,6 +115,7 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
+    metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
     return Services(
         pool=pool,
         catalog=catalog,

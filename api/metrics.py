@@ -3,7 +3,9 @@ latency, and decisions by outcome. One registry per app, so tests can build many
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -36,6 +38,19 @@ class Metrics:
             registry=registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
+
+    def watch_movements(self, queued: Callable[[], int], dropped: Callable[[], int]) -> None:
+        """The movement projection's queue: rows waiting for Postgres, rows dropped."""
+        Gauge(
+            "credit_movements_queued",
+            "Movements waiting to be written to Postgres",
+            registry=self.registry,
+        ).set_function(queued)
+        Gauge(
+            "credit_movements_dropped",
+            "Movements dropped since start because the queue was full (the ledger has them)",
+            registry=self.registry,
+        ).set_function(dropped)
 
     def engine(self, method: str, seconds: float) -> None:
         self.engine_seconds.labels(method).observe(seconds)

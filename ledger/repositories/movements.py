@@ -14,15 +14,14 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-from psycopg.types.json import Jsonb
 
 from ledger.db import Connection
+from ledger.limits import U128_MAX
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
     from_amount,
     from_uuid,
     page_limit,
-    to_amount,
     to_uuid,
 )
 
@@ -87,35 +86,59 @@ def _row(row: tuple[Any, ...]) -> Movement:
     )
 
 
+_STAGED: Final = (
+    "operation_id, kind, wallet_id, resource_id, credit_type_id, amount, dimensions, effective_at"
+)
+
+
 async def insert_movements(conn: Connection, rows: Sequence[NewMovement]) -> int:
     """Insert a batch (at most MOVEMENTS_PER_BATCH_MAX); operations already recorded are
     skipped. Returns how many rows were new.
 
-    One pipelined `executemany`: a single round trip's worth of latency for the whole batch.
+    The rows are COPYed into a per-connection temporary table, then moved with one
+    `INSERT ... SELECT ... ON CONFLICT DO NOTHING` (COPY itself cannot skip duplicates): about
+    five times the rows per second of a pipelined `executemany`, in one transaction.
     """
     assert len(rows) <= MOVEMENTS_PER_BATCH_MAX, f"{len(rows)} movements in one batch"
     if not rows:
         return 0
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO movements (operation_id, kind, wallet_id, resource_id, credit_type_id,"
-            " amount, dimensions, effective_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (operation_id) DO NOTHING",
-            [
-                (
-                    to_uuid(row.operation_id),
-                    row.kind.value,
-                    to_uuid(row.wallet_id),
-                    to_uuid(row.resource_id),
-                    row.credit_type_id,
-                    to_amount(row.amount),
-                    Jsonb(row.dimensions),
-                    row.effective_at,
-                )
-                for row in rows
-            ],
+    async with conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS movements_staged"
+            f" AS SELECT {_STAGED} FROM movements WITH NO DATA"
         )
-        return cursor.rowcount
+        async with conn.cursor() as cursor:
+            async with cursor.copy(f"COPY movements_staged ({_STAGED}) FROM STDIN") as copy:
+                await copy.write(_copy_text(rows))
+            await cursor.execute(
+                f"INSERT INTO movements ({_STAGED}) SELECT {_STAGED} FROM movements_staged"
+                " ON CONFLICT (operation_id) DO NOTHING"
+            )
+            inserted = cursor.rowcount
+            await cursor.execute("TRUNCATE movements_staged")
+    return inserted
+
+
+def _copy_text(rows: Sequence[NewMovement]) -> bytes:
+    """The rows in COPY's text format, written here rather than by psycopg's per-value
+    adapters (a third of the CPU per row): ids as 32 hex digits (a uuid's bytes), amounts and
+    numbers as decimals, dimensions as JSON. JSON escapes every control character, so of
+    COPY's special characters only the backslash can occur, and is doubled."""
+    lines = []
+    encode = msgspec.json.encode
+    for row in rows:
+        ids = (row.operation_id, row.wallet_id, row.resource_id)
+        assert all(0 <= i <= U128_MAX for i in ids), ids
+        assert isinstance(row.amount, int) and isinstance(row.credit_type_id, int), row
+        dimensions = encode(row.dimensions).decode() if row.dimensions else "{}"
+        if "\\" in dimensions:
+            dimensions = dimensions.replace("\\", "\\\\")
+        lines.append(
+            f"{row.operation_id:032x}\t{row.kind.value}\t{row.wallet_id:032x}\t"
+            f"{row.resource_id:032x}\t{row.credit_type_id}\t{row.amount}\t{dimensions}\t"
+            f"{row.effective_at.isoformat()}\n"
+        )
+    return "".join(lines).encode()
 
 
 async def get_movement(conn: Connection, operation_id: int) -> Movement | None:

@@ -117,7 +117,12 @@ def test_many_debits_in_one_request_each_on_its_own(world: World) -> None:
     ] + [DebitRequest(7, world.k("bad"), 0, world.ledger_id, resource_id=AGENT)]
     outcomes = world.run(world.service.debit_many(requests))
     assert [type(o).__name__ for o in outcomes] == [
-        "DebitResult", "DebitResult", "InsufficientCredits", "DebitResult", "InvalidRequest"]
+        "DebitResult",
+        "DebitResult",
+        "InsufficientCredits",
+        "DebitResult",
+        "InvalidRequest",
+    ]
     assert isinstance(outcomes[4], InvalidRequest)
     assert world.available(grant.id) == 0
     again = world.run(world.service.debit_many(requests[:2]))
@@ -132,8 +137,14 @@ def test_a_whole_catalog_load_keeps_what_was_written_meanwhile(world: World) -> 
     since = catalog.begin_load()  # a snapshot is read now; then this process writes
     later = Wallet(999_999, TEAM, world.ledger_id)
     catalog.put_wallet(later)
-    catalog.load(list(catalog.credit_types.values()), list(catalog.resources.values()),
-                 [before], [], [], since=since)
+    catalog.load(
+        list(catalog.credit_types.values()),
+        list(catalog.resources.values()),
+        [before],
+        [],
+        [],
+        since=since,
+    )
     assert catalog.wallets[later.id] == later  # not taken back by the older snapshot
     assert catalog.wallets[before.id] == before
     assert catalog._journal == []

@@ -202,7 +202,7 @@ async def test_movements_reach_postgres_with_their_dimensions(
     await plane.service.settle(
         tenant=47, key="s7", reservation_id=reservation.reservation_id, amount=15
     )
-    assert sink.queue.qsize() == 3  # nothing written on the caller's time
+    assert sink.queued == 3  # nothing written on the caller's time
     await sink.drain()
     async with pool.connection() as conn:
         row = await movements.get_movement(conn, debit.operation_id)

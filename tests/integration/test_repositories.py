@@ -617,6 +617,39 @@ async def test_movements_insert_is_batched_and_idempotent(conn: db.Connection) -
     assert len(seen) == len(set(seen)) == 251
 
 
+async def test_movement_dimensions_survive_copy_exactly(conn: db.Connection) -> None:
+    """Movements travel as COPY text: characters special to COPY or JSON come back as sent."""
+    ids = await _tree(conn)
+    awkward = {
+        "back\\slash": "C:\\path\\n",
+        "tab": "a\tb",
+        "newline": "line\nnext\r",
+        "quote": 'say "hi"',
+        "unicode": "snow \u2603 ü",
+        "empty": "",
+        "null-ish": "\\N",
+    }
+    row = NewMovement(
+        operation_id=U128_MAX,
+        kind=MovementKind.SETTLE,
+        wallet_id=ids["agent_wallet"],
+        resource_id=ids["agent"],
+        credit_type_id=LEDGER,
+        amount=U128_MAX,
+        effective_at=T0 + timedelta(microseconds=123456),
+        dimensions=awkward,
+    )
+    assert await movements.insert_movements(conn, [row]) == 1
+    stored = await movements.get_movement(conn, U128_MAX)
+    assert stored is not None
+    assert stored.dimensions == awkward
+    assert (stored.amount, stored.effective_at, stored.kind) == (
+        U128_MAX,
+        T0 + timedelta(microseconds=123456),
+        MovementKind.SETTLE,
+    )
+
+
 async def test_movement_constraints(conn: db.Connection) -> None:
     bad = NewMovement(
         operation_id=1,
