@@ -8,12 +8,18 @@ objects that can never be garbage. Measured on the debit benchmark: full collect
 of a 20 s run, and request p99 was 107 ms; with this policy, 25-37 ms, and 20% more debits/s.
 
 The policy (`manage_heap`, a task the server runs):
-- every `freeze_every_s`, collect what is young and move every survivor to the permanent
-  generation (`gc.freeze()`), which no collection walks; the collector then only ever sees the
-  objects made since the last freeze;
+- every `freeze_every_s`, collect the two young generations and move every survivor to the
+  permanent generation (`gc.freeze()`), which no collection walks; the collector then only ever
+  sees the objects made since the last freeze;
+- no automatic full collection: a full collection also *untracks* every dict whose values are
+  all untracked, such as the engine's index of transfers (tuples of ints); the next insert
+  tracks it again as a young object, and the next young collections walk its millions of
+  entries (60-200 ms pauses, measured). So the oldest generation's threshold is out of reach;
 - every `full_every_s`, unfreeze, collect everything once, and freeze again: this reclaims the
-  reference cycles that became garbage after they were frozen (rare: reference counting frees
-  everything else as usual), so nothing leaks for longer than that;
+  reference cycles that became garbage after they were frozen or old (rare: reference counting
+  frees everything else as usual), so nothing leaks for longer than that. That step, and the
+  few young collections after it, pause the process (a few hundred ms on a large heap), once
+  an interval;
 - the youngest generation is collected every `young_threshold` allocations instead of CPython's
   700, as a request makes a few hundred objects that almost all die by reference counting.
 
@@ -45,10 +51,16 @@ class HeapReport:
     seconds: float
 
 
+# Collections of the oldest generation happen when this many young-middle collections have
+# run: never, in practice; `full()` does them on schedule.
+_NEVER = 1 << 30
+
+
 def freeze() -> HeapReport:
-    """Collect what is not frozen (all made since the last freeze), then freeze the survivors."""
+    """Collect the young generations (never a full collection, see above), then freeze what
+    survived."""
     start = time.perf_counter()
-    collected = gc.collect()
+    collected = gc.collect(1)
     gc.freeze()
     return HeapReport(gc.get_freeze_count(), collected, time.perf_counter() - start)
 
@@ -66,7 +78,7 @@ async def manage_heap(policy: HeapPolicy) -> None:
     """Runs the policy until cancelled; on cancel, leaves the collector as it found it, with
     nothing frozen."""
     thresholds = gc.get_threshold()
-    gc.set_threshold(policy.young_threshold, thresholds[1], thresholds[2])
+    gc.set_threshold(policy.young_threshold, thresholds[1], _NEVER)
     freeze()
     last_full = time.monotonic()
     try:
