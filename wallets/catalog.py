@@ -97,6 +97,18 @@ def period_start_ns(period: Period, at_ns: int) -> int:
     return calendar.timegm(day.timetuple()) * 1_000_000_000
 
 
+def period_end_ns(period: Period, at_ns: int) -> int | None:
+    """Start of the period after the one containing `at_ns` (None for a lifetime budget)."""
+    if period is Period.LIFETIME:
+        return None
+    start = period_start_ns(period, at_ns)
+    days = {Period.DAY: 1, Period.WEEK: 7, Period.MONTH: 32}[period]
+    return period_start_ns(period, start + days * 86_400 * 1_000_000_000)
+
+
+_FOREVER = 1 << 64
+
+
 class Catalog:
     """The cache. Readers never lock; writers replace whole entries under one lock."""
 
@@ -118,6 +130,10 @@ class Catalog:
         self.generation = 0
         self._journal: list[tuple[int, str, Any]] = []
         self._loading = 0  # whole loads under way: only then is the journal kept
+        # wallet id -> (generation, valid from, valid until, its spend path): a path holds
+        # while the catalog is unchanged and the time stays between the same grant starts,
+        # expiries and budget periods.
+        self._paths: dict[int, tuple[int, int, int, SpendPath]] = {}
 
     def _note(self, method: str, argument: Any) -> None:
         self.generation += 1
@@ -229,17 +245,38 @@ class Catalog:
 
     def spend_path(self, wallet: Wallet, at_ns: int) -> SpendPath:
         """Own grants in burn order, the parents' while the wallet falls through, then the
-        overdraft; plus every budget on the resource and its ancestors."""
+        overdraft; plus every budget on the resource and its ancestors. Cached per wallet."""
+        cached = self._paths.get(wallet.id)
+        if cached is not None:
+            generation, valid_from, valid_until, path = cached
+            if generation == self.generation and valid_from <= at_ns < valid_until:
+                return path
+        path, valid_from, valid_until = self._spend_path(wallet, at_ns)
+        self._paths[wallet.id] = (self.generation, valid_from, valid_until, path)
+        return path
+
+    def _spend_path(self, wallet: Wallet, at_ns: int) -> tuple[SpendPath, int, int]:
+        """The path at `at_ns`, and the times between which it stays the same."""
+        valid_from, valid_until = 0, _FOREVER
+
+        def bound(edge: int) -> None:
+            nonlocal valid_from, valid_until
+            if edge <= at_ns:
+                valid_from = max(valid_from, edge)
+            else:
+                valid_until = min(valid_until, edge)
+
         sources: list[Source] = []
         current: Wallet | None = wallet
         resources = self.ancestors(wallet.resource_id)
         level = 0
         while current is not None:
-            sources += [
-                Source(g.id, SourceKind.GRANT, current.id)
-                for g in self.grants_of.get(current.id, ())
-                if g.effective(at_ns)
-            ]
+            for g in self.grants_of.get(current.id, ()):
+                bound(g.effective_at_ns)
+                if g.expires_at_ns is not None:
+                    bound(g.expires_at_ns)
+                if g.effective(at_ns):
+                    sources.append(Source(g.id, SourceKind.GRANT, current.id))
             if not current.fall_through or level + 1 >= len(resources):
                 break
             level += 1
@@ -254,17 +291,22 @@ class Catalog:
         if len(sources) > PATH_SOURCES_MAX:
             # Drawing from more blocks than one chain holds: the earliest in burn order first.
             sources = sources[: PATH_SOURCES_MAX - 1] + sources[-1:]
-        budgets = [
-            BudgetLeg(b.id, budget_account_id(r.id, b.id, period_start_ns(b.period, at_ns)), r.id)
-            for r in resources
-            for b in self.budgets_of.get((r.id, wallet.ledger), ())
-        ]
+        budgets = []
+        for r in resources:
+            for b in self.budgets_of.get((r.id, wallet.ledger), ()):
+                start = period_start_ns(b.period, at_ns)
+                end = period_end_ns(b.period, at_ns)
+                bound(start)
+                if end is not None:
+                    bound(end)
+                budgets.append(BudgetLeg(b.id, budget_account_id(r.id, b.id, start), r.id))
         if len(budgets) > PATH_BUDGETS_MAX:
             raise PathError(f"{len(budgets)} budgets on the path, over {PATH_BUDGETS_MAX}")
         tenant = resources[0].tenant
-        return SpendPath(
+        path = SpendPath(
             wallet.ledger, tenant, wallet.id, wallet.resource_id, tuple(sources), tuple(budgets)
         )
+        return path, valid_from, valid_until
 
     def budget_of_account(self, path: SpendPath, account_id: int) -> Budget | None:
         for leg in path.budgets:

@@ -45,6 +45,15 @@ BD = TransferFlags.BALANCING_DEBIT
 BC = TransferFlags.BALANCING_CREDIT
 POST = TransferFlags.POST_PENDING_TRANSFER
 VOID = TransferFlags.VOID_PENDING_TRANSFER
+# Combinations built once: an IntFlag `|` is a Python call, and chains are built per request.
+LINKED_PENDING = LINKED | PENDING
+# The flags of a source leg, by (pending, drains fully (BD|BC) or takes what is left (BC)).
+_SOURCE_FLAGS = {
+    (False, True): LINKED | BD | BC,
+    (True, True): LINKED_PENDING | BD | BC,
+    (False, False): LINKED | BC,
+    (True, False): LINKED_PENDING | BC,
+}
 
 
 class SourceKind(enum.Enum):
@@ -148,17 +157,16 @@ def _source_legs(
     timeout_s: int,
 ) -> list[Transfer]:
     drain = _system(op.ledger, AccountCode.CONTROL_DRAIN)
+    pending = bool(flags & PENDING)
     legs = []
     for i, source in enumerate(path.sources):
         if source.kind is SourceKind.GRANT:
-            code, leg_flags = (
-                TransferCode.RESERVE if flags & PENDING else TransferCode.DEBIT,
-                flags | BD | BC,
-            )
+            code = TransferCode.RESERVE if pending else TransferCode.DEBIT
+            leg_flags = _SOURCE_FLAGS[pending, True]
         elif source.kind is SourceKind.OVERDRAFT:
-            code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BD | BC
+            code, leg_flags = TransferCode.OVERDRAFT_DRAW, _SOURCE_FLAGS[pending, True]
         else:
-            code, leg_flags = TransferCode.OVERDRAFT_DRAW, flags | BC
+            code, leg_flags = TransferCode.OVERDRAFT_DRAW, _SOURCE_FLAGS[pending, False]
         legs.append(
             make_leg(
                 op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s
@@ -176,7 +184,7 @@ def drain_chain(
     ledger = op.ledger
     drain = _system(ledger, AccountCode.CONTROL_DRAIN)
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
-    flags = LINKED | (PENDING if pending else TransferFlags.NONE)
+    flags = LINKED_PENDING if pending else LINKED
     setup = (
         make_leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
         if pending
@@ -219,7 +227,7 @@ def drain_chain(
     chain += _source_legs(op, path, amount, index, flags, timeout_s)
     check = _system(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
-        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, TransferFlags(BC))
+        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC)
     )
     return chain
 
