@@ -7,6 +7,7 @@ means the same thing whichever door it comes through.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from wallets.service import Funding
 T = TypeVar("T")
 
 IDEMPOTENCY_KEY_BYTES_MAX = 255
+_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def decode_strict(body: bytes, cls: type[T]) -> T:
@@ -44,6 +46,15 @@ def idempotency_key(value: str | None) -> str:
 
 
 def parse_id(text: str, field: str) -> int:
+    """A wire id (UUID text) as its u128; the canonical form is parsed without `uuid.UUID`,
+    which costs as much as the rest of a request's id handling."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        digits = text.replace("-", "")
+        if len(digits) == 32 and _HEX.fullmatch(digits):
+            value = int(digits, 16)
+            if value == 0:
+                raise InvalidRequest(f"{field} is not an id", field=field)
+            return value
     try:
         value = uuid.UUID(text).int
     except ValueError:
@@ -54,7 +65,9 @@ def parse_id(text: str, field: str) -> int:
 
 
 def sid(value: int) -> str:
-    return str(uuid.UUID(int=value))
+    """A u128 as UUID text (what `str(uuid.UUID(int=value))` gives, at a third of the cost)."""
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def ledger_of(services: Services, code: str) -> int:

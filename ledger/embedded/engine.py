@@ -185,7 +185,7 @@ class EmbeddedEngine:
             timestamp = self.state.prepare(len(events), self._clock_ns())
             results = self.state.create_transfers(timestamp, events)
             position = self._journal(OP_CREATE_TRANSFERS, timestamp, events)
-        return [CreateTransferResult(timestamp=ts, status=s) for s, ts in results], position
+        return [CreateTransferResult(ts, s) for s, ts in results], position
 
     def read(self, operation: str, argument: Any) -> tuple[list[Any], int]:
         if operation in ("lookup_accounts", "lookup_transfers"):
