@@ -21,7 +21,7 @@ from __future__ import annotations
 import marshal
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ledger.clock import wall_clock_ns
@@ -128,7 +128,7 @@ class EmbeddedEngine:
             state = (
                 StateMachine()
                 if recovered.snapshot is None
-                else StateMachine.from_export(marshal.loads(recovered.snapshot))
+                else StateMachine.from_export(decode_snapshot(recovered.snapshot))
             )
             for payload in recovered.records:
                 _apply_record(state, payload)
@@ -218,15 +218,17 @@ class EmbeddedEngine:
             return 0
         position = journal.append(marshal.dumps((operation, timestamp, events)))
         if journal.segment_bytes >= self._snapshot_bytes:
-            journal.rotate(marshal.dumps(self.state.export()), position)
+            journal.rotate(_snapshot_pieces(self.state.export()), position)
         return position
 
     def snapshot(self) -> None:
-        """Writes a snapshot now (start-up then replays nothing before it)."""
+        """Writes a snapshot now, and waits for it (start-up then replays nothing before it)."""
         with self._lock:
             self._check_open()
-            if self.journal is not None:
-                self.journal.rotate(marshal.dumps(self.state.export()), self.journal.appended)
+            if self.journal is None:
+                return
+            self.journal.rotate(_snapshot_pieces(self.state.export()), self.journal.appended)
+        self.journal.wait_snapshot()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -256,6 +258,55 @@ def _apply_record(state: StateMachine, payload: bytes) -> None:
 
 # -----------------------------------------------------------------------------------------
 # Conversions between TigerBeetle's dataclasses and the state machine's tuples.
+
+
+# A snapshot body in pieces: the magic, then [u64 length][marshal] pieces: first the export's
+# small parts and the counts, then the transfers and the history, SNAPSHOT_PIECE_ITEMS at a time
+# (marshalling one piece holds the interpreter for a few ms; the whole state, for up to a second).
+_PIECES_MAGIC = b"PIECES02"
+SNAPSHOT_PIECE_ITEMS = 20_000
+
+
+def _snapshot_pieces(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
+    """What the journal's snapshot thread writes, from `export` (a copy of the state)."""
+    version, commit_ts, prepare_ts, accounts, transfers, pending, orphans, history = export
+
+    def pieces() -> Iterator[bytes]:
+        yield _PIECES_MAGIC
+        head = (version, commit_ts, prepare_ts, accounts, pending, orphans)
+        for part in (head, len(transfers), len(history)):
+            data = marshal.dumps(part)
+            yield len(data).to_bytes(8, "little") + data
+        for items in (transfers, history):
+            for start in range(0, len(items), SNAPSHOT_PIECE_ITEMS):
+                data = marshal.dumps(items[start : start + SNAPSHOT_PIECE_ITEMS])
+                yield len(data).to_bytes(8, "little") + data
+
+    return pieces
+
+
+def decode_snapshot(body: bytes) -> tuple[Any, ...]:
+    """The export a snapshot body holds (pieces, or one marshal as written before them)."""
+    if not body.startswith(_PIECES_MAGIC):
+        export: tuple[Any, ...] = marshal.loads(body)
+        return export
+    view = memoryview(body)
+    offset = len(_PIECES_MAGIC)
+
+    def piece() -> Any:
+        nonlocal offset
+        length = int.from_bytes(view[offset : offset + 8], "little")
+        offset += 8 + length
+        return marshal.loads(view[offset - length : offset])
+
+    version, commit_ts, prepare_ts, accounts, pending, orphans = piece()
+    counts = piece(), piece()
+    parts: list[list[Any]] = [[], []]
+    for part, count in zip(parts, counts, strict=True):
+        while len(part) < count:
+            part.extend(piece())
+    assert offset == len(body), "snapshot pieces do not add up"
+    return (version, commit_ts, prepare_ts, accounts, parts[0], pending, orphans, parts[1])
 
 
 def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:

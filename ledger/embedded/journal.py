@@ -12,6 +12,11 @@ Invariants:
   synced and renamed into place, and only then are the segments and snapshots it replaces
   removed. So at every instant the newest complete snapshot plus the segments from its number on
   rebuild the state.
+- A snapshot is written by a thread of its own, from a copy of the state taken at the rotation,
+  in pieces with a pause between them for the request thread (the whole state written at once,
+  under the engine's lock, had stopped every request for up to a second). One at a time: a
+  rotation first waits for the snapshot before it. If writing one fails, the segments it would
+  have replaced stay, and the next rotation tries again.
 - One process at a time: the data directory is locked with `flock` for the engine's lifetime.
 """
 
@@ -19,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import struct
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +39,9 @@ from ledger.limits import JOURNAL_RECORD_BYTES_MAX
 _HEADER = struct.Struct("<II")
 _SNAPSHOT_MAGIC = b"CLSNAP01"
 _SNAPSHOT_HEADER = struct.Struct("<8sQI")  # magic, record number, crc32 of body
+
+
+_logger = logging.getLogger(__name__)
 
 
 class DataDirectoryLocked(RuntimeError):
@@ -75,6 +85,8 @@ class Journal:
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._snapshot_thread: threading.Thread | None = None
+        self._snapshot_error: BaseException | None = None
         self.syncs = 0  # how many times the writer synced: under load, far fewer than records
 
     # -------------------------------------------------------------------------------------
@@ -174,33 +186,68 @@ class Journal:
             self._waiters.append((position, loop, future))
         await future
 
-    def rotate(self, snapshot_body: bytes, record_number: int) -> None:
-        """Starts a new segment at `record_number` and writes the snapshot of the state after
-        the records before it; old segments and snapshots are removed once it is durable."""
+    def rotate(self, snapshot: Callable[[], Iterator[bytes]], record_number: int) -> None:
+        """Starts a new segment at `record_number`, then has the snapshot thread write the
+        snapshot of the state after the records before it: `snapshot()` yields its body in
+        pieces, from a copy of the state (the caller's lock is not held while it runs). Old
+        segments and snapshots are removed once the snapshot is durable."""
+        self.wait_snapshot(raise_error=False)
         assert record_number == self._appended
         with self._cond:
             self._queue.append(b"")  # marker: the writer switches segments here
             self._rotate_to = record_number
             self._cond.notify_all()
         self.wait_rotated()
+        self._snapshot_error = None
+        thread = threading.Thread(
+            target=self._write_snapshot,
+            args=(snapshot, record_number),
+            name="journal-snapshot",
+            daemon=True,
+        )
+        self._snapshot_thread = thread
+        thread.start()
+
+    def wait_snapshot(self, *, raise_error: bool = True) -> None:
+        """Returns once the snapshot being written (if any) is done; re-raises its failure."""
+        thread = self._snapshot_thread
+        if thread is not None:
+            thread.join()
+            self._snapshot_thread = None
+        if raise_error and self._snapshot_error is not None:
+            raise self._snapshot_error
+
+    def _write_snapshot(self, snapshot: Callable[[], Iterator[bytes]], record_number: int) -> None:
         path = self.dir / f"snapshot-{record_number:020d}.bin"
         tmp = path.with_suffix(".tmp")
-        header = _SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, record_number, zlib.crc32(snapshot_body))
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(snapshot_body)
-            f.flush()
-            if self._fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._sync_dir()
-        for old in self.dir.glob("snapshot-*.bin"):
-            if old != path:
-                old.unlink()
-        for first, seg in list(self._segments()):
-            if first < record_number:
-                seg.unlink()
-        self._sync_dir()
+        try:
+            crc = 0
+            with open(tmp, "wb") as f:
+                f.write(_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, record_number, 0))
+                for piece in snapshot():
+                    f.write(piece)
+                    crc = zlib.crc32(piece, crc)
+                    time.sleep(0)  # the request thread runs between pieces
+                f.seek(0)
+                f.write(_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, record_number, crc))
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self._sync_dir()
+            for old in self.dir.glob("snapshot-*.bin"):
+                if old != path:
+                    old.unlink()
+            for first, seg in list(self._segments()):
+                if first < record_number:
+                    seg.unlink()
+            self._sync_dir()
+        except BaseException as error:  # the old segments stay: nothing is lost
+            self._snapshot_error = error
+            _logger.exception(
+                "writing snapshot %d failed; the journal keeps its segments", record_number
+            )
+            tmp.unlink(missing_ok=True)
 
     def wait_rotated(self) -> None:
         with self._cond:
@@ -213,6 +260,7 @@ class Journal:
         return self._segment_bytes
 
     def close(self) -> None:
+        self.wait_snapshot(raise_error=False)
         with self._cond:
             self._closed = True
             self._cond.notify_all()

@@ -794,7 +794,7 @@ class StateMachine:
             self.commit_timestamp,
             self.prepare_timestamp,
             [list(a) for a in self.account_log],
-            self.transfer_log,
+            list(self.transfer_log),  # a copy: the snapshot is written while requests go on
             sorted(self.pending_status.items()),
             sorted(self.orphans),
             sorted(self.history.items()),

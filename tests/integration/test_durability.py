@@ -3,16 +3,23 @@ a crash test that kills a writer with SIGKILL at random points."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
+from ledger.embedded import engine as engine_module
+from ledger.embedded import journal as journal_module
 from ledger.types import Account, CreateTransferStatus, Transfer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +106,96 @@ def test_snapshots_bound_the_replay_and_keep_the_state(tmp_path: Path) -> None:
     assert len(_segments(tmp_path)) == 1
     with EmbeddedEngine(tmp_path) as engine:
         assert engine.replayed_records < 30
+        assert engine.state.canonical_bytes() == image
+
+
+def test_a_snapshot_in_many_pieces_keeps_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "SNAPSHOT_PIECE_ITEMS", 7)
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 50)
+        engine.snapshot()
+        image = engine.state.canonical_bytes()
+    body = next(tmp_path.glob("snapshot-*.bin")).read_bytes()
+    assert body.count(b"PIECES02") == 1 and len(body) > 50 * 40
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records == 0
+        assert engine.state.canonical_bytes() == image
+
+
+def test_a_snapshot_of_the_older_single_piece_format_still_loads(tmp_path: Path) -> None:
+    with EmbeddedEngine(tmp_path) as engine:
+        _fill(engine, 10)
+        image = engine.state.canonical_bytes()
+        export = marshal.dumps(engine.state.export())
+        records = engine.journal.appended if engine.journal else 0
+    header = journal_module._SNAPSHOT_HEADER.pack(
+        journal_module._SNAPSHOT_MAGIC, records, zlib.crc32(export)
+    )
+    (tmp_path / f"snapshot-{records:020d}.bin").write_bytes(header + export)
+    for segment in _segments(tmp_path):
+        segment.unlink()
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records == 0
+        assert engine.state.canonical_bytes() == image
+
+
+def test_requests_go_on_while_a_snapshot_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot thread writes from a copy; the engine answers meanwhile, and what it does
+    meanwhile is in the new segment, not in the snapshot."""
+    release = threading.Event()
+    started = threading.Event()
+    real = engine_module._snapshot_pieces
+
+    def slow(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
+        pieces = real(export)
+
+        def gated() -> Iterator[bytes]:
+            started.set()
+            assert release.wait(30)
+            yield from pieces()
+
+        return gated
+
+    monkeypatch.setattr(engine_module, "_snapshot_pieces", slow)
+    with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
+        _fill(engine, 20)  # one rotation (at ~14 records), whose snapshot now waits
+        assert started.wait(10)
+        client = engine.client_sync()
+        more = [
+            Transfer(
+                id=900 + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+            )
+            for i in range(3)
+        ]
+        assert {r.status for r in client.create_transfers(more)} == {CreateTransferStatus.CREATED}
+        assert not list(tmp_path.glob("snapshot-*.bin"))  # still being written
+        release.set()
+        engine.journal.wait_snapshot()  # type: ignore[union-attr]
+        image = engine.state.canonical_bytes()
+    assert len(list(tmp_path.glob("snapshot-*.bin"))) == 1
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.state.canonical_bytes() == image
+
+
+def test_a_failed_snapshot_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
+        def pieces() -> Iterator[bytes]:
+            yield b"PIECES02"
+            raise OSError(28, "No space left on device")
+
+        return pieces
+
+    monkeypatch.setattr(engine_module, "_snapshot_pieces", broken)
+    with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
+        _fill(engine, 30)
+        image = engine.state.canonical_bytes()
+    assert not list(tmp_path.glob("snapshot-*"))
+    assert len(_segments(tmp_path)) > 1  # every rotation kept the segments before it
+    with EmbeddedEngine(tmp_path) as engine:
         assert engine.state.canonical_bytes() == image
 
 
