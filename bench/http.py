@@ -201,6 +201,7 @@ def main() -> None:
                 f"  non-2xx {r['errors']}",
                 flush=True,
             )
+        _settle(url)
         for name, path, extra in (
             ("check at 500 req/s", "/v1/check", ""),
             ("reserve at 500 req/s", "/v1/reservations", ',"timeout_s":5'),
@@ -212,6 +213,20 @@ def main() -> None:
                 f"  p99 {paced.p99_ms:>6.2f}ms  max {paced.max_ms:.1f}ms  non-2xx {others or 0}",
                 flush=True,
             )
+
+
+def _settle(url: str) -> None:
+    """Between the saturating scenarios and the paced ones: waits until the service has written
+    the movements queued by the load before (its /metrics say so), and two seconds more, so the
+    paced scenarios measure 500 req/s, not the recovery from the batch scenario."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{url}/metrics", timeout=5).text
+        found = re.search(r"^credit_movements_queued ([\d.]+)", text, re.M)
+        if found is None or float(found.group(1)) == 0:
+            break
+        time.sleep(0.2)
+    time.sleep(2)
 
 
 def _paced(

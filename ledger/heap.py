@@ -41,7 +41,7 @@ _logger = logging.getLogger(__name__)
 class HeapPolicy:
     freeze_every_s: float = 10.0
     full_every_s: float = 3600.0
-    young_threshold: int = 10_000
+    young_threshold: int = 50_000
 
 
 @dataclass(frozen=True)
