@@ -41,6 +41,7 @@ from api.spending import Reply
 from grants.errors import InvalidRequest, NotFound
 from grants.model import Category, Source
 from ledger.codes import AccountCode, TransferCode
+from ledger.ids import leg_id
 from ledger.repositories.resources import ResourceKind
 from wallets import chains
 from wallets.catalog import Budget, OverdraftMode, Period, Wallet
@@ -738,9 +739,7 @@ async def refund(
     data = await _strict(request, w.RefundIn)
     services = _services(state)
     did = parse_id(debit_id, "debit_id")
-    legs = await services.service.ledger.lookup_transfers(
-        [chains.leg_ids(did, chains.SETUP + 1)[chains.SETUP]]
-    )
+    legs = await services.service.ledger.lookup_transfers([leg_id(did, chains.SETUP)])
     if not legs or legs[0].code != TransferCode.CONSUME:
         raise NotFound("debit not found")
     own(principal, wallet_customer(services, legs[0].user_data_128), "debit")

@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Final
 
 from ledger.codes import OVERDRAFT_ACCOUNT_CODES, SYSTEM_ACCOUNT_CODES, AccountCode
@@ -124,17 +125,27 @@ def leg_id(operation_id: int, leg_index: int) -> int:
     A builder numbers the events of an operation in a fixed layout, so every attempt of the same
     operation derives the same id for the same event.
     """
+    return leg_ids(operation_id, (leg_index,))[0]
+
+
+def leg_ids(operation_id: int, leg_indexes: Iterable[int]) -> list[int]:
+    """`leg_id(operation_id, i)` for each i, with the operation's part hashed once (a chain's
+    builder needs all its legs' ids at once)."""
     _check_id("operation_id", operation_id)
-    if leg_index < 0:
-        raise ValueError(f"leg_index must not be negative, got {leg_index}")
-    if leg_index > LEG_INDEX_MAX:
-        raise ValueError(f"leg_index must be at most {LEG_INDEX_MAX}, got {leg_index}")
     # The same bytes as `derive_id(_NAMESPACE_LEG, operation_id, leg_index)`, from a hasher that
-    # has already taken the constant prefix: this runs for every event of every chain.
-    hasher = _LEG_PREFIX.copy()
-    hasher.update(_INT_PART + operation_id.to_bytes(16, "big"))
-    hasher.update(_INT_PART + leg_index.to_bytes(16, "big"))
-    return _u128_from_digest(hasher.digest())
+    # has already taken the constant prefix and the operation: this runs for every event.
+    base = _LEG_PREFIX.copy()
+    base.update(_INT_PART + operation_id.to_bytes(16, "big"))
+    ids = []
+    for leg_index in leg_indexes:
+        if leg_index < 0:
+            raise ValueError(f"leg_index must not be negative, got {leg_index}")
+        if leg_index > LEG_INDEX_MAX:
+            raise ValueError(f"leg_index must be at most {LEG_INDEX_MAX}, got {leg_index}")
+        hasher = base.copy()
+        hasher.update(_INT_PART + leg_index.to_bytes(16, "big"))
+        ids.append(_u128_from_digest(hasher.digest()))
+    return ids
 
 
 def request_fingerprint(body: bytes) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import leg_id, overdraft_account_id, system_account_id
+from ledger.ids import leg_id, leg_ids, overdraft_account_id, system_account_id
 from ledger.limits import (
     CHAIN_LEGS_MAX,
     OVERAGE_LEG_INDEX,
@@ -47,6 +47,7 @@ POST = TransferFlags.POST_PENDING_TRANSFER
 VOID = TransferFlags.VOID_PENDING_TRANSFER
 # Combinations built once: an IntFlag `|` is a Python call, and chains are built per request.
 LINKED_PENDING = LINKED | PENDING
+_LINKED_BC = LINKED | BC
 # The flags of a source leg, by (pending, drains fully (BD|BC) or takes what is left (BC)).
 _SOURCE_FLAGS = {
     (False, True): LINKED | BD | BC,
@@ -115,9 +116,11 @@ def make_leg(
     code: TransferCode,
     flags: TransferFlags,
     timeout_s: int = 0,
+    ids: Sequence[int] | None = None,
 ) -> Transfer:
+    """Event `index` of `op`'s chain; `ids`, when given, are the chain's leg ids by index."""
     return Transfer(
-        id=leg_id(op.id, index),
+        id=leg_id(op.id, index) if ids is None else ids[index],
         debit_account_id=debit,
         credit_account_id=credit,
         amount=amount,
@@ -131,11 +134,11 @@ def make_leg(
     )
 
 
-def header(op: Operation) -> Transfer:
+def header(op: Operation, ids: Sequence[int] | None = None) -> Transfer:
     """Event 0. Every field but `user_data_128` depends only on the key, so that a replay is
     `exists` and another body under the same key is `exists_with_different_user_data_128`."""
     return Transfer(
-        id=leg_id(op.id, HEADER),
+        id=leg_id(op.id, HEADER) if ids is None else ids[HEADER],
         debit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
         credit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
         amount=0,
@@ -155,6 +158,7 @@ def _source_legs(
     first_index: int,
     flags: TransferFlags,
     timeout_s: int,
+    ids: Sequence[int] | None = None,
 ) -> list[Transfer]:
     drain = _system(op.ledger, AccountCode.CONTROL_DRAIN)
     pending = bool(flags & PENDING)
@@ -169,7 +173,15 @@ def _source_legs(
             code, leg_flags = TransferCode.OVERDRAFT_DRAW, _SOURCE_FLAGS[pending, False]
         legs.append(
             make_leg(
-                op, first_index + i, source.account_id, drain, amount, code, leg_flags, timeout_s
+                op,
+                first_index + i,
+                source.account_id,
+                drain,
+                amount,
+                code,
+                leg_flags,
+                timeout_s,
+                ids,
             )
         )
     return legs
@@ -185,8 +197,9 @@ def drain_chain(
     drain = _system(ledger, AccountCode.CONTROL_DRAIN)
     hold = _system(ledger, AccountCode.CONTROL_HOLD)
     flags = LINKED_PENDING if pending else LINKED
+    ids = leg_ids(op.id, range(FIRST_VARIABLE + len(path.budgets) + len(path.sources)))
     setup = (
-        make_leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED)
+        make_leg(op, SETUP, drain, hold, amount, TransferCode.CONTROL_HOLD, LINKED, 0, ids)
         if pending
         else make_leg(
             op,
@@ -196,15 +209,25 @@ def drain_chain(
             amount,
             TransferCode.CONSUME,
             LINKED,
+            0,
+            ids,
         )
     )
     # The set-up leg names the wallet spent from, so a reservation's wallet is found again
     # from its legs alone.
     setup.user_data_128 = path.wallet_id
     chain = [
-        header(op),
+        header(op, ids),
         make_leg(
-            op, NORMALIZE, hold, drain, AMOUNT_MAX, TransferCode.CONTROL_NORMALIZE, LINKED | BC
+            op,
+            NORMALIZE,
+            hold,
+            drain,
+            AMOUNT_MAX,
+            TransferCode.CONTROL_NORMALIZE,
+            _LINKED_BC,
+            0,
+            ids,
         ),
         setup,
     ]
@@ -221,13 +244,14 @@ def drain_chain(
                 TransferCode.BUDGET_SPEND,
                 flags,
                 timeout_s,
+                ids,
             )
         )
         index += 1
-    chain += _source_legs(op, path, amount, index, flags, timeout_s)
+    chain += _source_legs(op, path, amount, index, flags, timeout_s, ids)
     check = _system(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
-        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC)
+        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
     )
     return chain
 
@@ -238,11 +262,6 @@ def budget_leg_index(path: SpendPath, position: int) -> int:
 
 def source_leg_index(path: SpendPath, position: int) -> int:
     return FIRST_VARIABLE + len(path.budgets) + position
-
-
-def leg_ids(operation_id: int, count: int) -> list[int]:
-    """The ids of the first `count` events of an operation, to find its legs again."""
-    return [leg_id(operation_id, i) for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,9 +32,14 @@ from grants.errors import (
     ReservationExpired,
 )
 from ledger.client import Ledger, LedgerUnavailable
-from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode, account_flags
-from ledger.ids import derive_id, leg_id, operation_id, request_fingerprint, system_account_id
+from ledger.ids import (
+    derive_id,
+    leg_ids,
+    operation_id,
+    request_fingerprint,
+    system_account_id,
+)
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     CHAIN_LEGS_MAX,
@@ -196,7 +201,7 @@ class CreditService:
                 resource_id=wallet.resource_id,
                 credit_type_id=wallet.ledger,
                 amount=amount,
-                effective_at=datetime_of_ns(op.effective_at_ns),
+                effective_at_ns=op.effective_at_ns,
                 dimensions=dict(dimensions or {}),
             )
         )
@@ -232,7 +237,7 @@ class CreditService:
         reservation made by this process, only the indexes its chain used are looked up."""
         known = self._known_legs.get(op_id) if count == CHAIN_LEGS_MAX else None
         indexes = range(count if known is None else known)
-        ids = [leg_id(op_id, i) for i in indexes]
+        ids = leg_ids(op_id, indexes)
         found = {t.id: t for t in await self._lookup(ids)}
         legs = [_BLANK] * count
         for i, tid in zip(indexes, ids, strict=True):

@@ -14,7 +14,7 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import budget_account_id
+from ledger.ids import budget_account_id, leg_ids
 from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
 from ledger.types import (
     Account,
@@ -300,7 +300,7 @@ async def reservation_status(ledger: Ledger, reservation_id: int, now_ns: int) -
     """Where a reservation stands. TigerBeetle does not expose a pending transfer's state, so
     the first source leg's account is searched for a post or void of that leg (they carry the
     leg's code); with neither, the timeout decides between held and expired."""
-    ids = chains.leg_ids(reservation_id, CHAIN_LEGS_MAX)
+    ids = leg_ids(reservation_id, range(CHAIN_LEGS_MAX))
     found = {t.id: t for t in await ledger.lookup_transfers(ids)}
     legs = [found.get(i, Transfer()) for i in ids]
     sources = [t for t in legs[chains.FIRST_VARIABLE :] if t.id and t.flags & PENDING]

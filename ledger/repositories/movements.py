@@ -54,7 +54,9 @@ class NewMovement(msgspec.Struct, frozen=True, kw_only=True):
     resource_id: int
     credit_type_id: int
     amount: int
-    effective_at: datetime
+    # ns since the Unix epoch, as the ledger keeps it (a datetime per movement cost the hot
+    # path more than the rest of the record); stored to the microsecond, as Postgres keeps it.
+    effective_at_ns: int
     dimensions: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -87,7 +89,18 @@ def _row(row: tuple[Any, ...]) -> Movement:
 
 
 _STAGED: Final = (
+    "operation_id, kind, wallet_id, resource_id, credit_type_id, amount, dimensions, effective_us"
+)
+_COLUMNS_NEW: Final = (
     "operation_id, kind, wallet_id, resource_id, credit_type_id, amount, dimensions, effective_at"
+)
+_STAGING_TABLE: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS movements_in (operation_id uuid, kind text, wallet_id uuid,"
+    " resource_id uuid, credit_type_id bigint, amount u128, dimensions jsonb, effective_us bigint)"
+)
+_FROM_STAGED: Final = (
+    "operation_id, kind, wallet_id, resource_id, credit_type_id, amount, dimensions,"
+    " timestamptz 'epoch' + effective_us * interval '1 microsecond'"
 )
 
 
@@ -103,27 +116,25 @@ async def insert_movements(conn: Connection, rows: Sequence[NewMovement]) -> int
     if not rows:
         return 0
     async with conn.transaction():
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS movements_staged"
-            f" AS SELECT {_STAGED} FROM movements WITH NO DATA"
-        )
+        await conn.execute(_STAGING_TABLE)
         async with conn.cursor() as cursor:
-            async with cursor.copy(f"COPY movements_staged ({_STAGED}) FROM STDIN") as copy:
+            async with cursor.copy(f"COPY movements_in ({_STAGED}) FROM STDIN") as copy:
                 await copy.write(_copy_text(rows))
             await cursor.execute(
-                f"INSERT INTO movements ({_STAGED}) SELECT {_STAGED} FROM movements_staged"
+                f"INSERT INTO movements ({_COLUMNS_NEW}) SELECT {_FROM_STAGED} FROM movements_in"
                 " ON CONFLICT (operation_id) DO NOTHING"
             )
             inserted = cursor.rowcount
-            await cursor.execute("TRUNCATE movements_staged")
+            await cursor.execute("TRUNCATE movements_in")
     return inserted
 
 
 def _copy_text(rows: Sequence[NewMovement]) -> bytes:
     """The rows in COPY's text format, written here rather than by psycopg's per-value
     adapters (a third of the CPU per row): ids as 32 hex digits (a uuid's bytes), amounts and
-    numbers as decimals, dimensions as JSON. JSON escapes every control character, so of
-    COPY's special characters only the backslash can occur, and is doubled."""
+    numbers as decimals, dimensions as JSON, the time in microseconds since the epoch. JSON
+    escapes every control character, so of COPY's special characters only the backslash can
+    occur, and is doubled."""
     lines = []
     encode = msgspec.json.encode
     for row in rows:
@@ -136,7 +147,7 @@ def _copy_text(rows: Sequence[NewMovement]) -> bytes:
         lines.append(
             f"{row.operation_id:032x}\t{row.kind.value}\t{row.wallet_id:032x}\t"
             f"{row.resource_id:032x}\t{row.credit_type_id}\t{row.amount}\t{dimensions}\t"
-            f"{row.effective_at.isoformat()}\n"
+            f"{row.effective_at_ns // 1000}\n"
         )
     return "".join(lines).encode()
 

@@ -16,6 +16,7 @@ import pytest
 from psycopg import errors
 
 from ledger import db
+from ledger.clock import ns_of_datetime
 from ledger.limits import U128_MAX
 from ledger.repositories import (
     audit,
@@ -583,7 +584,7 @@ async def test_movements_insert_is_batched_and_idempotent(conn: db.Connection) -
             resource_id=ids["agent"],
             credit_type_id=LEDGER,
             amount=n + 1,
-            effective_at=T0 + timedelta(seconds=n),
+            effective_at_ns=ns_of_datetime(T0 + timedelta(seconds=n)),
             dimensions={"feature": "chat", "model": "m-1"},
         )
         for n in range(250)
@@ -597,7 +598,7 @@ async def test_movements_insert_is_batched_and_idempotent(conn: db.Connection) -
         resource_id=ids["agent"],
         credit_type_id=LEDGER,
         amount=U128_MAX,
-        effective_at=T0,
+        effective_at_ns=ns_of_datetime(T0),
     )
     assert await movements.insert_movements(conn, [*rows, extra]) == 1
     assert await movements.insert_movements(conn, []) == 0
@@ -636,7 +637,7 @@ async def test_movement_dimensions_survive_copy_exactly(conn: db.Connection) -> 
         resource_id=ids["agent"],
         credit_type_id=LEDGER,
         amount=U128_MAX,
-        effective_at=T0 + timedelta(microseconds=123456),
+        effective_at_ns=ns_of_datetime(T0) + 123_456_789,  # ns: stored to the µs
         dimensions=awkward,
     )
     assert await movements.insert_movements(conn, [row]) == 1
@@ -658,7 +659,7 @@ async def test_movement_constraints(conn: db.Connection) -> None:
         resource_id=3,
         credit_type_id=LEDGER,
         amount=-5,
-        effective_at=T0,
+        effective_at_ns=ns_of_datetime(T0),
     )
     await _fails(conn, errors.CheckViolation, movements.insert_movements(conn, [bad]))
 

@@ -243,3 +243,10 @@ def test_fingerprint_fast_path_is_derive_id(body: bytes) -> None:
     from ledger.ids import request_fingerprint
 
     assert request_fingerprint(body) == derive_id("request/fingerprint", body)
+
+
+def test_leg_ids_are_leg_id_for_each_index() -> None:
+    for op in (1, 2**64 + 7, U128_MAX - 1):
+        indexes = [0, 1, 2, 3, 4, 57, 100, 10**6]
+        assert ids.leg_ids(op, indexes) == [ids.leg_id(op, i) for i in indexes]
+        assert ids.leg_id(op, 3) == ids.derive_id(ids._NAMESPACE_LEG, op, 3)
