@@ -156,7 +156,7 @@ class CheckResult(msgspec.Struct, frozen=True):
 
 def _fingerprint(*parts: int | str) -> int:
     """The fingerprint of a request: its kind and every field that changes its effect."""
-    return request_fingerprint("\x1f".join(f"{type(p).__name__}:{p}" for p in parts).encode())
+    return request_fingerprint("\x1f".join([f"{type(p).__name__}:{p}" for p in parts]).encode())
 
 
 def _balance(account: Account) -> int:
@@ -745,7 +745,9 @@ def _check_dimensions(dimensions: Mapping[str, str] | None) -> None:
 
 
 def _flat(dimensions: Mapping[str, str] | None) -> list[str]:
-    return [part for item in sorted((dimensions or {}).items()) for part in item]
+    if not dimensions:
+        return []
+    return [part for item in sorted(dimensions.items()) for part in item]
 
 
 def _check_amount(amount: int) -> None:

@@ -331,15 +331,13 @@ def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
         for t in transfers
     ]
     for e in events:
-        wide = e[0] | e[1] | e[2] | e[3] | e[4] | e[5]
-        narrow = e[7] | e[8] | e[9]
+        # A negative value ORed in makes the whole negative, and a negative shifted right stays
+        # negative (truthy): these four shifts catch every field out of its unsigned range.
         if (
-            wide >> 128
-            or wide < 0
+            (e[0] | e[1] | e[2] | e[3] | e[4] | e[5]) >> 128
             or (e[6] | e[12]) >> 64
-            or narrow >> 32
+            or (e[7] | e[8] | e[9]) >> 32
             or (e[10] | e[11]) >> 16
-            or (min(e[6], e[12], narrow, e[10], e[11]) < 0)
         ):
             _raise_overflow(e, _TRANSFER_FIELDS)
     return events
@@ -415,20 +413,21 @@ def _account(a: Sequence[int]) -> Account:
 
 
 def _transfer(t: TransferTuple) -> Transfer:
+    # Positional: a tuple's order is `Transfer`'s field order (a unit test pins it).
     return Transfer(
-        id=t[0],
-        debit_account_id=t[1],
-        credit_account_id=t[2],
-        amount=t[3],
-        pending_id=t[4],
-        user_data_128=t[5],
-        user_data_64=t[6],
-        user_data_32=t[7],
-        timeout=t[8],
-        ledger=t[9],
-        code=t[10],
-        flags=TransferFlags(t[11]),
-        timestamp=t[12],
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        t[4],
+        t[5],
+        t[6],
+        t[7],
+        t[8],
+        t[9],
+        t[10],
+        TransferFlags(t[11]),
+        t[12],
     )
 
 

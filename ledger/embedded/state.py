@@ -374,19 +374,21 @@ class StateMachine:
             headroom = cr[_DPO] - cr[_CPO] - cr[_CP]
             amount = min(amount, headroom if headroom > 0 else 0)
 
-        if pending:
-            if amount + dr[_DP] > U128_MAX:
-                return T.OVERFLOWS_DEBITS_PENDING, ts_event
-            if amount + cr[_CP] > U128_MAX:
-                return T.OVERFLOWS_CREDITS_PENDING, ts_event
-        if amount + dr[_DPO] > U128_MAX:
-            return T.OVERFLOWS_DEBITS_POSTED, ts_event
-        if amount + cr[_CPO] > U128_MAX:
-            return T.OVERFLOWS_CREDITS_POSTED, ts_event
-        if amount + dr[_DP] + dr[_DPO] > U128_MAX:
-            return T.OVERFLOWS_DEBITS, ts_event
-        if amount + cr[_CP] + cr[_CPO] > U128_MAX:
-            return T.OVERFLOWS_CREDITS, ts_event
+        # Three terms under 2^126 cannot pass 2^128 - 1: the usual case skips the six checks.
+        if (amount | dr[_DP] | dr[_DPO] | cr[_CP] | cr[_CPO]) >> 126:
+            if pending:
+                if amount + dr[_DP] > U128_MAX:
+                    return T.OVERFLOWS_DEBITS_PENDING, ts_event
+                if amount + cr[_CP] > U128_MAX:
+                    return T.OVERFLOWS_CREDITS_PENDING, ts_event
+            if amount + dr[_DPO] > U128_MAX:
+                return T.OVERFLOWS_DEBITS_POSTED, ts_event
+            if amount + cr[_CPO] > U128_MAX:
+                return T.OVERFLOWS_CREDITS_POSTED, ts_event
+            if amount + dr[_DP] + dr[_DPO] > U128_MAX:
+                return T.OVERFLOWS_DEBITS, ts_event
+            if amount + cr[_CP] + cr[_CPO] > U128_MAX:
+                return T.OVERFLOWS_CREDITS, ts_event
         if ts + timeout * NS_PER_S > TIMESTAMP_MAX:
             return T.OVERFLOWS_TIMEOUT, ts_event
         if dr[_FLAGS] & AF_DEBITS_MUST_NOT_EXCEED_CREDITS and (

@@ -172,3 +172,26 @@ def test_readme_lists_every_code() -> None:
     readme = (Path(codes.__file__).parent / "README.md").read_text(encoding="utf-8")
     for member in [*AccountCode, *TransferCode]:
         assert f"| {member.value} | `{member.name}` |" in readme, member
+
+
+def test_transfer_field_order_is_what_positional_builders_assume() -> None:
+    """wallets.chains.make_leg and the embedded engine build `Transfer` positionally."""
+    import dataclasses
+
+    from ledger.types import Transfer
+
+    assert [f.name for f in dataclasses.fields(Transfer)] == [
+        "id",
+        "debit_account_id",
+        "credit_account_id",
+        "amount",
+        "pending_id",
+        "user_data_128",
+        "user_data_64",
+        "user_data_32",
+        "timeout",
+        "ledger",
+        "code",
+        "flags",
+        "timestamp",
+    ]
