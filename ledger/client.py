@@ -52,6 +52,8 @@ class ChainTooLong(ValueError):
 def split_on_chains(events: Sequence[E], events_max: int = BATCH_EVENTS_MAX) -> list[list[E]]:
     """Cuts `events` into requests of at most `events_max`, only after a chain's last event."""
     assert events_max > 0
+    if len(events) <= events_max:
+        return [list(events)] if events else []  # one request: no chain to cut
     requests: list[list[E]] = []
     current: list[E] = []
     chain: list[E] = []
