@@ -8,7 +8,8 @@ None of them touches Postgres: their idempotency rides on TigerBeetle.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 from api import schemas as w
 from api.auth import Principal
@@ -19,6 +20,8 @@ from grants.errors import CreditError, InvalidRequest
 from wallets import chains
 from wallets.chains import Overage
 from wallets.service import DebitRequest, DebitResult
+
+R = TypeVar("R")
 
 
 class Reply(NamedTuple):
@@ -81,12 +84,36 @@ async def _enrich_refusal(
     error.details["available"] = check.available
 
 
-async def debit(services: Services, principal: Principal, key: str, data: w.SpendIn) -> Reply:
+async def _spend(
+    services: Services,
+    principal: Principal,
+    data: w.SpendIn,
+    operation: str,
+    spend: Callable[[int, int | None, int | None, int], Awaitable[R]],
+) -> R:
+    """Resolves a debit's or a reservation's target and amount, runs `spend(ledger,
+    resource_id, wallet_id, amount)`, and counts the decision; a refusal for lack of credits
+    says what was available."""
     ledger = ledger_of(services, data.credit_type)
     resource_id, wallet_id = target(services, principal, data)
     amount = amount_of(services, ledger, data.amount, data.usage)
     try:
-        result = await services.service.debit(
+        result = await spend(ledger, resource_id, wallet_id, amount)
+    except CreditError as error:
+        services.metrics.decision(operation, error.code)
+        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
+        raise
+    services.metrics.decision(operation, "ok")
+    return result
+
+
+async def debit(services: Services, principal: Principal, key: str, data: w.SpendIn) -> Reply:
+    result = await _spend(
+        services,
+        principal,
+        data,
+        "debit",
+        lambda ledger, resource_id, wallet_id, amount: services.service.debit(
             tenant=principal.tenant,
             key=key,
             amount=amount,
@@ -94,12 +121,8 @@ async def debit(services: Services, principal: Principal, key: str, data: w.Spen
             resource_id=resource_id,
             wallet_id=wallet_id,
             dimensions=data.dimensions,
-        )
-    except CreditError as error:
-        services.metrics.decision("debit", error.code)
-        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
-        raise
-    services.metrics.decision("debit", "ok")
+        ),
+    )
     return Reply(_debit_out(result), 201, result.replayed)
 
 
@@ -156,11 +179,12 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
 
 
 async def reserve(services: Services, principal: Principal, key: str, data: w.ReserveIn) -> Reply:
-    ledger = ledger_of(services, data.credit_type)
-    resource_id, wallet_id = target(services, principal, data)
-    amount = amount_of(services, ledger, data.amount, data.usage)
-    try:
-        result = await services.service.reserve(
+    result = await _spend(
+        services,
+        principal,
+        data,
+        "reserve",
+        lambda ledger, resource_id, wallet_id, amount: services.service.reserve(
             tenant=principal.tenant,
             key=key,
             amount=amount,
@@ -169,12 +193,8 @@ async def reserve(services: Services, principal: Principal, key: str, data: w.Re
             resource_id=resource_id,
             wallet_id=wallet_id,
             dimensions=data.dimensions,
-        )
-    except CreditError as error:
-        services.metrics.decision("reserve", error.code)
-        await _enrich_refusal(services, error, ledger, resource_id, wallet_id)
-        raise
-    services.metrics.decision("reserve", "ok")
+        ),
+    )
     body = w.ReservationOut(
         id=sid(result.reservation_id),
         amount=result.amount,
