@@ -9,11 +9,13 @@ operation id, so a batch that is retried after an unknown outcome inserts nothin
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
+from psycopg.pq import TransactionStatus
 
 from ledger.db import Connection
 from ledger.limits import U128_MAX
@@ -97,7 +99,10 @@ _COLUMNS_NEW: Final = (
 _STAGING_TABLE: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS movements_in (operation_id uuid, kind text, wallet_id uuid,"
     " resource_id uuid, credit_type_id bigint, amount u128, dimensions jsonb, effective_us bigint)"
+    " ON COMMIT DELETE ROWS"
 )
+# Connections that have the staging table (created once per connection, emptied at commit).
+_STAGING_READY: weakref.WeakSet[Connection] = weakref.WeakSet()
 _FROM_STAGED: Final = (
     "operation_id, kind, wallet_id, resource_id, credit_type_id, amount, dimensions,"
     " timestamptz 'epoch' + effective_us * interval '1 microsecond'"
@@ -115,8 +120,14 @@ async def insert_movements(conn: Connection, rows: Sequence[NewMovement]) -> int
     assert len(rows) <= MOVEMENTS_PER_BATCH_MAX, f"{len(rows)} movements in one batch"
     if not rows:
         return 0
+    if conn not in _STAGING_READY and conn.info.transaction_status is TransactionStatus.IDLE:
+        # Created and committed once: a temporary table lives as long as its connection.
+        async with conn.transaction():
+            await conn.execute(_STAGING_TABLE)
+        _STAGING_READY.add(conn)
     async with conn.transaction():
-        await conn.execute(_STAGING_TABLE)
+        if conn not in _STAGING_READY:  # inside the caller's transaction, which may roll back
+            await conn.execute(_STAGING_TABLE)
         async with conn.cursor() as cursor:
             async with cursor.copy(f"COPY movements_in ({_STAGED}) FROM STDIN") as copy:
                 await copy.write(_copy_text(rows))
@@ -124,9 +135,7 @@ async def insert_movements(conn: Connection, rows: Sequence[NewMovement]) -> int
                 f"INSERT INTO movements ({_COLUMNS_NEW}) SELECT {_FROM_STAGED} FROM movements_in"
                 " ON CONFLICT (operation_id) DO NOTHING"
             )
-            inserted = cursor.rowcount
-            await cursor.execute("TRUNCATE movements_in")
-    return inserted
+            return cursor.rowcount
 
 
 def _copy_text(rows: Sequence[NewMovement]) -> bytes:
