@@ -60,6 +60,10 @@ class ApiSettings:
     # How the process collects garbage (ledger.heap); None leaves CPython's defaults. The
     # server sets it: with the embedded engine its heap is large and lives as long as it does.
     heap: HeapPolicy | None = None
+    # Write the movement projection from a child process (wallets.movement_writer) rather than
+    # a thread of this one: its CPU then runs beside the requests, not under their interpreter
+    # lock. The server sets it; in-process tests do without the extra process.
+    movement_writer_process: bool = False
 
 
 class CreditLedgerApp(Litestar):
@@ -107,9 +111,9 @@ class _RouteMetrics:
             self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - start)
 
 
-def build_services(ledger: Ledger, pool: Pool) -> Services:
+def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False) -> Services:
     catalog = Catalog()
-    sink = MovementSink(pool)
+    sink = MovementSink(pool, separate_process=movement_process)
     service = CreditService(ledger, catalog, on_movement=sink.offer)
     admin = CreditAdmin(service)
     registry = CollectorRegistry()
@@ -147,7 +151,7 @@ async def _follow(services: Services, target: DatabaseSettings | str) -> None:
 
 
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
-    services = build_services(ledger, pool)
+    services = build_services(ledger, pool, movement_process=settings.movement_writer_process)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -115,7 +115,9 @@ async def _serve(
 
     async with runtime(data_dir) as rt:
         app = create_app(
-            ApiSettings(database=rt.conninfo, heap=HeapPolicy()), ledger=rt.ledger, pool=rt.pool
+            ApiSettings(database=rt.conninfo, heap=HeapPolicy(), movement_writer_process=True),
+            ledger=rt.ledger,
+            pool=rt.pool,
         )
         if with_jobs:
             jobs = Jobs(app.state.services.control, JobSettings())

@@ -25,13 +25,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
+from typing import Any, Protocol
 
+import msgspec
 import psycopg
 
 from ledger.db import Pool
 from ledger.repositories.movements import NewMovement, insert_movements
+from wallets import movement_writer
 
 _logger = logging.getLogger(__name__)
 
@@ -55,9 +61,12 @@ class MovementSink:
         batch_max: int = MOVEMENT_BATCH_MAX,
         stop_retry_s: float = STOP_RETRY_S,
         linger_s: float = LINGER_S,
+        separate_process: bool = False,
     ) -> None:
         self.pool = pool
         self.linger_s = linger_s
+        # Write from a child process rather than from a thread of this one (the server does).
+        self.separate_process = separate_process
         self.queue_max = queue_max
         self.batch_max = batch_max
         self.stop_retry_s = stop_retry_s
@@ -135,8 +144,12 @@ class MovementSink:
     def _writer(self) -> None:
         asyncio.run(self._write_until_stopped())
 
+    def _new_writer(self) -> _Writer:
+        target = _Target(str(self.pool.conninfo), _kwargs(self.pool))
+        return _ProcessWriter(target) if self.separate_process else _ConnectionWriter(target)
+
     async def _write_until_stopped(self) -> None:
-        conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        writer: _Writer | None = None
         try:
             while True:
                 if not self._rows:
@@ -151,29 +164,26 @@ class MovementSink:
                     # fewer, larger transactions cost less of the interpreter the requests use.
                     time.sleep(self.linger_s)
                 batch = self._take()
-                conn = await self._write(conn, batch)
+                writer = await self._write(writer, batch)
         finally:
-            if conn is not None:
-                await conn.close()
+            if writer is not None:
+                await writer.close()
 
-    async def _write(
-        self, conn: psycopg.AsyncConnection[tuple[object, ...]] | None, batch: list[NewMovement]
-    ) -> psycopg.AsyncConnection[tuple[object, ...]] | None:
+    async def _write(self, writer: _Writer | None, batch: list[NewMovement]) -> _Writer | None:
         delay_s = 0.1
         stopping_since: float | None = None
         while True:
             try:
-                if conn is None or conn.closed:
-                    kwargs = self.pool.kwargs if isinstance(self.pool.kwargs, dict) else {}
-                    conn = await psycopg.AsyncConnection.connect(str(self.pool.conninfo), **kwargs)
-                await insert_movements(conn, batch)
+                if writer is None:
+                    writer = self._new_writer()
+                await writer.write(batch)
                 self._done(batch)
-                return conn
-            except psycopg.Error:
+                return writer
+            except (psycopg.Error, OSError, EOFError, WriterFailed):
                 _logger.exception("writing %d movements failed; retrying", len(batch))
-                if conn is not None:
-                    await conn.close()
-                conn = None
+                if writer is not None:
+                    await writer.close()
+                writer = None
             if self._stop.is_set():
                 stopping_since = stopping_since or time.monotonic()
                 if time.monotonic() - stopping_since > self.stop_retry_s:
@@ -185,3 +195,81 @@ class MovementSink:
                     return None
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_DELAY_S_MAX)
+
+
+# -- where a batch is written ---------------------------------------------------------------
+
+
+class WriterFailed(RuntimeError):
+    """The writer process could not write a batch (it says why); the batch is sent again."""
+
+
+class _Target(msgspec.Struct, frozen=True):
+    conninfo: str
+    kwargs: dict[str, Any]  # connection parameters (strings)
+
+
+def _kwargs(pool: Pool) -> dict[str, Any]:
+    kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
+    return {str(k): str(v) for k, v in kwargs.items()}
+
+
+class _Writer(Protocol):
+    async def write(self, batch: list[NewMovement]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _ConnectionWriter:
+    """Writes from the writer thread, on a connection of its own."""
+
+    def __init__(self, target: _Target) -> None:
+        self.target = target
+        self.conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+
+    async def write(self, batch: list[NewMovement]) -> None:
+        if self.conn is None or self.conn.closed:
+            self.conn = await psycopg.AsyncConnection.connect(
+                self.target.conninfo, **self.target.kwargs
+            )
+        await insert_movements(self.conn, batch)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+
+
+class _ProcessWriter:
+    """Hands batches to a child process (`python -m wallets.movement_writer`) that writes them:
+    the rows' encoding and the Postgres client then run on the other core, not under this
+    process's interpreter lock. Frames on its stdin and stdout are [u64 length][payload]; a
+    batch is a marshal of plain tuples (`movement_writer.encode`)."""
+
+    def __init__(self, target: _Target) -> None:
+        env = {**os.environ, movement_writer.TARGET_ENV: msgspec.json.encode(target).decode()}
+        self.child = subprocess.Popen(
+            [sys.executable, "-m", "wallets.movement_writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    async def write(self, batch: list[NewMovement]) -> None:
+        assert self.child.stdin is not None and self.child.stdout is not None
+        movement_writer.send_frame(self.child.stdin, movement_writer.encode(batch))
+        answer = movement_writer.read_frame(self.child.stdout)
+        if answer is None:
+            raise EOFError("the movement writer process exited")
+        if not answer.startswith(b"K"):
+            raise WriterFailed(answer[1:].decode(errors="replace"))
+
+    async def close(self) -> None:
+        child = self.child
+        try:
+            if child.stdin is not None:
+                movement_writer.send_frame(child.stdin, b"")
+                child.stdin.close()
+            child.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            child.kill()
+            child.wait()
