@@ -92,16 +92,16 @@ async def _release(services: Services, r: _Request) -> Reply:
     return await spending.release(services, r.principal, _key(r), r.path_id)
 
 
-_RUNTIME = frozenset({"runtime"})
+_S = spending.SCOPES  # the same table the litestar routes declare
 _EXACT = {
-    "/v1/check": _Route("/v1/check", frozenset({"runtime", "admin"}), _check),
-    "/v1/debits": _Route("/v1/debits", _RUNTIME, _debit),
-    "/v1/debits/batch": _Route("/v1/debits/batch", _RUNTIME, _batch),
-    "/v1/reservations": _Route("/v1/reservations", _RUNTIME, _reserve),
+    "/v1/check": _Route("/v1/check", _S["check"], _check),
+    "/v1/debits": _Route("/v1/debits", _S["debit"], _debit),
+    "/v1/debits/batch": _Route("/v1/debits/batch", _S["debit_batch"], _batch),
+    "/v1/reservations": _Route("/v1/reservations", _S["reserve"], _reserve),
 }
 _ON_RESERVATION = {
-    "settle": _Route("/v1/reservations/{reservation_id}/settle", _RUNTIME, _settle),
-    "release": _Route("/v1/reservations/{reservation_id}/release", _RUNTIME, _release),
+    "settle": _Route("/v1/reservations/{reservation_id}/settle", _S["settle"], _settle),
+    "release": _Route("/v1/reservations/{reservation_id}/release", _S["release"], _release),
 }
 
 

@@ -203,7 +203,7 @@ def _documented_body(cls: type[Any]) -> dict[str, Provide]:
     "/v1/check",
     operation_class=OPS["check"],
     dependencies=_documented_body(w.SpendIn),
-    opt={"scopes": {"runtime", "admin"}},
+    opt={"scopes": spending.SCOPES["check"]},
     status_code=200,
     tags=["spending"],
     description="What a debit would do now: allowed or not with the reason, available, "
@@ -219,7 +219,7 @@ async def check(request: Request[Any, Any, Any], state: State) -> Response[w.Che
     "/v1/debits",
     operation_class=OPS["debit"],
     dependencies=_documented_body(w.SpendIn),
-    opt={"scopes": {"runtime"}},
+    opt={"scopes": spending.SCOPES["debit"]},
     status_code=201,
     tags=["spending"],
     description="Debit an amount (or a priced usage) in one step: the resource's spend path "
@@ -237,7 +237,7 @@ async def debit(request: Request[Any, Any, Any], state: State) -> Response[w.Deb
     "/v1/debits/batch",
     operation_class=OPS["debit_batch"],
     dependencies=_documented_body(w.BatchIn),
-    opt={"scopes": {"runtime"}},
+    opt={"scopes": spending.SCOPES["debit_batch"]},
     status_code=200,
     tags=["spending"],
     description="Many debits in one call (usage ingestion), each with its own idempotency "
@@ -252,7 +252,7 @@ async def debit_batch(request: Request[Any, Any, Any], state: State) -> Response
     "/v1/reservations",
     operation_class=OPS["reserve"],
     dependencies=_documented_body(w.ReserveIn),
-    opt={"scopes": {"runtime"}},
+    opt={"scopes": spending.SCOPES["reserve"]},
     status_code=201,
     tags=["spending"],
     description="Reserve an amount before a billable call: the same chain as a debit, as "
@@ -269,7 +269,7 @@ async def reserve(request: Request[Any, Any, Any], state: State) -> Response[w.R
     "/v1/reservations/{reservation_id:str}/settle",
     operation_class=OPS["settle"],
     dependencies=_documented_body(w.SettleIn),
-    opt={"scopes": {"runtime"}},
+    opt={"scopes": spending.SCOPES["settle"]},
     status_code=200,
     tags=["spending"],
     description="Settle with the measured cost: up to the reserved amount the legs are "
@@ -291,7 +291,7 @@ async def settle(
 @post(
     "/v1/reservations/{reservation_id:str}/release",
     operation_class=OPS["release"],
-    opt={"scopes": {"runtime"}},
+    opt={"scopes": spending.SCOPES["release"]},
     status_code=200,
     tags=["spending"],
     description="Release a reservation: every pending leg is voided.",

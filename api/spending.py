@@ -23,6 +23,17 @@ from wallets.service import DebitRequest, DebitResult
 
 R = TypeVar("R")
 
+# The scopes each operation needs, read by both doors (the litestar routes and the hot lane).
+_RUNTIME = frozenset({"runtime"})
+SCOPES: dict[str, frozenset[str]] = {
+    "check": frozenset({"runtime", "admin"}),
+    "debit": _RUNTIME,
+    "debit_batch": _RUNTIME,
+    "reserve": _RUNTIME,
+    "settle": _RUNTIME,
+    "release": _RUNTIME,
+}
+
 
 class Reply(NamedTuple):
     body: Any  # a schemas struct

@@ -175,3 +175,23 @@ async def test_the_lane_counts_its_requests(api: Api, world: World) -> None:
     assert 'http_requests_total{method="POST",route="/v1/debits",status="201"} 1.0' in text
     assert 'http_requests_total{method="POST",route="/v1/debits",status="402"} 1.0' in text
     assert 'credit_decisions_total{operation="debit",outcome="ok"} 1.0' in text
+
+
+def test_the_lane_serves_the_litestar_routes_paths_with_their_scopes() -> None:
+    """The lane's table names the same paths (as metrics label them) and scopes as the
+    litestar routes of the same operations."""
+    import re
+
+    from api import lane
+    from api.routes import ROUTES
+
+    declared = {
+        re.sub(r":\w+\}", "}", path): handler.opt["scopes"]
+        for handler in ROUTES
+        if "POST" in handler.http_methods
+        for path in handler.paths
+    }
+    routes = [*lane._EXACT.values(), *lane._ON_RESERVATION.values()]
+    assert len(routes) == 6
+    for route in routes:
+        assert declared[route.template] == route.scopes, route.template
