@@ -2,8 +2,10 @@
 
 The hot path hands each movement (with its dimensions: feature, model, session, user) to
 `MovementSink.offer`, which never waits: it appends the row to a bounded in-process queue. A
-writer thread of its own, with its own connection, COPYs the queue to Postgres in batches.
-Invariants:
+writer thread of its own COPYs the queue to Postgres in batches, on a connection of its own or,
+with `separate_process` (the server), through a child process (`wallets.movement_writer`), so
+that the rows' encoding and the Postgres client do not run under the requests' interpreter
+lock. Invariants:
 
 - The caller's latency never includes Postgres.
 - The writer does not share the request loop. On the loop, under load, each of its awaits
