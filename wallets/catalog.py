@@ -88,7 +88,9 @@ def period_start_ns(period: Period, at_ns: int) -> int:
     """Start of the UTC calendar period containing `at_ns` (0 for a lifetime budget)."""
     if period is Period.LIFETIME:
         return 0
-    at = dt.datetime.fromtimestamp(at_ns / 1e9, tz=dt.UTC)
+    # Whole seconds, by integer division: `at_ns / 1e9` is a float, which rounds an instant a
+    # few hundred ns before midnight into the next day.
+    at = dt.datetime.fromtimestamp(at_ns // 1_000_000_000, tz=dt.UTC)
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     if period is Period.WEEK:
         day -= dt.timedelta(days=day.weekday())

@@ -9,7 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grants.model import Category, Grant
-from wallets.catalog import Budget, Catalog, Period, Resource, Wallet, period_end_ns
+from wallets.catalog import (
+    Budget,
+    Catalog,
+    Period,
+    Resource,
+    Wallet,
+    period_end_ns,
+    period_start_ns,
+)
 
 DAY_NS = 86_400 * 10**9
 T0 = int(dt.datetime(2026, 1, 30, tzinfo=dt.UTC).timestamp()) * 10**9
@@ -122,3 +130,19 @@ def test_period_end_is_the_next_period_start() -> None:
         * 10**9
     )
     assert period_end_ns(Period.LIFETIME, at) is None
+
+
+@given(
+    st.sampled_from([Period.DAY, Period.WEEK, Period.MONTH]),
+    st.integers(min_value=T0 - 400 * DAY_NS, max_value=T0 + 400 * DAY_NS),
+    st.integers(1, 10**6),
+)
+def test_an_instant_just_before_a_period_ends_is_in_that_period(
+    period: Period, at: int, before_ns: int
+) -> None:
+    """Found by the test above: an instant a few hundred ns before midnight, converted through
+    a float, was put in the next day's budget period."""
+    end = period_end_ns(period, at)
+    assert end is not None
+    assert period_start_ns(period, end - before_ns) == period_start_ns(period, at)
+    assert period_start_ns(period, end) == end
