@@ -263,25 +263,38 @@ def _shared_cluster_client(settings: LedgerSettings, kind: str) -> Any:
 
 def open_ledger(settings: LedgerSettings, *, engine: Any = None) -> Ledger:
     """The async ledger: a real cluster when `settings.tb_addresses` is set, else the embedded
-    engine (the one given, or a new one on `settings.data_dir`, closed with the ledger)."""
+    engine (the one given, or a new one on `settings.data_dir`, closed with the ledger; in a
+    process of its own when `settings.engine_process`)."""
     if settings.tb_addresses:
         client = _shared_cluster_client(settings, "async")
         return Ledger(client, deadline_s=settings.request_deadline_s, engine_name="cluster")
     from ledger.embedded import EmbeddedEngine
+    from ledger.embedded.process import EngineProcess
 
     owned = engine is None
     if owned:
-        engine = EmbeddedEngine(settings.data_dir)
+        engine = (
+            EngineProcess(settings.data_dir)
+            if settings.engine_process
+            else EmbeddedEngine(settings.data_dir)
+        )
 
     async def close() -> None:
-        if owned:
+        if not owned:
+            return
+        if isinstance(engine, EngineProcess):
+            await engine.aclose()
+        else:
             engine.close()
 
-    return Ledger(engine.client_async(), deadline_s=None, on_close=close, engine_name="embedded")
+    name = f"embedded (process {engine.pid})" if isinstance(engine, EngineProcess) else "embedded"
+    return Ledger(engine.client_async(), deadline_s=None, on_close=close, engine_name=name)
 
 
 def open_ledger_sync(settings: LedgerSettings, *, engine: Any = None) -> LedgerSync:
-    """The sync twin of `open_ledger`."""
+    """The sync twin of `open_ledger` (the engine in-process only)."""
+    if settings.engine_process and not settings.tb_addresses:
+        raise ValueError("the engine process has an async client only; use open_ledger")
     if settings.tb_addresses:
         client = _shared_cluster_client(settings, "sync")
         return LedgerSync(client, deadline_s=settings.request_deadline_s, engine_name="cluster")

@@ -22,6 +22,9 @@ class LedgerSettings:
     # Where the embedded engine keeps its journal and snapshots.
     data_dir: Path = Path(".data/engine")
     request_deadline_s: float = CLUSTER_REQUEST_DEADLINE_S_DEFAULT
+    # The embedded engine in a process of its own (`ledger.embedded.process`), as the server
+    # runs it; False: in this process.
+    engine_process: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LedgerSettings:

@@ -76,7 +76,7 @@ _ACCOUNT_FIELDS = (
     ("flags", 16),
     ("timestamp", 64),
 )
-_FILTER_FIELDS = (
+FILTER_FIELDS = (
     ("account_id", 128),
     ("user_data_128", 128),
     ("user_data_64", 64),
@@ -87,7 +87,7 @@ _FILTER_FIELDS = (
     ("limit", 32),
     ("flags", 32),
 )
-_QUERY_FIELDS = (
+QUERY_FIELDS = (
     ("user_data_128", 128),
     ("user_data_64", 64),
     ("user_data_32", 32),
@@ -168,39 +168,41 @@ class EmbeddedEngine:
     # Requests. Each returns (result, journal position to wait for).
 
     def create_accounts(self, accounts: Sequence[Account]) -> tuple[list[Any], int]:
-        events = _account_tuples(accounts)
-        with self._lock:
-            self._check_open()
-            self._pulse()
-            timestamp = self.state.prepare(len(events), self._clock_ns())
-            results = self.state.create_accounts(timestamp, events)
-            position = self._journal(OP_CREATE_ACCOUNTS, timestamp, events)
+        results, position = self.apply(OP_CREATE_ACCOUNTS, account_tuples(accounts))
         return [CreateAccountResult(timestamp=ts, status=s) for s, ts in results], position
 
     def create_transfers(self, transfers: Sequence[Transfer]) -> tuple[list[Any], int]:
-        events = _transfer_tuples(transfers)
+        results, position = self.apply(OP_CREATE_TRANSFERS, transfer_tuples(transfers))
+        return [CreateTransferResult(ts, s) for s, ts in results], position
+
+    def apply(self, operation: int, events: list[Any]) -> tuple[list[Any], int]:
+        """Creates accounts or transfers from checked tuples: [(status, timestamp)] per event,
+        and the journal position to wait for."""
+        create = (
+            self.state.create_transfers
+            if operation == OP_CREATE_TRANSFERS
+            else self.state.create_accounts
+        )
         with self._lock:
             self._check_open()
             self._pulse()
             timestamp = self.state.prepare(len(events), self._clock_ns())
-            results = self.state.create_transfers(timestamp, events)
-            position = self._journal(OP_CREATE_TRANSFERS, timestamp, events)
-        return [CreateTransferResult(ts, s) for s, ts in results], position
+            results = create(timestamp, events)
+            position = self._journal(operation, timestamp, events)
+        return results, position
 
     def read(self, operation: str, argument: Any) -> tuple[list[Any], int]:
-        if operation in ("lookup_accounts", "lookup_transfers"):
-            # The client does not range-check lookup ids: it packs them into 128 bits, so an
-            # id out of range wraps around. The same here, so both engines answer alike.
-            ids = [int(i) % (1 << 128) for i in argument]
-            if len(ids) > BATCH_EVENTS_MAX:
-                raise TooMuchDataError()
-            argument = ids
+        rows, position = self.read_rows(operation, read_argument(operation, argument))
+        return to_python(operation, rows), position
+
+    def read_rows(self, operation: str, argument: Any) -> tuple[list[Any], int]:
+        """A read's rows as the state machine's tuples (`argument` from `read_argument`)."""
         with self._lock:
             self._check_open()
             self._pulse()
             rows = getattr(self.state, operation)(argument)
             position = self.journal.appended if self.journal is not None else 0
-            return _to_python(operation, rows), position
+            return rows, position
 
     def _pulse(self) -> None:
         """Expires every pending transfer whose timeout the clock has passed (TigerBeetle's
@@ -309,7 +311,18 @@ def decode_snapshot(body: bytes) -> tuple[Any, ...]:
     return (version, commit_ts, prepare_ts, accounts, parts[0], pending, orphans, parts[1])
 
 
-def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
+def read_argument(operation: str, argument: Any) -> Any:
+    if operation in ("lookup_accounts", "lookup_transfers"):
+        # The client does not range-check lookup ids: it packs them into 128 bits, so an id
+        # out of range wraps around. The same here, so both engines answer alike.
+        ids = [int(i) % (1 << 128) for i in argument]
+        if len(ids) > BATCH_EVENTS_MAX:
+            raise TooMuchDataError()
+        return ids
+    return argument
+
+
+def transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
     if len(transfers) > BATCH_EVENTS_MAX:
         raise TooMuchDataError()
     events = [
@@ -343,7 +356,7 @@ def _transfer_tuples(transfers: Sequence[Transfer]) -> list[TransferTuple]:
     return events
 
 
-def _account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
+def account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
     if len(accounts) > BATCH_EVENTS_MAX:
         raise TooMuchDataError()
     events = [
@@ -369,7 +382,7 @@ def _account_tuples(accounts: Sequence[Account]) -> list[AccountTuple]:
     return events
 
 
-def _filter_tuple(
+def filter_tuple(
     f: AccountFilter | QueryFilter, fields: tuple[tuple[str, int], ...]
 ) -> tuple[int, ...]:
     values = tuple(int(getattr(f, name)) for name, _ in fields)
@@ -451,7 +464,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _to_python(operation: str, rows: list[Any]) -> list[Any]:
+def to_python(operation: str, rows: list[Any]) -> list[Any]:
     convert = _CONVERT[operation]
     return [convert(r) for r in rows]
 
@@ -488,16 +501,16 @@ class EmbeddedClientSync:
         return self._read("lookup_transfers", transfers)
 
     def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
-        return self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
+        return self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
 
     def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
-        return self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
+        return self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
 
     def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return self._read("query_accounts", _filter_tuple(query_filter, _QUERY_FIELDS))
+        return self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
 
     def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return self._read("query_transfers", _filter_tuple(query_filter, _QUERY_FIELDS))
+        return self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
 
     def close(self) -> None:
         """Closing a client leaves the engine open; the engine's owner closes it."""
@@ -537,19 +550,19 @@ class EmbeddedClientAsync:
         return await self._read("lookup_transfers", transfers)
 
     async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
-        return await self._read("get_account_transfers", _filter_tuple(filter, _FILTER_FIELDS))
+        return await self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
 
     async def get_account_balances(
         self,
         filter: AccountFilter,
     ) -> list[AccountBalance]:
-        return await self._read("get_account_balances", _filter_tuple(filter, _FILTER_FIELDS))
+        return await self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
 
     async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return await self._read("query_accounts", _filter_tuple(query_filter, _QUERY_FIELDS))
+        return await self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
 
     async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return await self._read("query_transfers", _filter_tuple(query_filter, _QUERY_FIELDS))
+        return await self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
 
     async def close(self) -> None:
         """Closing a client leaves the engine open; the engine's owner closes it."""

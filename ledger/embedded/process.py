@@ -1,0 +1,456 @@
+"""The embedded engine in a process of its own, as a TigerBeetle replica is.
+
+`EngineProcess(data_dir)` starts `python -m ledger.embedded`, which opens an `EmbeddedEngine`
+on `data_dir` and answers requests over a socket pair. Its `client_async()` has the methods of
+`tigerbeetle.ClientAsync`, like `EmbeddedEngine.client_async()`, so `open_ledger(settings,
+engine=EngineProcess(...))` works as with the engine in-process. The server uses it: the
+state machine, the journal's encoding and the engine's garbage then take the other core,
+beside the request thread instead of under its interpreter lock.
+
+What stays in this process: the conversion of `Transfer`s and `Account`s to tuples, with the
+same range checks and exceptions as the real client (so bad input never reaches the engine),
+and the conversion of the answers back. What crosses the socket: frames of
+[u32 little-endian length][marshal payload]; a request is (operation, argument), an answer is
+(True, rows) or (False, (exception name, message)). Answers come in the order of the
+requests, each once its journal record is durable, as in-process.
+
+If the engine process dies, every request in flight and every later one raises
+`LedgerUnavailable` (the outcome of one in flight is unknown: it may be journaled); the
+service's readiness then fails. The engine process ends when its socket closes: when this
+process closes the engine, or exits, however it exits. It ignores SIGINT, so that a Ctrl-C
+stops the server first and the engine after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import marshal
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from ledger.client import LedgerUnavailable
+from ledger.embedded.engine import (
+    FILTER_FIELDS,
+    OP_CREATE_ACCOUNTS,
+    OP_CREATE_TRANSFERS,
+    QUERY_FIELDS,
+    EmbeddedEngine,
+    account_tuples,
+    filter_tuple,
+    read_argument,
+    to_python,
+    transfer_tuples,
+)
+from ledger.embedded.journal import DataDirectoryLocked, JournalClosed, JournalCorrupt
+from ledger.limits import JOURNAL_SNAPSHOT_BYTES_DEFAULT
+from ledger.types import (
+    Account,
+    AccountBalance,
+    AccountFilter,
+    ClientClosedError,
+    CreateAccountResult,
+    CreateAccountStatus,
+    CreateTransferResult,
+    CreateTransferStatus,
+    QueryFilter,
+    Transfer,
+)
+
+_FRAME = struct.Struct("<I")
+_SOCKET_BUFFER_BYTES = 4 << 20
+_READS = frozenset(
+    {
+        "lookup_accounts",
+        "lookup_transfers",
+        "get_account_transfers",
+        "get_account_balances",
+        "query_accounts",
+        "query_transfers",
+    }
+)
+_TRANSFER_STATUS = {int(s): s for s in CreateTransferStatus}
+_ACCOUNT_STATUS = {int(s): s for s in CreateAccountStatus}
+# Exceptions the engine raises for a caller's reason, raised again here by name.
+_KNOWN_ERRORS: dict[str, type[Exception]] = {
+    e.__name__: e for e in (ClientClosedError, DataDirectoryLocked, JournalClosed, JournalCorrupt)
+}
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed on a request for a reason of its own (a bug)."""
+
+
+def _error(name: str, message: str) -> Exception:
+    known = _KNOWN_ERRORS.get(name)
+    if known is ClientClosedError:
+        return ClientClosedError()
+    if known is not None:
+        return known(message)
+    return EngineProcessError(f"{name}: {message}")
+
+
+def _frame(payload: Any) -> bytes:
+    data = marshal.dumps(payload)
+    return _FRAME.pack(len(data)) + data
+
+
+def _read_frame(sock: socket.socket) -> Any:
+    """One frame, blocking (the hello at start-up); None at the end of the stream."""
+    header = _recv_exactly(sock, _FRAME.size)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, _FRAME.unpack(header)[0])
+    return None if body is None else marshal.loads(body)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    parts = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+class _Frames(asyncio.Protocol):
+    """Splits the byte stream into frames and hands each decoded payload to `on_frame`."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        offset = 0
+        size = len(buffer)
+        while size - offset >= 4:
+            end = offset + 4 + _FRAME.unpack_from(buffer, offset)[0]
+            if end > size:
+                break
+            self.on_frame(marshal.loads(buffer[offset + 4 : end]))
+            offset = end
+        if offset:
+            del buffer[:offset]
+
+    def on_frame(self, payload: Any) -> None:
+        raise NotImplementedError
+
+
+# -----------------------------------------------------------------------------------------
+# This side.
+
+
+class _Answers(_Frames):
+    def __init__(self, owner: EngineProcess) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def on_frame(self, payload: Any) -> None:
+        ok, value = payload
+        future = self._owner._waiting.popleft()
+        if future.done():  # its caller was cancelled; the request was still applied
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(_error(*value))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._lost()
+
+
+class EngineProcess:
+    """An `EmbeddedEngine` on `data_dir` in a child process; see the module docstring."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
+        start_timeout_s: float = 600.0,
+    ) -> None:
+        ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
+        command = [
+            sys.executable,
+            "-m",
+            "ledger.embedded",
+            "--fd",
+            str(theirs.fileno()),
+            "--data-dir",
+            str(Path(data_dir)),
+            "--snapshot-bytes",
+            str(snapshot_bytes),
+        ]
+        if not fsync:
+            command.append("--no-fsync")
+        try:
+            self._child = subprocess.Popen(
+                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+            )
+        finally:
+            theirs.close()
+        self._sock = ours
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._closed = False
+        self._dead = False
+        # Start-up: the child recovers the journal, then says hello (or why it could not).
+        ours.settimeout(start_timeout_s)
+        try:
+            hello = _read_frame(ours)
+        except BaseException:
+            self._kill()
+            raise
+        if hello is None or not hello[0]:
+            code = self._kill()
+            if hello is None:
+                raise EngineProcessError(f"the engine process exited at start-up (code {code})")
+            raise _error(*hello[1])
+        _, (self.torn_bytes, self.replayed_records) = hello
+        ours.settimeout(None)
+        ours.setblocking(False)
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def client_async(self) -> EngineProcessClientAsync:
+        return EngineProcessClientAsync(self)
+
+    async def call(self, operation: str, argument: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._transport is None or self._loop is not loop:
+            await self._connect(loop)
+        if self._closed:
+            raise ClientClosedError()
+        if self._dead:
+            raise self._unavailable()
+        assert self._transport is not None
+        data = marshal.dumps((operation, argument))
+        future = loop.create_future()
+        self._waiting.append(future)
+        self._transport.writelines((_FRAME.pack(len(data)), data))
+        return await future
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and self._loop is not loop:
+            raise RuntimeError("an engine process serves the one event loop that first used it")
+        if self._connecting is None:
+            self._loop = loop
+            self._connecting = loop.create_future()
+            try:
+                transport, _ = await loop.create_unix_connection(
+                    lambda: _Answers(self), sock=self._sock
+                )
+            except BaseException as exc:
+                self._connecting.set_exception(exc)
+                raise
+            self._transport = transport  # uvloop: not a subclass of it, same methods
+            self._connecting.set_result(None)
+        else:
+            await asyncio.shield(self._connecting)
+
+    def _lost(self) -> None:
+        self._dead = True
+        waiting, self._waiting = self._waiting, collections.deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(self._unavailable())
+
+    def _unavailable(self) -> LedgerUnavailable:
+        code = self._child.poll()
+        how = "closed its connection" if code is None else f"exited (code {code})"
+        return LedgerUnavailable(
+            f"the engine process {how}; the outcome of a request in flight is unknown, "
+            "retry with the same ids once the service is back"
+        )
+
+    async def aclose(self, timeout_s: float = 60.0) -> None:
+        """Lets the engine answer what it was sent, close its journal and exit."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is not None:
+            if not self._transport.is_closing():
+                self._transport.write_eof()
+        else:
+            self._sock.shutdown(socket.SHUT_WR)
+        try:
+            await asyncio.to_thread(self._child.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        if self._transport is not None:
+            self._transport.close()
+        self._sock.close()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """`aclose` for a caller without an event loop (one that never used the engine)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._transport is None:
+            self._sock.shutdown(socket.SHUT_WR)
+        try:
+            self._child.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        self._sock.close()
+
+    def _kill(self) -> int:
+        if self._child.poll() is None:
+            self._child.kill()
+        return self._child.wait()
+
+
+class EngineProcessClientAsync:
+    """The methods of `tigerbeetle.ClientAsync`, answered by an engine process."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self._engine = engine
+
+    async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:
+        rows = await self._engine.call("create_accounts", account_tuples(accounts))
+        status = _ACCOUNT_STATUS
+        return [CreateAccountResult(timestamp=ts, status=status[s]) for s, ts in rows]
+
+    async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
+        rows = await self._engine.call("create_transfers", transfer_tuples(transfers))
+        status = _TRANSFER_STATUS
+        return [CreateTransferResult(ts, status[s]) for s, ts in rows]
+
+    async def _read(self, operation: str, argument: Any) -> list[Any]:
+        rows = await self._engine.call(operation, read_argument(operation, argument))
+        return to_python(operation, rows)
+
+    async def lookup_accounts(self, accounts: list[int]) -> list[Account]:
+        return await self._read("lookup_accounts", accounts)
+
+    async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
+        return await self._read("lookup_transfers", transfers)
+
+    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
+        return await self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
+
+    async def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
+        return await self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
+
+    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return await self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
+
+    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        return await self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
+
+    async def close(self) -> None:
+        """Closing a client leaves the engine open; the engine's owner closes it."""
+
+    async def __aenter__(self) -> EngineProcessClientAsync:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+# -----------------------------------------------------------------------------------------
+# The engine's side: `python -m ledger.embedded`.
+
+
+class _Requests(_Frames):
+    def __init__(self, engine: EmbeddedEngine, answers: asyncio.Queue[Any]) -> None:
+        super().__init__()
+        self._engine = engine
+        self._answers = answers
+
+    def on_frame(self, payload: Any) -> None:
+        operation, argument = payload
+        engine = self._engine
+        try:
+            if operation == "create_transfers":
+                results, position = engine.apply(OP_CREATE_TRANSFERS, argument)
+                answer: Any = [(int(s), ts) for s, ts in results]
+            elif operation == "create_accounts":
+                results, position = engine.apply(OP_CREATE_ACCOUNTS, argument)
+                answer = [(int(s), ts) for s, ts in results]
+            elif operation in _READS:
+                answer, position = engine.read_rows(operation, argument)
+            else:
+                raise ValueError(f"unknown operation {operation!r}")
+        except Exception as exc:  # every failure is answered, in order
+            self._answers.put_nowait((0, _frame((False, (type(exc).__name__, str(exc))))))
+            return
+        self._answers.put_nowait((position, _frame((True, answer))))
+
+    def eof_received(self) -> bool:
+        self._answers.put_nowait(None)
+        return True  # keep writing the answers still owed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._answers.put_nowait(None)
+
+
+async def _serve(engine: EmbeddedEngine, sock: socket.socket) -> None:
+    from ledger.heap import HeapPolicy, manage_heap
+
+    loop = asyncio.get_running_loop()
+    answers: asyncio.Queue[Any] = asyncio.Queue()
+    transport, _ = await loop.create_unix_connection(lambda: _Requests(engine, answers), sock=sock)
+    heap = asyncio.create_task(manage_heap(HeapPolicy()))
+    try:
+        while (item := await answers.get()) is not None:
+            position, frame = item
+            try:
+                await engine.wait_async(position)
+            except Exception as exc:  # the journal failed: say so, in order
+                frame = _frame((False, (type(exc).__name__, str(exc))))
+            transport.write(frame)
+    finally:
+        heap.cancel()
+        engine.close()
+        transport.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledger.embedded")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--snapshot-bytes", type=int, default=JOURNAL_SNAPSHOT_BYTES_DEFAULT)
+    parser.add_argument("--no-fsync", action="store_true")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        engine = EmbeddedEngine(
+            args.data_dir, fsync=not args.no_fsync, snapshot_bytes=args.snapshot_bytes
+        )
+    except Exception as exc:  # said to the parent, which raises it
+        sock.sendall(_frame((False, (type(exc).__name__, str(exc)))))
+        return 1
+    sock.sendall(_frame((True, (engine.torn_bytes, engine.replayed_records))))
+    sock.setblocking(False)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(_serve(engine, sock))
+    return 0
