@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -51,8 +52,9 @@ def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def runtime(data_dir: Path | None) -> AsyncIterator[Runtime]:
-    """The engine and the database of this process, migrated; closed on the way out."""
+async def runtime(data_dir: Path | None, *, engine_process: bool = False) -> AsyncIterator[Runtime]:
+    """The engine and the database of this process, migrated; closed on the way out. With
+    `engine_process`, the embedded engine runs in a child process (as the server runs it)."""
     env = _env_with_data_dir(data_dir)
     database = db.DatabaseSettings.from_env(env)
     conninfo = await db.resolve_conninfo(database)
@@ -62,7 +64,8 @@ async def runtime(data_dir: Path | None) -> AsyncIterator[Runtime]:
         applied = await apply_migrations(pool)
         if applied:
             click.echo(f"applied migrations: {', '.join(applied)}", err=True)
-        ledger = open_ledger(LedgerSettings.from_env(env))
+        settings = dataclasses.replace(LedgerSettings.from_env(env), engine_process=engine_process)
+        ledger = open_ledger(settings)
         yield Runtime(ledger, pool, database, conninfo)
     finally:
         if ledger is not None:
@@ -90,6 +93,13 @@ main.add_command(keys)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option(
+    "--engine-process/--engine-in-process",
+    default=True,
+    show_default=True,
+    help="Run the embedded engine in a process of its own, beside the server (it then has a "
+    "core to itself), or in the server's process. Without effect when TB_ADDRESSES is set.",
+)
+@click.option(
     "--jobs/--no-jobs",
     "with_jobs",
     default=True,
@@ -98,14 +108,26 @@ main.add_command(keys)
     "one process only; on a real cluster a separate `jobs` process may run "
     "them, and one leader is elected).",
 )
-def serve(data_dir: Path | None, host: str, port: int, access_log: bool, with_jobs: bool) -> None:
+def serve(
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    access_log: bool,
+    engine_process: bool,
+    with_jobs: bool,
+) -> None:
     """Run the HTTP API (and the background jobs)."""
     _use_uvloop()
-    asyncio.run(_serve(data_dir, host, port, access_log, with_jobs))
+    asyncio.run(_serve(data_dir, host, port, access_log, engine_process, with_jobs))
 
 
 async def _serve(
-    data_dir: Path | None, host: str, port: int, access_log: bool, with_jobs: bool
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    access_log: bool,
+    engine_process: bool,
+    with_jobs: bool,
 ) -> None:
     import uvicorn
 
@@ -113,7 +135,7 @@ async def _serve(
     from jobs.scheduler import Jobs, JobSettings
     from ledger.heap import HeapPolicy
 
-    async with runtime(data_dir) as rt:
+    async with runtime(data_dir, engine_process=engine_process) as rt:
         app = create_app(
             ApiSettings(database=rt.conninfo, heap=HeapPolicy(), movement_writer_process=True),
             ledger=rt.ledger,
