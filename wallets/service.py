@@ -226,11 +226,14 @@ class CreditService:
         except LedgerUnavailable as error:
             raise LedgerUnavailableError(str(error)) from None
 
-    async def _funded(self, chain: Sequence[Transfer]) -> list[Funding]:
+    async def _funded(self, chain: Sequence[Transfer], drained: int | None = None) -> list[Funding]:
         """What each source of a chain that just succeeded actually moved (balancing legs move
-        what they can, so the amounts are read back)."""
-        sources = [t.id for t in chain if t.code in _SOURCE_CODES]
-        return _funding(await self._lookup(sources))
+        what they can, so the amounts are read back). `drained`: the chain is a drain chain
+        that moved exactly that much, so a lone source moved all of it, with nothing to read."""
+        sources = [t for t in chain if t.code in _SOURCE_CODES]
+        if drained is not None and len(sources) == 1:
+            return [_source_funding(sources[0], drained)]
+        return _funding(await self._lookup([t.id for t in sources]))
 
     async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
         """An operation's events by index; a missing index is an empty Transfer (id 0). For a
@@ -397,7 +400,14 @@ class CreditService:
         for item in ready:
             await self._ensure_budget_accounts(item.path)
         results = await self._create([t for r in ready for t in r.chain]) if ready else []
-        sources = [t.id for r in ready for t in r.chain if t.code in _SOURCE_CODES]
+        # What the sources moved is read back only where there is more than one (see _funded).
+        sources = [
+            t.id
+            for r in ready
+            if len(r.path.sources) > 1
+            for t in r.chain
+            if t.code in _SOURCE_CODES
+        ]
         moved = {t.id: t for t in await self._lookup(sources)} if sources else {}
         out: list[DebitResult | CreditError] = []
         offset = 0
@@ -442,8 +452,8 @@ class CreditService:
             return await self._debit_replay(p.op)
         self._raise_for(p.chain, results, p.path, p.request.amount)
         self._record(MovementKind.DEBIT, p.op, p.wallet, p.request.amount, p.request.dimensions)
-        if moved is None:
-            funded = await self._funded(p.chain)
+        if moved is None or len(p.path.sources) == 1:
+            funded = await self._funded(p.chain, p.request.amount)
         else:
             legs = [moved[t.id] for t in p.chain if t.code in _SOURCE_CODES and t.id in moved]
             funded = _funding(legs)
@@ -524,7 +534,8 @@ class CreditService:
             self._raise_for(chain, results, path, amount)
             self._record(MovementKind.RESERVE, op, wallet, amount, dimensions)
             self._remember_legs(op.id, chain)
-            return ReservationResult(op.id, amount, timeout_s, await self._funded(chain))
+            funded = await self._funded(chain, amount)
+            return ReservationResult(op.id, amount, timeout_s, funded)
         legs = await self._legs(op.id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
             raise IdempotencyConflict("this idempotency key was used for another operation")
@@ -773,15 +784,16 @@ _SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAF
 
 def _funding(legs: Iterable[Transfer]) -> list[Funding]:
     """What each source leg moved (other legs, and balancing legs that moved 0, are skipped)."""
-    out = []
-    for leg in legs:
-        if leg.id == 0 or leg.amount == 0:
-            continue
-        if leg.code in (TransferCode.DEBIT, TransferCode.RESERVE):
-            out.append(Funding(leg.debit_account_id, "grant", leg.amount))
-        elif leg.code == TransferCode.OVERDRAFT_DRAW:
-            out.append(Funding(leg.debit_account_id, "overdraft", leg.amount))
-    return out
+    return [
+        _source_funding(leg, leg.amount)
+        for leg in legs
+        if leg.id != 0 and leg.amount != 0 and leg.code in _SOURCE_CODES
+    ]
+
+
+def _source_funding(leg: Transfer, amount: int) -> Funding:
+    kind = "overdraft" if leg.code == TransferCode.OVERDRAFT_DRAW else "grant"
+    return Funding(leg.debit_account_id, kind, amount)
 
 
 def _overage_collected(legs: Sequence[Transfer], base: int) -> int:
