@@ -138,13 +138,17 @@ def leg_ids(operation_id: int, leg_indexes: Iterable[int]) -> list[int]:
     base.update(_INT_PART + operation_id.to_bytes(16, "big"))
     ids = []
     for leg_index in leg_indexes:
-        if leg_index < 0:
-            raise ValueError(f"leg_index must not be negative, got {leg_index}")
-        if leg_index > LEG_INDEX_MAX:
-            raise ValueError(f"leg_index must be at most {LEG_INDEX_MAX}, got {leg_index}")
+        suffix = _LEG_SUFFIXES[leg_index] if 0 <= leg_index < _LEG_SUFFIXES_CACHED else None
+        if suffix is None:
+            if leg_index < 0:
+                raise ValueError(f"leg_index must not be negative, got {leg_index}")
+            if leg_index > LEG_INDEX_MAX:
+                raise ValueError(f"leg_index must be at most {LEG_INDEX_MAX}, got {leg_index}")
+            suffix = _INT_PART + leg_index.to_bytes(16, "big")
         hasher = base.copy()
-        hasher.update(_INT_PART + leg_index.to_bytes(16, "big"))
-        ids.append(_u128_from_digest(hasher.digest()))
+        hasher.update(suffix)
+        value = int.from_bytes(hasher.digest(), "big")
+        ids.append(value if 0 < value < U128_MAX else _u128_from_digest(hasher.digest()))
     return ids
 
 
@@ -222,8 +226,11 @@ def _check_id(name: str, value: int) -> None:
         raise ValueError(f"{name} must be in {ID_MIN}..{ID_MAX}, got {value}")
 
 
-# leg_id's constant prefix: the namespace and the count of parts, hashed once.
 _INT_PART: Final = _TAG_INT + (16).to_bytes(4, "big")
+# The encoded part of the first leg indexes (every chain's legs are among them).
+_LEG_SUFFIXES_CACHED: Final = 64
+_LEG_SUFFIXES: Final = [_INT_PART + i.to_bytes(16, "big") for i in range(_LEG_SUFFIXES_CACHED)]
+# leg_id's constant prefix: the namespace and the count of parts, hashed once.
 _LEG_PREFIX: Final = hashlib.blake2b(digest_size=_DIGEST_BYTES, person=_PERSON)
 _LEG_PREFIX.update(_encode_part(_NAMESPACE_LEG))
 _LEG_PREFIX.update((2).to_bytes(4, "big"))

@@ -140,17 +140,19 @@ def make_leg(
 def header(op: Operation, ids: Sequence[int] | None = None) -> Transfer:
     """Event 0. Every field but `user_data_128` depends only on the key, so that a replay is
     `exists` and another body under the same key is `exists_with_different_user_data_128`."""
-    return Transfer(
-        id=leg_id(op.id, HEADER) if ids is None else ids[HEADER],
-        debit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
-        credit_account_id=_system(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
-        amount=0,
-        user_data_128=op.fingerprint,
-        user_data_64=0,
-        user_data_32=op.tenant,
-        ledger=op.ledger,
-        code=TransferCode.OPERATION_HEADER,
-        flags=LINKED,
+    return Transfer(  # positional, in `Transfer`'s field order, as in `make_leg`
+        leg_id(op.id, HEADER) if ids is None else ids[HEADER],
+        _system(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
+        _system(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
+        0,  # amount
+        0,  # pending_id
+        op.fingerprint,  # user_data_128
+        0,  # user_data_64
+        op.tenant,  # user_data_32
+        0,  # timeout
+        op.ledger,
+        TransferCode.OPERATION_HEADER,
+        LINKED,
     )
 
 
@@ -159,12 +161,13 @@ def _source_legs(
     path: SpendPath,
     amount: int,
     first_index: int,
-    flags: TransferFlags,
+    pending: bool,
     timeout_s: int,
     ids: Sequence[int] | None = None,
 ) -> list[Transfer]:
+    """One leg per source, in burn order; `pending`: a reservation's (bool, not the chain's
+    flags: a `Flag` operation per leg costs about a microsecond)."""
     drain = _system(op.ledger, AccountCode.CONTROL_DRAIN)
-    pending = bool(flags & PENDING)
     legs = []
     for i, source in enumerate(path.sources):
         if source.kind is SourceKind.GRANT:
@@ -251,7 +254,7 @@ def drain_chain(
             )
         )
         index += 1
-    chain += _source_legs(op, path, amount, index, flags, timeout_s, ids)
+    chain += _source_legs(op, path, amount, index, pending, timeout_s, ids)
     check = _system(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
         make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
@@ -393,7 +396,7 @@ def overage_legs(
         debt = overdraft_account_id(path.wallet_id, AccountCode.OVERDRAFT_UNBOUNDED)
         kept += (Source(debt, SourceKind.DEBT, path.wallet_id),)
     sources = msgspec.structs.replace(path, sources=kept)
-    legs += _source_legs(op, sources, amount, index, LINKED, 0)
+    legs += _source_legs(op, sources, amount, index, False, 0)
     if capped:
         cap = _system(ledger, AccountCode.CONTROL_CAP)
         legs.append(

@@ -250,3 +250,6 @@ def test_leg_ids_are_leg_id_for_each_index() -> None:
         indexes = [0, 1, 2, 3, 4, 57, 100, 10**6]
         assert ids.leg_ids(op, indexes) == [ids.leg_id(op, i) for i in indexes]
         assert ids.leg_id(op, 3) == ids.derive_id(ids._NAMESPACE_LEG, op, 3)
+        # The first indexes use pre-encoded parts; the ones past them encode their own.
+        every = range(ids._LEG_SUFFIXES_CACHED + 3)
+        assert ids.leg_ids(op, every) == [ids.derive_id(ids._NAMESPACE_LEG, op, i) for i in every]
