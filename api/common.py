@@ -7,6 +7,7 @@ means the same thing whichever door it comes through.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from typing import TypeVar
@@ -102,7 +103,14 @@ def resource_customer(services: Services, resource_id: int) -> int | None:
 
 
 def funding(items: list[Funding]) -> list[w.FundingOut]:
-    return [w.FundingOut(account_id=sid(f.account_id), kind=f.kind, amount=f.amount) for f in items]
+    return [
+        w.FundingOut(account_id=_account_sid(f.account_id), kind=f.kind, amount=f.amount)
+        for f in items
+    ]
+
+
+# Grant accounts recur in answer after answer: their text is kept.
+_account_sid = functools.lru_cache(maxsize=1 << 16)(sid)
 
 
 def amount_of(services: Services, ledger: int, amount: int | None, usage: w.Usage | None) -> int:

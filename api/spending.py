@@ -143,10 +143,17 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
     runs at what Postgres absorbs instead of dropping rows."""
     await services.sink.room()
     requests: list[DebitRequest | CreditError] = []
+    # Where each (credit type, resource, wallet) spends, resolved once per batch: a batch
+    # usually names a few, many times.
+    resolved: dict[tuple[str, str | None, str | None], tuple[int, int | None, int | None]] = {}
     for item in data.debits:
         try:
-            ledger = ledger_of(services, item.credit_type)
-            resource_id, wallet_id = target(services, principal, item)
+            where = (item.credit_type, item.resource_id, item.wallet_id)
+            found = resolved.get(where)
+            if found is None:
+                ledger = ledger_of(services, item.credit_type)
+                found = resolved[where] = (ledger, *target(services, principal, item))
+            ledger, resource_id, wallet_id = found
             amount = amount_of(services, ledger, item.amount, item.usage)
             requests.append(
                 DebitRequest(
