@@ -3,6 +3,7 @@ both sides). Not a test. Prints requests/s and latency percentiles per scenario.
 
     python -m bench.http                 # starts `credit-ledger serve` (embedded) in a temp dir
     python -m bench.http --url http://127.0.0.1:8080 --key clk_...   # an existing service
+    python -m bench.http --only batch --serve-arg=--engine-in-process  # one scenario, a flag
 
 Scenarios: single debits on one hot wallet (64 connections); reserve-then-settle pairs on one
 hot wallet (64 connections, each alternating reserve and settle); batch ingestion
@@ -102,7 +103,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _local_service() -> Iterator[tuple[str, str]]:
+def _local_service(serve_args: list[str]) -> Iterator[tuple[str, str]]:
     cli = str(Path(sys.executable).parent / "credit-ledger")
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
         env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": tmp}
@@ -115,7 +116,7 @@ def _local_service() -> Iterator[tuple[str, str]]:
         ).stdout.strip()
         port = _free_port()
         server = subprocess.Popen(
-            [cli, "serve", "--port", str(port)],
+            [cli, "serve", "--port", str(port), *serve_args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -174,19 +175,33 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--key")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable); default: all",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="an extra argument for the `credit-ledger serve` it starts (repeatable)",
+    )
     args = parser.parse_args()
+    only = set(args.only or SCENARIOS)
     if shutil.which("wrk") is None:
         sys.exit("bench.http needs wrk on PATH (Debian: apt-get install wrk)")
     with contextlib.ExitStack() as stack:
-        url, key = (args.url, args.key) if args.url else stack.enter_context(_local_service())
+        url, key = (
+            (args.url, args.key)
+            if args.url
+            else stack.enter_context(_local_service(args.serve_arg))
+        )
         code, resource = _setup(url, key)
         print(f"service {url}; wrk, 2 threads; {args.seconds} s per scenario", flush=True)
-        scenarios = [
-            ("single debits, hot wallet", "debit", 64, 1),
-            ("reserve-then-settle, hot wallet", "pairs", 64, 1),
-            ("batch ingestion (500 per request)", "batch", 8, 500),
-        ]
-        for name, script, connections, per_request in scenarios:
+        for script, (name, connections, per_request) in SATURATING.items():
+            if script not in only:
+                continue
             lua = (
                 LUA_COMMON.format(key=key, resource=resource, code=code, run=uuid.uuid4().hex[:8])
                 + LUA[script]
@@ -201,11 +216,11 @@ def main() -> None:
                 f"  non-2xx {r['errors']}",
                 flush=True,
             )
-        _settle(url)
-        for name, path, extra in (
-            ("check at 500 req/s", "/v1/check", ""),
-            ("reserve at 500 req/s", "/v1/reservations", ',"timeout_s":5'),
-        ):
+        if only & set(PACED):
+            _settle(url)
+        for script, (name, path, extra) in PACED.items():
+            if script not in only:
+                continue
             paced = _paced(url, key, path, code, resource, extra, args.seconds)
             others = {s: n for s, n in paced.statuses.items() if not 200 <= s < 300}
             print(
@@ -213,6 +228,20 @@ def main() -> None:
                 f"  p99 {paced.p99_ms:>6.2f}ms  max {paced.max_ms:.1f}ms  non-2xx {others or 0}",
                 flush=True,
             )
+
+
+# Scenario: (title, wrk connections, debits per request) for wrk; (title, path, extra body
+# fields) for the paced generator.
+SATURATING = {
+    "debit": ("single debits, hot wallet", 64, 1),
+    "pairs": ("reserve-then-settle, hot wallet", 64, 1),
+    "batch": ("batch ingestion (500 per request)", 8, 500),
+}
+PACED = {
+    "check": ("check at 500 req/s", "/v1/check", ""),
+    "reserve": ("reserve at 500 req/s", "/v1/reservations", ',"timeout_s":5'),
+}
+SCENARIOS = [*SATURATING, *PACED]
 
 
 def _settle(url: str) -> None:
