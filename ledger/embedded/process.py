@@ -11,7 +11,8 @@ What stays in this process: the conversion of `Transfer`s and `Account`s to tupl
 same range checks and exceptions as the real client (so bad input never reaches the engine),
 and the conversion of the answers back. What crosses the socket: frames of
 [u32 little-endian length][marshal payload]; a request is (operation, argument), an answer is
-(True, rows) or (False, (exception name, message)). Answers come in the order of the
+(True, rows) or (False, (exception name, message)); a create_transfers answer is compact
+(`_compact`). Answers come in the order of the
 requests, each once its journal record is durable, as in-process.
 
 If the engine process dies, every request in flight and every later one raises
@@ -336,9 +337,8 @@ class EngineProcessClientAsync:
         return [CreateAccountResult(timestamp=ts, status=status[s]) for s, ts in rows]
 
     async def create_transfers(self, transfers: Sequence[Transfer]) -> list[CreateTransferResult]:
-        rows = await self._engine.call("create_transfers", transfer_tuples(transfers))
-        status = _TRANSFER_STATUS
-        return [CreateTransferResult(ts, status[s]) for s, ts in rows]
+        answer = await self._engine.call("create_transfers", transfer_tuples(transfers))
+        return _expand(*answer)
 
     async def _read(self, operation: str, argument: Any) -> list[Any]:
         rows = await self._engine.call(operation, read_argument(operation, argument))
@@ -388,7 +388,7 @@ class _Requests(_Frames):
         try:
             if operation == "create_transfers":
                 results, position = engine.apply(OP_CREATE_TRANSFERS, argument)
-                answer: Any = [(int(s), ts) for s, ts in results]
+                answer: Any = _compact(results)
             elif operation == "create_accounts":
                 results, position = engine.apply(OP_CREATE_ACCOUNTS, argument)
                 answer = [(int(s), ts) for s, ts in results]
@@ -407,6 +407,34 @@ class _Requests(_Frames):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._answers.put_nowait(None)
+
+
+_CREATED = CreateTransferStatus.CREATED
+
+
+def _compact(results: list[tuple[Any, int]]) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """A create_transfers answer as (first timestamp, count, the others): event i was created
+    at first + i unless it is among the others, as (i, status, timestamp). Events of a batch
+    get consecutive timestamps, so a batch that succeeded is three numbers, not a tuple per
+    event for both sides to make and take apart."""
+    if not results:
+        return 0, 0, []
+    first = results[0][1] if results[0][0] is _CREATED else results[-1][1] - len(results) + 1
+    others = [
+        (i, int(s), ts) for i, (s, ts) in enumerate(results) if s is not _CREATED or ts != first + i
+    ]
+    return first, len(results), others
+
+
+def _expand(
+    first: int, count: int, others: list[tuple[int, int, int]]
+) -> list[CreateTransferResult]:
+    """The results a `_compact` answer stands for."""
+    created = _CREATED
+    results = [CreateTransferResult(ts, created) for ts in range(first, first + count)]
+    for index, status, ts in others:
+        results[index] = CreateTransferResult(ts, _TRANSFER_STATUS[status])
+    return results
 
 
 async def _serve(engine: EmbeddedEngine, sock: socket.socket) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import marshal
 import os
 import signal
 import subprocess
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ledger.client import LedgerUnavailable, open_ledger
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
+from ledger.embedded import process as process_module
 from ledger.embedded.process import EngineProcess
 from ledger.limits import BATCH_EVENTS_MAX
 from ledger.settings import LedgerSettings
@@ -289,6 +293,28 @@ async def test_open_ledger_runs_it_when_the_settings_say_so(tmp_path: Path) -> N
     await ledger.close()
     with EmbeddedEngine(tmp_path) as engine:
         assert engine.replayed_records == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(CreateTransferStatus)), st.integers(1, 2**63)), max_size=30
+    ),
+    st.integers(1, 2**62),
+    st.integers(0, 30),
+)
+def test_compact_answers_stand_for_every_result(
+    odd: list[tuple[CreateTransferStatus, int]], first: int, created: int
+) -> None:
+    """A batch's results: a run of consecutive creations with odd ones mixed in (other
+    statuses, other timestamps); the compact answer, through marshal, gives them all back."""
+    results: list[tuple[CreateTransferStatus, int]] = [
+        (CreateTransferStatus.CREATED, first + i) for i in range(created)
+    ]
+    for i, item in enumerate(odd):
+        results.insert((i * 7) % (len(results) + 1), item)
+    answer = marshal.loads(marshal.dumps(process_module._compact(results)))
+    expanded = process_module._expand(*answer)
+    assert [(r.status, r.timestamp) for r in expanded] == results
 
 
 def test_the_engine_process_ends_with_its_parent(tmp_path: Path) -> None:
