@@ -190,7 +190,10 @@ class EngineProcess:
         ours, theirs = socket.socketpair()
         for end in (ours, theirs):
             for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
+                # Room for a whole request, so that it leaves in one write (the system may cap
+                # it lower, or refuse: then frames simply take more than one write).
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
         command = [
             sys.executable,
             "-m",
@@ -297,7 +300,8 @@ class EngineProcess:
             if not self._transport.is_closing():
                 self._transport.write_eof()
         else:
-            self._sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the engine process may be gone already
+                self._sock.shutdown(socket.SHUT_WR)
         try:
             await asyncio.to_thread(self._child.wait, timeout_s)
         except subprocess.TimeoutExpired:
@@ -312,7 +316,8 @@ class EngineProcess:
             return
         self._closed = True
         if self._transport is None:
-            self._sock.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the engine process may be gone already
+                self._sock.shutdown(socket.SHUT_WR)
         try:
             self._child.wait(timeout_s)
         except subprocess.TimeoutExpired:
