@@ -366,3 +366,10 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_unused_engine_process_closes_without_a_loop(tmp_path: Path) -> None:
+    process = EngineProcess(tmp_path)
+    process.close()
+    assert process._child.returncode == 0
+    EmbeddedEngine(tmp_path).close()  # the directory is free again
