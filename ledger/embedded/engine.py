@@ -22,7 +22,7 @@ import marshal
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 from ledger.clock import wall_clock_ns
 from ledger.embedded.journal import Journal
@@ -522,7 +522,43 @@ class EmbeddedClientSync:
         self.close()
 
 
-class EmbeddedClientAsync:
+class ClientAsyncFace:
+    """The reads of `tigerbeetle.ClientAsync`, and its context manager, over one `_read`: what
+    the two async faces of the embedded engine (in this process, in its own) share."""
+
+    async def _read(self, operation: str, argument: Any) -> list[Any]:
+        """The converted rows of `operation` (a state-machine read) on `argument`."""
+        raise NotImplementedError
+
+    async def lookup_accounts(self, accounts: list[int]) -> list[Account]:
+        return await self._read("lookup_accounts", accounts)
+
+    async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
+        return await self._read("lookup_transfers", transfers)
+
+    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
+        return await self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
+
+    async def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
+        return await self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
+
+    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
+        return await self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
+
+    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
+        return await self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
+
+    async def close(self) -> None:
+        """Closing a client leaves the engine open; the engine's owner closes it."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class EmbeddedClientAsync(ClientAsyncFace):
     """The methods of `tigerbeetle.ClientAsync`, answered by an embedded engine."""
 
     def __init__(self, engine: EmbeddedEngine) -> None:
@@ -542,33 +578,3 @@ class EmbeddedClientAsync:
         rows, position = self._engine.read(operation, argument)
         await self._engine.wait_async(position)
         return rows
-
-    async def lookup_accounts(self, accounts: list[int]) -> list[Account]:
-        return await self._read("lookup_accounts", accounts)
-
-    async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
-        return await self._read("lookup_transfers", transfers)
-
-    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
-        return await self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
-
-    async def get_account_balances(
-        self,
-        filter: AccountFilter,
-    ) -> list[AccountBalance]:
-        return await self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
-
-    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return await self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
-
-    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return await self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
-
-    async def close(self) -> None:
-        """Closing a client leaves the engine open; the engine's owner closes it."""
-
-    async def __aenter__(self) -> EmbeddedClientAsync:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()

@@ -41,13 +41,11 @@ from typing import Any, cast
 
 from ledger.client import LedgerUnavailable
 from ledger.embedded.engine import (
-    FILTER_FIELDS,
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
-    QUERY_FIELDS,
+    ClientAsyncFace,
     EmbeddedEngine,
     account_tuples,
-    filter_tuple,
     read_argument,
     to_python,
     transfer_tuples,
@@ -56,14 +54,11 @@ from ledger.embedded.journal import DataDirectoryLocked, JournalClosed, JournalC
 from ledger.limits import JOURNAL_SNAPSHOT_BYTES_DEFAULT
 from ledger.types import (
     Account,
-    AccountBalance,
-    AccountFilter,
     ClientClosedError,
     CreateAccountResult,
     CreateAccountStatus,
     CreateTransferResult,
     CreateTransferStatus,
-    QueryFilter,
     Transfer,
 )
 
@@ -330,7 +325,7 @@ class EngineProcess:
         return self._child.wait()
 
 
-class EngineProcessClientAsync:
+class EngineProcessClientAsync(ClientAsyncFace):
     """The methods of `tigerbeetle.ClientAsync`, answered by an engine process."""
 
     def __init__(self, engine: EngineProcess) -> None:
@@ -348,33 +343,6 @@ class EngineProcessClientAsync:
     async def _read(self, operation: str, argument: Any) -> list[Any]:
         rows = await self._engine.call(operation, read_argument(operation, argument))
         return to_python(operation, rows)
-
-    async def lookup_accounts(self, accounts: list[int]) -> list[Account]:
-        return await self._read("lookup_accounts", accounts)
-
-    async def lookup_transfers(self, transfers: list[int]) -> list[Transfer]:
-        return await self._read("lookup_transfers", transfers)
-
-    async def get_account_transfers(self, filter: AccountFilter) -> list[Transfer]:
-        return await self._read("get_account_transfers", filter_tuple(filter, FILTER_FIELDS))
-
-    async def get_account_balances(self, filter: AccountFilter) -> list[AccountBalance]:
-        return await self._read("get_account_balances", filter_tuple(filter, FILTER_FIELDS))
-
-    async def query_accounts(self, query_filter: QueryFilter) -> list[Account]:
-        return await self._read("query_accounts", filter_tuple(query_filter, QUERY_FIELDS))
-
-    async def query_transfers(self, query_filter: QueryFilter) -> list[Transfer]:
-        return await self._read("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
-
-    async def close(self) -> None:
-        """Closing a client leaves the engine open; the engine's owner closes it."""
-
-    async def __aenter__(self) -> EngineProcessClientAsync:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
 
 
 # -----------------------------------------------------------------------------------------

@@ -28,51 +28,19 @@ from ledger.limits import BATCH_EVENTS_MAX
 from ledger.settings import LedgerSettings
 from ledger.types import (
     Account,
-    AccountFilter,
-    AccountFilterFlags,
     AccountFlags,
     ClientClosedError,
     CreateTransferStatus,
     IntegerOverflowError,
-    QueryFilter,
-    QueryFilterFlags,
     TooMuchDataError,
     Transfer,
     TransferFlags,
 )
+from tests.conformance._helpers import account_filter, query_filter, transfer
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[2]
-BOTH = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
-
-
-def _filter(account_id: int) -> AccountFilter:
-    return AccountFilter(
-        account_id=account_id,
-        user_data_128=0,
-        user_data_64=0,
-        user_data_32=0,
-        code=0,
-        timestamp_min=0,
-        timestamp_max=0,
-        limit=10,
-        flags=BOTH,
-    )
-
-
-def _query(*, ledger: int = 0, code: int = 0) -> QueryFilter:
-    return QueryFilter(
-        user_data_128=0,
-        user_data_64=0,
-        user_data_32=0,
-        ledger=ledger,
-        code=code,
-        timestamp_min=0,
-        timestamp_max=0,
-        limit=10,
-        flags=QueryFilterFlags.NONE,
-    )
 
 
 def _without_timestamps(value: Any) -> Any:
@@ -103,57 +71,19 @@ async def _workload(client: Any) -> list[Any]:
             ]
         )
     )
+    linked, balancing = TransferFlags.LINKED, TransferFlags.BALANCING_DEBIT
+    pending = TransferFlags.PENDING
     out.append(
         await client.create_transfers(
             [
-                Transfer(
-                    id=10, debit_account_id=1, credit_account_id=2, amount=100, ledger=7, code=1
-                ),
+                transfer(1, 2, 100, 7, id=10),
                 # A chain whose second event fails: both are refused, nothing moves.
-                Transfer(
-                    id=11,
-                    debit_account_id=2,
-                    credit_account_id=3,
-                    amount=60,
-                    ledger=7,
-                    code=1,
-                    flags=TransferFlags.LINKED,
-                ),
-                Transfer(
-                    id=12, debit_account_id=2, credit_account_id=3, amount=60, ledger=7, code=1
-                ),
-                # Balancing takes what there is.
-                Transfer(
-                    id=13,
-                    debit_account_id=2,
-                    credit_account_id=3,
-                    amount=1_000,
-                    ledger=7,
-                    code=1,
-                    flags=TransferFlags.BALANCING_DEBIT,
-                ),
-                Transfer(
-                    id=14, debit_account_id=1, credit_account_id=4, amount=1, ledger=7, code=1
-                ),
-                Transfer(
-                    id=15,
-                    debit_account_id=1,
-                    credit_account_id=3,
-                    amount=5,
-                    ledger=7,
-                    code=3,
-                    flags=TransferFlags.PENDING,
-                    timeout=3600,
-                ),
-                Transfer(
-                    id=16,
-                    debit_account_id=1,
-                    credit_account_id=3,
-                    amount=6,
-                    ledger=7,
-                    code=3,
-                    flags=TransferFlags.PENDING,
-                ),
+                transfer(2, 3, 60, 7, id=11, flags=linked),
+                transfer(2, 3, 60, 7, id=12),
+                transfer(2, 3, 1_000, 7, id=13, flags=balancing),  # takes what there is
+                transfer(1, 4, 1, 7, id=14),  # another ledger's account
+                transfer(1, 3, 5, 7, id=15, code=3, flags=pending, timeout=3600),
+                transfer(1, 3, 6, 7, id=16, code=3, flags=pending),
             ]
         )
     )
@@ -162,18 +92,16 @@ async def _workload(client: Any) -> list[Any]:
             [
                 Transfer(id=17, pending_id=15, amount=4, flags=TransferFlags.POST_PENDING_TRANSFER),
                 Transfer(id=18, pending_id=16, flags=TransferFlags.VOID_PENDING_TRANSFER),
-                Transfer(
-                    id=10, debit_account_id=1, credit_account_id=2, amount=100, ledger=7, code=1
-                ),
+                transfer(1, 2, 100, 7, id=10),  # exists
             ]
         )
     )
     out.append(await client.lookup_accounts([1, 2, 3, 4, 99]))
     out.append(await client.lookup_transfers([10, 11, 13, 15, 17, 18, 99]))
-    out.append(await client.get_account_transfers(_filter(1)))
-    out.append(await client.get_account_balances(_filter(1)))
-    out.append(await client.query_accounts(_query(ledger=7)))
-    out.append(await client.query_transfers(_query(code=3)))
+    out.append(await client.get_account_transfers(account_filter(1, limit=10)))
+    out.append(await client.get_account_balances(account_filter(1, limit=10)))
+    out.append(await client.query_accounts(query_filter(ledger=7, limit=10)))
+    out.append(await client.query_transfers(query_filter(code=3, limit=10)))
     return out
 
 
