@@ -34,7 +34,6 @@ from ledger.client import Ledger
 from ledger.db import DatabaseSettings, Pool
 from ledger.heap import HeapPolicy, manage_heap
 from ledger.notify import CatalogChange, listen_catalog_changes
-from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.projection import MovementSink
@@ -115,17 +114,17 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
     catalog = Catalog()
     sink = MovementSink(pool, separate_process=movement_process)
     service = CreditService(ledger, catalog, on_movement=sink.offer)
-    admin = CreditAdmin(service)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
     metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
+    control = ControlPlane(pool, service)
     return Services(
         pool=pool,
         catalog=catalog,
         service=service,
-        admin=admin,
-        control=ControlPlane(pool, service, admin),
+        grant_service=control.grant_service,
+        control=control,
         statements=Statements(ledger, catalog),
         sink=sink,
         keys=KeyCache(),

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from api.auth import KeyCache
 from api.metrics import Metrics
+from grants.service import GrantService
 from ledger.db import Pool
-from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.projection import MovementSink
@@ -22,7 +22,7 @@ class Services:
     pool: Pool
     catalog: Catalog
     service: CreditService
-    admin: CreditAdmin
+    grant_service: GrantService
     control: ControlPlane
     statements: Statements
     sink: MovementSink

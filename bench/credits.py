@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from grants.model import Category, Grant
+from grants.service import GrantService
 from ledger.client import open_ledger
 from ledger.ids import operation_id, request_fingerprint
 from ledger.settings import LedgerSettings
-from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog, CreditType, Resource, Wallet
 from wallets.service import CreditService
 
@@ -41,9 +41,9 @@ def _row(name: str, ops: int, seconds: float, latencies: list[float]) -> None:
 
 
 class Bench:
-    def __init__(self, service: CreditService, admin: CreditAdmin, ledger_id: int) -> None:
+    def __init__(self, service: CreditService, grant_service: GrantService, ledger_id: int) -> None:
         self.service = service
-        self.admin = admin
+        self.grant_service = grant_service
         self.ledger_id = ledger_id
         self.run = f"{random.randrange(1 << 60):x}"
         self.n = 0
@@ -71,7 +71,9 @@ class Bench:
                 category=Category.PAID,
                 effective_at_ns=time.time_ns() - 10**9,
             )
-            await self.admin.issue(grant, tenant=TENANT, fingerprint=request_fingerprint(b"b"))
+            await self.grant_service.issue(
+                grant, tenant=TENANT, fingerprint=request_fingerprint(b"b")
+            )
             wallets.append(wallet)
         return wallets
 
@@ -130,9 +132,9 @@ async def main(args: argparse.Namespace) -> None:
         catalog = Catalog()
         catalog.put_credit_type(CreditType(ledger_id, "bench", "Bench", 0))
         service = CreditService(ledger, catalog)
-        admin = CreditAdmin(service)
+        grant_service = GrantService(service.ledger, service.catalog, clock_ns=service.clock_ns)
         await service.open_ledger(ledger_id)
-        bench = Bench(service, admin, ledger_id)
+        bench = Bench(service, grant_service, ledger_id)
         hot = await bench.wallets(1, 10**12)
         many = await bench.wallets(args.wallets, 10**9)
         await bench.load("debits, one hot wallet", hot, args.ops, args.callers, False)

@@ -22,6 +22,7 @@ import msgspec
 
 from grants.burn_order import burn_order_key
 from grants.model import Grant
+from grants.service import WalletAccounts
 from ledger.codes import AccountCode
 from ledger.ids import budget_account_id, overdraft_account_id
 from ledger.limits import PATH_BUDGETS_MAX, PATH_SOURCES_MAX
@@ -223,6 +224,15 @@ class Catalog:
         if wallet is None:
             raise PathError(f"wallet {wallet_id} not found")
         return wallet
+
+    def wallet_accounts(self, wallet_id: int) -> WalletAccounts:
+        """Where a new block of this wallet repays an overdraft deficit (grants.service)."""
+        wallet = self.wallet(wallet_id)
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            return WalletAccounts(
+                wallet.debt_account_id, wallet.overdraft_account_id, wallet.overdraft_limit
+            )
+        return WalletAccounts(wallet.debt_account_id)
 
     def wallet_for(self, resource_id: int, ledger: int) -> Wallet:
         wallet_id = self.wallet_of.get((resource_id, ledger))

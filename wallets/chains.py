@@ -15,13 +15,12 @@ one linked chain, in order. The service runs them. Invariants:
 from __future__ import annotations
 
 import enum
-import functools
 from collections.abc import Sequence
 
 import msgspec
 
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import leg_id, leg_ids, overdraft_account_id, system_account_id
+from ledger.ids import leg_id, leg_ids, overdraft_account_id
 from ledger.limits import (
     CHAIN_LEGS_MAX,
     OVERAGE_LEG_INDEX,
@@ -29,13 +28,17 @@ from ledger.limits import (
     PATH_SOURCES_MAX,
     SETTLE_LEG_INDEX,
 )
+from ledger.operations import CHECK as CHECK
+from ledger.operations import FIRST_VARIABLE as FIRST_VARIABLE
+from ledger.operations import HEADER as HEADER
+from ledger.operations import NORMALIZE as NORMALIZE
+from ledger.operations import SETUP as SETUP
+from ledger.operations import Operation as Operation
+from ledger.operations import header as header
+from ledger.operations import make_leg as make_leg
+from ledger.operations import system_account
 from ledger.types import AMOUNT_MAX, Transfer, TransferFlags
 
-HEADER = 0
-NORMALIZE = 1
-SETUP = 2
-CHECK = 3
-FIRST_VARIABLE = 4
 # Under the `cap` policy, the leg passing what was collected to consumed.
 CAP_CONSUME = CHAIN_LEGS_MAX
 
@@ -92,70 +95,6 @@ class SpendPath(msgspec.Struct, frozen=True):
         assert len(self.budgets) <= PATH_BUDGETS_MAX
 
 
-class Operation(msgspec.Struct, frozen=True):
-    """Who asks and under which key: the fields every leg of a chain carries."""
-
-    id: int  # derived from the tenant and the idempotency key
-    fingerprint: int  # of the request body
-    ledger: int
-    tenant: int
-    effective_at_ns: int
-
-
-@functools.lru_cache(maxsize=4096)
-def _system(ledger: int, code: AccountCode) -> int:
-    return system_account_id(ledger, code)
-
-
-def make_leg(
-    op: Operation,
-    index: int,
-    debit: int,
-    credit: int,
-    amount: int,
-    code: TransferCode,
-    flags: TransferFlags,
-    timeout_s: int = 0,
-    ids: Sequence[int] | None = None,
-) -> Transfer:
-    """Event `index` of `op`'s chain; `ids`, when given, are the chain's leg ids by index."""
-    # Positional, in `Transfer`'s field order (a unit test pins it): a third of the cost of
-    # keywords, for every event of every chain.
-    return Transfer(
-        leg_id(op.id, index) if ids is None else ids[index],
-        debit,
-        credit,
-        amount,
-        0,  # pending_id
-        op.id,  # user_data_128
-        op.effective_at_ns,  # user_data_64
-        op.tenant,  # user_data_32
-        timeout_s,
-        op.ledger,
-        code,
-        flags,
-    )
-
-
-def header(op: Operation, ids: Sequence[int] | None = None) -> Transfer:
-    """Event 0. Every field but `user_data_128` depends only on the key, so that a replay is
-    `exists` and another body under the same key is `exists_with_different_user_data_128`."""
-    return Transfer(  # positional, in `Transfer`'s field order, as in `make_leg`
-        leg_id(op.id, HEADER) if ids is None else ids[HEADER],
-        _system(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
-        _system(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
-        0,  # amount
-        0,  # pending_id
-        op.fingerprint,  # user_data_128
-        0,  # user_data_64
-        op.tenant,  # user_data_32
-        0,  # timeout
-        op.ledger,
-        TransferCode.OPERATION_HEADER,
-        LINKED,
-    )
-
-
 def _source_legs(
     op: Operation,
     path: SpendPath,
@@ -167,7 +106,7 @@ def _source_legs(
 ) -> list[Transfer]:
     """One leg per source, in burn order; `pending`: a reservation's (bool, not the chain's
     flags: a `Flag` operation per leg costs about a microsecond)."""
-    drain = _system(op.ledger, AccountCode.CONTROL_DRAIN)
+    drain = system_account(op.ledger, AccountCode.CONTROL_DRAIN)
     legs = []
     for i, source in enumerate(path.sources):
         if source.kind is SourceKind.GRANT:
@@ -200,8 +139,8 @@ def drain_chain(
     assert amount > 0
     pending = timeout_s > 0
     ledger = op.ledger
-    drain = _system(ledger, AccountCode.CONTROL_DRAIN)
-    hold = _system(ledger, AccountCode.CONTROL_HOLD)
+    drain = system_account(ledger, AccountCode.CONTROL_DRAIN)
+    hold = system_account(ledger, AccountCode.CONTROL_HOLD)
     flags = LINKED_PENDING if pending else LINKED
     ids = leg_ids(op.id, range(FIRST_VARIABLE + len(path.budgets) + len(path.sources)))
     setup = (
@@ -211,7 +150,7 @@ def drain_chain(
             op,
             SETUP,
             drain,
-            _system(ledger, AccountCode.CONSUMED),
+            system_account(ledger, AccountCode.CONSUMED),
             amount,
             TransferCode.CONSUME,
             LINKED,
@@ -237,7 +176,7 @@ def drain_chain(
         ),
         setup,
     ]
-    usage = _system(ledger, AccountCode.BUDGET_USAGE)
+    usage = system_account(ledger, AccountCode.BUDGET_USAGE)
     index = FIRST_VARIABLE
     for budget in path.budgets:
         chain.append(
@@ -255,7 +194,7 @@ def drain_chain(
         )
         index += 1
     chain += _source_legs(op, path, amount, index, pending, timeout_s, ids)
-    check = _system(ledger, AccountCode.CONTROL_CHECK)
+    check = system_account(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
         make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
     )
@@ -312,8 +251,8 @@ def settle_chain(
             remaining -= share
         chain.append(_resolve(op, SETTLE_LEG_INDEX + index, leg, share))
     assert remaining == 0
-    consumed = _system(ledger, AccountCode.CONSUMED)
-    hold = _system(ledger, AccountCode.CONTROL_HOLD)
+    consumed = system_account(ledger, AccountCode.CONSUMED)
+    hold = system_account(ledger, AccountCode.CONTROL_HOLD)
     chain.append(make_leg(op, SETUP, hold, consumed, to_post, TransferCode.SETTLE, LINKED))
     overage = amount - to_post
     if overage > 0:
@@ -355,9 +294,9 @@ def overage_legs(
     """Collects `amount` under `policy`: `reject` needs all of it, `cap` takes what the sources
     have, `overdraft` takes the rest from the wallet's debt account. Indexes start at `base`."""
     ledger = op.ledger
-    drain = _system(ledger, AccountCode.CONTROL_DRAIN)
-    hold = _system(ledger, AccountCode.CONTROL_HOLD)
-    consumed = _system(ledger, AccountCode.CONSUMED)
+    drain = system_account(ledger, AccountCode.CONTROL_DRAIN)
+    hold = system_account(ledger, AccountCode.CONTROL_HOLD)
+    consumed = system_account(ledger, AccountCode.CONSUMED)
     legs = [
         make_leg(
             op,
@@ -371,7 +310,7 @@ def overage_legs(
     ]
     capped = policy is Overage.CAP
     if capped:
-        cap = _system(ledger, AccountCode.CONTROL_CAP)
+        cap = system_account(ledger, AccountCode.CONTROL_CAP)
         legs.append(
             make_leg(op, base + SETUP, drain, cap, amount, TransferCode.CONTROL_CAP, LINKED)
         )
@@ -379,7 +318,7 @@ def overage_legs(
         legs.append(
             make_leg(op, base + SETUP, drain, consumed, amount, TransferCode.CONSUME, LINKED)
         )
-    usage = _system(ledger, AccountCode.BUDGET_USAGE)
+    usage = system_account(ledger, AccountCode.BUDGET_USAGE)
     index = base + FIRST_VARIABLE
     budget_flags = LINKED if policy is Overage.REJECT else LINKED | BD
     for budget in path.budgets:
@@ -398,7 +337,7 @@ def overage_legs(
     sources = msgspec.structs.replace(path, sources=kept)
     legs += _source_legs(op, sources, amount, index, False, 0)
     if capped:
-        cap = _system(ledger, AccountCode.CONTROL_CAP)
+        cap = system_account(ledger, AccountCode.CONTROL_CAP)
         legs.append(
             make_leg(
                 op, base + CHECK, cap, drain, AMOUNT_MAX, TransferCode.CONTROL_CAP, LINKED | BC
@@ -410,7 +349,7 @@ def overage_legs(
             )
         )
     else:
-        check = _system(ledger, AccountCode.CONTROL_CHECK)
+        check = system_account(ledger, AccountCode.CONTROL_CHECK)
         legs.append(
             make_leg(
                 op, base + CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, LINKED | BC

@@ -25,6 +25,7 @@ import msgspec
 
 from grants.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant, Source
+from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
@@ -44,7 +45,6 @@ from ledger.repositories import (
 )
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
-from wallets.admin import CreditAdmin, IssueResult, RefundResult, SweepReport, SweepResult
 from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
 from wallets.service import CreditService
 
@@ -73,10 +73,15 @@ class ReconcileReport(msgspec.Struct, frozen=True):
 
 
 class ControlPlane:
-    def __init__(self, pool: Pool, service: CreditService, admin: CreditAdmin) -> None:
+    def __init__(
+        self, pool: Pool, service: CreditService, grant_service: GrantService | None = None
+    ) -> None:
         self.pool = pool
         self.service = service
-        self.admin = admin
+        # The credit blocks' side of the ledger, on the spend path's cache and clock.
+        self.grant_service = grant_service or GrantService(
+            service.ledger, service.catalog, clock_ns=service.clock_ns
+        )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
 
@@ -104,7 +109,7 @@ class ControlPlane:
             [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
             since=since,
         )
-        await self.admin.track_voided([_grant(g) for g in voided])
+        await self.grant_service.track_voided([_grant(g) for g in voided])
 
     async def apply_change(self, change: CatalogChange) -> None:
         """Brings one changed row into the cache. Row by row, never a whole reload: a reload
@@ -538,12 +543,12 @@ class ControlPlane:
         actor: str,
         reason: str | None = None,
     ) -> RefundResult:
-        """A usage refund (CreditAdmin.refund), audited. Refunds of one debit run one at a
+        """A usage refund (GrantService.refund), audited. Refunds of one debit run one at a
         time across processes (a transaction-scoped advisory lock on the debit), so two cannot
         both pass the never-more-than-taken check."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key("refund", debit_id),))
-            result = await self.admin.refund(
+            result = await self.grant_service.refund(
                 debit_id, amount, tenant=tenant, key=key, reason=reason
             )
             if not result.replayed:
@@ -634,16 +639,18 @@ class ControlPlane:
             # Grants to one wallet are issued one at a time, across processes: the bounded
             # overdraft's repay is computed from a read of its deficit.
             await wallets.lock_wallet(conn, row.wallet_id)
-            result = await self.admin.issue(_grant(row), tenant=tenant, fingerprint=fingerprint)
+            result = await self.grant_service.issue(
+                _grant(row), tenant=tenant, fingerprint=fingerprint
+            )
             await grants.set_grant_state(
                 conn, row.id, GrantState.ACTIVE, expected=[GrantState.PENDING]
             )
         return result
 
     async def sweep(self, at_ns: int) -> SweepReport:
-        """Expiry and void sweeps (CreditAdmin.sweep), then the blocks that are done are
+        """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are
         'expired' in Postgres, so that no later cache load brings them back."""
-        report = await self.admin.sweep(at_ns)
+        report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():
                 for grant_id in report.finished:
@@ -676,7 +683,9 @@ class ControlPlane:
             async with self.pool.connection() as conn:
                 row = await grants.get_grant(conn, grant_id)
             assert row is not None
-            return await self.admin.void(grant_id, tenant=tenant, key=key, grant=_grant(row))
+            return await self.grant_service.void(
+                grant_id, tenant=tenant, key=key, grant=_grant(row)
+            )
 
         return await self._once(
             tenant=tenant,

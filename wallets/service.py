@@ -33,13 +33,7 @@ from grants.errors import (
 )
 from ledger.client import Ledger, LedgerUnavailable
 from ledger.codes import AccountCode, TransferCode, account_flags
-from ledger.ids import (
-    derive_id,
-    leg_ids,
-    operation_id,
-    request_fingerprint,
-    system_account_id,
-)
+from ledger.ids import derive_id, operation_id, system_account_id
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     CHAIN_LEGS_MAX,
@@ -50,6 +44,7 @@ from ledger.limits import (
     RESERVATION_TIMEOUT_S_DEFAULT,
     RESERVATION_TIMEOUT_S_MAX,
 )
+from ledger.operations import fingerprint_of, read_legs
 from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.statuses import Outcome, transfer_outcome
 from ledger.types import (
@@ -154,11 +149,6 @@ class CheckResult(msgspec.Struct, frozen=True):
     would_fund: list[Funding]
 
 
-def _fingerprint(*parts: int | str) -> int:
-    """The fingerprint of a request: its kind and every field that changes its effect."""
-    return request_fingerprint("\x1f".join([f"{type(p).__name__}:{p}" for p in parts]).encode())
-
-
 def _balance(account: Account) -> int:
     return account.credits_posted - account.debits_posted - account.debits_pending
 
@@ -239,15 +229,10 @@ class CreditService:
         """An operation's events by index; a missing index is an empty Transfer (id 0). For a
         reservation made by this process, only the indexes its chain used are looked up."""
         known = self._known_legs.get(op_id) if count == CHAIN_LEGS_MAX else None
-        indexes = range(count if known is None else known)
-        ids = leg_ids(op_id, indexes)
-        found = {t.id: t for t in await self._lookup(ids)}
-        legs = [_BLANK] * count
-        for i, tid in zip(indexes, ids, strict=True):
-            t = found.get(tid)
-            if t is not None:
-                legs[i] = t
-        return legs
+        try:
+            return await read_legs(self.ledger, op_id, count, used=known)
+        except LedgerUnavailable as error:
+            raise LedgerUnavailableError(str(error)) from None
 
     def _remember_legs(self, op_id: int, chain: Sequence[Transfer]) -> None:
         self._known_legs[op_id] = len(chain)
@@ -428,7 +413,7 @@ class CreditService:
         _check_dimensions(request.dimensions)
         wallet = self._wallet(request.wallet_id, request.resource_id, request.ledger)
         at = self.clock_ns() if request.at_ns is None else request.at_ns
-        fingerprint = _fingerprint(
+        fingerprint = fingerprint_of(
             "debit", wallet.id, request.amount, request.ledger, *_flat(request.dimensions)
         )
         op = Operation(
@@ -522,7 +507,7 @@ class CreditService:
             )
         wallet = self._wallet(wallet_id, resource_id, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = _fingerprint(
+        fingerprint = fingerprint_of(
             "reserve", wallet.id, amount, ledger, timeout_s, *_flat(dimensions)
         )
         op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
@@ -569,7 +554,7 @@ class CreditService:
         ledger = reservation[chains.SETUP].ledger
         wallet = self._wallet(_wallet_of(reservation), None, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = _fingerprint("settle", reservation_id, amount, policy.value)
+        fingerprint = fingerprint_of("settle", reservation_id, amount, policy.value)
         op = Operation(operation_id(tenant, key), fingerprint, ledger, tenant, at)
         path = self._path(wallet, at)
         await self._ensure_budget_accounts(path)
@@ -672,7 +657,7 @@ class CreditService:
         ledger = reservation[chains.SETUP].ledger
         at = self.clock_ns() if at_ns is None else at_ns
         op = Operation(
-            operation_id(tenant, key), _fingerprint("release", reservation_id), ledger, tenant, at
+            operation_id(tenant, key), fingerprint_of("release", reservation_id), ledger, tenant, at
         )
         chain = chains.release_chain(op, reservation)
         results = await self._create(chain)
@@ -776,7 +761,6 @@ def _reservation_id(legs: Sequence[Transfer]) -> int:
     return legs[chains.NORMALIZE].user_data_128
 
 
-_BLANK = Transfer()
 # Reservations whose leg count this process remembers (settles look up only those legs).
 KNOWN_RESERVATIONS_MAX = 100_000
 _SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from grants.model import Category, Grant
+from grants.service import GrantService
 from ledger.client import open_ledger
 from ledger.clock import ManualClock
 from ledger.embedded import EmbeddedEngine
 from ledger.ids import operation_id, request_fingerprint
 from ledger.settings import LedgerSettings
-from wallets.admin import CreditAdmin
 from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
 from wallets.service import CreditService
 
@@ -45,7 +45,9 @@ class World:
         self.run_id = f"{rng.randrange(1 << 64):x}" if cluster else "t"
         self.catalog = Catalog()
         self.service = CreditService(self.ledger, self.catalog, clock_ns=clock_ns)
-        self.admin = CreditAdmin(self.service)
+        self.grant_service = GrantService(
+            self.service.ledger, self.service.catalog, clock_ns=self.service.clock_ns
+        )
         self.keys = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.catalog.put_credit_type(CreditType(self.ledger_id, "credits", "Credits", 0))
@@ -90,7 +92,7 @@ class World:
         fields.update(kw)
         grant = Grant(**fields)
         fingerprint = request_fingerprint(key.encode())
-        self.run(self.admin.issue(grant, tenant=TENANT, fingerprint=fingerprint))
+        self.run(self.grant_service.issue(grant, tenant=TENANT, fingerprint=fingerprint))
         return grant
 
     def budget(self, resource_id: int, cap: int, period: Period = Period.DAY) -> Budget:

@@ -57,17 +57,21 @@ def test_refund_restores_in_reverse_burn_order_and_never_more(world: World) -> N
     first = world.grant(wallet, 50, expires_at_ns=world.now() + 10 * S)
     second = world.grant(wallet, 100)
     debit = world.debit(80)
-    refund = world.run(world.admin.refund(debit.operation_id, 40, tenant=7, key=world.k("r1")))
+    refund = world.run(
+        world.grant_service.refund(debit.operation_id, 40, tenant=7, key=world.k("r1"))
+    )
     assert refund.restored == [(second.id, 30), (first.id, 10)]
     assert world.available(second.id) == 100
     assert world.available(first.id) == 10
-    again = world.run(world.admin.refund(debit.operation_id, 40, tenant=7, key=world.k("r1")))
+    again = world.run(
+        world.grant_service.refund(debit.operation_id, 40, tenant=7, key=world.k("r1"))
+    )
     assert again.replayed and again.restored == refund.restored
     with pytest.raises(IdempotencyConflict):
-        world.run(world.admin.refund(debit.operation_id, 41, tenant=7, key=world.k("r1")))
+        world.run(world.grant_service.refund(debit.operation_id, 41, tenant=7, key=world.k("r1")))
     with pytest.raises(InvalidRequest, match="exceeds what the debit took"):
-        world.run(world.admin.refund(debit.operation_id, 41, tenant=7, key=world.k("r2")))
-    world.run(world.admin.refund(debit.operation_id, 40, tenant=7, key=world.k("r3")))
+        world.run(world.grant_service.refund(debit.operation_id, 41, tenant=7, key=world.k("r2")))
+    world.run(world.grant_service.refund(debit.operation_id, 40, tenant=7, key=world.k("r3")))
     assert world.available(first.id) == 50
 
 
@@ -75,13 +79,13 @@ def test_void_takes_the_rest_and_later_returns(world: World) -> None:
     wallet = world.wallet(AGENT)
     g = world.grant(wallet, 100)
     r = world.reserve(30)
-    voided = world.run(world.admin.void(g.id, tenant=7, key=world.k("v")))
+    voided = world.run(world.grant_service.void(g.id, tenant=7, key=world.k("v")))
     assert voided.amount == 70
     assert world.account(g.id).debits_pending == 30
     with pytest.raises(InsufficientCredits):
         world.debit(1)
     world.release(r.reservation_id)
-    swept = world.run(world.admin.sweep(world.now())).swept
+    swept = world.run(world.grant_service.sweep(world.now())).swept
     assert [(s.amount, s.reason) for s in swept] == [(30, "voided")]
     assert world.available(g.id) == 0
 

@@ -120,11 +120,13 @@ def test_random_operations_keep_every_invariant(steps: list[tuple]) -> None:  # 
                 elif action == "advance":
                     world.clock.advance(args[0])
                 elif action == "sweep":
-                    world.run(world.admin.sweep(world.now()))
+                    world.run(world.grant_service.sweep(world.now()))
                 elif action == "refund" and debits:
-                    world.run(world.admin.refund(debits[-1], args[0], tenant=7, key=world.key()))
+                    world.run(
+                        world.grant_service.refund(debits[-1], args[0], tenant=7, key=world.key())
+                    )
                 elif action == "void" and grants:
-                    world.run(world.admin.void(grants[0].id, tenant=7, key=world.key()))
+                    world.run(world.grant_service.void(grants[0].id, tenant=7, key=world.key()))
             except (InsufficientCredits, BudgetExceeded):
                 pass  # a refusal is a fine outcome; the invariants below must hold after it
             except CreditError as error:

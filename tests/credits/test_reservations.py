@@ -125,14 +125,14 @@ def test_expiry_while_reserved_sweeps_what_comes_back(world: World) -> None:
     g = world.grant(wallet, 100, expires_at_ns=world.now() + 10 * S)
     r = world.reserve(70, timeout_s=3600)
     world.clock.advance(11)
-    swept = world.run(world.admin.sweep(world.clock())).swept
+    swept = world.run(world.grant_service.sweep(world.clock())).swept
     assert [(s.grant_id, s.amount, s.reason) for s in swept] == [(g.id, 30, "expired")]
     assert world.account(g.id).debits_pending == 70  # still held
     world.settle(r.reservation_id, 50)
-    swept = world.run(world.admin.sweep(world.clock())).swept
+    swept = world.run(world.grant_service.sweep(world.clock())).swept
     assert [(s.amount, s.reason) for s in swept] == [(20, "expired")]
     assert world.available(g.id) == 0
-    done = world.run(world.admin.sweep(world.clock()))
+    done = world.run(world.grant_service.sweep(world.clock()))
     assert (done.swept, done.finished) == ([], [g.id])  # nothing can come back to it now
     # An expired block funds nothing.
     with pytest.raises(InsufficientCredits):

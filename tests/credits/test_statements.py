@@ -16,7 +16,7 @@ def test_wallet_and_grant_balances_add_up(world: World) -> None:
     world.debit(50)
     r = world.reserve(80)  # 50 from a, 30 from b
     debit = world.debit(20)
-    world.run(world.admin.refund(debit.operation_id, 5, tenant=7, key=world.k("rf")))
+    world.run(world.grant_service.refund(debit.operation_id, 5, tenant=7, key=world.k("rf")))
     world.settle(r.reservation_id, 60)
     statements = Statements(world.ledger, world.catalog)
     balance = world.run(statements.wallet(wallet.id))

@@ -19,7 +19,6 @@ from ledger.repositories import idempotency
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
-from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.service import CreditService
@@ -38,7 +37,7 @@ async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
     engine = EmbeddedEngine()
     ledger = open_ledger(LedgerSettings(), engine=engine)
     service = CreditService(ledger, Catalog())
-    plane = ControlPlane(pool, service, CreditAdmin(service))
+    plane = ControlPlane(pool, service)
     yield plane
     await ledger.close()
     engine.close()
@@ -99,7 +98,7 @@ async def test_reconcile_finishes_a_grant_cut_by_a_crash(
 ) -> None:
     wallet = await _world(plane, 2 if crash_at == "ledger" else 3)
     tenant = 44
-    real_issue = plane.admin.issue
+    real_issue = plane.grant_service.issue
     real_set_state = grant_rows.set_grant_state
 
     async def crash_before_ledger(*args: object, **kw: object) -> object:
@@ -109,12 +108,12 @@ async def test_reconcile_finishes_a_grant_cut_by_a_crash(
         raise Crash()
 
     if crash_at == "ledger":
-        monkeypatch.setattr(plane.admin, "issue", crash_before_ledger)
+        monkeypatch.setattr(plane.grant_service, "issue", crash_before_ledger)
     else:
         monkeypatch.setattr(grant_rows, "set_grant_state", crash_after_ledger)
     with pytest.raises(Crash):
         await plane.issue_grant(_request(wallet), tenant=tenant, key=f"g2-{crash_at}", actor="a")
-    monkeypatch.setattr(plane.admin, "issue", real_issue)
+    monkeypatch.setattr(plane.grant_service, "issue", real_issue)
     monkeypatch.setattr(grant_rows, "set_grant_state", real_set_state)
 
     async with pool.connection() as conn:
@@ -139,7 +138,9 @@ async def test_reconcile_finishes_a_grant_cut_by_a_crash(
 async def test_the_cache_loads_from_postgres(plane: ControlPlane) -> None:
     wallet = await _world(plane, 4)
     result, _ = await plane.issue_grant(_request(wallet), tenant=45, key="g4", actor="a")
-    fresh = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog()), plane.admin)
+    fresh = ControlPlane(
+        plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
+    )
     await fresh.load()
     assert fresh.catalog.wallets[wallet.id] == wallet
     assert result.grant_id in fresh.catalog.grants
@@ -159,7 +160,9 @@ async def test_another_process_cache_follows_changes(
 ) -> None:
     import asyncio
 
-    other = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog()), plane.admin)
+    other = ControlPlane(
+        plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
+    )
     follower = asyncio.create_task(other.follow(migrated_db_url))
     try:
         for _ in range(200):  # the first (re)connection loads everything
@@ -232,7 +235,9 @@ async def test_prices_are_cached_and_loaded(plane: ControlPlane) -> None:
     await _world(plane, 9)
     await plane.set_price(feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a")
     assert plane.catalog.price("gpt-tokens", 109, 1000) == 3000
-    fresh = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog()), plane.admin)
+    fresh = ControlPlane(
+        plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
+    )
     await fresh.load()
     assert fresh.catalog.price("gpt-tokens", 109, 2) == 6
     with pytest.raises(InvalidRequest):
@@ -304,9 +309,9 @@ async def test_a_restart_still_voids_what_comes_back_to_a_voided_grant(
     assert voided.amount == 300  # 200 stay held
     # A new process: a fresh cache, a fresh admin, the same ledger and database.
     service = CreditService(plane.service.ledger, Catalog())
-    restarted = ControlPlane(plane.pool, service, CreditAdmin(service))
+    restarted = ControlPlane(plane.pool, service)
     await restarted.load()
-    assert result.grant_id in restarted.admin.voided
+    assert result.grant_id in restarted.grant_service.voided
     await restarted.service.release(
         tenant=52, key="rel12", reservation_id=reservation.reservation_id
     )

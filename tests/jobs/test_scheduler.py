@@ -17,7 +17,6 @@ from ledger.client import open_ledger
 from ledger.embedded import EmbeddedEngine
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
-from wallets.admin import CreditAdmin
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane, GrantRequest
 from wallets.service import CreditService
@@ -30,7 +29,7 @@ async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
     engine = EmbeddedEngine()
     ledger = open_ledger(LedgerSettings(), engine=engine)
     service = CreditService(ledger, Catalog())
-    yield ControlPlane(pool, service, CreditAdmin(service))
+    yield ControlPlane(pool, service)
     await ledger.close()
     engine.close()
 

@@ -175,7 +175,7 @@ def test_readme_lists_every_code() -> None:
 
 
 def test_transfer_field_order_is_what_positional_builders_assume() -> None:
-    """wallets.chains.make_leg and the embedded engine build `Transfer` positionally."""
+    """ledger.operations.make_leg and the embedded engine build `Transfer` positionally."""
     import dataclasses
 
     from ledger.types import Transfer

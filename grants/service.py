@@ -1,30 +1,43 @@
-"""Admin operations on credit blocks, on the ledger side: issue, void, expire, refund.
+"""Credit blocks on the ledger: issue, void, expire (sweep) and refund usage.
 
-Each is idempotent on its own: ids derive from the caller's key (issue, void, refund) or from
-the block's state (expiry sweeps), so a retry finds `exists` and moves nothing twice. The
-Postgres side of these operations (catalog rows, idempotency records, the audit log) is the
-caller's, ordered around these calls so that a crash between the two stores leaves nothing
-reconciliation cannot finish.
+Each operation is idempotent on its own: ids derive from the caller's key (issue, void, refund)
+or from the block's balances (expiry sweeps), so a retry finds `exists` and moves nothing twice.
+The Postgres side of these operations (catalog rows, idempotency records, the audit log) is the
+caller's (`wallets.control`), ordered around these calls so that a crash between the two stores
+leaves nothing reconciliation cannot finish.
+
+The blocks this process spends from live in a cache the caller owns (`GrantCache`: the spend
+path's catalog): a block joins it once funded and leaves it once nothing can come back to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import msgspec
 
-from grants.burn_order import burn_order_key
 from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant
+from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode, account_flags
 from ledger.ids import derive_id, leg_id, system_account_id
-from ledger.limits import AMOUNT_MAX_REQUEST
+from ledger.limits import AMOUNT_MAX_REQUEST, BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
+from ledger.operations import (
+    FIRST_VARIABLE,
+    SETUP,
+    Operation,
+    close_chain,
+    fingerprint_of,
+    header,
+    make_leg,
+    read_legs,
+)
 from ledger.statuses import Outcome, transfer_outcome
 from ledger.types import (
     AMOUNT_MAX,
     Account,
-    AccountFilter,
-    AccountFilterFlags,
     AccountFlags,
     CreateAccountStatus,
     CreateTransferStatus,
@@ -33,15 +46,32 @@ from ledger.types import (
     Transfer,
     TransferFlags,
 )
-from wallets import chains
-from wallets.catalog import OverdraftMode
-from wallets.chains import Operation
-from wallets.service import CreditService, _fingerprint
 
 S = CreateTransferStatus
 LINKED = TransferFlags.LINKED
 BD = TransferFlags.BALANCING_DEBIT
 BC = TransferFlags.BALANCING_CREDIT
+
+
+class WalletAccounts(msgspec.Struct, frozen=True):
+    """What issuing a block needs of its wallet: where an overdraft deficit is repaid."""
+
+    debt_account_id: int  # the unbounded overdraft (debt) account every wallet has
+    overdraft_account_id: int | None = None  # the bounded one of a soft-limited wallet
+    overdraft_limit: int = 0
+
+
+class GrantCache(Protocol):
+    """The blocks a spend may draw from, as the caller caches them (wallets.catalog.Catalog)."""
+
+    @property
+    def grants(self) -> Mapping[int, Grant]: ...
+
+    def put_grant(self, grant: Grant) -> None: ...
+
+    def drop_grant(self, grant_id: int) -> None: ...
+
+    def wallet_accounts(self, wallet_id: int) -> WalletAccounts: ...
 
 
 class IssueResult(msgspec.Struct, frozen=True):
@@ -72,11 +102,13 @@ class RefundResult(msgspec.Struct, frozen=True):
     replayed: bool
 
 
-class CreditAdmin:
-    def __init__(self, service: CreditService) -> None:
-        self.service = service
-        self.ledger = service.ledger
-        self.catalog = service.catalog
+class GrantService:
+    def __init__(
+        self, ledger: Ledger, cache: GrantCache, *, clock_ns: Callable[[], int] = time.time_ns
+    ) -> None:
+        self.ledger = ledger
+        self.cache = cache
+        self.clock_ns = clock_ns
         # Blocks that were voided: kept so that credits a release returns to them are voided too.
         self.voided: dict[int, Grant] = {}
 
@@ -84,7 +116,7 @@ class CreditAdmin:
         """Opens the block's account and funds it, repaying the wallet's deficit first."""
         if not 1 <= grant.amount <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("amount out of range", field="amount")
-        wallet = self.catalog.wallet(grant.wallet_id)
+        wallet = self.cache.wallet_accounts(grant.wallet_id)
         account = Account(
             id=grant.id,
             ledger=grant.ledger,
@@ -104,8 +136,8 @@ class CreditAdmin:
             else AccountCode.ISSUANCE_PROMOTIONAL
         )
         chain = [
-            chains.header(op),
-            chains.make_leg(
+            header(op),
+            make_leg(
                 op,
                 1,
                 system_account_id(grant.ledger, issuance),
@@ -114,7 +146,7 @@ class CreditAdmin:
                 TransferCode.GRANT_FUNDING,
                 LINKED,
             ),
-            chains.make_leg(
+            make_leg(
                 op,
                 2,
                 grant.id,
@@ -124,15 +156,11 @@ class CreditAdmin:
                 LINKED | BD | BC,
             ),
         ]
-        deficit = 0
-        if wallet.overdraft_mode is OverdraftMode.SOFT:
-            deficit = await self._bounded_deficit(
-                wallet.overdraft_account_id, wallet.overdraft_limit
-            )
+        deficit = await self._bounded_deficit(wallet)
         if deficit > 0:
             assert wallet.overdraft_account_id is not None
             chain.append(
-                chains.make_leg(
+                make_leg(
                     op,
                     3,
                     grant.id,
@@ -142,8 +170,7 @@ class CreditAdmin:
                     LINKED | BD,
                 )
             )
-        chain[-1].flags &= ~LINKED
-        results = await self.ledger.create_transfers(chain)
+        results = await self.ledger.create_transfers(close_chain(chain))
         replayed = results[0].status is S.EXISTS
         if not replayed and any(r.status is not S.CREATED for r in results):
             if transfer_outcome(results[0].status) is Outcome.CONFLICT:
@@ -153,20 +180,20 @@ class CreditAdmin:
             t.id: t for t in await self.ledger.lookup_transfers([leg_id(op.id, i) for i in (2, 3)])
         }
         repaid = sum(t.amount for t in legs.values())
-        self.catalog.put_grant(grant)
+        self.cache.put_grant(grant)
         return IssueResult(grant.id, grant.amount, repaid, replayed)
 
-    async def _bounded_deficit(self, account_id: int | None, limit: int) -> int:
+    async def _bounded_deficit(self, wallet: WalletAccounts) -> int:
         """The posted deficit of a bounded overdraft account: what was drawn and not repaid.
         Read, not enforced: draws only ever raise it, so a stale read repays too little, never
         too much; and grants to one wallet are issued one at a time."""
-        if account_id is None:
+        if wallet.overdraft_account_id is None or wallet.overdraft_limit == 0:
             return 0
-        accounts = await self.ledger.lookup_accounts([account_id])
+        accounts = await self.ledger.lookup_accounts([wallet.overdraft_account_id])
         if not accounts:
             return 0
         a = accounts[0]
-        return max(0, a.debits_posted + limit - a.credits_posted)
+        return max(0, a.debits_posted + wallet.overdraft_limit - a.credits_posted)
 
     async def void(
         self, grant_id: int, *, tenant: int, key: str, grant: Grant | None = None
@@ -174,10 +201,10 @@ class CreditAdmin:
         """Takes what is left of a block out of the wallet; held credits stay held, and what a
         release later gives back to the block is voided by the next sweep. `grant`: the block
         as the caller read it (the cache may already have dropped a block being voided)."""
-        grant = grant or self.catalog.grants.get(grant_id) or self.voided.get(grant_id)
+        grant = grant or self.cache.grants.get(grant_id) or self.voided.get(grant_id)
         if grant is None:
             raise NotFound(f"grant {grant_id} not found")
-        self.catalog.drop_grant(grant_id)
+        self.cache.drop_grant(grant_id)
         self.voided[grant_id] = grant
         op = derive_id("grant/void", tenant, key)
         sweep = _sweep(grant, op, AccountCode.VOIDED, TransferCode.GRANT_VOID, tenant)
@@ -204,7 +231,7 @@ class CreditAdmin:
         and of every voided block to voided. Credits still held stay held; what comes back
         later is swept again. Each sweep's id derives from the block's balances, so a repeated
         sweep of an unchanged block is `exists`, never a second movement."""
-        expired = [g for g in self.catalog.grants.values() if g.expired(at_ns)]
+        expired = [g for g in self.cache.grants.values() if g.expired(at_ns)]
         candidates = [*expired, *self.voided.values()]
         if not candidates:
             return SweepReport([], [])
@@ -230,7 +257,7 @@ class CreditAdmin:
                 reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
             elif account.debits_pending == 0:
                 # Nothing left and nothing held: nothing can come back. Done with this block.
-                self.catalog.drop_grant(grant.id)
+                self.cache.drop_grant(grant.id)
                 self.voided.pop(grant.id, None)
                 finished.append(grant.id)
         if not sweeps:
@@ -248,19 +275,19 @@ class CreditAdmin:
         reverse burn order, never more than the debit took (earlier refunds counted)."""
         if not 1 <= amount <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("amount out of range", field="amount")
-        legs = await self.service._legs(debit_id)
-        setup = legs[chains.SETUP]
+        legs = await read_legs(self.ledger, debit_id, CHAIN_LEGS_MAX)
+        setup = legs[SETUP]
         if setup.code != TransferCode.CONSUME:
             raise NotFound(f"debit {debit_id} not found")
         op_id = derive_id("refund", tenant, key)
-        fingerprint = _fingerprint("refund", debit_id, amount, reason or "")
-        op = Operation(op_id, fingerprint, setup.ledger, tenant, self.service.clock_ns())
+        fingerprint = fingerprint_of("refund", debit_id, amount, reason or "")
+        op = Operation(op_id, fingerprint, setup.ledger, tenant, self.clock_ns())
         existing = await self.ledger.lookup_transfers([leg_id(op_id, 0)])
         if existing:
             return await self._refund_replay(op, debit_id, existing[0])
         taken = [
             (t.debit_account_id, t.amount)
-            for t in legs[chains.FIRST_VARIABLE :]
+            for t in legs[FIRST_VARIABLE:]
             if t.id and t.amount and t.code in (TransferCode.DEBIT, TransferCode.OVERDRAFT_DRAW)
         ]
         refunded = await self._refunded(debit_id, setup.ledger)
@@ -279,11 +306,11 @@ class CreditAdmin:
                 refundable=amount - left,
             )
         consumed = system_account_id(setup.ledger, AccountCode.CONSUMED)
-        chain = [chains.header(op)]
+        chain = [header(op)]
         for i, (account_id, give) in enumerate(restored):
-            leg = chains.make_leg(
+            leg = make_leg(
                 op,
-                chains.FIRST_VARIABLE + i,
+                FIRST_VARIABLE + i,
                 consumed,
                 account_id,
                 give,
@@ -292,8 +319,7 @@ class CreditAdmin:
             )
             leg.user_data_128 = debit_id  # a refund leg names the debit it gives back
             chain.append(leg)
-        chain[-1].flags &= ~LINKED
-        results = await self.ledger.create_transfers(chain)
+        results = await self.ledger.create_transfers(close_chain(chain))
         if results[0].status is S.EXISTS:
             return await self._refund_replay(op, debit_id, chain[0])
         if any(r.status is not S.CREATED for r in results):
@@ -309,7 +335,7 @@ class CreditAdmin:
             code=TransferCode.USAGE_REFUND,
             timestamp_min=0,
             timestamp_max=0,
-            limit=8189,
+            limit=BATCH_EVENTS_MAX,
             flags=QueryFilterFlags.NONE,
         )
         out: dict[int, int] = {}
@@ -320,8 +346,8 @@ class CreditAdmin:
     async def _refund_replay(self, op: Operation, debit_id: int, header: Transfer) -> RefundResult:
         if header.user_data_128 != op.fingerprint:
             raise IdempotencyConflict("this idempotency key was used with another request body")
-        legs = await self.service._legs(op.id)
-        restored = [(t.credit_account_id, t.amount) for t in legs[chains.FIRST_VARIABLE :] if t.id]
+        legs = await read_legs(self.ledger, op.id, CHAIN_LEGS_MAX)
+        restored = [(t.credit_account_id, t.amount) for t in legs[FIRST_VARIABLE:] if t.id]
         return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
 
 
@@ -340,21 +366,3 @@ def _sweep(
         code=code,
         flags=BD,
     )
-
-
-def grant_statement_filter(grant_id: int, limit: int = 8189) -> AccountFilter:
-    return AccountFilter(
-        account_id=grant_id,
-        user_data_128=0,
-        user_data_64=0,
-        user_data_32=0,
-        code=0,
-        timestamp_min=0,
-        timestamp_max=0,
-        limit=limit,
-        flags=AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS,
-    )
-
-
-def in_burn_order(grants: Iterable[Grant]) -> list[Grant]:
-    return sorted(grants, key=burn_order_key)
