@@ -10,7 +10,7 @@ FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-deps --wheel-dir /wheels ./clients/python .
 
 # -- runtime ------------------------------------------------------------------------------------
 FROM python:3.12-slim
@@ -20,9 +20,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CREDIT_LEDGER_DATA_DIR=/data
 
-# The dependencies first, read from pyproject.toml alone, so that a code change reuses this layer.
+# The dependencies first, read from pyproject.toml alone, so that a code change reuses this layer
+# (the client's distribution, which the service uses for its wire contract, comes as a wheel).
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(deps))" \
+RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('credit-ledger-client')))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt /tmp/pyproject.toml

@@ -13,8 +13,8 @@ import uuid
 from typing import TypeVar
 
 import msgspec
+from credit_ledger_client import schemas as w
 
-from api import schemas as w
 from api.auth import Principal
 from api.errors import field_from_message
 from api.services import Services

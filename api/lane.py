@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from credit_ledger_client import schemas as w
 
-from api import schemas as w
 from api import spending
 from api.auth import Principal, require_any_scope
 from api.common import decode_strict, idempotency_key

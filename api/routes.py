@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, TypeVar
 
+from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -20,7 +21,6 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from api import schemas as w
 from api import spending
 from api.auth import READ_SCOPES, Principal, require_any_scope
 from api.common import (

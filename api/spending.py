@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
-from api import schemas as w
+from credit_ledger_client import schemas as w
+
 from api.auth import Principal
 from api.common import amount_of, funding, ledger_of, own, parse_id, sid, target, wallet_customer
 from api.errors import STATUS

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from api.client import (
+from credit_ledger_client import (
     AsyncCreditClient,
     CreditClient,
     InsufficientCreditsError,
     LedgerUnavailableError,
 )
-from api.schemas import (
+from credit_ledger_client.schemas import (
     Category,
     CreditTypeIn,
     CustomerIn,

@@ -1,4 +1,4 @@
-"""The Python client (`api.client`) against an in-memory fake of the service on an
+"""The Python client (`credit_ledger_client`) against an in-memory fake of the service on an
 `httpx.MockTransport`: headers, decoding, error mapping, retries that reuse the idempotency key,
 and the `reserve(...)` context manager. No app and no engine here; the end-to-end tests drive the
 real service."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-
-from api.client import (
+from credit_ledger_client import (
     ERRORS_BY_CODE,
     AsyncCreditClient,
     BudgetExceededError,
@@ -38,7 +38,7 @@ from api.client import (
     UnexpectedResponseError,
     ValidationError,
 )
-from api.schemas import (
+from credit_ledger_client.schemas import (
     DebitOut,
     EntriesOut,
     EntryOut,
@@ -822,13 +822,36 @@ async def test_async_iter_entries_follows_the_cursor(fake: FakeService) -> None:
 # -- the client stands alone ----------------------------------------------------------------------
 
 
-def test_the_client_imports_no_server_code() -> None:
+def test_the_client_is_a_distribution_of_its_own(tmp_path: Path) -> None:
+    """The client's wheel, built from clients/python, needs httpx and msgspec only, and
+    imported from that wheel alone it brings no server code with it."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path), str(ROOT / "clients" / "python")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("credit_ledger_client-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+    assert sorted(r.split(">")[0].split("<")[0].split("=")[0] for r in requires) == [
+        "httpx",
+        "msgspec",
+    ]
+    assert "credit_ledger_client/py.typed" in names
     code = (
-        "import sys, api.client; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import credit_ledger_client as c; "
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__; "
+        "c.CreditClient('http://127.0.0.1:9', 'clk_x').close(); "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'litestar', 'wallets', 'grants', 'ledger', 'jobs', 'tigerbeetle', 'psycopg'}); "
+        "{'api', 'litestar', 'wallets', 'grants', 'ledger', 'jobs', 'tigerbeetle', 'psycopg'}); "
         "assert not bad, bad"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = subprocess.run([sys.executable, "-I", "-c", code, str(wheel)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr

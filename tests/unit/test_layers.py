@@ -2,12 +2,14 @@
 
 api, jobs -> wallets -> grants -> ledger, never upward, api and jobs never each other; only
 `ledger/types.py` imports tigerbeetle, only `api` imports litestar, only `jobs` imports
-apscheduler.
+apscheduler. The Python client (clients/python, a distribution of its own) imports nothing but
+the standard library, httpx and msgspec.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,18 @@ def test_module_respects_the_layers(path: Path) -> None:
 def test_the_check_sees_the_modules() -> None:
     assert ROOT.joinpath("ledger/types.py") in _modules()
     assert "tigerbeetle" in _imports(ROOT / "ledger" / "types.py")
+
+
+CLIENT = ROOT / "clients" / "python" / "credit_ledger_client"
+CLIENT_DEPENDENCIES = {"credit_ledger_client", "httpx", "msgspec", "__future__"}
+
+
+@pytest.mark.parametrize("path", sorted(CLIENT.rglob("*.py")), ids=lambda p: p.name)
+def test_the_client_imports_only_its_own_dependencies(path: Path) -> None:
+    imported = _imports(path) - set(sys.stdlib_module_names)
+    assert imported <= CLIENT_DEPENDENCIES, f"{path.name} imports {sorted(imported)}"
+
+
+def test_the_client_check_sees_the_client() -> None:
+    assert CLIENT.joinpath("client.py") in CLIENT.rglob("*.py")
+    assert "httpx" in _imports(CLIENT / "client.py")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import enum
 
 import pytest
+from credit_ledger_client import schemas
 
-from api import schemas
 from ledger.repositories import budgets, grants, resources, wallets
 
 

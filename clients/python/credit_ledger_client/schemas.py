@@ -1,7 +1,8 @@
 """The wire contract: msgspec structs for every request and response body.
 
-This module stands alone (msgspec only), so that the Python client imports no server code;
-its enums therefore repeat the catalog's values on purpose, and the API tests check both
+This module stands alone (msgspec only) in the client's distribution, so that the Python client
+imports no server code; the service decodes, answers and documents its API with these same
+structs. Its enums therefore repeat the catalog's values on purpose, and a test checks both
 sides accept the same values.
 
 Ids are strings (a u128 does not fit a JSON number): UUID text for objects and operations.

@@ -1,8 +1,8 @@
 """A small typed client for the credit service's HTTP API, for request paths (sync and async).
 
-It imports only httpx, msgspec and the wire contract (`api.schemas`), never the server, so a
-caller needs none of the service's dependencies. Bodies are the msgspec structs of
-`api.schemas`; answers are decoded into the `...Out` structs; errors are `CreditApiError`
+It imports only httpx, msgspec and the wire contract (`credit_ledger_client.schemas`), never
+the server, so a caller needs none of the service's dependencies. Bodies are the msgspec structs
+of the wire contract; answers are decoded into its `...Out` structs; errors are `CreditApiError`
 subclasses chosen by the problem's stable `code`.
 
 Invariants:
@@ -35,7 +35,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from api.schemas import (
+from credit_ledger_client.schemas import (
     BatchIn,
     BatchOut,
     BudgetIn,
@@ -74,6 +74,7 @@ from api.schemas import (
 )
 
 __all__ = [
+    "ERRORS_BY_CODE",
     "AsyncCreditClient",
     "AsyncReservationScope",
     "BudgetExceededError",

@@ -1,0 +1,65 @@
+"""The Python client of the credit-ledger HTTP API (a distribution of its own).
+
+`CreditClient` and `AsyncCreditClient` call the service; `credit_ledger_client.schemas` is the
+wire contract (msgspec structs of every request and response body), which the service itself
+decodes and documents with. Nothing here imports the server: an application installs this
+package alone, with httpx and msgspec.
+"""
+
+from credit_ledger_client.client import (
+    ERRORS_BY_CODE,
+    AsyncCreditClient,
+    AsyncReservationScope,
+    BudgetExceededError,
+    ConflictError,
+    CreditApiError,
+    CreditClient,
+    ForbiddenError,
+    IdempotencyConflictError,
+    InsufficientCreditsError,
+    InternalServerError,
+    LedgerUnavailableError,
+    NotFoundError,
+    PayloadTooLargeError,
+    Reservation,
+    ReservationAlreadyReleasedError,
+    ReservationAlreadySettledError,
+    ReservationExpiredError,
+    ReservationScope,
+    ReservationStateError,
+    RetryPolicy,
+    ServiceUnreachableError,
+    SpendRefusedError,
+    UnauthorizedError,
+    UnexpectedResponseError,
+    ValidationError,
+)
+
+__all__ = [
+    "ERRORS_BY_CODE",
+    "AsyncCreditClient",
+    "AsyncReservationScope",
+    "BudgetExceededError",
+    "ConflictError",
+    "CreditApiError",
+    "CreditClient",
+    "ForbiddenError",
+    "IdempotencyConflictError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "LedgerUnavailableError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Reservation",
+    "ReservationAlreadyReleasedError",
+    "ReservationAlreadySettledError",
+    "ReservationExpiredError",
+    "ReservationScope",
+    "ReservationStateError",
+    "RetryPolicy",
+    "ServiceUnreachableError",
+    "SpendRefusedError",
+    "UnauthorizedError",
+    "UnexpectedResponseError",
+    "ValidationError",
+]
