@@ -1,0 +1,26 @@
+"""The litestar routes: thin. The app's guard (`authorize`) authenticates from the in-process key
+cache and checks the route's scopes; each handler checks the customer boundary, converts wire
+ids, calls the service, and shapes the answer. One module per part of the API:
+
+- `spending`: check, debits, reservations. The hot lane (`api.lane`) serves these paths in
+  front of litestar; their handlers here document them and call the same `api.spending`. They
+  never touch Postgres: their idempotency rides on TigerBeetle.
+- `catalog`, `grants`, `budgets`: admin and read routes; admin writes keep their idempotency
+  in Postgres through the control plane.
+- `health`: liveness and readiness.
+"""
+
+from __future__ import annotations
+
+from api.routes import budgets, catalog, grants, health, spending
+from api.routes.shared import authorize
+
+ROUTES = [
+    *spending.ROUTES,
+    *catalog.ROUTES,
+    *grants.ROUTES,
+    *budgets.ROUTES,
+    *health.ROUTES,
+]
+
+__all__ = ["ROUTES", "authorize"]

@@ -1,0 +1,348 @@
+"""The catalog routes: credit types, customers, resources, wallets, their balances and entries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from credit_ledger_client import schemas as w
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from api.auth import READ_SCOPES
+from api.common import (
+    code_of,
+    ledger_of,
+    own,
+    parse_id,
+    resource_customer,
+    sid,
+    wallet_customer,
+)
+from api.openapi import operation
+from api.routes.shared import (
+    ADMIN_PROBLEMS,
+    EXAMPLE_ID,
+    READ_PROBLEMS,
+    grant_balance_out,
+    key_of,
+    principal_of,
+    reply,
+    services_of,
+    strict_body,
+)
+from api.services import Services
+from grants.errors import InvalidRequest, NotFound
+from ledger.repositories.resources import ResourceKind
+from wallets.catalog import OverdraftMode, Wallet
+
+OPS = {
+    "create_credit_type": operation(
+        *ADMIN_PROBLEMS, example={"code": "credits", "name": "Credits", "asset_scale": 2}
+    ),
+    "get_credit_type": operation(*READ_PROBLEMS, idempotent=False),
+    "create_customer": operation(
+        *ADMIN_PROBLEMS, example={"name": "Acme AI", "external_ref": "crm-42"}
+    ),
+    "get_customer": operation(*READ_PROBLEMS, idempotent=False),
+    "create_resource": operation(
+        *ADMIN_PROBLEMS,
+        example={"customer_id": EXAMPLE_ID, "kind": "agent", "parent_id": EXAMPLE_ID},
+    ),
+    "get_resource": operation(*READ_PROBLEMS, idempotent=False),
+    "create_wallet": operation(
+        *ADMIN_PROBLEMS,
+        example={
+            "resource_id": EXAMPLE_ID,
+            "credit_type": "credits",
+            "overdraft_mode": "soft",
+            "overdraft_limit": 500,
+            "fall_through": True,
+        },
+    ),
+    "get_wallet": operation(*READ_PROBLEMS, idempotent=False),
+    "wallet_entries": operation(*READ_PROBLEMS, idempotent=False),
+}
+
+
+# -- catalog --------------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/credit-types",
+    operation_class=OPS["create_credit_type"],
+    opt={"scopes": {"admin"}},
+    status_code=201,
+    tags=["catalog"],
+    description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
+)
+async def create_credit_type(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
+) -> Response[w.CreditTypeOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.CreditTypeIn)
+    if principal.customer_id is not None:
+        raise NotFound("credit types are created by unbound admin keys only")
+    services = services_of(state)
+    credit_type, replayed = await services.control.create_credit_type(
+        code=data.code,
+        name=data.name,
+        asset_scale=data.asset_scale,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+    )
+    return reply(_credit_type_out(credit_type), replayed, 201)
+
+
+@get(
+    "/v1/credit-types/{code:str}",
+    operation_class=OPS["get_credit_type"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="A credit type by code.",
+)
+async def get_credit_type(
+    request: Request[Any, Any, Any], state: State, code: FromPath[str]
+) -> w.CreditTypeOut:
+    principal_of(request)
+    services = services_of(state)
+    return _credit_type_out(services.catalog.credit_types[ledger_of(services, code)])
+
+
+def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
+    return w.CreditTypeOut(
+        id=credit_type.ledger,
+        code=credit_type.code,
+        name=credit_type.name,
+        asset_scale=credit_type.asset_scale,
+    )
+
+
+@post(
+    "/v1/customers",
+    operation_class=OPS["create_customer"],
+    opt={"scopes": {"admin"}},
+    status_code=201,
+    tags=["catalog"],
+    description="A customer: the owner of a tree of resources, with its own tenant number.",
+)
+async def create_customer(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
+) -> Response[w.CustomerOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.CustomerIn)
+    if principal.customer_id is not None:
+        raise NotFound("customers are created by unbound admin keys only")
+    services = services_of(state)
+    row, replayed = await services.control.create_customer(
+        name=data.name,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+        external_ref=data.external_ref,
+    )
+    body = w.CustomerOut(
+        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
+    )
+    return reply(body, replayed, 201)
+
+
+@get(
+    "/v1/customers/{customer_id:str}",
+    operation_class=OPS["get_customer"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="A customer.",
+)
+async def get_customer(
+    request: Request[Any, Any, Any], state: State, customer_id: FromPath[str]
+) -> w.CustomerOut:
+    principal = principal_of(request)
+    cid = parse_id(customer_id, "customer_id")
+    own(principal, cid, "customer")
+    row = await services_of(state).control.customer(cid)
+    return w.CustomerOut(
+        id=customer_id, tenant=row.tenant, name=row.name, external_ref=row.external_ref
+    )
+
+
+def _resource_out(resource: Any) -> w.ResourceOut:
+    return w.ResourceOut(
+        id=sid(resource.id),
+        customer_id=sid(resource.customer_id),
+        kind=resource.kind,
+        parent_id=sid(resource.parent_id) if resource.parent_id else None,
+        external_ref=None,
+    )
+
+
+@post(
+    "/v1/resources",
+    operation_class=OPS["create_resource"],
+    opt={"scopes": {"admin"}},
+    status_code=201,
+    tags=["catalog"],
+    description="A resource on the customer's tree: subscription, team, agent, ... with a "
+    "parent of the same customer.",
+)
+async def create_resource(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
+) -> Response[w.ResourceOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.ResourceIn)
+    customer_id = parse_id(data.customer_id, "customer_id")
+    own(principal, customer_id, "customer")
+    resource, replayed = await services_of(state).control.create_resource(
+        customer_id=customer_id,
+        kind=ResourceKind(data.kind.value),
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+        parent_id=parse_id(data.parent_id, "parent_id") if data.parent_id else None,
+        external_ref=data.external_ref,
+    )
+    return reply(_resource_out(resource), replayed, 201)
+
+
+@get(
+    "/v1/resources/{resource_id:str}",
+    operation_class=OPS["get_resource"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="A resource.",
+)
+async def get_resource(
+    request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
+) -> w.ResourceOut:
+    principal = principal_of(request)
+    services = services_of(state)
+    resource = services.catalog.resources.get(parse_id(resource_id, "resource_id"))
+    if resource is None:
+        raise NotFound("resource not found")
+    own(principal, resource.customer_id, "resource")
+    return _resource_out(resource)
+
+
+def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
+    return w.WalletOut(
+        id=sid(wallet.id),
+        resource_id=sid(wallet.resource_id),
+        credit_type=code_of(services, wallet.ledger),
+        overdraft_mode=wallet.overdraft_mode.value,
+        overdraft_limit=wallet.overdraft_limit,
+        fall_through=wallet.fall_through,
+    )
+
+
+@post(
+    "/v1/wallets",
+    operation_class=OPS["create_wallet"],
+    opt={"scopes": {"admin"}},
+    status_code=201,
+    tags=["catalog"],
+    description="A wallet: one per (resource, credit type), with its overdraft policy (hard: "
+    "never below zero; soft with a limit; unbounded) and whether spending falls "
+    "through to the parent's wallet.",
+)
+async def create_wallet(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
+) -> Response[w.WalletOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.WalletIn)
+    services = services_of(state)
+    resource_id = parse_id(data.resource_id, "resource_id")
+    own(principal, resource_customer(services, resource_id), "resource")
+    wallet, replayed = await services.control.create_wallet(
+        resource_id=resource_id,
+        ledger=ledger_of(services, data.credit_type),
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+        overdraft_mode=OverdraftMode(data.overdraft_mode.value),
+        overdraft_limit=data.overdraft_limit,
+        fall_through=data.fall_through,
+    )
+    return reply(_wallet_out(services, wallet), replayed, 201)
+
+
+@get(
+    "/v1/wallets/{wallet_id:str}",
+    operation_class=OPS["get_wallet"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="A wallet's balance summary with a per-grant breakdown.",
+)
+async def get_wallet(
+    request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
+) -> w.WalletBalanceOut:
+    principal = principal_of(request)
+    services = services_of(state)
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
+    b = await services.statements.wallet(wid)
+    return w.WalletBalanceOut(
+        wallet=_wallet_out(services, services.catalog.wallet(wid)),
+        available=b.available,
+        held=b.held,
+        consumed=b.consumed,
+        expired=b.expired,
+        voided=b.voided,
+        overdraft_used=b.overdraft_used,
+        overdraft_limit=b.overdraft_limit,
+        grants=[grant_balance_out(g) for g in b.grants],
+    )
+
+
+@get(
+    "/v1/wallets/{wallet_id:str}/entries",
+    operation_class=OPS["wallet_entries"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="A wallet's typed movements (grant, debit, reserve, settle, release, expire, "
+    "void, refund, overdraft, repay) with the running balance, oldest first. "
+    "Pass next_cursor back as cursor for the next page; limit 1..1000.",
+)
+async def wallet_entries(
+    request: Request[Any, Any, Any],
+    state: State,
+    wallet_id: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: FromQuery[int] = 100,
+) -> w.EntriesOut:
+    principal = principal_of(request)
+    services = services_of(state)
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
+    try:
+        after = int(cursor) if cursor else 0
+    except ValueError:
+        raise InvalidRequest("cursor is not one this API gave", field="cursor") from None
+    page = await services.statements.entries(wid, after=after, limit=limit)
+    return w.EntriesOut(
+        entries=[
+            w.EntryOut(
+                timestamp=e.timestamp,
+                type=e.type,
+                account_id=sid(e.account_id),
+                amount=e.amount,
+                operation_id=sid(e.operation_id),
+                available_after=e.available_after,
+            )
+            for e in page.entries
+        ],
+        next_cursor=str(page.next_cursor) if page.next_cursor else None,
+    )
+
+
+ROUTES = [
+    create_credit_type,
+    get_credit_type,
+    create_customer,
+    get_customer,
+    create_resource,
+    get_resource,
+    create_wallet,
+    get_wallet,
+    wallet_entries,
+]

@@ -1,0 +1,122 @@
+"""What every route module shares: the services and principal of a request, the strict body, the
+Idempotency-Key, replies, the guard, and the problems each kind of route documents.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from credit_ledger_client import schemas as w
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+
+from api.auth import Principal, require_any_scope
+from api.common import decode_strict, idempotency_key, sid
+from api.openapi import COMMON, WRITE
+from api.services import Services
+from api.spending import Reply
+
+HIT = {"Idempotency-Hit": "true"}
+T = TypeVar("T")
+B = TypeVar("B")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def services_of(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    """Who is asking: the app's guard (`authorize`) has authenticated the key and checked the
+    route's scopes, declared once in the route's `opt`, before the body was read."""
+    principal: Principal | None = request.scope.get("principal")  # type: ignore[assignment]
+    assert principal is not None, "every /v1 route declares opt={'scopes': ...}"
+    return principal
+
+
+async def strict_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
+    """The body decoded strictly: litestar coerces ("1" becomes 1); the contract does not."""
+    return decode_strict(await request.body(), cls)
+
+
+def key_of(request: Request[Any, Any, Any]) -> str:
+    return idempotency_key(request.headers.get("idempotency-key"))
+
+
+def reply(body: B, replayed: bool, status: int = 200) -> Response[B]:
+    return Response(body, status_code=status, headers=HIT if replayed else None)
+
+
+def send(answer: Reply) -> Response[Any]:
+    return reply(answer.body, answer.replayed, answer.status)
+
+
+# -- OpenAPI: each route's problems, Idempotency-Key, an example body ----------------------------
+
+EXAMPLE_ID = "0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"
+EXAMPLE_SPEND = {
+    "resource_id": EXAMPLE_ID,
+    "credit_type": "credits",
+    "amount": 300,
+    "dimensions": {"feature": "chat", "model": "small"},
+}
+READ_PROBLEMS = (*COMMON, "validation_error", "not_found", "ledger_unavailable")
+SPENDING_PROBLEMS = (*COMMON, *WRITE, "not_found", "insufficient_credits", "budget_exceeded")
+RESERVATION_PROBLEMS = (
+    "reservation_expired",
+    "reservation_already_settled",
+    "reservation_already_released",
+)
+ADMIN_PROBLEMS = (*COMMON, *WRITE, "conflict", "not_found")
+
+
+async def authorize(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The app's guard: authenticates and checks the route's scopes (its `opt["scopes"]`)
+    before the body is read, so a caller without a valid key gets 401/403, not 422. Async on
+    purpose: litestar runs a sync guard in a worker thread."""
+    scopes = handler.opt.get("scopes")
+    if scopes is None:
+        return  # health, metrics and the schema are open
+    services: Services = connection.app.state.services
+    principal = services.keys.authenticate(connection.headers.get("authorization"))
+    require_any_scope(principal, scopes)
+    connection.scope["principal"] = principal  # type: ignore[typeddict-unknown-key]
+
+
+# A handler decodes its body once, strictly, with `decode_strict`: a handler with a `data`
+# parameter would have litestar decode it first, leniently ("1" becomes 1), and answer some bad
+# bodies in its own words. `documented_body` keeps the body in the OpenAPI document.
+
+
+def documented_body(cls: type[Any]) -> dict[str, Provide]:
+    """Documents `cls` as the route's request body without litestar decoding it: litestar's
+    OpenAPI takes the body from a declared dependency's `data` parameter; no handler asks for
+    this dependency, so it is never resolved."""
+
+    def body(data: Any) -> None:
+        raise AssertionError("documentation only")
+
+    body.__annotations__ = {"data": cls, "return": None}
+    return {"documented_body": Provide(body, sync_to_thread=False)}
+
+
+def grant_balance_out(g: Any) -> w.GrantBalanceOut:
+    return w.GrantBalanceOut(
+        grant_id=sid(g.grant_id),
+        granted=g.granted,
+        available=g.available,
+        held=g.held,
+        consumed=g.consumed,
+        expired=g.expired,
+        voided=g.voided,
+        refunded=g.refunded,
+        repaid=g.repaid,
+    )
