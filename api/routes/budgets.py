@@ -20,18 +20,27 @@ from api.common import (
     sid,
 )
 from api.openapi import operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
+    created,
     key_of,
+    ledger_filter,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
 )
 from api.services import Services
 from grants.errors import NotFound
+from ledger.db import Connection
+from ledger.repositories import budgets
+from ledger.repositories._rows import Keyset
 from wallets.catalog import Budget, Period
 from wallets.statements import budget_used
 
@@ -46,6 +55,7 @@ OPS = {
         },
     ),
     "get_budget": operation(*READ_PROBLEMS, idempotent=False),
+    "list_budgets": operation(*LIST_PROBLEMS, idempotent=False, query=w.BudgetQuery),
     "set_price": operation(
         *ADMIN_PROBLEMS,
         example={"feature": "chat-tokens", "credit_type": "credits", "credits_per_unit": 2},
@@ -85,7 +95,9 @@ async def create_budget(
     return reply(_budget_out(services, budget, None), replayed, 201)
 
 
-def _budget_out(services: Services, budget: Budget, used: int | None) -> w.BudgetOut:
+def _budget_out(
+    services: Services, budget: Budget, used: int | None, *, active: bool = True
+) -> w.BudgetOut:
     return w.BudgetOut(
         id=sid(budget.id),
         resource_id=sid(budget.resource_id),
@@ -94,7 +106,13 @@ def _budget_out(services: Services, budget: Budget, used: int | None) -> w.Budge
         cap=budget.cap,
         used=used,
         headroom=None if used is None else budget.cap - used,
+        active=active,
     )
+
+
+def _cached(row: budgets.Budget) -> Budget:
+    """A budget's row in the shape the cache (and `_budget_out`) knows."""
+    return Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
 
 
 @get(
@@ -115,6 +133,37 @@ async def get_budget(
     own(principal, resource_customer(services, budget.resource_id), "budget")
     used = await budget_used(services.service.ledger, budget, time.time_ns())
     return _budget_out(services, budget, used)
+
+
+@get(
+    "/v1/budgets",
+    operation_class=OPS["list_budgets"],
+    opt={"scopes": READ_SCOPES},
+    tags=["budgets"],
+    description="Budgets, oldest first, a page at a time, with every filter given: "
+    "`resource_id`, `credit_type`, `active` (true, the default: those in force; false: removed "
+    "ones). No usage (GET /v1/budgets/{id} reads it from the ledger). A key bound to a "
+    "customer lists only that customer's.",
+)
+async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.BudgetPage:
+    principal = principal_of(request)
+    query = query_of(request, w.BudgetQuery)
+    services = services_of(state)
+
+    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
+        return await budgets.list_budgets(
+            conn,
+            resource_id=parse_id(query.resource_id, "resource_id") if query.resource_id else None,
+            customer_id=customer_filter(principal, None),
+            credit_type_id=ledger_filter(services, query.credit_type),
+            active=query.active,
+            after=after,
+            limit=query.limit,
+        )
+
+    rows, cursor = await read_page(services, "budgets", query.cursor, fetch, created)
+    items = [_budget_out(services, _cached(row), None, active=row.active) for row in rows]
+    return w.BudgetPage(items=items, next_cursor=cursor)
 
 
 @post(
@@ -151,5 +200,6 @@ async def set_price(
 ROUTES = [
     create_budget,
     get_budget,
+    list_budgets,
     set_price,
 ]

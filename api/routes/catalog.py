@@ -20,19 +20,28 @@ from api.common import (
     wallet_customer,
 )
 from api.openapi import operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
+    created,
     grant_balance_out,
     key_of,
+    ledger_filter,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
 )
 from api.services import Services
 from grants.errors import InvalidRequest, NotFound
+from ledger.db import Connection
+from ledger.repositories import customers, resources, wallets
+from ledger.repositories._rows import Keyset
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
 
@@ -45,11 +54,13 @@ OPS = {
         *ADMIN_PROBLEMS, example={"name": "Acme AI", "external_ref": "crm-42"}
     ),
     "get_customer": operation(*READ_PROBLEMS, idempotent=False),
+    "list_customers": operation(*LIST_PROBLEMS, idempotent=False, query=w.CustomerQuery),
     "create_resource": operation(
         *ADMIN_PROBLEMS,
         example={"customer_id": EXAMPLE_ID, "kind": "agent", "parent_id": EXAMPLE_ID},
     ),
     "get_resource": operation(*READ_PROBLEMS, idempotent=False),
+    "list_resources": operation(*LIST_PROBLEMS, idempotent=False, query=w.ResourceQuery),
     "create_wallet": operation(
         *ADMIN_PROBLEMS,
         example={
@@ -61,6 +72,7 @@ OPS = {
         },
     ),
     "get_wallet": operation(*READ_PROBLEMS, idempotent=False),
+    "list_wallets": operation(*LIST_PROBLEMS, idempotent=False, query=w.WalletQuery),
     "wallet_entries": operation(*READ_PROBLEMS, idempotent=False),
 }
 
@@ -142,10 +154,7 @@ async def create_customer(
         key=key_of(request),
         external_ref=data.external_ref,
     )
-    body = w.CustomerOut(
-        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
-    )
-    return reply(body, replayed, 201)
+    return reply(_customer_out(row), replayed, 201)
 
 
 @get(
@@ -161,19 +170,48 @@ async def get_customer(
     principal = principal_of(request)
     cid = parse_id(customer_id, "customer_id")
     own(principal, cid, "customer")
-    row = await services_of(state).control.customer(cid)
+    return _customer_out(await services_of(state).control.customer(cid))
+
+
+@get(
+    "/v1/customers",
+    operation_class=OPS["list_customers"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Customers, oldest first, a page at a time (pass next_cursor back as cursor). "
+    "`external_ref` finds the customer your own system knows by that reference. A key bound "
+    "to a customer lists only that one.",
+)
+async def list_customers(request: Request[Any, Any, Any], state: State) -> w.CustomerPage:
+    principal = principal_of(request)
+    query = query_of(request, w.CustomerQuery)
+
+    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
+        return await customers.list_customers(
+            conn,
+            external_ref=query.external_ref,
+            customer_id=customer_filter(principal, None),
+            after=after,
+            limit=query.limit,
+        )
+
+    rows, cursor = await read_page(services_of(state), "customers", query.cursor, fetch, created)
+    return w.CustomerPage(items=[_customer_out(row) for row in rows], next_cursor=cursor)
+
+
+def _customer_out(row: customers.Customer) -> w.CustomerOut:
     return w.CustomerOut(
-        id=customer_id, tenant=row.tenant, name=row.name, external_ref=row.external_ref
+        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
     )
 
 
-def _resource_out(resource: Any) -> w.ResourceOut:
+def _resource_out(resource: resources.Resource) -> w.ResourceOut:
     return w.ResourceOut(
         id=sid(resource.id),
         customer_id=sid(resource.customer_id),
-        kind=resource.kind,
+        kind=resource.kind.value,
         parent_id=sid(resource.parent_id) if resource.parent_id else None,
-        external_ref=None,
+        external_ref=resource.external_ref,
     )
 
 
@@ -202,7 +240,14 @@ async def create_resource(
         parent_id=parse_id(data.parent_id, "parent_id") if data.parent_id else None,
         external_ref=data.external_ref,
     )
-    return reply(_resource_out(resource), replayed, 201)
+    body = w.ResourceOut(
+        id=sid(resource.id),
+        customer_id=data.customer_id,
+        kind=resource.kind,
+        parent_id=data.parent_id,
+        external_ref=data.external_ref,
+    )
+    return reply(body, replayed, 201)
 
 
 @get(
@@ -210,18 +255,52 @@ async def create_resource(
     operation_class=OPS["get_resource"],
     opt={"scopes": READ_SCOPES},
     tags=["catalog"],
-    description="A resource.",
+    description="A resource, as Postgres has it (with its external_ref).",
 )
 async def get_resource(
     request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
 ) -> w.ResourceOut:
     principal = principal_of(request)
-    services = services_of(state)
-    resource = services.catalog.resources.get(parse_id(resource_id, "resource_id"))
+    rid = parse_id(resource_id, "resource_id")
+    async with services_of(state).pool.connection() as conn:
+        resource = await resources.get_resource(conn, rid)
     if resource is None:
         raise NotFound("resource not found")
     own(principal, resource.customer_id, "resource")
     return _resource_out(resource)
+
+
+@get(
+    "/v1/resources",
+    operation_class=OPS["list_resources"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Resources, oldest first, a page at a time, with every filter given: "
+    "`customer_id`, `parent_id` (its children), `kind`, and `external_ref` (your own "
+    "system's reference, unique per customer and kind). A key bound to a customer lists "
+    "only that customer's.",
+)
+async def list_resources(request: Request[Any, Any, Any], state: State) -> w.ResourcePage:
+    principal = principal_of(request)
+    query = query_of(request, w.ResourceQuery)
+
+    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
+        return await resources.list_resources(
+            conn,
+            customer_id=customer_filter(principal, _id_or_none(query.customer_id, "customer_id")),
+            parent_id=_id_or_none(query.parent_id, "parent_id"),
+            kind=ResourceKind(query.kind.value) if query.kind is not None else None,
+            external_ref=query.external_ref,
+            after=after,
+            limit=query.limit,
+        )
+
+    rows, cursor = await read_page(services_of(state), "resources", query.cursor, fetch, created)
+    return w.ResourcePage(items=[_resource_out(row) for row in rows], next_cursor=cursor)
+
+
+def _id_or_none(text: str | None, field: str) -> int | None:
+    return None if text is None else parse_id(text, field)
 
 
 def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
@@ -295,6 +374,48 @@ async def get_wallet(
 
 
 @get(
+    "/v1/wallets",
+    operation_class=OPS["list_wallets"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Wallets and their policies (no balances: GET /v1/wallets/{id} reads those "
+    "from the ledger), oldest first, a page at a time, with every filter given: "
+    "`resource_id`, `customer_id`, `credit_type`. A key bound to a customer lists only that "
+    "customer's.",
+)
+async def list_wallets(request: Request[Any, Any, Any], state: State) -> w.WalletPage:
+    principal = principal_of(request)
+    query = query_of(request, w.WalletQuery)
+    services = services_of(state)
+
+    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
+        return await wallets.list_wallets(
+            conn,
+            resource_id=_id_or_none(query.resource_id, "resource_id"),
+            customer_id=customer_filter(principal, _id_or_none(query.customer_id, "customer_id")),
+            credit_type_id=ledger_filter(services, query.credit_type),
+            after=after,
+            limit=query.limit,
+        )
+
+    rows, cursor = await read_page(services, "wallets", query.cursor, fetch, created)
+    items = [_wallet_out(services, _cached(row)) for row in rows]
+    return w.WalletPage(items=items, next_cursor=cursor)
+
+
+def _cached(row: wallets.Wallet) -> Wallet:
+    """A wallet's row in the shape the cache (and `_wallet_out`) knows."""
+    return Wallet(
+        row.id,
+        row.resource_id,
+        row.credit_type_id,
+        row.overdraft_mode,
+        row.overdraft_limit,
+        row.fall_through,
+    )
+
+
+@get(
     "/v1/wallets/{wallet_id:str}/entries",
     operation_class=OPS["wallet_entries"],
     opt={"scopes": READ_SCOPES},
@@ -340,9 +461,12 @@ ROUTES = [
     get_credit_type,
     create_customer,
     get_customer,
+    list_customers,
     create_resource,
     get_resource,
+    list_resources,
     create_wallet,
     get_wallet,
+    list_wallets,
     wallet_entries,
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -11,19 +12,24 @@ from litestar.params import FromPath, JSONBody
 
 from api.auth import READ_SCOPES
 from api.common import (
+    code_of,
     own,
     parse_id,
     sid,
     wallet_customer,
 )
 from api.openapi import operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
-    grant_balance_out,
+    created,
     key_of,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
@@ -32,9 +38,13 @@ from api.services import Services
 from grants.errors import NotFound
 from grants.model import Category, Source
 from ledger.codes import AccountCode, TransferCode
+from ledger.db import Connection
 from ledger.ids import leg_id
+from ledger.repositories import grants
+from ledger.repositories._rows import Keyset
 from wallets import chains
 from wallets.control import GrantRequest
+from wallets.statements import GrantBalance
 
 OPS = {
     "create_grant": operation(
@@ -49,6 +59,7 @@ OPS = {
         },
     ),
     "get_grant": operation(*READ_PROBLEMS, idempotent=False),
+    "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
     "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
 }
@@ -112,16 +123,91 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     operation_class=OPS["get_grant"],
     opt={"scopes": READ_SCOPES},
     tags=["grants"],
-    description="A grant's balances: granted, available, held, consumed, expired, voided.",
+    description="A credit block: what it was issued as (category, priority, effective_at, "
+    "expires_at, the cost basis consideration_minor and currency, source, reason, "
+    "external_ref, actor, created_at), its state, and its balances from the ledger (granted, "
+    "available, held, consumed, expired, voided, refunded, repaid).",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
-) -> w.GrantBalanceOut:
+) -> w.GrantDetailOut:
     principal = principal_of(request)
     services = services_of(state)
     gid = parse_id(grant_id, "grant_id")
-    own(principal, await _grant_customer(services, gid), "grant")
-    return grant_balance_out(await services.statements.grant(gid))
+    async with services.pool.connection() as conn:
+        row = await grants.get_grant(conn, gid)
+    if row is None:
+        raise NotFound("grant not found")
+    own(principal, wallet_customer(services, row.wallet_id), "grant")
+    if row.state is grants.GrantState.PENDING:
+        # Recorded, its ledger side not written yet (reconciliation finishes it): nothing moved.
+        balance = GrantBalance(gid, 0, 0, 0, 0, 0, 0, 0, 0)
+    else:
+        balance = await services.statements.grant(gid)
+    return w.GrantDetailOut(
+        **msgspec.structs.asdict(_block_out(services, row)),
+        grant_id=sid(balance.grant_id),
+        granted=balance.granted,
+        available=balance.available,
+        held=balance.held,
+        consumed=balance.consumed,
+        expired=balance.expired,
+        voided=balance.voided,
+        refunded=balance.refunded,
+        repaid=balance.repaid,
+    )
+
+
+def _block_out(services: Services, row: grants.Grant) -> w.GrantBlockOut:
+    return w.GrantBlockOut(
+        id=sid(row.id),
+        wallet_id=sid(row.wallet_id),
+        credit_type=code_of(services, row.credit_type_id),
+        amount=row.amount,
+        category=w.Category(row.category.value),
+        priority=row.priority,
+        effective_at=row.effective_at,
+        expires_at=row.expires_at,
+        consideration_minor=row.consideration_minor,
+        currency=row.currency,
+        source=w.GrantSource(row.source.value),
+        reason=row.reason,
+        external_ref=row.external_ref,
+        state=w.GrantState(row.state.value),
+        actor=row.actor,
+        created_at=row.created_at,
+    )
+
+
+@get(
+    "/v1/grants",
+    operation_class=OPS["list_grants"],
+    opt={"scopes": READ_SCOPES},
+    tags=["grants"],
+    description="Credit blocks as issued, with their state, oldest first, a page at a time, "
+    "with every filter given: `wallet_id`, `state`, `category`, `expires_before` (an expiry "
+    "strictly before that time). No balances (GET /v1/grants/{id} reads them from the "
+    "ledger). A key bound to a customer lists only that customer's.",
+)
+async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantPage:
+    principal = principal_of(request)
+    query = query_of(request, w.GrantQuery)
+    services = services_of(state)
+
+    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
+        return await grants.list_grants(
+            conn,
+            wallet_id=parse_id(query.wallet_id, "wallet_id") if query.wallet_id else None,
+            customer_id=customer_filter(principal, None),
+            state=grants.GrantState(query.state.value) if query.state else None,
+            category=grants.GrantCategory(query.category.value) if query.category else None,
+            expires_before=query.expires_before,
+            after=after,
+            limit=query.limit,
+        )
+
+    rows, cursor = await read_page(services, "grants", query.cursor, fetch, created)
+    return w.GrantPage(items=[_block_out(services, row) for row in rows], next_cursor=cursor)
 
 
 @post(
@@ -192,6 +278,7 @@ async def refund(
 ROUTES = [
     create_grant,
     get_grant,
+    list_grants,
     void_grant,
     refund,
 ]

@@ -4,6 +4,7 @@ Idempotency-Key, replies, the guard, and the problems each kind of route documen
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from credit_ledger_client import schemas as w
@@ -16,12 +17,16 @@ from litestar.handlers.base import BaseRouteHandler
 from api.auth import Principal, require_any_scope
 from api.common import decode_strict, idempotency_key, sid
 from api.openapi import COMMON, WRITE
+from api.paging import NothingVisible, decode_query, keyset_after, next_cursor
 from api.services import Services
 from api.spending import Reply
+from ledger.db import Connection
+from ledger.repositories._rows import Keyset
 
 HIT = {"Idempotency-Hit": "true"}
 T = TypeVar("T")
 B = TypeVar("B")
+R = TypeVar("R")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -49,6 +54,45 @@ def key_of(request: Request[Any, Any, Any]) -> str:
     return idempotency_key(request.headers.get("idempotency-key"))
 
 
+def query_of(request: Request[Any, Any, Any], cls: type[T]) -> T:
+    """The query string decoded strictly as `cls` (api.paging.decode_query)."""
+    return decode_query(request.query_params.multi_items(), cls)
+
+
+async def read_page(
+    services: Services,
+    kind: str,
+    cursor: str | None,
+    fetch: Callable[[Connection, Keyset | None], Awaitable[tuple[list[R], bool]]],
+    position: Callable[[R], Keyset],
+) -> tuple[list[R], str | None]:
+    """One page of a Postgres list: `fetch(conn, after)` reads the rows after the cursor's
+    position; the answer is the rows and the next cursor (None after the last page). A filter
+    outside the key's boundary (`NothingVisible`) finds nothing."""
+    after = keyset_after(cursor, kind)
+    try:
+        async with services.pool.connection() as conn:
+            rows, more = await fetch(conn, after)
+    except NothingVisible:
+        return [], None
+    return rows, next_cursor(kind, position(rows[-1]) if rows else None, more)
+
+
+def ledger_filter(services: Services, code: str | None) -> int | None:
+    """A list's `credit_type` filter as its ledger; a code no credit type has finds nothing."""
+    if code is None:
+        return None
+    ledger = services.catalog.ledger_of_code(code)
+    if ledger is None:
+        raise NothingVisible
+    return ledger
+
+
+def created(row: Any) -> Keyset:
+    """The position of a catalog row in its list: (created_at, id)."""
+    return row.created_at, row.id
+
+
 def reply(body: B, replayed: bool, status: int = 200) -> Response[B]:
     return Response(body, status_code=status, headers=HIT if replayed else None)
 
@@ -74,6 +118,9 @@ RESERVATION_PROBLEMS = (
     "reservation_already_released",
 )
 ADMIN_PROBLEMS = (*COMMON, *WRITE, "conflict", "not_found")
+# A list from Postgres: a bad parameter or cursor is 422; a filter matching nothing is an empty
+# page, never a 404.
+LIST_PROBLEMS = (*COMMON, "validation_error")
 
 
 async def authorize(

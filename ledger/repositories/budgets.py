@@ -15,7 +15,18 @@ from typing import Any, Final
 import msgspec
 
 from ledger.db import Connection
-from ledger.repositories._rows import from_amount, from_uuid, to_amount, to_uuid, uuids
+from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    Condition,
+    Keyset,
+    fetch_page,
+    from_amount,
+    from_uuid,
+    resource_of_customer,
+    to_amount,
+    to_uuid,
+    uuids,
+)
 
 _COLUMNS: Final = "id, resource_id, credit_type_id, period, cap, created_at, active"
 
@@ -85,6 +96,33 @@ async def list_budgets_for_resources(
         (uuids(resource_ids),),
     )
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_budgets(
+    conn: Connection,
+    *,
+    resource_id: int | None = None,
+    customer_id: int | None = None,
+    credit_type_id: int | None = None,
+    active: bool | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Budget], bool]:
+    """A page of budgets with every filter given (`active` None: removed ones too), in
+    (created_at, id) order, and whether more follow."""
+    conditions: list[Condition] = []
+    if resource_id is not None:
+        conditions.append(("resource_id = %s", (to_uuid(resource_id),)))
+    if customer_id is not None:
+        conditions.append(resource_of_customer(customer_id))
+    if credit_type_id is not None:
+        conditions.append(("credit_type_id = %s", (credit_type_id,)))
+    if active is not None:
+        conditions.append(("active = %s", (active,)))
+    rows, more = await fetch_page(
+        conn, f"SELECT {_COLUMNS} FROM budgets", conditions, after=after, limit=limit
+    )
+    return [_row(row) for row in rows], more
 
 
 async def set_budget_cap(conn: Connection, id: int, cap: int) -> Budget | None:

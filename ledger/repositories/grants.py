@@ -18,6 +18,9 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
+    Condition,
+    Keyset,
+    fetch_page,
     from_amount,
     from_uuid,
     page_limit,
@@ -169,6 +172,40 @@ async def list_grants_for_wallets(
             (uuids(wallet_ids), [state.value for state in states]),
         )
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_grants(
+    conn: Connection,
+    *,
+    wallet_id: int | None = None,
+    customer_id: int | None = None,
+    state: GrantState | None = None,
+    category: GrantCategory | None = None,
+    expires_before: datetime | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Grant], bool]:
+    """A page of grants with every filter given, in (created_at, id) order, and whether more
+    follow. `expires_before`: grants with an expiry strictly before it (never-expiring ones are
+    not); `customer_id`: the grants of that customer's wallets."""
+    conditions: list[Condition] = []
+    if wallet_id is not None:
+        conditions.append(("wallet_id = %s", (to_uuid(wallet_id),)))
+    if customer_id is not None:
+        conditions.append(
+            ("wallet_id IN (SELECT w.id FROM wallets w JOIN resources r ON r.id = w.resource_id"
+             " WHERE r.customer_id = %s)", (to_uuid(customer_id),))
+        )  # fmt: skip
+    if state is not None:
+        conditions.append(("state = %s", (state.value,)))
+    if category is not None:
+        conditions.append(("category = %s", (category.value,)))
+    if expires_before is not None:
+        conditions.append(("expires_at < %s", (expires_before,)))
+    rows, more = await fetch_page(
+        conn, f"SELECT {_COLUMNS} FROM grants", conditions, after=after, limit=limit
+    )
+    return [_row(row) for row in rows], more
 
 
 async def set_grant_state(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -74,6 +75,10 @@ async def test_catalog_objects_are_created_and_read_back(api: Api) -> None:
     )
 
 
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
 async def test_grants_are_issued_read_and_voided(api: Api) -> None:
     world = await make_world(api, granted=1000)
     assert (world.grant["wallet_id"], world.grant["amount"]) == (world.wallet["id"], 1000)
@@ -92,7 +97,24 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
     assert await balance(api, world.wallet["id"]) == (1300, 0, 0)
     r = await api.get(f"/v1/grants/{promo['id']}", key="runtime")
     assert r.status_code == 200, r.text
-    assert r.json() == {
+    block = r.json()
+    assert _at(block.pop("effective_at")) <= _at(block.pop("created_at"))
+    assert block == {
+        "id": promo["id"],
+        "wallet_id": world.wallet["id"],
+        "credit_type": world.code,
+        "amount": 300,
+        "category": "promotional",
+        "priority": 5,
+        "expires_at": None,
+        "consideration_minor": 0,
+        "currency": None,
+        "source": "admin",
+        "reason": "welcome",
+        "external_ref": None,
+        "state": "active",
+        "actor": "test-admin",
+        # The balances, as they were before the block's fields joined them.
         "grant_id": promo["id"],
         "granted": 300,
         "available": 300,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -46,10 +47,12 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 async def _tree(conn: db.Connection, *, tenant: int = 42) -> dict[str, int]:
-    """A credit type, a customer, and subscription > team > agent, each with a wallet."""
-    await credit_types.insert_credit_type(
-        conn, id=LEDGER, code="tokens", name="Tokens", asset_scale=2
-    )
+    """A credit type (once), a customer, and subscription > team > agent, each with a
+    wallet."""
+    if await credit_types.get_credit_type(conn, LEDGER) is None:
+        await credit_types.insert_credit_type(
+            conn, id=LEDGER, code="tokens", name="Tokens", asset_scale=2
+        )
     customer = await customers.insert_customer(conn, id=tenant * 1000, tenant=tenant, name="Acme")
     ids = {"customer": customer.id}
     parent: int | None = None
@@ -85,6 +88,11 @@ def _grant(wallet_id: int, grant_id: int, **overrides: Any) -> NewGrant:
     }
     fields.update(overrides)
     return NewGrant(**fields)
+
+
+def _at(row: Any) -> tuple[datetime, int]:
+    """Where a page that ends with `row` goes on from."""
+    return row.created_at, row.id
 
 
 async def _fails(conn: db.Connection, error: type[Exception], coro: Any) -> None:
@@ -124,11 +132,20 @@ async def test_u128_ids_and_amounts_round_trip(conn: db.Connection) -> None:
 async def test_customer_lookups_and_pages(conn: db.Connection) -> None:
     for n in range(1, 6):
         await customers.insert_customer(conn, id=n, tenant=n, name=f"c{n}", external_ref=f"ext-{n}")
-    first = await customers.list_customers(conn, limit=2)
-    second = await customers.list_customers(conn, after_id=first[-1].id, limit=2)
-    assert [c.id for c in first + second] == [1, 2, 3, 4]
     found = await customers.get_customer_by_external_ref(conn, "ext-3")
     assert found is not None and found.id == 3
+    # One transaction: every row has the same created_at, so the id orders them.
+    first, more = await customers.list_customers(conn, limit=2)
+    assert more
+    second, more = await customers.list_customers(conn, after=_at(first[-1]), limit=2)
+    third, more = await customers.list_customers(conn, after=_at(second[-1]), limit=2)
+    assert not more
+    assert [c.id for c in first + second + third] == [1, 2, 3, 4, 5]
+    assert await customers.list_customers(conn, external_ref="ext-3") == ([found], False)
+    assert await customers.list_customers(conn, customer_id=4) == (
+        [await customers.get_customer(conn, 4)],
+        False,
+    )
 
 
 async def test_wallets_by_resource_and_policy(conn: db.Connection) -> None:
@@ -240,6 +257,93 @@ async def test_budgets_and_prices(conn: db.Connection) -> None:
     assert await prices.list_prices(conn) == [second]
     assert await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
     assert not await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
+
+
+async def _page_all(fetch: Any, limit: int) -> list[Any]:
+    """Every row of a list, `limit` at a time, following the pages' positions."""
+    rows: list[Any] = []
+    after = None
+    while True:
+        page, more = await fetch(after=after, limit=limit)
+        rows += page
+        if not more:
+            return rows
+        after = _at(page[-1])
+
+
+async def test_lists_page_in_created_order_with_their_filters(conn: db.Connection) -> None:
+    ids = await _tree(conn)
+    other = await _tree(conn, tenant=43)
+    # Creation times out of id order: the lists follow created_at, then the id.
+    await conn.execute(
+        "UPDATE resources SET created_at = now() - interval '1 day' WHERE id = %s",
+        (to_uuid(ids["agent"]),),
+    )
+    listed, more = await resources.list_resources(conn, limit=10)
+    assert not more and len(listed) == 6
+    assert listed[0].id == ids["agent"]  # created first
+    one_by_one = await _page_all(partial(resources.list_resources, conn), 1)
+    assert [r.id for r in one_by_one] == [r.id for r in listed]
+    mine, _ = await resources.list_resources(conn, customer_id=ids["customer"])
+    assert {r.id for r in mine} == {ids["subscription"], ids["team"], ids["agent"]}
+    children, _ = await resources.list_resources(conn, parent_id=ids["team"])
+    assert [r.id for r in children] == [ids["agent"]]
+    teams, _ = await resources.list_resources(conn, kind=ResourceKind.TEAM)
+    assert {r.id for r in teams} == {ids["team"], other["team"]}
+    await conn.execute(
+        "UPDATE resources SET external_ref = 'crm-7' WHERE id = %s", (to_uuid(other["agent"]),)
+    )
+    found, _ = await resources.list_resources(conn, external_ref="crm-7")
+    assert [r.id for r in found] == [other["agent"]]
+    assert await resources.list_resources(
+        conn, external_ref="crm-7", customer_id=ids["customer"]
+    ) == ([], False)
+
+    theirs, _ = await wallets.list_wallets(conn, customer_id=other["customer"])
+    assert {w.id for w in theirs} == {
+        other[f"{k}_wallet"] for k in ("subscription", "team", "agent")
+    }
+    one, _ = await wallets.list_wallets(conn, resource_id=ids["team"], credit_type_id=LEDGER)
+    assert [w.id for w in one] == [ids["team_wallet"]]
+    assert len(await _page_all(partial(wallets.list_wallets, conn), 4)) == 6
+
+    soon, late = T0 + timedelta(days=1), T0 + timedelta(days=9)
+    await grants.insert_grant(conn, _grant(ids["agent_wallet"], 1, expires_at=soon))
+    await grants.insert_grant(
+        conn, _grant(ids["agent_wallet"], 2, state=GrantState.ACTIVE, expires_at=late)
+    )
+    await grants.insert_grant(
+        conn,
+        _grant(other["agent_wallet"], 3, category=GrantCategory.PAID, currency="EUR"),
+    )
+    expiring, _ = await grants.list_grants(conn, expires_before=late)
+    assert [g.id for g in expiring] == [1]  # strictly before; never-expiring ones are not
+    assert [g.id for g in (await grants.list_grants(conn, state=GrantState.ACTIVE))[0]] == [2]
+    paid, _ = await grants.list_grants(conn, category=GrantCategory.PAID)
+    assert [g.id for g in paid] == [3]
+    assert [g.id for g in (await grants.list_grants(conn, customer_id=ids["customer"]))[0]] == [
+        1,
+        2,
+    ]
+    assert [g.id for g in (await grants.list_grants(conn, wallet_id=other["agent_wallet"]))[0]] == [
+        3
+    ]
+
+    for budget_id, resource in ((7, ids["team"]), (8, other["team"])):
+        await budgets.insert_budget(
+            conn,
+            id=budget_id,
+            resource_id=resource,
+            credit_type_id=LEDGER,
+            period=BudgetPeriod.DAY,
+            cap=10,
+        )
+    await budgets.set_budget_active(conn, 8, False)
+    active, _ = await budgets.list_budgets(conn, active=True)
+    removed, _ = await budgets.list_budgets(conn, active=False)
+    assert ([b.id for b in active], [b.id for b in removed]) == ([7], [8])
+    both, _ = await budgets.list_budgets(conn, customer_id=other["customer"])
+    assert [b.id for b in both] == [8]
 
 
 # Constraints: the schema refuses what the services must never write.

@@ -8,6 +8,10 @@ sides accept the same values.
 Ids are strings (a u128 does not fit a JSON number): UUID text for objects and operations.
 Amounts are integers in the credit type's minor unit, 1 .. 2^63-1. Times are RFC 3339 UTC.
 Unknown fields are refused, so a typo is an error instead of a silently ignored field.
+
+Lists take their filters as query parameters, described by the `...Query` structs (decoded as
+strictly as bodies: an unknown parameter is refused), and answer a page: `items` and
+`next_cursor`, which is null on the last page and otherwise goes back as `cursor`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,23 @@ DIMENSIONS = Annotated[
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
+FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+AT = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339, with its offset")]
+# Pages of a list (the service's ledger.limits holds the same numbers; a test compares them).
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 1000
+CURSOR_CHARS_MAX = 200
+LIMIT = Annotated[
+    int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX, description="items per page (default 100)")
+]
+CURSOR = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=CURSOR_CHARS_MAX,
+        description="the previous page's next_cursor, as it came (opaque)",
+    ),
+]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,6 +68,20 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Out(msgspec.Struct, kw_only=True):
     pass
+
+
+class ListQuery(Strict):
+    """What every list takes: a page size and where to go on from."""
+
+    limit: LIMIT = PAGE_LIMIT_DEFAULT
+    cursor: CURSOR | None = None
+
+
+class Page(Out):
+    """What every list answers (with `items` of its own type): null `next_cursor` on the last
+    page."""
+
+    next_cursor: str | None
 
 
 # -- catalog ------------------------------------------------------------------------------------
@@ -77,6 +112,16 @@ class CustomerOut(Out):
     external_ref: str | None
 
 
+class CustomerQuery(ListQuery):
+    """`external_ref`: the customer your own system knows by that reference (0 or 1 item)."""
+
+    external_ref: REF | None = None
+
+
+class CustomerPage(Page):
+    items: list[CustomerOut]
+
+
 class ResourceKind(enum.StrEnum):
     SUBSCRIPTION = "subscription"
     TEAM = "team"
@@ -101,6 +146,19 @@ class ResourceOut(Out):
     external_ref: str | None
 
 
+class ResourceQuery(ListQuery):
+    """Every filter given applies; `external_ref` is unique per (customer, kind)."""
+
+    customer_id: ID | None = None
+    parent_id: ID | None = None
+    kind: ResourceKind | None = None
+    external_ref: REF | None = None
+
+
+class ResourcePage(Page):
+    items: list[ResourceOut]
+
+
 class OverdraftMode(enum.StrEnum):
     HARD = "hard"
     SOFT = "soft"
@@ -122,6 +180,16 @@ class WalletOut(Out):
     overdraft_mode: str
     overdraft_limit: int
     fall_through: bool
+
+
+class WalletQuery(ListQuery):
+    resource_id: ID | None = None
+    customer_id: ID | None = None
+    credit_type: CODE | None = None
+
+
+class WalletPage(Page):
+    items: list[WalletOut]
 
 
 class GrantBalanceOut(Out):
@@ -198,6 +266,63 @@ class GrantOut(Out):
     repaid_overdraft: int
 
 
+class GrantState(enum.StrEnum):
+    PENDING = "pending"  # recorded, its ledger side not yet written
+    ACTIVE = "active"
+    VOIDED = "voided"
+    EXPIRED = "expired"  # swept, and nothing of it held any more
+
+
+class GrantBlockOut(Out):
+    """A credit block as it was issued, and its state (no balances: see GrantDetailOut)."""
+
+    id: str
+    wallet_id: str
+    credit_type: str
+    amount: int
+    category: Category
+    priority: int
+    effective_at: dt.datetime
+    expires_at: dt.datetime | None
+    consideration_minor: int
+    currency: str | None
+    source: GrantSource
+    reason: str | None
+    external_ref: str | None
+    state: GrantState
+    actor: str
+    created_at: dt.datetime
+
+
+class GrantDetailOut(GrantBlockOut):
+    """A block with its balances from the ledger: the fields of GrantBalanceOut, as they were
+    (`grant_id` equals `id`)."""
+
+    grant_id: str
+    granted: int
+    available: int
+    held: int
+    consumed: int
+    expired: int
+    voided: int
+    refunded: int
+    repaid: int
+
+
+class GrantQuery(ListQuery):
+    """`expires_before`: blocks whose expiry is strictly before that time (never-expiring ones
+    are not)."""
+
+    wallet_id: ID | None = None
+    state: GrantState | None = None
+    category: Category | None = None
+    expires_before: AT | None = None
+
+
+class GrantPage(Page):
+    items: list[GrantBlockOut]
+
+
 class VoidIn(Strict):
     reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
@@ -211,7 +336,7 @@ class VoidOut(Out):
 
 
 class Usage(Strict):
-    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    feature: FEATURE
     quantity: AMOUNT
 
 
@@ -279,6 +404,26 @@ class ReservationOut(Out):
     timeout_s: int
     funded_by: list[FundingOut]
     status: str = "held"
+
+
+class ReservationStatus(enum.StrEnum):
+    HELD = "held"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class ReservationQuery(ListQuery, kw_only=True):
+    """A wallet's reservations, oldest first, read from the ledger. A page may hold fewer than
+    `limit` items (a status filter examines a bounded number of reservations per page): go on
+    while `next_cursor` is not null."""
+
+    wallet_id: ID
+    status: ReservationStatus | None = None
+
+
+class ReservationPage(Page):
+    items: list[ReservationOut]
 
 
 class Overage(enum.StrEnum):
@@ -357,6 +502,19 @@ class BudgetOut(Out):
     cap: int
     used: int | None = None
     headroom: int | None = None
+    active: bool = True  # false once removed: it no longer limits any spend
+
+
+class BudgetQuery(ListQuery):
+    """`active`: true (the default) lists budgets in force, false removed ones."""
+
+    resource_id: ID | None = None
+    credit_type: CODE | None = None
+    active: bool = True
+
+
+class BudgetPage(Page):
+    items: list[BudgetOut]
 
 
 class PriceIn(Strict):
