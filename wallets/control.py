@@ -106,7 +106,7 @@ class ControlPlane:
                 Budget(b.id, b.resource_id, b.credit_type_id, b.period, b.cap)
                 for b in snapshot.budgets
             ],
-            [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
+            [_price(p) for p in snapshot.prices],
             since=since,
         )
         await self.grant_service.track_voided([_grant(g) for g in voided])
@@ -163,10 +163,10 @@ class ControlPlane:
                 else:
                     self.catalog.drop_budget(row_id)
             elif table == "prices":
-                for price in await prices.list_prices(conn):
-                    self.catalog.put_price(
-                        price.feature, price.credit_type_id, price.credits_per_unit
-                    )
+                # A price row is never changed: the new one is all there is to learn.
+                price = await prices.get_price(conn, row_id)
+                if price is not None:
+                    self.catalog.put_price(*_price(price))
 
     async def follow(self, target: DatabaseSettings | str) -> None:
         """Keeps the cache current until cancelled: every catalog change (from any process)
@@ -489,48 +489,72 @@ class ControlPlane:
         actor: str,
         tenant: int = 0,
         key: str | None = None,
-    ) -> tuple[None, bool]:
-        """Sets a feature's price, once per key when a key is given (the API always gives one)."""
+        effective_at: dt.datetime | None = None,
+    ) -> tuple[prices.Price, bool]:
+        """A new price of a feature from `effective_at` (default now, never in the past), once
+        per key when a key is given (the API always gives one). The price before it stays in
+        force until then, and stays in the history."""
         if not feature or len(feature) > 128:
             raise InvalidRequest("feature must be 1..128 characters", field="feature")
         if not 0 <= credits_per_unit <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("credits_per_unit out of range", field="credits_per_unit")
+        now = datetime_of_ns(self.service.clock_ns())
+        starts = now if effective_at is None else effective_at
+        if key is None:
+            price_id = derive_id("price", feature, ledger, ns_of_datetime(starts))
+        else:
+            price_id = derive_id("price", tenant, key)
 
         async def first(conn: Connection) -> None:
-            await prices.upsert_price(
+            # Checked on the first attempt only: a replay answers what was done, even once
+            # its effective_at has passed.
+            if starts < now:
+                raise InvalidRequest(
+                    "effective_at must not be in the past: a price takes effect from now or "
+                    "later, so that every spend was priced by the history as it stands",
+                    field="effective_at",
+                )
+            await prices.insert_price(
                 conn,
-                id=derive_id("price", feature, ledger),
+                id=price_id,
                 feature=feature,
                 credit_type_id=ledger,
                 credits_per_unit=credits_per_unit,
+                effective_at=starts,
             )
             await audit.append(
                 conn,
                 actor=actor,
                 action="price.set",
+                object_type="price",
+                object_id=price_id,
                 details={
                     "feature": feature,
                     "ledger": str(ledger),
                     "credits_per_unit": str(credits_per_unit),
+                    "effective_at": starts.isoformat(),
                 },
             )
 
-        async def then() -> None:
-            self.catalog.put_price(feature, ledger, credits_per_unit)
+        async def then() -> prices.Price:
+            async with self.pool.connection() as conn:
+                row = await prices.get_price(conn, price_id)
+            assert row is not None
+            self.catalog.put_price(*_price(row))
+            return row
 
         if key is None:
             async with self.pool.connection() as conn, conn.transaction():
                 await first(conn)
-            await then()
-            return None, False
+            return await then(), False
         return await self._once(
             tenant=tenant,
             key=key,
             operation="price.set",
-            request=(feature, ledger, credits_per_unit),
+            request=(feature, ledger, credits_per_unit, effective_at),
             first=first,
             then=then,
-            result_type=type(None),
+            result_type=prices.Price,
         )
 
     async def refund(
@@ -749,6 +773,11 @@ def _wallet(w: wallets.Wallet) -> Wallet:
         w.overdraft_limit,
         w.fall_through,
     )
+
+
+def _price(p: prices.Price) -> tuple[str, int, int, int]:
+    """A price's entry as the cache keeps it: feature, ledger, from when (ns), credits."""
+    return p.feature, p.credit_type_id, ns_of_datetime(p.effective_at), p.credits_per_unit
 
 
 def _grant(g: grants.Grant) -> Grant:

@@ -1,4 +1,4 @@
-"""Budgets and prices."""
+"""Budgets: spending caps on a resource per period; their changes and removal."""
 
 from __future__ import annotations
 
@@ -56,14 +56,10 @@ OPS = {
     ),
     "get_budget": operation(*READ_PROBLEMS, idempotent=False),
     "list_budgets": operation(*LIST_PROBLEMS, idempotent=False, query=w.BudgetQuery),
-    "set_price": operation(
-        *ADMIN_PROBLEMS,
-        example={"feature": "chat-tokens", "credit_type": "credits", "credits_per_unit": 2},
-    ),
 }
 
 
-# -- budgets and prices ---------------------------------------------------------------------------
+# -- budgets --------------------------------------------------------------------------------------
 
 
 @post(
@@ -166,40 +162,8 @@ async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.Budge
     return w.BudgetPage(items=items, next_cursor=cursor)
 
 
-@post(
-    "/v1/prices",
-    operation_class=OPS["set_price"],
-    opt={"scopes": {"admin"}},
-    status_code=201,
-    tags=["budgets"],
-    description="A feature's price in credits per unit, so request paths may send usage "
-    "quantities and prices change without a deploy.",
-)
-async def set_price(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
-) -> Response[w.PriceOut]:
-    principal = principal_of(request)
-    data = await strict_body(request, w.PriceIn)
-    if principal.customer_id is not None:
-        raise NotFound("prices are set by unbound admin keys only")
-    services = services_of(state)
-    _, replayed = await services.control.set_price(
-        feature=data.feature,
-        ledger=ledger_of(services, data.credit_type),
-        credits_per_unit=data.credits_per_unit,
-        actor=principal.name,
-        tenant=principal.tenant,
-        key=key_of(request),
-    )
-    body = w.PriceOut(
-        feature=data.feature, credit_type=data.credit_type, credits_per_unit=data.credits_per_unit
-    )
-    return reply(body, replayed, 201)
-
-
 ROUTES = [
     create_budget,
     get_budget,
     list_budgets,
-    set_price,
 ]

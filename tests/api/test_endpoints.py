@@ -247,7 +247,14 @@ async def test_usage_is_priced_on_debits_reservations_and_settles(api: Api) -> N
         "/v1/prices", {"feature": "gpu-s", "credit_type": world.code, "credits_per_unit": 7}
     )
     assert r.status_code == 201, r.text
-    assert r.json() == {"feature": "gpu-s", "credit_type": world.code, "credits_per_unit": 7}
+    price = r.json()
+    assert (price["feature"], price["credit_type"], price["credits_per_unit"]) == (
+        "gpu-s",
+        world.code,
+        7,
+    )
+    # Now: just before the row was written.
+    assert _at(price["effective_at"]) <= _at(price["created_at"])
 
     r = await api.post(
         "/v1/debits", world.spend(usage={"feature": "gpu-s", "quantity": 3}), key="runtime"

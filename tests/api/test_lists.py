@@ -30,6 +30,7 @@ LISTS = (
     "/v1/wallets",
     "/v1/grants",
     "/v1/budgets",
+    "/v1/prices",
 )
 
 
@@ -275,6 +276,7 @@ async def test_budgets_filter_by_resource_and_credit_type(api: Api) -> None:
         ("/v1/budgets", {"active": "maybe"}, "active"),
         ("/v1/reservations", {}, "wallet_id"),
         ("/v1/reservations", {"wallet_id": MISSING_ID, "status": "lost"}, "status"),
+        ("/v1/prices/current", {"feature": "f"}, "credit_type"),
     ],
 )
 async def test_bad_list_parameters_are_refused_naming_them(
@@ -290,7 +292,7 @@ async def test_a_parameter_given_twice_and_a_cursor_of_another_list_are_refused(
     r = await get(api, "/v1/customers", limit=1)
     cursor = r.json()["next_cursor"]
     assert cursor is not None
-    for other in ("/v1/resources", "/v1/wallets", "/v1/grants", "/v1/budgets"):
+    for other in ("/v1/resources", "/v1/wallets", "/v1/grants", "/v1/budgets", "/v1/prices"):
         assert_problem(await get(api, other, cursor=cursor), "validation_error", field="cursor")
     # An edited cursor is refused, not read as some other position.
     assert_problem(

@@ -13,13 +13,14 @@ from grants.errors import IdempotencyConflict, InvalidRequest
 from grants.model import Category
 from ledger import db
 from ledger.client import open_ledger
+from ledger.clock import ns_of_datetime
 from ledger.embedded import EmbeddedEngine
 from ledger.repositories import grants as grant_rows
 from ledger.repositories import idempotency
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
-from wallets.catalog import Catalog, Wallet
+from wallets.catalog import Catalog, PathError, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.service import CreditService
 
@@ -233,15 +234,36 @@ async def test_void_and_sweep_keep_postgres_in_step(plane: ControlPlane, pool: d
 
 async def test_prices_are_cached_and_loaded(plane: ControlPlane) -> None:
     await _world(plane, 9)
-    await plane.set_price(feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a")
-    assert plane.catalog.price("gpt-tokens", 109, 1000) == 3000
+    now_ns = plane.service.clock_ns()
+    first, _ = await plane.set_price(
+        feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a"
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    await plane.set_price(
+        feature="gpt-tokens", ledger=109, credits_per_unit=5, actor="a", effective_at=later
+    )
+    later_ns = ns_of_datetime(later)
+    assert plane.catalog.price("gpt-tokens", 109, 1000, now_ns + 10**9) == 3000
+    assert plane.catalog.price("gpt-tokens", 109, 1000, later_ns) == 5000
     fresh = ControlPlane(
         plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
     )
     await fresh.load()
-    assert fresh.catalog.price("gpt-tokens", 109, 2) == 6
+    # The whole history is cached: the price of each time, the one to come included.
+    assert fresh.catalog.price("gpt-tokens", 109, 2, later_ns - 1) == 6
+    assert fresh.catalog.price("gpt-tokens", 109, 2, later_ns) == 10
+    with pytest.raises(PathError):
+        fresh.catalog.price("gpt-tokens", 109, 2, ns_of_datetime(first.effective_at) - 1)
     with pytest.raises(InvalidRequest):
         await plane.set_price(feature="", ledger=109, credits_per_unit=3, actor="a")
+    with pytest.raises(InvalidRequest, match="past"):
+        await plane.set_price(
+            feature="gpt-tokens",
+            ledger=109,
+            credits_per_unit=3,
+            actor="a",
+            effective_at=first.effective_at,
+        )
 
 
 async def test_refunds_are_audited(plane: ControlPlane, pool: db.Pool) -> None:

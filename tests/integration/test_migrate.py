@@ -41,6 +41,7 @@ async def test_the_packaged_migrations_apply_once(
             "0002_grant_expired_state",
             "0003_api_keys",
             "0004_list_indexes",
+            "0005_price_history",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -66,6 +67,7 @@ async def test_the_packaged_migrations_apply_once(
             "grant_expired_state",
             "api_keys",
             "list_indexes",
+            "price_history",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

@@ -246,17 +246,39 @@ async def test_budgets_and_prices(conn: db.Connection) -> None:
         len(await budgets.list_budgets_for_resources(conn, [ids["team"]], active_only=False)) == 1
     )
 
-    first = await prices.upsert_price(
-        conn, id=500, feature="gpt-x.input_tokens", credit_type_id=LEDGER, credits_per_unit=3
+    feature = "gpt-x.input_tokens"
+    first = await prices.insert_price(
+        conn, id=500, feature=feature, credit_type_id=LEDGER, credits_per_unit=3, effective_at=T0
     )
-    second = await prices.upsert_price(
-        conn, id=501, feature="gpt-x.input_tokens", credit_type_id=LEDGER, credits_per_unit=4
+    later = T0 + timedelta(days=30)
+    second = await prices.insert_price(
+        conn, id=501, feature=feature, credit_type_id=LEDGER, credits_per_unit=4, effective_at=later
     )
-    assert second.id == first.id == 500 and second.credits_per_unit == 4
-    assert await prices.get_price(conn, "gpt-x.input_tokens", LEDGER) == second
-    assert await prices.list_prices(conn) == [second]
-    assert await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
-    assert not await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
+    # A new price is a new entry: the first one stays, in force until the second's time.
+    assert (first.id, second.id, second.credits_per_unit) == (500, 501, 4)
+    assert await prices.get_price(conn, 500) == first
+    assert await prices.price_at(conn, feature, LEDGER, T0 - timedelta(microseconds=1)) is None
+    assert await prices.price_at(conn, feature, LEDGER, T0) == first
+    assert await prices.price_at(conn, feature, LEDGER, later - timedelta(microseconds=1)) == first
+    assert await prices.price_at(conn, feature, LEDGER, later) == second
+    assert await prices.list_all_prices(conn) == [first, second]
+    assert await prices.list_prices(conn, feature=feature, credit_type_id=LEDGER) == (
+        [first, second],
+        False,
+    )
+    # Two entries of one feature cannot start at the same instant.
+    await _fails(
+        conn,
+        errors.UniqueViolation,
+        prices.insert_price(
+            conn,
+            id=502,
+            feature=feature,
+            credit_type_id=LEDGER,
+            credits_per_unit=5,
+            effective_at=T0,
+        ),
+    )
 
 
 async def _page_all(fetch: Any, limit: int) -> list[Any]:
@@ -377,7 +399,9 @@ async def test_amount_constraints(conn: db.Connection) -> None:
     await _fails(
         conn,
         errors.CheckViolation,
-        prices.upsert_price(conn, id=1, feature="f", credit_type_id=LEDGER, credits_per_unit=-1),
+        prices.insert_price(
+            conn, id=1, feature="f", credit_type_id=LEDGER, credits_per_unit=-1, effective_at=T0
+        ),
     )
 
 
@@ -795,8 +819,8 @@ async def test_catalog_snapshot_reads_what_the_hot_path_needs(pool: db.Pool) -> 
             period=BudgetPeriod.WEEK,
             cap=10,
         )
-        await prices.upsert_price(
-            conn, id=1, feature="chat", credit_type_id=LEDGER, credits_per_unit=2
+        await prices.insert_price(
+            conn, id=1, feature="chat", credit_type_id=LEDGER, credits_per_unit=2, effective_at=T0
         )
         snapshot = await load_catalog_snapshot(conn)
     assert [c.id for c in snapshot.credit_types] == [LEDGER]

@@ -518,15 +518,42 @@ class BudgetPage(Page):
 
 
 class PriceIn(Strict):
-    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    """A new price of a feature from `effective_at` (default now; never in the past): the
+    price before it stays in force until then, and stays readable."""
+
+    feature: FEATURE
     credit_type: CODE
     credits_per_unit: AMOUNT0
+    effective_at: AT | None = None
 
 
 class PriceOut(Out):
+    id: str
     feature: str
     credit_type: str
     credits_per_unit: int
+    effective_at: dt.datetime
+    created_at: dt.datetime
+
+
+class PriceQuery(ListQuery):
+    """Prices in the order they take effect: with `feature` and `credit_type`, that price's
+    history."""
+
+    feature: FEATURE | None = None
+    credit_type: CODE | None = None
+
+
+class PricePage(Page):
+    items: list[PriceOut]
+
+
+class PriceAtQuery(Strict):
+    """The price in force at `at` (default now)."""
+
+    feature: FEATURE
+    credit_type: CODE
+    at: AT | None = None
 
 
 # -- keys -----------------------------------------------------------------------------------------
