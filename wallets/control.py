@@ -15,6 +15,7 @@ TigerBeetle that Postgres has not recorded first.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -27,9 +28,16 @@ from grants.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFoun
 from grants.model import Category, Grant, Source
 from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
 from ledger.clock import datetime_of_ns, ns_of_datetime
+from ledger.codes import AccountCode
 from ledger.db import Connection, DatabaseSettings, Pool
-from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
-from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, U32_MAX
+from ledger.ids import (
+    derive_id,
+    idempotency_key_bytes,
+    operation_id,
+    overdraft_account_id,
+    request_fingerprint,
+)
+from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, BATCH_EVENTS_MAX, U32_MAX
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories import (
     audit,
@@ -41,11 +49,28 @@ from ledger.repositories import (
     idempotency,
     prices,
     resources,
+    wallet_changes,
     wallets,
 )
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
-from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
+from ledger.repositories.wallet_changes import ChangeState
+from wallets.catalog import (
+    Budget,
+    Catalog,
+    CreditType,
+    OverdraftMode,
+    Period,
+    Resource,
+    Wallet,
+    period_start_ns,
+)
+from wallets.limit_accounts import (
+    LimitMove,
+    budget_period_account,
+    move_limit,
+    open_limit_account,
+)
 from wallets.service import CreditService
 
 R = TypeVar("R")
@@ -70,6 +95,15 @@ class ReconcileReport(msgspec.Struct, frozen=True):
     credit_types: int  # whose system accounts were (re)ensured
     wallets: int  # whose accounts were (re)ensured
     grants_finished: list[int]  # pending grants brought to 'active'
+    wallet_changes_finished: list[int] = []  # pending policy changes applied or refused
+    budgets: int = 0  # active budgets whose current period holds their cap
+    # Wallets whose overdraft account the ledger would not bring to the limit Postgres records
+    # (more drawn than it): never expected, since a wallet's row changes after its ledger does.
+    limits_refused: list[int] = []
+
+
+class PolicyRefused(Conflict):
+    """The ledger refused a change of an overdraft limit: more is drawn than the new limit."""
 
 
 class ControlPlane:
@@ -661,8 +695,13 @@ class ControlPlane:
         fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
         async with self.pool.connection() as conn, conn.transaction():
             # Grants to one wallet are issued one at a time, across processes: the bounded
-            # overdraft's repay is computed from a read of its deficit.
-            await wallets.lock_wallet(conn, row.wallet_id)
+            # overdraft's repay is computed from a read of its deficit. And with its limit: the
+            # row, read under the lock that changes of the limit hold too, is what the ledger
+            # holds; this process's cache may not have heard of a change yet.
+            locked = await wallets.lock_wallet(conn, row.wallet_id)
+            assert locked is not None
+            if self.catalog.wallets.get(locked.id) != _wallet(locked):
+                self.catalog.put_wallet(_wallet(locked))
             result = await self.grant_service.issue(
                 _grant(row), tenant=tenant, fingerprint=fingerprint
             )
@@ -721,25 +760,343 @@ class ControlPlane:
             result_type=SweepResult,
         )
 
+    # -- changes of a wallet's policy and of a budget -----------------------------------------
+
+    async def update_wallet(
+        self,
+        wallet_id: int,
+        *,
+        actor: str,
+        tenant: int,
+        key: str,
+        overdraft_mode: OverdraftMode | None = None,
+        overdraft_limit: int | None = None,
+        fall_through: bool | None = None,
+    ) -> tuple[Wallet, bool]:
+        """Changes a wallet's overdraft mode or limit or its fall-through, once per key; the
+        ledger moves with it (migration 0006 states the order). Every switch of mode is
+        supported: leaving 'soft' lowers its bounded account to 0, so like any lowering it is
+        refused (PolicyRefused, nothing changed) while more than the new limit is drawn, held
+        draws included. What an unbounded wallet owes stays owed when it leaves 'unbounded',
+        and its next grants repay it."""
+        if overdraft_mode is None and overdraft_limit is None and fall_through is None:
+            raise InvalidRequest("name at least one field to change", field="overdraft_mode")
+        change_id = derive_id("wallet/change", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await wallets.lock_wallet(conn, wallet_id)
+            if row is None:
+                raise NotFound(f"wallet {wallet_id} not found")
+            if await wallet_changes.pending_change_of(conn, wallet_id) is not None:
+                raise Conflict("another change of this wallet is being applied; try again")
+            mode, limit = _policy(row, overdraft_mode, overdraft_limit)
+            await wallet_changes.insert_change(
+                conn,
+                id=change_id,
+                wallet_id=wallet_id,
+                overdraft_mode=mode,
+                overdraft_limit=limit,
+                fall_through=row.fall_through if fall_through is None else fall_through,
+                actor=actor,
+            )
+
+        async def then() -> Wallet:
+            return await self._apply_wallet_change(change_id)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="wallet.update",
+            request={
+                "wallet_id": str(wallet_id),
+                "overdraft_mode": overdraft_mode,
+                "overdraft_limit": overdraft_limit,
+                "fall_through": fall_through,
+            },
+            first=first,
+            then=then,
+            result_type=Wallet,
+        )
+
+    async def _apply_wallet_change(self, change_id: int) -> Wallet:
+        """Steps 2 and 3 of a change of policy: the ledger, then the wallet row and the
+        change's state, under the wallet's row lock (grants to the wallet wait: a repay reads
+        the limit). Idempotent; a refused change raises PolicyRefused every time."""
+        async with self.pool.connection() as conn, conn.transaction():
+            change = await wallet_changes.get_change(conn, change_id)
+            assert change is not None
+            row = await wallets.lock_wallet(conn, change.wallet_id)
+            assert row is not None
+            if change.state is ChangeState.APPLIED:
+                return _wallet(row)
+            refusal = change.refusal
+            if change.state is ChangeState.PENDING:
+                refusal = await self._write_wallet_change(conn, change, row)
+        if refusal is not None:
+            raise PolicyRefused(refusal)
+        wallet = _changed(row, change)
+        self.catalog.put_wallet(wallet)
+        return wallet
+
+    async def _write_wallet_change(
+        self, conn: Connection, change: wallet_changes.WalletChange, row: wallets.Wallet
+    ) -> str | None:
+        """Moves the ledger to the change, then records it (or its refusal) on `conn`, in the
+        caller's transaction; the refusal's reason, or None."""
+        wallet = _changed(row, change)
+        tenant = self.catalog.resources[wallet.resource_id].tenant
+        move = await self._open_wallet(wallet, tenant, operation=change.id)
+        before, after = _policy_details(_wallet(row)), _policy_details(wallet)
+        if move.refused:
+            refusal = (
+                f"the overdraft has {move.before - move.balance} drawn (held draws included): "
+                f"its limit cannot go below that (asked: {after['overdraft_limit']})"
+            )
+            await wallet_changes.finish_change(
+                conn, change.id, ChangeState.REFUSED, refusal=refusal
+            )
+            await audit.append(
+                conn,
+                actor=change.actor,
+                action="wallet.update_refused",
+                object_type="wallet",
+                object_id=wallet.id,
+                reason=refusal,
+                details={"from": before, "to": after},
+            )
+            return refusal
+        await wallets.update_wallet_policy(
+            conn,
+            wallet.id,
+            overdraft_mode=wallet.overdraft_mode,
+            overdraft_limit=wallet.overdraft_limit,
+            # A soft wallet names its bounded account, an unbounded one its debt account; a
+            # hard one keeps what it named, since a deficit may still be owed there.
+            overdraft_account_id=wallet.overdraft_account_id or row.overdraft_account_id,
+            fall_through=wallet.fall_through,
+        )
+        await wallet_changes.finish_change(conn, change.id, ChangeState.APPLIED)
+        await audit.append(
+            conn,
+            actor=change.actor,
+            action="wallet.update",
+            object_type="wallet",
+            object_id=wallet.id,
+            details={"from": before, "to": after},
+        )
+        return None
+
+    async def _open_wallet(self, wallet: Wallet, tenant: int, *, operation: int) -> LimitMove:
+        """The wallet's accounts, and its bounded overdraft account at its limit: the soft
+        limit, or 0 once the wallet has left 'soft'. The caller holds the wallet's row lock."""
+        move = await self.service.open_wallet(wallet, tenant, operation=operation)
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            return move
+        return await self.service.sync_overdraft_limit(wallet, tenant, operation=operation)
+
+    async def update_budget(
+        self, budget_id: int, *, cap: int, actor: str, tenant: int, key: str
+    ) -> tuple[Budget, bool]:
+        """Changes a budget's cap, once per key: Postgres first, then the current period's
+        account on the ledger (raised by the difference; lowered by what headroom it has,
+        never below what the period used). Later periods open with the new cap."""
+        if not 1 <= cap <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("cap out of range", field="cap")
+        change_id = derive_id("budget/change", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await _active_budget(conn, budget_id)
+            await budgets.set_budget_cap(conn, budget_id, cap)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="budget.update",
+                object_type="budget",
+                object_id=budget_id,
+                details={"from": {"cap": str(row.cap)}, "to": {"cap": str(cap)}},
+            )
+
+        async def then() -> Budget:
+            return await self._sync_budget(budget_id, operation=change_id)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="budget.update",
+            request={"budget_id": str(budget_id), "cap": cap},
+            first=first,
+            then=then,
+            result_type=Budget,
+        )
+
+    async def _sync_budget(self, budget_id: int, *, operation: int) -> Budget:
+        """The current period's account of an active budget brought to its cap (opened and
+        funded if no spend has yet), under the budget's row lock; the budget as it stands."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await budgets.lock_budget(conn, budget_id)
+            assert row is not None
+            budget = Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
+            if row.active:
+                tenant = self.catalog.resources[row.resource_id].tenant
+                start_ns = period_start_ns(row.period, self.service.clock_ns())
+                account = budget_period_account(
+                    row.id, row.resource_id, row.credit_type_id, tenant, start_ns
+                )
+                await open_limit_account(self.service.ledger, account, AccountCode.BUDGET)
+                await move_limit(self.service.ledger, account, row.cap, operation=operation)
+        if row.active:
+            self.catalog.put_budget(budget)
+        return budget
+
+    async def remove_budget(
+        self, budget_id: int, *, actor: str, tenant: int, key: str
+    ) -> tuple[Budget, bool]:
+        """Removes a budget, once per key: it stops applying to new spends at once (this
+        process's cache now, the others' on the change's notification). Its ledger accounts
+        stay: reservations made under it settle against them."""
+
+        async def first(conn: Connection) -> None:
+            await _active_budget(conn, budget_id)
+            await budgets.set_budget_active(conn, budget_id, False)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="budget.remove",
+                object_type="budget",
+                object_id=budget_id,
+            )
+
+        async def then() -> Budget:
+            async with self.pool.connection() as conn:
+                row = await budgets.get_budget(conn, budget_id)
+            assert row is not None
+            self.catalog.drop_budget(budget_id)
+            return Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="budget.remove",
+            request={"budget_id": str(budget_id)},
+            first=first,
+            then=then,
+            result_type=Budget,
+        )
+
     async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
-        pending grants funded and activated, their idempotency records completed."""
+        pending changes of a wallet's policy applied (or refused), overdraft limits and the
+        current period of every active budget brought to what Postgres records, pending grants
+        funded and activated."""
         cutoff = datetime_of_ns(self.service.clock_ns() - int(older_than_s * NS))
         async with self.pool.connection() as conn:
             types = await credit_types.list_credit_types(conn)
             all_wallets = await wallets.list_all_wallets(conn)
             pending = await grants.list_pending_grants(conn, cutoff)
+            changes = await wallet_changes.list_pending_changes(conn, cutoff)
+            active_budgets = await budgets.list_all_active_budgets(conn)
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
         for credit_type in types:
             await self.service.open_ledger(credit_type.id)
-        for w in all_wallets:
-            await self.service.open_wallet(_wallet(w), tenants[owners[w.resource_id]])
+        changed = []
+        for change in changes:
+            with contextlib.suppress(PolicyRefused):
+                await self._apply_wallet_change(change.id)
+            changed.append(change.id)
+        refused = await self._reconcile_wallets(all_wallets, tenants, owners)
+        for budget in active_budgets:
+            await self._sync_budget(budget.id, operation=0)
         finished = []
         for row in pending:
             await self._finish_grant(row)
             finished.append(row.id)
-        return ReconcileReport(len(types), len(all_wallets), finished)
+        return ReconcileReport(
+            len(types), len(all_wallets), finished, changed, len(active_budgets), refused
+        )
+
+    async def _reconcile_wallets(
+        self, rows: list[wallets.Wallet], tenants: dict[int, int], owners: dict[int, int]
+    ) -> list[int]:
+        """Every wallet's accounts ensured; a wallet that has a bounded overdraft account (soft,
+        or soft once) brought to its limit under its row lock, unless a change of it is still
+        pending. The wallets whose ledger refused: none, unless something is wrong."""
+        async with self.pool.connection() as conn:
+            busy = await wallet_changes.pending_wallet_ids(conn)
+        bounded: set[int] = set()
+        for start in range(0, len(rows), BATCH_EVENTS_MAX):
+            ids = [
+                overdraft_account_id(w.id, AccountCode.OVERDRAFT)
+                for w in rows[start : start + BATCH_EVENTS_MAX]
+            ]
+            bounded.update(a.id for a in await self.service.ledger.lookup_accounts(ids))
+        refused = []
+        for row in rows:
+            wallet = _wallet(row)
+            tenant = tenants[owners[row.resource_id]]
+            soft_once = overdraft_account_id(row.id, AccountCode.OVERDRAFT) in bounded
+            if row.id in busy or (
+                wallet.overdraft_mode is not OverdraftMode.SOFT and not soft_once
+            ):
+                await self.service.open_wallet(wallet, tenant)
+                continue
+            async with self.pool.connection() as conn, conn.transaction():
+                locked = await wallets.lock_wallet(conn, row.id)
+                assert locked is not None
+                move = await self._open_wallet(_wallet(locked), tenant, operation=0)
+            if move.refused:
+                refused.append(row.id)
+        return refused
+
+
+def _policy(
+    row: wallets.Wallet, mode: OverdraftMode | None, limit: int | None
+) -> tuple[OverdraftMode, int]:
+    """The overdraft mode and limit a change asks for, from what it names and the wallet as it
+    is: a limit alone changes a soft wallet's limit; a mode alone keeps a soft limit only while
+    the wallet stays soft."""
+    new_mode = row.overdraft_mode if mode is None else mode
+    if limit is None:
+        if new_mode is OverdraftMode.SOFT and row.overdraft_mode is not OverdraftMode.SOFT:
+            raise InvalidRequest(
+                "a wallet made soft needs its overdraft_limit", field="overdraft_limit"
+            )
+        limit = row.overdraft_limit if new_mode is OverdraftMode.SOFT else 0
+    if (new_mode is OverdraftMode.SOFT) != (limit > 0):
+        raise InvalidRequest(
+            "overdraft_limit > 0 goes with, and only with, a soft limit", field="overdraft_limit"
+        )
+    if not 0 <= limit <= AMOUNT_MAX_REQUEST:
+        raise InvalidRequest("overdraft_limit out of range", field="overdraft_limit")
+    return new_mode, limit
+
+
+def _changed(row: wallets.Wallet, change: wallet_changes.WalletChange) -> Wallet:
+    return Wallet(
+        row.id,
+        row.resource_id,
+        row.credit_type_id,
+        change.overdraft_mode,
+        change.overdraft_limit,
+        change.fall_through,
+    )
+
+
+def _policy_details(wallet: Wallet) -> dict[str, Any]:
+    """A policy for the audit log (amounts as strings, like every amount there)."""
+    return {
+        "overdraft_mode": wallet.overdraft_mode.value,
+        "overdraft_limit": str(wallet.overdraft_limit),
+        "fall_through": wallet.fall_through,
+    }
+
+
+async def _active_budget(conn: Connection, budget_id: int) -> budgets.Budget:
+    """The budget, locked, if it is in force; NotFound once removed (or never there)."""
+    row = await budgets.lock_budget(conn, budget_id)
+    if row is None or not row.active:
+        raise NotFound(f"budget {budget_id} not found")
+    return row
 
 
 def _lock_key(kind: str, object_id: int) -> int:

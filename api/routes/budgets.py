@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from credit_ledger_client import schemas as w
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
@@ -19,7 +19,7 @@ from api.common import (
     resource_customer,
     sid,
 )
-from api.openapi import operation
+from api.openapi import COMMON, operation
 from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
@@ -27,6 +27,7 @@ from api.routes.shared import (
     LIST_PROBLEMS,
     READ_PROBLEMS,
     created,
+    documented_body,
     key_of,
     ledger_filter,
     principal_of,
@@ -56,6 +57,8 @@ OPS = {
     ),
     "get_budget": operation(*READ_PROBLEMS, idempotent=False),
     "list_budgets": operation(*LIST_PROBLEMS, idempotent=False, query=w.BudgetQuery),
+    "update_budget": operation(*ADMIN_PROBLEMS, example={"cap": 80000}),
+    "remove_budget": operation(*COMMON, "validation_error", "idempotency_conflict", "not_found"),
 }
 
 
@@ -162,8 +165,71 @@ async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.Budge
     return w.BudgetPage(items=items, next_cursor=cursor)
 
 
+async def _budget_row(services: Services, principal: Any, budget_id: str) -> budgets.Budget:
+    """The budget as Postgres has it (removed ones too, so that a removal replays), inside the
+    key's boundary."""
+    bid = parse_id(budget_id, "budget_id")
+    async with services.pool.connection() as conn:
+        row = await budgets.get_budget(conn, bid)
+    if row is None:
+        raise NotFound("budget not found")
+    own(principal, resource_customer(services, row.resource_id), "budget")
+    return row
+
+
+@patch(
+    "/v1/budgets/{budget_id:str}",
+    operation_class=OPS["update_budget"],
+    dependencies=documented_body(w.BudgetPatchIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["budgets"],
+    description="Change a budget's cap. The current period's account on the ledger moves with "
+    "it: a raise is credited at once; a cut takes back the headroom left, never what the "
+    "period has used (a period used past its new cap has no headroom, and what a released "
+    "reservation gives back later is taken back by reconciliation). Later periods open with "
+    "the new cap. Audited; 404 once removed.",
+)
+async def update_budget(
+    request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
+) -> Response[w.BudgetOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.BudgetPatchIn)
+    services = services_of(state)
+    row = await _budget_row(services, principal, budget_id)
+    budget, replayed = await services.control.update_budget(
+        row.id, cap=data.cap, actor=principal.name, tenant=principal.tenant, key=key_of(request)
+    )
+    return reply(_budget_out(services, budget, None), replayed)
+
+
+@delete(
+    "/v1/budgets/{budget_id:str}",
+    operation_class=OPS["remove_budget"],
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["budgets"],
+    description="Remove a budget: it stops limiting new spends at once, in every process "
+    "(their caches drop it on the change's notification). It stays listed with "
+    "`active=false`; reservations made under it settle as they were made. Audited; needs an "
+    "Idempotency-Key like every change (a replay answers the same, with Idempotency-Hit).",
+)
+async def remove_budget(
+    request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
+) -> Response[w.BudgetOut]:
+    principal = principal_of(request)
+    services = services_of(state)
+    row = await _budget_row(services, principal, budget_id)
+    budget, replayed = await services.control.remove_budget(
+        row.id, actor=principal.name, tenant=principal.tenant, key=key_of(request)
+    )
+    return reply(_budget_out(services, budget, None, active=False), replayed)
+
+
 ROUTES = [
     create_budget,
     get_budget,
+    update_budget,
+    remove_budget,
     list_budgets,
 ]

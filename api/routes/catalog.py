@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from credit_ledger_client import schemas as w
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -27,6 +27,7 @@ from api.routes.shared import (
     LIST_PROBLEMS,
     READ_PROBLEMS,
     created,
+    documented_body,
     grant_balance_out,
     key_of,
     ledger_filter,
@@ -73,6 +74,9 @@ OPS = {
     ),
     "get_wallet": operation(*READ_PROBLEMS, idempotent=False),
     "list_wallets": operation(*LIST_PROBLEMS, idempotent=False, query=w.WalletQuery),
+    "update_wallet": operation(
+        *ADMIN_PROBLEMS, example={"overdraft_mode": "soft", "overdraft_limit": 800}
+    ),
     "wallet_entries": operation(*READ_PROBLEMS, idempotent=False),
 }
 
@@ -373,6 +377,43 @@ async def get_wallet(
     )
 
 
+@patch(
+    "/v1/wallets/{wallet_id:str}",
+    operation_class=OPS["update_wallet"],
+    dependencies=documented_body(w.WalletPatchIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["catalog"],
+    description="Change a wallet's overdraft mode or limit, or its fall-through: the fields "
+    "given change, the rest stay. The ledger moves with it: a soft wallet's overdraft account "
+    "is credited the raise, or debited the cut. Every switch of mode is allowed; a lower limit "
+    "(leaving 'soft' lowers it to 0) is refused with 409 `conflict` while more than it is "
+    "drawn, held draws included, and then nothing changes. A debt of an unbounded wallet stays "
+    "owed when it leaves 'unbounded' (its next grants repay it). Audited; one change of a "
+    "wallet at a time (409 while another is being applied).",
+)
+async def update_wallet(
+    request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
+) -> Response[w.WalletOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.WalletPatchIn)
+    services = services_of(state)
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
+    wallet, replayed = await services.control.update_wallet(
+        wid,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+        overdraft_mode=(
+            OverdraftMode(data.overdraft_mode.value) if data.overdraft_mode is not None else None
+        ),
+        overdraft_limit=data.overdraft_limit,
+        fall_through=data.fall_through,
+    )
+    return reply(_wallet_out(services, wallet), replayed)
+
+
 @get(
     "/v1/wallets",
     operation_class=OPS["list_wallets"],
@@ -467,6 +508,7 @@ ROUTES = [
     list_resources,
     create_wallet,
     get_wallet,
+    update_wallet,
     list_wallets,
     wallet_entries,
 ]

@@ -125,6 +125,16 @@ async def list_budgets(
     return [_row(row) for row in rows], more
 
 
+async def lock_budget(conn: Connection, id: int) -> Budget | None:
+    """The budget, locked (FOR UPDATE) until the caller's transaction ends: changes of its cap
+    and their ledger side run one at a time."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM budgets WHERE id = %s FOR UPDATE", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
 async def set_budget_cap(conn: Connection, id: int, cap: int) -> Budget | None:
     cursor = await conn.execute(
         f"UPDATE budgets SET cap = %s WHERE id = %s RETURNING {_COLUMNS}",

@@ -83,7 +83,7 @@ async def test_the_document_is_served(served: Served) -> None:
 async def test_every_served_route_is_documented_with_a_description(served: Served) -> None:
     operations = _operations(served.document)
     assert set(operations) == served.routes
-    assert len(served.routes) >= 26
+    assert len(served.routes) >= 37
     undescribed = [k for k, op in operations.items() if len(op.get("description", "")) < 10]
     assert undescribed == []
     # Request bodies are documented with their schema.
@@ -147,6 +147,28 @@ async def test_auth_and_idempotency_headers_are_documented(document: dict[str, A
         if "idempotency-key" not in headers:
             missing.append(path)
     assert missing == []
+
+
+async def test_every_list_documents_its_page_and_its_filters(document: dict[str, Any]) -> None:
+    operations = _operations(document)
+    filters = {
+        "/v1/customers": {"external_ref"},
+        "/v1/resources": {"customer_id", "parent_id", "kind", "external_ref"},
+        "/v1/wallets": {"resource_id", "customer_id", "credit_type"},
+        "/v1/grants": {"wallet_id", "state", "category", "expires_before"},
+        "/v1/reservations": {"wallet_id", "status"},
+        "/v1/budgets": {"resource_id", "credit_type", "active"},
+        "/v1/prices": {"feature", "credit_type"},
+    }
+    for path, named in filters.items():
+        parameters = {p["name"]: p for p in operations[("GET", path)]["parameters"]}
+        assert set(parameters) == {"limit", "cursor", *named}, path
+        assert all(p["in"] == "query" for p in parameters.values())
+        assert parameters["limit"]["schema"]["maximum"] == 1000
+        schema = operations[("GET", path)]["responses"]["200"]["content"]["application/json"]
+        assert schema["schema"]["$ref"].endswith("Page"), path
+    wallet_id = {p["name"]: p for p in operations[("GET", "/v1/reservations")]["parameters"]}
+    assert wallet_id["wallet_id"]["required"] is True
 
 
 async def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:

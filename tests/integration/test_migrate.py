@@ -42,6 +42,7 @@ async def test_the_packaged_migrations_apply_once(
             "0003_api_keys",
             "0004_list_indexes",
             "0005_price_history",
+            "0006_wallet_changes",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -68,6 +69,7 @@ async def test_the_packaged_migrations_apply_once(
             "api_keys",
             "list_indexes",
             "price_history",
+            "wallet_changes",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

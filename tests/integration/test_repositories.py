@@ -29,6 +29,7 @@ from ledger.repositories import (
     movements,
     prices,
     resources,
+    wallet_changes,
     wallets,
 )
 from ledger.repositories._rows import to_uuid
@@ -37,6 +38,7 @@ from ledger.repositories.catalog import load_catalog_snapshot
 from ledger.repositories.grants import GrantCategory, GrantSource, GrantState, NewGrant
 from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.repositories.resources import ResourceKind
+from ledger.repositories.wallet_changes import ChangeState
 from ledger.repositories.wallets import OverdraftMode
 
 pytestmark = pytest.mark.anyio
@@ -366,6 +368,61 @@ async def test_lists_page_in_created_order_with_their_filters(conn: db.Connectio
     assert ([b.id for b in active], [b.id for b in removed]) == ([7], [8])
     both, _ = await budgets.list_budgets(conn, customer_id=other["customer"])
     assert [b.id for b in both] == [8]
+    locked = await budgets.lock_budget(conn, 7)
+    assert locked is not None and locked.cap == 10
+
+
+async def test_wallet_changes_are_pending_one_at_a_time_then_finished(conn: db.Connection) -> None:
+    ids = await _tree(conn)
+    wallet = ids["agent_wallet"]
+    change = await wallet_changes.insert_change(
+        conn,
+        id=BIG,
+        wallet_id=wallet,
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=U128_MAX,
+        fall_through=True,
+        actor="admin@example.com",
+    )
+    assert (change.state, change.finished_at, change.overdraft_limit) == (
+        ChangeState.PENDING,
+        None,
+        U128_MAX,
+    )
+    assert await wallet_changes.get_change(conn, BIG) == change
+    assert await wallet_changes.pending_change_of(conn, wallet) == change
+    assert await wallet_changes.pending_wallet_ids(conn) == {wallet}
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert await wallet_changes.list_pending_changes(conn, later) == [change]
+    assert await wallet_changes.list_pending_changes(conn, change.created_at) == []
+    # One pending change of a wallet at a time.
+    second = wallet_changes.insert_change(
+        conn,
+        id=2,
+        wallet_id=wallet,
+        overdraft_mode=OverdraftMode.HARD,
+        overdraft_limit=0,
+        fall_through=False,
+        actor="a",
+    )
+    await _fails(conn, errors.UniqueViolation, second)
+    refused = await wallet_changes.finish_change(conn, BIG, ChangeState.REFUSED, refusal="drawn")
+    assert refused is not None and refused.finished_at is not None
+    assert (refused.state, refused.refusal) == (ChangeState.REFUSED, "drawn")
+    assert await wallet_changes.finish_change(conn, BIG, ChangeState.APPLIED) is None
+    assert await wallet_changes.pending_change_of(conn, wallet) is None
+    # A change asks for a policy a wallet could hold.
+    for mode, limit in ((OverdraftMode.SOFT, 0), (OverdraftMode.HARD, 5)):
+        bad = wallet_changes.insert_change(
+            conn,
+            id=3,
+            wallet_id=wallet,
+            overdraft_mode=mode,
+            overdraft_limit=limit,
+            fall_through=False,
+            actor="a",
+        )
+        await _fails(conn, errors.CheckViolation, bad)
 
 
 # Constraints: the schema refuses what the services must never write.

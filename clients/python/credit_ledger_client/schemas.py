@@ -182,6 +182,15 @@ class WalletOut(Out):
     fall_through: bool
 
 
+class WalletPatchIn(Strict):
+    """The fields to change (at least one). `overdraft_limit` applies to a soft wallet: give it
+    with `overdraft_mode: "soft"` to make a wallet soft, or alone to change a soft one's limit."""
+
+    overdraft_mode: OverdraftMode | None = None
+    overdraft_limit: AMOUNT0 | None = None
+    fall_through: bool | None = None
+
+
 class WalletQuery(ListQuery):
     resource_id: ID | None = None
     customer_id: ID | None = None
@@ -503,6 +512,10 @@ class BudgetOut(Out):
     used: int | None = None
     headroom: int | None = None
     active: bool = True  # false once removed: it no longer limits any spend
+
+
+class BudgetPatchIn(Strict):
+    cap: AMOUNT
 
 
 class BudgetQuery(ListQuery):
