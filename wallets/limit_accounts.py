@@ -110,9 +110,7 @@ def budget_period_account(
     )
 
 
-async def open_limit_account(
-    ledger: Ledger, account: LimitAccount, kind: AccountCode, *, user_data_64: int = 0
-) -> None:
+async def open_limit_account(ledger: Ledger, account: LimitAccount, kind: AccountCode) -> None:
     """Creates the account if it is not there (idempotent)."""
     (result,) = await ledger.create_accounts(
         [
@@ -121,7 +119,6 @@ async def open_limit_account(
                 ledger=account.ledger,
                 code=kind,
                 user_data_128=account.owner,
-                user_data_64=user_data_64,
                 user_data_32=account.tenant,
                 flags=AccountFlags(account_flags(kind)),
             )

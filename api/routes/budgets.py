@@ -26,8 +26,8 @@ from api.routes.shared import (
     EXAMPLE_ID,
     LIST_PROBLEMS,
     READ_PROBLEMS,
-    created,
     documented_body,
+    id_or_none,
     key_of,
     ledger_filter,
     principal_of,
@@ -39,9 +39,7 @@ from api.routes.shared import (
 )
 from api.services import Services
 from grants.errors import NotFound
-from ledger.db import Connection
 from ledger.repositories import budgets
-from ledger.repositories._rows import Keyset
 from wallets.catalog import Budget, Period
 from wallets.statements import budget_used
 
@@ -148,19 +146,18 @@ async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.Budge
     principal = principal_of(request)
     query = query_of(request, w.BudgetQuery)
     services = services_of(state)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await budgets.list_budgets(
-            conn,
-            resource_id=parse_id(query.resource_id, "resource_id") if query.resource_id else None,
-            customer_id=customer_filter(principal, None),
-            credit_type_id=ledger_filter(services, query.credit_type),
-            active=query.active,
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services, "budgets", query.cursor, fetch, created)
+    rows, cursor = await read_page(
+        services,
+        "budgets",
+        query,
+        budgets.list_budgets,
+        lambda: {
+            "resource_id": id_or_none(query.resource_id, "resource_id"),
+            "customer_id": customer_filter(principal, None),
+            "credit_type_id": ledger_filter(services, query.credit_type),
+            "active": query.active,
+        },
+    )
     items = [_budget_out(services, _cached(row), None, active=row.active) for row in rows]
     return w.BudgetPage(items=items, next_cursor=cursor)
 

@@ -26,9 +26,9 @@ from api.routes.shared import (
     EXAMPLE_ID,
     LIST_PROBLEMS,
     READ_PROBLEMS,
-    created,
     documented_body,
     grant_balance_out,
+    id_or_none,
     key_of,
     ledger_filter,
     principal_of,
@@ -40,9 +40,7 @@ from api.routes.shared import (
 )
 from api.services import Services
 from grants.errors import InvalidRequest, NotFound
-from ledger.db import Connection
 from ledger.repositories import customers, resources, wallets
-from ledger.repositories._rows import Keyset
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
 
@@ -189,17 +187,16 @@ async def get_customer(
 async def list_customers(request: Request[Any, Any, Any], state: State) -> w.CustomerPage:
     principal = principal_of(request)
     query = query_of(request, w.CustomerQuery)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await customers.list_customers(
-            conn,
-            external_ref=query.external_ref,
-            customer_id=customer_filter(principal, None),
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services_of(state), "customers", query.cursor, fetch, created)
+    rows, cursor = await read_page(
+        services_of(state),
+        "customers",
+        query,
+        customers.list_customers,
+        lambda: {
+            "external_ref": query.external_ref,
+            "customer_id": customer_filter(principal, None),
+        },
+    )
     return w.CustomerPage(items=[_customer_out(row) for row in rows], next_cursor=cursor)
 
 
@@ -287,24 +284,19 @@ async def get_resource(
 async def list_resources(request: Request[Any, Any, Any], state: State) -> w.ResourcePage:
     principal = principal_of(request)
     query = query_of(request, w.ResourceQuery)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await resources.list_resources(
-            conn,
-            customer_id=customer_filter(principal, _id_or_none(query.customer_id, "customer_id")),
-            parent_id=_id_or_none(query.parent_id, "parent_id"),
-            kind=ResourceKind(query.kind.value) if query.kind is not None else None,
-            external_ref=query.external_ref,
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services_of(state), "resources", query.cursor, fetch, created)
+    rows, cursor = await read_page(
+        services_of(state),
+        "resources",
+        query,
+        resources.list_resources,
+        lambda: {
+            "customer_id": customer_filter(principal, id_or_none(query.customer_id, "customer_id")),
+            "parent_id": id_or_none(query.parent_id, "parent_id"),
+            "kind": ResourceKind(query.kind.value) if query.kind is not None else None,
+            "external_ref": query.external_ref,
+        },
+    )
     return w.ResourcePage(items=[_resource_out(row) for row in rows], next_cursor=cursor)
-
-
-def _id_or_none(text: str | None, field: str) -> int | None:
-    return None if text is None else parse_id(text, field)
 
 
 def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
@@ -428,18 +420,17 @@ async def list_wallets(request: Request[Any, Any, Any], state: State) -> w.Walle
     principal = principal_of(request)
     query = query_of(request, w.WalletQuery)
     services = services_of(state)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await wallets.list_wallets(
-            conn,
-            resource_id=_id_or_none(query.resource_id, "resource_id"),
-            customer_id=customer_filter(principal, _id_or_none(query.customer_id, "customer_id")),
-            credit_type_id=ledger_filter(services, query.credit_type),
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services, "wallets", query.cursor, fetch, created)
+    rows, cursor = await read_page(
+        services,
+        "wallets",
+        query,
+        wallets.list_wallets,
+        lambda: {
+            "resource_id": id_or_none(query.resource_id, "resource_id"),
+            "customer_id": customer_filter(principal, id_or_none(query.customer_id, "customer_id")),
+            "credit_type_id": ledger_filter(services, query.credit_type),
+        },
+    )
     items = [_wallet_out(services, _cached(row)) for row in rows]
     return w.WalletPage(items=items, next_cursor=cursor)
 

@@ -25,7 +25,8 @@ from api.routes.shared import (
     EXAMPLE_ID,
     LIST_PROBLEMS,
     READ_PROBLEMS,
-    created,
+    grant_balance_out,
+    id_or_none,
     key_of,
     principal_of,
     query_of,
@@ -38,10 +39,8 @@ from api.services import Services
 from grants.errors import NotFound
 from grants.model import Category, Source
 from ledger.codes import AccountCode, TransferCode
-from ledger.db import Connection
 from ledger.ids import leg_id
 from ledger.repositories import grants
-from ledger.repositories._rows import Keyset
 from wallets import chains
 from wallets.control import GrantRequest
 from wallets.statements import GrantBalance
@@ -146,15 +145,7 @@ async def get_grant(
         balance = await services.statements.grant(gid)
     return w.GrantDetailOut(
         **msgspec.structs.asdict(_block_out(services, row)),
-        grant_id=sid(balance.grant_id),
-        granted=balance.granted,
-        available=balance.available,
-        held=balance.held,
-        consumed=balance.consumed,
-        expired=balance.expired,
-        voided=balance.voided,
-        refunded=balance.refunded,
-        repaid=balance.repaid,
+        **msgspec.structs.asdict(grant_balance_out(balance)),
     )
 
 
@@ -193,20 +184,19 @@ async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantP
     principal = principal_of(request)
     query = query_of(request, w.GrantQuery)
     services = services_of(state)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await grants.list_grants(
-            conn,
-            wallet_id=parse_id(query.wallet_id, "wallet_id") if query.wallet_id else None,
-            customer_id=customer_filter(principal, None),
-            state=grants.GrantState(query.state.value) if query.state else None,
-            category=grants.GrantCategory(query.category.value) if query.category else None,
-            expires_before=query.expires_before,
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services, "grants", query.cursor, fetch, created)
+    rows, cursor = await read_page(
+        services,
+        "grants",
+        query,
+        grants.list_grants,
+        lambda: {
+            "wallet_id": id_or_none(query.wallet_id, "wallet_id"),
+            "customer_id": customer_filter(principal, None),
+            "state": grants.GrantState(query.state.value) if query.state else None,
+            "category": grants.GrantCategory(query.category.value) if query.category else None,
+            "expires_before": query.expires_before,
+        },
+    )
     return w.GrantPage(items=[_block_out(services, row) for row in rows], next_cursor=cursor)
 
 

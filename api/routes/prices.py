@@ -28,7 +28,6 @@ from api.routes.shared import (
 from api.services import Services
 from grants.errors import NotFound
 from ledger.clock import datetime_of_ns
-from ledger.db import Connection
 from ledger.repositories import prices
 from ledger.repositories._rows import Keyset
 
@@ -103,17 +102,17 @@ async def list_prices(request: Request[Any, Any, Any], state: State) -> w.PriceP
     principal_of(request)
     query = query_of(request, w.PriceQuery)
     services = services_of(state)
-
-    async def fetch(conn: Connection, after: Keyset | None) -> tuple[list[Any], bool]:
-        return await prices.list_prices(
-            conn,
-            feature=query.feature,
-            credit_type_id=ledger_filter(services, query.credit_type),
-            after=after,
-            limit=query.limit,
-        )
-
-    rows, cursor = await read_page(services, "prices", query.cursor, fetch, _starts)
+    rows, cursor = await read_page(
+        services,
+        "prices",
+        query,
+        prices.list_prices,
+        lambda: {
+            "feature": query.feature,
+            "credit_type_id": ledger_filter(services, query.credit_type),
+        },
+        _starts,
+    )
     return w.PricePage(items=[_price_out(services, row) for row in rows], next_cursor=cursor)
 
 

@@ -15,12 +15,11 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
-from api.common import decode_strict, idempotency_key, sid
+from api.common import decode_strict, idempotency_key, parse_id, sid
 from api.openapi import COMMON, WRITE
 from api.paging import NothingVisible, decode_query, keyset_after, next_cursor
 from api.services import Services
 from api.spending import Reply
-from ledger.db import Connection
 from ledger.repositories._rows import Keyset
 
 HIT = {"Idempotency-Hit": "true"}
@@ -62,20 +61,30 @@ def query_of(request: Request[Any, Any, Any], cls: type[T]) -> T:
 async def read_page(
     services: Services,
     kind: str,
-    cursor: str | None,
-    fetch: Callable[[Connection, Keyset | None], Awaitable[tuple[list[R], bool]]],
-    position: Callable[[R], Keyset],
+    query: w.ListQuery,
+    fetch: Callable[..., Awaitable[tuple[list[R], bool]]],
+    filters: Callable[[], dict[str, Any]],
+    position: Callable[[R], Keyset] | None = None,
 ) -> tuple[list[R], str | None]:
-    """One page of a Postgres list: `fetch(conn, after)` reads the rows after the cursor's
-    position; the answer is the rows and the next cursor (None after the last page). A filter
-    outside the key's boundary (`NothingVisible`) finds nothing."""
-    after = keyset_after(cursor, kind)
+    """One page of a Postgres list: `fetch(conn, **filters(), after=..., limit=...)`, a
+    repository's list, reads the rows after the cursor's position; the answer is the rows and
+    the next cursor (None after the last page). `position` is where a row stands in the order,
+    (created_at, id) unless given. A filter outside the key's boundary (`NothingVisible`)
+    finds nothing."""
+    after = keyset_after(query.cursor, kind)
     try:
-        async with services.pool.connection() as conn:
-            rows, more = await fetch(conn, after)
+        named = filters()
     except NothingVisible:
         return [], None
-    return rows, next_cursor(kind, position(rows[-1]) if rows else None, more)
+    async with services.pool.connection() as conn:
+        rows, more = await fetch(conn, **named, after=after, limit=query.limit)
+    where = position or created
+    return rows, next_cursor(kind, where(rows[-1]) if rows else None, more)
+
+
+def id_or_none(text: str | None, field: str) -> int | None:
+    """An optional wire id (a filter) as its u128."""
+    return None if text is None else parse_id(text, field)
 
 
 def ledger_filter(services: Services, code: str | None) -> int | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ledger.db import Connection
 from ledger.limits import LIST_PAGE_ROWS_MAX, U128_MAX
@@ -24,6 +24,7 @@ assert LIST_PAGE_ROWS_MAX <= ROWS_PER_PAGE_MAX
 Keyset = tuple[datetime, int]
 # A condition of a list: SQL with one `%s` per parameter, and the parameters.
 Condition = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 
 
 def to_uuid(value: int) -> uuid.UUID:
@@ -72,6 +73,12 @@ def page_limit(limit: int) -> int:
     return limit
 
 
+def equal(**columns: Any) -> list[Condition]:
+    """`column = value` for each column given a value (None: that filter is not set). Values
+    go as they are: convert ids with `to_uuid_or_none` first."""
+    return [(f"{column} = %s", (value,)) for column, value in columns.items() if value is not None]
+
+
 def resource_of_customer(customer_id: int) -> Condition:
     """The condition that a row's `resource_id` is one of the customer's resources."""
     return ("resource_id IN (SELECT id FROM resources WHERE customer_id = %s)",
@@ -82,13 +89,15 @@ async def fetch_page(
     conn: Connection,
     select: str,
     conditions: Sequence[Condition],
+    row: Callable[[tuple[Any, ...]], T],
     *,
     after: Keyset | None,
     limit: int,
     order: str = "created_at",
-) -> tuple[list[tuple[Any, ...]], bool]:
+) -> tuple[list[T], bool]:
     """A page of `select` (`SELECT ... FROM table`, no WHERE) with every condition, in
-    (`order`, id) order after `after`: at most `limit` rows, and whether more follow.
+    (`order`, id) order after `after`, each row made by `row`: at most `limit` rows, and
+    whether more follow.
 
     One row beyond the limit is read to answer "more", so the last page says so itself and a
     caller never asks for an empty page after it.
@@ -103,4 +112,4 @@ async def fetch_page(
         f"{select}{where} ORDER BY {order}, id LIMIT %s", (*params, page_limit(limit) + 1)
     )
     rows = await cursor.fetchall()
-    return rows[:limit], len(rows) > limit
+    return [row(r) for r in rows[:limit]], len(rows) > limit

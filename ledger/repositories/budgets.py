@@ -17,14 +17,15 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_amount,
     from_uuid,
     resource_of_customer,
     to_amount,
     to_uuid,
+    to_uuid_or_none,
     uuids,
 )
 
@@ -110,19 +111,13 @@ async def list_budgets(
 ) -> tuple[list[Budget], bool]:
     """A page of budgets with every filter given (`active` None: removed ones too), in
     (created_at, id) order, and whether more follow."""
-    conditions: list[Condition] = []
-    if resource_id is not None:
-        conditions.append(("resource_id = %s", (to_uuid(resource_id),)))
+    conditions = equal(
+        resource_id=to_uuid_or_none(resource_id), credit_type_id=credit_type_id, active=active
+    )
     if customer_id is not None:
         conditions.append(resource_of_customer(customer_id))
-    if credit_type_id is not None:
-        conditions.append(("credit_type_id = %s", (credit_type_id,)))
-    if active is not None:
-        conditions.append(("active = %s", (active,)))
-    rows, more = await fetch_page(
-        conn, f"SELECT {_COLUMNS} FROM budgets", conditions, after=after, limit=limit
-    )
-    return [_row(row) for row in rows], more
+    select = f"SELECT {_COLUMNS} FROM budgets"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def lock_budget(conn: Connection, id: int) -> Budget | None:

@@ -10,11 +10,12 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_uuid,
     to_uuid,
+    to_uuid_or_none,
 )
 
 _COLUMNS: Final = "id, tenant, external_ref, name, created_at"
@@ -83,15 +84,9 @@ async def list_customers(
     """A page of customers in (created_at, id) order, and whether more follow; the last one's
     (created_at, id) is the next page's `after`. `customer_id` narrows it to that customer (a
     key bound to one customer lists only its own)."""
-    conditions: list[Condition] = []
-    if external_ref is not None:
-        conditions.append(("external_ref = %s", (external_ref,)))
-    if customer_id is not None:
-        conditions.append(("id = %s", (to_uuid(customer_id),)))
-    rows, more = await fetch_page(
-        conn, f"SELECT {_COLUMNS} FROM customers", conditions, after=after, limit=limit
-    )
-    return [_row(row) for row in rows], more
+    conditions = equal(external_ref=external_ref, id=to_uuid_or_none(customer_id))
+    select = f"SELECT {_COLUMNS} FROM customers"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def list_all_customers(conn: Connection) -> list[Customer]:

@@ -18,14 +18,15 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_amount,
     from_uuid,
     page_limit,
     to_amount,
     to_uuid,
+    to_uuid_or_none,
     uuids,
 )
 
@@ -188,24 +189,20 @@ async def list_grants(
     """A page of grants with every filter given, in (created_at, id) order, and whether more
     follow. `expires_before`: grants with an expiry strictly before it (never-expiring ones are
     not); `customer_id`: the grants of that customer's wallets."""
-    conditions: list[Condition] = []
-    if wallet_id is not None:
-        conditions.append(("wallet_id = %s", (to_uuid(wallet_id),)))
+    conditions = equal(
+        wallet_id=to_uuid_or_none(wallet_id),
+        state=None if state is None else state.value,
+        category=None if category is None else category.value,
+    )
     if customer_id is not None:
         conditions.append(
             ("wallet_id IN (SELECT w.id FROM wallets w JOIN resources r ON r.id = w.resource_id"
              " WHERE r.customer_id = %s)", (to_uuid(customer_id),))
         )  # fmt: skip
-    if state is not None:
-        conditions.append(("state = %s", (state.value,)))
-    if category is not None:
-        conditions.append(("category = %s", (category.value,)))
     if expires_before is not None:
         conditions.append(("expires_at < %s", (expires_before,)))
-    rows, more = await fetch_page(
-        conn, f"SELECT {_COLUMNS} FROM grants", conditions, after=after, limit=limit
-    )
-    return [_row(row) for row in rows], more
+    select = f"SELECT {_COLUMNS} FROM grants"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def set_grant_state(

@@ -17,8 +17,8 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_amount,
     from_uuid,
@@ -100,20 +100,11 @@ async def list_prices(
     """A page of prices in (effective_at, id) order (with a feature and a credit type: that
     price's history), and whether more follow; the last one's (effective_at, id) is the next
     page's `after`."""
-    conditions: list[Condition] = []
-    if feature is not None:
-        conditions.append(("feature = %s", (feature,)))
-    if credit_type_id is not None:
-        conditions.append(("credit_type_id = %s", (credit_type_id,)))
-    rows, more = await fetch_page(
-        conn,
-        f"SELECT {_COLUMNS} FROM prices",
-        conditions,
-        after=after,
-        limit=limit,
-        order="effective_at",
+    conditions = equal(feature=feature, credit_type_id=credit_type_id)
+    select = f"SELECT {_COLUMNS} FROM prices"
+    return await fetch_page(
+        conn, select, conditions, _row, after=after, limit=limit, order="effective_at"
     )
-    return [_row(row) for row in rows], more
 
 
 async def list_all_prices(conn: Connection) -> list[Price]:

@@ -15,8 +15,8 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_uuid,
     from_uuid_or_none,
@@ -114,19 +114,14 @@ async def list_resources(
 ) -> tuple[list[Resource], bool]:
     """A page of resources with every filter given, in (created_at, id) order, and whether
     more follow; the last one's (created_at, id) is the next page's `after`."""
-    conditions: list[Condition] = []
-    if customer_id is not None:
-        conditions.append(("customer_id = %s", (to_uuid(customer_id),)))
-    if parent_id is not None:
-        conditions.append(("parent_id = %s", (to_uuid(parent_id),)))
-    if kind is not None:
-        conditions.append(("kind = %s", (kind.value,)))
-    if external_ref is not None:
-        conditions.append(("external_ref = %s", (external_ref,)))
-    rows, more = await fetch_page(
-        conn, f"SELECT {_COLUMNS} FROM resources", conditions, after=after, limit=limit
+    conditions = equal(
+        customer_id=to_uuid_or_none(customer_id),
+        parent_id=to_uuid_or_none(parent_id),
+        kind=None if kind is None else kind.value,
+        external_ref=external_ref,
     )
-    return [_row(row) for row in rows], more
+    select = f"SELECT {_COLUMNS} FROM resources"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def list_children(conn: Connection, parent_id: int) -> list[Resource]:

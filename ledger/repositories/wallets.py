@@ -16,8 +16,8 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
-    Condition,
     Keyset,
+    equal,
     fetch_page,
     from_amount,
     from_uuid,
@@ -155,17 +155,11 @@ async def list_wallets(
 ) -> tuple[list[Wallet], bool]:
     """A page of wallets with every filter given (a customer's: those of its resources), in
     (created_at, id) order, and whether more follow."""
-    conditions: list[Condition] = []
-    if resource_id is not None:
-        conditions.append(("resource_id = %s", (to_uuid(resource_id),)))
+    conditions = equal(resource_id=to_uuid_or_none(resource_id), credit_type_id=credit_type_id)
     if customer_id is not None:
         conditions.append(resource_of_customer(customer_id))
-    if credit_type_id is not None:
-        conditions.append(("credit_type_id = %s", (credit_type_id,)))
-    rows, more = await fetch_page(
-        conn, f"SELECT {_COLUMNS} FROM wallets", conditions, after=after, limit=limit
-    )
-    return [_row(row) for row in rows], more
+    select = f"SELECT {_COLUMNS} FROM wallets"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def update_wallet_policy(

@@ -521,6 +521,9 @@ def test_check_and_debit_take_the_keywords_reserve_takes(
     }  # fmt: skip
     assert msgspec.json.decode(check.content)["resource_id"] == RESOURCE
     assert debit.headers["idempotency-key"] == "usage-1"
+    with pytest.raises(TypeError, match="amout"):
+        client.debit(credit_type=CREDITS, resource_id=RESOURCE, amout=3)  # type: ignore[call-arg]
+    assert len(fake.requests) == 2
 
 
 def test_changes_carry_a_key_and_replay_with_it(client: CreditClient, fake: FakeService) -> None:

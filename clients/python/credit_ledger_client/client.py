@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -121,6 +121,7 @@ __all__ = [
     "ReservationStateError",
     "RetryPolicy",
     "ServiceUnreachableError",
+    "SpendKeywords",
     "SpendRefusedError",
     "UnauthorizedError",
     "UnexpectedResponseError",
@@ -597,23 +598,32 @@ def _http_options(
     }
 
 
-def _spend(
-    *,
-    credit_type: str,
-    amount: int | None,
-    usage: Usage | None,
-    resource_id: str | None,
-    wallet_id: str | None,
-    dimensions: Mapping[str, str] | None,
-) -> SpendIn:
-    """The body of a check, a debit or (with its timeout) a reservation, from the keywords
-    they all take."""
+class SpendKeywords(TypedDict, total=False):
+    """What `check`, `debit` and `reserve` take besides `credit_type`: where (a `resource_id`,
+    whose spend path is followed, or a `wallet_id`: exactly one), how much (an `amount`, or a
+    `usage` at the price in force: exactly one), and the `dimensions` kept with the spend."""
+
+    resource_id: str | None
+    wallet_id: str | None
+    amount: int | None
+    usage: Usage | None
+    dimensions: Mapping[str, str] | None
+
+
+def _spend(credit_type: str, spend: SpendKeywords) -> SpendIn:
+    """The body of a check, a debit or (with its timeout) a reservation."""
+    unknown = sorted(set(spend) - SpendKeywords.__optional_keys__)
+    if unknown:
+        # A TypedDict is a promise to a type checker only: a misspelt keyword would otherwise
+        # be dropped without a word.
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    dimensions = spend.get("dimensions")
     return SpendIn(
         credit_type=credit_type,
-        resource_id=resource_id,
-        wallet_id=wallet_id,
-        amount=amount,
-        usage=usage,
+        resource_id=spend.get("resource_id"),
+        wallet_id=spend.get("wallet_id"),
+        amount=spend.get("amount"),
+        usage=spend.get("usage"),
         dimensions=dict(dimensions) if dimensions is not None else None,
     )
 
@@ -924,19 +934,12 @@ class CreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
-        dimensions: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
         `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
+        body = _spend(credit_type, spend)
         return self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -953,19 +956,12 @@ class CreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
-        dimensions: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> CheckOut:
         """What a debit of the same keywords would do now (allowed, and why not);
         changes nothing."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
+        body = _spend(credit_type, spend)
         return self._send(_post("/v1/check", body, CheckOut, idempotency_key))
 
     def create_reservation(
@@ -995,26 +991,18 @@ class CreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
         timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
-        dimensions: Mapping[str, str] | None = None,
         overage: Overage = Overage.CAP,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> ReservationScope:
         """`with client.reserve(...) as r:` holds credits for the block; see `Reservation`.
 
         Pass `idempotency_key` (at most 247 characters) to make a re-run of the block after a
         crash replay the same reservation and settlement."""
-        spend = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
         return ReservationScope(
             self,
-            _reserve_in(spend, timeout_s),
+            _reserve_in(_spend(credit_type, spend), timeout_s),
             _key(idempotency_key, RESERVATION_KEY_CHARS_MAX),
             overage,
         )
@@ -1232,19 +1220,12 @@ class AsyncCreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
-        dimensions: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
         `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
+        body = _spend(credit_type, spend)
         return await self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     async def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -1261,19 +1242,12 @@ class AsyncCreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
-        dimensions: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> CheckOut:
         """What a debit of the same keywords would do now (allowed, and why not);
         changes nothing."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
+        body = _spend(credit_type, spend)
         return await self._send(_post("/v1/check", body, CheckOut, idempotency_key))
 
     async def create_reservation(
@@ -1306,22 +1280,15 @@ class AsyncCreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
         timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
-        dimensions: Mapping[str, str] | None = None,
         overage: Overage = Overage.CAP,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> AsyncReservationScope:
         """`async with client.reserve(...) as r:`; see `CreditClient.reserve`."""
-        spend = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, dimensions=dimensions,
-        )  # fmt: skip
         key = _key(idempotency_key, RESERVATION_KEY_CHARS_MAX)
-        return AsyncReservationScope(self, _reserve_in(spend, timeout_s), key, overage)
+        body = _reserve_in(_spend(credit_type, spend), timeout_s)
+        return AsyncReservationScope(self, body, key, overage)
 
     # -- budgets and prices
 
