@@ -72,6 +72,9 @@ def decode_cursor(cursor: str | None, kind: str, arity: int) -> tuple[int, ...] 
     numbers = tuple(int(n) for n in match["numbers"][1:].split(":"))
     if len(numbers) != arity or any(n > U128_MAX for n in numbers):
         raise refused
+    # Only the exact text this API wrote (no padding, no leading zeros): one cursor a position.
+    if encode_cursor(kind, *numbers) != cursor:
+        raise refused
     return numbers
 
 

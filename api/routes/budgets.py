@@ -10,7 +10,7 @@ from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
-from api.auth import READ_SCOPES
+from api.auth import READ_SCOPES, Principal
 from api.common import (
     code_of,
     ledger_of,
@@ -162,7 +162,7 @@ async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.Budge
     return w.BudgetPage(items=items, next_cursor=cursor)
 
 
-async def _budget_row(services: Services, principal: Any, budget_id: str) -> budgets.Budget:
+async def _budget_row(services: Services, principal: Principal, budget_id: str) -> budgets.Budget:
     """The budget as Postgres has it (removed ones too, so that a removal replays), inside the
     key's boundary."""
     bid = parse_id(budget_id, "budget_id")
