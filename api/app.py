@@ -119,6 +119,7 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
     ledger.observe = metrics.engine
     metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
     control = ControlPlane(pool, service)
+    metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
         pool=pool,
         catalog=catalog,
@@ -149,6 +150,28 @@ async def _follow(services: Services, target: DatabaseSettings | str) -> None:
     await listen_catalog_changes(target, on_change, on_listening=on_listening)
 
 
+async def _reconcile_on_start(services: Services) -> None:
+    """Finishes what a crash interrupted before serving. Nothing it meets stops the start: a
+    row it cannot finish is recorded for an operator (`credit-ledger reconcile`), and the jobs
+    try again later."""
+    try:
+        report = await services.control.reconcile()
+    except Exception:  # the start goes on: readiness and the jobs say the rest
+        _logger.exception("reconciliation at start failed; the jobs will try again")
+        return
+    if report.grants_finished:
+        _logger.warning("reconciled %d unfinished grants", len(report.grants_finished))
+    for failure in report.failed:
+        _logger.error(
+            "reconciliation could not finish %s %s (see `credit-ledger reconcile`): %s",
+            failure.kind,
+            failure.object_id,
+            failure.error,
+        )
+    if report.interrupted:
+        _logger.warning("reconciliation at start stopped early: %s", report.interrupted)
+
+
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
     services = build_services(ledger, pool, movement_process=settings.movement_writer_process)
 
@@ -157,9 +180,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         await services.control.load()
         await services.keys.load(pool)
         if settings.reconcile_on_start:
-            report = await services.control.reconcile()
-            if report.grants_finished:
-                _logger.warning("reconciled %d unfinished grants", len(report.grants_finished))
+            await _reconcile_on_start(services)
         services.tasks = [
             asyncio.create_task(services.sink.run(), name="movements"),
             asyncio.create_task(_follow(services, settings.database), name="cache-follow"),

@@ -52,6 +52,15 @@ class Metrics:
             registry=self.registry,
         ).set_function(dropped)
 
+    def watch_reconciliation(self, failures_open: Callable[[], int]) -> None:
+        """What reconciliation could not finish and nobody resolved (`credit-ledger
+        reconcile`), as of this process's last pass."""
+        Gauge(
+            "credit_reconcile_failures_open",
+            "Objects reconciliation could not finish, waiting for an operator",
+            registry=self.registry,
+        ).set_function(failures_open)
+
     def engine(self, method: str, seconds: float) -> None:
         self.engine_seconds.labels(method).observe(seconds)
 

@@ -12,6 +12,7 @@ path's catalog): a block joins it once funded and leaves it once nothing can com
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -23,7 +24,12 @@ from grants.model import Category, Grant
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode, account_flags
 from ledger.ids import derive_id, leg_id, system_account_id
-from ledger.limits import AMOUNT_MAX_REQUEST, BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
+from ledger.limits import (
+    AMOUNT_MAX_REQUEST,
+    BATCH_EVENTS_MAX,
+    BUSINESS_TIME_NS_MAX,
+    CHAIN_LEGS_MAX,
+)
 from ledger.operations import (
     FIRST_VARIABLE,
     SETUP,
@@ -47,6 +53,7 @@ from ledger.types import (
     TransferFlags,
 )
 
+_logger = logging.getLogger(__name__)
 S = CreateTransferStatus
 LINKED = TransferFlags.LINKED
 BD = TransferFlags.BALANCING_DEBIT
@@ -263,8 +270,15 @@ class GrantService:
         if not sweeps:
             return SweepReport([], finished)
         results = await self.ledger.create_transfers(sweeps)
-        assert all(r.status in (S.CREATED, S.EXISTS) for r in results), results
-        moved = await self.ledger.lookup_transfers([t.id for t in sweeps])
+        done = []
+        for sweep, result in zip(sweeps, results, strict=True):
+            if result.status in (S.CREATED, S.EXISTS):
+                done.append(sweep.id)
+            else:  # one block's refusal never holds the others back; the next tick retries
+                _logger.error(
+                    "sweep of grant %s refused: %s", reasons[sweep.id][0], result.status.name
+                )
+        moved = await self.ledger.lookup_transfers(done) if done else []
         swept = [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
         return SweepReport(swept, finished)
 
@@ -360,7 +374,9 @@ def _sweep(
         credit_account_id=system_account_id(grant.ledger, sink),
         amount=AMOUNT_MAX,
         user_data_128=grant.id,
-        user_data_64=grant.expires_at_ns or 0,
+        # The API refuses expiries the engine cannot hold; a block written before it did must
+        # still be voidable, so its expiry is capped at the field's largest value.
+        user_data_64=min(grant.expires_at_ns or 0, BUSINESS_TIME_NS_MAX),
         user_data_32=tenant,
         ledger=grant.ledger,
         code=code,

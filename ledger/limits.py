@@ -21,6 +21,16 @@ U16_MAX = (1 << 16) - 1
 TIMESTAMP_MIN = 1
 TIMESTAMP_MAX = (1 << 63) - 1
 
+# Business times (a grant's effective_at and expires_at, an operation's effective time) travel on
+# the ledger in the u64 `user_data_64`, as nanoseconds since the Unix epoch: from
+# 1970-01-01T00:00:00Z up to 2^64-1 ns (2554-07-21T23:34:33.709551615Z). A time outside is
+# refused before anything is written, since the engine could never record it.
+BUSINESS_TIME_NS_MIN = 0
+BUSINESS_TIME_NS_MAX = U64_MAX
+
+# Money is integer minor units in a Postgres bigint.
+MONEY_MINOR_MAX = (1 << 63) - 1
+
 # A pending transfer's timeout is a u32 of seconds.
 PENDING_TIMEOUT_S_MAX = U32_MAX
 
@@ -66,5 +76,6 @@ assert 2 * CHAIN_LEGS_MAX + 2 <= BATCH_EVENTS_MAX
 assert RESERVATION_TIMEOUT_S_DEFAULT <= RESERVATION_TIMEOUT_S_MAX <= PENDING_TIMEOUT_S_MAX
 assert BATCH_EVENTS_MAX * 128 <= 1024 * 1024
 assert TIMESTAMP_MAX < U64_MAX
+assert BUSINESS_TIME_NS_MIN == 0 and BUSINESS_TIME_NS_MAX == U64_MAX
 assert PENDING_TIMEOUT_S_MAX * 1_000_000_000 < TIMESTAMP_MAX
 assert JOURNAL_RECORD_BYTES_MAX < JOURNAL_SNAPSHOT_BYTES_DEFAULT

@@ -16,20 +16,37 @@ TigerBeetle that Postgres has not recorded first.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
-from grants.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
+from grants.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidRequest,
+    LedgerUnavailableError,
+    NotFound,
+)
 from grants.model import Category, Grant, Source
 from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
+from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
-from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, U32_MAX
+from ledger.limits import (
+    AMOUNT_MAX_REQUEST,
+    ASSET_SCALE_MAX,
+    BUSINESS_TIME_NS_MAX,
+    BUSINESS_TIME_NS_MIN,
+    MONEY_MINOR_MAX,
+    U32_MAX,
+)
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories import (
     audit,
@@ -40,6 +57,7 @@ from ledger.repositories import (
     grants,
     idempotency,
     prices,
+    reconcile_failures,
     resources,
     wallets,
 )
@@ -50,6 +68,7 @@ from wallets.service import CreditService
 
 R = TypeVar("R")
 NS = 1_000_000_000
+_logger = logging.getLogger(__name__)
 
 
 class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,10 +85,20 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     external_ref: str | None = None
 
 
+class ReconcileFailure(msgspec.Struct, frozen=True):
+    kind: str  # credit_type | wallet | grant
+    object_id: str  # UUID text, or a credit type's ledger number
+    error: str
+
+
 class ReconcileReport(msgspec.Struct, frozen=True):
     credit_types: int  # whose system accounts were (re)ensured
     wallets: int  # whose accounts were (re)ensured
     grants_finished: list[int]  # pending grants brought to 'active'
+    # What could not be finished this time: recorded in Postgres for an operator, never raised.
+    failed: list[ReconcileFailure] = []
+    # Why the pass stopped early (the engine did not answer), or None.
+    interrupted: str | None = None
 
 
 class ControlPlane:
@@ -84,6 +113,8 @@ class ControlPlane:
         )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        # Open reconciliation failures, as of this process's last pass (a metric).
+        self.reconcile_failures_open = 0
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -92,7 +123,10 @@ class ControlPlane:
         since = self.catalog.begin_load()
         async with self.pool.connection() as conn:
             snapshot = await catalog.load_catalog_snapshot(conn)
-            voided = await grants.list_voided_grants(conn)
+            # Voided and abandoned blocks are watched: what comes back to them is voided.
+            voided = await grants.list_grants_in_states(
+                conn, [GrantState.VOIDED, GrantState.ABANDONED]
+            )
         tenants = {c.id: c.tenant for c in snapshot.customers}
         self.catalog.load(
             [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
@@ -119,8 +153,13 @@ class ControlPlane:
         async with self.pool.connection() as conn:
             if table == "grants":
                 grant = await grants.get_grant(conn, row_id)
-                if grant is None or grant.state in (GrantState.VOIDED, GrantState.EXPIRED):
+                if grant is None or grant.state is GrantState.EXPIRED:
                     self.catalog.drop_grant(row_id)
+                elif grant.state in (GrantState.VOIDED, GrantState.ABANDONED):
+                    # Voided (or abandoned) in another process: this one's sweeps must void
+                    # what a release gives back to the block, as the voiding process's do.
+                    self.catalog.drop_grant(row_id)
+                    await self.grant_service.track_voided([_grant(grant)])
                 elif grant.state is GrantState.ACTIVE:
                     self.catalog.put_grant(_grant(grant))
                 # 'pending': the issuing process puts the grant once it is funded.
@@ -637,8 +676,15 @@ class ControlPlane:
         fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
         async with self.pool.connection() as conn, conn.transaction():
             # Grants to one wallet are issued one at a time, across processes: the bounded
-            # overdraft's repay is computed from a read of its deficit.
+            # overdraft's repay is computed from a read of its deficit. Under the same lock an
+            # operator abandons a grant, so a grant read here as not abandoned stays so.
             await wallets.lock_wallet(conn, row.wallet_id)
+            current = await grants.get_grant(conn, row.id)
+            if current is None or current.state is GrantState.ABANDONED:
+                raise Conflict(
+                    f"grant {_text_id(row.id)} was abandoned by an operator: it was never "
+                    "issued; issue it again with a new key"
+                )
             result = await self.grant_service.issue(
                 _grant(row), tenant=tenant, fingerprint=fingerprint
             )
@@ -699,23 +745,123 @@ class ControlPlane:
 
     async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
-        pending grants funded and activated, their idempotency records completed."""
+        pending grants funded and activated, their idempotency records completed.
+
+        Never raises for one object's sake: what cannot be finished is logged, recorded in
+        `reconcile_failures` (an operator sees it with `credit-ledger reconcile`) and tried
+        again next time, after the others. When the engine does not answer, the pass stops
+        and says so. Either way the caller (the service's start, the jobs) carries on."""
         cutoff = datetime_of_ns(self.service.clock_ns() - int(older_than_s * NS))
         async with self.pool.connection() as conn:
             types = await credit_types.list_credit_types(conn)
             all_wallets = await wallets.list_all_wallets(conn)
             pending = await grants.list_pending_grants(conn, cutoff)
+            abandoned = await grants.list_grants_in_states(conn, [GrantState.ABANDONED])
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
-        for credit_type in types:
-            await self.service.open_ledger(credit_type.id)
-        for w in all_wallets:
-            await self.service.open_wallet(_wallet(w), tenants[owners[w.resource_id]])
-        finished = []
-        for row in pending:
-            await self._finish_grant(row)
-            finished.append(row.id)
-        return ReconcileReport(len(types), len(all_wallets), finished)
+            failing = await reconcile_failures.open_keys(conn)
+        steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
+            ("credit_type", str(t.id), functools.partial(self.service.open_ledger, t.id))
+            for t in types
+        ]
+        steps += [
+            (
+                "wallet",
+                _text_id(w.id),
+                functools.partial(
+                    self.service.open_wallet, _wallet(w), tenants[owners[w.resource_id]]
+                ),
+            )
+            for w in all_wallets
+        ]
+        steps += [
+            ("grant", _text_id(row.id), functools.partial(self._finish_grant, row))
+            for row in pending
+        ]
+        failed: list[ReconcileFailure] = []
+        finished: list[int] = []
+        interrupted = None
+        try:
+            for kind, object_id, step in steps:
+                done = await self._reconcile_step(kind, object_id, step, failing, failed)
+                if done and kind == "grant":
+                    finished.append(uuid.UUID(object_id).int)
+            # A grant abandoned while an attempt was in flight: its account, should it exist,
+            # is watched like a voided block's, so the sweeps empty it.
+            await self.grant_service.track_voided([_grant(g) for g in abandoned])
+        except (LedgerUnavailable, LedgerUnavailableError) as error:
+            interrupted = f"the engine did not answer: {error}"
+            _logger.warning("reconciliation stopped: %s", interrupted)
+        async with self.pool.connection() as conn:
+            self.reconcile_failures_open = await reconcile_failures.count_open(conn)
+        return ReconcileReport(len(types), len(all_wallets), finished, failed, interrupted)
+
+    async def _reconcile_step(
+        self,
+        kind: str,
+        object_id: str,
+        step: Callable[[], Awaitable[Any]],
+        failing: set[tuple[str, str]],
+        failed: list[ReconcileFailure],
+    ) -> bool:
+        """One object of a reconciliation pass: done (True), or recorded as not done."""
+        try:
+            await step()
+        except (LedgerUnavailable, LedgerUnavailableError):
+            raise
+        except Exception as error:  # whatever the reason, one object never stops the pass
+            text = f"{type(error).__name__}: {error}"
+            _logger.error("reconciliation could not finish %s %s: %s", kind, object_id, text)
+            failed.append(ReconcileFailure(kind, object_id, text))
+            async with self.pool.connection() as conn:
+                await reconcile_failures.record(conn, kind=kind, object_id=object_id, error=text)
+            return False
+        if (kind, object_id) in failing:
+            async with self.pool.connection() as conn:
+                await reconcile_failures.resolve(
+                    conn, kind=kind, object_id=object_id, resolution="finished by reconciliation"
+                )
+        return True
+
+
+async def abandon_grant(pool: Pool, grant_id: int, *, actor: str, reason: str) -> grants.Grant:
+    """An operator's way out for a pending grant that reconciliation cannot finish: it becomes
+    'abandoned' and is never issued (`_finish_grant` refuses it, under the same wallet lock).
+    Postgres only, so it works while a service holds the engine. Every process learns it through
+    the catalog's notifications and watches the block like a voided one: should an earlier
+    attempt have reached the ledger after all, the sweeps void what its account holds."""
+    if not reason.strip():
+        raise InvalidRequest("say why the grant is abandoned", field="reason")
+    async with pool.connection() as conn, conn.transaction():
+        row = await grants.get_grant(conn, grant_id)
+        if row is None:
+            raise NotFound(f"grant {_text_id(grant_id)} not found")
+        await wallets.lock_wallet(conn, row.wallet_id)
+        abandoned = await grants.set_grant_state(
+            conn, grant_id, GrantState.ABANDONED, expected=[GrantState.PENDING]
+        )
+        if abandoned is None:
+            raise Conflict(
+                f"grant {_text_id(grant_id)} is {row.state.value}: only a pending grant can be "
+                "abandoned"
+            )
+        await audit.append(
+            conn,
+            actor=actor,
+            action="grant.abandon",
+            object_type="grant",
+            object_id=grant_id,
+            reason=reason,
+        )
+        await reconcile_failures.resolve(
+            conn, kind="grant", object_id=_text_id(grant_id), resolution=f"abandoned: {reason}"
+        )
+    return abandoned
+
+
+def _text_id(value: int) -> str:
+    """An id as the caller knows it (UUID text), for messages and the failures table."""
+    return str(uuid.UUID(int=value))
 
 
 def _lock_key(kind: str, object_id: int) -> int:
@@ -724,20 +870,40 @@ def _lock_key(kind: str, object_id: int) -> int:
 
 
 def _validate_grant(request: GrantRequest) -> None:
+    """Everything the catalog and the engine will be asked to store, checked before anything
+    is written: a row that cannot reach the ledger would stay 'pending' for ever."""
     if not 1 <= request.amount <= AMOUNT_MAX_REQUEST:
         raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
     if request.category is Category.PAID and not request.currency:
         raise InvalidRequest("a paid grant needs its currency", field="currency")
-    if request.consideration_minor < 0:
+    if not 0 <= request.consideration_minor <= MONEY_MINOR_MAX:
         raise InvalidRequest(
-            "consideration_minor must not be negative", field="consideration_minor"
+            f"consideration_minor must be in 0..{MONEY_MINOR_MAX}", field="consideration_minor"
         )
+    for name in ("effective_at", "expires_at"):
+        business_time_ns(getattr(request, name), name)
     if (
         request.expires_at is not None
         and request.effective_at is not None
         and request.expires_at <= request.effective_at
     ):
         raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+
+
+def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
+    """A business time as ns since the epoch, if the engine can record it (else 422)."""
+    if at is None:
+        return None
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidRequest(f"{field} needs a UTC offset (RFC 3339, e.g. ...Z)", field=field)
+    ns = ns_of_datetime(at)
+    if not BUSINESS_TIME_NS_MIN <= ns <= BUSINESS_TIME_NS_MAX:
+        raise InvalidRequest(
+            f"{field} must be between {datetime_of_ns(BUSINESS_TIME_NS_MIN).isoformat()} and "
+            f"{datetime_of_ns(BUSINESS_TIME_NS_MAX).isoformat()}",
+            field=field,
+        )
+    return ns
 
 
 def _wallet(w: wallets.Wallet) -> Wallet:

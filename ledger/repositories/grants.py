@@ -49,6 +49,8 @@ class GrantState(enum.StrEnum):
     ACTIVE = "active"
     VOIDED = "voided"
     EXPIRED = "expired"  # swept, and nothing held: nothing can come back to it
+    # Never reached the ledger and never will: an operator gave up on it (reconcile_failures).
+    ABANDONED = "abandoned"
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,10 +216,14 @@ async def list_pending_grants(
     conn: Connection, created_before: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
 ) -> list[Grant]:
     """Grants still 'pending' that were created before `created_before`, oldest first: the
-    dual writes that reconciliation must finish (or undo)."""
+    dual writes that reconciliation must finish (or undo). Those whose last attempt failed come
+    after all the others, so that a row that cannot be finished never holds the rest back."""
+    columns = ", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS} FROM grants WHERE state = 'pending' AND created_at < %s"
-        " ORDER BY created_at, id LIMIT %s",
+        f"SELECT {columns} FROM grants g LEFT JOIN reconcile_failures f"
+        " ON f.kind = 'grant' AND f.object_id = g.id::text AND f.resolved_at IS NULL"
+        " WHERE g.state = 'pending' AND g.created_at < %s"
+        " ORDER BY (f.kind IS NOT NULL), g.created_at, g.id LIMIT %s",
         (created_before, page_limit(limit)),
     )
     return [_row(row) for row in await cursor.fetchall()]
@@ -230,8 +236,10 @@ async def list_all_live_grants(conn: Connection) -> list[Grant]:
     return [_row(row) for row in await cursor.fetchall()]
 
 
-async def list_voided_grants(conn: Connection) -> list[Grant]:
-    """Every voided grant, by id: what a release gives back to one must be voided too, so the
-    cache learns them at start (the caller keeps only those with something left or held)."""
-    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE state = 'voided' ORDER BY id")
+async def list_grants_in_states(conn: Connection, states: Collection[GrantState]) -> list[Grant]:
+    """Every grant in one of `states`, by id, unpaged: for states that stay few (abandoned)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE state = ANY(%s) ORDER BY id",
+        ([s.value for s in states],),
+    )
     return [_row(row) for row in await cursor.fetchall()]

@@ -40,6 +40,7 @@ async def test_the_packaged_migrations_apply_once(
             "0001_catalog",
             "0002_grant_expired_state",
             "0003_api_keys",
+            "0004_reconcile_failures",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -50,6 +51,7 @@ async def test_the_packaged_migrations_apply_once(
             "audit_log",
             "movements",
             "api_keys",
+            "reconcile_failures",
         } <= tables
         async with pool.connection() as conn:
             cursor = await conn.execute(
@@ -60,7 +62,12 @@ async def test_the_packaged_migrations_apply_once(
         assert [(r[0], r[1], r[2]) for r in rows] == [
             (m.version, m.name, m.checksum) for m in packaged
         ]
-        assert [m.name for m in packaged] == ["catalog", "grant_expired_state", "api_keys"]
+        assert [m.name for m in packaged] == [
+            "catalog",
+            "grant_expired_state",
+            "api_keys",
+            "reconcile_failures",
+        ]
         assert rows[0][3].tzinfo is not None
     finally:
         await db.close(pool)

@@ -29,14 +29,39 @@ ID = Annotated[
     ),
 ]
 CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["credits"])]
-NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-REF = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Text on one line: no control characters (a NUL cannot even be stored in Postgres).
+_LINE = r"^[^\x00-\x1f\x7f]*$"
+# Free text (a reason): tabs and line breaks allowed, no other control characters.
+_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_LINE)]
+REF = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        pattern=_LINE,
+        description="your own id for the object (unique per kind)",
+    ),
+]
+REASON = Annotated[str, msgspec.Meta(max_length=500, pattern=_TEXT)]
+FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_LINE)]
 DIMENSIONS = Annotated[
     dict[
-        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
-        Annotated[str, msgspec.Meta(max_length=256)],
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_LINE)],
+        Annotated[str, msgspec.Meta(max_length=256, pattern=_LINE)],
     ],
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
+]
+# A business time: RFC 3339 with its UTC offset (a time without one is refused), from
+# 1970-01-01T00:00:00Z to 2554-07-21T23:34:33Z, the times TigerBeetle's u64 of nanoseconds
+# since the Unix epoch can hold (the service checks the range).
+TIME = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 with a UTC offset, 1970-01-01T00:00:00Z .. 2554-07-21T23:34:33Z",
+        examples=["2027-01-01T00:00:00Z"],
+    ),
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
 
@@ -184,10 +209,10 @@ class GrantIn(Strict):
     consideration_minor: AMOUNT0 = 0
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
-    effective_at: dt.datetime | None = None
-    expires_at: dt.datetime | None = None
+    effective_at: TIME | None = None
+    expires_at: TIME | None = None
     source: GrantSource = GrantSource.ADMIN
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
     external_ref: REF | None = None
 
 
@@ -199,7 +224,7 @@ class GrantOut(Out):
 
 
 class VoidIn(Strict):
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
 
 
 class VoidOut(Out):
@@ -211,7 +236,7 @@ class VoidOut(Out):
 
 
 class Usage(Strict):
-    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    feature: FEATURE
     quantity: AMOUNT
 
 
@@ -263,7 +288,7 @@ class BatchOut(Out):
 
 class RefundIn(Strict):
     amount: AMOUNT
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
 
 
 class RefundOut(Out):
@@ -360,7 +385,7 @@ class BudgetOut(Out):
 
 
 class PriceIn(Strict):
-    feature: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    feature: FEATURE
     credit_type: CODE
     credits_per_unit: AMOUNT0
 
