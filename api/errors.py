@@ -40,6 +40,7 @@ STATUS: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "method_not_allowed": 405,
     "ledger_unavailable": 503,
     "internal_error": 500,
@@ -58,6 +59,7 @@ TITLES: dict[str, str] = {
     "unauthorized": "Missing or invalid API key",
     "forbidden": "The API key lacks the scope for this",
     "payload_too_large": "Request body too large",
+    "unsupported_media_type": "The body must be JSON (Content-Type: application/json)",
     "method_not_allowed": "Method not allowed",
     "ledger_unavailable": "The ledger did not answer; retry with the same idempotency key",
     "internal_error": "Internal error",
@@ -141,6 +143,7 @@ def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]
         return problem("not_found", "no such route")
     code = {
         413: "payload_too_large",
+        415: "unsupported_media_type",
         405: "method_not_allowed",
         401: "unauthorized",
         403: "forbidden",

@@ -49,7 +49,13 @@ SECURITY = Components(
 
 # Every authenticated route can answer these.
 COMMON = ("unauthorized", "forbidden", "internal_error", "method_not_allowed")
-WRITE = ("validation_error", "payload_too_large", "idempotency_conflict", "ledger_unavailable")
+WRITE = (
+    "validation_error",
+    "payload_too_large",
+    "unsupported_media_type",
+    "idempotency_conflict",
+    "ledger_unavailable",
+)
 
 
 def operation(

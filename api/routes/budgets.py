@@ -8,7 +8,7 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
 from api.auth import READ_SCOPES
 from api.common import (
@@ -24,6 +24,7 @@ from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
     READ_PROBLEMS,
+    documented_body,
     key_of,
     principal_of,
     reply,
@@ -59,15 +60,14 @@ OPS = {
 @post(
     "/v1/budgets",
     operation_class=OPS["create_budget"],
+    dependencies=documented_body(w.BudgetIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["budgets"],
     description="A spending cap on a resource per period (day, week, month in UTC, or "
     "lifetime), enforced in the same engine request as every spend below it.",
 )
-async def create_budget(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.BudgetIn]
-) -> Response[w.BudgetOut]:
+async def create_budget(request: Request[Any, Any, Any], state: State) -> Response[w.BudgetOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.BudgetIn)
     services = services_of(state)
@@ -120,15 +120,14 @@ async def get_budget(
 @post(
     "/v1/prices",
     operation_class=OPS["set_price"],
+    dependencies=documented_body(w.PriceIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["budgets"],
     description="A feature's price in credits per unit, so request paths may send usage "
     "quantities and prices change without a deploy.",
 )
-async def set_price(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
-) -> Response[w.PriceOut]:
+async def set_price(request: Request[Any, Any, Any], state: State) -> Response[w.PriceOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.PriceIn)
     if principal.customer_id is not None:

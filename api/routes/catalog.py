@@ -7,7 +7,7 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 
 from api.auth import READ_SCOPES
 from api.common import (
@@ -24,6 +24,7 @@ from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
     READ_PROBLEMS,
+    documented_body,
     grant_balance_out,
     key_of,
     principal_of,
@@ -71,13 +72,14 @@ OPS = {
 @post(
     "/v1/credit-types",
     operation_class=OPS["create_credit_type"],
+    dependencies=documented_body(w.CreditTypeIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
 )
 async def create_credit_type(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
+    request: Request[Any, Any, Any], state: State
 ) -> Response[w.CreditTypeOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.CreditTypeIn)
@@ -122,14 +124,13 @@ def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
 @post(
     "/v1/customers",
     operation_class=OPS["create_customer"],
+    dependencies=documented_body(w.CustomerIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A customer: the owner of a tree of resources, with its own tenant number.",
 )
-async def create_customer(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
-) -> Response[w.CustomerOut]:
+async def create_customer(request: Request[Any, Any, Any], state: State) -> Response[w.CustomerOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.CustomerIn)
     if principal.customer_id is not None:
@@ -180,15 +181,14 @@ def _resource_out(resource: Any) -> w.ResourceOut:
 @post(
     "/v1/resources",
     operation_class=OPS["create_resource"],
+    dependencies=documented_body(w.ResourceIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A resource on the customer's tree: subscription, team, agent, ... with a "
     "parent of the same customer.",
 )
-async def create_resource(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
-) -> Response[w.ResourceOut]:
+async def create_resource(request: Request[Any, Any, Any], state: State) -> Response[w.ResourceOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.ResourceIn)
     customer_id = parse_id(data.customer_id, "customer_id")
@@ -238,6 +238,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 @post(
     "/v1/wallets",
     operation_class=OPS["create_wallet"],
+    dependencies=documented_body(w.WalletIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
@@ -245,9 +246,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
     "never below zero; soft with a limit; unbounded) and whether spending falls "
     "through to the parent's wallet.",
 )
-async def create_wallet(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
-) -> Response[w.WalletOut]:
+async def create_wallet(request: Request[Any, Any, Any], state: State) -> Response[w.WalletOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.WalletIn)
     services = services_of(state)

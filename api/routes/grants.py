@@ -7,10 +7,11 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
 from api.auth import READ_SCOPES
 from api.common import (
+    decode_strict,
     own,
     parse_id,
     sid,
@@ -21,7 +22,9 @@ from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
     READ_PROBLEMS,
+    documented_body,
     grant_balance_out,
+    json_body,
     key_of,
     principal_of,
     reply,
@@ -60,6 +63,7 @@ OPS = {
 @post(
     "/v1/grants",
     operation_class=OPS["create_grant"],
+    dependencies=documented_body(w.GrantIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["grants"],
@@ -67,9 +71,7 @@ OPS = {
     "currency, the cost basis) or promotional, with priority, effective_at and "
     "expires_at (exclusive). A wallet in deficit is repaid first.",
 )
-async def create_grant(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.GrantIn]
-) -> Response[w.GrantOut]:
+async def create_grant(request: Request[Any, Any, Any], state: State) -> Response[w.GrantOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.GrantIn)
     services = services_of(state)
@@ -127,17 +129,19 @@ async def get_grant(
 @post(
     "/v1/grants/{grant_id:str}/void",
     operation_class=OPS["void_grant"],
+    dependencies=documented_body(w.VoidIn),
     opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
-    "are voided when they come back.",
+    "are voided when they come back. The body (a reason) may be left out.",
 )
 async def void_grant(
-    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str], data: JSONBody[w.VoidIn]
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
 ) -> Response[w.VoidOut]:
     principal = principal_of(request)
-    data = await strict_body(request, w.VoidIn)
+    raw = await json_body(request)
+    data = decode_strict(raw, w.VoidIn) if raw else w.VoidIn()  # every field is optional
     services = services_of(state)
     gid = parse_id(grant_id, "grant_id")
     own(principal, await _grant_customer(services, gid), "grant")
@@ -150,6 +154,7 @@ async def void_grant(
 @post(
     "/v1/debits/{debit_id:str}/refund",
     operation_class=OPS["refund"],
+    dependencies=documented_body(w.RefundIn),
     opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
@@ -160,7 +165,6 @@ async def refund(
     request: Request[Any, Any, Any],
     state: State,
     debit_id: FromPath[str],
-    data: JSONBody[w.RefundIn],
 ) -> Response[w.RefundOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.RefundIn)

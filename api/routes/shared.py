@@ -14,7 +14,7 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
-from api.common import decode_strict, idempotency_key, sid
+from api.common import decode_strict, idempotency_key, require_json, sid
 from api.openapi import COMMON, WRITE
 from api.services import Services
 from api.spending import Reply
@@ -42,7 +42,14 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
 
 async def strict_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
     """The body decoded strictly: litestar coerces ("1" becomes 1); the contract does not."""
-    return decode_strict(await request.body(), cls)
+    return decode_strict(await json_body(request), cls)
+
+
+async def json_body(request: Request[Any, Any, Any]) -> bytes:
+    """The raw body, which must say it is JSON when there is one (415 otherwise)."""
+    body = await request.body()
+    require_json(request.headers.get("content-type"), body)
+    return body
 
 
 def key_of(request: Request[Any, Any, Any]) -> str:

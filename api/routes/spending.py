@@ -27,6 +27,7 @@ from api.routes.shared import (
     RESERVATION_PROBLEMS,
     SPENDING_PROBLEMS,
     documented_body,
+    json_body,
     key_of,
     principal_of,
     send,
@@ -156,6 +157,7 @@ async def release(
     request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
 ) -> Response[w.ReleaseOut]:
     principal = principal_of(request)
+    await json_body(request)  # none is needed; one given must be JSON, as at the hot lane
     key = key_of(request)
     return send(await spending.release(services_of(state), principal, key, reservation_id))
 
