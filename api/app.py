@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -27,7 +28,7 @@ from api.auth import KeyCache
 from api.errors import EXCEPTION_HANDLERS
 from api.lane import HotLane
 from api.metrics import Metrics
-from api.openapi import SECURITY
+from api.openapi import SECURITY, ExactJsonRenderPlugin
 from api.routes import ROUTES, authorize
 from api.services import Services
 from ledger.client import Ledger
@@ -201,6 +202,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         "/metrics",
         tags=["health"],
         include_in_schema=True,
+        media_type="text/plain; version=0.0.4",
         description="Prometheus metrics: requests and latencies per route, engine latency, "
         "spending decisions by outcome.",
     )
@@ -227,6 +229,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             "requires an Idempotency-Key header; a replay answers with "
             "Idempotency-Hit: true. Errors are problem+json with a stable code.",
             path="/schema",
+            render_plugins=[ExactJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
             components=SECURITY,
             security=[{"BearerAuth": []}],
         ),

@@ -153,8 +153,8 @@ async def test_batch_gives_each_debit_its_own_result(api: Api) -> None:
         {**world.spend(amount=500), "idempotency_key": api.k("b-poor")},
         {**world.spend(amount=1, credit_type="nosuchtype"), "idempotency_key": api.k("b-type")},
         {
-            **world.spend(amount=1, usage={"feature": "x", "quantity": 1}),
-            "idempotency_key": api.k("b-both"),
+            **world.spend(usage={"feature": "unpriced", "quantity": 1}),
+            "idempotency_key": api.k("b-unpriced"),
         },
         {
             "credit_type": world.code,

@@ -137,7 +137,8 @@ async def test_refusals_are_the_same_bytes(api: Api, world: World, pool: db.Pool
         idem = f"lane-{next(_keys)}"
         r = await _same(api, _post(api, path, body, "runtime", idem, content_type))
         code = "validation_error" if content_type and "json" in content_type else None
-        assert r.json()["code"] == (code or "unsupported_media_type"), (path, r.text)    # a debit refused for lack of credits keeps that answer under its key, through either door
+        assert r.json()["code"] == (code or "unsupported_media_type"), (path, r.text)
+    # a debit refused for lack of credits keeps that answer under its key, through either door
     r = await _same(api, _post(api, "/v1/debits", {**spend, "amount": 101}, "runtime", "poor"))
     assert r.json()["code"] == "insufficient_credits" and r.json()["available"] == 100
 

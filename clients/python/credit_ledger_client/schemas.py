@@ -275,11 +275,18 @@ class BatchIn(Strict):
     debits: Annotated[list[BatchDebitIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
+class BatchErrorOut(Out):
+    """Why one debit of a batch was refused: the code and detail its own call would answer."""
+
+    code: str
+    detail: str | None = None
+
+
 class BatchResultOut(Out):
     idempotency_key: str
     status: int
     debit: DebitOut | None = None
-    error: dict[str, object] | None = None
+    error: BatchErrorOut | None = None
 
 
 class BatchOut(Out):
