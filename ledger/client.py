@@ -121,10 +121,15 @@ class Ledger:
         self._deadline_s = deadline_s
         self._on_close = on_close
         self.engine_name = engine_name
-        # A supervised engine's state, for the probes and the metrics; None for the others.
-        self.health = health
+        self._health = health
         # Called with (method, seconds) after every engine request: the metrics hook.
         self.observe: Callable[[str, float], None] | None = None
+
+    @property
+    def health(self) -> EngineHealth | None:
+        """A supervised engine's state, for the probes and the metrics (read from memory, so
+        cheap); None for the other engines."""
+        return None if self._health is None else self._health()
 
     async def _call(self, method: str, argument: Any) -> Any:
         if self.observe is None:

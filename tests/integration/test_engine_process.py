@@ -216,8 +216,8 @@ async def test_closed_means_closed(tmp_path: Path) -> None:
 async def test_open_ledger_runs_it_when_the_settings_say_so(tmp_path: Path) -> None:
     ledger = open_ledger(LedgerSettings(data_dir=tmp_path, engine_process=True))
     assert ledger.engine_name.startswith("embedded (process ")
-    assert ledger.health is not None  # supervised (tests/integration/test_engine_supervisor.py)
-    assert ledger.health().state == "running"
+    # Supervised (tests/integration/test_engine_supervisor.py).
+    assert ledger.health is not None and ledger.health.state == "running"
     await ledger.create_accounts([Account(id=1, ledger=1, code=1)])
     assert len(await ledger.lookup_accounts([1])) == 1
     await ledger.close()
