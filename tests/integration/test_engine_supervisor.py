@@ -1,8 +1,8 @@
 """The supervised engine process (`ledger.embedded.supervisor`): killed under load, it is
 replaced on the same journal without a new supervisor, and retries with the same ids apply
 once; a restart that cannot take the lock keeps trying and says when it is hopeless; a journal
-found corrupt at restart is given up on; the first start fails as an unsupervised one does; a
-replacement ends with its parent too."""
+found corrupt at restart is given up on; a replacement ends with its parent too. (A first start
+that fails raises as an unsupervised one does: tests/integration/test_engine_process.py.)"""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from ledger.client import LedgerUnavailable
-from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
+from ledger.embedded import EmbeddedEngine
 from ledger.embedded.supervisor import EngineSupervisor, RestartPolicy
 from ledger.types import Account, CreateTransferStatus, Transfer
 from tests.integration.test_engine_process import ROOT, _alive
@@ -237,21 +237,6 @@ async def test_closing_while_it_restarts_stops_the_restarts(
     await asyncio.sleep(QUICK.pause_s_max * 4)  # time for a restart that should not happen
     EmbeddedEngine(tmp_path).close()  # nothing holds the directory
     assert loop_errors == []
-
-
-def test_a_first_start_that_fails_raises_as_it_did(tmp_path: Path) -> None:
-    """Not starting is not restarting: the same exceptions as an unsupervised process."""
-    with EmbeddedEngine(tmp_path), pytest.raises(DataDirectoryLocked):
-        EngineSupervisor(tmp_path)
-    with EmbeddedEngine(tmp_path) as engine:
-        for i in range(1, 4):
-            engine.client_sync().create_accounts([Account(id=i, ledger=1, code=1)])
-    segment = sorted(tmp_path.glob("journal-*.log"))[-1]
-    data = bytearray(segment.read_bytes())
-    data[12] ^= 0xFF  # inside the first record
-    segment.write_bytes(bytes(data))
-    with pytest.raises(JournalCorrupt, match="fails its checksum"):
-        EngineSupervisor(tmp_path)
 
 
 def test_a_replacement_ends_with_its_parent(tmp_path: Path) -> None:
