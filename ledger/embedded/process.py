@@ -42,7 +42,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -215,11 +215,8 @@ class EngineProcess:
         self._spawn(data_dir, fsync=fsync, snapshot_bytes=snapshot_bytes)
         # Start-up: the child recovers the journal, then says hello (or why it could not).
         self._sock.settimeout(start_timeout_s)
-        try:
+        with self._abandoned_on_failure():
             hello = _read_frame(self._sock)
-        except BaseException:
-            self._abandon()
-            raise
         self._started(hello)
 
     @classmethod
@@ -237,14 +234,11 @@ class EngineProcess:
         process = cls.__new__(cls)
         process._spawn(data_dir, fsync=fsync, snapshot_bytes=snapshot_bytes)
         process._sock.setblocking(False)
-        try:
+        with process._abandoned_on_failure():
             async with asyncio.timeout(start_timeout_s):
                 hello = await _read_frame_async(process._sock)
             process._started(hello)
             await process._connect(asyncio.get_running_loop())
-        except BaseException:
-            process._abandon()
-            raise
         return process
 
     def _spawn(self, data_dir: str | os.PathLike[str], *, fsync: bool, snapshot_bytes: int) -> None:
@@ -299,6 +293,15 @@ class EngineProcess:
         _, (self.torn_bytes, self.replayed_records) = hello
         self._sock.settimeout(None)
         self._sock.setblocking(False)
+
+    @contextlib.contextmanager
+    def _abandoned_on_failure(self) -> Iterator[None]:
+        """A start-up that raises, or is cancelled, leaves no child behind."""
+        try:
+            yield
+        except BaseException:
+            self._abandon()
+            raise
 
     def _abandon(self) -> int:
         """Kills a child that did not start, and closes its socket (again: harmless); its exit
