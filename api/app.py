@@ -118,6 +118,7 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
+    metrics.watch_engine(lambda: ledger.health)
     metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
     control = ControlPlane(pool, service)
     metrics.watch_reconciliation(lambda: control.reconcile_failures_open)

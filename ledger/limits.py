@@ -45,6 +45,25 @@ JOURNAL_SNAPSHOT_BYTES_DEFAULT = 256 * 1024 * 1024
 # under this bound, and a record claiming more is corrupt.
 JOURNAL_RECORD_BYTES_MAX = 64 * 1024 * 1024
 
+# The engine process (`ledger.embedded.process`) has this long to replay its journal and say
+# that it is ready; a snapshot bounds the replay, so this is far more than it needs.
+ENGINE_START_TIMEOUT_S = 600.0
+# A dead engine process is started again by its supervisor (`ledger.embedded.supervisor`): the
+# first time at once, then after a pause that doubles from the shortest to the longest, so that
+# a directory still locked or an engine that dies as it starts costs little.
+ENGINE_RESTART_PAUSE_S_MIN = 0.05
+ENGINE_RESTART_PAUSE_S_MAX = 5.0
+# An engine that ran this long before it died ran well: its restart starts the count afresh.
+# One that died sooner adds to the count, so a crash loop backs off too.
+ENGINE_RUN_STABLE_S = 60.0
+# After this many restart attempts without an engine that ran well, /healthz fails: the
+# service cannot recover by itself, and an outside supervisor should restart it (it goes on
+# trying meanwhile).
+ENGINE_RESTART_ATTEMPTS_MAX = 10
+# An engine process that lost its connection but has not exited after this long is killed:
+# its journal lock goes with it only once it has exited.
+ENGINE_EXIT_GRACE_S = 5.0
+
 # A spend path: at most this many accounts to draw from (grants in burn order, the parent's when
 # the wallet falls through, the overdraft) and this many budgets (one per resource on the path).
 PATH_SOURCES_MAX = 64
@@ -79,3 +98,10 @@ assert TIMESTAMP_MAX < U64_MAX
 assert BUSINESS_TIME_NS_MIN == 0 and BUSINESS_TIME_NS_MAX == U64_MAX
 assert PENDING_TIMEOUT_S_MAX * 1_000_000_000 < TIMESTAMP_MAX
 assert JOURNAL_RECORD_BYTES_MAX < JOURNAL_SNAPSHOT_BYTES_DEFAULT
+assert 0 < ENGINE_RESTART_PAUSE_S_MIN <= ENGINE_RESTART_PAUSE_S_MAX < ENGINE_RUN_STABLE_S
+assert ENGINE_RESTART_ATTEMPTS_MAX >= 2  # one failed attempt alone is not yet a verdict
+# The attempts before /healthz fails span at least one longest pause.
+assert ENGINE_RESTART_PAUSE_S_MIN * 2 ** (ENGINE_RESTART_ATTEMPTS_MAX - 2) >= (
+    ENGINE_RESTART_PAUSE_S_MAX
+)
+assert 0 < ENGINE_EXIT_GRACE_S < ENGINE_START_TIMEOUT_S
