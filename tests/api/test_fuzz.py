@@ -205,3 +205,19 @@ def test_no_5xx_and_every_answer_as_documented(
     except Exception:
         print(service.log_tail())
         raise
+
+
+def test_the_whole_run_answered_no_5xx(served: tuple[Served, dict[str, Any]]) -> None:
+    """After the fuzzing above: the service's own request counts, by status, have no 5xx (a
+    check of the checks), and say how much was sent."""
+    service, _ = served
+    text = httpx.get(f"{service.url}/metrics", timeout=30).text
+    by_status: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("http_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            status = labels.split('status="', 1)[1].split('"', 1)[0]
+            by_status[status] = by_status.get(status, 0) + float(value)
+    print(f"fuzz: {sum(by_status.values()):.0f} requests by status {sorted(by_status.items())}")
+    assert sum(by_status.values()) >= 10 * EXAMPLES
+    assert not [s for s in by_status if s.startswith("5")], by_status
