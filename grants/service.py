@@ -23,7 +23,7 @@ from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode, account_flags
-from ledger.ids import derive_id, leg_id, system_account_id
+from ledger.ids import derive_id, id_text, leg_id, system_account_id
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     BATCH_EVENTS_MAX,
@@ -210,7 +210,7 @@ class GrantService:
         as the caller read it (the cache may already have dropped a block being voided)."""
         grant = grant or self.cache.grants.get(grant_id) or self.voided.get(grant_id)
         if grant is None:
-            raise NotFound(f"grant {grant_id} not found")
+            raise NotFound(f"grant {id_text(grant_id)} not found")
         self.cache.drop_grant(grant_id)
         self.voided[grant_id] = grant
         op = derive_id("grant/void", tenant, key)
@@ -292,7 +292,7 @@ class GrantService:
         legs = await read_legs(self.ledger, debit_id, CHAIN_LEGS_MAX)
         setup = legs[SETUP]
         if setup.code != TransferCode.CONSUME:
-            raise NotFound(f"debit {debit_id} not found")
+            raise NotFound(f"debit {id_text(debit_id)} not found")
         op_id = derive_id("refund", tenant, key)
         fingerprint = fingerprint_of("refund", debit_id, amount, reason or "")
         op = Operation(op_id, fingerprint, setup.ledger, tenant, self.clock_ns())

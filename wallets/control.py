@@ -38,7 +38,13 @@ from grants.service import GrantService, IssueResult, RefundResult, SweepReport,
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
-from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
+from ledger.ids import (
+    derive_id,
+    id_text,
+    idempotency_key_bytes,
+    operation_id,
+    request_fingerprint,
+)
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     ASSET_SCALE_MAX,
@@ -371,11 +377,11 @@ class ControlPlane:
         resource_id = derive_id("resource", tenant, key)
         parent = self.catalog.resources.get(parent_id) if parent_id is not None else None
         if parent_id is not None and (parent is None or parent.customer_id != customer_id):
-            raise NotFound(f"parent resource {parent_id} not found for this customer")
+            raise NotFound(f"parent resource {id_text(parent_id)} not found for this customer")
 
         async def first(conn: Connection) -> None:
             if await customers.get_customer(conn, customer_id) is None:
-                raise NotFound(f"customer {customer_id} not found")
+                raise NotFound(f"customer {id_text(customer_id)} not found")
             await resources.insert_resource(
                 conn,
                 id=resource_id,
@@ -429,7 +435,7 @@ class ControlPlane:
             )
         resource = self.catalog.resources.get(resource_id)
         if resource is None:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if ledger not in self.catalog.credit_types:
             raise NotFound(f"credit type {ledger} not found")
         wallet = Wallet(
@@ -487,7 +493,7 @@ class ControlPlane:
         key: str,
     ) -> tuple[Budget, bool]:
         if resource_id not in self.catalog.resources:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if not 1 <= cap <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("cap out of range", field="cap")
         budget = Budget(derive_id("budget", tenant, key), resource_id, ledger, period, cap)
@@ -606,7 +612,7 @@ class ControlPlane:
         async with self.pool.connection() as conn:
             row = await customers.get_customer(conn, customer_id)
         if row is None:
-            raise NotFound(f"customer {customer_id} not found")
+            raise NotFound(f"customer {id_text(customer_id)} not found")
         return row
 
     # -- grants -------------------------------------------------------------------------------
@@ -617,7 +623,7 @@ class ControlPlane:
         """Issues a credit block once per key. Returns (outcome, replayed)."""
         wallet = self.catalog.wallets.get(request.wallet_id)
         if wallet is None:
-            raise NotFound(f"wallet {request.wallet_id} not found")
+            raise NotFound(f"wallet {id_text(request.wallet_id)} not found")
         _validate_grant(request)
         grant_id = operation_id(tenant, key)
         effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
@@ -715,7 +721,7 @@ class ControlPlane:
                 conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
             )
             if row is None:
-                raise NotFound(f"active grant {grant_id} not found")
+                raise NotFound(f"active grant {id_text(grant_id)} not found")
             await audit.append(
                 conn,
                 actor=actor,

@@ -533,7 +533,9 @@ class CreditService:
     async def _reservation(self, reservation_id: int) -> list[Transfer]:
         legs = await self._legs(reservation_id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
-            raise NotFound(f"reservation {reservation_id} not found")
+            # Word for word what the API answers for another customer's reservation, so the
+            # answer tells a customer-bound key nothing about what exists beyond its boundary.
+            raise NotFound("reservation not found")
         return legs
 
     async def settle(

@@ -14,7 +14,7 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import budget_account_id, leg_ids
+from ledger.ids import budget_account_id, id_text, leg_ids
 from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
 from ledger.types import (
     Account,
@@ -173,13 +173,13 @@ class Statements:
     async def grant(self, grant_id: int) -> GrantBalance:
         accounts = await self.ledger.lookup_accounts([grant_id])
         if not accounts or accounts[0].code != AccountCode.GRANT:
-            raise NotFound(f"grant {grant_id} not found")
+            raise NotFound(f"grant {id_text(grant_id)} not found")
         return grant_balance(accounts[0], await _all_transfers(self.ledger, grant_id))
 
     async def wallet(self, wallet_id: int) -> WalletBalance:
         wallet = self.catalog.wallets.get(wallet_id)
         if wallet is None:
-            raise NotFound(f"wallet {wallet_id} not found")
+            raise NotFound(f"wallet {id_text(wallet_id)} not found")
         grants = [
             grant_balance(a, await _all_transfers(self.ledger, a.id))
             for a in await self.grant_accounts(wallet)
@@ -220,7 +220,7 @@ class Statements:
             raise InvalidRequest(f"limit must be in 1..{ENTRIES_PAGE_MAX}", field="limit")
         wallet = self.catalog.wallets.get(wallet_id)
         if wallet is None:
-            raise NotFound(f"wallet {wallet_id} not found")
+            raise NotFound(f"wallet {id_text(wallet_id)} not found")
         grants = await self.grant_accounts(wallet)
         balances = {a.id: await self._balance_at(a.id, after) for a in grants}
         entries: list[Entry] = []

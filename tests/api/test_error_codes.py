@@ -4,6 +4,7 @@ status, its stable code and its members; and the state each refusal leaves alone
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -169,8 +170,9 @@ async def test_not_found_for_every_kind_of_object(api: Api) -> None:
         f"/v1/budgets/{MISSING_ID}",
         "/v1/no-such-route",
     ]
+    details = []
     for path in reads:
-        assert_problem(await api.get(path, key="runtime"), "not_found")
+        details.append(assert_problem(await api.get(path, key="runtime"), "not_found"))
     writes: list[tuple[str, Any, str]] = [
         (f"/v1/reservations/{MISSING_ID}/settle", {"amount": 1}, "runtime"),
         (f"/v1/reservations/{MISSING_ID}/release", None, "runtime"),
@@ -219,8 +221,13 @@ async def test_not_found_for_every_kind_of_object(api: Api) -> None:
         ),
     ]
     for path, body, key in writes:
-        assert_problem(await api.post(path, body, key=key), "not_found")
+        details.append(assert_problem(await api.post(path, body, key=key), "not_found"))
     assert await balance(api, world.wallet["id"]) == (1000, 0, 0)
+    # An id in a message is the text the caller sent (UUID text), never a u128 in decimal.
+    for body in details:
+        assert not re.search(r"[0-9]{11,}", body.get("detail", "")), body
+    no_wallet = f"resource {world.team['id']} has no wallet for credit type {world.code!r}"
+    assert no_wallet in [b.get("detail") for b in details]
 
 
 async def test_validation_error_names_the_field(api: Api) -> None:
