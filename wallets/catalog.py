@@ -48,6 +48,7 @@ class Resource(msgspec.Struct, frozen=True):
     tenant: int
     kind: str
     parent_id: int | None = None
+    external_ref: str | None = None  # the caller's own reference, as stored
 
 
 class Wallet(msgspec.Struct, frozen=True):

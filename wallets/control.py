@@ -136,10 +136,7 @@ class ControlPlane:
         tenants = {c.id: c.tenant for c in snapshot.customers}
         self.catalog.load(
             [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
-            [
-                Resource(r.id, r.customer_id, tenants[r.customer_id], r.kind.value, r.parent_id)
-                for r in snapshot.resources
-            ],
+            [_resource(r, tenants[r.customer_id]) for r in snapshot.resources],
             [_wallet(w) for w in snapshot.wallets],
             [_grant(g) for g in snapshot.grants],
             [
@@ -178,15 +175,7 @@ class ControlPlane:
                 if resource is not None:
                     owner = await customers.get_customer(conn, resource.customer_id)
                     assert owner is not None
-                    self.catalog.put_resource(
-                        Resource(
-                            resource.id,
-                            resource.customer_id,
-                            owner.tenant,
-                            resource.kind.value,
-                            resource.parent_id,
-                        )
-                    )
+                    self.catalog.put_resource(_resource(resource, owner.tenant))
             elif table == "credit_types":
                 row = await credit_types.get_credit_type(conn, row_id)
                 if row is not None:
@@ -402,7 +391,9 @@ class ControlPlane:
             async with self.pool.connection() as conn:
                 owner = await customers.get_customer(conn, customer_id)
             assert owner is not None
-            resource = Resource(resource_id, customer_id, owner.tenant, kind.value, parent_id)
+            resource = Resource(
+                resource_id, customer_id, owner.tenant, kind.value, parent_id, external_ref
+            )
             self.catalog.put_resource(resource)
             return resource
 
@@ -910,6 +901,10 @@ def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
             field=field,
         )
     return ns
+
+
+def _resource(r: resources.Resource, tenant: int) -> Resource:
+    return Resource(r.id, r.customer_id, tenant, r.kind.value, r.parent_id, r.external_ref)
 
 
 def _wallet(w: wallets.Wallet) -> Wallet:

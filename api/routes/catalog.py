@@ -174,7 +174,7 @@ def _resource_out(resource: Any) -> w.ResourceOut:
         customer_id=sid(resource.customer_id),
         kind=resource.kind,
         parent_id=sid(resource.parent_id) if resource.parent_id else None,
-        external_ref=None,
+        external_ref=resource.external_ref,
     )
 
 

@@ -40,6 +40,15 @@ async def test_catalog_objects_are_created_and_read_back(api: Api) -> None:
         {"customer_id": customer["id"], "kind": "agent", "parent_id": team["id"]},
     )
     assert (team["parent_id"], agent["parent_id"]) == (None, team["id"])
+    assert (team["external_ref"], agent["external_ref"]) == (None, None)
+    user = await created(
+        api,
+        "/v1/resources",
+        {"customer_id": customer["id"], "kind": "user", "external_ref": "crm-user-9"},
+    )
+    assert user["external_ref"] == "crm-user-9"
+    r = await api.get(f"/v1/resources/{user['id']}", key="runtime")
+    assert (r.status_code, r.json()) == (200, user)
     assert (agent["customer_id"], agent["kind"]) == (customer["id"], "agent")
     r = await api.get(f"/v1/resources/{agent['id']}", key="runtime")
     assert (r.status_code, r.json()) == (200, agent)
