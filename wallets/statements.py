@@ -14,7 +14,7 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import budget_account_id, id_text, leg_ids
+from ledger.ids import budget_account_id, id_text, leg_id, leg_ids
 from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
 from ledger.types import (
     Account,
@@ -298,12 +298,17 @@ class ReservationView(msgspec.Struct, frozen=True):
 
 async def reservation_status(ledger: Ledger, reservation_id: int, now_ns: int) -> ReservationView:
     """Where a reservation stands. TigerBeetle does not expose a pending transfer's state, so
-    the first source leg's account is searched for a post or void of that leg (they carry the
-    leg's code); with neither, the timeout decides between held and expired."""
+    the account of a source leg that held something is searched for a post or void of that leg
+    (they carry the leg's code). A leg that held nothing tells nothing: a settle voids it like a
+    release does (its block was exhausted when the reservation was made). The post or void
+    carries the operation that resolved it: a settle has its `SETTLE` leg, even for 0, a release
+    has none. With neither post nor void, the timeout decides between held and expired."""
     ids = leg_ids(reservation_id, range(CHAIN_LEGS_MAX))
     found = {t.id: t for t in await ledger.lookup_transfers(ids)}
     legs = [found.get(i, Transfer()) for i in ids]
-    sources = [t for t in legs[chains.FIRST_VARIABLE :] if t.id and t.flags & PENDING]
+    sources = [
+        t for t in legs[chains.FIRST_VARIABLE :] if t.id and t.flags & PENDING and t.amount > 0
+    ]
     if not sources:
         return ReservationView("held", legs)
     leg = sources[0]
@@ -320,7 +325,9 @@ async def reservation_status(ledger: Ledger, reservation_id: int, now_ns: int) -
     )
     for t in await ledger.get_account_transfers(query):
         if t.pending_id == leg.id:
-            return ReservationView("settled" if t.flags & POST else "released", legs)
+            resolver = await ledger.lookup_transfers([leg_id(t.user_data_128, chains.SETUP)])
+            settled = bool(resolver) and resolver[0].code == TransferCode.SETTLE
+            return ReservationView("settled" if settled else "released", legs)
     expired = leg.timeout and now_ns >= leg.timestamp + leg.timeout * 1_000_000_000
     return ReservationView("expired" if expired else "held", legs)
 

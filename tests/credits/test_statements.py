@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.credits.conftest import AGENT, OverdraftMode, World
-from wallets.statements import Statements
+from wallets.statements import Statements, reservation_status
 
 S = 1_000_000_000
 
@@ -61,3 +63,32 @@ def test_overdraft_used_is_reported(world: World) -> None:
     world.debit(25)
     balance = world.run(Statements(world.ledger, world.catalog).wallet(wallet.id))
     assert (balance.available, balance.overdraft_used, balance.overdraft_limit) == (0, 15, None)
+
+
+def _status(world: World, reservation_id: int) -> str:
+    return str(world.run(reservation_status(world.ledger, reservation_id, world.now())).status)
+
+
+@pytest.mark.manual_clock
+def test_a_reservation_reads_settled_even_when_an_empty_block_comes_first(world: World) -> None:
+    """The first source leg in burn order can hold nothing (its block was exhausted): a settle
+    voids that leg and posts the next one. The status follows what the settle did."""
+    wallet = world.wallet(AGENT)
+    world.grant(wallet, 100, priority=0)
+    world.debit(100)  # the first block in burn order is empty from now on
+    world.grant(wallet, 100, priority=1)
+    settled = world.reserve(50).reservation_id
+    released = world.reserve(20).reservation_id
+    zero = world.reserve(10).reservation_id
+    assert {_status(world, r) for r in (settled, released, zero)} == {"held"}
+    world.settle(settled, 50)
+    world.release(released)
+    world.settle(zero, 0)  # settled for nothing: still a settle, every leg voided
+    assert _status(world, settled) == "settled"
+    assert _status(world, released) == "released"
+    assert _status(world, zero) == "settled"
+    timed_out = world.reserve(5, timeout_s=5).reservation_id
+    world.clock.advance(4)
+    assert _status(world, timed_out) == "held"
+    world.clock.advance(2)
+    assert _status(world, timed_out) == "expired"
