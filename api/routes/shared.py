@@ -15,11 +15,12 @@ from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
 from api.common import decode_strict, idempotency_key, require_json, sid
+from api.errors import IDEMPOTENCY_HIT
 from api.openapi import COMMON, WRITE
 from api.services import Services
 from api.spending import Reply
 
-HIT = {"Idempotency-Hit": "true"}
+HIT = IDEMPOTENCY_HIT
 T = TypeVar("T")
 B = TypeVar("B")
 

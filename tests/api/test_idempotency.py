@@ -197,7 +197,11 @@ async def test_a_debit_refused_for_lack_of_credits_stays_refused(api: Api) -> No
     )
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
     r = await api.post("/v1/debits", world.spend(amount=150), key="runtime", idem=key)
-    assert_problem(r, "insufficient_credits", needed=150)
+    # The replay says it is one, and keeps the first answer's meaning: no `available` of now
+    # (600 would contradict "not enough credits"), a detail naming the stored outcome.
+    body = assert_problem(r, "insufficient_credits", needed=150)
+    assert r.headers["Idempotency-Hit"] == "true"
+    assert "available" not in body and "stored outcome" in body["detail"]
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
     # The same debit under a new key goes through.
     r = await api.post("/v1/debits", world.spend(amount=150), key="runtime")
@@ -216,7 +220,8 @@ async def test_a_reservation_refused_for_lack_of_credits_stays_refused(api: Api)
         {"wallet_id": world.wallet["id"], "amount": 500, "category": "promotional"},
     )
     r = await api.post("/v1/reservations", world.spend(amount=150), key="runtime", idem=key)
-    assert_problem(r, "insufficient_credits", needed=150)
+    body = assert_problem(r, "insufficient_credits", needed=150)
+    assert r.headers["Idempotency-Hit"] == "true" and "available" not in body
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
 
 

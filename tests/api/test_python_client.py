@@ -414,6 +414,19 @@ def test_amounts_past_2_53_arrive_as_strings_and_are_read_as_ints() -> None:
     assert (caught.value.available, caught.value.needed) == (huge, huge + 1)
 
 
+def test_a_refusal_answered_again_under_its_key_says_it_is_a_replay() -> None:
+    first = problem(402, "insufficient_credits", available=100, needed=101)
+    stored = problem(402, "insufficient_credits", needed=101)
+    stored.headers["idempotency-hit"] = "true"
+    with make_client(FakeService(script=[first, stored])) as client:
+        with pytest.raises(InsufficientCreditsError) as caught:
+            client.debit(spend(101), idempotency_key="poor")
+        assert (caught.value.replayed, caught.value.available) == (False, 100)
+        with pytest.raises(InsufficientCreditsError) as caught:
+            client.debit(spend(101), idempotency_key="poor")
+        assert (caught.value.replayed, caught.value.available) == (True, None)
+
+
 def test_budget_exceeded_names_the_budget(client: CreditClient) -> None:
     with pytest.raises(BudgetExceededError) as caught:
         client.debit(spend(1, resource_id=BUDGETED))

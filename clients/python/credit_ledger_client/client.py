@@ -135,7 +135,9 @@ class CreditApiError(Exception):
     `status` is the HTTP status (0 when no response arrived), `code` the stable snake_case code,
     `extra` every other field of the problem document (`available`, `needed`, `budget_id`,
     `field`, ...), and `idempotency_key` the key the call was sent with: retry with that key
-    when `retryable` is true.
+    when `retryable` is true. `replayed`: the answer is the outcome stored under that key
+    (`Idempotency-Hit: true`), say a refusal decided before a top-up; a refused spend stays
+    refused under its key, and its replay carries no `available` of its own.
     """
 
     # Whether the same call with the same key may still succeed later.
@@ -153,8 +155,10 @@ class CreditApiError(Exception):
         method: str = "",
         path: str = "",
         idempotency_key: str | None = None,
+        replayed: bool = False,
     ) -> None:
         self.status = status
+        self.replayed = replayed
         self.code = code
         self.title = title
         self.detail = detail
@@ -453,6 +457,7 @@ def _error(call: _Call[Any], response: httpx.Response) -> CreditApiError:
         method=call.method,
         path=call.path,
         idempotency_key=call.idempotency_key,
+        replayed=response.headers.get("idempotency-hit") == "true",
     )
 
 
