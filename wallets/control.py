@@ -232,7 +232,12 @@ class ControlPlane:
     ) -> tuple[R, bool]:
         """Runs an admin operation once per (tenant, key): `first` in the claiming transaction,
         `then` (the ledger side and the final state) after it. A replay returns the stored
-        outcome; an unfinished earlier attempt is finished; another body is a conflict."""
+        outcome; an unfinished earlier attempt is finished; another body is a conflict.
+
+        Callers that race with one key all find the record unfinished and run `then` (it is
+        idempotent: ids derive from the key). The one whose outcome is stored first answers
+        the first answer; every other caller answers that stored outcome as a replay, so
+        exactly one answer goes without `Idempotency-Hit`."""
         try:
             idempotency_key_bytes(key)
         except ValueError as error:
@@ -253,13 +258,17 @@ class ControlPlane:
                 return msgspec.convert(existing.response, result_type), True
         result = await then()
         async with self.pool.connection() as conn, conn.transaction():
-            await idempotency.complete(
+            stored = await idempotency.complete(
                 conn,
                 tenant=tenant,
                 key=key,
                 status_code=200,
                 response=msgspec.to_builtins(result),
             )
+            if stored is None:  # another caller with this key completed it first
+                stored = await idempotency.get(conn, tenant=tenant, key=key)
+                assert stored is not None and stored.completed
+                return msgspec.convert(stored.response, result_type), True
         return result, False
 
     # -- catalog objects ----------------------------------------------------------------------
