@@ -243,44 +243,60 @@ class GrantService:
         if not candidates:
             return SweepReport([], [])
         accounts = {a.id: a for a in await self.ledger.lookup_accounts([g.id for g in candidates])}
-        sweeps, reasons, finished = [], {}, []
+        sweeps: list[Transfer] = []
+        reasons: dict[int, tuple[int, str]] = {}
+        finished: list[int] = []
+        finishing: dict[int, int] = {}  # a sweep's place in `sweeps` -> the block it finishes
         for grant in candidates:
             account = accounts.get(grant.id)
             if account is None:
                 continue
             voided = grant.id in self.voided
-            if account.credits_posted - account.debits_posted - account.debits_pending > 0:
-                state = (account.debits_pending, account.debits_posted, account.credits_posted)
-                op = derive_id("grant/sweep", grant.id, *state)
-                sweeps.append(
-                    _sweep(
-                        grant,
-                        op,
-                        AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
-                        TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
-                        account.user_data_32,
-                    )
-                )
-                reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
-            elif account.debits_pending == 0:
+            left = account.credits_posted - account.debits_posted - account.debits_pending
+            if left <= 0 and account.debits_pending == 0 and voided:
                 # Nothing left and nothing held: nothing can come back. Done with this block.
-                self.cache.drop_grant(grant.id)
-                self.voided.pop(grant.id, None)
-                finished.append(grant.id)
+                self._finish(grant.id, finished)
+                continue
+            if left <= 0 and account.debits_pending == 0:
+                # Done too, once a sweep of nothing has written its expiry on the ledger,
+                # where reads of a block that left the catalog find it (a void says so itself).
+                finishing[len(sweeps)] = grant.id
+            elif left <= 0:
+                continue
+            state = (account.debits_pending, account.debits_posted, account.credits_posted)
+            sweeps.append(
+                _sweep(
+                    grant,
+                    derive_id("grant/sweep", grant.id, *state),
+                    AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
+                    TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
+                    account.user_data_32,
+                )
+            )
+            reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
         if not sweeps:
             return SweepReport([], finished)
         results = await self.ledger.create_transfers(sweeps)
         done = []
-        for sweep, result in zip(sweeps, results, strict=True):
+        for index, (sweep, result) in enumerate(zip(sweeps, results, strict=True)):
             if result.status in (S.CREATED, S.EXISTS):
                 done.append(sweep.id)
+                if index in finishing:
+                    self._finish(finishing[index], finished)
             else:  # one block's refusal never holds the others back; the next tick retries
                 _logger.error(
                     "sweep of grant %s refused: %s", reasons[sweep.id][0], result.status.name
                 )
         moved = await self.ledger.lookup_transfers(done) if done else []
-        swept = [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
+        swept = [
+            SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved if t.amount
+        ]
         return SweepReport(swept, finished)
+
+    def _finish(self, grant_id: int, finished: list[int]) -> None:
+        self.cache.drop_grant(grant_id)
+        self.voided.pop(grant_id, None)
+        finished.append(grant_id)
 
     async def refund(
         self, debit_id: int, amount: int, *, tenant: int, key: str, reason: str | None = None

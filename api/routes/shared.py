@@ -119,8 +119,10 @@ def documented_body(cls: type[Any]) -> dict[str, Provide]:
 def grant_balance_out(g: Any) -> w.GrantBalanceOut:
     return w.GrantBalanceOut(
         grant_id=sid(g.grant_id),
+        state=w.GrantState(g.state),
         granted=g.granted,
         available=g.available,
+        upcoming=g.upcoming,
         held=g.held,
         consumed=g.consumed,
         expired=g.expired,

@@ -88,6 +88,17 @@ async def test_reservation_expired(api: Api) -> None:
     )
     # The held credits came back by themselves, and the refusals moved nothing.
     assert await balance(api, world.wallet["id"]) == (1000, 0, 0)
+    # The entries say so, at the instant of each timeout, and end at the wallet's figures.
+    r = await api.get(f"/v1/wallets/{world.wallet['id']}/entries", key="finance")
+    entries = r.json()["entries"]
+    assert [(e["type"], e["amount"]) for e in entries] == [
+        ("grant", 1000),
+        ("reserve", -100),
+        ("reserve", -50),
+        ("reservation_expired", 100),
+        ("reservation_expired", 50),
+    ]
+    assert (entries[-1]["available_after"], entries[-1]["held_after"]) == (1000, 0)
     # A settle with a measured cost after the timeout is collected as a direct debit instead.
     r = await api.post(f"/v1/reservations/{ids[1]}/settle", {"amount": 30}, key="runtime")
     assert r.status_code == 200, r.text
