@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -151,21 +152,12 @@ async def test_a_resource_keeps_its_external_ref_through_every_cache_path(
     plane: ControlPlane,
 ) -> None:
     customer, _ = await plane.create_customer(name="Acme", actor="a", tenant=0, key="cu-ref")
+    request: dict[str, Any] = {"customer_id": customer.id, "kind": ResourceKind.TEAM}
     created, _ = await plane.create_resource(
-        customer_id=customer.id,
-        kind=ResourceKind.TEAM,
-        actor="a",
-        tenant=0,
-        key="re-ref",
-        external_ref="crm-team-7",
+        **request, actor="a", tenant=0, key="re-ref", external_ref="crm-team-7"
     )
     replayed, hit = await plane.create_resource(
-        customer_id=customer.id,
-        kind=ResourceKind.TEAM,
-        actor="a",
-        tenant=0,
-        key="re-ref",
-        external_ref="crm-team-7",
+        **request, actor="a", tenant=0, key="re-ref", external_ref="crm-team-7"
     )
     assert hit and created.external_ref == replayed.external_ref == "crm-team-7"
     assert plane.catalog.resources[created.id].external_ref == "crm-team-7"
