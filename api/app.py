@@ -128,7 +128,7 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
         service=service,
         grant_service=control.grant_service,
         control=control,
-        statements=Statements(ledger, catalog),
+        statements=Statements(ledger, catalog, clock_ns=service.clock_ns),
         sink=sink,
         keys=KeyCache(),
         metrics=metrics,

@@ -19,6 +19,7 @@ from api.auth import Principal
 from api.errors import field_from_message
 from api.services import Services
 from grants.errors import CreditError, InvalidRequest, NotFound
+from ledger.ids import id_text
 from ledger.limits import U128_MAX
 from wallets.service import Funding
 
@@ -114,10 +115,8 @@ def parse_id(text: str, field: str) -> int:
     )
 
 
-def sid(value: int) -> str:
-    """A u128 as UUID text (what `str(uuid.UUID(int=value))` gives, at a third of the cost)."""
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# A u128 as UUID text (what `str(uuid.UUID(int=value))` gives, at a third of the cost).
+sid = id_text
 
 
 def ledger_of(services: Services, code: str) -> int:

@@ -171,7 +171,10 @@ class HotLane:
             reply = await route.call(self.services, _Request(principal, key, path_id, body))
         except CreditError as error:
             status, problem = credit_problem(error)
-            return status, [*_PROBLEM, _length(problem)], problem
+            headers = [*_PROBLEM, _length(problem)]
+            if error.replayed:
+                headers.append(_HIT)
+            return status, headers, problem
         except LedgerUnavailable as error:
             return self._problem("ledger_unavailable", str(error))
         except _Disconnected:

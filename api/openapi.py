@@ -33,7 +33,11 @@ PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
     description="RFC 9457 problem details with a stable `code`; some codes add fields "
     "(`field` for validation_error, `available` and `needed` for insufficient_credits, "
-    "`budget_id` for budget_exceeded).",
+    "`budget_id` for budget_exceeded). A spend refused for want of credits or by a budget "
+    "stays refused under its Idempotency-Key: sent again (even after a top-up), it answers "
+    "the same code with `Idempotency-Hit: true`, a detail saying it is the key's stored "
+    "outcome, and no `available` (what is available now would contradict the stored "
+    "refusal). To try again, send a new key.",
     required=["type", "title", "status", "code"],
     properties={
         "type": Schema(type=OpenAPIType.STRING),

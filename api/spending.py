@@ -87,8 +87,10 @@ async def _enrich_refusal(
     resource_id: int | None,
     wallet_id: int | None,
 ) -> None:
-    """A 402 says what was available: one read, only on the refusal path."""
-    if error.code != "insufficient_credits":
+    """A 402 says what was available: one read, only on the refusal path. Not on a replay: the
+    refusal stored under the key was decided earlier, and what is available now (perhaps
+    enough, after a top-up) would contradict it."""
+    if error.code != "insufficient_credits" or error.replayed:
         return
     check = await services.service.check(
         amount=1, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id

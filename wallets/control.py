@@ -38,7 +38,13 @@ from grants.service import GrantService, IssueResult, RefundResult, SweepReport,
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, DatabaseSettings, Pool
-from ledger.ids import derive_id, idempotency_key_bytes, operation_id, request_fingerprint
+from ledger.ids import (
+    derive_id,
+    id_text,
+    idempotency_key_bytes,
+    operation_id,
+    request_fingerprint,
+)
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     ASSET_SCALE_MAX,
@@ -130,10 +136,7 @@ class ControlPlane:
         tenants = {c.id: c.tenant for c in snapshot.customers}
         self.catalog.load(
             [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
-            [
-                Resource(r.id, r.customer_id, tenants[r.customer_id], r.kind.value, r.parent_id)
-                for r in snapshot.resources
-            ],
+            [_resource(r, tenants[r.customer_id]) for r in snapshot.resources],
             [_wallet(w) for w in snapshot.wallets],
             [_grant(g) for g in snapshot.grants],
             [
@@ -172,15 +175,7 @@ class ControlPlane:
                 if resource is not None:
                     owner = await customers.get_customer(conn, resource.customer_id)
                     assert owner is not None
-                    self.catalog.put_resource(
-                        Resource(
-                            resource.id,
-                            resource.customer_id,
-                            owner.tenant,
-                            resource.kind.value,
-                            resource.parent_id,
-                        )
-                    )
+                    self.catalog.put_resource(_resource(resource, owner.tenant))
             elif table == "credit_types":
                 row = await credit_types.get_credit_type(conn, row_id)
                 if row is not None:
@@ -237,7 +232,12 @@ class ControlPlane:
     ) -> tuple[R, bool]:
         """Runs an admin operation once per (tenant, key): `first` in the claiming transaction,
         `then` (the ledger side and the final state) after it. A replay returns the stored
-        outcome; an unfinished earlier attempt is finished; another body is a conflict."""
+        outcome; an unfinished earlier attempt is finished; another body is a conflict.
+
+        Callers that race with one key all find the record unfinished and run `then` (it is
+        idempotent: ids derive from the key). The one whose outcome is stored first answers
+        the first answer; every other caller answers that stored outcome as a replay, so
+        exactly one answer goes without `Idempotency-Hit`."""
         try:
             idempotency_key_bytes(key)
         except ValueError as error:
@@ -258,13 +258,17 @@ class ControlPlane:
                 return msgspec.convert(existing.response, result_type), True
         result = await then()
         async with self.pool.connection() as conn, conn.transaction():
-            await idempotency.complete(
+            stored = await idempotency.complete(
                 conn,
                 tenant=tenant,
                 key=key,
                 status_code=200,
                 response=msgspec.to_builtins(result),
             )
+            if stored is None:  # another caller with this key completed it first
+                stored = await idempotency.get(conn, tenant=tenant, key=key)
+                assert stored is not None and stored.completed
+                return msgspec.convert(stored.response, result_type), True
         return result, False
 
     # -- catalog objects ----------------------------------------------------------------------
@@ -371,11 +375,11 @@ class ControlPlane:
         resource_id = derive_id("resource", tenant, key)
         parent = self.catalog.resources.get(parent_id) if parent_id is not None else None
         if parent_id is not None and (parent is None or parent.customer_id != customer_id):
-            raise NotFound(f"parent resource {parent_id} not found for this customer")
+            raise NotFound(f"parent resource {id_text(parent_id)} not found for this customer")
 
         async def first(conn: Connection) -> None:
             if await customers.get_customer(conn, customer_id) is None:
-                raise NotFound(f"customer {customer_id} not found")
+                raise NotFound(f"customer {id_text(customer_id)} not found")
             await resources.insert_resource(
                 conn,
                 id=resource_id,
@@ -396,7 +400,9 @@ class ControlPlane:
             async with self.pool.connection() as conn:
                 owner = await customers.get_customer(conn, customer_id)
             assert owner is not None
-            resource = Resource(resource_id, customer_id, owner.tenant, kind.value, parent_id)
+            resource = Resource(
+                resource_id, customer_id, owner.tenant, kind.value, parent_id, external_ref
+            )
             self.catalog.put_resource(resource)
             return resource
 
@@ -429,7 +435,7 @@ class ControlPlane:
             )
         resource = self.catalog.resources.get(resource_id)
         if resource is None:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if ledger not in self.catalog.credit_types:
             raise NotFound(f"credit type {ledger} not found")
         wallet = Wallet(
@@ -487,7 +493,7 @@ class ControlPlane:
         key: str,
     ) -> tuple[Budget, bool]:
         if resource_id not in self.catalog.resources:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if not 1 <= cap <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("cap out of range", field="cap")
         budget = Budget(derive_id("budget", tenant, key), resource_id, ledger, period, cap)
@@ -606,7 +612,7 @@ class ControlPlane:
         async with self.pool.connection() as conn:
             row = await customers.get_customer(conn, customer_id)
         if row is None:
-            raise NotFound(f"customer {customer_id} not found")
+            raise NotFound(f"customer {id_text(customer_id)} not found")
         return row
 
     # -- grants -------------------------------------------------------------------------------
@@ -617,7 +623,7 @@ class ControlPlane:
         """Issues a credit block once per key. Returns (outcome, replayed)."""
         wallet = self.catalog.wallets.get(request.wallet_id)
         if wallet is None:
-            raise NotFound(f"wallet {request.wallet_id} not found")
+            raise NotFound(f"wallet {id_text(request.wallet_id)} not found")
         _validate_grant(request)
         grant_id = operation_id(tenant, key)
         effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
@@ -715,7 +721,7 @@ class ControlPlane:
                 conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
             )
             if row is None:
-                raise NotFound(f"active grant {grant_id} not found")
+                raise NotFound(f"active grant {id_text(grant_id)} not found")
             await audit.append(
                 conn,
                 actor=actor,
@@ -904,6 +910,10 @@ def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
             field=field,
         )
     return ns
+
+
+def _resource(r: resources.Resource, tenant: int) -> Resource:
+    return Resource(r.id, r.customer_id, tenant, r.kind.value, r.parent_id, r.external_ref)
 
 
 def _wallet(w: wallets.Wallet) -> Wallet:

@@ -114,7 +114,10 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     operation_class=OPS["get_grant"],
     opt={"scopes": READ_SCOPES},
     tags=["grants"],
-    description="A grant's balances: granted, available, held, consumed, expired, voided.",
+    description="A grant's figures now, as a spend would find them: its state (upcoming, "
+    "active, expired, voided) and granted = available + upcoming + held + consumed + expired "
+    "+ voided + refunded + repaid. Past its expires_at, or once voided, what is left of it "
+    "is expired or voided at once, whether or not a sweep has moved it yet.",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]

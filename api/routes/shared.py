@@ -15,11 +15,12 @@ from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
 from api.common import decode_strict, idempotency_key, require_json, sid
+from api.errors import IDEMPOTENCY_HIT
 from api.openapi import COMMON, WRITE
 from api.services import Services
 from api.spending import Reply
 
-HIT = {"Idempotency-Hit": "true"}
+HIT = IDEMPOTENCY_HIT
 T = TypeVar("T")
 B = TypeVar("B")
 
@@ -118,8 +119,10 @@ def documented_body(cls: type[Any]) -> dict[str, Provide]:
 def grant_balance_out(g: Any) -> w.GrantBalanceOut:
     return w.GrantBalanceOut(
         grant_id=sid(g.grant_id),
+        state=w.GrantState(g.state),
         granted=g.granted,
         available=g.available,
+        upcoming=g.upcoming,
         held=g.held,
         consumed=g.consumed,
         expired=g.expired,

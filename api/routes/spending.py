@@ -6,7 +6,6 @@ strictly.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from credit_ledger_client import schemas as w
@@ -176,7 +175,8 @@ async def get_reservation(
     services = services_of(state)
     rid = parse_id(reservation_id, "reservation_id")
     await spending.reservation_legs(services, principal, rid)
-    view = await reservation_status(services.service.ledger, rid, time.time_ns())
+    # The service's clock, the one its spends and the engine's timeouts are judged by.
+    view = await reservation_status(services.service.ledger, rid, services.service.clock_ns())
     legs = view.legs
     hold = legs[chains.SETUP]
     funded = [

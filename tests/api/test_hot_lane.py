@@ -138,9 +138,15 @@ async def test_refusals_are_the_same_bytes(api: Api, world: World, pool: db.Pool
         r = await _same(api, _post(api, path, body, "runtime", idem, content_type))
         code = "validation_error" if content_type and "json" in content_type else None
         assert r.json()["code"] == (code or "unsupported_media_type"), (path, r.text)
-    # a debit refused for lack of credits keeps that answer under its key, through either door
-    r = await _same(api, _post(api, "/v1/debits", {**spend, "amount": 101}, "runtime", "poor"))
-    assert r.json()["code"] == "insufficient_credits" and r.json()["available"] == 100
+    # a debit refused for lack of credits keeps that answer under its key, through either door:
+    # the first answer says what was available, its replays say they are replays
+    poor = _post(api, "/v1/debits", {**spend, "amount": 101}, "runtime", "poor")
+    r = await poor()
+    assert (r.json()["code"], r.json()["available"]) == ("insufficient_credits", 100)
+    assert "idempotency-hit" not in r.headers
+    r = await _same(api, poor)
+    assert (r.json()["code"], r.headers["idempotency-hit"]) == ("insufficient_credits", "true")
+    assert "available" not in r.json()
 
 
 async def test_writes_replay_the_same_bytes(api: Api, world: World) -> None:

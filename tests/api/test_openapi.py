@@ -202,3 +202,21 @@ async def test_the_probes_and_metrics_need_no_key_and_document_their_failure(
     assert "text/plain" in next(
         iter(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
     )
+
+
+async def test_the_entries_document_their_types_times_and_running_figures(
+    document: dict[str, Any],
+) -> None:
+    operation = _operations(document)[("GET", "/v1/wallets/{wallet_id}/entries")]
+    parameters = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert set(parameters) == {"cursor", "limit", "type"}
+    schemas = document["components"]["schemas"]
+    type_schema = json.dumps(parameters["type"]["schema"])
+    assert "reservation_expired" in type_schema or "EntryType" in type_schema
+    assert "reservation_expired" in schemas["EntryType"]["enum"]
+    entry = schemas["EntryOut"]
+    assert "RFC 3339" in entry["properties"]["at"]["description"]
+    assert "GET /v1/wallets/{id}" in entry["properties"]["available_after"]["description"]
+    assert "available_after" in operation["description"]
+    wallet = schemas["WalletBalanceOut"]["properties"]
+    assert {"upcoming", "overdraft_held", "overdraft_headroom"} <= set(wallet)

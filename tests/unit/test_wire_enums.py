@@ -9,6 +9,7 @@ import pytest
 from credit_ledger_client import schemas
 
 from ledger.repositories import budgets, grants, resources, wallets
+from wallets import statements
 
 
 @pytest.mark.parametrize(
@@ -19,6 +20,8 @@ from ledger.repositories import budgets, grants, resources, wallets
         (schemas.Category, grants.GrantCategory),
         (schemas.GrantSource, grants.GrantSource),
         (schemas.Period, budgets.BudgetPeriod),
+        (schemas.EntryType, statements.EntryType),
+        (schemas.GrantState, statements.BlockState),
     ],
 )
 def test_wire_and_catalog_enums_agree(wire: type[enum.Enum], catalog: type[enum.Enum]) -> None:

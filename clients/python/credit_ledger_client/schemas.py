@@ -149,42 +149,145 @@ class WalletOut(Out):
     fall_through: bool
 
 
+class GrantState(enum.StrEnum):
+    UPCOMING = "upcoming"  # before its effective_at (or not yet known to the spend path)
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
 class GrantBalanceOut(Out):
+    """A block's figures now. They add up: granted = available + upcoming + held + consumed +
+    expired + voided + refunded + repaid."""
+
     grant_id: str
+    state: GrantState
     granted: int
-    available: int
-    held: int
-    consumed: int
-    expired: int
-    voided: int
+    available: Annotated[int, msgspec.Meta(description="what a spend may draw on now")]
+    upcoming: Annotated[int, msgspec.Meta(description="available once effective_at comes")]
+    held: Annotated[int, msgspec.Meta(description="held by open reservations")]
+    consumed: Annotated[int, msgspec.Meta(description="spent, net of usage refunds")]
+    expired: Annotated[
+        int,
+        msgspec.Meta(
+            description="swept to breakage, or left in the block at or past its expires_at "
+            "(out of `available` from that instant, swept or not)"
+        ),
+    ]
+    voided: Annotated[
+        int,
+        msgspec.Meta(description="voided, and whatever came back to the block since its void"),
+    ]
     refunded: int
-    repaid: int
+    repaid: Annotated[int, msgspec.Meta(description="paid the wallet's overdraft back")]
 
 
 class WalletBalanceOut(Out):
+    """A wallet's figures now: what a spend would find at this instant. `available`: credits
+    in the wallet's own blocks that a spend may draw on now (effective, not expired, not
+    voided, not held); `check` adds the parent's (when the wallet falls through) and the
+    overdraft's headroom."""
+
     wallet: WalletOut
     available: int
-    held: int
-    consumed: int
+    held: Annotated[int, msgspec.Meta(description="held on the blocks by open reservations")]
+    upcoming: Annotated[int, msgspec.Meta(description="in blocks not effective yet")]
+    consumed: Annotated[
+        int,
+        msgspec.Meta(
+            description="paid for by the blocks and by the overdraft (settled draws), net of "
+            "usage refunds"
+        ),
+    ]
     expired: int
     voided: int
-    overdraft_used: int
-    overdraft_limit: int | None
+    overdraft_used: Annotated[
+        int,
+        msgspec.Meta(
+            description="drawn on the overdraft and not repaid, held draws included; past the "
+            "limit only by a settle's overage collected under the `overdraft` policy"
+        ),
+    ]
+    overdraft_held: Annotated[
+        int, msgspec.Meta(description="the part of overdraft_used open reservations hold")
+    ]
+    overdraft_limit: Annotated[int | None, msgspec.Meta(description="null: unbounded")]
+    overdraft_headroom: Annotated[
+        int | None,
+        msgspec.Meta(description="what a spend may still draw on the overdraft; null: unbounded"),
+    ]
     grants: list[GrantBalanceOut]
 
 
+class EntryType(enum.StrEnum):
+    GRANT = "grant"
+    EFFECTIVE = "effective"
+    DEBIT = "debit"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    RESERVATION_EXPIRED = "reservation_expired"
+    EXPIRE = "expire"
+    VOID = "void"
+    REFUND = "refund"
+    REFUND_OUT = "refund_out"
+    OVERDRAFT_DRAW = "overdraft_draw"
+    OVERDRAFT_REPAY = "overdraft_repay"
+    OVERDRAFT_LIMIT = "overdraft_limit"
+    CORRECTION = "correction"
+
+
+class AccountKind(enum.StrEnum):
+    GRANT = "grant"
+    OVERDRAFT = "overdraft"
+
+
 class EntryOut(Out):
-    timestamp: int
-    type: str
-    account_id: str
-    amount: int
-    operation_id: str
-    available_after: int
+    """One movement of a wallet, and the wallet's figures just after it: after the last entry
+    they are what GET /v1/wallets/{id} reports (available, held, overdraft_used)."""
+
+    at: Annotated[
+        str,
+        msgspec.Meta(
+            description="RFC 3339, UTC, to the nanosecond: when the engine applied it, or when "
+            "it came to pass (effective, expire, reservation_expired); entries are in this order",
+            examples=["2025-01-01T00:00:00.000000042Z"],
+        ),
+    ]
+    type: EntryType
+    account_id: Annotated[str, msgspec.Meta(description="the block, or overdraft, that moved")]
+    account_kind: AccountKind
+    amount: Annotated[
+        int, msgspec.Meta(description="signed: + into the wallet (or back to it), - out of it")
+    ]
+    operation_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="the operation (for a refund, the refunded debit; for effective and "
+            "expire, the block)"
+        ),
+    ]
+    available_after: Annotated[
+        int,
+        msgspec.Meta(
+            description="the wallet's `available` just after this entry, as GET "
+            "/v1/wallets/{id} reports it: after the last entry, the wallet's `available` now"
+        ),
+    ]
+    held_after: Annotated[
+        int, msgspec.Meta(description="the wallet's `held` just after this entry, likewise")
+    ]
+    overdraft_used_after: Annotated[
+        int,
+        msgspec.Meta(description="the wallet's `overdraft_used` just after this entry, likewise"),
+    ]
 
 
 class EntriesOut(Out):
     entries: list[EntryOut]
-    next_cursor: str | None
+    next_cursor: Annotated[
+        str | None, msgspec.Meta(description="opaque: pass it back as `cursor`; null: the end")
+    ]
 
 
 # -- grants ---------------------------------------------------------------------------------------
