@@ -688,7 +688,7 @@ class ControlPlane:
             current = await grants.get_grant(conn, row.id)
             if current is None or current.state is GrantState.ABANDONED:
                 raise Conflict(
-                    f"grant {_text_id(row.id)} was abandoned by an operator: it was never "
+                    f"grant {id_text(row.id)} was abandoned by an operator: it was never "
                     "issued; issue it again with a new key"
                 )
             result = await self.grant_service.issue(
@@ -773,7 +773,7 @@ class ControlPlane:
         steps += [
             (
                 "wallet",
-                _text_id(w.id),
+                id_text(w.id),
                 functools.partial(
                     self.service.open_wallet, _wallet(w), tenants[owners[w.resource_id]]
                 ),
@@ -781,7 +781,7 @@ class ControlPlane:
             for w in all_wallets
         ]
         steps += [
-            ("grant", _text_id(row.id), functools.partial(self._finish_grant, row))
+            ("grant", id_text(row.id), functools.partial(self._finish_grant, row))
             for row in pending
         ]
         failed: list[ReconcileFailure] = []
@@ -841,14 +841,14 @@ async def abandon_grant(pool: Pool, grant_id: int, *, actor: str, reason: str) -
     async with pool.connection() as conn, conn.transaction():
         row = await grants.get_grant(conn, grant_id)
         if row is None:
-            raise NotFound(f"grant {_text_id(grant_id)} not found")
+            raise NotFound(f"grant {id_text(grant_id)} not found")
         await wallets.lock_wallet(conn, row.wallet_id)
         abandoned = await grants.set_grant_state(
             conn, grant_id, GrantState.ABANDONED, expected=[GrantState.PENDING]
         )
         if abandoned is None:
             raise Conflict(
-                f"grant {_text_id(grant_id)} is {row.state.value}: only a pending grant can be "
+                f"grant {id_text(grant_id)} is {row.state.value}: only a pending grant can be "
                 "abandoned"
             )
         await audit.append(
@@ -860,14 +860,9 @@ async def abandon_grant(pool: Pool, grant_id: int, *, actor: str, reason: str) -
             reason=reason,
         )
         await reconcile_failures.resolve(
-            conn, kind="grant", object_id=_text_id(grant_id), resolution=f"abandoned: {reason}"
+            conn, kind="grant", object_id=id_text(grant_id), resolution=f"abandoned: {reason}"
         )
     return abandoned
-
-
-def _text_id(value: int) -> str:
-    """An id as the caller knows it (UUID text), for messages and the failures table."""
-    return str(uuid.UUID(int=value))
 
 
 def _lock_key(kind: str, object_id: int) -> int:
