@@ -386,7 +386,7 @@ async def test_timeouts_page_sizes_and_cursors_out_of_range(api: Api, pool: db.P
         ):
             r = await api.get(f"/v1/wallets/{wallet}/entries?{query}", "runtime")
             assert_problem(r, "validation_error", field="limit")
-        for cursor in ("abc", "-", "1e5"):
+        for cursor in ("abc", "-", "1e5", "-1", str(2**64), str(2**128), "0", "AAAA", "%00"):
             r = await api.get(f"/v1/wallets/{wallet}/entries?cursor={cursor}", "runtime")
             assert_problem(r, "validation_error", field="cursor")
     for timeout_s in (1, 86400):
