@@ -20,6 +20,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -27,7 +28,7 @@ from api.auth import KeyCache
 from api.errors import EXCEPTION_HANDLERS
 from api.lane import HotLane
 from api.metrics import Metrics
-from api.openapi import SECURITY
+from api.openapi import SECURITY, ExactJsonRenderPlugin
 from api.routes import ROUTES, authorize
 from api.services import Services
 from ledger.client import Ledger
@@ -117,15 +118,17 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
+    metrics.watch_engine(lambda: ledger.health)
     metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
     control = ControlPlane(pool, service)
+    metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
         pool=pool,
         catalog=catalog,
         service=service,
         grant_service=control.grant_service,
         control=control,
-        statements=Statements(ledger, catalog),
+        statements=Statements(ledger, catalog, clock_ns=service.clock_ns),
         sink=sink,
         keys=KeyCache(),
         metrics=metrics,
@@ -149,6 +152,28 @@ async def _follow(services: Services, target: DatabaseSettings | str) -> None:
     await listen_catalog_changes(target, on_change, on_listening=on_listening)
 
 
+async def _reconcile_on_start(services: Services) -> None:
+    """Finishes what a crash interrupted before serving. Nothing it meets stops the start: a
+    row it cannot finish is recorded for an operator (`credit-ledger reconcile`), and the jobs
+    try again later."""
+    try:
+        report = await services.control.reconcile()
+    except Exception:  # the start goes on: readiness and the jobs say the rest
+        _logger.exception("reconciliation at start failed; the jobs will try again")
+        return
+    if report.grants_finished:
+        _logger.warning("reconciled %d unfinished grants", len(report.grants_finished))
+    for failure in report.failed:
+        _logger.error(
+            "reconciliation could not finish %s %s (see `credit-ledger reconcile`): %s",
+            failure.kind,
+            failure.object_id,
+            failure.error,
+        )
+    if report.interrupted:
+        _logger.warning("reconciliation at start stopped early: %s", report.interrupted)
+
+
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
     services = build_services(ledger, pool, movement_process=settings.movement_writer_process)
 
@@ -157,9 +182,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         await services.control.load()
         await services.keys.load(pool)
         if settings.reconcile_on_start:
-            report = await services.control.reconcile()
-            if report.grants_finished:
-                _logger.warning("reconciled %d unfinished grants", len(report.grants_finished))
+            await _reconcile_on_start(services)
         services.tasks = [
             asyncio.create_task(services.sink.run(), name="movements"),
             asyncio.create_task(_follow(services, settings.database), name="cache-follow"),
@@ -180,6 +203,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         "/metrics",
         tags=["health"],
         include_in_schema=True,
+        media_type="text/plain; version=0.0.4",
         description="Prometheus metrics: requests and latencies per route, engine latency, "
         "spending decisions by outcome.",
     )
@@ -206,6 +230,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             "requires an Idempotency-Key header; a replay answers with "
             "Idempotency-Hit: true. Errors are problem+json with a stable code.",
             path="/schema",
+            render_plugins=[ExactJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
             components=SECURITY,
             security=[{"BearerAuth": []}],
         ),

@@ -8,8 +8,8 @@ means the same thing whichever door it comes through.
 from __future__ import annotations
 
 import functools
+import json
 import re
-import uuid
 from typing import TypeVar
 
 import msgspec
@@ -18,24 +18,79 @@ from credit_ledger_client import schemas as w
 from api.auth import Principal
 from api.errors import field_from_message
 from api.services import Services
-from grants.errors import InvalidRequest, NotFound
+from grants.errors import CreditError, InvalidRequest, NotFound
+from ledger.ids import id_text
+from ledger.limits import U128_MAX
 from wallets.service import Funding
 
 T = TypeVar("T")
 
+
+class UnsupportedMediaType(CreditError):
+    """A body that does not say it is JSON (415)."""
+
+    code = "unsupported_media_type"
+
+
 IDEMPOTENCY_KEY_BYTES_MAX = 255
-_HEX = re.compile(r"[0-9a-fA-F]{32}")
+_HEX = re.compile(r"[0-9a-f]{32}")
+_EXAMPLE_ID = "0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"
 
 
 def decode_strict(body: bytes, cls: type[T]) -> T:
-    """The body decoded strictly: no coercion ("1" is not 1), unknown fields refused."""
+    """The body decoded strictly: no coercion ("1" is not 1), unknown fields refused, each
+    key at most once per object (a second `amount` must not silently win)."""
     try:
-        return msgspec.json.decode(body, type=cls)
+        value = msgspec.json.decode(body, type=cls)
     except msgspec.ValidationError as error:
         message = str(error)
         raise InvalidRequest(message, field=field_from_message(message)) from None
     except msgspec.DecodeError as error:
         raise InvalidRequest(f"the body is not JSON: {error}") from None
+    except UnicodeDecodeError as error:  # msgspec's answer to invalid UTF-8 inside a string
+        raise InvalidRequest(
+            f"the body is not UTF-8: {error.reason} at byte {error.start}"
+        ) from None
+    _refuse_duplicate_keys(body)
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> None:
+    if len(pairs) > 1 and len({key for key, _ in pairs}) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+
+
+# Python's JSON scanner hands every object's pairs over in order, duplicates included; msgspec,
+# which decodes the body, keeps the last of them. About 2.5 us for a spend's body.
+_scan_pairs = json.JSONDecoder(object_pairs_hook=_no_duplicates).decode
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """A body msgspec accepted (valid UTF-8 JSON) is scanned again for a key given twice."""
+    try:
+        _scan_pairs(body.decode())
+    except _DuplicateKey as duplicate:
+        name = duplicate.args[0]
+        raise InvalidRequest(f"the key {name!r} appears twice in one object", field=name) from None
+
+
+def require_json(content_type: str | None, body: bytes) -> None:
+    """A request with a body says it is JSON (`application/json`, parameters allowed)."""
+    if not body:
+        return
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            f"the body must be application/json, not {media or 'without a Content-Type'}"
+        )
 
 
 def idempotency_key(value: str | None) -> str:
@@ -47,28 +102,21 @@ def idempotency_key(value: str | None) -> str:
 
 
 def parse_id(text: str, field: str) -> int:
-    """A wire id (UUID text) as its u128; the canonical form is parsed without `uuid.UUID`,
-    which costs as much as the rest of a request's id handling."""
+    """A wire id as its u128. One spelling only, the one this API writes: lowercase UUID text
+    (8-4-4-4-12 hex digits). Ids 0 and 2^128-1 are no object's (TigerBeetle refuses both)."""
     if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
         digits = text.replace("-", "")
-        if len(digits) == 32 and _HEX.fullmatch(digits):
+        if _HEX.fullmatch(digits):
             value = int(digits, 16)
-            if value == 0:
-                raise InvalidRequest(f"{field} is not an id", field=field)
-            return value
-    try:
-        value = uuid.UUID(text).int
-    except ValueError:
-        raise InvalidRequest(f"{field} is not an id", field=field) from None
-    if value == 0:
-        raise InvalidRequest(f"{field} is not an id", field=field)
-    return value
+            if 0 < value < U128_MAX:
+                return value
+    raise InvalidRequest(
+        f"{field} is not an id (lowercase UUID text such as {_EXAMPLE_ID})", field=field
+    )
 
 
-def sid(value: int) -> str:
-    """A u128 as UUID text (what `str(uuid.UUID(int=value))` gives, at a third of the cost)."""
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# A u128 as UUID text (what `str(uuid.UUID(int=value))` gives, at a third of the cost).
+sid = id_text
 
 
 def ledger_of(services: Services, code: str) -> int:

@@ -26,6 +26,8 @@ from ledger.client import LedgerUnavailable
 _logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# On a replay's answer, a success or the stored refusal alike.
+IDEMPOTENCY_HIT = {"Idempotency-Hit": "true"}
 
 STATUS: dict[str, int] = {
     "insufficient_credits": 402,
@@ -40,6 +42,7 @@ STATUS: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
     "method_not_allowed": 405,
     "ledger_unavailable": 503,
     "internal_error": 500,
@@ -58,6 +61,7 @@ TITLES: dict[str, str] = {
     "unauthorized": "Missing or invalid API key",
     "forbidden": "The API key lacks the scope for this",
     "payload_too_large": "Request body too large",
+    "unsupported_media_type": "The body must be JSON (Content-Type: application/json)",
     "method_not_allowed": "Method not allowed",
     "ledger_unavailable": "The ledger did not answer; retry with the same idempotency key",
     "internal_error": "Internal error",
@@ -89,15 +93,24 @@ def problem_body(code: str, detail: str | None = None, **extra: Any) -> tuple[in
     return status, msgspec.json.encode(body)
 
 
+# How a refusal answered again under its idempotency key says so (with `Idempotency-Hit`).
+STORED_OUTCOME = (
+    ": the stored outcome of this idempotency key (a refused request stays refused;"
+    " to try again, send a new key)"
+)
+
+
 def credit_problem(error: CreditError) -> tuple[int, bytes]:
     details = {k: v for k, v in error.details.items() if v is not None}
-    return problem_body(error.code, error.message, **details)
+    message = error.message + STORED_OUTCOME if error.replayed else error.message
+    return problem_body(error.code, message, **details)
 
 
 def credit_error_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
     assert isinstance(error, CreditError)
     status, body = credit_problem(error)
-    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
+    headers = IDEMPOTENCY_HIT if error.replayed else None
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def validation_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
@@ -141,6 +154,7 @@ def http_handler(_: Request[Any, Any, Any], error: Exception) -> Response[bytes]
         return problem("not_found", "no such route")
     code = {
         413: "payload_too_large",
+        415: "unsupported_media_type",
         405: "method_not_allowed",
         401: "unauthorized",
         403: "forbidden",

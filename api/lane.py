@@ -7,7 +7,7 @@ lane matches the six spending paths by hand (POST only), then does what the lite
 in the same order and with the same answers:
 
 1. authenticate the bearer key from the in-process cache and check the route's scopes (401/403);
-2. read the body, refusing more than the app's limit (413);
+2. read the body, refusing more than the app's limit (413) and a body that is not JSON (415);
 3. decode it strictly (422 naming the field) and take the Idempotency-Key (422 when missing);
 4. call `api.spending` and send its reply, or the problem+json of its `CreditError`.
 
@@ -30,7 +30,7 @@ from credit_ledger_client import schemas as w
 
 from api import spending
 from api.auth import Principal, require_any_scope
-from api.common import decode_strict, idempotency_key
+from api.common import decode_strict, idempotency_key, require_json
 from api.errors import PROBLEM_MEDIA_TYPE, credit_problem, problem_body
 from api.services import Services
 from api.spending import Reply
@@ -150,7 +150,7 @@ class HotLane:
         self, route: _Route, path_id: str, scope: Any, receive: Any
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         try:
-            authorization = key = length = None
+            authorization = key = length = content_type = None
             for name, value in scope["headers"]:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
@@ -158,6 +158,8 @@ class HotLane:
                     key = value.decode("latin-1")
                 elif name == b"content-length":
                     length = value
+                elif name == b"content-type":
+                    content_type = value.decode("latin-1")
             principal = self.services.keys.authenticate(authorization)
             require_any_scope(principal, route.scopes)
             if length is not None and length.isdigit() and int(length) > self.body_bytes_max:
@@ -165,10 +167,14 @@ class HotLane:
             body = await self._body(receive)
             if body is None:
                 return self._problem("payload_too_large", "Request Entity Too Large")
+            require_json(content_type, body)
             reply = await route.call(self.services, _Request(principal, key, path_id, body))
         except CreditError as error:
             status, problem = credit_problem(error)
-            return status, [*_PROBLEM, _length(problem)], problem
+            headers = [*_PROBLEM, _length(problem)]
+            if error.replayed:
+                headers.append(_HIT)
+            return status, headers, problem
         except LedgerUnavailable as error:
             return self._problem("ledger_unavailable", str(error))
         except _Disconnected:

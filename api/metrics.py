@@ -1,11 +1,16 @@
 """Prometheus metrics: request counts and latencies per route (litestar's middleware), engine
-latency, and decisions by outcome. One registry per app, so tests can build many apps."""
+latency, decisions by outcome, and a supervised engine's state and restarts. One registry per
+app, so tests can build many apps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ledger.client import ENGINE_STATES, EngineHealth
 
 
 class Metrics:
@@ -52,8 +57,49 @@ class Metrics:
             registry=self.registry,
         ).set_function(dropped)
 
+    def watch_reconciliation(self, failures_open: Callable[[], int]) -> None:
+        """What reconciliation could not finish and nobody resolved (`credit-ledger
+        reconcile`), as of this process's last pass."""
+        Gauge(
+            "credit_reconcile_failures_open",
+            "Objects reconciliation could not finish, waiting for an operator",
+            registry=self.registry,
+        ).set_function(failures_open)
+
+    def watch_engine(self, health: Callable[[], EngineHealth | None]) -> None:
+        """A supervised engine's state and restarts, read at each scrape (nothing while
+        `health` is None: an engine without a supervisor)."""
+        self.registry.register(_EngineCollector(health))
+
     def engine(self, method: str, seconds: float) -> None:
         self.engine_seconds.labels(method).observe(seconds)
 
     def decision(self, operation: str, outcome: str, count: int = 1) -> None:
         self.decisions.labels(operation, outcome).inc(count)
+
+
+class _EngineCollector(Collector):
+    """The supervisor keeps its own counts; this reads them when scraped, so that its code
+    knows nothing of Prometheus."""
+
+    def __init__(self, health: Callable[[], EngineHealth | None]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._health()
+        if health is None:
+            return
+        yield CounterMetricFamily(
+            "credit_engine_restarts",
+            "Engine processes started to replace a dead one",
+            value=health.restarts,
+        )
+        state = GaugeMetricFamily(
+            "credit_engine_state",
+            "The engine process's state: 1 for the current one (restarting: no engine answers; "
+            "failed: given up on, /healthz fails)",
+            labels=["state"],
+        )
+        for name in ENGINE_STATES:
+            state.add_metric([name], 1.0 if name == health.state else 0.0)
+        yield state

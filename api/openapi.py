@@ -1,14 +1,21 @@
 """What the OpenAPI document says beyond what litestar infers: each route's problem+json
 responses by code, the Idempotency-Key header, an example body, a list's query parameters, and
-the bearer scheme."""
+the bearer scheme; and the bodies' schemas as msgspec, which decodes them, defines them
+(`refine`), so that a client (or a fuzzer) generated from the document sends what the service
+accepts and expects what it answers.
+"""
 
 from __future__ import annotations
 
+import copy
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar import Litestar, Request
 from litestar.enums import ParamType
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OpenAPIFormat,
@@ -28,7 +35,11 @@ PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
     description="RFC 9457 problem details with a stable `code`; some codes add fields "
     "(`field` for validation_error, `available` and `needed` for insufficient_credits, "
-    "`budget_id` for budget_exceeded).",
+    "`budget_id` for budget_exceeded). A spend refused for want of credits or by a budget "
+    "stays refused under its Idempotency-Key: sent again (even after a top-up), it answers "
+    "the same code with `Idempotency-Hit: true`, a detail saying it is the key's stored "
+    "outcome, and no `available` (what is available now would contradict the stored "
+    "refusal). To try again, send a new key.",
     required=["type", "title", "status", "code"],
     properties={
         "type": Schema(type=OpenAPIType.STRING),
@@ -52,7 +63,13 @@ SECURITY = Components(
 
 # Every authenticated route can answer these.
 COMMON = ("unauthorized", "forbidden", "internal_error", "method_not_allowed")
-WRITE = ("validation_error", "payload_too_large", "idempotency_conflict", "ledger_unavailable")
+WRITE = (
+    "validation_error",
+    "payload_too_large",
+    "unsupported_media_type",
+    "idempotency_conflict",
+    "ledger_unavailable",
+)
 
 
 def operation(
@@ -108,6 +125,104 @@ def operation(
                     media.example = example
 
     return RouteOperation
+
+
+# -- the wire contract's own JSON Schema --------------------------------------------------------
+
+# Bodies that name exactly one of each pair (the service refuses anything else with 422).
+EXACTLY_ONE: dict[str, tuple[tuple[tuple[str, str], tuple[str, str]], ...]] = {
+    name: (
+        (("resource_id", "string"), ("wallet_id", "string")),
+        (("amount", "integer"), ("usage", "object")),
+    )
+    for name in ("SpendIn", "ReserveIn", "BatchDebitIn")
+}
+EXACTLY_ONE["SettleIn"] = ((("amount", "integer"), ("usage", "object")),)
+
+ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def wire_components() -> dict[str, Any]:
+    """JSON Schema of every struct and enum of the wire contract, as msgspec (which decodes
+    the bodies) sees them: exact integer bounds, `additionalProperties: false` where unknown
+    fields are refused, dictionary keys' limits, nullable fields as `anyOf`."""
+    from credit_ledger_client import schemas
+
+    types = [
+        value
+        for value in vars(schemas).values()
+        if isinstance(value, type)
+        and value.__module__ == schemas.__name__
+        and (issubclass(value, msgspec.Struct) or issubclass(value, enum.Enum))
+    ]
+    _, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    for name, pairs in EXACTLY_ONE.items():
+        components[name]["allOf"] = [
+            {
+                "description": f"exactly one of `{a}` and `{b}`",
+                "oneOf": [
+                    {"required": [a], "properties": {a: {"type": a_type}}},
+                    {"required": [b], "properties": {b: {"type": b_type}}},
+                ],
+            }
+            for (a, a_type), (b, b_type) in pairs
+        ]
+    return components
+
+
+def refine(document: dict[str, Any], open_paths: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The document litestar infers, made exact: the contract's schemas from msgspec, every
+    `..._id` path parameter with the one spelling of ids the API reads, and the routes that
+    need no key (`open_paths`: health, metrics) without the bearer requirement."""
+    document = copy.deepcopy(document)
+    for path in open_paths & document.get("paths", {}).keys():
+        for operation in document["paths"][path].values():
+            if isinstance(operation, dict):
+                operation["security"] = []
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(wire_components())
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            if not isinstance(operation, dict):
+                continue
+            for parameter in operation.get("parameters", []):
+                if parameter.get("in") == "path" and parameter.get("name", "").endswith("_id"):
+                    parameter["schema"] = {
+                        "type": "string",
+                        "pattern": ID_PATTERN,
+                        "description": "an object id: lowercase UUID text",
+                    }
+    return document
+
+
+def document(app: Litestar) -> dict[str, Any]:
+    """The OpenAPI document `app` serves at /schema/openapi.json."""
+    return refine(app.openapi_schema.to_schema(), open_paths(app))
+
+
+def open_paths(app: Litestar) -> frozenset[str]:
+    """The paths of routes that declare no scopes: anyone may call them."""
+    return frozenset(
+        route.path
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        if handler.opt.get("scopes") is None and handler.include_in_schema
+    )
+
+
+class ExactJsonRenderPlugin(JsonRenderPlugin):
+    """`/schema/openapi.json`: litestar's document, `refine`d once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._document: dict[str, Any] | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self._document is None:
+            self._document = refine(openapi_schema, open_paths(request.app))
+        return super().render(request, self._document)
 
 
 def query_parameters(cls: type[msgspec.Struct]) -> list[Parameter]:

@@ -19,9 +19,10 @@ import base64
 import binascii
 import re
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from api.auth import Principal
 from api.errors import field_from_message
@@ -36,17 +37,56 @@ _CURSOR_TEXT = re.compile(r"(?P<kind>[a-z_]+)(?P<numbers>(?::[0-9]{1,40})+)")
 
 
 def decode_query(params: Iterable[tuple[str, str]], cls: type[T]) -> T:
-    """The query parameters as `cls`, strictly (see the module's invariants)."""
-    values: dict[str, str] = {}
-    for name, value in params:
+    """The query parameters as `cls`, strictly (see the module's invariants). Only integers
+    and booleans are read from their text (`5`, `true`/`false`, nothing else); everything else
+    goes as the text it is, so a time must be RFC 3339 and an enum one of its values (msgspec's
+    lax mode would take `0.5` for a time and `null` for "not given")."""
+    scalars = _scalar_fields(cls)
+    values: dict[str, Any] = {}
+    for name, text in params:
         if name in values:
             raise InvalidRequest(f"query parameter {name!r} is given twice", field=name)
-        values[name] = value
+        values[name] = _typed(text, scalars.get(name))
     try:
-        return msgspec.convert(values, cls, strict=False)
+        return msgspec.convert(values, cls)
     except msgspec.ValidationError as error:
         message = str(error).replace("Object contains unknown field", "Unknown query parameter")
         raise InvalidRequest(message, field=field_from_message(str(error))) from None
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+
+def _typed(text: str, scalar: type | None) -> Any:
+    if scalar is int and _INTEGER.fullmatch(text):
+        return int(text)
+    if scalar is bool and text in ("true", "false"):
+        return text == "true"
+    return text  # refused by the conversion if the field wants something else
+
+
+_SCALARS: dict[type[Any], dict[str, type]] = {}  # one entry per query struct: a few
+
+
+def _scalar_fields(cls: type[Any]) -> dict[str, type]:
+    """The fields of a query struct that are integers or booleans (or optional ones)."""
+    if cls in _SCALARS:
+        return _SCALARS[cls]
+    found: dict[str, type] = {}
+    struct = msgspec.inspect.type_info(cls)
+    assert isinstance(struct, msgspec.inspect.StructType), cls
+    for field in struct.fields:
+        kinds = (
+            field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        )
+        for kind in kinds:
+            inner = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
+            if isinstance(inner, msgspec.inspect.BoolType):
+                found[field.name] = bool
+            elif isinstance(inner, msgspec.inspect.IntType):
+                found[field.name] = int
+    _SCALARS[cls] = found
+    return found
 
 
 def encode_cursor(kind: str, *numbers: int) -> str:

@@ -30,13 +30,28 @@ class Services:
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def liveness(self) -> list[str]:
+        """What this process cannot recover from by itself, so that an outside supervisor
+        (systemd, Kubernetes) should restart it: an engine process that its supervisor gave up
+        on, or that has not come back after many attempts. Reads memory only: /healthz is
+        probed often and must stay cheap."""
+        health = self.service.ledger.health
+        if health is None or health.recoverable:
+            return []
+        return [f"ledger: {health.detail}"]
+
     async def readiness(self) -> list[str]:
         """What is not answering: the engine, Postgres."""
         problems = []
-        try:
-            await asyncio.wait_for(self.service.ledger.lookup_accounts([1]), 2.0)
-        except Exception as error:  # any failure means not ready
-            problems.append(f"ledger: {error!r}")
+        health = self.service.ledger.health
+        if health is not None and health.state != "running":
+            # Restarting, or given up on: a request would only be refused; say why instead.
+            problems.append(f"ledger: {health.detail}")
+        else:
+            try:
+                await asyncio.wait_for(self.service.ledger.lookup_accounts([1]), 2.0)
+            except Exception as error:  # any failure means not ready
+                problems.append(f"ledger: {error!r}")
         try:
             async with self.pool.connection(timeout=2.0) as conn:
                 await conn.execute("SELECT 1")

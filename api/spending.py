@@ -87,8 +87,10 @@ async def _enrich_refusal(
     resource_id: int | None,
     wallet_id: int | None,
 ) -> None:
-    """A 402 says what was available: one read, only on the refusal path."""
-    if error.code != "insufficient_credits":
+    """A 402 says what was available: one read, only on the refusal path. Not on a replay: the
+    refusal stored under the key was decided earlier, and what is available now (perhaps
+    enough, after a top-up) would contradict it."""
+    if error.code != "insufficient_credits" or error.replayed:
         return
     check = await services.service.check(
         amount=1, ledger=ledger, resource_id=resource_id, wallet_id=wallet_id
@@ -142,6 +144,7 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
     """Every debit with its own key and result; the valid ones in one engine request. Waits
     first (briefly) while the movement queue is more than half full, so sustained ingestion
     runs at what Postgres absorbs instead of dropping rows."""
+    _check_shapes(data.debits)
     await services.sink.room()
     requests: list[DebitRequest | CreditError] = []
     # Where each (credit type, resource, wallet) spends, resolved once per batch: a batch
@@ -182,7 +185,7 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
                 w.BatchResultOut(
                     idempotency_key=item.idempotency_key,
                     status=STATUS[outcome.code],
-                    error={"code": outcome.code, "detail": outcome.message},
+                    error=w.BatchErrorOut(code=outcome.code, detail=outcome.message),
                 )
             )
         else:
@@ -195,6 +198,21 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
     for outcome_code, count in tally.items():
         services.metrics.decision("debit", outcome_code, count)
     return Reply(w.BatchOut(results=results))
+
+
+def _check_shapes(debits: list[w.BatchDebitIn]) -> None:
+    """Each debit of a batch names exactly one target and one amount or usage, as the
+    document's schema says: an item that does not is malformed, and refuses the whole batch
+    like any other malformed item (what exists and what it costs are answered item by item)."""
+    for i, item in enumerate(debits):
+        if (item.resource_id is None) == (item.wallet_id is None):
+            raise InvalidRequest(
+                "name exactly one of resource_id and wallet_id", field=f"debits[{i}].resource_id"
+            )
+        if (item.amount is None) == (item.usage is None):
+            raise InvalidRequest(
+                "give exactly one of amount and usage", field=f"debits[{i}].amount"
+            )
 
 
 async def reserve(services: Services, principal: Principal, key: str, data: w.ReserveIn) -> Reply:

@@ -5,6 +5,7 @@ every layer (the edges `api` and `jobs` may not import each other; this package 
     credit-ledger jobs    (the background jobs alone, beside `serve` on a real cluster)
     credit-ledger migrate
     credit-ledger keys create|list|revoke
+    credit-ledger reconcile [--abandon-grant ID --reason TEXT]
     credit-ledger demo    [--url URL --key KEY]
 
 Defaults are embedded: TigerBeetle's state machine in-process (journal under
@@ -28,6 +29,7 @@ from typing import Any
 import click
 
 from api.cli_keys import keys
+from cli.reconcile import reconcile
 from ledger import db
 from ledger.client import Ledger, open_ledger
 from ledger.migrate import migrate as apply_migrations
@@ -79,6 +81,7 @@ def main() -> None:
 
 
 main.add_command(keys)
+main.add_command(reconcile)
 
 
 @main.command()

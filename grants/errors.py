@@ -12,9 +12,12 @@ from typing import Any, ClassVar
 class CreditError(Exception):
     code: ClassVar[str] = "credit_error"
 
-    def __init__(self, message: str, **details: Any) -> None:
+    def __init__(self, message: str, *, replayed: bool = False, **details: Any) -> None:
         super().__init__(message)
         self.message = message
+        # The stored outcome of an idempotency key answered again (the API says so with
+        # `Idempotency-Hit: true`), rather than a decision taken now.
+        self.replayed = replayed
         self.details = details
 
 

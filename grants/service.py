@@ -12,6 +12,7 @@ path's catalog): a block joins it once funded and leaves it once nothing can com
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -22,8 +23,13 @@ from grants.errors import IdempotencyConflict, InvalidRequest, NotFound
 from grants.model import Category, Grant
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode, account_flags
-from ledger.ids import derive_id, leg_id, system_account_id
-from ledger.limits import AMOUNT_MAX_REQUEST, BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
+from ledger.ids import derive_id, id_text, leg_id, system_account_id
+from ledger.limits import (
+    AMOUNT_MAX_REQUEST,
+    BATCH_EVENTS_MAX,
+    BUSINESS_TIME_NS_MAX,
+    CHAIN_LEGS_MAX,
+)
 from ledger.operations import (
     FIRST_VARIABLE,
     SETUP,
@@ -47,6 +53,7 @@ from ledger.types import (
     TransferFlags,
 )
 
+_logger = logging.getLogger(__name__)
 S = CreateTransferStatus
 LINKED = TransferFlags.LINKED
 BD = TransferFlags.BALANCING_DEBIT
@@ -203,7 +210,7 @@ class GrantService:
         as the caller read it (the cache may already have dropped a block being voided)."""
         grant = grant or self.cache.grants.get(grant_id) or self.voided.get(grant_id)
         if grant is None:
-            raise NotFound(f"grant {grant_id} not found")
+            raise NotFound(f"grant {id_text(grant_id)} not found")
         self.cache.drop_grant(grant_id)
         self.voided[grant_id] = grant
         op = derive_id("grant/void", tenant, key)
@@ -236,37 +243,60 @@ class GrantService:
         if not candidates:
             return SweepReport([], [])
         accounts = {a.id: a for a in await self.ledger.lookup_accounts([g.id for g in candidates])}
-        sweeps, reasons, finished = [], {}, []
+        sweeps: list[Transfer] = []
+        reasons: dict[int, tuple[int, str]] = {}
+        finished: list[int] = []
+        finishing: dict[int, int] = {}  # a sweep's place in `sweeps` -> the block it finishes
         for grant in candidates:
             account = accounts.get(grant.id)
             if account is None:
                 continue
             voided = grant.id in self.voided
-            if account.credits_posted - account.debits_posted - account.debits_pending > 0:
-                state = (account.debits_pending, account.debits_posted, account.credits_posted)
-                op = derive_id("grant/sweep", grant.id, *state)
-                sweeps.append(
-                    _sweep(
-                        grant,
-                        op,
-                        AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
-                        TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
-                        account.user_data_32,
-                    )
-                )
-                reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
-            elif account.debits_pending == 0:
+            left = account.credits_posted - account.debits_posted - account.debits_pending
+            if left <= 0 and account.debits_pending == 0 and voided:
                 # Nothing left and nothing held: nothing can come back. Done with this block.
-                self.cache.drop_grant(grant.id)
-                self.voided.pop(grant.id, None)
-                finished.append(grant.id)
+                self._finish(grant.id, finished)
+                continue
+            if left <= 0 and account.debits_pending == 0:
+                # Done too, once a sweep of nothing has written its expiry on the ledger,
+                # where reads of a block that left the catalog find it (a void says so itself).
+                finishing[len(sweeps)] = grant.id
+            elif left <= 0:
+                continue
+            state = (account.debits_pending, account.debits_posted, account.credits_posted)
+            sweeps.append(
+                _sweep(
+                    grant,
+                    derive_id("grant/sweep", grant.id, *state),
+                    AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
+                    TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
+                    account.user_data_32,
+                )
+            )
+            reasons[sweeps[-1].id] = (grant.id, "voided" if voided else "expired")
         if not sweeps:
             return SweepReport([], finished)
         results = await self.ledger.create_transfers(sweeps)
-        assert all(r.status in (S.CREATED, S.EXISTS) for r in results), results
-        moved = await self.ledger.lookup_transfers([t.id for t in sweeps])
-        swept = [SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved]
+        done = []
+        for index, (sweep, result) in enumerate(zip(sweeps, results, strict=True)):
+            if result.status in (S.CREATED, S.EXISTS):
+                done.append(sweep.id)
+                if index in finishing:
+                    self._finish(finishing[index], finished)
+            else:  # one block's refusal never holds the others back; the next tick retries
+                _logger.error(
+                    "sweep of grant %s refused: %s", reasons[sweep.id][0], result.status.name
+                )
+        moved = await self.ledger.lookup_transfers(done) if done else []
+        swept = [
+            SweepResult(reasons[t.id][0], t.amount, reasons[t.id][1]) for t in moved if t.amount
+        ]
         return SweepReport(swept, finished)
+
+    def _finish(self, grant_id: int, finished: list[int]) -> None:
+        self.cache.drop_grant(grant_id)
+        self.voided.pop(grant_id, None)
+        finished.append(grant_id)
 
     async def refund(
         self, debit_id: int, amount: int, *, tenant: int, key: str, reason: str | None = None
@@ -278,7 +308,7 @@ class GrantService:
         legs = await read_legs(self.ledger, debit_id, CHAIN_LEGS_MAX)
         setup = legs[SETUP]
         if setup.code != TransferCode.CONSUME:
-            raise NotFound(f"debit {debit_id} not found")
+            raise NotFound(f"debit {id_text(debit_id)} not found")
         op_id = derive_id("refund", tenant, key)
         fingerprint = fingerprint_of("refund", debit_id, amount, reason or "")
         op = Operation(op_id, fingerprint, setup.ledger, tenant, self.clock_ns())
@@ -360,7 +390,9 @@ def _sweep(
         credit_account_id=system_account_id(grant.ledger, sink),
         amount=AMOUNT_MAX,
         user_data_128=grant.id,
-        user_data_64=grant.expires_at_ns or 0,
+        # The API refuses expiries the engine cannot hold; a block written before it did must
+        # still be voidable, so its expiry is capped at the field's largest value.
+        user_data_64=min(grant.expires_at_ns or 0, BUSINESS_TIME_NS_MAX),
         user_data_32=tenant,
         ledger=grant.ledger,
         code=code,

@@ -10,6 +10,9 @@ well-behaved caller:
   `LedgerUnavailable`: its outcome is unknown, and the caller retries with the same ids
   (TigerBeetle's ids make that retry safe).
 - One client per process and cluster: TigerBeetle's clients are meant to be shared.
+- The embedded engine in a process of its own is supervised (`ledger.embedded.supervisor`): a
+  dead one is replaced on the same journal, calls meanwhile raise `LedgerUnavailable`, and
+  `Ledger.health` says how it is doing (None for the other engines).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ledger.limits import BATCH_EVENTS_MAX
@@ -43,6 +47,21 @@ _LINKED = 1
 
 class LedgerUnavailable(RuntimeError):
     """The engine did not answer in time: the outcome is unknown; retry with the same ids."""
+
+
+@dataclass(frozen=True)
+class EngineHealth:
+    """How a supervised engine (`ledger.embedded.supervisor`) is doing, for the probes and the
+    metrics; read from memory, so cheap enough for every probe."""
+
+    state: str  # one of ENGINE_STATES
+    attempt: int  # restart attempts since the engine last ran well (0: never restarted)
+    restarts: int  # dead engines replaced by a new one since this process started
+    detail: str  # what is wrong, for a probe's body; "" while running
+    recoverable: bool  # False: the service cannot recover by itself; restart it from outside
+
+
+ENGINE_STATES = ("running", "restarting", "failed", "closed")
 
 
 class ChainTooLong(ValueError):
@@ -96,13 +115,21 @@ class Ledger:
         deadline_s: float | None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         engine_name: str,
+        health: Callable[[], EngineHealth] | None = None,
     ) -> None:
         self._client = client
         self._deadline_s = deadline_s
         self._on_close = on_close
         self.engine_name = engine_name
+        self._health = health
         # Called with (method, seconds) after every engine request: the metrics hook.
         self.observe: Callable[[str, float], None] | None = None
+
+    @property
+    def health(self) -> EngineHealth | None:
+        """A supervised engine's state, for the probes and the metrics (read from memory, so
+        cheap); None for the other engines."""
+        return None if self._health is None else self._health()
 
     async def _call(self, method: str, argument: Any) -> Any:
         if self.observe is None:
@@ -264,31 +291,36 @@ def _shared_cluster_client(settings: LedgerSettings, kind: str) -> Any:
 def open_ledger(settings: LedgerSettings, *, engine: Any = None) -> Ledger:
     """The async ledger: a real cluster when `settings.tb_addresses` is set, else the embedded
     engine (the one given, or a new one on `settings.data_dir`, closed with the ledger; in a
-    process of its own when `settings.engine_process`)."""
+    process of its own when `settings.engine_process`, supervised: replaced if it dies)."""
     if settings.tb_addresses:
         client = _shared_cluster_client(settings, "async")
         return Ledger(client, deadline_s=settings.request_deadline_s, engine_name="cluster")
     from ledger.embedded import EmbeddedEngine
     from ledger.embedded.process import EngineProcess
+    from ledger.embedded.supervisor import EngineSupervisor
 
     owned = engine is None
     if owned:
         engine = (
-            EngineProcess(settings.data_dir)
+            EngineSupervisor(settings.data_dir)
             if settings.engine_process
             else EmbeddedEngine(settings.data_dir)
         )
+    in_process = not isinstance(engine, EngineProcess | EngineSupervisor)
 
     async def close() -> None:
         if not owned:
             return
-        if isinstance(engine, EngineProcess):
-            await engine.aclose()
-        else:
+        if in_process:
             engine.close()
+        else:
+            await engine.aclose()
 
-    name = f"embedded (process {engine.pid})" if isinstance(engine, EngineProcess) else "embedded"
-    return Ledger(engine.client_async(), deadline_s=None, on_close=close, engine_name=name)
+    name = "embedded" if in_process else f"embedded (process {engine.pid})"
+    health = engine.health if isinstance(engine, EngineSupervisor) else None
+    return Ledger(
+        engine.client_async(), deadline_s=None, on_close=close, engine_name=name, health=health
+    )
 
 
 def open_ledger_sync(settings: LedgerSettings, *, engine: Any = None) -> LedgerSync:

@@ -34,6 +34,14 @@ class ManualClock:
             self._now_ns += nanoseconds
 
 
+def rfc3339_of_ns(ns: int) -> str:
+    """RFC 3339 text, UTC, to the nanosecond, of ns since the epoch: always nine fractional
+    digits, so that the texts of two instants sort as the instants do."""
+    seconds, fraction = divmod(ns, 1_000_000_000)
+    at = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    return f"{at:%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
+
+
 def datetime_of_ns(ns: int) -> dt.datetime:
     """An aware UTC datetime from ns since the epoch (microsecond precision, as Postgres keeps)."""
     return dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=dt.UTC) + dt.timedelta(

@@ -57,6 +57,13 @@ assert _DIGEST_BYTES * 8 == 128
 assert LEG_INDEX_MAX <= U32_MAX
 
 
+def id_text(value: int) -> str:
+    """A u128 id as the UUID text the API speaks (`str(uuid.UUID(int=value))`, without building
+    a UUID): how an id appears in every message, never as a decimal number."""
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def derive_id(namespace: str, *parts: int | str | bytes) -> int:
     """A u128 id in 1..2**128-2 that depends only on `namespace` and `parts`.
 

@@ -21,6 +21,16 @@ U16_MAX = (1 << 16) - 1
 TIMESTAMP_MIN = 1
 TIMESTAMP_MAX = (1 << 63) - 1
 
+# Business times (a grant's effective_at and expires_at, an operation's effective time) travel on
+# the ledger in the u64 `user_data_64`, as nanoseconds since the Unix epoch: from
+# 1970-01-01T00:00:00Z up to 2^64-1 ns (2554-07-21T23:34:33.709551615Z). A time outside is
+# refused before anything is written, since the engine could never record it.
+BUSINESS_TIME_NS_MIN = 0
+BUSINESS_TIME_NS_MAX = U64_MAX
+
+# Money is integer minor units in a Postgres bigint.
+MONEY_MINOR_MAX = (1 << 63) - 1
+
 # A pending transfer's timeout is a u32 of seconds.
 PENDING_TIMEOUT_S_MAX = U32_MAX
 
@@ -34,6 +44,25 @@ JOURNAL_SNAPSHOT_BYTES_DEFAULT = 256 * 1024 * 1024
 # One journal record holds one request; a batch of BATCH_EVENTS_MAX transfers encodes to well
 # under this bound, and a record claiming more is corrupt.
 JOURNAL_RECORD_BYTES_MAX = 64 * 1024 * 1024
+
+# The engine process (`ledger.embedded.process`) has this long to replay its journal and say
+# that it is ready; a snapshot bounds the replay, so this is far more than it needs.
+ENGINE_START_TIMEOUT_S = 600.0
+# A dead engine process is started again by its supervisor (`ledger.embedded.supervisor`): the
+# first time at once, then after a pause that doubles from the shortest to the longest, so that
+# a directory still locked or an engine that dies as it starts costs little.
+ENGINE_RESTART_PAUSE_S_MIN = 0.05
+ENGINE_RESTART_PAUSE_S_MAX = 5.0
+# An engine that ran this long before it died ran well: its restart starts the count afresh.
+# One that died sooner adds to the count, so a crash loop backs off too.
+ENGINE_RUN_STABLE_S = 60.0
+# After this many restart attempts without an engine that ran well, /healthz fails: the
+# service cannot recover by itself, and an outside supervisor should restart it (it goes on
+# trying meanwhile).
+ENGINE_RESTART_ATTEMPTS_MAX = 10
+# An engine process that lost its connection but has not exited after this long is killed:
+# its journal lock goes with it only once it has exited.
+ENGINE_EXIT_GRACE_S = 5.0
 
 # A spend path: at most this many accounts to draw from (grants in burn order, the parent's when
 # the wallet falls through, the overdraft) and this many budgets (one per resource on the path).
@@ -76,7 +105,15 @@ assert 2 * CHAIN_LEGS_MAX + 2 <= BATCH_EVENTS_MAX
 assert RESERVATION_TIMEOUT_S_DEFAULT <= RESERVATION_TIMEOUT_S_MAX <= PENDING_TIMEOUT_S_MAX
 assert BATCH_EVENTS_MAX * 128 <= 1024 * 1024
 assert TIMESTAMP_MAX < U64_MAX
+assert BUSINESS_TIME_NS_MIN == 0 and BUSINESS_TIME_NS_MAX == U64_MAX
 assert PENDING_TIMEOUT_S_MAX * 1_000_000_000 < TIMESTAMP_MAX
 assert JOURNAL_RECORD_BYTES_MAX < JOURNAL_SNAPSHOT_BYTES_DEFAULT
+assert 0 < ENGINE_RESTART_PAUSE_S_MIN <= ENGINE_RESTART_PAUSE_S_MAX < ENGINE_RUN_STABLE_S
+assert ENGINE_RESTART_ATTEMPTS_MAX >= 2  # one failed attempt alone is not yet a verdict
+# The attempts before /healthz fails span at least one longest pause.
+assert ENGINE_RESTART_PAUSE_S_MIN * 2 ** (ENGINE_RESTART_ATTEMPTS_MAX - 2) >= (
+    ENGINE_RESTART_PAUSE_S_MAX
+)
+assert 0 < ENGINE_EXIT_GRACE_S < ENGINE_START_TIMEOUT_S
 assert 1 <= LIST_PAGE_ROWS_DEFAULT <= LIST_PAGE_ROWS_MAX <= RESERVATIONS_SCANNED_PER_PAGE_MAX
 assert RESERVATIONS_SCANNED_PER_PAGE_MAX <= BATCH_EVENTS_MAX

@@ -25,7 +25,7 @@ from grants.burn_order import burn_order_key
 from grants.model import Grant
 from grants.service import WalletAccounts
 from ledger.codes import AccountCode
-from ledger.ids import budget_account_id, overdraft_account_id
+from ledger.ids import budget_account_id, id_text, overdraft_account_id
 from ledger.limits import PATH_BUDGETS_MAX, PATH_SOURCES_MAX
 from ledger.repositories import wallets as repo_wallets
 from ledger.repositories.budgets import BudgetPeriod
@@ -49,6 +49,7 @@ class Resource(msgspec.Struct, frozen=True):
     tenant: int
     kind: str
     parent_id: int | None = None
+    external_ref: str | None = None  # the caller's own reference, as stored
 
 
 class Wallet(msgspec.Struct, frozen=True):
@@ -152,6 +153,11 @@ class Catalog:
             self._loading += 1
             return self.generation
 
+    def _code(self, ledger: int) -> str:
+        """A credit type as callers name it (its code), for messages."""
+        credit_type = self.credit_types.get(ledger)
+        return credit_type.code if credit_type is not None else str(ledger)
+
     def ledger_of_code(self, code: str) -> int | None:
         """The ledger of the credit type with this code (codes are unique), if cached."""
         return self.ledger_by_code.get(code)
@@ -214,7 +220,9 @@ class Catalog:
         times, amounts = self.prices.get((feature, ledger), ((), ()))
         index = bisect.bisect_right(times, at_ns) - 1
         if index < 0:
-            raise PathError(f"no price for feature {feature!r} in credit type {ledger}")
+            raise PathError(
+                f"no price for feature {feature!r} in credit type {self._code(ledger)!r}"
+            )
         return amounts[index] * quantity
 
     def drop_budget(self, budget_id: int) -> None:
@@ -240,7 +248,7 @@ class Catalog:
     def wallet(self, wallet_id: int) -> Wallet:
         wallet = self.wallets.get(wallet_id)
         if wallet is None:
-            raise PathError(f"wallet {wallet_id} not found")
+            raise PathError(f"wallet {id_text(wallet_id)} not found")
         return wallet
 
     def wallet_accounts(self, wallet_id: int) -> WalletAccounts:
@@ -255,7 +263,10 @@ class Catalog:
     def wallet_for(self, resource_id: int, ledger: int) -> Wallet:
         wallet_id = self.wallet_of.get((resource_id, ledger))
         if wallet_id is None:
-            raise PathError(f"resource {resource_id} has no wallet for credit type {ledger}")
+            raise PathError(
+                f"resource {id_text(resource_id)} has no wallet"
+                f" for credit type {self._code(ledger)!r}"
+            )
         return self.wallets[wallet_id]
 
     def ancestors(self, resource_id: int) -> list[Resource]:
@@ -268,7 +279,7 @@ class Catalog:
             seen.add(current)
             resource = self.resources.get(current)
             if resource is None:
-                raise PathError(f"resource {current} not found")
+                raise PathError(f"resource {id_text(current)} not found")
             chain.append(resource)
             current = resource.parent_id
         return chain

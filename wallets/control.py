@@ -17,27 +17,46 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
-from grants.errors import Conflict, IdempotencyConflict, InvalidRequest, NotFound
+from grants.errors import (
+    Conflict,
+    IdempotencyConflict,
+    InvalidRequest,
+    LedgerUnavailableError,
+    NotFound,
+)
 from grants.model import Category, Grant, Source
 from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
+from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.codes import AccountCode
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import (
     derive_id,
+    id_text,
     idempotency_key_bytes,
     operation_id,
     overdraft_account_id,
     request_fingerprint,
 )
-from ledger.limits import AMOUNT_MAX_REQUEST, ASSET_SCALE_MAX, BATCH_EVENTS_MAX, U32_MAX
+from ledger.limits import (
+    AMOUNT_MAX_REQUEST,
+    ASSET_SCALE_MAX,
+    BATCH_EVENTS_MAX,
+    BUSINESS_TIME_NS_MAX,
+    BUSINESS_TIME_NS_MIN,
+    MONEY_MINOR_MAX,
+    U32_MAX,
+)
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories import (
     audit,
@@ -48,6 +67,7 @@ from ledger.repositories import (
     grants,
     idempotency,
     prices,
+    reconcile_failures,
     resources,
     wallet_changes,
     wallets,
@@ -75,6 +95,7 @@ from wallets.service import CreditService
 
 R = TypeVar("R")
 NS = 1_000_000_000
+_logger = logging.getLogger(__name__)
 
 
 class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,15 +112,22 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     external_ref: str | None = None
 
 
+class ReconcileFailure(msgspec.Struct, frozen=True):
+    kind: str  # credit_type | wallet | grant
+    object_id: str  # UUID text, or a credit type's ledger number
+    error: str
+
+
 class ReconcileReport(msgspec.Struct, frozen=True):
     credit_types: int  # whose system accounts were (re)ensured
     wallets: int  # whose accounts were (re)ensured
     grants_finished: list[int]  # pending grants brought to 'active'
+    # What could not be finished this time: recorded in Postgres for an operator, never raised.
+    failed: list[ReconcileFailure] = []
+    # Why the pass stopped early (the engine did not answer), or None.
+    interrupted: str | None = None
     wallet_changes_finished: list[int] = []  # pending policy changes applied or refused
-    budgets: int = 0  # active budgets whose current period holds their cap
-    # Wallets whose overdraft account the ledger would not bring to the limit Postgres records
-    # (more drawn than it): never expected, since a wallet's row changes after its ledger does.
-    limits_refused: list[int] = []
+    budgets: int = 0  # active budgets whose current period was brought to its cap
 
 
 class PolicyRefused(Conflict):
@@ -118,6 +146,8 @@ class ControlPlane:
         )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        # Open reconciliation failures, as of this process's last pass (a metric).
+        self.reconcile_failures_open = 0
 
     # -- the cache ----------------------------------------------------------------------------
 
@@ -126,14 +156,14 @@ class ControlPlane:
         since = self.catalog.begin_load()
         async with self.pool.connection() as conn:
             snapshot = await catalog.load_catalog_snapshot(conn)
-            voided = await grants.list_voided_grants(conn)
+            # Voided and abandoned blocks are watched: what comes back to them is voided.
+            voided = await grants.list_grants_in_states(
+                conn, [GrantState.VOIDED, GrantState.ABANDONED]
+            )
         tenants = {c.id: c.tenant for c in snapshot.customers}
         self.catalog.load(
             [CreditType(c.id, c.code, c.name, c.asset_scale) for c in snapshot.credit_types],
-            [
-                Resource(r.id, r.customer_id, tenants[r.customer_id], r.kind.value, r.parent_id)
-                for r in snapshot.resources
-            ],
+            [_resource(r, tenants[r.customer_id]) for r in snapshot.resources],
             [_wallet(w) for w in snapshot.wallets],
             [_grant(g) for g in snapshot.grants],
             [
@@ -153,8 +183,13 @@ class ControlPlane:
         async with self.pool.connection() as conn:
             if table == "grants":
                 grant = await grants.get_grant(conn, row_id)
-                if grant is None or grant.state in (GrantState.VOIDED, GrantState.EXPIRED):
+                if grant is None or grant.state is GrantState.EXPIRED:
                     self.catalog.drop_grant(row_id)
+                elif grant.state in (GrantState.VOIDED, GrantState.ABANDONED):
+                    # Voided (or abandoned) in another process: this one's sweeps must void
+                    # what a release gives back to the block, as the voiding process's do.
+                    self.catalog.drop_grant(row_id)
+                    await self.grant_service.track_voided([_grant(grant)])
                 elif grant.state is GrantState.ACTIVE:
                     self.catalog.put_grant(_grant(grant))
                 # 'pending': the issuing process puts the grant once it is funded.
@@ -167,15 +202,7 @@ class ControlPlane:
                 if resource is not None:
                     owner = await customers.get_customer(conn, resource.customer_id)
                     assert owner is not None
-                    self.catalog.put_resource(
-                        Resource(
-                            resource.id,
-                            resource.customer_id,
-                            owner.tenant,
-                            resource.kind.value,
-                            resource.parent_id,
-                        )
-                    )
+                    self.catalog.put_resource(_resource(resource, owner.tenant))
             elif table == "credit_types":
                 row = await credit_types.get_credit_type(conn, row_id)
                 if row is not None:
@@ -232,7 +259,12 @@ class ControlPlane:
     ) -> tuple[R, bool]:
         """Runs an admin operation once per (tenant, key): `first` in the claiming transaction,
         `then` (the ledger side and the final state) after it. A replay returns the stored
-        outcome; an unfinished earlier attempt is finished; another body is a conflict."""
+        outcome; an unfinished earlier attempt is finished; another body is a conflict.
+
+        Callers that race with one key all find the record unfinished and run `then` (it is
+        idempotent: ids derive from the key). The one whose outcome is stored first answers
+        the first answer; every other caller answers that stored outcome as a replay, so
+        exactly one answer goes without `Idempotency-Hit`."""
         try:
             idempotency_key_bytes(key)
         except ValueError as error:
@@ -253,13 +285,17 @@ class ControlPlane:
                 return msgspec.convert(existing.response, result_type), True
         result = await then()
         async with self.pool.connection() as conn, conn.transaction():
-            await idempotency.complete(
+            stored = await idempotency.complete(
                 conn,
                 tenant=tenant,
                 key=key,
                 status_code=200,
                 response=msgspec.to_builtins(result),
             )
+            if stored is None:  # another caller with this key completed it first
+                stored = await idempotency.get(conn, tenant=tenant, key=key)
+                assert stored is not None and stored.completed
+                return msgspec.convert(stored.response, result_type), True
         return result, False
 
     # -- catalog objects ----------------------------------------------------------------------
@@ -366,11 +402,11 @@ class ControlPlane:
         resource_id = derive_id("resource", tenant, key)
         parent = self.catalog.resources.get(parent_id) if parent_id is not None else None
         if parent_id is not None and (parent is None or parent.customer_id != customer_id):
-            raise NotFound(f"parent resource {parent_id} not found for this customer")
+            raise NotFound(f"parent resource {id_text(parent_id)} not found for this customer")
 
         async def first(conn: Connection) -> None:
             if await customers.get_customer(conn, customer_id) is None:
-                raise NotFound(f"customer {customer_id} not found")
+                raise NotFound(f"customer {id_text(customer_id)} not found")
             await resources.insert_resource(
                 conn,
                 id=resource_id,
@@ -391,7 +427,9 @@ class ControlPlane:
             async with self.pool.connection() as conn:
                 owner = await customers.get_customer(conn, customer_id)
             assert owner is not None
-            resource = Resource(resource_id, customer_id, owner.tenant, kind.value, parent_id)
+            resource = Resource(
+                resource_id, customer_id, owner.tenant, kind.value, parent_id, external_ref
+            )
             self.catalog.put_resource(resource)
             return resource
 
@@ -424,7 +462,7 @@ class ControlPlane:
             )
         resource = self.catalog.resources.get(resource_id)
         if resource is None:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if ledger not in self.catalog.credit_types:
             raise NotFound(f"credit type {ledger} not found")
         wallet = Wallet(
@@ -482,7 +520,7 @@ class ControlPlane:
         key: str,
     ) -> tuple[Budget, bool]:
         if resource_id not in self.catalog.resources:
-            raise NotFound(f"resource {resource_id} not found")
+            raise NotFound(f"resource {id_text(resource_id)} not found")
         if not 1 <= cap <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("cap out of range", field="cap")
         budget = Budget(derive_id("budget", tenant, key), resource_id, ledger, period, cap)
@@ -532,6 +570,7 @@ class ControlPlane:
             raise InvalidRequest("feature must be 1..128 characters", field="feature")
         if not 0 <= credits_per_unit <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("credits_per_unit out of range", field="credits_per_unit")
+        business_time_ns(effective_at, "effective_at")  # an instant the ledger can hold
         now = datetime_of_ns(self.service.clock_ns())
         starts = now if effective_at is None else effective_at
         if key is None:
@@ -625,7 +664,7 @@ class ControlPlane:
         async with self.pool.connection() as conn:
             row = await customers.get_customer(conn, customer_id)
         if row is None:
-            raise NotFound(f"customer {customer_id} not found")
+            raise NotFound(f"customer {id_text(customer_id)} not found")
         return row
 
     # -- grants -------------------------------------------------------------------------------
@@ -636,7 +675,7 @@ class ControlPlane:
         """Issues a credit block once per key. Returns (outcome, replayed)."""
         wallet = self.catalog.wallets.get(request.wallet_id)
         if wallet is None:
-            raise NotFound(f"wallet {request.wallet_id} not found")
+            raise NotFound(f"wallet {id_text(request.wallet_id)} not found")
         _validate_grant(request)
         grant_id = operation_id(tenant, key)
         effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
@@ -695,13 +734,20 @@ class ControlPlane:
         fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
         async with self.pool.connection() as conn, conn.transaction():
             # Grants to one wallet are issued one at a time, across processes: the bounded
-            # overdraft's repay is computed from a read of its deficit. And with its limit: the
+            # overdraft's repay is computed from a read of its deficit, and with its limit: the
             # row, read under the lock that changes of the limit hold too, is what the ledger
-            # holds; this process's cache may not have heard of a change yet.
+            # holds (this process's cache may not have heard of a change yet). Under the same
+            # lock an operator abandons a grant, so a grant read here as not abandoned stays so.
             locked = await wallets.lock_wallet(conn, row.wallet_id)
             assert locked is not None
             if self.catalog.wallets.get(locked.id) != _wallet(locked):
                 self.catalog.put_wallet(_wallet(locked))
+            current = await grants.get_grant(conn, row.id)
+            if current is None or current.state is GrantState.ABANDONED:
+                raise Conflict(
+                    f"grant {id_text(row.id)} was abandoned by an operator: it was never "
+                    "issued; issue it again with a new key"
+                )
             result = await self.grant_service.issue(
                 _grant(row), tenant=tenant, fingerprint=fingerprint
             )
@@ -732,7 +778,7 @@ class ControlPlane:
                 conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
             )
             if row is None:
-                raise NotFound(f"active grant {grant_id} not found")
+                raise NotFound(f"active grant {id_text(grant_id)} not found")
             await audit.append(
                 conn,
                 actor=actor,
@@ -774,7 +820,7 @@ class ControlPlane:
         fall_through: bool | None = None,
     ) -> tuple[Wallet, bool]:
         """Changes a wallet's overdraft mode or limit or its fall-through, once per key; the
-        ledger moves with it (migration 0006 states the order). Every switch of mode is
+        ledger moves with it (migration 0007 states the order). Every switch of mode is
         supported: leaving 'soft' lowers its bounded account to 0, so like any lowering it is
         refused (PolicyRefused, nothing changed) while more than the new limit is drawn, held
         draws included. What an unbounded wallet owes stays owed when it leaves 'unbounded',
@@ -786,7 +832,7 @@ class ControlPlane:
         async def first(conn: Connection) -> None:
             row = await wallets.lock_wallet(conn, wallet_id)
             if row is None:
-                raise NotFound(f"wallet {wallet_id} not found")
+                raise NotFound(f"wallet {id_text(wallet_id)} not found")
             if await wallet_changes.pending_change_of(conn, wallet_id) is not None:
                 raise Conflict("another change of this wallet is being applied; try again")
             mode, limit = _policy(row, overdraft_mode, overdraft_limit)
@@ -987,66 +1033,180 @@ class ControlPlane:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
         pending changes of a wallet's policy applied (or refused), overdraft limits and the
         current period of every active budget brought to what Postgres records, pending grants
-        funded and activated."""
+        funded and activated, their idempotency records completed.
+
+        Never raises for one object's sake: what cannot be finished is logged, recorded in
+        `reconcile_failures` (an operator sees it with `credit-ledger reconcile`) and tried
+        again next time, after the others. When the engine does not answer, the pass stops
+        and says so. Either way the caller (the service's start, the jobs) carries on."""
         cutoff = datetime_of_ns(self.service.clock_ns() - int(older_than_s * NS))
         async with self.pool.connection() as conn:
             types = await credit_types.list_credit_types(conn)
             all_wallets = await wallets.list_all_wallets(conn)
             pending = await grants.list_pending_grants(conn, cutoff)
+            abandoned = await grants.list_grants_in_states(conn, [GrantState.ABANDONED])
             changes = await wallet_changes.list_pending_changes(conn, cutoff)
             active_budgets = await budgets.list_all_active_budgets(conn)
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
-        for credit_type in types:
-            await self.service.open_ledger(credit_type.id)
-        changed = []
-        for change in changes:
-            with contextlib.suppress(PolicyRefused):
-                await self._apply_wallet_change(change.id)
-            changed.append(change.id)
-        refused = await self._reconcile_wallets(all_wallets, tenants, owners)
-        for budget in active_budgets:
-            await self._sync_budget(budget.id, operation=0)
-        finished = []
-        for row in pending:
-            await self._finish_grant(row)
-            finished.append(row.id)
+            failing = await reconcile_failures.open_keys(conn)
+        # Wallets with a bounded overdraft account (soft, or soft once): read from the engine
+        # when the pass starts, a batch at a time.
+        bounded: set[int] = set()
+        steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
+            ("credit_type", str(t.id), functools.partial(self.service.open_ledger, t.id))
+            for t in types
+        ]
+        # A wallet's row says what its ledger holds once its pending change is finished.
+        steps += [
+            ("wallet_change", id_text(c.id), functools.partial(self._finish_wallet_change, c.id))
+            for c in changes
+        ]
+        steps += [
+            (
+                "wallet",
+                id_text(w.id),
+                functools.partial(
+                    self._reconcile_wallet, w, tenants[owners[w.resource_id]], bounded
+                ),
+            )
+            for w in all_wallets
+        ]
+        steps += [
+            ("budget", id_text(b.id), functools.partial(self._sync_budget, b.id, operation=0))
+            for b in active_budgets
+        ]
+        steps += [
+            ("grant", id_text(row.id), functools.partial(self._finish_grant, row))
+            for row in pending
+        ]
+        failed: list[ReconcileFailure] = []
+        finished: list[int] = []
+        changed: list[int] = []
+        interrupted = None
+        try:
+            bounded.update(await self._bounded_overdrafts(all_wallets))
+            for kind, object_id, step in steps:
+                done = await self._reconcile_step(kind, object_id, step, failing, failed)
+                if done and kind == "grant":
+                    finished.append(uuid.UUID(object_id).int)
+                elif done and kind == "wallet_change":
+                    changed.append(uuid.UUID(object_id).int)
+            # A grant abandoned while an attempt was in flight: its account, should it exist,
+            # is watched like a voided block's, so the sweeps empty it.
+            await self.grant_service.track_voided([_grant(g) for g in abandoned])
+        except (LedgerUnavailable, LedgerUnavailableError) as error:
+            interrupted = f"the engine did not answer: {error}"
+            _logger.warning("reconciliation stopped: %s", interrupted)
+        async with self.pool.connection() as conn:
+            self.reconcile_failures_open = await reconcile_failures.count_open(conn)
         return ReconcileReport(
-            len(types), len(all_wallets), finished, changed, len(active_budgets), refused
+            len(types),
+            len(all_wallets),
+            finished,
+            failed,
+            interrupted,
+            changed,
+            len(active_budgets),
         )
 
-    async def _reconcile_wallets(
-        self, rows: list[wallets.Wallet], tenants: dict[int, int], owners: dict[int, int]
-    ) -> list[int]:
-        """Every wallet's accounts ensured; a wallet that has a bounded overdraft account (soft,
-        or soft once) brought to its limit under its row lock, unless a change of it is still
-        pending. The wallets whose ledger refused: none, unless something is wrong."""
-        async with self.pool.connection() as conn:
-            busy = await wallet_changes.pending_wallet_ids(conn)
-        bounded: set[int] = set()
+    async def _finish_wallet_change(self, change_id: int) -> None:
+        """A pending change of a wallet's policy, applied or refused: either finishes it."""
+        with contextlib.suppress(PolicyRefused):
+            await self._apply_wallet_change(change_id)
+
+    async def _bounded_overdrafts(self, rows: list[wallets.Wallet]) -> set[int]:
+        """The wallets (of `rows`) that have a bounded overdraft account on the ledger."""
+        found: set[int] = set()
         for start in range(0, len(rows), BATCH_EVENTS_MAX):
-            ids = [
-                overdraft_account_id(w.id, AccountCode.OVERDRAFT)
-                for w in rows[start : start + BATCH_EVENTS_MAX]
-            ]
-            bounded.update(a.id for a in await self.service.ledger.lookup_accounts(ids))
-        refused = []
-        for row in rows:
-            wallet = _wallet(row)
-            tenant = tenants[owners[row.resource_id]]
-            soft_once = overdraft_account_id(row.id, AccountCode.OVERDRAFT) in bounded
-            if row.id in busy or (
-                wallet.overdraft_mode is not OverdraftMode.SOFT and not soft_once
-            ):
-                await self.service.open_wallet(wallet, tenant)
-                continue
-            async with self.pool.connection() as conn, conn.transaction():
-                locked = await wallets.lock_wallet(conn, row.id)
-                assert locked is not None
-                move = await self._open_wallet(_wallet(locked), tenant, operation=0)
-            if move.refused:
-                refused.append(row.id)
-        return refused
+            batch = rows[start : start + BATCH_EVENTS_MAX]
+            ids = {overdraft_account_id(w.id, AccountCode.OVERDRAFT): w.id for w in batch}
+            found.update(ids[a.id] for a in await self.service.ledger.lookup_accounts(list(ids)))
+        return found
+
+    async def _reconcile_wallet(self, row: wallets.Wallet, tenant: int, bounded: set[int]) -> None:
+        """A wallet's accounts ensured; one with a bounded overdraft account (soft, or soft
+        once) brought to its limit under its row lock, as the row stands then, unless a change
+        of it is pending (that change finishes it). The ledger refusing is never expected: a
+        wallet's row changes after its ledger does."""
+        wallet = _wallet(row)
+        if not (wallet.overdraft_mode is OverdraftMode.SOFT or row.id in bounded):
+            # Never soft: nothing of a limit to bring anywhere, only accounts to ensure.
+            await self.service.open_wallet(wallet, tenant)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            locked = await wallets.lock_wallet(conn, row.id)
+            assert locked is not None
+            if await wallet_changes.pending_change_of(conn, row.id) is not None:
+                return
+            move = await self._open_wallet(_wallet(locked), tenant, operation=0)
+        if move.refused:
+            raise PolicyRefused(
+                f"the ledger holds an overdraft limit of {move.before} and will not lower it to "
+                f"the wallet's {locked.overdraft_limit}: {move.before - move.balance} is drawn"
+            )
+
+    async def _reconcile_step(
+        self,
+        kind: str,
+        object_id: str,
+        step: Callable[[], Awaitable[Any]],
+        failing: set[tuple[str, str]],
+        failed: list[ReconcileFailure],
+    ) -> bool:
+        """One object of a reconciliation pass: done (True), or recorded as not done."""
+        try:
+            await step()
+        except (LedgerUnavailable, LedgerUnavailableError):
+            raise
+        except Exception as error:  # whatever the reason, one object never stops the pass
+            text = f"{type(error).__name__}: {error}"
+            _logger.error("reconciliation could not finish %s %s: %s", kind, object_id, text)
+            failed.append(ReconcileFailure(kind, object_id, text))
+            async with self.pool.connection() as conn:
+                await reconcile_failures.record(conn, kind=kind, object_id=object_id, error=text)
+            return False
+        if (kind, object_id) in failing:
+            async with self.pool.connection() as conn:
+                await reconcile_failures.resolve(
+                    conn, kind=kind, object_id=object_id, resolution="finished by reconciliation"
+                )
+        return True
+
+
+async def abandon_grant(pool: Pool, grant_id: int, *, actor: str, reason: str) -> grants.Grant:
+    """An operator's way out for a pending grant that reconciliation cannot finish: it becomes
+    'abandoned' and is never issued (`_finish_grant` refuses it, under the same wallet lock).
+    Postgres only, so it works while a service holds the engine. Every process learns it through
+    the catalog's notifications and watches the block like a voided one: should an earlier
+    attempt have reached the ledger after all, the sweeps void what its account holds."""
+    if not reason.strip():
+        raise InvalidRequest("say why the grant is abandoned", field="reason")
+    async with pool.connection() as conn, conn.transaction():
+        row = await grants.get_grant(conn, grant_id)
+        if row is None:
+            raise NotFound(f"grant {id_text(grant_id)} not found")
+        await wallets.lock_wallet(conn, row.wallet_id)
+        abandoned = await grants.set_grant_state(
+            conn, grant_id, GrantState.ABANDONED, expected=[GrantState.PENDING]
+        )
+        if abandoned is None:
+            raise Conflict(
+                f"grant {id_text(grant_id)} is {row.state.value}: only a pending grant can be "
+                "abandoned"
+            )
+        await audit.append(
+            conn,
+            actor=actor,
+            action="grant.abandon",
+            object_type="grant",
+            object_id=grant_id,
+            reason=reason,
+        )
+        await reconcile_failures.resolve(
+            conn, kind="grant", object_id=id_text(grant_id), resolution=f"abandoned: {reason}"
+        )
+    return abandoned
 
 
 def _policy(
@@ -1095,7 +1255,7 @@ async def _active_budget(conn: Connection, budget_id: int) -> budgets.Budget:
     """The budget, locked, if it is in force; NotFound once removed (or never there)."""
     row = await budgets.lock_budget(conn, budget_id)
     if row is None or not row.active:
-        raise NotFound(f"budget {budget_id} not found")
+        raise NotFound(f"budget {id_text(budget_id)} not found")
     return row
 
 
@@ -1105,20 +1265,44 @@ def _lock_key(kind: str, object_id: int) -> int:
 
 
 def _validate_grant(request: GrantRequest) -> None:
+    """Everything the catalog and the engine will be asked to store, checked before anything
+    is written: a row that cannot reach the ledger would stay 'pending' for ever."""
     if not 1 <= request.amount <= AMOUNT_MAX_REQUEST:
         raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
     if request.category is Category.PAID and not request.currency:
         raise InvalidRequest("a paid grant needs its currency", field="currency")
-    if request.consideration_minor < 0:
+    if not 0 <= request.consideration_minor <= MONEY_MINOR_MAX:
         raise InvalidRequest(
-            "consideration_minor must not be negative", field="consideration_minor"
+            f"consideration_minor must be in 0..{MONEY_MINOR_MAX}", field="consideration_minor"
         )
+    for name in ("effective_at", "expires_at"):
+        business_time_ns(getattr(request, name), name)
     if (
         request.expires_at is not None
         and request.effective_at is not None
         and request.expires_at <= request.effective_at
     ):
         raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+
+
+def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
+    """A business time as ns since the epoch, if the engine can record it (else 422)."""
+    if at is None:
+        return None
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise InvalidRequest(f"{field} needs a UTC offset (RFC 3339, e.g. ...Z)", field=field)
+    ns = ns_of_datetime(at)
+    if not BUSINESS_TIME_NS_MIN <= ns <= BUSINESS_TIME_NS_MAX:
+        raise InvalidRequest(
+            f"{field} must be between {datetime_of_ns(BUSINESS_TIME_NS_MIN).isoformat()} and "
+            f"{datetime_of_ns(BUSINESS_TIME_NS_MAX).isoformat()}",
+            field=field,
+        )
+    return ns
+
+
+def _resource(r: resources.Resource, tenant: int) -> Resource:
+    return Resource(r.id, r.customer_id, tenant, r.kind.value, r.parent_id, r.external_ref)
 
 
 def _wallet(w: wallets.Wallet) -> Wallet:

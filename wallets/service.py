@@ -479,16 +479,21 @@ class CreditService:
             if position == 0 and outcome is Outcome.CONFLICT:
                 raise IdempotencyConflict("this idempotency key was used with another request body")
             refused = status in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED)
+            # TigerBeetle remembers an event that failed for want of credits, and answers
+            # `id_already_failed` for its id from then on: this key was refused before, and
+            # that refusal is its outcome, whatever the balances are now.
+            replayed = status is S.ID_ALREADY_FAILED
             if refused and event.code == TransferCode.BUDGET_SPEND:
                 budget = self.catalog.budget_of_account(path, event.debit_account_id)
                 raise BudgetExceeded(
                     "the spend would pass a budget's cap",
+                    replayed=replayed,
                     budget_id=budget.id if budget else None,
                     resource_id=budget.resource_id if budget else None,
                     needed=amount,
                 )
             if refused and event.code == TransferCode.CONTROL_CHECK:
-                raise InsufficientCredits("not enough credits", needed=amount)
+                raise InsufficientCredits("not enough credits", replayed=replayed, needed=amount)
             if status is S.PENDING_TRANSFER_EXPIRED:
                 raise ReservationExpired("the reservation has timed out")
             if status in _RESOLVED:
@@ -543,7 +548,9 @@ class CreditService:
     async def _reservation(self, reservation_id: int) -> list[Transfer]:
         legs = await self._legs(reservation_id)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
-            raise NotFound(f"reservation {reservation_id} not found")
+            # Word for word what the API answers for another customer's reservation, so the
+            # answer tells a customer-bound key nothing about what exists beyond its boundary.
+            raise NotFound("reservation not found")
         return legs
 
     async def settle(

@@ -8,7 +8,7 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
 from api.auth import READ_SCOPES, Principal
 from api.common import (
@@ -66,15 +66,14 @@ OPS = {
 @post(
     "/v1/budgets",
     operation_class=OPS["create_budget"],
+    dependencies=documented_body(w.BudgetIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["budgets"],
     description="A spending cap on a resource per period (day, week, month in UTC, or "
     "lifetime), enforced in the same engine request as every spend below it.",
 )
-async def create_budget(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.BudgetIn]
-) -> Response[w.BudgetOut]:
+async def create_budget(request: Request[Any, Any, Any], state: State) -> Response[w.BudgetOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.BudgetIn)
     services = services_of(state)

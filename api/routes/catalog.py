@@ -7,7 +7,7 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery
 
 from api.auth import READ_SCOPES
 from api.common import (
@@ -40,6 +40,7 @@ from api.routes.shared import (
 )
 from api.services import Services
 from grants.errors import InvalidRequest, NotFound
+from ledger.clock import rfc3339_of_ns
 from ledger.repositories import customers, resources, wallets
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
@@ -85,13 +86,14 @@ OPS = {
 @post(
     "/v1/credit-types",
     operation_class=OPS["create_credit_type"],
+    dependencies=documented_body(w.CreditTypeIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A credit type: a unit with an asset scale, on its own TigerBeetle ledger.",
 )
 async def create_credit_type(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CreditTypeIn]
+    request: Request[Any, Any, Any], state: State
 ) -> Response[w.CreditTypeOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.CreditTypeIn)
@@ -136,14 +138,13 @@ def _credit_type_out(credit_type: Any) -> w.CreditTypeOut:
 @post(
     "/v1/customers",
     operation_class=OPS["create_customer"],
+    dependencies=documented_body(w.CustomerIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A customer: the owner of a tree of resources, with its own tenant number.",
 )
-async def create_customer(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.CustomerIn]
-) -> Response[w.CustomerOut]:
+async def create_customer(request: Request[Any, Any, Any], state: State) -> Response[w.CustomerOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.CustomerIn)
     if principal.customer_id is not None:
@@ -206,11 +207,11 @@ def _customer_out(row: customers.Customer) -> w.CustomerOut:
     )
 
 
-def _resource_out(resource: resources.Resource) -> w.ResourceOut:
+def _resource_out(resource: Any) -> w.ResourceOut:
     return w.ResourceOut(
         id=sid(resource.id),
         customer_id=sid(resource.customer_id),
-        kind=resource.kind.value,
+        kind=resource.kind,
         parent_id=sid(resource.parent_id) if resource.parent_id else None,
         external_ref=resource.external_ref,
     )
@@ -219,15 +220,14 @@ def _resource_out(resource: resources.Resource) -> w.ResourceOut:
 @post(
     "/v1/resources",
     operation_class=OPS["create_resource"],
+    dependencies=documented_body(w.ResourceIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
     description="A resource on the customer's tree: subscription, team, agent, ... with a "
     "parent of the same customer.",
 )
-async def create_resource(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.ResourceIn]
-) -> Response[w.ResourceOut]:
+async def create_resource(request: Request[Any, Any, Any], state: State) -> Response[w.ResourceOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.ResourceIn)
     customer_id = parse_id(data.customer_id, "customer_id")
@@ -241,14 +241,7 @@ async def create_resource(
         parent_id=parse_id(data.parent_id, "parent_id") if data.parent_id else None,
         external_ref=data.external_ref,
     )
-    body = w.ResourceOut(
-        id=sid(resource.id),
-        customer_id=data.customer_id,
-        kind=resource.kind,
-        parent_id=data.parent_id,
-        external_ref=data.external_ref,
-    )
-    return reply(body, replayed, 201)
+    return reply(_resource_out(resource), replayed, 201)
 
 
 @get(
@@ -256,15 +249,14 @@ async def create_resource(
     operation_class=OPS["get_resource"],
     opt={"scopes": READ_SCOPES},
     tags=["catalog"],
-    description="A resource, as Postgres has it (with its external_ref).",
+    description="A resource.",
 )
 async def get_resource(
     request: Request[Any, Any, Any], state: State, resource_id: FromPath[str]
 ) -> w.ResourceOut:
     principal = principal_of(request)
-    rid = parse_id(resource_id, "resource_id")
-    async with services_of(state).pool.connection() as conn:
-        resource = await resources.get_resource(conn, rid)
+    services = services_of(state)
+    resource = services.catalog.resources.get(parse_id(resource_id, "resource_id"))
     if resource is None:
         raise NotFound("resource not found")
     own(principal, resource.customer_id, "resource")
@@ -313,6 +305,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
 @post(
     "/v1/wallets",
     operation_class=OPS["create_wallet"],
+    dependencies=documented_body(w.WalletIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["catalog"],
@@ -320,9 +313,7 @@ def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
     "never below zero; soft with a limit; unbounded) and whether spending falls "
     "through to the parent's wallet.",
 )
-async def create_wallet(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.WalletIn]
-) -> Response[w.WalletOut]:
+async def create_wallet(request: Request[Any, Any, Any], state: State) -> Response[w.WalletOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.WalletIn)
     services = services_of(state)
@@ -346,7 +337,12 @@ async def create_wallet(
     operation_class=OPS["get_wallet"],
     opt={"scopes": READ_SCOPES},
     tags=["catalog"],
-    description="A wallet's balance summary with a per-grant breakdown.",
+    description="A wallet's figures now, with a per-grant breakdown: what a spend would find "
+    "at this instant. `available` counts only blocks a spend may draw on now: a block before "
+    "its effective_at is `upcoming`; from its expires_at on, or once voided, what is left of "
+    "it is `expired` or `voided` at once, whether or not a sweep has moved it yet. `consumed` "
+    "includes what the overdraft paid for. POST /v1/check's `available` is this wallet's "
+    "`available`, plus its parent's when it falls through, plus `overdraft_headroom`.",
 )
 async def get_wallet(
     request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
@@ -360,11 +356,14 @@ async def get_wallet(
         wallet=_wallet_out(services, services.catalog.wallet(wid)),
         available=b.available,
         held=b.held,
+        upcoming=b.upcoming,
         consumed=b.consumed,
         expired=b.expired,
         voided=b.voided,
         overdraft_used=b.overdraft_used,
+        overdraft_held=b.overdraft_held,
         overdraft_limit=b.overdraft_limit,
+        overdraft_headroom=b.overdraft_headroom,
         grants=[grant_balance_out(g) for g in b.grants],
     )
 
@@ -452,9 +451,18 @@ def _cached(row: wallets.Wallet) -> Wallet:
     operation_class=OPS["wallet_entries"],
     opt={"scopes": READ_SCOPES},
     tags=["catalog"],
-    description="A wallet's typed movements (grant, debit, reserve, settle, release, expire, "
-    "void, refund, overdraft, repay) with the running balance, oldest first. "
-    "Pass next_cursor back as cursor for the next page; limit 1..1000.",
+    description="A wallet's entries, oldest first, each with the wallet's figures just after "
+    "it (`available_after`, `held_after`, `overdraft_used_after`, as GET /v1/wallets/{id} "
+    "reports them: after the last entry, they are the wallet's figures now). Besides the "
+    "transfers on its blocks and overdraft (grant, debit, reserve, settle, release, void, "
+    "refund, refund_out, overdraft_draw, overdraft_repay, overdraft_limit), the entries say "
+    "what time did: `effective` when a block's effective_at came, `expire` when its "
+    "expires_at came (what was left of it stopped being available; the later sweep moves "
+    "nothing a read had not counted out and is no entry), `reservation_expired` when a "
+    "reservation's timeout came (the engine released it; no transfer records that). "
+    "`type` (repeatable) keeps the entries of those types; the running figures stay the "
+    "wallet's. Pass next_cursor back as `cursor` for the next page; limit 1..1000. Unknown "
+    "query parameters are refused (422). A page replays the wallet's whole history.",
 )
 async def wallet_entries(
     request: Request[Any, Any, Any],
@@ -462,30 +470,40 @@ async def wallet_entries(
     wallet_id: FromPath[str],
     cursor: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
+    # Named as the query parameter is, so that a bad value's 422 names the field the caller
+    # sent (the builtin is not needed here).
+    type: FromQuery[list[w.EntryType] | None] = None,
 ) -> w.EntriesOut:
     principal = principal_of(request)
+    unknown = sorted(set(request.query_params) - _ENTRIES_QUERY)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
     services = services_of(state)
     wid = parse_id(wallet_id, "wallet_id")
     own(principal, wallet_customer(services, wid), "wallet")
-    try:
-        after = int(cursor) if cursor else 0
-    except ValueError:
-        raise InvalidRequest("cursor is not one this API gave", field="cursor") from None
-    page = await services.statements.entries(wid, after=after, limit=limit)
+    types = {t.value for t in type} if type else None
+    page = await services.statements.entries(wid, after=cursor, limit=limit, types=types)
     return w.EntriesOut(
         entries=[
             w.EntryOut(
-                timestamp=e.timestamp,
-                type=e.type,
+                at=rfc3339_of_ns(e.at_ns),
+                type=w.EntryType(e.type),
                 account_id=sid(e.account_id),
+                account_kind=w.AccountKind(e.account_kind),
                 amount=e.amount,
                 operation_id=sid(e.operation_id),
                 available_after=e.available_after,
+                held_after=e.held_after,
+                overdraft_used_after=e.overdraft_used_after,
             )
             for e in page.entries
         ],
-        next_cursor=str(page.next_cursor) if page.next_cursor else None,
+        next_cursor=page.next_cursor,
     )
+
+
+# The query parameters of the entries route: litestar ignores others, this route refuses them.
+_ENTRIES_QUERY = frozenset({"cursor", "limit", "type"})
 
 
 ROUTES = [

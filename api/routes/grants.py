@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import msgspec
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath
 
 from api.auth import READ_SCOPES
 from api.common import (
     code_of,
+    decode_strict,
     own,
     parse_id,
     sid,
@@ -25,8 +27,10 @@ from api.routes.shared import (
     EXAMPLE_ID,
     LIST_PROBLEMS,
     READ_PROBLEMS,
+    documented_body,
     grant_balance_out,
     id_or_none,
+    json_body,
     key_of,
     principal_of,
     query_of,
@@ -38,12 +42,13 @@ from api.routes.shared import (
 from api.services import Services
 from grants.errors import NotFound
 from grants.model import Category, Source
+from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
 from ledger.repositories import grants
 from wallets import chains
 from wallets.control import GrantRequest
-from wallets.statements import GrantBalance
+from wallets.statements import BlockState, GrantBalance
 
 OPS = {
     "create_grant": operation(
@@ -70,6 +75,7 @@ OPS = {
 @post(
     "/v1/grants",
     operation_class=OPS["create_grant"],
+    dependencies=documented_body(w.GrantIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["grants"],
@@ -77,9 +83,7 @@ OPS = {
     "currency, the cost basis) or promotional, with priority, effective_at and "
     "expires_at (exclusive). A wallet in deficit is repaid first.",
 )
-async def create_grant(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.GrantIn]
-) -> Response[w.GrantOut]:
+async def create_grant(request: Request[Any, Any, Any], state: State) -> Response[w.GrantOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.GrantIn)
     services = services_of(state)
@@ -124,8 +128,10 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     tags=["grants"],
     description="A credit block: what it was issued as (category, priority, effective_at, "
     "expires_at, the cost basis consideration_minor and currency, source, reason, "
-    "external_ref, actor, created_at), its state, and its balances from the ledger (granted, "
-    "available, held, consumed, expired, voided, refunded, repaid).",
+    "external_ref, actor, created_at) and its figures now, as a spend would find them: its "
+    "state (upcoming, active, expired, voided) and granted = available + upcoming + held + "
+    "consumed + expired + voided + refunded + repaid. Past its expires_at, or once voided, "
+    "what is left of it is expired or voided at once, whether or not a sweep has moved it yet.",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
@@ -138,18 +144,23 @@ async def get_grant(
     if row is None:
         raise NotFound("grant not found")
     own(principal, wallet_customer(services, row.wallet_id), "grant")
-    if row.state is grants.GrantState.PENDING:
-        # Recorded, its ledger side not written yet (reconciliation finishes it): nothing moved.
-        balance = GrantBalance(gid, 0, 0, 0, 0, 0, 0, 0, 0)
+    if row.state in (grants.GrantState.PENDING, grants.GrantState.ABANDONED):
+        # Not on the ledger (yet, or ever): nothing moved, and it has no account to read.
+        block = BlockState.UPCOMING if row.state is grants.GrantState.PENDING else BlockState.VOIDED
+        balance = GrantBalance(gid, block.value, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     else:
         balance = await services.statements.grant(gid)
+    # The ledger's figures, its state included, over the block as it was issued.
+    now = datetime_of_ns(services.service.clock_ns())
     return w.GrantDetailOut(
-        **msgspec.structs.asdict(_block_out(services, row)),
-        **msgspec.structs.asdict(grant_balance_out(balance)),
+        **{
+            **msgspec.structs.asdict(_block_out(services, row, now)),
+            **msgspec.structs.asdict(grant_balance_out(balance)),
+        }
     )
 
 
-def _block_out(services: Services, row: grants.Grant) -> w.GrantBlockOut:
+def _block_out(services: Services, row: grants.Grant, now: dt.datetime) -> w.GrantBlockOut:
     return w.GrantBlockOut(
         id=sid(row.id),
         wallet_id=sid(row.wallet_id),
@@ -164,7 +175,7 @@ def _block_out(services: Services, row: grants.Grant) -> w.GrantBlockOut:
         source=w.GrantSource(row.source.value),
         reason=row.reason,
         external_ref=row.external_ref,
-        state=w.GrantState(row.state.value),
+        state=w.GrantState(grants.block_state(row, now)),
         actor=row.actor,
         created_at=row.created_at,
     )
@@ -175,15 +186,17 @@ def _block_out(services: Services, row: grants.Grant) -> w.GrantBlockOut:
     operation_class=OPS["list_grants"],
     opt={"scopes": READ_SCOPES},
     tags=["grants"],
-    description="Credit blocks as issued, with their state, oldest first, a page at a time, "
-    "with every filter given: `wallet_id`, `state`, `category`, `expires_before` (an expiry "
-    "strictly before that time). No balances (GET /v1/grants/{id} reads them from the "
-    "ledger). A key bound to a customer lists only that customer's.",
+    description="Credit blocks as issued, with their state as a spend sees it now (upcoming, "
+    "active, expired, voided), oldest first, a page at a time, with every filter given: "
+    "`wallet_id`, `state`, `category`, `expires_before` (an expiry strictly before that "
+    "time). No balances (GET /v1/grants/{id} reads them from the ledger). A key bound to a "
+    "customer lists only that customer's.",
 )
 async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantPage:
     principal = principal_of(request)
     query = query_of(request, w.GrantQuery)
     services = services_of(state)
+    now = datetime_of_ns(services.service.clock_ns())
     rows, cursor = await read_page(
         services,
         "grants",
@@ -192,28 +205,31 @@ async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantP
         lambda: {
             "wallet_id": id_or_none(query.wallet_id, "wallet_id"),
             "customer_id": customer_filter(principal, None),
-            "state": grants.GrantState(query.state.value) if query.state else None,
+            "block": (query.state.value, now) if query.state else None,
             "category": grants.GrantCategory(query.category.value) if query.category else None,
             "expires_before": query.expires_before,
         },
     )
-    return w.GrantPage(items=[_block_out(services, row) for row in rows], next_cursor=cursor)
+    items = [_block_out(services, row, now) for row in rows]
+    return w.GrantPage(items=items, next_cursor=cursor)
 
 
 @post(
     "/v1/grants/{grant_id:str}/void",
     operation_class=OPS["void_grant"],
+    dependencies=documented_body(w.VoidIn),
     opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
-    "are voided when they come back.",
+    "are voided when they come back. The body (a reason) may be left out.",
 )
 async def void_grant(
-    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str], data: JSONBody[w.VoidIn]
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
 ) -> Response[w.VoidOut]:
     principal = principal_of(request)
-    data = await strict_body(request, w.VoidIn)
+    raw = await json_body(request)
+    data = decode_strict(raw, w.VoidIn) if raw else w.VoidIn()  # every field is optional
     services = services_of(state)
     gid = parse_id(grant_id, "grant_id")
     own(principal, await _grant_customer(services, gid), "grant")
@@ -226,6 +242,7 @@ async def void_grant(
 @post(
     "/v1/debits/{debit_id:str}/refund",
     operation_class=OPS["refund"],
+    dependencies=documented_body(w.RefundIn),
     opt={"scopes": {"admin"}},
     status_code=200,
     tags=["grants"],
@@ -236,7 +253,6 @@ async def refund(
     request: Request[Any, Any, Any],
     state: State,
     debit_id: FromPath[str],
-    data: JSONBody[w.RefundIn],
 ) -> Response[w.RefundOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.RefundIn)

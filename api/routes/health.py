@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 
 from api.openapi import operation
 from api.routes.shared import (
@@ -21,15 +23,51 @@ OPS = {
 # -- health ---------------------------------------------------------------------------------------
 
 
-@get("/healthz", operation_class=OPS["healthz"], tags=["health"], description="The process is up.")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class ProbeProblems(msgspec.Struct):
+    """A probe's 503 body (not problem+json: the probes answer in their own small shape)."""
+
+    status: str
+    problems: list[str]
+
+
+def _probe_failure(meaning: str, example: str) -> dict[int, ResponseSpec]:
+    return {
+        503: ResponseSpec(
+            data_container=ProbeProblems,
+            generate_examples=False,
+            description=f"{meaning}: `status` is `unavailable` and `problems` says what, for "
+            f"instance `{example}`.",
+        )
+    }
+
+
+@get(
+    "/healthz",
+    operation_class=OPS["healthz"],
+    tags=["health"],
+    responses=_probe_failure(
+        "The service cannot recover by itself; restart it",
+        "ledger: engine restarting (attempt 11); attempt 10 failed: ...",
+    ),
+    description="The process is up and can recover by itself. 503 when it cannot: its engine "
+    "process has not come back after many restart attempts, or its journal is corrupt; an "
+    "outside supervisor (systemd, Kubernetes) should then restart the service. Reads memory "
+    "only.",
+)
+async def healthz(state: State) -> Response[dict[str, Any]]:
+    problems = services_of(state).liveness()
+    if problems:
+        return Response({"status": "unavailable", "problems": problems}, status_code=503)
+    return Response({"status": "ok"})
 
 
 @get(
     "/readyz",
     operation_class=OPS["readyz"],
     tags=["health"],
+    responses=_probe_failure(
+        "Not ready: the engine or Postgres does not answer", "ledger: engine restarting (attempt 1)"
+    ),
     description="The engine and Postgres answer.",
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:

@@ -7,7 +7,6 @@ from typing import Any
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
 
 from api.auth import READ_SCOPES
 from api.common import code_of, ledger_of, sid
@@ -16,6 +15,7 @@ from api.routes.shared import (
     ADMIN_PROBLEMS,
     LIST_PROBLEMS,
     READ_PROBLEMS,
+    documented_body,
     key_of,
     ledger_filter,
     principal_of,
@@ -49,6 +49,7 @@ OPS = {
 @post(
     "/v1/prices",
     operation_class=OPS["set_price"],
+    dependencies=documented_body(w.PriceIn),
     opt={"scopes": {"admin"}},
     status_code=201,
     tags=["prices"],
@@ -58,9 +59,7 @@ OPS = {
     "before it stays in force, and every price stays readable (GET /v1/prices). Two prices "
     "of a feature starting at the same instant are a 409 conflict.",
 )
-async def set_price(
-    request: Request[Any, Any, Any], state: State, data: JSONBody[w.PriceIn]
-) -> Response[w.PriceOut]:
+async def set_price(request: Request[Any, Any, Any], state: State) -> Response[w.PriceOut]:
     principal = principal_of(request)
     data = await strict_body(request, w.PriceIn)
     if principal.customer_id is not None:

@@ -15,14 +15,15 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
-from api.common import decode_strict, idempotency_key, parse_id, sid
+from api.common import decode_strict, idempotency_key, parse_id, require_json, sid
+from api.errors import IDEMPOTENCY_HIT
 from api.openapi import COMMON, WRITE
 from api.paging import NothingVisible, decode_query, keyset_after, next_cursor
 from api.services import Services
 from api.spending import Reply
 from ledger.repositories._rows import Keyset
 
-HIT = {"Idempotency-Hit": "true"}
+HIT = IDEMPOTENCY_HIT
 T = TypeVar("T")
 B = TypeVar("B")
 R = TypeVar("R")
@@ -46,7 +47,14 @@ def principal_of(request: Request[Any, Any, Any]) -> Principal:
 
 async def strict_body(request: Request[Any, Any, Any], cls: type[T]) -> T:
     """The body decoded strictly: litestar coerces ("1" becomes 1); the contract does not."""
-    return decode_strict(await request.body(), cls)
+    return decode_strict(await json_body(request), cls)
+
+
+async def json_body(request: Request[Any, Any, Any]) -> bytes:
+    """The raw body, which must say it is JSON when there is one (415 otherwise)."""
+    body = await request.body()
+    require_json(request.headers.get("content-type"), body)
+    return body
 
 
 def key_of(request: Request[Any, Any, Any]) -> str:
@@ -167,8 +175,10 @@ def documented_body(cls: type[Any]) -> dict[str, Provide]:
 def grant_balance_out(g: Any) -> w.GrantBalanceOut:
     return w.GrantBalanceOut(
         grant_id=sid(g.grant_id),
+        state=w.GrantState(g.state),
         granted=g.granted,
         available=g.available,
+        upcoming=g.upcoming,
         held=g.held,
         consumed=g.consumed,
         expired=g.expired,

@@ -6,7 +6,6 @@ strictly.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from credit_ledger_client import schemas as w
@@ -31,6 +30,7 @@ from api.routes.shared import (
     RESERVATION_PROBLEMS,
     SPENDING_PROBLEMS,
     documented_body,
+    json_body,
     key_of,
     principal_of,
     query_of,
@@ -164,6 +164,7 @@ async def release(
     request: Request[Any, Any, Any], state: State, reservation_id: FromPath[str]
 ) -> Response[w.ReleaseOut]:
     principal = principal_of(request)
+    await json_body(request)  # none is needed; one given must be JSON, as at the hot lane
     key = key_of(request)
     return send(await spending.release(services_of(state), principal, key, reservation_id))
 
@@ -182,7 +183,8 @@ async def get_reservation(
     services = services_of(state)
     rid = parse_id(reservation_id, "reservation_id")
     await spending.reservation_legs(services, principal, rid)
-    view = await reservation_status(services.service.ledger, rid, time.time_ns())
+    # The service's clock, the one its spends and the engine's timeouts are judged by.
+    view = await reservation_status(services.service.ledger, rid, services.service.clock_ns())
     return _reservation_out(reservation_id, view)
 
 

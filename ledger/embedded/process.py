@@ -16,10 +16,17 @@ and the conversion of the answers back. What crosses the socket: frames of
 requests, each once its journal record is durable, as in-process.
 
 If the engine process dies, every request in flight and every later one raises
-`LedgerUnavailable` (the outcome of one in flight is unknown: it may be journaled); the
-service's readiness then fails. The engine process ends when its socket closes: when this
-process closes the engine, or exits, however it exits. It ignores SIGINT, so that a Ctrl-C
-stops the server first and the engine after it.
+`LedgerUnavailable` (the outcome of one in flight is unknown: it may be journaled). An
+`EngineProcess` is one child and is never started again; `ledger.embedded.supervisor` owns one
+at a time and replaces a dead one (the server runs it so), told of the death by `on_lost`. The
+engine process ends when its socket closes: when this process closes the engine, or exits,
+however it exits. It ignores SIGINT, so that a Ctrl-C stops the server first and the engine
+after it.
+
+Two ways to start one, with the same checks and exceptions: the constructor blocks until the
+engine has replayed its journal (at start-up, before any event loop serves requests);
+`await EngineProcess.start(...)` waits without blocking the event loop, is connected to it when
+it returns, and kills the child if it is cancelled (a restart while the server runs).
 """
 
 from __future__ import annotations
@@ -35,9 +42,9 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from ledger.client import LedgerUnavailable
 from ledger.embedded.engine import (
@@ -51,7 +58,7 @@ from ledger.embedded.engine import (
     transfer_tuples,
 )
 from ledger.embedded.journal import DataDirectoryLocked, JournalClosed, JournalCorrupt
-from ledger.limits import JOURNAL_SNAPSHOT_BYTES_DEFAULT
+from ledger.limits import ENGINE_START_TIMEOUT_S, JOURNAL_SNAPSHOT_BYTES_DEFAULT
 from ledger.types import (
     Account,
     ClientClosedError,
@@ -120,6 +127,29 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     return b"".join(parts)
 
 
+async def _read_frame_async(sock: socket.socket) -> Any:
+    """`_read_frame` on a non-blocking socket, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    header = await _recv_exactly_async(loop, sock, _FRAME.size)
+    if header is None:
+        return None
+    body = await _recv_exactly_async(loop, sock, _FRAME.unpack(header)[0])
+    return None if body is None else marshal.loads(body)
+
+
+async def _recv_exactly_async(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int
+) -> bytes | None:
+    parts = []
+    while n:
+        chunk = await loop.sock_recv(sock, min(n, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
 class _Frames(asyncio.Protocol):
     """Splits the byte stream into frames and hands each decoded payload to `on_frame`."""
 
@@ -180,8 +210,38 @@ class EngineProcess:
         *,
         fsync: bool = True,
         snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
-        start_timeout_s: float = 600.0,
+        start_timeout_s: float = ENGINE_START_TIMEOUT_S,
     ) -> None:
+        self._spawn(data_dir, fsync=fsync, snapshot_bytes=snapshot_bytes)
+        # Start-up: the child recovers the journal, then says hello (or why it could not).
+        self._sock.settimeout(start_timeout_s)
+        with self._abandoned_on_failure():
+            hello = _read_frame(self._sock)
+        self._started(hello)
+
+    @classmethod
+    async def start(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
+        start_timeout_s: float = ENGINE_START_TIMEOUT_S,
+    ) -> EngineProcess:
+        """The constructor's start-up without blocking the event loop, which the process is
+        then connected to (so that its death is noticed even before a request is sent).
+        Cancelled or out of time, it kills the child before it raises."""
+        process = cls.__new__(cls)
+        process._spawn(data_dir, fsync=fsync, snapshot_bytes=snapshot_bytes)
+        process._sock.setblocking(False)
+        with process._abandoned_on_failure():
+            async with asyncio.timeout(start_timeout_s):
+                hello = await _read_frame_async(process._sock)
+            process._started(hello)
+            await process._connect(asyncio.get_running_loop())
+        return process
+
+    def _spawn(self, data_dir: str | os.PathLike[str], *, fsync: bool, snapshot_bytes: int) -> None:
         ours, theirs = socket.socketpair()
         for end in (ours, theirs):
             for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -206,6 +266,9 @@ class EngineProcess:
             self._child = subprocess.Popen(
                 command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._sock = ours
@@ -215,21 +278,37 @@ class EngineProcess:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._closed = False
         self._dead = False
-        # Start-up: the child recovers the journal, then says hello (or why it could not).
-        ours.settimeout(start_timeout_s)
-        try:
-            hello = _read_frame(ours)
-        except BaseException:
-            self._kill()
-            raise
+        # Called once the connection is lost (the process died, or was closed): the
+        # supervisor's notice of a death.
+        self.on_lost: Callable[[EngineProcess], None] | None = None
+
+    def _started(self, hello: Any) -> None:
+        """Takes the child's hello: its recovery's numbers, or the exception it could not
+        start with, raised here (the child is then gone)."""
         if hello is None or not hello[0]:
-            code = self._kill()
+            code = self._abandon()
             if hello is None:
                 raise EngineProcessError(f"the engine process exited at start-up (code {code})")
             raise _error(*hello[1])
         _, (self.torn_bytes, self.replayed_records) = hello
-        ours.settimeout(None)
-        ours.setblocking(False)
+        self._sock.settimeout(None)
+        self._sock.setblocking(False)
+
+    @contextlib.contextmanager
+    def _abandoned_on_failure(self) -> Iterator[None]:
+        """A start-up that raises, or is cancelled, leaves no child behind."""
+        try:
+            yield
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> int:
+        """Kills a child that did not start, and closes its socket (again: harmless); its exit
+        code."""
+        code = self._kill()
+        self._sock.close()
+        return code
 
     @property
     def pid(self) -> int:
@@ -277,6 +356,8 @@ class EngineProcess:
         for future in waiting:
             if not future.done():
                 future.set_exception(self._unavailable())
+        if self.on_lost is not None:
+            self.on_lost(self)
 
     def _unavailable(self) -> LedgerUnavailable:
         code = self._child.poll()
@@ -324,11 +405,26 @@ class EngineProcess:
             self._child.kill()
         return self._child.wait()
 
+    def reap(self, grace_s: float) -> int:
+        """Waits (blocking) for a process whose connection was lost to exit, killing it if it
+        has not within `grace_s`; its exit code (negative: the signal that ended it). Its
+        journal lock is free once this returns."""
+        try:
+            return self._child.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            return self._kill()
+
+
+class Caller(Protocol):
+    """What sends a request to an engine process: the process itself, or its supervisor."""
+
+    def call(self, operation: str, argument: Any) -> Awaitable[Any]: ...
+
 
 class EngineProcessClientAsync(ClientAsyncFace):
     """The methods of `tigerbeetle.ClientAsync`, answered by an engine process."""
 
-    def __init__(self, engine: EngineProcess) -> None:
+    def __init__(self, engine: Caller) -> None:
         self._engine = engine
 
     async def create_accounts(self, accounts: Sequence[Account]) -> list[CreateAccountResult]:

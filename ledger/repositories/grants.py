@@ -53,6 +53,8 @@ class GrantState(enum.StrEnum):
     ACTIVE = "active"
     VOIDED = "voided"
     EXPIRED = "expired"  # swept, and nothing held: nothing can come back to it
+    # Never reached the ledger and never will: an operator gave up on it (reconcile_failures).
+    ABANDONED = "abandoned"
 
 
 class Grant(msgspec.Struct, frozen=True, kw_only=True):
@@ -175,25 +177,58 @@ async def list_grants_for_wallets(
     return [_row(row) for row in await cursor.fetchall()]
 
 
+# A block's state as a spend sees it at an instant (the values of wallets.statements.BlockState
+# and of the wire's GrantState), from what Postgres knows of it: its dual write's state and its
+# times. Not yet on the ledger (pending) or before effective_at: upcoming; from expires_at (or
+# swept): expired; voided, or abandoned by an operator (never issued): voided. Each as SQL with
+# the instant as its parameters, and as Python (`block_state`): the two say the same.
+BLOCK_STATES: Final = {
+    "upcoming": ("(state = 'pending' OR (state = 'active' AND effective_at > %s))", 1),
+    "active": (
+        "(state = 'active' AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s))",
+        2,
+    ),
+    "expired": ("(state = 'expired' OR (state = 'active' AND expires_at <= %s))", 1),
+    "voided": ("state IN ('voided', 'abandoned')", 0),
+}
+
+
+def block_state(grant: Grant, at: datetime) -> str:
+    """The grant's state as a spend sees it at `at` (one of BLOCK_STATES)."""
+    if grant.state in (GrantState.VOIDED, GrantState.ABANDONED):
+        return "voided"
+    if grant.state is GrantState.EXPIRED:
+        return "expired"
+    if grant.state is GrantState.PENDING or grant.effective_at > at:
+        return "upcoming"
+    if grant.expires_at is not None and grant.expires_at <= at:
+        return "expired"
+    return "active"
+
+
 async def list_grants(
     conn: Connection,
     *,
     wallet_id: int | None = None,
     customer_id: int | None = None,
-    state: GrantState | None = None,
+    block: tuple[str, datetime] | None = None,
     category: GrantCategory | None = None,
     expires_before: datetime | None = None,
     after: Keyset | None = None,
     limit: int = ROWS_PER_PAGE_DEFAULT,
 ) -> tuple[list[Grant], bool]:
     """A page of grants with every filter given, in (created_at, id) order, and whether more
-    follow. `expires_before`: grants with an expiry strictly before it (never-expiring ones are
-    not); `customer_id`: the grants of that customer's wallets."""
+    follow. `block`: (a state of BLOCK_STATES, the instant it is judged at); `expires_before`:
+    grants with an expiry strictly before it (never-expiring ones are not); `customer_id`: the
+    grants of that customer's wallets."""
     conditions = equal(
         wallet_id=to_uuid_or_none(wallet_id),
-        state=None if state is None else state.value,
         category=None if category is None else category.value,
     )
+    if block is not None:
+        state, at = block
+        sql, instants = BLOCK_STATES[state]
+        conditions.append((sql, (at,) * instants))
     if customer_id is not None:
         conditions.append(
             ("wallet_id IN (SELECT w.id FROM wallets w JOIN resources r ON r.id = w.resource_id"
@@ -248,10 +283,14 @@ async def list_pending_grants(
     conn: Connection, created_before: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
 ) -> list[Grant]:
     """Grants still 'pending' that were created before `created_before`, oldest first: the
-    dual writes that reconciliation must finish (or undo)."""
+    dual writes that reconciliation must finish (or undo). Those whose last attempt failed come
+    after all the others, so that a row that cannot be finished never holds the rest back."""
+    columns = ", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))
     cursor = await conn.execute(
-        f"SELECT {_COLUMNS} FROM grants WHERE state = 'pending' AND created_at < %s"
-        " ORDER BY created_at, id LIMIT %s",
+        f"SELECT {columns} FROM grants g LEFT JOIN reconcile_failures f"
+        " ON f.kind = 'grant' AND f.object_id = g.id::text AND f.resolved_at IS NULL"
+        " WHERE g.state = 'pending' AND g.created_at < %s"
+        " ORDER BY (f.kind IS NOT NULL), g.created_at, g.id LIMIT %s",
         (created_before, page_limit(limit)),
     )
     return [_row(row) for row in await cursor.fetchall()]
@@ -264,8 +303,10 @@ async def list_all_live_grants(conn: Connection) -> list[Grant]:
     return [_row(row) for row in await cursor.fetchall()]
 
 
-async def list_voided_grants(conn: Connection) -> list[Grant]:
-    """Every voided grant, by id: what a release gives back to one must be voided too, so the
-    cache learns them at start (the caller keeps only those with something left or held)."""
-    cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE state = 'voided' ORDER BY id")
+async def list_grants_in_states(conn: Connection, states: Collection[GrantState]) -> list[Grant]:
+    """Every grant in one of `states`, by id, unpaged: for states that stay few (abandoned)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE state = ANY(%s) ORDER BY id",
+        ([s.value for s in states],),
+    )
     return [_row(row) for row in await cursor.fetchall()]

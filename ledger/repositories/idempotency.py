@@ -7,7 +7,8 @@ The protocol, for an admin operation with a caller's key:
    (`record.matches(operation, request_hash)`): a different request under the same key is a
    conflict; a completed record's stored outcome is the answer to replay; an uncompleted record
    is an attempt in progress, or one that stopped between `begin` and `complete` (the work is
-   idempotent on its derived ids, so it may be resumed).
+   idempotent on its derived ids, so it may be resumed). `complete` stores an outcome once:
+   None from it means another attempt stored its outcome first, and that one is the answer.
 2. `begin` waits while another transaction holds an uncommitted `begin` of the same key, then
    sees its outcome: two concurrent first attempts never both own the key. This relies on the
    default READ COMMITTED isolation.

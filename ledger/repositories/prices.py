@@ -1,6 +1,6 @@
 """The price catalog: credits per unit of a feature, per credit type, with its history.
 
-Invariants (migration 0005): a price is never changed in place. Each new price of (feature,
+Invariants (migration 0006): a price is never changed in place. Each new price of (feature,
 credit type) is a row of its own, in force from its `effective_at` until the next row's; the
 price in force at t is the row with the latest `effective_at` <= t. Rows are neither updated
 nor deleted, so a row read once stays true. Amounts are integers in units of the credit type's

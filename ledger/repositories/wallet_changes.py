@@ -1,5 +1,5 @@
 """Changes of a wallet's overdraft policy: recorded 'pending' before the ledger moves, then
-'applied' or 'refused' (migration 0006 states the order of the dual write).
+'applied' or 'refused' (migration 0007 states the order of the dual write).
 
 Invariants (enforced by the schema): a change asks for a whole policy that a wallet row could
 hold (a positive limit with, and only with, 'soft'); at most one change of a wallet is pending;
@@ -137,10 +137,3 @@ async def list_pending_changes(
         (created_before, page_limit(limit)),
     )
     return [_row(row) for row in await cursor.fetchall()]
-
-
-async def pending_wallet_ids(conn: Connection) -> set[int]:
-    """The wallets with a change pending (few: one change of a wallet is pending at a time, for
-    as long as its ledger side takes)."""
-    cursor = await conn.execute("SELECT wallet_id FROM wallet_changes WHERE state = 'pending'")
-    return {from_uuid(row[0]) for row in await cursor.fetchall()}

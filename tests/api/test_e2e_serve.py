@@ -1,27 +1,25 @@
 """End to end: `credit-ledger serve` as a subprocess on a free port (embedded engine, embedded
 Postgres), driven over real HTTP by the Python client. 100 concurrent reservations against a
-hard-limited wallet: exactly the affordable number succeed, and the wallet holds exactly that."""
+hard-limited wallet: exactly the affordable number succeed, and the wallet holds exactly that.
+The engine process killed under a load of debits: the server replaces it and each debit,
+retried with its key, applies once. SIGTERM stops the server and its children."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from credit_ledger_client import (
-    AsyncCreditClient,
-    CreditClient,
-    InsufficientCreditsError,
-    LedgerUnavailableError,
-)
+from credit_ledger_client import AsyncCreditClient, CreditClient, InsufficientCreditsError
 from credit_ledger_client.schemas import (
     Category,
     CreditTypeIn,
@@ -90,15 +88,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     else:
         server.kill()
         pytest.fail("the service did not become ready in 60 s")
-    engines = _children(server.pid, "ledger.embedded")
     yield url, key, server.pid
+    # The engine process (a replacement, if one was killed) and the movement writer.
+    children = _children(server.pid, "")
+    assert _children(server.pid, "ledger.embedded"), "the server runs an engine process"
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0  # a clean stop on SIGTERM
-    for pid in engines:  # and the engine process stopped with it
+    for pid in children:  # and its children stopped with it
         deadline = time.monotonic() + 10
         while _children_of_any(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _children_of_any(pid), f"engine process {pid} outlived the server"
+        assert not _children_of_any(pid), f"child process {pid} outlived the server"
 
 
 def _children(parent: int, marker: str) -> list[int]:
@@ -163,10 +163,13 @@ def test_100_concurrent_reservations_on_a_hard_limit(service: tuple[str, str, in
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
-def test_the_engine_runs_beside_the_server_and_its_death_shows(
+def test_a_killed_engine_is_replaced_and_each_debit_applies_once(
     service: tuple[str, str, int],
 ) -> None:
-    """Last in this module: it kills the engine process."""
+    """Last in this module: it kills the engine process. The server replaces it by itself, on
+    the same journal: /healthz stays 200, spends succeed again, and the server is the same
+    process. Every debit that got 503 is retried with its key and body; then each key has been
+    applied once, and the wallet has consumed exactly the sum of the distinct debits."""
     url, key, pid = service
     engines = _children(pid, "ledger.embedded")
     assert len(engines) == 1, "serve runs the embedded engine in one child process"
@@ -175,16 +178,95 @@ def test_the_engine_runs_beside_the_server_and_its_death_shows(
         customer = client.create_customer(CustomerIn(name="Before"))
         agent = client.create_resource(ResourceIn(customer_id=customer.id, kind=ResourceKind.AGENT))
         wallet = client.create_wallet(WalletIn(resource_id=agent.id, credit_type="dies"))
-        client.create_grant(GrantIn(wallet_id=wallet.id, amount=10, category=Category.PROMOTIONAL))
+        client.create_grant(
+            GrantIn(wallet_id=wallet.id, amount=10**9, category=Category.PROMOTIONAL)
+        )
+    debits = Debits(url, key, agent.id)
+    asyncio.run(debits.across_a_kill(engines[0]))
+    assert debits.unavailable, "the kill cost some debits their answer"
+    assert debits.healthz == {200}  # sampled all along the restart
+    assert _children_of_any(pid), "the server runs on, the same process"
+    (replacement,) = _children(pid, "ledger.embedded")
+    assert replacement != engines[0]
+
+    asyncio.run(debits.settle())
+    with CreditClient(url, key) as client:
+        assert client.get_wallet(wallet.id).consumed == sum(debits.amounts.values())
     assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-    os.kill(engines[0], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        ready = httpx.get(f"{url}/readyz", timeout=5)
-        if ready.status_code == 503:
-            break
-        time.sleep(0.05)
-    assert ready.status_code == 503
-    assert "ledger" in ready.text and "engine process" in ready.text
-    with CreditClient(url, key) as client, pytest.raises(LedgerUnavailableError):
-        client.create_reservation(ReserveIn(credit_type="dies", resource_id=agent.id, amount=1))
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    assert "credit_engine_restarts_total 1.0" in metrics
+    assert 'credit_engine_state{state="running"} 1.0' in metrics
+
+
+class Debits:
+    """Debits with distinct idempotency keys from several tasks, over plain HTTP (the Python
+    client would retry a 503 by itself), and what became of each."""
+
+    WORKERS = 8
+
+    def __init__(self, url: str, key: str, agent: str) -> None:
+        self.url, self.key, self.agent = url, key, agent
+        self.amounts: dict[str, int] = {}
+        self.acknowledged: list[str] = []
+        self.unavailable: list[str] = []
+        self.healthz: set[int] = set()
+
+    def client(self) -> httpx.AsyncClient:
+        auth = {"Authorization": f"Bearer {self.key}"}
+        return httpx.AsyncClient(base_url=self.url, headers=auth, timeout=30)
+
+    async def send(self, http: httpx.AsyncClient, idem: str) -> httpx.Response:
+        body = {"resource_id": self.agent, "credit_type": "dies", "amount": self.amounts[idem]}
+        return await http.post("/v1/debits", json=body, headers={"Idempotency-Key": idem})
+
+    async def across_a_kill(self, engine: int) -> None:
+        stop = asyncio.Event()
+        async with self.client() as http:
+
+            async def worker(w: int) -> None:
+                for n in itertools.count():
+                    if stop.is_set():
+                        return
+                    idem = f"kill-{w}-{n}"
+                    self.amounts[idem] = n % 7 + 1
+                    r = await self.send(http, idem)
+                    if r.status_code == 503:
+                        assert r.json()["code"] == "ledger_unavailable", r.text
+                        self.unavailable.append(idem)
+                        await asyncio.sleep(0.01)  # a client backs off
+                    else:
+                        assert r.status_code == 201, r.text
+                        self.acknowledged.append(idem)
+
+            workers = [asyncio.create_task(worker(w)) for w in range(self.WORKERS)]
+            try:
+                await self.until(http, lambda: len(self.acknowledged) >= 100, "debits")
+                os.kill(engine, signal.SIGKILL)
+                await self.until(http, lambda: bool(self.unavailable), "a debit to fail")
+                back = len(self.acknowledged)
+                await self.until(http, lambda: len(self.acknowledged) >= back + 100, "the engine")
+            finally:
+                stop.set()
+                await asyncio.gather(*workers)
+
+    async def until(
+        self, http: httpx.AsyncClient, condition: Callable[[], bool], what: str
+    ) -> None:
+        """Polls `condition`, and /healthz meanwhile; a generous bound, never asserted on."""
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"still waiting for {what}"
+            self.healthz.add((await http.get("/healthz")).status_code)
+            await asyncio.sleep(0.02)
+
+    async def settle(self) -> None:
+        """Retries each debit that got 503 with its key and body; then sends every debit again:
+        each answers as a replay (`Idempotency-Hit: true`) of the same amount."""
+        async with self.client() as http:
+            for idem in self.unavailable:
+                r = await self.send(http, idem)
+                assert r.status_code == 201, r.text
+            for idem, amount in self.amounts.items():
+                r = await self.send(http, idem)
+                assert (r.status_code, r.json()["amount"]) == (201, amount), r.text
+                assert r.headers.get("idempotency-hit") == "true", idem

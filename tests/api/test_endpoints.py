@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import Api
-from tests.api.support import balance, created, make_world
+from tests.api.support import assert_problem, balance, created, make_world
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +41,15 @@ async def test_catalog_objects_are_created_and_read_back(api: Api) -> None:
         {"customer_id": customer["id"], "kind": "agent", "parent_id": team["id"]},
     )
     assert (team["parent_id"], agent["parent_id"]) == (None, team["id"])
+    assert (team["external_ref"], agent["external_ref"]) == (None, None)
+    user = await created(
+        api,
+        "/v1/resources",
+        {"customer_id": customer["id"], "kind": "user", "external_ref": "crm-user-9"},
+    )
+    assert user["external_ref"] == "crm-user-9"
+    r = await api.get(f"/v1/resources/{user['id']}", key="runtime")
+    assert (r.status_code, r.json()) == (200, user)
     assert (agent["customer_id"], agent["kind"]) == (customer["id"], "agent")
     r = await api.get(f"/v1/resources/{agent['id']}", key="runtime")
     assert (r.status_code, r.json()) == (200, agent)
@@ -112,12 +121,13 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
         "source": "admin",
         "reason": "welcome",
         "external_ref": None,
-        "state": "active",
         "actor": "test-admin",
-        # The balances, as they were before the block's fields joined them.
+        # The figures, as they were before the block's fields joined them.
         "grant_id": promo["id"],
+        "state": "active",
         "granted": 300,
         "available": 300,
+        "upcoming": 0,
         "held": 0,
         "consumed": 0,
         "expired": 0,
@@ -129,7 +139,7 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {"grant_id": promo["id"], "voided": 300}
     r = await api.get(f"/v1/grants/{promo['id']}", key="finance")
-    assert (r.json()["available"], r.json()["voided"]) == (0, 300)
+    assert (r.json()["state"], r.json()["available"], r.json()["voided"]) == ("voided", 0, 300)
     r = await api.get(f"/v1/wallets/{world.wallet['id']}", key="finance")
     assert (r.json()["available"], r.json()["voided"]) == (1000, 300)
     assert {g["grant_id"] for g in r.json()["grants"]} == {world.grant["id"], promo["id"]}
@@ -175,8 +185,8 @@ async def test_batch_gives_each_debit_its_own_result(api: Api) -> None:
         {**world.spend(amount=500), "idempotency_key": api.k("b-poor")},
         {**world.spend(amount=1, credit_type="nosuchtype"), "idempotency_key": api.k("b-type")},
         {
-            **world.spend(amount=1, usage={"feature": "x", "quantity": 1}),
-            "idempotency_key": api.k("b-both"),
+            **world.spend(usage={"feature": "unpriced", "quantity": 1}),
+            "idempotency_key": api.k("b-unpriced"),
         },
         {
             "credit_type": world.code,
@@ -379,8 +389,14 @@ async def test_entries_page_through_every_movement(api: Api) -> None:
         ("release", 10),
     ]
     assert [e["available_after"] for e in entries] == [1000, 900, 850, 880, 870, 880]
+    assert [e["held_after"] for e in entries] == [0, 0, 50, 0, 10, 0]
     assert entries[-1]["available_after"] == (await balance(api, wallet))[0]
     assert all(e["account_id"] == world.grant["id"] for e in entries)
+    assert all(e["account_kind"] == "grant" for e in entries)
+    # Times are RFC 3339, UTC, to the nanosecond: as text they sort as the instants do.
+    times = [e["at"] for e in entries]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", t) for t in times)
+    assert times == sorted(times) and len(set(times)) == len(times)
 
     pages: list[list[dict[str, Any]]] = []
     cursor = None
@@ -392,9 +408,18 @@ async def test_entries_page_through_every_movement(api: Api) -> None:
         cursor = r.json()["next_cursor"]
         if cursor is None:
             break
-        assert re.fullmatch(r"[0-9]+", cursor)
     assert [len(p) for p in pages] == [4, 2]
     assert [e for page in pages for e in page] == entries
+
+    r = await api.get(f"/v1/wallets/{wallet}/entries?type=reserve&type=release", key="finance")
+    assert [(e["type"], e["available_after"]) for e in r.json()["entries"]] == [
+        ("reserve", 850),
+        ("reserve", 870),
+        ("release", 880),
+    ]
+    r = await api.get(f"/v1/wallets/{wallet}/entries?type=settle&limit=1", key="finance")
+    assert [e["type"] for e in r.json()["entries"]] == ["settle"]
+    assert r.json()["next_cursor"] is None
 
 
 async def test_health_readiness_metrics_and_schema(api: Api) -> None:
@@ -429,3 +454,44 @@ async def test_metrics_report_engine_latency(api: Api) -> None:
     assert (await api.post("/v1/debits", world.spend(amount=1), key="runtime")).status_code == 201
     text = (await api.client.get("/metrics")).text
     assert re.search(r'credit_engine_request_seconds_count\{method="[a-z_]+"\} [1-9]', text)
+
+
+async def test_entries_refuse_what_they_do_not_know(api: Api) -> None:
+    world = await make_world(api, granted=100)
+    path = f"/v1/wallets/{world.wallet['id']}/entries"
+    for query, field in (
+        ("type=debitt", "type"),
+        ("type=debit&type=nope", "type"),
+        ("kind=debit", "kind"),
+        ("limit=10&colour=red", "colour"),
+        ("cursor=not-a-cursor", "cursor"),
+        ("cursor=12345", "cursor"),
+        ("limit=0", "limit"),
+    ):
+        assert_problem(
+            await api.get(f"{path}?{query}", key="finance"), "validation_error", field=field
+        )
+    r = await api.get(f"{path}?type=grant&type=debit", key="finance")
+    assert [e["type"] for e in r.json()["entries"]] == ["grant"]
+
+
+async def test_a_wallet_reads_what_a_spend_would_find(api: Api) -> None:
+    world = await make_world(api, granted=100)
+    wallet = world.wallet["id"]
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    later = await created(
+        api,
+        "/v1/grants",
+        {"wallet_id": wallet, "amount": 50, "category": "promotional", "effective_at": tomorrow},
+    )
+    r = await api.get(f"/v1/wallets/{wallet}", key="finance")
+    body = r.json()
+    assert (body["available"], body["upcoming"], body["held"]) == (100, 50, 0)
+    assert (body["overdraft_used"], body["overdraft_held"], body["overdraft_limit"]) == (0, 0, 0)
+    assert body["overdraft_headroom"] == 0
+    states = {g["grant_id"]: (g["state"], g["available"], g["upcoming"]) for g in body["grants"]}
+    assert states == {world.grant["id"]: ("active", 100, 0), later["id"]: ("upcoming", 0, 50)}
+    r = await api.get(f"/v1/grants/{later['id']}", key="finance")
+    assert (r.json()["state"], r.json()["upcoming"]) == ("upcoming", 50)
+    check = await api.post("/v1/check", world.spend(amount=101), key="runtime", idem=None)
+    assert (check.json()["allowed"], check.json()["available"]) == (False, 100)

@@ -4,6 +4,7 @@ status, its stable code and its members; and the state each refusal leaves alone
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,17 @@ async def test_reservation_expired(api: Api) -> None:
     )
     # The held credits came back by themselves, and the refusals moved nothing.
     assert await balance(api, world.wallet["id"]) == (1000, 0, 0)
+    # The entries say so, at the instant of each timeout, and end at the wallet's figures.
+    r = await api.get(f"/v1/wallets/{world.wallet['id']}/entries", key="finance")
+    entries = r.json()["entries"]
+    assert [(e["type"], e["amount"]) for e in entries] == [
+        ("grant", 1000),
+        ("reserve", -100),
+        ("reserve", -50),
+        ("reservation_expired", 100),
+        ("reservation_expired", 50),
+    ]
+    assert (entries[-1]["available_after"], entries[-1]["held_after"]) == (1000, 0)
     # A settle with a measured cost after the timeout is collected as a direct debit instead.
     r = await api.post(f"/v1/reservations/{ids[1]}/settle", {"amount": 30}, key="runtime")
     assert r.status_code == 200, r.text
@@ -169,8 +181,9 @@ async def test_not_found_for_every_kind_of_object(api: Api) -> None:
         f"/v1/budgets/{MISSING_ID}",
         "/v1/no-such-route",
     ]
+    details = []
     for path in reads:
-        assert_problem(await api.get(path, key="runtime"), "not_found")
+        details.append(assert_problem(await api.get(path, key="runtime"), "not_found"))
     writes: list[tuple[str, Any, str]] = [
         (f"/v1/reservations/{MISSING_ID}/settle", {"amount": 1}, "runtime"),
         (f"/v1/reservations/{MISSING_ID}/release", None, "runtime"),
@@ -219,8 +232,13 @@ async def test_not_found_for_every_kind_of_object(api: Api) -> None:
         ),
     ]
     for path, body, key in writes:
-        assert_problem(await api.post(path, body, key=key), "not_found")
+        details.append(assert_problem(await api.post(path, body, key=key), "not_found"))
     assert await balance(api, world.wallet["id"]) == (1000, 0, 0)
+    # An id in a message is the text the caller sent (UUID text), never a u128 in decimal.
+    for body in details:
+        assert not re.search(r"[0-9]{11,}", body.get("detail", "")), body
+    no_wallet = f"resource {world.team['id']} has no wallet for credit type {world.code!r}"
+    assert no_wallet in [b.get("detail") for b in details]
 
 
 async def test_validation_error_names_the_field(api: Api) -> None:

@@ -56,11 +56,18 @@ async def _same(api: Api, send: Send) -> httpx.Response:
 
 
 def _post(
-    api: Api, path: str, body: Any, key: str | None = "runtime", idem: str | None = None
+    api: Api,
+    path: str,
+    body: Any,
+    key: str | None = "runtime",
+    idem: str | None = None,
+    content_type: str | None = "application/json",
 ) -> Send:
     headers = {} if key is None else {"Authorization": f"Bearer {api.keys.get(key, key)}"}
     if idem is not None:
         headers["Idempotency-Key"] = idem
+    if content_type is not None:
+        headers["Content-Type"] = content_type
     content = body if isinstance(body, bytes) else msgspec.json.encode(body)
     return lambda: api.client.post(path, content=content, headers=headers)
 
@@ -112,9 +119,34 @@ async def test_refusals_are_the_same_bytes(api: Api, world: World, pool: db.Pool
             idem = f"lane-{next(_keys)}"
         r = await _same(api, _post(api, path, body, key, idem))
         assert r.status_code >= 400 or path == "/v1/check" or "batch" in path, (path, r.text)
-    # a debit refused for lack of credits keeps that answer under its key, through either door
-    r = await _same(api, _post(api, "/v1/debits", {**spend, "amount": 101}, "runtime", "poor"))
-    assert r.json()["code"] == "insufficient_credits" and r.json()["available"] == 100
+    # a body that is not said to be JSON, a key given twice, bytes that are not UTF-8
+    duplicated = b'{"credit_type": "%s", "resource_id": "%s", "amount": 1, "amount": 1000}' % (
+        world.code.encode(),
+        world.agent["id"].encode(),
+    )
+    not_utf8 = b'{"credit_type": "\xff", "amount": 1}'
+    for path, body, content_type in (
+        ("/v1/debits", spend, None),
+        ("/v1/debits", spend, "text/plain"),
+        ("/v1/check", spend, "application/x-www-form-urlencoded"),
+        ("/v1/reservations/" + MISSING_ID + "/release", b"{}", "text/plain"),
+        ("/v1/debits", duplicated, "application/json"),
+        ("/v1/debits/batch", b'{"debits": [], "debits": []}', "application/json"),
+        ("/v1/debits", not_utf8, "application/json; charset=utf-8"),
+    ):
+        idem = f"lane-{next(_keys)}"
+        r = await _same(api, _post(api, path, body, "runtime", idem, content_type))
+        code = "validation_error" if content_type and "json" in content_type else None
+        assert r.json()["code"] == (code or "unsupported_media_type"), (path, r.text)
+    # a debit refused for lack of credits keeps that answer under its key, through either door:
+    # the first answer says what was available, its replays say they are replays
+    poor = _post(api, "/v1/debits", {**spend, "amount": 101}, "runtime", "poor")
+    r = await poor()
+    assert (r.json()["code"], r.json()["available"]) == ("insufficient_credits", 100)
+    assert "idempotency-hit" not in r.headers
+    r = await _same(api, poor)
+    assert (r.json()["code"], r.headers["idempotency-hit"]) == ("insufficient_credits", "true")
+    assert "available" not in r.json()
 
 
 async def test_writes_replay_the_same_bytes(api: Api, world: World) -> None:

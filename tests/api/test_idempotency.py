@@ -4,6 +4,7 @@ conflict; a debit refused for lack of credits stays refused."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -171,6 +172,30 @@ async def test_a_replay_answers_as_the_first_time_and_changes_nothing_more(
     assert await _state(api, pool, world) == after_first
 
 
+@pytest.mark.parametrize("case", ["customer", "resource", "wallet", "grant", "void"])
+async def test_concurrent_identical_requests_make_one_object_and_one_first_answer(
+    api: Api, pool: db.Pool, case: str
+) -> None:
+    """Twenty callers race with one key and one body: one object, one answer without
+    Idempotency-Hit (the first answer), and nineteen replays of exactly that answer."""
+    world = await make_world(api, granted=1000)
+    path, body, _, _, scope = await CASES[case](api, world)
+    before = await catalog_counts(pool)
+    key = api.k(f"race-{case}")
+    answers = await asyncio.gather(*(api.post(path, body, key=scope, idem=key) for _ in range(20)))
+    assert {(r.status_code, r.text) for r in answers} == {(answers[0].status_code, answers[0].text)}
+    assert answers[0].status_code in (200, 201), answers[0].text
+    hits = sorted(r.headers.get("Idempotency-Hit", "none") for r in answers)
+    assert hits == ["none"] + ["true"] * 19
+    after = await catalog_counts(pool)
+    made = {table: after[table] - before[table] for table in after}
+    expected = {"customer": "customers", "resource": "resources", "wallet": "wallets"}
+    assert made == {t: int(expected.get(case) == t or (case == "grant" and t == "grants"))
+                    for t in after}  # fmt: skip
+    available, _, _ = await balance(api, world.wallet["id"])
+    assert available == {"grant": 1100, "void": 1030}.get(case, 1000)
+
+
 async def test_a_key_is_bound_to_one_kind_of_operation(api: Api) -> None:
     world = await make_world(api, granted=1000)
     key = api.k("one-kind")
@@ -197,7 +222,11 @@ async def test_a_debit_refused_for_lack_of_credits_stays_refused(api: Api) -> No
     )
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
     r = await api.post("/v1/debits", world.spend(amount=150), key="runtime", idem=key)
-    assert_problem(r, "insufficient_credits", needed=150)
+    # The replay says it is one, and keeps the first answer's meaning: no `available` of now
+    # (600 would contradict "not enough credits"), a detail naming the stored outcome.
+    body = assert_problem(r, "insufficient_credits", needed=150)
+    assert r.headers["Idempotency-Hit"] == "true"
+    assert "available" not in body and "stored outcome" in body["detail"]
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
     # The same debit under a new key goes through.
     r = await api.post("/v1/debits", world.spend(amount=150), key="runtime")
@@ -216,7 +245,8 @@ async def test_a_reservation_refused_for_lack_of_credits_stays_refused(api: Api)
         {"wallet_id": world.wallet["id"], "amount": 500, "category": "promotional"},
     )
     r = await api.post("/v1/reservations", world.spend(amount=150), key="runtime", idem=key)
-    assert_problem(r, "insufficient_credits", needed=150)
+    body = assert_problem(r, "insufficient_credits", needed=150)
+    assert r.headers["Idempotency-Hit"] == "true" and "available" not in body
     assert await balance(api, world.wallet["id"]) == (600, 0, 0)
 
 

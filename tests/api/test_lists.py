@@ -187,6 +187,15 @@ async def test_grants_filter_by_wallet_state_category_and_expiry(api: Api) -> No
 
     assert ids((await found(state="voided"))[0]) == [soon["id"]]
     assert ids((await found(state="active"))[0]) == [world.grant["id"], later["id"]]
+    # Not effective yet: upcoming, in the list as in the single read.
+    coming = await created(
+        api,
+        "/v1/grants",
+        {"wallet_id": wallet, "amount": 5, "category": "promotional", "effective_at": at(3600)},
+    )
+    (listed,), _ = await found(state="upcoming")
+    assert (listed["id"], listed["state"]) == (coming["id"], "upcoming")
+    assert (await api.get(f"/v1/grants/{coming['id']}")).json()["state"] == "upcoming"
     assert ids((await found(category="paid"))[0]) == [world.grant["id"]]
     assert ids((await found(expires_before=at(7200)))[0]) == [soon["id"]]
     assert ids((await found(expires_before=at(2 * 86_400)))[0]) == [soon["id"], later["id"]]

@@ -184,3 +184,65 @@ async def test_every_request_body_has_an_example(document: dict[str, Any]) -> No
         if not ({"example", "examples"} & (set(media) | set(schema))):
             missing.append(f"{method} {path}")
     assert missing == []
+
+
+def _schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document["components"]["schemas"][name]
+    return schema
+
+
+async def test_bodies_are_described_as_they_are_decoded(document: dict[str, Any]) -> None:
+    """Exact enough for a generated client or a fuzzer: unknown fields refused, the real bounds,
+    exactly one of each pair the service requires, one spelling of ids."""
+    spend = _schema(document, "SpendIn")
+    assert spend["additionalProperties"] is False
+    amount = spend["properties"]["amount"]["anyOf"][0]
+    assert (amount["minimum"], amount["maximum"]) == (1, 2**63 - 1)
+    assert type(amount["maximum"]) is int  # not 9.223372036854776e+18, which is 2**63
+    pairs = [
+        sorted(next(iter(choice["required"])) for choice in rule["oneOf"])
+        for rule in spend["allOf"]
+    ]
+    assert pairs == [["resource_id", "wallet_id"], ["amount", "usage"]]
+    assert _schema(document, "GrantIn")["additionalProperties"] is False
+    dimensions = spend["properties"]["dimensions"]["anyOf"][0]
+    assert dimensions["maxProperties"] == 16
+    assert dimensions["propertyNames"]["maxLength"] == 64
+    effective_at = _schema(document, "GrantIn")["properties"]["effective_at"]["anyOf"][0]
+    assert effective_at["format"] == "date-time" and "UTC offset" in effective_at["description"]
+    for path, item in document["paths"].items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"].endswith("_id"):
+                    assert parameter["schema"]["pattern"].startswith("^[0-9a-f]{8}-"), path
+
+
+async def test_the_probes_and_metrics_need_no_key_and_document_their_failure(
+    document: dict[str, Any],
+) -> None:
+    for path in UNAUTHENTICATED:
+        (operation,) = document["paths"][path].values()
+        assert operation["security"] == [], path
+    for path in ("/healthz", "/readyz"):
+        assert "503" in document["paths"][path]["get"]["responses"], path
+    assert "text/plain" in next(
+        iter(document["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
+    )
+
+
+async def test_the_entries_document_their_types_times_and_running_figures(
+    document: dict[str, Any],
+) -> None:
+    operation = _operations(document)[("GET", "/v1/wallets/{wallet_id}/entries")]
+    parameters = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert set(parameters) == {"cursor", "limit", "type"}
+    schemas = document["components"]["schemas"]
+    type_schema = json.dumps(parameters["type"]["schema"])
+    assert "reservation_expired" in type_schema or "EntryType" in type_schema
+    assert "reservation_expired" in schemas["EntryType"]["enum"]
+    entry = schemas["EntryOut"]
+    assert "RFC 3339" in entry["properties"]["at"]["description"]
+    assert "GET /v1/wallets/{id}" in entry["properties"]["available_after"]["description"]
+    assert "available_after" in operation["description"]
+    wallet = schemas["WalletBalanceOut"]["properties"]
+    assert {"upcoming", "overdraft_held", "overdraft_headroom"} <= set(wallet)

@@ -40,6 +40,7 @@ from credit_ledger_client import (
     ValidationError,
 )
 from credit_ledger_client.schemas import (
+    AccountKind,
     BudgetIn,
     BudgetOut,
     BudgetPatchIn,
@@ -51,6 +52,7 @@ from credit_ledger_client.schemas import (
     DebitOut,
     EntriesOut,
     EntryOut,
+    EntryType,
     FundingOut,
     GrantQuery,
     Overage,
@@ -293,8 +295,10 @@ class FakeService:
         limit = int(request.url.params.get("limit", "2"))
         end = min(start + limit, ENTRIES)
         entries = [
-            EntryOut(timestamp=i + 1, type="debit", account_id=WALLET, amount=1,
-                     operation_id=str(i), available_after=ENTRIES - i - 1)
+            EntryOut(at=f"2025-01-01T00:00:00.{i + 1:09d}Z", type=EntryType.DEBIT,
+                     account_id=WALLET, account_kind=AccountKind.GRANT, amount=-1,
+                     operation_id=str(i), available_after=ENTRIES - i - 1, held_after=0,
+                     overdraft_used_after=0)
             for i in range(start, end)
         ]  # fmt: skip
         next_cursor = str(end) if end < ENTRIES else None
@@ -468,6 +472,12 @@ def test_iter_entries_follows_the_cursor(client: CreditClient, fake: FakeService
     assert [e.operation_id for e in entries] == [str(i) for i in range(ENTRIES)]
     assert [r.url.params.get("cursor") for r in fake.requests] == [None, "2", "4"]
     assert {r.url.params.get("limit") for r in fake.requests} == {"2"}
+    assert entries[0].at == "2025-01-01T00:00:00.000000001Z"
+
+
+def test_entries_of_some_types_send_each_type(client: CreditClient, fake: FakeService) -> None:
+    list(client.iter_entries(WALLET, page_limit=4, types=[EntryType.DEBIT, "settle"]))
+    assert {tuple(r.url.params.get_list("type")) for r in fake.requests} == {("debit", "settle")}
 
 
 def test_lists_follow_the_cursor_with_the_query_as_parameters(
@@ -600,6 +610,19 @@ def test_amounts_past_2_53_arrive_as_strings_and_are_read_as_ints() -> None:
     ):
         client.debit(**spend(1))
     assert (caught.value.available, caught.value.needed) == (huge, huge + 1)
+
+
+def test_a_refusal_answered_again_under_its_key_says_it_is_a_replay() -> None:
+    first = problem(402, "insufficient_credits", available=100, needed=101)
+    stored = problem(402, "insufficient_credits", needed=101)
+    stored.headers["idempotency-hit"] = "true"
+    with make_client(FakeService(script=[first, stored])) as client:
+        with pytest.raises(InsufficientCreditsError) as caught:
+            client.debit(**spend(101), idempotency_key="poor")
+        assert (caught.value.replayed, caught.value.available) == (False, 100)
+        with pytest.raises(InsufficientCreditsError) as caught:
+            client.debit(**spend(101), idempotency_key="poor")
+        assert (caught.value.replayed, caught.value.available) == (True, None)
 
 
 def test_budget_exceeded_names_the_budget(client: CreditClient) -> None:

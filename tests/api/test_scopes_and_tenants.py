@@ -13,6 +13,7 @@ from ledger import db
 from ledger.embedded import EmbeddedEngine
 from tests.api.conftest import Api
 from tests.api.support import (
+    MISSING_ID,
     World,
     assert_problem,
     balance,
@@ -231,6 +232,21 @@ async def test_a_bound_key_finds_nothing_of_another_customer(tenants: Tenants) -
     assert r.json()["status"] == "held"
     r = await api.get(f"/v1/grants/{theirs.grant['id']}", "admin")
     assert (r.json()["voided"], r.json()["available"]) == (0, 850)
+
+
+async def test_another_customers_reservation_answers_as_a_missing_one(tenants: Tenants) -> None:
+    """A bound key learns nothing from the answer: theirs and one that does not exist read
+    the same (status, code, detail), whether read, settled or released."""
+    api = tenants.api
+    requests = [
+        lambda rid: api.get(f"/v1/reservations/{rid}", "mine"),
+        lambda rid: api.post(f"/v1/reservations/{rid}/settle", {"amount": 1}, key="mine"),
+        lambda rid: api.post(f"/v1/reservations/{rid}/release", None, key="mine"),
+    ]
+    for send in requests:
+        theirs = assert_problem(await send(tenants.their_reservation), "not_found")
+        missing = assert_problem(await send(MISSING_ID), "not_found")
+        assert theirs == missing
 
 
 async def test_a_bound_key_works_on_its_own_customer(tenants: Tenants) -> None:

@@ -23,6 +23,7 @@ from ledger.ids import operation_id, request_fingerprint
 from ledger.settings import LedgerSettings
 from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
 from wallets.service import CreditService
+from wallets.statements import Statements
 
 TENANT = 7
 SUB, TEAM, AGENT = 11, 12, 13
@@ -48,6 +49,7 @@ class World:
         self.grant_service = GrantService(
             self.service.ledger, self.service.catalog, clock_ns=self.service.clock_ns
         )
+        self.statements = Statements(self.ledger, self.catalog, clock_ns=clock_ns)
         self.keys = itertools.count(1)
         self.loop = asyncio.new_event_loop()
         self.catalog.put_credit_type(CreditType(self.ledger_id, "credits", "Credits", 0))

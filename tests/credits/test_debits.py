@@ -55,11 +55,14 @@ def test_replay_returns_the_original_outcome_and_moves_nothing(world: World) -> 
 def test_a_refused_debit_keeps_its_answer_under_the_same_key(world: World) -> None:
     wallet = world.wallet(AGENT)
     grant = world.grant(wallet, 10)
-    with pytest.raises(InsufficientCredits):
+    with pytest.raises(InsufficientCredits) as first:
         world.debit(20, key="k-refused")
+    assert not first.value.replayed
     world.grant(wallet, 100)
-    with pytest.raises(InsufficientCredits):
+    with pytest.raises(InsufficientCredits) as again:
         world.debit(20, key="k-refused")
+    # The answer is the key's stored outcome, and says so.
+    assert again.value.replayed
     assert world.available(grant.id) == 10
 
 

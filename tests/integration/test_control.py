@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from ledger import db
 from ledger.client import open_ledger
 from ledger.clock import ns_of_datetime
 from ledger.embedded import EmbeddedEngine
+from ledger.notify import CatalogChange
 from ledger.repositories import grants as grant_rows
 from ledger.repositories import idempotency, wallet_changes
 from ledger.repositories import wallets as wallet_rows
@@ -148,6 +150,29 @@ async def test_the_cache_loads_from_postgres(plane: ControlPlane) -> None:
     await fresh.load()
     assert fresh.catalog.wallets[wallet.id] == wallet
     assert result.grant_id in fresh.catalog.grants
+
+
+async def test_a_resource_keeps_its_external_ref_through_every_cache_path(
+    plane: ControlPlane,
+) -> None:
+    customer, _ = await plane.create_customer(name="Acme", actor="a", tenant=0, key="cu-ref")
+    request: dict[str, Any] = {"customer_id": customer.id, "kind": ResourceKind.TEAM}
+    created, _ = await plane.create_resource(
+        **request, actor="a", tenant=0, key="re-ref", external_ref="crm-team-7"
+    )
+    replayed, hit = await plane.create_resource(
+        **request, actor="a", tenant=0, key="re-ref", external_ref="crm-team-7"
+    )
+    assert hit and created.external_ref == replayed.external_ref == "crm-team-7"
+    assert plane.catalog.resources[created.id].external_ref == "crm-team-7"
+    fresh = ControlPlane(
+        plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
+    )
+    await fresh.load()
+    assert fresh.catalog.resources[created.id] == created
+    fresh.catalog.resources.pop(created.id)
+    await fresh.apply_change(CatalogChange("resources", created.id))
+    assert fresh.catalog.resources[created.id] == created
 
 
 async def test_bad_grants_are_refused_with_the_field(plane: ControlPlane) -> None:
@@ -371,7 +396,7 @@ async def test_reconcile_never_credits_a_changed_limit_twice(plane: ControlPlane
     assert (soft.overdraft_limit, raised.overdraft_limit) == (100, 150)
     assert await _credited(plane, wallet) == 150
     report = await plane.reconcile()
-    assert report.limits_refused == []
+    assert (report.failed, report.interrupted) == ([], None)
     assert await _credited(plane, wallet) == 150  # not 150 + a second funding of 150
     lowered, _ = await plane.update_wallet(
         wallet.id, actor="a", tenant=0, key="w20-hard", overdraft_mode=OverdraftMode.HARD

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ledger.client import LedgerUnavailable, open_ledger
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
 from ledger.embedded import process as process_module
 from ledger.embedded.process import EngineProcess
+from ledger.embedded.supervisor import EngineSupervisor
 from ledger.limits import BATCH_EVENTS_MAX
 from ledger.settings import LedgerSettings
 from ledger.types import (
@@ -181,6 +183,8 @@ async def test_a_second_owner_of_the_data_directory_is_refused(tmp_path: Path) -
     try:
         with pytest.raises(DataDirectoryLocked):
             EngineProcess(tmp_path)
+        with pytest.raises(DataDirectoryLocked):  # a first start, not a restart: it raises
+            EngineSupervisor(tmp_path)
         with pytest.raises(DataDirectoryLocked):
             EmbeddedEngine(tmp_path)
     finally:
@@ -216,6 +220,8 @@ async def test_closed_means_closed(tmp_path: Path) -> None:
 async def test_open_ledger_runs_it_when_the_settings_say_so(tmp_path: Path) -> None:
     ledger = open_ledger(LedgerSettings(data_dir=tmp_path, engine_process=True))
     assert ledger.engine_name.startswith("embedded (process ")
+    # Supervised (tests/integration/test_engine_supervisor.py).
+    assert ledger.health is not None and ledger.health.state == "running"
     await ledger.create_accounts([Account(id=1, ledger=1, code=1)])
     assert len(await ledger.lookup_accounts([1])) == 1
     await ledger.close()
@@ -268,9 +274,12 @@ def test_the_engine_process_ends_with_its_parent(tmp_path: Path) -> None:
     EmbeddedEngine(tmp_path).close()  # the directory is free again
 
 
-async def test_a_start_up_failure_is_raised_here(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start", [EngineProcess, EngineSupervisor])
+async def test_a_start_up_failure_is_raised_here(
+    tmp_path: Path, start: Callable[[Path], object]
+) -> None:
     """A journal the engine refuses at start-up: the same exception, here, and no process
-    left behind."""
+    left behind; supervised too (a first start that fails is not a restart)."""
     with EmbeddedEngine(tmp_path) as engine:
         client = engine.client_async()
         for i in range(1, 4):
@@ -280,7 +289,7 @@ async def test_a_start_up_failure_is_raised_here(tmp_path: Path) -> None:
     data[12] ^= 0xFF  # inside the first record
     segment.write_bytes(bytes(data))
     with pytest.raises(JournalCorrupt, match="fails its checksum"):
-        EngineProcess(tmp_path)
+        start(tmp_path)
 
 
 def _alive(pid: int) -> bool:

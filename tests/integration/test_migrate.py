@@ -40,9 +40,10 @@ async def test_the_packaged_migrations_apply_once(
             "0001_catalog",
             "0002_grant_expired_state",
             "0003_api_keys",
-            "0004_list_indexes",
-            "0005_price_history",
-            "0006_wallet_changes",
+            "0004_reconcile_failures",
+            "0005_list_indexes",
+            "0006_price_history",
+            "0007_wallet_changes",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -53,6 +54,7 @@ async def test_the_packaged_migrations_apply_once(
             "audit_log",
             "movements",
             "api_keys",
+            "reconcile_failures",
         } <= tables
         async with pool.connection() as conn:
             cursor = await conn.execute(
@@ -67,6 +69,7 @@ async def test_the_packaged_migrations_apply_once(
             "catalog",
             "grant_expired_state",
             "api_keys",
+            "reconcile_failures",
             "list_indexes",
             "price_history",
             "wallet_changes",

@@ -342,7 +342,17 @@ async def test_lists_page_in_created_order_with_their_filters(conn: db.Connectio
     )
     expiring, _ = await grants.list_grants(conn, expires_before=late)
     assert [g.id for g in expiring] == [1]  # strictly before; never-expiring ones are not
-    assert [g.id for g in (await grants.list_grants(conn, state=GrantState.ACTIVE))[0]] == [2]
+    # States as a spend sees them at an instant: Postgres' state and the block's times.
+    hour, later = T0 + timedelta(hours=1), T0 + timedelta(days=10)
+    for block, at, found in (
+        ("active", hour, [2]),
+        ("upcoming", hour, [1, 3]),  # pending: not on the ledger yet
+        ("expired", later, [2]),  # active in Postgres, past its expiry
+        ("voided", hour, []),
+    ):
+        page, _ = await grants.list_grants(conn, block=(block, at))
+        assert [g.id for g in page] == found, block
+        assert all(grants.block_state(g, at) == block for g in page)
     paid, _ = await grants.list_grants(conn, category=GrantCategory.PAID)
     assert [g.id for g in paid] == [3]
     assert [g.id for g in (await grants.list_grants(conn, customer_id=ids["customer"]))[0]] == [
@@ -391,7 +401,6 @@ async def test_wallet_changes_are_pending_one_at_a_time_then_finished(conn: db.C
     )
     assert await wallet_changes.get_change(conn, BIG) == change
     assert await wallet_changes.pending_change_of(conn, wallet) == change
-    assert await wallet_changes.pending_wallet_ids(conn) == {wallet}
     later = datetime.now(UTC) + timedelta(seconds=1)
     assert await wallet_changes.list_pending_changes(conn, later) == [change]
     assert await wallet_changes.list_pending_changes(conn, change.created_at) == []

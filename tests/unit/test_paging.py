@@ -25,6 +25,7 @@ from grants.errors import InvalidRequest
 from ledger.limits import LIST_CURSOR_CHARS_MAX, U128_MAX
 
 U128 = st.integers(min_value=0, max_value=U128_MAX)
+ID = "0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"
 
 
 @given(st.lists(U128, min_size=1, max_size=3))
@@ -73,11 +74,26 @@ def test_no_cursor_is_the_first_page() -> None:
 def test_a_query_is_decoded_strictly_naming_what_is_wrong() -> None:
     query = decode_query([("limit", "5"), ("state", "active")], schemas.GrantQuery)
     assert (query.limit, query.state) == (5, schemas.GrantState.ACTIVE)
+    budgets = decode_query([("active", "false"), ("resource_id", ID)], schemas.BudgetQuery)
+    assert (budgets.active, budgets.resource_id) == (False, ID)
+    with pytest.raises(InvalidRequest) as refused:
+        decode_query([("active", "False")], schemas.BudgetQuery)
+    assert refused.value.details["field"] == "active"
+    at = decode_query([("expires_before", "2030-01-01T00:00:00Z")], schemas.GrantQuery)
+    assert at.expires_before == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
     for params, field in (
         ([("limit", "5"), ("limit", "6")], "limit"),
         ([("colour", "red")], "colour"),
         ([("limit", "0")], "limit"),
         ([("expires_before", "2030-01-01T00:00:00")], "expires_before"),
+        ([("state", "null")], "state"),  # "null" is not how a parameter says "not given"
+        ([("wallet_id", "null")], "wallet_id"),
+        (
+            [("expires_before", "0.5")],
+            "expires_before",
+        ),  # not a time, whatever msgspec's lax mode says
+        ([("limit", "5.0")], "limit"),
+        ([("limit", " 5")], "limit"),
     ):
         with pytest.raises(InvalidRequest) as refused:
             decode_query(params, schemas.GrantQuery)

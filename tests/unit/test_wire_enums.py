@@ -10,6 +10,7 @@ from credit_ledger_client import schemas
 
 from ledger import limits
 from ledger.repositories import budgets, grants, resources, wallets
+from wallets import statements
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,8 @@ from ledger.repositories import budgets, grants, resources, wallets
         (schemas.Category, grants.GrantCategory),
         (schemas.GrantSource, grants.GrantSource),
         (schemas.Period, budgets.BudgetPeriod),
-        (schemas.GrantState, grants.GrantState),
+        (schemas.EntryType, statements.EntryType),
+        (schemas.GrantState, statements.BlockState),
     ],
 )
 def test_wire_and_catalog_enums_agree(wire: type[enum.Enum], catalog: type[enum.Enum]) -> None:
@@ -31,3 +33,7 @@ def test_wire_and_service_page_limits_agree() -> None:
     assert schemas.PAGE_LIMIT_DEFAULT == limits.LIST_PAGE_ROWS_DEFAULT
     assert schemas.PAGE_LIMIT_MAX == limits.LIST_PAGE_ROWS_MAX
     assert schemas.CURSOR_CHARS_MAX == limits.LIST_CURSOR_CHARS_MAX
+
+
+def test_the_listed_grant_states_are_the_wire_states() -> None:
+    assert set(grants.BLOCK_STATES) == {m.value for m in schemas.GrantState}

@@ -31,7 +31,7 @@ import enum
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
@@ -58,6 +58,7 @@ from credit_ledger_client.schemas import (
     DebitOut,
     EntriesOut,
     EntryOut,
+    EntryType,
     FundingOut,
     GrantBlockOut,
     GrantDetailOut,
@@ -164,7 +165,9 @@ class CreditApiError(Exception):
     `status` is the HTTP status (0 when no response arrived), `code` the stable snake_case code,
     `extra` every other field of the problem document (`available`, `needed`, `budget_id`,
     `field`, ...), and `idempotency_key` the key the call was sent with: retry with that key
-    when `retryable` is true.
+    when `retryable` is true. `replayed`: the answer is the outcome stored under that key
+    (`Idempotency-Hit: true`), say a refusal decided before a top-up; a refused spend stays
+    refused under its key, and its replay carries no `available` of its own.
     """
 
     # Whether the same call with the same key may still succeed later.
@@ -182,8 +185,10 @@ class CreditApiError(Exception):
         method: str = "",
         path: str = "",
         idempotency_key: str | None = None,
+        replayed: bool = False,
     ) -> None:
         self.status = status
+        self.replayed = replayed
         self.code = code
         self.title = title
         self.detail = detail
@@ -491,8 +496,10 @@ def _probe(path: str) -> _Call[dict[str, Any]]:
     return _Call("GET", path, dict[str, Any], retry=False)
 
 
-def _entries_params(cursor: str | None, limit: int | None) -> tuple[tuple[str, str], ...]:
-    params: list[tuple[str, str]] = []
+def _entries_params(
+    cursor: str | None, limit: int | None, types: Iterable[str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    params: list[tuple[str, str]] = [("type", str(t)) for t in types or ()]
     if cursor is not None:
         params.append(("cursor", cursor))
     if limit is not None:
@@ -544,6 +551,7 @@ def _error(call: _Call[Any], response: httpx.Response) -> CreditApiError:
         method=call.method,
         path=call.path,
         idempotency_key=call.idempotency_key,
+        replayed=response.headers.get("idempotency-hit") == "true",
     )
 
 
@@ -898,16 +906,29 @@ class CreditClient:
         return self._send(_patch(path, body, WalletOut, idempotency_key))
 
     def list_entries(
-        self, wallet_id: str, *, cursor: str | None = None, limit: int | None = None
+        self,
+        wallet_id: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        types: Iterable[EntryType | str] | None = None,
     ) -> EntriesOut:
+        """A page of the wallet's entries (of `types` only, when given)."""
         path = f"/v1/wallets/{_segment(wallet_id)}/entries"
-        return self._send(_get(path, EntriesOut, _entries_params(cursor, limit)))
+        return self._send(_get(path, EntriesOut, _entries_params(cursor, limit, types)))
 
-    def iter_entries(self, wallet_id: str, *, page_limit: int | None = None) -> Iterator[EntryOut]:
+    def iter_entries(
+        self,
+        wallet_id: str,
+        *,
+        page_limit: int | None = None,
+        types: Iterable[EntryType | str] | None = None,
+    ) -> Iterator[EntryOut]:
         """Every entry of the wallet, page after page, following `next_cursor`."""
         cursor: str | None = None
+        kept = list(types) if types is not None else None
         while True:
-            page = self.list_entries(wallet_id, cursor=cursor, limit=page_limit)
+            page = self.list_entries(wallet_id, cursor=cursor, limit=page_limit, types=kept)
             yield from page.entries
             if page.next_cursor is None:
                 return
@@ -1181,18 +1202,29 @@ class AsyncCreditClient:
         return await self._send(_patch(path, body, WalletOut, idempotency_key))
 
     async def list_entries(
-        self, wallet_id: str, *, cursor: str | None = None, limit: int | None = None
+        self,
+        wallet_id: str,
+        *,
+        cursor: str | None = None,
+        limit: int | None = None,
+        types: Iterable[EntryType | str] | None = None,
     ) -> EntriesOut:
+        """A page of the wallet's entries (of `types` only, when given)."""
         path = f"/v1/wallets/{_segment(wallet_id)}/entries"
-        return await self._send(_get(path, EntriesOut, _entries_params(cursor, limit)))
+        return await self._send(_get(path, EntriesOut, _entries_params(cursor, limit, types)))
 
     async def iter_entries(
-        self, wallet_id: str, *, page_limit: int | None = None
+        self,
+        wallet_id: str,
+        *,
+        page_limit: int | None = None,
+        types: Iterable[EntryType | str] | None = None,
     ) -> AsyncIterator[EntryOut]:
         """Every entry of the wallet, page after page, following `next_cursor`."""
         cursor: str | None = None
+        kept = list(types) if types is not None else None
         while True:
-            page = await self.list_entries(wallet_id, cursor=cursor, limit=page_limit)
+            page = await self.list_entries(wallet_id, cursor=cursor, limit=page_limit, types=kept)
             for entry in page.entries:
                 yield entry
             if page.next_cursor is None:

@@ -33,18 +33,41 @@ ID = Annotated[
     ),
 ]
 CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["credits"])]
-NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-REF = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+# Text on one line: no control characters (a NUL cannot even be stored in Postgres).
+_LINE = r"^[^\x00-\x1f\x7f]*$"
+# Free text (a reason): tabs and line breaks allowed, no other control characters.
+_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_LINE)]
+REF = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=200,
+        pattern=_LINE,
+        description="your own id for the object (unique per kind)",
+    ),
+]
+REASON = Annotated[str, msgspec.Meta(max_length=500, pattern=_TEXT)]
+FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_LINE)]
 DIMENSIONS = Annotated[
     dict[
-        Annotated[str, msgspec.Meta(min_length=1, max_length=64)],
-        Annotated[str, msgspec.Meta(max_length=256)],
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_LINE)],
+        Annotated[str, msgspec.Meta(max_length=256, pattern=_LINE)],
     ],
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
 ]
+# A business time: RFC 3339 with its UTC offset (a time without one is refused), from
+# 1970-01-01T00:00:00Z to 2554-07-21T23:34:33Z, the times TigerBeetle's u64 of nanoseconds
+# since the Unix epoch can hold (the service checks the range).
+TIME = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 with a UTC offset, 1970-01-01T00:00:00Z .. 2554-07-21T23:34:33Z",
+        examples=["2027-01-01T00:00:00Z"],
+    ),
+]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
-FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-AT = Annotated[dt.datetime, msgspec.Meta(tz=True, description="RFC 3339, with its offset")]
 # Pages of a list (the service's ledger.limits holds the same numbers; a test compares them).
 PAGE_LIMIT_DEFAULT = 100
 PAGE_LIMIT_MAX = 1000
@@ -201,42 +224,145 @@ class WalletPage(Page):
     items: list[WalletOut]
 
 
+class GrantState(enum.StrEnum):
+    UPCOMING = "upcoming"  # before its effective_at (or not yet known to the spend path)
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    VOIDED = "voided"
+
+
 class GrantBalanceOut(Out):
+    """A block's figures now. They add up: granted = available + upcoming + held + consumed +
+    expired + voided + refunded + repaid."""
+
     grant_id: str
+    state: GrantState
     granted: int
-    available: int
-    held: int
-    consumed: int
-    expired: int
-    voided: int
+    available: Annotated[int, msgspec.Meta(description="what a spend may draw on now")]
+    upcoming: Annotated[int, msgspec.Meta(description="available once effective_at comes")]
+    held: Annotated[int, msgspec.Meta(description="held by open reservations")]
+    consumed: Annotated[int, msgspec.Meta(description="spent, net of usage refunds")]
+    expired: Annotated[
+        int,
+        msgspec.Meta(
+            description="swept to breakage, or left in the block at or past its expires_at "
+            "(out of `available` from that instant, swept or not)"
+        ),
+    ]
+    voided: Annotated[
+        int,
+        msgspec.Meta(description="voided, and whatever came back to the block since its void"),
+    ]
     refunded: int
-    repaid: int
+    repaid: Annotated[int, msgspec.Meta(description="paid the wallet's overdraft back")]
 
 
 class WalletBalanceOut(Out):
+    """A wallet's figures now: what a spend would find at this instant. `available`: credits
+    in the wallet's own blocks that a spend may draw on now (effective, not expired, not
+    voided, not held); `check` adds the parent's (when the wallet falls through) and the
+    overdraft's headroom."""
+
     wallet: WalletOut
     available: int
-    held: int
-    consumed: int
+    held: Annotated[int, msgspec.Meta(description="held on the blocks by open reservations")]
+    upcoming: Annotated[int, msgspec.Meta(description="in blocks not effective yet")]
+    consumed: Annotated[
+        int,
+        msgspec.Meta(
+            description="paid for by the blocks and by the overdraft (settled draws), net of "
+            "usage refunds"
+        ),
+    ]
     expired: int
     voided: int
-    overdraft_used: int
-    overdraft_limit: int | None
+    overdraft_used: Annotated[
+        int,
+        msgspec.Meta(
+            description="drawn on the overdraft and not repaid, held draws included; past the "
+            "limit only by a settle's overage collected under the `overdraft` policy"
+        ),
+    ]
+    overdraft_held: Annotated[
+        int, msgspec.Meta(description="the part of overdraft_used open reservations hold")
+    ]
+    overdraft_limit: Annotated[int | None, msgspec.Meta(description="null: unbounded")]
+    overdraft_headroom: Annotated[
+        int | None,
+        msgspec.Meta(description="what a spend may still draw on the overdraft; null: unbounded"),
+    ]
     grants: list[GrantBalanceOut]
 
 
+class EntryType(enum.StrEnum):
+    GRANT = "grant"
+    EFFECTIVE = "effective"
+    DEBIT = "debit"
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+    RESERVATION_EXPIRED = "reservation_expired"
+    EXPIRE = "expire"
+    VOID = "void"
+    REFUND = "refund"
+    REFUND_OUT = "refund_out"
+    OVERDRAFT_DRAW = "overdraft_draw"
+    OVERDRAFT_REPAY = "overdraft_repay"
+    OVERDRAFT_LIMIT = "overdraft_limit"
+    CORRECTION = "correction"
+
+
+class AccountKind(enum.StrEnum):
+    GRANT = "grant"
+    OVERDRAFT = "overdraft"
+
+
 class EntryOut(Out):
-    timestamp: int
-    type: str
-    account_id: str
-    amount: int
-    operation_id: str
-    available_after: int
+    """One movement of a wallet, and the wallet's figures just after it: after the last entry
+    they are what GET /v1/wallets/{id} reports (available, held, overdraft_used)."""
+
+    at: Annotated[
+        str,
+        msgspec.Meta(
+            description="RFC 3339, UTC, to the nanosecond: when the engine applied it, or when "
+            "it came to pass (effective, expire, reservation_expired); entries are in this order",
+            examples=["2025-01-01T00:00:00.000000042Z"],
+        ),
+    ]
+    type: EntryType
+    account_id: Annotated[str, msgspec.Meta(description="the block, or overdraft, that moved")]
+    account_kind: AccountKind
+    amount: Annotated[
+        int, msgspec.Meta(description="signed: + into the wallet (or back to it), - out of it")
+    ]
+    operation_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="the operation (for a refund, the refunded debit; for effective and "
+            "expire, the block)"
+        ),
+    ]
+    available_after: Annotated[
+        int,
+        msgspec.Meta(
+            description="the wallet's `available` just after this entry, as GET "
+            "/v1/wallets/{id} reports it: after the last entry, the wallet's `available` now"
+        ),
+    ]
+    held_after: Annotated[
+        int, msgspec.Meta(description="the wallet's `held` just after this entry, likewise")
+    ]
+    overdraft_used_after: Annotated[
+        int,
+        msgspec.Meta(description="the wallet's `overdraft_used` just after this entry, likewise"),
+    ]
 
 
 class EntriesOut(Out):
     entries: list[EntryOut]
-    next_cursor: str | None
+    next_cursor: Annotated[
+        str | None, msgspec.Meta(description="opaque: pass it back as `cursor`; null: the end")
+    ]
 
 
 # -- grants ---------------------------------------------------------------------------------------
@@ -261,10 +387,10 @@ class GrantIn(Strict):
     consideration_minor: AMOUNT0 = 0
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
-    effective_at: dt.datetime | None = None
-    expires_at: dt.datetime | None = None
+    effective_at: TIME | None = None
+    expires_at: TIME | None = None
     source: GrantSource = GrantSource.ADMIN
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
     external_ref: REF | None = None
 
 
@@ -275,15 +401,10 @@ class GrantOut(Out):
     repaid_overdraft: int
 
 
-class GrantState(enum.StrEnum):
-    PENDING = "pending"  # recorded, its ledger side not yet written
-    ACTIVE = "active"
-    VOIDED = "voided"
-    EXPIRED = "expired"  # swept, and nothing of it held any more
-
-
 class GrantBlockOut(Out):
-    """A credit block as it was issued, and its state (no balances: see GrantDetailOut)."""
+    """A credit block as it was issued, and its state as a spend sees it now (upcoming before
+    its effective_at, expired from its expires_at, voided once voided; a grant whose issue an
+    operator abandoned reads voided). No balances: see GrantDetailOut."""
 
     id: str
     wallet_id: str
@@ -304,12 +425,14 @@ class GrantBlockOut(Out):
 
 
 class GrantDetailOut(GrantBlockOut):
-    """A block with its balances from the ledger: the fields of GrantBalanceOut, as they were
-    (`grant_id` equals `id`)."""
+    """A block as issued, with its figures from the ledger: the fields of GrantBalanceOut, as
+    GET /v1/grants/{id} has always answered them (`grant_id` equals `id`; `state` is the
+    ledger's, as in GrantBalanceOut)."""
 
     grant_id: str
     granted: int
     available: int
+    upcoming: int
     held: int
     consumed: int
     expired: int
@@ -319,13 +442,13 @@ class GrantDetailOut(GrantBlockOut):
 
 
 class GrantQuery(ListQuery):
-    """`expires_before`: blocks whose expiry is strictly before that time (never-expiring ones
-    are not)."""
+    """`state`: as a spend sees the block now; `expires_before`: blocks whose expiry is
+    strictly before that time (never-expiring ones are not)."""
 
     wallet_id: ID | None = None
     state: GrantState | None = None
     category: Category | None = None
-    expires_before: AT | None = None
+    expires_before: TIME | None = None
 
 
 class GrantPage(Page):
@@ -333,7 +456,7 @@ class GrantPage(Page):
 
 
 class VoidIn(Strict):
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
 
 
 class VoidOut(Out):
@@ -384,11 +507,18 @@ class BatchIn(Strict):
     debits: Annotated[list[BatchDebitIn], msgspec.Meta(min_length=1, max_length=1000)]
 
 
+class BatchErrorOut(Out):
+    """Why one debit of a batch was refused: the code and detail its own call would answer."""
+
+    code: str
+    detail: str | None = None
+
+
 class BatchResultOut(Out):
     idempotency_key: str
     status: int
     debit: DebitOut | None = None
-    error: dict[str, object] | None = None
+    error: BatchErrorOut | None = None
 
 
 class BatchOut(Out):
@@ -397,7 +527,7 @@ class BatchOut(Out):
 
 class RefundIn(Strict):
     amount: AMOUNT
-    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    reason: REASON | None = None
 
 
 class RefundOut(Out):
@@ -537,7 +667,7 @@ class PriceIn(Strict):
     feature: FEATURE
     credit_type: CODE
     credits_per_unit: AMOUNT0
-    effective_at: AT | None = None
+    effective_at: TIME | None = None
 
 
 class PriceOut(Out):
@@ -566,7 +696,7 @@ class PriceAtQuery(Strict):
 
     feature: FEATURE
     credit_type: CODE
-    at: AT | None = None
+    at: TIME | None = None
 
 
 # -- keys -----------------------------------------------------------------------------------------

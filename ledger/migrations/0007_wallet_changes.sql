@@ -1,4 +1,4 @@
--- 0006: changes of a wallet's overdraft policy, recorded before the ledger moves.
+-- 0007: changes of a wallet's overdraft policy, recorded before the ledger moves.
 --
 -- A soft wallet's bounded overdraft account is credited its limit (ledger/README.md,
 -- "Overdraft"), so changing the limit (or leaving or joining 'soft') moves credits in

@@ -1,4 +1,4 @@
--- 0005: prices keep their history.
+-- 0006: prices keep their history.
 --
 -- A price of (feature, credit type) is no longer changed in place: each new price is a row of
 -- its own, in force from its effective_at until the next row's (possibly set in advance, for a

@@ -1,4 +1,4 @@
--- 0004: indexes for the API's lists.
+-- 0005: indexes for the API's lists.
 --
 -- Every list pages in (created_at, id) order (ledger/repositories/_rows.py, `fetch_page`), with
 -- its filters as equality conditions: each filter below has an index that hands rows over in that
