@@ -6,7 +6,7 @@ every layer (the edges `api` and `jobs` may not import each other; this package 
     credit-ledger migrate
     credit-ledger keys create|list|revoke
     credit-ledger reconcile [--abandon-grant ID --reason TEXT]
-    credit-ledger demo    [--url URL --key KEY]
+    credit-ledger demo    [--url URL] [--key KEY] [--data-dir DIR]
 
 Defaults are embedded: TigerBeetle's state machine in-process (journal under
 DATA_DIR/engine) and Postgres 16 started by the project (DATA_DIR/postgres). TB_ADDRESSES and
@@ -49,7 +49,7 @@ class Runtime:
     conninfo: str
 
 
-def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
+def env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if data_dir is not None:
         env["CREDIT_LEDGER_DATA_DIR"] = str(data_dir)
@@ -60,7 +60,7 @@ def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
 async def runtime(data_dir: Path | None, *, engine_process: bool = False) -> AsyncIterator[Runtime]:
     """The engine and the database of this process, migrated; closed on the way out. With
     `engine_process`, the embedded engine runs in a child process (as the server runs it)."""
-    env = _env_with_data_dir(data_dir)
+    env = env_with_data_dir(data_dir)
     database = db.DatabaseSettings.from_env(env)
     conninfo = await db.resolve_conninfo(database)
     pool = await db.open_pool(database, conninfo=conninfo)
@@ -242,16 +242,29 @@ def migrate(data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--url", default=None, help="A running service; default: start one in-process.")
-@click.option("--key", default=None, help="An admin+runtime API key for --url.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--url",
+    default=None,
+    help="The service to tour. Default: the one at http://127.0.0.1:8080 if it runs, else one "
+    "started in this process on the embedded defaults.",
+)
+@click.option(
+    "--key",
+    default=None,
+    help="An admin+runtime API key for the service. Default: a key named demo-... created in "
+    "the service's database (that of --data-dir, or DATABASE_URL) and revoked at the end.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The service's data directory (default $CREDIT_LEDGER_DATA_DIR or .data).",
+)
 def demo(url: str | None, key: str | None, data_dir: Path | None) -> None:
     """Create a customer, a team and an agent, grant paid and promotional credits, reserve and
     settle, hit the limit, and print balances and entries."""
     from cli.demo import run_demo
 
-    if (url is None) != (key is None):
-        raise click.UsageError("--url and --key go together")
     _use_uvloop()
     asyncio.run(run_demo(url, key, data_dir))
 

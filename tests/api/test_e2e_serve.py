@@ -3,9 +3,9 @@ Postgres), driven over real HTTP by the Python client. 100 concurrent reservatio
 hard-limited wallet: exactly the affordable number succeed, and the wallet holds exactly that.
 The engine process killed under a load of debits: the server replaces it and each debit,
 retried with its key, applies once. SIGTERM stops the server and its children.
-Also the server's protocol limits as `serve` configures them, a busy port, and a Ctrl-C
-(exit 130, no traceback), which, as SIGTERM does, leaves no process behind (engine, movement
-writer, embedded Postgres)."""
+Also the server's protocol limits as `serve` configures them, a busy port, `demo` beside a
+running service, and a Ctrl-C (exit 130, no traceback), which, as SIGTERM does, leaves no
+process behind (engine, movement writer, embedded Postgres)."""
 
 from __future__ import annotations
 
@@ -266,6 +266,34 @@ def test_a_busy_port_is_told_before_anything_starts(
         f"port {port} is in use on 127.0.0.1: another credit-ledger serve? pick another with --port"
     ) in busy.stderr
     assert list(tmp_path.iterdir()) == []  # neither Postgres nor the engine was started
+
+
+def test_demo_tours_the_running_service_with_a_key_of_its_own(
+    service: tuple[str, str, int], data_dir: Path
+) -> None:
+    url, _, _ = service
+    demo = subprocess.run(
+        [CLI, "demo", "--url", url], env=_env(data_dir), capture_output=True, text=True, timeout=120
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert f"a service runs at {url}: touring it over HTTP" in demo.stderr
+    assert f"in the Postgres of the data directory {data_dir}" in demo.stderr
+    assert "402 insufficient_credits (available 50, needed 100)" in demo.stdout
+    listed = subprocess.run(
+        [CLI, "keys", "list"], env=_env(data_dir), capture_output=True, text=True, timeout=60
+    )
+    demo_keys = [line for line in listed.stdout.splitlines() if " demo-" in line]
+    assert len(demo_keys) == 1 and not demo_keys[0].endswith("-"), listed.stdout  # revoked
+    # A data directory where no Postgres runs is not the service's: the demo says so.
+    elsewhere = subprocess.run(
+        [CLI, "demo", "--url", url, "--data-dir", str(data_dir / "elsewhere")],
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 1
+    assert "the service keeps its data elsewhere. Pass its --data-dir" in elsewhere.stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
