@@ -20,10 +20,10 @@ from typing import Any
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, generate_latest
 
+from api import docs
 from api.auth import KeyCache
 from api.common import IDEMPOTENCY_KEY_BYTES_MAX
 from api.errors import EXCEPTION_HANDLERS
@@ -255,7 +255,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         return _RouteMetrics(app, services.metrics)
 
     app = CreditLedgerApp(
-        route_handlers=[*ROUTES, metrics],
+        route_handlers=[*ROUTES, metrics, docs.asset],
         state=State({"services": services}),
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -266,11 +266,13 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             title=settings.title,
             version="1",
             description="Exact, fast, auditable credits on TigerBeetle. Ids are strings; "
-            "amounts are integers in the credit type's minor unit. Every POST "
-            "requires an Idempotency-Key header; a replay answers with "
-            "Idempotency-Hit: true. Errors are problem+json with a stable code.",
-            path="/schema",
-            render_plugins=[ExactJsonRenderPlugin(), SwaggerRenderPlugin(path="/")],
+            "amounts are integers in the credit type's minor unit. Every POST requires an "
+            "Idempotency-Key header, but /v1/check (it changes nothing) and /v1/debits/batch "
+            "(each debit carries its own idempotency_key); sent again with the same body, the "
+            "first answer comes back with Idempotency-Hit: true. Errors are problem+json with "
+            "a stable code.",
+            path=docs.SCHEMA_PATH,
+            render_plugins=[ExactJsonRenderPlugin(), *docs.render_plugins()],
             components=SECURITY,
             security=[{"BearerAuth": []}],
         ),

@@ -4,8 +4,9 @@ hard-limited wallet: exactly the affordable number succeed, and the wallet holds
 The engine process killed under a load of debits: the server replaces it and each debit,
 retried with its key, applies once. SIGTERM stops the server and its children.
 Also the server's protocol limits as `serve` configures them, a busy port, `demo` beside a
-running service, and a Ctrl-C (exit 130, no traceback), which, as SIGTERM does, leaves no
-process behind (engine, movement writer, embedded Postgres)."""
+running service, /schema rendered offline in a browser, and a Ctrl-C (exit 130, no
+traceback), which, as SIGTERM does, leaves no process behind (engine, movement writer,
+embedded Postgres)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from credit_ledger_client.schemas import (
     ResourceKind,
     WalletIn,
 )
+
+from bench import schema_page
 
 CLI = str(Path(sys.executable).parent / "credit-ledger")
 
@@ -294,6 +297,20 @@ def test_demo_tours_the_running_service_with_a_key_of_its_own(
     )
     assert elsewhere.returncode == 1
     assert "the service keeps its data elsewhere. Pass its --data-dir" in elsewhere.stderr
+
+
+@pytest.mark.skipif(
+    schema_page.chromium() is None,
+    reason="renders /schema in a browser: needs chromium (apt-get install chromium)",
+)
+def test_the_schema_page_lists_the_operations_offline_in_a_browser(
+    service: tuple[str, str, int],
+) -> None:
+    url, _, _ = service
+    rendering = schema_page.render_offline(url)
+    assert "/v1/debits" in rendering.operations and "/v1/check" in rendering.operations
+    assert len(rendering.operations) >= 26
+    assert rendering.elsewhere == set()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
