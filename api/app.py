@@ -63,6 +63,10 @@ HTTP_HEADER_TIMEOUT_S = 10.0
 # From the end of the headers until the end of the body: a client that trickles its body is
 # closed. The whole of a largest body in this time is 35 KB/s (a 280 kbit/s link).
 HTTP_BODY_TIMEOUT_S = 30.0
+# What a request may send after its headers (its body as sent: with a chunked body's framing and
+# trailers) before the connection is closed. The app refuses a body over REQUEST_BODY_BYTES_MAX
+# (413), but trailers are headers, which httptools buffers whole: this bounds them.
+HTTP_BODY_WIRE_BYTES_MAX = 2 * REQUEST_BODY_BYTES_MAX
 # An idle keep-alive connection is closed after this. Longer than the idle expiry of client
 # pools (httpx: 5 s), so that the server rarely closes a connection a client is about to reuse.
 HTTP_KEEP_ALIVE_TIMEOUT_S = 15
@@ -83,6 +87,7 @@ assert 8 * (KEY_CHARS + IDEMPOTENCY_KEY_BYTES_MAX) < HTTP_HEADER_BYTES_MAX < REQ
 assert 4 * HTTP_HEADERS_MAX <= HTTP_HEADER_BYTES_MAX  # "a:\r\n" is the shortest header line
 assert REQUEST_BODY_BYTES_MAX / HTTP_BODY_TIMEOUT_S <= 64 * 1024
 assert HTTP_HEADER_TIMEOUT_S <= HTTP_BODY_TIMEOUT_S
+assert REQUEST_BODY_BYTES_MAX + HTTP_HEADER_BYTES_MAX <= HTTP_BODY_WIRE_BYTES_MAX
 assert HTTP_KEEP_ALIVE_TIMEOUT_S > 5
 assert HTTP_SHUTDOWN_TIMEOUT_S < 10
 

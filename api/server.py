@@ -10,7 +10,9 @@ connection:
   incomplete when its budget is spent is answered 431 and the connection closed. The part of a
   read that follows the end of a body is charged to no head, and is fed in pieces of at most the
   budget, so no head is ever buffered beyond twice the budget. More than `headers_max` header
-  lines is 431 as well.
+  lines is 431 as well. What follows the headers (the body as sent: a chunked body's framing
+  and its trailers, which are headers too) may take `body_wire_bytes_max` bytes; past that the
+  connection is closed.
 - Read deadlines. From a connection's start, or a request's first byte, until its headers are
   complete (`header_timeout_s`: 408 if a request had begun, then close); from there until its
   body is complete (`body_timeout_s`: close). More bytes do not extend a deadline, so trickling
@@ -52,6 +54,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from api.app import (
     HTTP_BACKLOG_CONNECTIONS_MAX,
     HTTP_BODY_TIMEOUT_S,
+    HTTP_BODY_WIRE_BYTES_MAX,
     HTTP_CONNECTIONS_MAX,
     HTTP_HEADER_BYTES_MAX,
     HTTP_HEADER_TIMEOUT_S,
@@ -71,6 +74,7 @@ _DESCRIPTORS_BESIDE_CONNECTIONS = 256
 class HttpLimits:
     header_bytes_max: int
     headers_max: int
+    body_wire_bytes_max: int
     header_timeout_s: float
     body_timeout_s: float
     keep_alive_timeout_s: int
@@ -80,6 +84,7 @@ class HttpLimits:
 
     def __post_init__(self) -> None:
         assert self.header_bytes_max > 0 and self.headers_max > 0
+        assert self.body_wire_bytes_max >= self.header_bytes_max
         assert self.header_timeout_s > 0 and self.body_timeout_s > 0
         assert self.keep_alive_timeout_s > 0
         assert self.connections_max > 0 and self.backlog_connections_max > 0
@@ -90,6 +95,7 @@ class HttpLimits:
 HTTP_LIMITS = HttpLimits(
     header_bytes_max=HTTP_HEADER_BYTES_MAX,
     headers_max=HTTP_HEADERS_MAX,
+    body_wire_bytes_max=HTTP_BODY_WIRE_BYTES_MAX,
     header_timeout_s=HTTP_HEADER_TIMEOUT_S,
     body_timeout_s=HTTP_BODY_TIMEOUT_S,
     keep_alive_timeout_s=HTTP_KEEP_ALIVE_TIMEOUT_S,
@@ -141,6 +147,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._phase = _IDLE
         self._head_bytes_left = self.limits.header_bytes_max
+        self._body_bytes_left = self.limits.body_wire_bytes_max
         self._read_timer: asyncio.TimerHandle | None = None
         self._read_timer_phase = _IDLE
         self._over_cap = False
@@ -164,21 +171,25 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if len(data) <= self._head_bytes_left:
-            if self._phase != _BODY:
-                self._head_bytes_left -= len(data)
+        if len(data) <= self._head_bytes_left and self._phase != _BODY:
+            self._head_bytes_left -= len(data)
             HttpToolsProtocol.data_received(self, data)
         else:
             self._receive_in_pieces(memoryview(data))
         self._watch_reads()
 
     def _receive_in_pieces(self, data: memoryview) -> None:
-        """A read larger than what the head in progress may still take: a head's piece is what
-        its budget has left (charged before the parser sees it: the end of the message resets
-        the budget), a body's piece is at most one budget."""
+        """A read that is part of a body, or larger than what the head in progress may still
+        take. Each piece is charged to its budget before the parser sees it (the end of the
+        message resets both budgets): a head's piece is what the head's budget has left, a
+        body's is at most one head budget."""
         while data and not self.transport.is_closing():
             if self._phase == _BODY:
-                size = self.limits.header_bytes_max
+                size = min(self.limits.header_bytes_max, len(data))
+                if size > self._body_bytes_left:
+                    self._refuse_body()
+                    return
+                self._body_bytes_left -= size
             else:
                 size = min(self._head_bytes_left, len(data))
                 if size == 0:
@@ -194,6 +205,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_HEADERS_TOO_LARGE)
         self.transport.close()  # what was not read is never read
+
+    def _refuse_body(self) -> None:
+        # Closed without an answer: the app may be writing one.
+        bytes_max = self.limits.body_wire_bytes_max
+        self.logger.warning("closed a request: over %d bytes after its headers", bytes_max)
+        self.transport.close()
 
     # -- parser callbacks --------------------------------------------------------------------------
 
@@ -221,6 +238,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._phase = _IDLE
         self._head_bytes_left = self.limits.header_bytes_max
+        self._body_bytes_left = self.limits.body_wire_bytes_max
         HttpToolsProtocol.on_message_complete(self)
 
     # -- read deadlines ----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The HTTP server's protocol limits (api.server), over real sockets against a real uvicorn
 server on the test's loop, with short timeouts: a head over its byte budget or with too many
-header lines is 431 without being buffered; a connection that stalls or trickles its head or
-its body is closed; an idle keep-alive connection is closed; past the connection cap a new
-connection is refused while the established ones go on. Requests that keep within the limits
-(pipelined, or with a body larger than the head budget) are answered as before.
+header lines is 431 without being buffered, and so are trailers past the body's wire budget
+(closed); a connection that stalls or trickles its head or its body is closed; an idle
+keep-alive connection is closed; past the connection cap a new connection is refused while the
+established ones go on. Requests that keep within the limits (pipelined, chunked, or with a body
+larger than the head budget) are answered as before.
 
 Closes are polled for (a read that ends, or a reset), never timed."""
 
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.anyio
 LIMITS = HttpLimits(
     header_bytes_max=16 * 1024,
     headers_max=20,
+    body_wire_bytes_max=256 * 1024,
     header_timeout_s=0.5,
     body_timeout_s=0.5,
     keep_alive_timeout_s=1,
@@ -184,6 +186,45 @@ async def test_a_16_mb_header_is_refused_early_and_never_buffered(port: int) -> 
     # The kernel's socket buffers took what was sent before the close was seen: a few MB.
     assert sent < header_bytes // 2
     assert _rss_bytes() - before < header_bytes // 4
+
+
+def _chunked(*chunks: bytes, trailer: bytes = b"") -> bytes:
+    head = b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for chunk in chunks)
+    return head + framed + b"0\r\n" + trailer + b"\r\n"
+
+
+async def test_chunked_bodies_within_the_budget_are_answered(port: int) -> None:
+    client = await Client.connect(port)
+    await client.send(_chunked(b"a" * 10, b"b" * 100_000, trailer=b"X-Sum: 1\r\n"))
+    # uvicorn adds the trailer to the request's headers: three.
+    assert (await client.read_response()).endswith(b"\r\n\r\n100010 3")
+    client.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+async def test_a_16_mb_trailer_is_cut_off_and_never_buffered(port: int) -> None:
+    trailer_bytes = 16 * 1024 * 1024
+    before = _rss_bytes()
+    client = await Client.connect(port)
+    chunk = b"t" * (64 * 1024)
+    sent = 0
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):  # the server has closed
+        await client.send(_chunked(b"body")[:-2] + b"X-Trailer: ")
+        while sent < trailer_bytes:
+            await client.send(chunk)
+            sent += len(chunk)
+    client.close()
+    assert sent < trailer_bytes // 2
+    assert _rss_bytes() - before < trailer_bytes // 4
+
+
+async def test_a_body_over_the_wire_budget_is_closed(port: int) -> None:
+    client = await Client.connect(port)
+    with pytest.raises((BrokenPipeError, ConnectionResetError)):
+        await client.send(_post(b"x" * (64 * LIMITS.body_wire_bytes_max)))
+    assert await client.read_until_closed() == b""
+    client.close()
 
 
 async def test_more_header_lines_than_allowed_is_431(port: int) -> None:
