@@ -20,16 +20,15 @@ import os
 import select
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+
+from bench.http import started_service
 
 CHUNK = b"a" * (64 * 1024)
 
@@ -39,35 +38,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _local_service() -> Iterator[tuple[str, int]]:
-    cli = str(Path(sys.executable).parent / "credit-ledger")
-    with tempfile.TemporaryDirectory(prefix="bench-limits-") as tmp:
-        port = _free_port()
-        server = subprocess.Popen(
-            [cli, "serve", "--port", str(port), "--data-dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.1)
-            yield url, server.pid
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
 
 
 def _big_header(port: int, header_bytes: int, deadline_s: float) -> tuple[int, str]:
@@ -208,7 +178,8 @@ def main() -> None:
         parser.error("--url and --pid go together")
     with contextlib.ExitStack() as stack:
         if args.url is None:
-            url, pid = stack.enter_context(_local_service())
+            data_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-limits-"))
+            url, pid = stack.enter_context(started_service(data_dir, []))
         else:
             url, pid = args.url, args.pid
         print(f"service {url} (pid {pid}), code from {os.environ.get('PYTHONPATH') or 'here'}")

@@ -30,8 +30,8 @@ from typing import Any
 import click
 import httpx
 
+from api.cli_keys import create_key_audited, revoke_key_audited
 from ledger import db
-from ledger.repositories import api_keys, audit
 
 URL_DEFAULT = "http://127.0.0.1:8080"
 # How long the probe of a running service waits for /readyz.
@@ -81,30 +81,13 @@ def _database_settings(data_dir: Path | None) -> tuple[db.DatabaseSettings, str]
 
 async def _create_key(pool: db.Pool, name: str) -> tuple[int, str]:
     async with pool.connection() as conn, conn.transaction():
-        row, key = await api_keys.create_key(conn, name=name, scopes=DEMO_SCOPES)
-        await audit.append(
-            conn,
-            actor=AUDIT_ACTOR,
-            action="api_key.create",
-            object_type="api_key",
-            object_id=row.id,
-            details={"name": row.name, "prefix": row.prefix, "scopes": sorted(row.scopes)},
-        )
+        row, key = await create_key_audited(conn, name=name, scopes=DEMO_SCOPES, actor=AUDIT_ACTOR)
     return row.id, key
 
 
 async def _revoke_key(pool: db.Pool, key_id: int) -> None:
     async with pool.connection() as conn, conn.transaction():
-        row = await api_keys.revoke_key(conn, key_id)
-        assert row is not None
-        await audit.append(
-            conn,
-            actor=AUDIT_ACTOR,
-            action="api_key.revoke",
-            object_type="api_key",
-            object_id=row.id,
-            details={"name": row.name, "prefix": row.prefix},
-        )
+        await revoke_key_audited(conn, key_id, actor=AUDIT_ACTOR)
 
 
 @contextlib.asynccontextmanager
