@@ -2,7 +2,11 @@
 Postgres), driven over real HTTP by the Python client. 100 concurrent reservations against a
 hard-limited wallet: exactly the affordable number succeed, and the wallet holds exactly that.
 The engine process killed under a load of debits: the server replaces it and each debit,
-retried with its key, applies once. SIGTERM stops the server and its children."""
+retried with its key, applies once. SIGTERM stops the server and its children.
+Also the server's protocol limits as `serve` configures them, a busy port, `demo` beside a
+running service, /schema rendered offline in a browser, and a Ctrl-C (exit 130, no
+traceback), which, as SIGTERM does, leaves no process behind (engine, movement writer,
+embedded Postgres)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,6 +36,8 @@ from credit_ledger_client.schemas import (
     WalletIn,
 )
 
+from bench import schema_page
+
 CLI = str(Path(sys.executable).parent / "credit-ledger")
 
 
@@ -40,12 +47,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
-    data_dir = tmp_path_factory.mktemp("serve")
+def _env(data_dir: Path) -> dict[str, str]:
     env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": str(data_dir)}
     env.pop("TB_ADDRESSES", None)
     env.pop("DATABASE_URL", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def service(data_dir: Path) -> Iterator[tuple[str, str, int]]:
+    env = _env(data_dir)
     created = subprocess.run(
         [
             CLI,
@@ -69,36 +85,68 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     key = created.stdout.strip()
     assert key.startswith("clk_") and "\n" not in key
     port = _free_port()
-    server = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = _start_serve(env, port)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read() if server.stdout else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("the service did not become ready in 60 s")
+    _wait_ready(server, url)
     yield url, key, server.pid
     # The engine process (a replacement, if one was killed) and the movement writer.
     children = _children(server.pid, "")
     assert _children(server.pid, "ledger.embedded"), "the server runs an engine process"
     server.send_signal(signal.SIGTERM)
     assert server.wait(timeout=30) == 0  # a clean stop on SIGTERM
-    for pid in children:  # and its children stopped with it
-        deadline = time.monotonic() + 10
-        while _children_of_any(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _children_of_any(pid), f"child process {pid} outlived the server"
+    _assert_stopped(children, data_dir)  # and its children and Postgres with it
+
+
+def _start_serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [CLI, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # A group of its own, as a terminal's foreground job: Ctrl-C signals the whole group.
+        start_new_session=True,
+    )
+
+
+def _wait_ready(server: subprocess.Popen[str], url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stdout.read() if server.stdout else ""
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    pytest.fail("the service did not become ready in 60 s")
+
+
+def _assert_stopped(pids: list[int], data_dir: Path) -> None:
+    """Each of `pids` ends, and so does every process on `data_dir` (the embedded Postgres),
+    within a bound that only keeps a failure from hanging the suite."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if _children_of_any(pid)] + _on_data_dir(data_dir)
+        if not left:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"processes outlived the server: {left}")
+
+
+def _on_data_dir(data_dir: Path) -> list[int]:
+    """The running processes whose command line names `data_dir`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"{data_dir}/" in command and _children_of_any(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _children(parent: int, marker: str) -> list[int]:
@@ -160,6 +208,150 @@ def test_100_concurrent_reservations_on_a_hard_limit(service: tuple[str, str, in
         with client.reserve(credit_type="e2e", resource_id=agent.id, amount=10) as r:
             r.settle_amount = 4
         assert client.get_wallet(wallet.id).available == 6
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _send_header(port: int, header_bytes: int) -> int:
+    """Sends a request with one header of `header_bytes`, in chunks, until the server closes
+    the connection; the bytes sent by then."""
+    chunk = b"a" * (64 * 1024)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: e2e\r\nX-Big: ")
+            while sent < header_bytes:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return sent
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_serve_refuses_large_headers_without_holding_them(
+    service: tuple[str, str, int],
+) -> None:
+    url, _, pid = service
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: e2e\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 431 ")
+    # Four at once, 16 MB each: each is refused early; the server holds none of them.
+    header_bytes = 16 * 1024 * 1024
+    before = _rss_bytes(pid)
+    with ThreadPoolExecutor(4) as pool:
+        sent = list(pool.map(lambda _: _send_header(port, header_bytes), range(4)))
+    assert all(n < header_bytes // 2 for n in sent), sent
+    assert _rss_bytes(pid) - before < header_bytes
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+def test_a_busy_port_is_told_before_anything_starts(
+    service: tuple[str, str, int], tmp_path: Path
+) -> None:
+    url, _, _ = service
+    port = url.rsplit(":", 1)[1]
+    busy = subprocess.run(
+        [CLI, "serve", "--port", port],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert busy.returncode == 1
+    assert (
+        f"port {port} is in use on 127.0.0.1: another credit-ledger serve? pick another with --port"
+    ) in busy.stderr
+    assert list(tmp_path.iterdir()) == []  # neither Postgres nor the engine was started
+
+
+def test_demo_tours_the_running_service_with_a_key_of_its_own(
+    service: tuple[str, str, int], data_dir: Path
+) -> None:
+    url, _, _ = service
+    demo = subprocess.run(
+        [CLI, "demo", "--url", url], env=_env(data_dir), capture_output=True, text=True, timeout=120
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert f"a service runs at {url}: touring it over HTTP" in demo.stderr
+    assert f"in the Postgres of the data directory {data_dir}" in demo.stderr
+    assert "402 insufficient_credits (available 50, needed 100)" in demo.stdout
+    listed = subprocess.run(
+        [CLI, "keys", "list"], env=_env(data_dir), capture_output=True, text=True, timeout=60
+    )
+    demo_keys = [line for line in listed.stdout.splitlines() if " demo-" in line]
+    assert len(demo_keys) == 1 and not demo_keys[0].endswith("-"), listed.stdout  # revoked
+    # A data directory where no Postgres runs is not the service's: the demo says so.
+    elsewhere = subprocess.run(
+        [CLI, "demo", "--url", url, "--data-dir", str(data_dir / "elsewhere")],
+        env=_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 1
+    assert "the service keeps its data elsewhere. Pass its --data-dir" in elsewhere.stderr
+
+
+@pytest.mark.skipif(
+    schema_page.chromium() is None,
+    reason="renders /schema in a browser: needs chromium (apt-get install chromium)",
+)
+def test_the_schema_page_lists_the_operations_offline_in_a_browser(
+    service: tuple[str, str, int],
+) -> None:
+    url, _, _ = service
+    rendering = schema_page.render_offline(url)
+    assert "/v1/debits" in rendering.operations and "/v1/check" in rendering.operations
+    assert len(rendering.operations) >= 26
+    assert rendering.elsewhere == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ctrl-C signals the terminal's foreground group: the server, its engine and its movement
+    writer (the embedded Postgres runs in a session of its own)."""
+    data_dir = tmp_path_factory.mktemp("ctrl-c")
+    env = _env(data_dir)
+    created = subprocess.run(
+        [CLI, "keys", "create", "--name", "ctrl-c", "--scope", "admin", "--scope", "runtime"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    port = _free_port()
+    server = _start_serve(env, port)
+    url = f"http://127.0.0.1:{port}"
+    _wait_ready(server, url)
+    with CreditClient(url, created.stdout.strip()) as client:
+        client.create_credit_type(CreditTypeIn(code="c", name="Credits"))
+        customer = client.create_customer(CustomerIn(name="Ctrl-C"))
+        agent = client.create_resource(ResourceIn(customer_id=customer.id, kind=ResourceKind.AGENT))
+        wallet = client.create_wallet(WalletIn(resource_id=agent.id, credit_type="c"))
+        client.create_grant(GrantIn(wallet_id=wallet.id, amount=10, category=Category.PROMOTIONAL))
+        client.create_reservation(ReserveIn(credit_type="c", resource_id=agent.id, amount=1))
+    # The movement writer starts with the first movement; once its batch is written, it runs
+    # (a Ctrl-C while it still imports its modules, before it ignores SIGINT, would show).
+    deadline = time.monotonic() + 30
+    while "credit_movements_queued 0.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, "the movement was not written"
+        time.sleep(0.05)
+    children = _children(server.pid, "ledger.embedded") + _children(server.pid, "movement_writer")
+    assert len(children) == 2
+    os.killpg(server.pid, signal.SIGINT)
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode == 130, output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    assert "Finished server process" in output
+    _assert_stopped(children, data_dir)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
