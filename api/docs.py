@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import functools
 from importlib.resources.abc import Traversable
-from typing import Final
+from typing import Any, Final
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin, SwaggerRenderPlugin
 from litestar.params import FromPath
 from swagger_ui_bundle import swagger_ui_path
+
+from api.openapi import exact
 
 SCHEMA_PATH: Final = "/schema"
 ASSETS_PATH: Final = f"{SCHEMA_PATH}/assets"
@@ -38,10 +40,17 @@ _FILES: Final[Traversable] = swagger_ui_path
 _CACHE = CacheControlHeader(public=True, max_age=3600)
 
 
+class ExactSwaggerRenderPlugin(SwaggerRenderPlugin):
+    """Swagger UI showing the document /schema/openapi.json serves (`api.openapi.refine`d)."""
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        return super().render(request, exact(self, request, openapi_schema))
+
+
 def render_plugins() -> list[OpenAPIRenderPlugin]:
     """The pages under `SCHEMA_PATH`, beside the document's own."""
     return [
-        SwaggerRenderPlugin(
+        ExactSwaggerRenderPlugin(
             js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
             css_url=f"{ASSETS_PATH}/swagger-ui.css",
             standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",

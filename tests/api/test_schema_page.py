@@ -30,6 +30,8 @@ async def test_the_page_loads_only_the_services_own_files(api: Api, page: str) -
         assert asset.headers["content-type"].startswith(MEDIA_TYPES[suffix]), address
         assert len(asset.content) > 500, address
     assert "SwaggerUIBundle(" in r.text and '"/v1/debits"' in r.text  # the document, inline
+    # ... the same one /schema/openapi.json serves, exact (an exactly-one rule litestar lacks)
+    assert "exactly one of `resource_id` and `wallet_id`" in r.text
 
 
 async def test_only_the_pages_files_are_served(api: Api) -> None:
