@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,21 +36,8 @@ from credit_ledger_client.schemas import (
 )
 
 from bench import schema_page
-
-CLI = str(Path(sys.executable).parent / "credit-ledger")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": str(data_dir)}
-    env.pop("TB_ADDRESSES", None)
-    env.pop("DATABASE_URL", None)
-    return env
+from tests.api import served
+from tests.api.served import CLI
 
 
 @pytest.fixture(scope="module")
@@ -61,65 +47,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(data_dir: Path) -> Iterator[tuple[str, str, int]]:
-    env = _env(data_dir)
-    created = subprocess.run(
-        [
-            CLI,
-            "keys",
-            "create",
-            "--name",
-            "e2e",
-            "--scope",
-            "admin",
-            "--scope",
-            "runtime",
-            "--scope",
-            "finance",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    assert key.startswith("clk_") and "\n" not in key
-    port = _free_port()
-    server = _start_serve(env, port)
-    url = f"http://127.0.0.1:{port}"
-    _wait_ready(server, url)
-    yield url, key, server.pid
-    # The engine process (a replacement, if one was killed) and the movement writer.
-    children = _children(server.pid, "")
-    assert _children(server.pid, "ledger.embedded"), "the server runs an engine process"
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=30) == 0  # a clean stop on SIGTERM
-    _assert_stopped(children, data_dir)  # and its children and Postgres with it
-
-
-def _start_serve(env: dict[str, str], port: int, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [CLI, "serve", "--port", str(port), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # A group of its own, as a terminal's foreground job: Ctrl-C signals the whole group.
-        start_new_session=True,
-    )
-
-
-def _wait_ready(server: subprocess.Popen[str], url: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read() if server.stdout else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    server.kill()
-    pytest.fail("the service did not become ready in 60 s")
+    with served.serve(data_dir, key_name="e2e") as service:
+        yield service.url, service.key, service.pid
+        # The engine process (a replacement, if one was killed) and the movement writer.
+        children = _children(service.pid, "")
+        assert _children(service.pid, "ledger.embedded"), "the server runs an engine process"
+    # serve() stopped it with SIGTERM and saw it exit 0; its children and Postgres stop too.
+    _assert_stopped(children, data_dir)
 
 
 def _assert_stopped(pids: list[int], data_dir: Path) -> None:
@@ -259,7 +193,7 @@ def test_a_busy_port_is_told_before_anything_starts(
     port = url.rsplit(":", 1)[1]
     busy = subprocess.run(
         [CLI, "serve", "--port", port],
-        env=_env(tmp_path),
+        env=served.env_for(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -276,21 +210,29 @@ def test_demo_tours_the_running_service_with_a_key_of_its_own(
 ) -> None:
     url, _, _ = service
     demo = subprocess.run(
-        [CLI, "demo", "--url", url], env=_env(data_dir), capture_output=True, text=True, timeout=120
+        [CLI, "demo", "--url", url],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert demo.returncode == 0, demo.stderr
     assert f"a service runs at {url}: touring it over HTTP" in demo.stderr
     assert f"in the Postgres of the data directory {data_dir}" in demo.stderr
     assert "402 insufficient_credits (available 50, needed 100)" in demo.stdout
     listed = subprocess.run(
-        [CLI, "keys", "list"], env=_env(data_dir), capture_output=True, text=True, timeout=60
+        [CLI, "keys", "list"],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     demo_keys = [line for line in listed.stdout.splitlines() if " demo-" in line]
     assert len(demo_keys) == 1 and not demo_keys[0].endswith("-"), listed.stdout  # revoked
     # A data directory where no Postgres runs is not the service's: the demo says so.
     elsewhere = subprocess.run(
         [CLI, "demo", "--url", url, "--data-dir", str(data_dir / "elsewhere")],
-        env=_env(data_dir),
+        env=served.env_for(data_dir),
         capture_output=True,
         text=True,
         timeout=60,
@@ -318,20 +260,13 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) ->
     """Ctrl-C signals the terminal's foreground group: the server, its engine and its movement
     writer (the embedded Postgres runs in a session of its own)."""
     data_dir = tmp_path_factory.mktemp("ctrl-c")
-    env = _env(data_dir)
-    created = subprocess.run(
-        [CLI, "keys", "create", "--name", "ctrl-c", "--scope", "admin", "--scope", "runtime"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    port = _free_port()
-    server = _start_serve(env, port)
+    env = served.env_for(data_dir)
+    key = served.create_key(env, "ctrl-c", ("admin", "runtime"))
+    port = served.free_port()
+    server = served.start_serve(env, port)
     url = f"http://127.0.0.1:{port}"
-    _wait_ready(server, url)
-    with CreditClient(url, created.stdout.strip()) as client:
+    served.wait_ready(server, url)
+    with CreditClient(url, key) as client:
         client.create_credit_type(CreditTypeIn(code="c", name="Credits"))
         customer = client.create_customer(CustomerIn(name="Ctrl-C"))
         agent = client.create_resource(ResourceIn(customer_id=customer.id, kind=ResourceKind.AGENT))
