@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 import psycopg
@@ -105,6 +105,53 @@ def _describe(key: api_keys.ApiKey) -> str:
     return f"API key {_id_text(key.id)} {key.name!r} ({key.prefix}..., scopes {scopes}{bound})"
 
 
+async def create_key_audited(
+    conn: db.Connection,
+    *,
+    name: str,
+    scopes: Iterable[str],
+    customer_id: int | None = None,
+    actor: str = AUDIT_ACTOR,
+) -> tuple[api_keys.ApiKey, str]:
+    """A new key (its row, and the key itself), recorded in the audit log, in the caller's
+    transaction. Raises `api_keys.ActiveKeyLimitReached`."""
+    row, key = await api_keys.create_key(conn, name=name, scopes=scopes, customer_id=customer_id)
+    customer_text = None if customer_id is None else _id_text(customer_id)
+    details = {"scopes": sorted(row.scopes), "customer_id": customer_text}
+    await _audit(conn, actor, "api_key.create", row, details)
+    return row, key
+
+
+async def revoke_key_audited(
+    conn: db.Connection, key_id: int, *, actor: str = AUDIT_ACTOR
+) -> tuple[api_keys.ApiKey, bool] | None:
+    """Revokes a key, recorded in the audit log the first time, in the caller's transaction:
+    its row and whether it was revoked now (not already); None when no key has the id."""
+    before = await api_keys.get_key(conn, key_id)
+    if before is None:
+        return None
+    row = await api_keys.revoke_key(conn, key_id)
+    assert row is not None and row.revoked_at is not None
+    if before.revoked_at is not None:
+        return row, False
+    await _audit(conn, actor, "api_key.revoke", row, {})
+    return row, True
+
+
+async def _audit(
+    conn: db.Connection, actor: str, action: str, row: api_keys.ApiKey, details: dict[str, Any]
+) -> None:
+    """An audit entry about a key: its name and prefix, never the key."""
+    await audit.append(
+        conn,
+        actor=actor,
+        action=action,
+        object_type="api_key",
+        object_id=row.id,
+        details={"name": row.name, "prefix": row.prefix, **details},
+    )
+
+
 @click.group(name="keys")
 def keys() -> None:
     """Create, list and revoke API keys."""
@@ -130,25 +177,9 @@ def create(name: str, scopes: Sequence[str], customer: int | None) -> None:
         if customer is not None and await customers.get_customer(conn, customer) is None:
             raise click.ClickException(f"no customer has the id {_id_text(customer)}")
         try:
-            row, key = await api_keys.create_key(
-                conn, name=name, scopes=scopes, customer_id=customer
-            )
+            return await create_key_audited(conn, name=name, scopes=scopes, customer_id=customer)
         except api_keys.ActiveKeyLimitReached as error:
             raise click.ClickException(f"{error}; revoke one first") from error
-        await audit.append(
-            conn,
-            actor=AUDIT_ACTOR,
-            action="api_key.create",
-            object_type="api_key",
-            object_id=row.id,
-            details={
-                "name": row.name,
-                "prefix": row.prefix,
-                "scopes": sorted(row.scopes),
-                "customer_id": None if customer is None else _id_text(customer),
-            },
-        )
-        return row, key
 
     row, key = _run(work)
     click.echo(key)
@@ -200,22 +231,10 @@ def revoke(key_id: int | None) -> None:
     assert key_id is not None  # a required argument
 
     async def work(conn: db.Connection) -> tuple[api_keys.ApiKey, bool]:
-        before = await api_keys.get_key(conn, key_id)
-        if before is None:
+        revoked = await revoke_key_audited(conn, key_id)
+        if revoked is None:
             raise click.ClickException(f"no API key has the id {_id_text(key_id)}")
-        row = await api_keys.revoke_key(conn, key_id)
-        assert row is not None and row.revoked_at is not None
-        if before.revoked_at is not None:
-            return row, False
-        await audit.append(
-            conn,
-            actor=AUDIT_ACTOR,
-            action="api_key.revoke",
-            object_type="api_key",
-            object_id=row.id,
-            details={"name": row.name, "prefix": row.prefix},
-        )
-        return row, True
+        return revoked
 
     row, revoked_now = _run(work)
     if revoked_now:

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request
 from litestar.enums import ParamType
-from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
 from litestar.openapi.spec import (
     Components,
     OpenAPIFormat,
@@ -212,17 +212,20 @@ def open_paths(app: Litestar) -> frozenset[str]:
     )
 
 
-class ExactJsonRenderPlugin(JsonRenderPlugin):
-    """`/schema/openapi.json`: litestar's document, `refine`d once."""
+def exact(plugin: OpenAPIRenderPlugin, request: Request[Any, Any, Any], raw: dict[str, Any]) -> Any:
+    """The `refine`d document, made once per render plugin: every page shows the same one."""
+    document: dict[str, Any] | None = getattr(plugin, "_exact_document", None)
+    if document is None:
+        document = refine(raw, open_paths(request.app))
+        plugin._exact_document = document  # type: ignore[attr-defined]
+    return document
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._document: dict[str, Any] | None = None
+
+class ExactJsonRenderPlugin(JsonRenderPlugin):
+    """`/schema/openapi.json`: litestar's document, `refine`d."""
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
-        if self._document is None:
-            self._document = refine(openapi_schema, open_paths(request.app))
-        return super().render(request, self._document)
+        return super().render(request, exact(self, request, openapi_schema))
 
 
 def query_parameters(cls: type[msgspec.Struct]) -> list[Parameter]:

@@ -103,6 +103,32 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
+def started_service(data_dir: str, serve_args: list[str]) -> Iterator[tuple[str, int]]:
+    """`credit-ledger serve` on a free port over `data_dir`, once ready: its URL and pid. It is
+    stopped (SIGTERM) on the way out."""
+    cli = str(Path(sys.executable).parent / "credit-ledger")
+    env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": data_dir}
+    port = _free_port()
+    server = subprocess.Popen(
+        [cli, "serve", "--port", str(port), *serve_args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@contextlib.contextmanager
 def _local_service(serve_args: list[str]) -> Iterator[tuple[str, str]]:
     cli = str(Path(sys.executable).parent / "credit-ledger")
     with tempfile.TemporaryDirectory(prefix="bench-http-") as tmp:
@@ -114,24 +140,8 @@ def _local_service(serve_args: list[str]) -> Iterator[tuple[str, str]]:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        port = _free_port()
-        server = subprocess.Popen(
-            [cli, "serve", "--port", str(port), *serve_args],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.1)
+        with started_service(tmp, serve_args) as (url, _):
             yield url, key
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 def _setup(url: str, key: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ every layer (the edges `api` and `jobs` may not import each other; this package 
     credit-ledger migrate
     credit-ledger keys create|list|revoke
     credit-ledger reconcile [--abandon-grant ID --reason TEXT]
-    credit-ledger demo    [--url URL --key KEY]
+    credit-ledger demo    [--url URL] [--key KEY] [--data-dir DIR]
 
 Defaults are embedded: TigerBeetle's state machine in-process (journal under
 DATA_DIR/engine) and Postgres 16 started by the project (DATA_DIR/postgres). TB_ADDRESSES and
@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from ledger.migrate import migrate as apply_migrations
 from ledger.settings import LedgerSettings
 
 DATA_DIR_DEFAULT = ".data"
+# The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
 @dataclass
@@ -46,7 +49,7 @@ class Runtime:
     conninfo: str
 
 
-def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
+def env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     if data_dir is not None:
         env["CREDIT_LEDGER_DATA_DIR"] = str(data_dir)
@@ -57,7 +60,7 @@ def _env_with_data_dir(data_dir: Path | None) -> dict[str, str]:
 async def runtime(data_dir: Path | None, *, engine_process: bool = False) -> AsyncIterator[Runtime]:
     """The engine and the database of this process, migrated; closed on the way out. With
     `engine_process`, the embedded engine runs in a child process (as the server runs it)."""
-    env = _env_with_data_dir(data_dir)
+    env = env_with_data_dir(data_dir)
     database = db.DatabaseSettings.from_env(env)
     conninfo = await db.resolve_conninfo(database)
     pool = await db.open_pool(database, conninfo=conninfo)
@@ -75,7 +78,20 @@ async def runtime(data_dir: Path | None, *, engine_process: bool = False) -> Asy
         await db.close(pool)
 
 
-@click.group()
+class _Commands(click.Group):
+    """The commands, where Ctrl-C ends a command as interrupted (exit status 130) without
+    click's "Aborted!". A server stops on its own terms (it catches the signal, see `serve`);
+    elsewhere the KeyboardInterrupt comes out of `asyncio.run`, which cancelled the command's
+    coroutine first, so its cleanup has run."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Exact, fast, auditable credits for AI products, on TigerBeetle."""
 
@@ -119,22 +135,26 @@ def serve(
     engine_process: bool,
     with_jobs: bool,
 ) -> None:
-    """Run the HTTP API (and the background jobs)."""
+    """Run the HTTP API (and the background jobs). Ctrl-C or SIGTERM stops it cleanly."""
+    # The port first: a busy one is told before Postgres or the engine start.
+    sock = _listen_or_exit(host, port)
     _use_uvloop()
-    asyncio.run(_serve(data_dir, host, port, access_log, engine_process, with_jobs))
+    stopped_by = asyncio.run(_serve(sock, data_dir, access_log, engine_process, with_jobs))
+    if stopped_by == signal.SIGINT:
+        sys.exit(EXIT_INTERRUPTED)
 
 
 async def _serve(
+    sock: socket.socket,
     data_dir: Path | None,
-    host: str,
-    port: int,
     access_log: bool,
     engine_process: bool,
     with_jobs: bool,
-) -> None:
-    import uvicorn
-
+) -> int | None:
+    """Serves until a signal stops the server, and returns that signal, once everything is
+    closed (the server, then the engine, the pool and the embedded Postgres)."""
     from api.app import ApiSettings, create_app
+    from api.server import HTTP_LIMITS, Server, configure
     from jobs.scheduler import Jobs, JobSettings
     from ledger.heap import HeapPolicy
 
@@ -148,22 +168,34 @@ async def _serve(
             jobs = Jobs(app.state.services.control, JobSettings())
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
             app.on_shutdown.append(jobs.stop)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            loop="none",
-            lifespan="on",
-            access_log=access_log,
-            log_level="info",
-            timeout_graceful_shutdown=10,
+        server = Server(
+            configure(
+                app,
+                sock,
+                limits=HTTP_LIMITS,
+                access_log=access_log,
+                log_level="info",
+            )
         )
-        server = uvicorn.Server(config)
+        host, port = sock.getsockname()[:2]
         click.echo(
-            f"credit-ledger: engine {rt.ledger.engine_name}, listening on http://{host}:{port}",
+            f"credit-ledger: engine {rt.ledger.engine_name}, listening on http://{host}:{port}"
+            " (Ctrl-C stops it)",
             err=True,
         )
-        await server.serve()
+        await server.serve(sockets=[sock])
+        return server.stopped_by
+
+
+def _listen_or_exit(host: str, port: int) -> socket.socket:
+    from api.server import PortInUse, listen
+
+    try:
+        return listen(host, port)
+    except PortInUse as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
 
 
 def _start(coro: Any, state: Any) -> None:
@@ -210,16 +242,29 @@ def migrate(data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--url", default=None, help="A running service; default: start one in-process.")
-@click.option("--key", default=None, help="An admin+runtime API key for --url.")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--url",
+    default=None,
+    help="The service to tour. Default: the one at http://127.0.0.1:8080 if it runs, else one "
+    "started in this process on the embedded defaults.",
+)
+@click.option(
+    "--key",
+    default=None,
+    help="An admin+runtime API key for the service. Default: a key named demo-... created in "
+    "the service's database (that of --data-dir, or DATABASE_URL) and revoked at the end.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The service's data directory (default $CREDIT_LEDGER_DATA_DIR or .data).",
+)
 def demo(url: str | None, key: str | None, data_dir: Path | None) -> None:
     """Create a customer, a team and an agent, grant paid and promotional credits, reserve and
     settle, hit the limit, and print balances and entries."""
     from cli.demo import run_demo
 
-    if (url is None) != (key is None):
-        raise click.UsageError("--url and --key go together")
     _use_uvloop()
     asyncio.run(run_demo(url, key, data_dir))
 

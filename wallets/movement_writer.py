@@ -17,6 +17,7 @@ import json
 import logging
 import marshal
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import IO, Any
@@ -110,6 +111,9 @@ async def serve(target: dict[str, Any], stdin: IO[bytes], stdout: IO[bytes]) -> 
 
 
 def main() -> None:
+    # A Ctrl-C reaches the whole process group: the server stops first, then ends this process
+    # by closing its stdin (as the engine process does, ledger.embedded.process).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s - movement writer - %(message)s")
     target = json.loads(os.environ[TARGET_ENV])
     asyncio.run(serve(target, sys.stdin.buffer, sys.stdout.buffer))

@@ -13,10 +13,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
 CLI = str(Path(sys.executable).parent / "credit-ledger")
+SCOPES_ALL = ("admin", "runtime", "finance")
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def create_key(env: dict[str, str], name: str) -> str:
-    scopes = ["--scope", "admin", "--scope", "runtime", "--scope", "finance"]
+def env_for(data_dir: Path) -> dict[str, str]:
+    """The environment of a service on `data_dir` alone (no cluster, no outside Postgres)."""
+    env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": str(data_dir)}
+    env.pop("TB_ADDRESSES", None)
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def create_key(env: dict[str, str], name: str, scopes: tuple[str, ...] = SCOPES_ALL) -> str:
+    scope_args = [arg for scope in scopes for arg in ("--scope", scope)]
     created = subprocess.run(
-        [CLI, "keys", "create", "--name", name, *scopes],
+        [CLI, "keys", "create", "--name", name, *scope_args],
         env=env,
         capture_output=True,
         text=True,
@@ -52,34 +62,50 @@ def create_key(env: dict[str, str], name: str) -> str:
     return key
 
 
+def start_serve(
+    env: dict[str, str], port: int, *args: str, output: IO[str] | None = None
+) -> subprocess.Popen[str]:
+    """`serve` in a process group of its own, as a terminal's foreground job (Ctrl-C signals
+    the whole group); what it prints goes to `output`, or to a pipe for `communicate()`."""
+    return subprocess.Popen(
+        [CLI, "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE if output is None else output,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_ready(server: subprocess.Popen[str], url: str, ready_s: float = 60.0) -> None:
+    deadline = time.monotonic() + ready_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            output = server.stdout.read() if server.stdout else ""
+            raise AssertionError(f"serve exited with {server.returncode}: {output}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    server.kill()
+    raise AssertionError(f"the service did not become ready in {ready_s} s")
+
+
 @contextlib.contextmanager
-def serve(data_dir: Path, *args: str, ready_s: float = 60.0) -> Iterator[Served]:
+def serve(data_dir: Path, *args: str, key_name: str = "served") -> Iterator[Served]:
     """The service, ready; stopped with SIGTERM (and checked to stop cleanly) on the way out."""
-    env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": str(data_dir)}
-    env.pop("TB_ADDRESSES", None)
-    env.pop("DATABASE_URL", None)
-    key = create_key(env, "served")
+    env = env_for(data_dir)
+    key = create_key(env, key_name)
     port = free_port()
     log = data_dir / "serve.log"
     with log.open("w") as output:
-        server = subprocess.Popen(
-            [CLI, "serve", "--port", str(port), *args],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+        server = start_serve(env, port, *args, output=output)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + ready_s
-    while time.monotonic() < deadline:
-        assert server.poll() is None, log.read_text(errors="replace")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        raise AssertionError(f"the service did not become ready in {ready_s} s")
+    try:
+        wait_ready(server, url)
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{log.read_text(errors='replace')}") from None
     try:
         yield Served(url, key, server.pid, data_dir, log)
     finally:

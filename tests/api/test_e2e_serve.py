@@ -2,7 +2,11 @@
 Postgres), driven over real HTTP by the Python client. 100 concurrent reservations against a
 hard-limited wallet: exactly the affordable number succeed, and the wallet holds exactly that.
 The engine process killed under a load of debits: the server replaces it and each debit,
-retried with its key, applies once. SIGTERM stops the server and its children."""
+retried with its key, applies once. SIGTERM stops the server and its children.
+Also the server's protocol limits as `serve` configures them, a busy port, `demo` beside a
+running service, /schema rendered offline in a browser, and a Ctrl-C (exit 130, no
+traceback), which, as SIGTERM does, leaves no process behind (engine, movement writer,
+embedded Postgres)."""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,74 +35,52 @@ from credit_ledger_client.schemas import (
     WalletIn,
 )
 
-CLI = str(Path(sys.executable).parent / "credit-ledger")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench import schema_page
+from tests.api import served
+from tests.api.served import CLI
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, int]]:
-    data_dir = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "CREDIT_LEDGER_DATA_DIR": str(data_dir)}
-    env.pop("TB_ADDRESSES", None)
-    env.pop("DATABASE_URL", None)
-    created = subprocess.run(
-        [
-            CLI,
-            "keys",
-            "create",
-            "--name",
-            "e2e",
-            "--scope",
-            "admin",
-            "--scope",
-            "runtime",
-            "--scope",
-            "finance",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip()
-    assert key.startswith("clk_") and "\n" not in key
-    port = _free_port()
-    server = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def service(data_dir: Path) -> Iterator[tuple[str, str, int]]:
+    with served.serve(data_dir, key_name="e2e") as service:
+        yield service.url, service.key, service.pid
+        # The engine process (a replacement, if one was killed) and the movement writer.
+        children = _children(service.pid, "")
+        assert _children(service.pid, "ledger.embedded"), "the server runs an engine process"
+    # serve() stopped it with SIGTERM and saw it exit 0; its children and Postgres stop too.
+    _assert_stopped(children, data_dir)
+
+
+def _assert_stopped(pids: list[int], data_dir: Path) -> None:
+    """Each of `pids` ends, and so does every process on `data_dir` (the embedded Postgres),
+    within a bound that only keeps a failure from hanging the suite."""
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        assert server.poll() is None, server.stdout.read() if server.stdout else ""
+        left = [pid for pid in pids if _children_of_any(pid)] + _on_data_dir(data_dir)
+        if not left:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"processes outlived the server: {left}")
+
+
+def _on_data_dir(data_dir: Path) -> list[int]:
+    """The running processes whose command line names `data_dir`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("the service did not become ready in 60 s")
-    yield url, key, server.pid
-    # The engine process (a replacement, if one was killed) and the movement writer.
-    children = _children(server.pid, "")
-    assert _children(server.pid, "ledger.embedded"), "the server runs an engine process"
-    server.send_signal(signal.SIGTERM)
-    assert server.wait(timeout=30) == 0  # a clean stop on SIGTERM
-    for pid in children:  # and its children stopped with it
-        deadline = time.monotonic() + 10
-        while _children_of_any(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _children_of_any(pid), f"child process {pid} outlived the server"
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"{data_dir}/" in command and _children_of_any(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _children(parent: int, marker: str) -> list[int]:
@@ -160,6 +142,151 @@ def test_100_concurrent_reservations_on_a_hard_limit(service: tuple[str, str, in
         with client.reserve(credit_type="e2e", resource_id=agent.id, amount=10) as r:
             r.settle_amount = 4
         assert client.get_wallet(wallet.id).available == 6
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _send_header(port: int, header_bytes: int) -> int:
+    """Sends a request with one header of `header_bytes`, in chunks, until the server closes
+    the connection; the bytes sent by then."""
+    chunk = b"a" * (64 * 1024)
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        try:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: e2e\r\nX-Big: ")
+            while sent < header_bytes:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return sent
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_serve_refuses_large_headers_without_holding_them(
+    service: tuple[str, str, int],
+) -> None:
+    url, _, pid = service
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: e2e\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 431 ")
+    # Four at once, 16 MB each: each is refused early; the server holds none of them.
+    header_bytes = 16 * 1024 * 1024
+    before = _rss_bytes(pid)
+    with ThreadPoolExecutor(4) as pool:
+        sent = list(pool.map(lambda _: _send_header(port, header_bytes), range(4)))
+    assert all(n < header_bytes // 2 for n in sent), sent
+    assert _rss_bytes(pid) - before < header_bytes
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+def test_a_busy_port_is_told_before_anything_starts(
+    service: tuple[str, str, int], tmp_path: Path
+) -> None:
+    url, _, _ = service
+    port = url.rsplit(":", 1)[1]
+    busy = subprocess.run(
+        [CLI, "serve", "--port", port],
+        env=served.env_for(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert busy.returncode == 1
+    assert (
+        f"port {port} is in use on 127.0.0.1: another credit-ledger serve? pick another with --port"
+    ) in busy.stderr
+    assert list(tmp_path.iterdir()) == []  # neither Postgres nor the engine was started
+
+
+def test_demo_tours_the_running_service_with_a_key_of_its_own(
+    service: tuple[str, str, int], data_dir: Path
+) -> None:
+    url, _, _ = service
+    demo = subprocess.run(
+        [CLI, "demo", "--url", url],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert f"a service runs at {url}: touring it over HTTP" in demo.stderr
+    assert f"in the Postgres of the data directory {data_dir}" in demo.stderr
+    assert "402 insufficient_credits (available 50, needed 100)" in demo.stdout
+    listed = subprocess.run(
+        [CLI, "keys", "list"],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    demo_keys = [line for line in listed.stdout.splitlines() if " demo-" in line]
+    assert len(demo_keys) == 1 and not demo_keys[0].endswith("-"), listed.stdout  # revoked
+    # A data directory where no Postgres runs is not the service's: the demo says so.
+    elsewhere = subprocess.run(
+        [CLI, "demo", "--url", url, "--data-dir", str(data_dir / "elsewhere")],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert elsewhere.returncode == 1
+    assert "the service keeps its data elsewhere. Pass its --data-dir" in elsewhere.stderr
+
+
+@pytest.mark.skipif(
+    schema_page.chromium() is None,
+    reason="renders /schema in a browser: needs chromium (apt-get install chromium)",
+)
+def test_the_schema_page_lists_the_operations_offline_in_a_browser(
+    service: tuple[str, str, int],
+) -> None:
+    url, _, _ = service
+    rendering = schema_page.render_offline(url)
+    assert "/v1/debits" in rendering.operations and "/v1/check" in rendering.operations
+    assert len(rendering.operations) >= 26
+    assert rendering.elsewhere == set()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Ctrl-C signals the terminal's foreground group: the server, its engine and its movement
+    writer (the embedded Postgres runs in a session of its own)."""
+    data_dir = tmp_path_factory.mktemp("ctrl-c")
+    env = served.env_for(data_dir)
+    key = served.create_key(env, "ctrl-c", ("admin", "runtime"))
+    port = served.free_port()
+    server = served.start_serve(env, port)
+    url = f"http://127.0.0.1:{port}"
+    served.wait_ready(server, url)
+    with CreditClient(url, key) as client:
+        client.create_credit_type(CreditTypeIn(code="c", name="Credits"))
+        customer = client.create_customer(CustomerIn(name="Ctrl-C"))
+        agent = client.create_resource(ResourceIn(customer_id=customer.id, kind=ResourceKind.AGENT))
+        wallet = client.create_wallet(WalletIn(resource_id=agent.id, credit_type="c"))
+        client.create_grant(GrantIn(wallet_id=wallet.id, amount=10, category=Category.PROMOTIONAL))
+        client.create_reservation(ReserveIn(credit_type="c", resource_id=agent.id, amount=1))
+    # The movement writer starts with the first movement; once its batch is written, it runs
+    # (a Ctrl-C while it still imports its modules, before it ignores SIGINT, would show).
+    deadline = time.monotonic() + 30
+    while "credit_movements_queued 0.0" not in httpx.get(f"{url}/metrics", timeout=5).text:
+        assert time.monotonic() < deadline, "the movement was not written"
+        time.sleep(0.05)
+    children = _children(server.pid, "ledger.embedded") + _children(server.pid, "movement_writer")
+    assert len(children) == 2
+    os.killpg(server.pid, signal.SIGINT)
+    output, _ = server.communicate(timeout=30)
+    assert server.returncode == 130, output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    assert "Finished server process" in output
+    _assert_stopped(children, data_dir)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
