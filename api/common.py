@@ -167,7 +167,8 @@ def amount_of(services: Services, ledger: int, amount: int | None, usage: w.Usag
         raise InvalidRequest("give exactly one of amount and usage", field="amount")
     if usage is not None:
         try:
-            return services.catalog.price(usage.feature, ledger, usage.quantity)
+            now_ns = services.service.clock_ns()
+            return services.catalog.price(usage.feature, ledger, usage.quantity, now_ns)
         except Exception as error:  # PathError: no price
             raise InvalidRequest(str(error), field="usage.feature") from None
     assert amount is not None

@@ -1,7 +1,8 @@
 """What the OpenAPI document says beyond what litestar infers: each route's problem+json
-responses by code, the Idempotency-Key header, an example body, and the bearer scheme; and the
-bodies' schemas as msgspec, which decodes them, defines them (`refine`), so that a client (or a
-fuzzer) generated from the document sends what the service accepts and expects what it answers.
+responses by code, the Idempotency-Key header, an example body, a list's query parameters, and
+the bearer scheme; and the bodies' schemas as msgspec, which decodes them, defines them
+(`refine`), so that a client (or a fuzzer) generated from the document sends what the service
+accepts and expects what it answers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from litestar.enums import ParamType
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
 from litestar.openapi.spec import (
     Components,
+    OpenAPIFormat,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
@@ -71,9 +73,13 @@ WRITE = (
 
 
 def operation(
-    *codes: str, idempotent: bool = True, example: dict[str, Any] | None = None
+    *codes: str,
+    idempotent: bool = True,
+    example: dict[str, Any] | None = None,
+    query: type[msgspec.Struct] | None = None,
 ) -> type[Operation]:
-    """An Operation class for one route: `codes` are the problems it documents."""
+    """An Operation class for one route: `codes` are the problems it documents; `query` the
+    struct its query string is decoded with (api.paging), whose fields it documents."""
     problems = sorted(set(codes))
     assert set(problems) <= set(STATUS), problems
 
@@ -100,6 +106,8 @@ def operation(
                     },
                 )
             self.responses = responses
+            if query is not None:
+                self.parameters = [*(self.parameters or []), *query_parameters(query)]
             if idempotent:
                 self.parameters = [
                     *(self.parameters or []),
@@ -218,3 +226,49 @@ class ExactJsonRenderPlugin(JsonRenderPlugin):
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return super().render(request, exact(self, request, openapi_schema))
+
+
+def query_parameters(cls: type[msgspec.Struct]) -> list[Parameter]:
+    """The fields of a query struct as OpenAPI query parameters, from msgspec's JSON schema of
+    it (one source: the struct that decodes them)."""
+    document = msgspec.json.schema(cls)
+    definitions: dict[str, Any] = document["$defs"]
+    struct = definitions[cls.__name__]
+    required = set(struct.get("required", []))
+    parameters = []
+    for name, prop in struct["properties"].items():
+        schema = _schema(prop, definitions)
+        parameters.append(
+            Parameter(
+                name=name,
+                param_in=ParamType.QUERY,
+                required=name in required,
+                schema=schema,
+                description=schema.description,
+            )
+        )
+    return parameters
+
+
+def _schema(prop: dict[str, Any], definitions: dict[str, Any]) -> Schema:
+    """A litestar Schema of one JSON-schema property: a nullable one as its non-null type, a
+    reference as what it names (an enum)."""
+    default = prop.get("default")
+    for option in prop.get("anyOf", ()):
+        if option.get("type") != "null":
+            prop = option
+    if "$ref" in prop:
+        prop = definitions[prop["$ref"].rsplit("/", 1)[-1]]
+    return Schema(
+        # The enums of the wire contract are of strings; msgspec leaves their type implied.
+        type=OpenAPIType(prop.get("type", "string")),
+        format=OpenAPIFormat(prop["format"]) if "format" in prop else None,
+        enum=prop.get("enum"),
+        minimum=prop.get("minimum"),
+        maximum=prop.get("maximum"),
+        min_length=prop.get("minLength"),
+        max_length=prop.get("maxLength"),
+        pattern=prop.get("pattern"),
+        default=default,
+        description=prop.get("description"),
+    )

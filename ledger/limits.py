@@ -85,6 +85,16 @@ DIMENSIONS_MAX = 16
 DIMENSION_NAME_CHARS_MAX = 64
 DIMENSION_VALUE_CHARS_MAX = 256
 
+# Lists of the API (customers, resources, wallets, grants, reservations, budgets, prices): rows
+# per page when the caller does not say, and at most; a cursor is at most this many characters.
+LIST_PAGE_ROWS_DEFAULT = 100
+LIST_PAGE_ROWS_MAX = 1000
+LIST_CURSOR_CHARS_MAX = 200
+# A list of reservations reads the engine: at most this many set-up legs are examined for one
+# page, so a status filter that matches little still answers in bounded time (with a cursor to
+# go on from).
+RESERVATIONS_SCANNED_PER_PAGE_MAX = 2000
+
 # Reservations: default and longest timeout.
 RESERVATION_TIMEOUT_S_DEFAULT = 3600
 RESERVATION_TIMEOUT_S_MAX = 24 * 3600
@@ -105,3 +115,5 @@ assert ENGINE_RESTART_PAUSE_S_MIN * 2 ** (ENGINE_RESTART_ATTEMPTS_MAX - 2) >= (
     ENGINE_RESTART_PAUSE_S_MAX
 )
 assert 0 < ENGINE_EXIT_GRACE_S < ENGINE_START_TIMEOUT_S
+assert 1 <= LIST_PAGE_ROWS_DEFAULT <= LIST_PAGE_ROWS_MAX <= RESERVATIONS_SCANNED_PER_PAGE_MAX
+assert RESERVATIONS_SCANNED_PER_PAGE_MAX <= BATCH_EVENTS_MAX

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import datetime as dt
 import threading
@@ -127,8 +128,10 @@ class Catalog:
         self.grants_of: dict[int, tuple[Grant, ...]] = {}
         self.budgets: dict[int, Budget] = {}
         self.budgets_of: dict[tuple[int, int], tuple[Budget, ...]] = {}
-        # (feature, credit type) -> credits per unit: usage priced without a deploy.
-        self.prices: dict[tuple[str, int], int] = {}
+        # (feature, credit type) -> its price history: the times each price takes effect (ns,
+        # ascending) and the credits per unit from then. Usage is priced without a deploy, and
+        # a price set for a time to come takes over at that time by itself.
+        self.prices: dict[tuple[str, int], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         # Every write since the last whole load began, numbered: a load re-applies those made
         # after its snapshot was read, so it never takes back what this process just did.
         self.generation = 0
@@ -194,18 +197,33 @@ class Catalog:
                     g for g in self.grants_of.get(grant.wallet_id, ()) if g.id != grant_id
                 )
 
-    def put_price(self, feature: str, ledger: int, credits_per_unit: int) -> None:
-        self._note("put_price", (feature, ledger, credits_per_unit))
-        self.prices[(feature, ledger)] = credits_per_unit
+    def put_price(
+        self, feature: str, ledger: int, effective_at_ns: int, credits_per_unit: int
+    ) -> None:
+        """One entry of a price's history: `credits_per_unit` from `effective_at_ns` on (an
+        entry of the same time is replaced: entries are never changed, so it is the same)."""
+        self._note("put_price", (feature, ledger, effective_at_ns, credits_per_unit))
+        with self._lock:
+            times, amounts = self.prices.get((feature, ledger), ((), ()))
+            entries = dict(zip(times, amounts, strict=True))
+            entries[effective_at_ns] = credits_per_unit
+            ordered = sorted(entries.items())
+            # One assignment: a reader sees the old history or the new one, never half of it.
+            self.prices[(feature, ledger)] = (
+                tuple(t for t, _ in ordered),
+                tuple(a for _, a in ordered),
+            )
 
-    def price(self, feature: str, ledger: int, quantity: int) -> int:
-        """The credits `quantity` units of `feature` cost now."""
-        per_unit = self.prices.get((feature, ledger))
-        if per_unit is None:
+    def price(self, feature: str, ledger: int, quantity: int, at_ns: int) -> int:
+        """The credits `quantity` units of `feature` cost at `at_ns`: at the price in force
+        then (the latest entry of its history that took effect at or before it)."""
+        times, amounts = self.prices.get((feature, ledger), ((), ()))
+        index = bisect.bisect_right(times, at_ns) - 1
+        if index < 0:
             raise PathError(
                 f"no price for feature {feature!r} in credit type {self._code(ledger)!r}"
             )
-        return per_unit * quantity
+        return amounts[index] * quantity
 
     def drop_budget(self, budget_id: int) -> None:
         self._note("drop_budget", budget_id)
@@ -344,7 +362,7 @@ class Catalog:
         wallets: Iterable[Wallet],
         grants: Iterable[Grant],
         budgets: Iterable[Budget],
-        prices: Iterable[tuple[str, int, int]] = (),
+        prices: Iterable[tuple[str, int, int, int]] = (),
         *,
         since: int | None = None,
     ) -> None:
@@ -352,8 +370,8 @@ class Catalog:
         read after write number `since` of this cache; the writes made here after it are applied
         again on top, so a load never undoes them."""
         fresh = Catalog()
-        for feature, ledger, credits_per_unit in prices:
-            fresh.put_price(feature, ledger, credits_per_unit)
+        for feature, ledger, effective_at_ns, credits_per_unit in prices:
+            fresh.put_price(feature, ledger, effective_at_ns, credits_per_unit)
         for credit_type in credit_types:
             fresh.put_credit_type(credit_type)
         pending = list(resources)

@@ -15,6 +15,7 @@ TigerBeetle that Postgres has not recorded first.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -37,17 +38,20 @@ from grants.model import Category, Grant, Source
 from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
+from ledger.codes import AccountCode
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import (
     derive_id,
     id_text,
     idempotency_key_bytes,
     operation_id,
+    overdraft_account_id,
     request_fingerprint,
 )
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     ASSET_SCALE_MAX,
+    BATCH_EVENTS_MAX,
     BUSINESS_TIME_NS_MAX,
     BUSINESS_TIME_NS_MIN,
     MONEY_MINOR_MAX,
@@ -65,11 +69,28 @@ from ledger.repositories import (
     prices,
     reconcile_failures,
     resources,
+    wallet_changes,
     wallets,
 )
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
-from wallets.catalog import Budget, Catalog, CreditType, OverdraftMode, Period, Resource, Wallet
+from ledger.repositories.wallet_changes import ChangeState
+from wallets.catalog import (
+    Budget,
+    Catalog,
+    CreditType,
+    OverdraftMode,
+    Period,
+    Resource,
+    Wallet,
+    period_start_ns,
+)
+from wallets.limit_accounts import (
+    LimitMove,
+    budget_period_account,
+    move_limit,
+    open_limit_account,
+)
 from wallets.service import CreditService
 
 R = TypeVar("R")
@@ -105,6 +126,12 @@ class ReconcileReport(msgspec.Struct, frozen=True):
     failed: list[ReconcileFailure] = []
     # Why the pass stopped early (the engine did not answer), or None.
     interrupted: str | None = None
+    wallet_changes_finished: list[int] = []  # pending policy changes applied or refused
+    budgets: int = 0  # active budgets whose current period was brought to its cap
+
+
+class PolicyRefused(Conflict):
+    """The ledger refused a change of an overdraft limit: more is drawn than the new limit."""
 
 
 class ControlPlane:
@@ -143,7 +170,7 @@ class ControlPlane:
                 Budget(b.id, b.resource_id, b.credit_type_id, b.period, b.cap)
                 for b in snapshot.budgets
             ],
-            [(p.feature, p.credit_type_id, p.credits_per_unit) for p in snapshot.prices],
+            [_price(p) for p in snapshot.prices],
             since=since,
         )
         await self.grant_service.track_voided([_grant(g) for g in voided])
@@ -197,10 +224,10 @@ class ControlPlane:
                 else:
                     self.catalog.drop_budget(row_id)
             elif table == "prices":
-                for price in await prices.list_prices(conn):
-                    self.catalog.put_price(
-                        price.feature, price.credit_type_id, price.credits_per_unit
-                    )
+                # A price row is never changed: the new one is all there is to learn.
+                price = await prices.get_price(conn, row_id)
+                if price is not None:
+                    self.catalog.put_price(*_price(price))
 
     async def follow(self, target: DatabaseSettings | str) -> None:
         """Keeps the cache current until cancelled: every catalog change (from any process)
@@ -534,48 +561,73 @@ class ControlPlane:
         actor: str,
         tenant: int = 0,
         key: str | None = None,
-    ) -> tuple[None, bool]:
-        """Sets a feature's price, once per key when a key is given (the API always gives one)."""
+        effective_at: dt.datetime | None = None,
+    ) -> tuple[prices.Price, bool]:
+        """A new price of a feature from `effective_at` (default now, never in the past), once
+        per key when a key is given (the API always gives one). The price before it stays in
+        force until then, and stays in the history."""
         if not feature or len(feature) > 128:
             raise InvalidRequest("feature must be 1..128 characters", field="feature")
         if not 0 <= credits_per_unit <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("credits_per_unit out of range", field="credits_per_unit")
+        business_time_ns(effective_at, "effective_at")  # an instant the ledger can hold
+        now = datetime_of_ns(self.service.clock_ns())
+        starts = now if effective_at is None else effective_at
+        if key is None:
+            price_id = derive_id("price", feature, ledger, ns_of_datetime(starts))
+        else:
+            price_id = derive_id("price", tenant, key)
 
         async def first(conn: Connection) -> None:
-            await prices.upsert_price(
+            # Checked on the first attempt only: a replay answers what was done, even once
+            # its effective_at has passed.
+            if starts < now:
+                raise InvalidRequest(
+                    "effective_at must not be in the past: a price takes effect from now or "
+                    "later, so that every spend was priced by the history as it stands",
+                    field="effective_at",
+                )
+            await prices.insert_price(
                 conn,
-                id=derive_id("price", feature, ledger),
+                id=price_id,
                 feature=feature,
                 credit_type_id=ledger,
                 credits_per_unit=credits_per_unit,
+                effective_at=starts,
             )
             await audit.append(
                 conn,
                 actor=actor,
                 action="price.set",
+                object_type="price",
+                object_id=price_id,
                 details={
                     "feature": feature,
                     "ledger": str(ledger),
                     "credits_per_unit": str(credits_per_unit),
+                    "effective_at": starts.isoformat(),
                 },
             )
 
-        async def then() -> None:
-            self.catalog.put_price(feature, ledger, credits_per_unit)
+        async def then() -> prices.Price:
+            async with self.pool.connection() as conn:
+                row = await prices.get_price(conn, price_id)
+            assert row is not None
+            self.catalog.put_price(*_price(row))
+            return row
 
         if key is None:
             async with self.pool.connection() as conn, conn.transaction():
                 await first(conn)
-            await then()
-            return None, False
+            return await then(), False
         return await self._once(
             tenant=tenant,
             key=key,
             operation="price.set",
-            request=(feature, ledger, credits_per_unit),
+            request=(feature, ledger, credits_per_unit, effective_at),
             first=first,
             then=then,
-            result_type=type(None),
+            result_type=prices.Price,
         )
 
     async def refund(
@@ -682,9 +734,14 @@ class ControlPlane:
         fingerprint = request_fingerprint(row.id.to_bytes(16, "big"))
         async with self.pool.connection() as conn, conn.transaction():
             # Grants to one wallet are issued one at a time, across processes: the bounded
-            # overdraft's repay is computed from a read of its deficit. Under the same lock an
-            # operator abandons a grant, so a grant read here as not abandoned stays so.
-            await wallets.lock_wallet(conn, row.wallet_id)
+            # overdraft's repay is computed from a read of its deficit, and with its limit: the
+            # row, read under the lock that changes of the limit hold too, is what the ledger
+            # holds (this process's cache may not have heard of a change yet). Under the same
+            # lock an operator abandons a grant, so a grant read here as not abandoned stays so.
+            locked = await wallets.lock_wallet(conn, row.wallet_id)
+            assert locked is not None
+            if self.catalog.wallets.get(locked.id) != _wallet(locked):
+                self.catalog.put_wallet(_wallet(locked))
             current = await grants.get_grant(conn, row.id)
             if current is None or current.state is GrantState.ABANDONED:
                 raise Conflict(
@@ -749,9 +806,234 @@ class ControlPlane:
             result_type=SweepResult,
         )
 
+    # -- changes of a wallet's policy and of a budget -----------------------------------------
+
+    async def update_wallet(
+        self,
+        wallet_id: int,
+        *,
+        actor: str,
+        tenant: int,
+        key: str,
+        overdraft_mode: OverdraftMode | None = None,
+        overdraft_limit: int | None = None,
+        fall_through: bool | None = None,
+    ) -> tuple[Wallet, bool]:
+        """Changes a wallet's overdraft mode or limit or its fall-through, once per key; the
+        ledger moves with it (migration 0007 states the order). Every switch of mode is
+        supported: leaving 'soft' lowers its bounded account to 0, so like any lowering it is
+        refused (PolicyRefused, nothing changed) while more than the new limit is drawn, held
+        draws included. What an unbounded wallet owes stays owed when it leaves 'unbounded',
+        and its next grants repay it."""
+        if overdraft_mode is None and overdraft_limit is None and fall_through is None:
+            raise InvalidRequest("name at least one field to change", field="overdraft_mode")
+        change_id = derive_id("wallet/change", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await wallets.lock_wallet(conn, wallet_id)
+            if row is None:
+                raise NotFound(f"wallet {id_text(wallet_id)} not found")
+            if await wallet_changes.pending_change_of(conn, wallet_id) is not None:
+                raise Conflict("another change of this wallet is being applied; try again")
+            mode, limit = _policy(row, overdraft_mode, overdraft_limit)
+            await wallet_changes.insert_change(
+                conn,
+                id=change_id,
+                wallet_id=wallet_id,
+                overdraft_mode=mode,
+                overdraft_limit=limit,
+                fall_through=row.fall_through if fall_through is None else fall_through,
+                actor=actor,
+            )
+
+        async def then() -> Wallet:
+            return await self._apply_wallet_change(change_id)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="wallet.update",
+            request={
+                "wallet_id": str(wallet_id),
+                "overdraft_mode": overdraft_mode,
+                "overdraft_limit": overdraft_limit,
+                "fall_through": fall_through,
+            },
+            first=first,
+            then=then,
+            result_type=Wallet,
+        )
+
+    async def _apply_wallet_change(self, change_id: int) -> Wallet:
+        """Steps 2 and 3 of a change of policy: the ledger, then the wallet row and the
+        change's state, under the wallet's row lock (grants to the wallet wait: a repay reads
+        the limit). Idempotent; a refused change raises PolicyRefused every time."""
+        async with self.pool.connection() as conn, conn.transaction():
+            change = await wallet_changes.get_change(conn, change_id)
+            assert change is not None
+            row = await wallets.lock_wallet(conn, change.wallet_id)
+            assert row is not None
+            if change.state is ChangeState.APPLIED:
+                return _wallet(row)
+            refusal = change.refusal
+            if change.state is ChangeState.PENDING:
+                refusal = await self._write_wallet_change(conn, change, row)
+        if refusal is not None:
+            raise PolicyRefused(refusal)
+        wallet = _changed(row, change)
+        self.catalog.put_wallet(wallet)
+        return wallet
+
+    async def _write_wallet_change(
+        self, conn: Connection, change: wallet_changes.WalletChange, row: wallets.Wallet
+    ) -> str | None:
+        """Moves the ledger to the change, then records it (or its refusal) on `conn`, in the
+        caller's transaction; the refusal's reason, or None."""
+        wallet = _changed(row, change)
+        tenant = self.catalog.resources[wallet.resource_id].tenant
+        move = await self._open_wallet(wallet, tenant, operation=change.id)
+        before, after = _policy_details(_wallet(row)), _policy_details(wallet)
+        if move.refused:
+            refusal = (
+                f"the overdraft has {move.before - move.balance} drawn (held draws included): "
+                f"its limit cannot go below that (asked: {after['overdraft_limit']})"
+            )
+            await wallet_changes.finish_change(
+                conn, change.id, ChangeState.REFUSED, refusal=refusal
+            )
+            await audit.append(
+                conn,
+                actor=change.actor,
+                action="wallet.update_refused",
+                object_type="wallet",
+                object_id=wallet.id,
+                reason=refusal,
+                details={"from": before, "to": after},
+            )
+            return refusal
+        await wallets.update_wallet_policy(
+            conn,
+            wallet.id,
+            overdraft_mode=wallet.overdraft_mode,
+            overdraft_limit=wallet.overdraft_limit,
+            # A soft wallet names its bounded account, an unbounded one its debt account; a
+            # hard one keeps what it named, since a deficit may still be owed there.
+            overdraft_account_id=wallet.overdraft_account_id or row.overdraft_account_id,
+            fall_through=wallet.fall_through,
+        )
+        await wallet_changes.finish_change(conn, change.id, ChangeState.APPLIED)
+        await audit.append(
+            conn,
+            actor=change.actor,
+            action="wallet.update",
+            object_type="wallet",
+            object_id=wallet.id,
+            details={"from": before, "to": after},
+        )
+        return None
+
+    async def _open_wallet(self, wallet: Wallet, tenant: int, *, operation: int) -> LimitMove:
+        """The wallet's accounts, and its bounded overdraft account at its limit: the soft
+        limit, or 0 once the wallet has left 'soft'. The caller holds the wallet's row lock."""
+        move = await self.service.open_wallet(wallet, tenant, operation=operation)
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            return move
+        return await self.service.sync_overdraft_limit(wallet, tenant, operation=operation)
+
+    async def update_budget(
+        self, budget_id: int, *, cap: int, actor: str, tenant: int, key: str
+    ) -> tuple[Budget, bool]:
+        """Changes a budget's cap, once per key: Postgres first, then the current period's
+        account on the ledger (raised by the difference; lowered by what headroom it has,
+        never below what the period used). Later periods open with the new cap."""
+        if not 1 <= cap <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("cap out of range", field="cap")
+        change_id = derive_id("budget/change", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await _active_budget(conn, budget_id)
+            await budgets.set_budget_cap(conn, budget_id, cap)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="budget.update",
+                object_type="budget",
+                object_id=budget_id,
+                details={"from": {"cap": str(row.cap)}, "to": {"cap": str(cap)}},
+            )
+
+        async def then() -> Budget:
+            return await self._sync_budget(budget_id, operation=change_id)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="budget.update",
+            request={"budget_id": str(budget_id), "cap": cap},
+            first=first,
+            then=then,
+            result_type=Budget,
+        )
+
+    async def _sync_budget(self, budget_id: int, *, operation: int) -> Budget:
+        """The current period's account of an active budget brought to its cap (opened and
+        funded if no spend has yet), under the budget's row lock; the budget as it stands."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await budgets.lock_budget(conn, budget_id)
+            assert row is not None
+            budget = Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
+            if row.active:
+                tenant = self.catalog.resources[row.resource_id].tenant
+                start_ns = period_start_ns(row.period, self.service.clock_ns())
+                account = budget_period_account(
+                    row.id, row.resource_id, row.credit_type_id, tenant, start_ns
+                )
+                await open_limit_account(self.service.ledger, account, AccountCode.BUDGET)
+                await move_limit(self.service.ledger, account, row.cap, operation=operation)
+        if row.active:
+            self.catalog.put_budget(budget)
+        return budget
+
+    async def remove_budget(
+        self, budget_id: int, *, actor: str, tenant: int, key: str
+    ) -> tuple[Budget, bool]:
+        """Removes a budget, once per key: it stops applying to new spends at once (this
+        process's cache now, the others' on the change's notification). Its ledger accounts
+        stay: reservations made under it settle against them."""
+
+        async def first(conn: Connection) -> None:
+            await _active_budget(conn, budget_id)
+            await budgets.set_budget_active(conn, budget_id, False)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="budget.remove",
+                object_type="budget",
+                object_id=budget_id,
+            )
+
+        async def then() -> Budget:
+            async with self.pool.connection() as conn:
+                row = await budgets.get_budget(conn, budget_id)
+            assert row is not None
+            self.catalog.drop_budget(budget_id)
+            return Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="budget.remove",
+            request={"budget_id": str(budget_id)},
+            first=first,
+            then=then,
+            result_type=Budget,
+        )
+
     async def reconcile(self, *, older_than_s: float = 0.0) -> ReconcileReport:
         """Finishes every dual write a crash interrupted: system and wallet accounts ensured,
-        pending grants funded and activated, their idempotency records completed.
+        pending changes of a wallet's policy applied (or refused), overdraft limits and the
+        current period of every active budget brought to what Postgres records, pending grants
+        funded and activated, their idempotency records completed.
 
         Never raises for one object's sake: what cannot be finished is logged, recorded in
         `reconcile_failures` (an operator sees it with `credit-ledger reconcile`) and tried
@@ -763,22 +1045,36 @@ class ControlPlane:
             all_wallets = await wallets.list_all_wallets(conn)
             pending = await grants.list_pending_grants(conn, cutoff)
             abandoned = await grants.list_grants_in_states(conn, [GrantState.ABANDONED])
+            changes = await wallet_changes.list_pending_changes(conn, cutoff)
+            active_budgets = await budgets.list_all_active_budgets(conn)
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
             failing = await reconcile_failures.open_keys(conn)
+        # Wallets with a bounded overdraft account (soft, or soft once): read from the engine
+        # when the pass starts, a batch at a time.
+        bounded: set[int] = set()
         steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
             ("credit_type", str(t.id), functools.partial(self.service.open_ledger, t.id))
             for t in types
+        ]
+        # A wallet's row says what its ledger holds once its pending change is finished.
+        steps += [
+            ("wallet_change", id_text(c.id), functools.partial(self._finish_wallet_change, c.id))
+            for c in changes
         ]
         steps += [
             (
                 "wallet",
                 id_text(w.id),
                 functools.partial(
-                    self.service.open_wallet, _wallet(w), tenants[owners[w.resource_id]]
+                    self._reconcile_wallet, w, tenants[owners[w.resource_id]], bounded
                 ),
             )
             for w in all_wallets
+        ]
+        steps += [
+            ("budget", id_text(b.id), functools.partial(self._sync_budget, b.id, operation=0))
+            for b in active_budgets
         ]
         steps += [
             ("grant", id_text(row.id), functools.partial(self._finish_grant, row))
@@ -786,12 +1082,16 @@ class ControlPlane:
         ]
         failed: list[ReconcileFailure] = []
         finished: list[int] = []
+        changed: list[int] = []
         interrupted = None
         try:
+            bounded.update(await self._bounded_overdrafts(all_wallets))
             for kind, object_id, step in steps:
                 done = await self._reconcile_step(kind, object_id, step, failing, failed)
                 if done and kind == "grant":
                     finished.append(uuid.UUID(object_id).int)
+                elif done and kind == "wallet_change":
+                    changed.append(uuid.UUID(object_id).int)
             # A grant abandoned while an attempt was in flight: its account, should it exist,
             # is watched like a voided block's, so the sweeps empty it.
             await self.grant_service.track_voided([_grant(g) for g in abandoned])
@@ -800,7 +1100,51 @@ class ControlPlane:
             _logger.warning("reconciliation stopped: %s", interrupted)
         async with self.pool.connection() as conn:
             self.reconcile_failures_open = await reconcile_failures.count_open(conn)
-        return ReconcileReport(len(types), len(all_wallets), finished, failed, interrupted)
+        return ReconcileReport(
+            len(types),
+            len(all_wallets),
+            finished,
+            failed,
+            interrupted,
+            changed,
+            len(active_budgets),
+        )
+
+    async def _finish_wallet_change(self, change_id: int) -> None:
+        """A pending change of a wallet's policy, applied or refused: either finishes it."""
+        with contextlib.suppress(PolicyRefused):
+            await self._apply_wallet_change(change_id)
+
+    async def _bounded_overdrafts(self, rows: list[wallets.Wallet]) -> set[int]:
+        """The wallets (of `rows`) that have a bounded overdraft account on the ledger."""
+        found: set[int] = set()
+        for start in range(0, len(rows), BATCH_EVENTS_MAX):
+            batch = rows[start : start + BATCH_EVENTS_MAX]
+            ids = {overdraft_account_id(w.id, AccountCode.OVERDRAFT): w.id for w in batch}
+            found.update(ids[a.id] for a in await self.service.ledger.lookup_accounts(list(ids)))
+        return found
+
+    async def _reconcile_wallet(self, row: wallets.Wallet, tenant: int, bounded: set[int]) -> None:
+        """A wallet's accounts ensured; one with a bounded overdraft account (soft, or soft
+        once) brought to its limit under its row lock, as the row stands then, unless a change
+        of it is pending (that change finishes it). The ledger refusing is never expected: a
+        wallet's row changes after its ledger does."""
+        wallet = _wallet(row)
+        if not (wallet.overdraft_mode is OverdraftMode.SOFT or row.id in bounded):
+            # Never soft: nothing of a limit to bring anywhere, only accounts to ensure.
+            await self.service.open_wallet(wallet, tenant)
+            return
+        async with self.pool.connection() as conn, conn.transaction():
+            locked = await wallets.lock_wallet(conn, row.id)
+            assert locked is not None
+            if await wallet_changes.pending_change_of(conn, row.id) is not None:
+                return
+            move = await self._open_wallet(_wallet(locked), tenant, operation=0)
+        if move.refused:
+            raise PolicyRefused(
+                f"the ledger holds an overdraft limit of {move.before} and will not lower it to "
+                f"the wallet's {locked.overdraft_limit}: {move.before - move.balance} is drawn"
+            )
 
     async def _reconcile_step(
         self,
@@ -865,6 +1209,56 @@ async def abandon_grant(pool: Pool, grant_id: int, *, actor: str, reason: str) -
     return abandoned
 
 
+def _policy(
+    row: wallets.Wallet, mode: OverdraftMode | None, limit: int | None
+) -> tuple[OverdraftMode, int]:
+    """The overdraft mode and limit a change asks for, from what it names and the wallet as it
+    is: a limit alone changes a soft wallet's limit; a mode alone keeps a soft limit only while
+    the wallet stays soft."""
+    new_mode = row.overdraft_mode if mode is None else mode
+    if limit is None:
+        if new_mode is OverdraftMode.SOFT and row.overdraft_mode is not OverdraftMode.SOFT:
+            raise InvalidRequest(
+                "a wallet made soft needs its overdraft_limit", field="overdraft_limit"
+            )
+        limit = row.overdraft_limit if new_mode is OverdraftMode.SOFT else 0
+    if (new_mode is OverdraftMode.SOFT) != (limit > 0):
+        raise InvalidRequest(
+            "overdraft_limit > 0 goes with, and only with, a soft limit", field="overdraft_limit"
+        )
+    if not 0 <= limit <= AMOUNT_MAX_REQUEST:
+        raise InvalidRequest("overdraft_limit out of range", field="overdraft_limit")
+    return new_mode, limit
+
+
+def _changed(row: wallets.Wallet, change: wallet_changes.WalletChange) -> Wallet:
+    return Wallet(
+        row.id,
+        row.resource_id,
+        row.credit_type_id,
+        change.overdraft_mode,
+        change.overdraft_limit,
+        change.fall_through,
+    )
+
+
+def _policy_details(wallet: Wallet) -> dict[str, Any]:
+    """A policy for the audit log (amounts as strings, like every amount there)."""
+    return {
+        "overdraft_mode": wallet.overdraft_mode.value,
+        "overdraft_limit": str(wallet.overdraft_limit),
+        "fall_through": wallet.fall_through,
+    }
+
+
+async def _active_budget(conn: Connection, budget_id: int) -> budgets.Budget:
+    """The budget, locked, if it is in force; NotFound once removed (or never there)."""
+    row = await budgets.lock_budget(conn, budget_id)
+    if row is None or not row.active:
+        raise NotFound(f"budget {id_text(budget_id)} not found")
+    return row
+
+
 def _lock_key(kind: str, object_id: int) -> int:
     """A signed 64-bit advisory lock key for one object."""
     return derive_id("lock/" + kind, object_id) % (1 << 63)
@@ -920,6 +1314,11 @@ def _wallet(w: wallets.Wallet) -> Wallet:
         w.overdraft_limit,
         w.fall_through,
     )
+
+
+def _price(p: prices.Price) -> tuple[str, int, int, int]:
+    """A price's entry as the cache keeps it: feature, ledger, from when (ns), credits."""
+    return p.feature, p.credit_type_id, ns_of_datetime(p.effective_at), p.credits_per_unit
 
 
 def _grant(g: grants.Grant) -> Grant:

@@ -59,6 +59,7 @@ from ledger.types import (
 from wallets import chains
 from wallets.catalog import Catalog, OverdraftMode, PathError, Wallet
 from wallets.chains import Operation, Overage, SourceKind, SpendPath
+from wallets.limit_accounts import LimitMove, move_limit, overdraft_account
 
 S = CreateTransferStatus
 _OK_ACCOUNT = {CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS}
@@ -256,8 +257,9 @@ class CreditService:
         results = await self.ledger.create_accounts(accounts)
         assert all(r.status in _OK_ACCOUNT for r in results), results
 
-    async def open_wallet(self, wallet: Wallet, tenant: int) -> None:
-        """Creates the wallet's overdraft accounts (idempotent); funds a soft limit."""
+    async def open_wallet(self, wallet: Wallet, tenant: int, *, operation: int = 0) -> LimitMove:
+        """Creates the wallet's overdraft accounts (idempotent) and brings a soft limit's
+        account to its limit (wallets.limit_accounts; `operation` numbers the change)."""
         accounts = [
             Account(
                 id=wallet.debt_account_id,
@@ -282,20 +284,26 @@ class CreditService:
             )
         results = await self.ledger.create_accounts(accounts)
         assert all(r.status in _OK_ACCOUNT for r in results), results
-        if wallet.overdraft_mode is OverdraftMode.SOFT and wallet.overdraft_limit > 0:
-            assert wallet.overdraft_account_id is not None
-            limit = Transfer(
-                id=derive_id("wallet/overdraft-limit", wallet.id, wallet.overdraft_limit),
-                debit_account_id=system_account_id(wallet.ledger, AccountCode.OVERDRAFT_LINE),
-                credit_account_id=wallet.overdraft_account_id,
-                amount=wallet.overdraft_limit,
-                user_data_128=wallet.id,
-                user_data_32=tenant,
-                ledger=wallet.ledger,
-                code=TransferCode.OVERDRAFT_LIMIT,
+        if wallet.overdraft_mode is not OverdraftMode.SOFT:
+            return LimitMove(0, 0)
+        return await self.sync_overdraft_limit(wallet, tenant, operation=operation)
+
+    async def sync_overdraft_limit(
+        self, wallet: Wallet, tenant: int, *, operation: int
+    ) -> LimitMove:
+        """Brings the wallet's bounded overdraft account to the wallet's limit (0 once the
+        wallet is no longer soft); refused, with nothing moved, when more than that is drawn.
+        The caller holds the wallet's row lock (wallets.control)."""
+        account = overdraft_account(wallet.id, wallet.ledger, tenant)
+        if wallet.overdraft_mode is OverdraftMode.SOFT:
+            # A wallet opened before limits could change was funded with this id: a retry of
+            # its opening (reconciliation) finds it and moves nothing.
+            account = msgspec.structs.replace(
+                account,
+                first_id=derive_id("wallet/overdraft-limit", wallet.id, wallet.overdraft_limit),
             )
-            (result,) = await self._create([limit])
-            assert result.status in (S.CREATED, S.EXISTS), result
+        target = wallet.overdraft_limit if wallet.overdraft_mode is OverdraftMode.SOFT else 0
+        return await move_limit(self.ledger, account, target, operation=operation)
 
     async def _ensure_budget_accounts(self, path: SpendPath) -> None:
         """Budget accounts are per period: the first spend of a period opens and funds it."""
@@ -330,7 +338,9 @@ class CreditService:
         results = await self.ledger.create_accounts(accounts)
         assert all(r.status in _OK_ACCOUNT for r in results), results
         for r in await self._create(funding):
-            assert r.status in (S.CREATED, S.EXISTS), r
+            # Another amount: the period was funded first by a cap change of the budget
+            # (wallets.limit_accounts), which knew a newer cap than this process's cache.
+            assert r.status in (S.CREATED, S.EXISTS, S.EXISTS_WITH_DIFFERENT_AMOUNT), r
         self._budget_accounts.update(b.account_id for b in missing)
 
     # -- hot path -----------------------------------------------------------------------------

@@ -5,14 +5,15 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `spending`: check, debits, reservations. The hot lane (`api.lane`) serves these paths in
   front of litestar; their handlers here document them and call the same `api.spending`. They
   never touch Postgres: their idempotency rides on TigerBeetle.
-- `catalog`, `grants`, `budgets`: admin and read routes; admin writes keep their idempotency
-  in Postgres through the control plane.
+- `catalog`, `grants`, `budgets`, `prices`: admin and read routes, lists among them (served
+  from Postgres, paged by `api.paging`); admin writes keep their idempotency in Postgres
+  through the control plane.
 - `health`: liveness and readiness.
 """
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, grants, health, spending
+from api.routes import budgets, catalog, grants, health, prices, spending
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -20,6 +21,7 @@ ROUTES = [
     *catalog.ROUTES,
     *grants.ROUTES,
     *budgets.ROUTES,
+    *prices.ROUTES,
     *health.ROUTES,
 ]
 

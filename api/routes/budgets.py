@@ -1,4 +1,4 @@
-"""Budgets and prices."""
+"""Budgets: spending caps on a resource per period; their changes and removal."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 from credit_ledger_client import schemas as w
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from api.auth import READ_SCOPES
+from api.auth import READ_SCOPES, Principal
 from api.common import (
     code_of,
     ledger_of,
@@ -19,20 +19,27 @@ from api.common import (
     resource_customer,
     sid,
 )
-from api.openapi import operation
+from api.openapi import COMMON, operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
     documented_body,
+    id_or_none,
     key_of,
+    ledger_filter,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
 )
 from api.services import Services
 from grants.errors import NotFound
+from ledger.repositories import budgets
 from wallets.catalog import Budget, Period
 from wallets.statements import budget_used
 
@@ -47,14 +54,13 @@ OPS = {
         },
     ),
     "get_budget": operation(*READ_PROBLEMS, idempotent=False),
-    "set_price": operation(
-        *ADMIN_PROBLEMS,
-        example={"feature": "chat-tokens", "credit_type": "credits", "credits_per_unit": 2},
-    ),
+    "list_budgets": operation(*LIST_PROBLEMS, idempotent=False, query=w.BudgetQuery),
+    "update_budget": operation(*ADMIN_PROBLEMS, example={"cap": 80000}),
+    "remove_budget": operation(*COMMON, "validation_error", "idempotency_conflict", "not_found"),
 }
 
 
-# -- budgets and prices ---------------------------------------------------------------------------
+# -- budgets --------------------------------------------------------------------------------------
 
 
 @post(
@@ -85,7 +91,9 @@ async def create_budget(request: Request[Any, Any, Any], state: State) -> Respon
     return reply(_budget_out(services, budget, None), replayed, 201)
 
 
-def _budget_out(services: Services, budget: Budget, used: int | None) -> w.BudgetOut:
+def _budget_out(
+    services: Services, budget: Budget, used: int | None, *, active: bool = True
+) -> w.BudgetOut:
     return w.BudgetOut(
         id=sid(budget.id),
         resource_id=sid(budget.resource_id),
@@ -94,7 +102,13 @@ def _budget_out(services: Services, budget: Budget, used: int | None) -> w.Budge
         cap=budget.cap,
         used=used,
         headroom=None if used is None else budget.cap - used,
+        active=active,
     )
+
+
+def _cached(row: budgets.Budget) -> Budget:
+    """A budget's row in the shape the cache (and `_budget_out`) knows."""
+    return Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
 
 
 @get(
@@ -117,38 +131,101 @@ async def get_budget(
     return _budget_out(services, budget, used)
 
 
-@post(
-    "/v1/prices",
-    operation_class=OPS["set_price"],
-    dependencies=documented_body(w.PriceIn),
-    opt={"scopes": {"admin"}},
-    status_code=201,
+@get(
+    "/v1/budgets",
+    operation_class=OPS["list_budgets"],
+    opt={"scopes": READ_SCOPES},
     tags=["budgets"],
-    description="A feature's price in credits per unit, so request paths may send usage "
-    "quantities and prices change without a deploy.",
+    description="Budgets, oldest first, a page at a time, with every filter given: "
+    "`resource_id`, `credit_type`, `active` (true, the default: those in force; false: removed "
+    "ones). No usage (GET /v1/budgets/{id} reads it from the ledger). A key bound to a "
+    "customer lists only that customer's.",
 )
-async def set_price(request: Request[Any, Any, Any], state: State) -> Response[w.PriceOut]:
+async def list_budgets(request: Request[Any, Any, Any], state: State) -> w.BudgetPage:
     principal = principal_of(request)
-    data = await strict_body(request, w.PriceIn)
-    if principal.customer_id is not None:
-        raise NotFound("prices are set by unbound admin keys only")
+    query = query_of(request, w.BudgetQuery)
     services = services_of(state)
-    _, replayed = await services.control.set_price(
-        feature=data.feature,
-        ledger=ledger_of(services, data.credit_type),
-        credits_per_unit=data.credits_per_unit,
-        actor=principal.name,
-        tenant=principal.tenant,
-        key=key_of(request),
+    rows, cursor = await read_page(
+        services,
+        "budgets",
+        query,
+        budgets.list_budgets,
+        lambda: {
+            "resource_id": id_or_none(query.resource_id, "resource_id"),
+            "customer_id": customer_filter(principal, None),
+            "credit_type_id": ledger_filter(services, query.credit_type),
+            "active": query.active,
+        },
     )
-    body = w.PriceOut(
-        feature=data.feature, credit_type=data.credit_type, credits_per_unit=data.credits_per_unit
+    items = [_budget_out(services, _cached(row), None, active=row.active) for row in rows]
+    return w.BudgetPage(items=items, next_cursor=cursor)
+
+
+async def _budget_row(services: Services, principal: Principal, budget_id: str) -> budgets.Budget:
+    """The budget as Postgres has it (removed ones too, so that a removal replays), inside the
+    key's boundary."""
+    bid = parse_id(budget_id, "budget_id")
+    async with services.pool.connection() as conn:
+        row = await budgets.get_budget(conn, bid)
+    if row is None:
+        raise NotFound("budget not found")
+    own(principal, resource_customer(services, row.resource_id), "budget")
+    return row
+
+
+@patch(
+    "/v1/budgets/{budget_id:str}",
+    operation_class=OPS["update_budget"],
+    dependencies=documented_body(w.BudgetPatchIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["budgets"],
+    description="Change a budget's cap. The current period's account on the ledger moves with "
+    "it: a raise is credited at once; a cut takes back the headroom left, never what the "
+    "period has used (a period used past its new cap has no headroom, and what a released "
+    "reservation gives back later is taken back by reconciliation). Later periods open with "
+    "the new cap. Audited; 404 once removed.",
+)
+async def update_budget(
+    request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
+) -> Response[w.BudgetOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.BudgetPatchIn)
+    services = services_of(state)
+    row = await _budget_row(services, principal, budget_id)
+    budget, replayed = await services.control.update_budget(
+        row.id, cap=data.cap, actor=principal.name, tenant=principal.tenant, key=key_of(request)
     )
-    return reply(body, replayed, 201)
+    return reply(_budget_out(services, budget, None), replayed)
+
+
+@delete(
+    "/v1/budgets/{budget_id:str}",
+    operation_class=OPS["remove_budget"],
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["budgets"],
+    description="Remove a budget: it stops limiting new spends at once, in every process "
+    "(their caches drop it on the change's notification). It stays listed with "
+    "`active=false`; reservations made under it settle as they were made. Audited; needs an "
+    "Idempotency-Key like every change (a replay answers the same, with Idempotency-Hit).",
+)
+async def remove_budget(
+    request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]
+) -> Response[w.BudgetOut]:
+    principal = principal_of(request)
+    services = services_of(state)
+    row = await _budget_row(services, principal, budget_id)
+    budget, replayed = await services.control.remove_budget(
+        row.id, actor=principal.name, tenant=principal.tenant, key=key_of(request)
+    )
+    return reply(_budget_out(services, budget, None, active=False), replayed)
 
 
 ROUTES = [
     create_budget,
     get_budget,
-    set_price,
+    update_budget,
+    remove_budget,
+    list_budgets,
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from credit_ledger_client import schemas as w
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 
@@ -20,14 +20,20 @@ from api.common import (
     wallet_customer,
 )
 from api.openapi import operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
     documented_body,
     grant_balance_out,
+    id_or_none,
     key_of,
+    ledger_filter,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
@@ -35,6 +41,7 @@ from api.routes.shared import (
 from api.services import Services
 from grants.errors import InvalidRequest, NotFound
 from ledger.clock import rfc3339_of_ns
+from ledger.repositories import customers, resources, wallets
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
 
@@ -47,11 +54,13 @@ OPS = {
         *ADMIN_PROBLEMS, example={"name": "Acme AI", "external_ref": "crm-42"}
     ),
     "get_customer": operation(*READ_PROBLEMS, idempotent=False),
+    "list_customers": operation(*LIST_PROBLEMS, idempotent=False, query=w.CustomerQuery),
     "create_resource": operation(
         *ADMIN_PROBLEMS,
         example={"customer_id": EXAMPLE_ID, "kind": "agent", "parent_id": EXAMPLE_ID},
     ),
     "get_resource": operation(*READ_PROBLEMS, idempotent=False),
+    "list_resources": operation(*LIST_PROBLEMS, idempotent=False, query=w.ResourceQuery),
     "create_wallet": operation(
         *ADMIN_PROBLEMS,
         example={
@@ -63,6 +72,10 @@ OPS = {
         },
     ),
     "get_wallet": operation(*READ_PROBLEMS, idempotent=False),
+    "list_wallets": operation(*LIST_PROBLEMS, idempotent=False, query=w.WalletQuery),
+    "update_wallet": operation(
+        *ADMIN_PROBLEMS, example={"overdraft_mode": "soft", "overdraft_limit": 800}
+    ),
     "wallet_entries": operation(*READ_PROBLEMS, idempotent=False),
 }
 
@@ -144,10 +157,7 @@ async def create_customer(request: Request[Any, Any, Any], state: State) -> Resp
         key=key_of(request),
         external_ref=data.external_ref,
     )
-    body = w.CustomerOut(
-        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
-    )
-    return reply(body, replayed, 201)
+    return reply(_customer_out(row), replayed, 201)
 
 
 @get(
@@ -163,9 +173,37 @@ async def get_customer(
     principal = principal_of(request)
     cid = parse_id(customer_id, "customer_id")
     own(principal, cid, "customer")
-    row = await services_of(state).control.customer(cid)
+    return _customer_out(await services_of(state).control.customer(cid))
+
+
+@get(
+    "/v1/customers",
+    operation_class=OPS["list_customers"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Customers, oldest first, a page at a time (pass next_cursor back as cursor). "
+    "`external_ref` finds the customer your own system knows by that reference. A key bound "
+    "to a customer lists only that one.",
+)
+async def list_customers(request: Request[Any, Any, Any], state: State) -> w.CustomerPage:
+    principal = principal_of(request)
+    query = query_of(request, w.CustomerQuery)
+    rows, cursor = await read_page(
+        services_of(state),
+        "customers",
+        query,
+        customers.list_customers,
+        lambda: {
+            "external_ref": query.external_ref,
+            "customer_id": customer_filter(principal, None),
+        },
+    )
+    return w.CustomerPage(items=[_customer_out(row) for row in rows], next_cursor=cursor)
+
+
+def _customer_out(row: customers.Customer) -> w.CustomerOut:
     return w.CustomerOut(
-        id=customer_id, tenant=row.tenant, name=row.name, external_ref=row.external_ref
+        id=sid(row.id), tenant=row.tenant, name=row.name, external_ref=row.external_ref
     )
 
 
@@ -223,6 +261,34 @@ async def get_resource(
         raise NotFound("resource not found")
     own(principal, resource.customer_id, "resource")
     return _resource_out(resource)
+
+
+@get(
+    "/v1/resources",
+    operation_class=OPS["list_resources"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Resources, oldest first, a page at a time, with every filter given: "
+    "`customer_id`, `parent_id` (its children), `kind`, and `external_ref` (your own "
+    "system's reference, unique per customer and kind). A key bound to a customer lists "
+    "only that customer's.",
+)
+async def list_resources(request: Request[Any, Any, Any], state: State) -> w.ResourcePage:
+    principal = principal_of(request)
+    query = query_of(request, w.ResourceQuery)
+    rows, cursor = await read_page(
+        services_of(state),
+        "resources",
+        query,
+        resources.list_resources,
+        lambda: {
+            "customer_id": customer_filter(principal, id_or_none(query.customer_id, "customer_id")),
+            "parent_id": id_or_none(query.parent_id, "parent_id"),
+            "kind": ResourceKind(query.kind.value) if query.kind is not None else None,
+            "external_ref": query.external_ref,
+        },
+    )
+    return w.ResourcePage(items=[_resource_out(row) for row in rows], next_cursor=cursor)
 
 
 def _wallet_out(services: Services, wallet: Wallet) -> w.WalletOut:
@@ -302,6 +368,84 @@ async def get_wallet(
     )
 
 
+@patch(
+    "/v1/wallets/{wallet_id:str}",
+    operation_class=OPS["update_wallet"],
+    dependencies=documented_body(w.WalletPatchIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["catalog"],
+    description="Change a wallet's overdraft mode or limit, or its fall-through: the fields "
+    "given change, the rest stay. The ledger moves with it: a soft wallet's overdraft account "
+    "is credited the raise, or debited the cut. Every switch of mode is allowed; a lower limit "
+    "(leaving 'soft' lowers it to 0) is refused with 409 `conflict` while more than it is "
+    "drawn, held draws included, and then nothing changes. A debt of an unbounded wallet stays "
+    "owed when it leaves 'unbounded' (its next grants repay it). Audited; one change of a "
+    "wallet at a time (409 while another is being applied).",
+)
+async def update_wallet(
+    request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]
+) -> Response[w.WalletOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.WalletPatchIn)
+    services = services_of(state)
+    wid = parse_id(wallet_id, "wallet_id")
+    own(principal, wallet_customer(services, wid), "wallet")
+    wallet, replayed = await services.control.update_wallet(
+        wid,
+        actor=principal.name,
+        tenant=principal.tenant,
+        key=key_of(request),
+        overdraft_mode=(
+            OverdraftMode(data.overdraft_mode.value) if data.overdraft_mode is not None else None
+        ),
+        overdraft_limit=data.overdraft_limit,
+        fall_through=data.fall_through,
+    )
+    return reply(_wallet_out(services, wallet), replayed)
+
+
+@get(
+    "/v1/wallets",
+    operation_class=OPS["list_wallets"],
+    opt={"scopes": READ_SCOPES},
+    tags=["catalog"],
+    description="Wallets and their policies (no balances: GET /v1/wallets/{id} reads those "
+    "from the ledger), oldest first, a page at a time, with every filter given: "
+    "`resource_id`, `customer_id`, `credit_type`. A key bound to a customer lists only that "
+    "customer's.",
+)
+async def list_wallets(request: Request[Any, Any, Any], state: State) -> w.WalletPage:
+    principal = principal_of(request)
+    query = query_of(request, w.WalletQuery)
+    services = services_of(state)
+    rows, cursor = await read_page(
+        services,
+        "wallets",
+        query,
+        wallets.list_wallets,
+        lambda: {
+            "resource_id": id_or_none(query.resource_id, "resource_id"),
+            "customer_id": customer_filter(principal, id_or_none(query.customer_id, "customer_id")),
+            "credit_type_id": ledger_filter(services, query.credit_type),
+        },
+    )
+    items = [_wallet_out(services, _cached(row)) for row in rows]
+    return w.WalletPage(items=items, next_cursor=cursor)
+
+
+def _cached(row: wallets.Wallet) -> Wallet:
+    """A wallet's row in the shape the cache (and `_wallet_out`) knows."""
+    return Wallet(
+        row.id,
+        row.resource_id,
+        row.credit_type_id,
+        row.overdraft_mode,
+        row.overdraft_limit,
+        row.fall_through,
+    )
+
+
 @get(
     "/v1/wallets/{wallet_id:str}/entries",
     operation_class=OPS["wallet_entries"],
@@ -367,9 +511,13 @@ ROUTES = [
     get_credit_type,
     create_customer,
     get_customer,
+    list_customers,
     create_resource,
     get_resource,
+    list_resources,
     create_wallet,
     get_wallet,
+    update_wallet,
+    list_wallets,
     wallet_entries,
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+import msgspec
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
@@ -11,6 +13,7 @@ from litestar.params import FromPath
 
 from api.auth import READ_SCOPES
 from api.common import (
+    code_of,
     decode_strict,
     own,
     parse_id,
@@ -18,15 +21,20 @@ from api.common import (
     wallet_customer,
 )
 from api.openapi import operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
+    LIST_PROBLEMS,
     READ_PROBLEMS,
     documented_body,
     grant_balance_out,
+    id_or_none,
     json_body,
     key_of,
     principal_of,
+    query_of,
+    read_page,
     reply,
     services_of,
     strict_body,
@@ -34,10 +42,13 @@ from api.routes.shared import (
 from api.services import Services
 from grants.errors import NotFound
 from grants.model import Category, Source
+from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
+from ledger.repositories import grants
 from wallets import chains
 from wallets.control import GrantRequest
+from wallets.statements import BlockState, GrantBalance
 
 OPS = {
     "create_grant": operation(
@@ -52,6 +63,7 @@ OPS = {
         },
     ),
     "get_grant": operation(*READ_PROBLEMS, idempotent=False),
+    "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
     "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
 }
@@ -114,19 +126,92 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     operation_class=OPS["get_grant"],
     opt={"scopes": READ_SCOPES},
     tags=["grants"],
-    description="A grant's figures now, as a spend would find them: its state (upcoming, "
-    "active, expired, voided) and granted = available + upcoming + held + consumed + expired "
-    "+ voided + refunded + repaid. Past its expires_at, or once voided, what is left of it "
-    "is expired or voided at once, whether or not a sweep has moved it yet.",
+    description="A credit block: what it was issued as (category, priority, effective_at, "
+    "expires_at, the cost basis consideration_minor and currency, source, reason, "
+    "external_ref, actor, created_at) and its figures now, as a spend would find them: its "
+    "state (upcoming, active, expired, voided) and granted = available + upcoming + held + "
+    "consumed + expired + voided + refunded + repaid. Past its expires_at, or once voided, "
+    "what is left of it is expired or voided at once, whether or not a sweep has moved it yet.",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
-) -> w.GrantBalanceOut:
+) -> w.GrantDetailOut:
     principal = principal_of(request)
     services = services_of(state)
     gid = parse_id(grant_id, "grant_id")
-    own(principal, await _grant_customer(services, gid), "grant")
-    return grant_balance_out(await services.statements.grant(gid))
+    async with services.pool.connection() as conn:
+        row = await grants.get_grant(conn, gid)
+    if row is None:
+        raise NotFound("grant not found")
+    own(principal, wallet_customer(services, row.wallet_id), "grant")
+    if row.state in (grants.GrantState.PENDING, grants.GrantState.ABANDONED):
+        # Not on the ledger (yet, or ever): nothing moved, and it has no account to read.
+        block = BlockState.UPCOMING if row.state is grants.GrantState.PENDING else BlockState.VOIDED
+        balance = GrantBalance(gid, block.value, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    else:
+        balance = await services.statements.grant(gid)
+    # The ledger's figures, its state included, over the block as it was issued.
+    now = datetime_of_ns(services.service.clock_ns())
+    return w.GrantDetailOut(
+        **{
+            **msgspec.structs.asdict(_block_out(services, row, now)),
+            **msgspec.structs.asdict(grant_balance_out(balance)),
+        }
+    )
+
+
+def _block_out(services: Services, row: grants.Grant, now: dt.datetime) -> w.GrantBlockOut:
+    return w.GrantBlockOut(
+        id=sid(row.id),
+        wallet_id=sid(row.wallet_id),
+        credit_type=code_of(services, row.credit_type_id),
+        amount=row.amount,
+        category=w.Category(row.category.value),
+        priority=row.priority,
+        effective_at=row.effective_at,
+        expires_at=row.expires_at,
+        consideration_minor=row.consideration_minor,
+        currency=row.currency,
+        source=w.GrantSource(row.source.value),
+        reason=row.reason,
+        external_ref=row.external_ref,
+        state=w.GrantState(grants.block_state(row, now)),
+        actor=row.actor,
+        created_at=row.created_at,
+    )
+
+
+@get(
+    "/v1/grants",
+    operation_class=OPS["list_grants"],
+    opt={"scopes": READ_SCOPES},
+    tags=["grants"],
+    description="Credit blocks as issued, with their state as a spend sees it now (upcoming, "
+    "active, expired, voided), oldest first, a page at a time, with every filter given: "
+    "`wallet_id`, `state`, `category`, `expires_before` (an expiry strictly before that "
+    "time). No balances (GET /v1/grants/{id} reads them from the ledger). A key bound to a "
+    "customer lists only that customer's.",
+)
+async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantPage:
+    principal = principal_of(request)
+    query = query_of(request, w.GrantQuery)
+    services = services_of(state)
+    now = datetime_of_ns(services.service.clock_ns())
+    rows, cursor = await read_page(
+        services,
+        "grants",
+        query,
+        grants.list_grants,
+        lambda: {
+            "wallet_id": id_or_none(query.wallet_id, "wallet_id"),
+            "customer_id": customer_filter(principal, None),
+            "block": (query.state.value, now) if query.state else None,
+            "category": grants.GrantCategory(query.category.value) if query.category else None,
+            "expires_before": query.expires_before,
+        },
+    )
+    items = [_block_out(services, row, now) for row in rows]
+    return w.GrantPage(items=items, next_cursor=cursor)
 
 
 @post(
@@ -199,6 +284,7 @@ async def refund(
 ROUTES = [
     create_grant,
     get_grant,
+    list_grants,
     void_grant,
     refund,
 ]

@@ -4,6 +4,7 @@ Idempotency-Key, replies, the guard, and the problems each kind of route documen
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from credit_ledger_client import schemas as w
@@ -14,15 +15,18 @@ from litestar.di import Provide
 from litestar.handlers.base import BaseRouteHandler
 
 from api.auth import Principal, require_any_scope
-from api.common import decode_strict, idempotency_key, require_json, sid
+from api.common import decode_strict, idempotency_key, parse_id, require_json, sid
 from api.errors import IDEMPOTENCY_HIT
 from api.openapi import COMMON, WRITE
+from api.paging import NothingVisible, decode_query, keyset_after, next_cursor
 from api.services import Services
 from api.spending import Reply
+from ledger.repositories._rows import Keyset
 
 HIT = IDEMPOTENCY_HIT
 T = TypeVar("T")
 B = TypeVar("B")
+R = TypeVar("R")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -57,6 +61,55 @@ def key_of(request: Request[Any, Any, Any]) -> str:
     return idempotency_key(request.headers.get("idempotency-key"))
 
 
+def query_of(request: Request[Any, Any, Any], cls: type[T]) -> T:
+    """The query string decoded strictly as `cls` (api.paging.decode_query)."""
+    return decode_query(request.query_params.multi_items(), cls)
+
+
+async def read_page(
+    services: Services,
+    kind: str,
+    query: w.ListQuery,
+    fetch: Callable[..., Awaitable[tuple[list[R], bool]]],
+    filters: Callable[[], dict[str, Any]],
+    position: Callable[[R], Keyset] | None = None,
+) -> tuple[list[R], str | None]:
+    """One page of a Postgres list: `fetch(conn, **filters(), after=..., limit=...)`, a
+    repository's list, reads the rows after the cursor's position; the answer is the rows and
+    the next cursor (None after the last page). `position` is where a row stands in the order,
+    (created_at, id) unless given. A filter outside the key's boundary (`NothingVisible`)
+    finds nothing."""
+    after = keyset_after(query.cursor, kind)
+    try:
+        named = filters()
+    except NothingVisible:
+        return [], None
+    async with services.pool.connection() as conn:
+        rows, more = await fetch(conn, **named, after=after, limit=query.limit)
+    where = position or created
+    return rows, next_cursor(kind, where(rows[-1]) if rows else None, more)
+
+
+def id_or_none(text: str | None, field: str) -> int | None:
+    """An optional wire id (a filter) as its u128."""
+    return None if text is None else parse_id(text, field)
+
+
+def ledger_filter(services: Services, code: str | None) -> int | None:
+    """A list's `credit_type` filter as its ledger; a code no credit type has finds nothing."""
+    if code is None:
+        return None
+    ledger = services.catalog.ledger_of_code(code)
+    if ledger is None:
+        raise NothingVisible
+    return ledger
+
+
+def created(row: Any) -> Keyset:
+    """The position of a catalog row in its list: (created_at, id)."""
+    return row.created_at, row.id
+
+
 def reply(body: B, replayed: bool, status: int = 200) -> Response[B]:
     return Response(body, status_code=status, headers=HIT if replayed else None)
 
@@ -82,6 +135,9 @@ RESERVATION_PROBLEMS = (
     "reservation_already_released",
 )
 ADMIN_PROBLEMS = (*COMMON, *WRITE, "conflict", "not_found")
+# A list from Postgres: a bad parameter or cursor is 422; a filter matching nothing is an empty
+# page, never a 404.
+LIST_PROBLEMS = (*COMMON, "validation_error")
 
 
 async def authorize(

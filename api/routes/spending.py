@@ -17,9 +17,13 @@ from api import spending
 from api.auth import READ_SCOPES
 from api.common import (
     funding,
+    own,
     parse_id,
+    sid,
+    wallet_customer,
 )
 from api.openapi import COMMON, WRITE, operation
+from api.paging import decode_cursor, encode_cursor
 from api.routes.shared import (
     EXAMPLE_SPEND,
     READ_PROBLEMS,
@@ -29,14 +33,17 @@ from api.routes.shared import (
     json_body,
     key_of,
     principal_of,
+    query_of,
     send,
     services_of,
     strict_body,
 )
+from grants.errors import NotFound
 from ledger.codes import TransferCode
 from wallets import chains
+from wallets.reservations import wallet_reservations
 from wallets.service import Funding
-from wallets.statements import reservation_status
+from wallets.statements import ReservationView, reservation_status
 
 OPS = {
     "check": operation(*SPENDING_PROBLEMS, idempotent=False, example=EXAMPLE_SPEND),
@@ -52,6 +59,7 @@ OPS = {
     ),
     "release": operation(*COMMON, *WRITE, "not_found", *RESERVATION_PROBLEMS),
     "get_reservation": operation(*READ_PROBLEMS, idempotent=False),
+    "list_reservations": operation(*READ_PROBLEMS, idempotent=False, query=w.ReservationQuery),
 }
 
 
@@ -177,6 +185,10 @@ async def get_reservation(
     await spending.reservation_legs(services, principal, rid)
     # The service's clock, the one its spends and the engine's timeouts are judged by.
     view = await reservation_status(services.service.ledger, rid, services.service.clock_ns())
+    return _reservation_out(reservation_id, view)
+
+
+def _reservation_out(reservation_id: str, view: ReservationView) -> w.ReservationOut:
     legs = view.legs
     hold = legs[chains.SETUP]
     funded = [
@@ -201,6 +213,43 @@ async def get_reservation(
     )
 
 
+@get(
+    "/v1/reservations",
+    operation_class=OPS["list_reservations"],
+    opt={"scopes": READ_SCOPES},
+    tags=["spending"],
+    description="A wallet's reservations, oldest first, with their status (held, settled, "
+    "released, expired), read from the ledger itself, so a reservation is listed as soon as "
+    "it is made. `wallet_id` is required; `status` filters. A page examines a bounded number "
+    "of reservations, so with a status filter it may hold fewer than `limit`: go on while "
+    "next_cursor is not null.",
+)
+async def list_reservations(request: Request[Any, Any, Any], state: State) -> w.ReservationPage:
+    principal = principal_of(request)
+    query = query_of(request, w.ReservationQuery)
+    services = services_of(state)
+    wallet_id = parse_id(query.wallet_id, "wallet_id")
+    wallet = services.catalog.wallets.get(wallet_id)
+    if wallet is None:
+        raise NotFound("wallet not found")
+    own(principal, wallet_customer(services, wallet_id), "wallet")
+    after = decode_cursor(query.cursor, "reservations", 1)
+    page = await wallet_reservations(
+        services.service.ledger,
+        wallet,
+        after_ns=after[0] if after else 0,
+        limit=query.limit,
+        status=query.status.value if query.status else None,
+        now_ns=services.service.clock_ns(),
+    )
+    return w.ReservationPage(
+        items=[_reservation_out(sid(rid), view) for rid, view in page.items],
+        next_cursor=(
+            encode_cursor("reservations", page.next_after_ns) if page.next_after_ns else None
+        ),
+    )
+
+
 ROUTES = [
     check,
     debit,
@@ -209,4 +258,5 @@ ROUTES = [
     settle,
     release,
     get_reservation,
+    list_reservations,
 ]

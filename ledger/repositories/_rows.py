@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final, TypeVar
 
-from ledger.limits import U128_MAX
+from ledger.db import Connection
+from ledger.limits import LIST_PAGE_ROWS_MAX, U128_MAX
 
 # The most ids one call takes (`= ANY(%s)` with an array parameter) and the most rows one call
 # returns; a caller with more pages through them.
@@ -15,6 +17,14 @@ IDS_PER_CALL_MAX: Final = 10_000
 ROWS_PER_PAGE_MAX: Final = 1_000
 ROWS_PER_PAGE_DEFAULT: Final = 100
 assert 0 < ROWS_PER_PAGE_DEFAULT <= ROWS_PER_PAGE_MAX <= IDS_PER_CALL_MAX
+assert LIST_PAGE_ROWS_MAX <= ROWS_PER_PAGE_MAX
+
+# Where a page of a list starts: after the row with this (time, id). Lists are ordered by a
+# time column and then the id, so that the order is total and stable while rows are added.
+Keyset = tuple[datetime, int]
+# A condition of a list: SQL with one `%s` per parameter, and the parameters.
+Condition = tuple[str, tuple[Any, ...]]
+T = TypeVar("T")
 
 
 def to_uuid(value: int) -> uuid.UUID:
@@ -61,3 +71,45 @@ def from_amount(value: Decimal | int) -> int:
 def page_limit(limit: int) -> int:
     assert 1 <= limit <= ROWS_PER_PAGE_MAX, f"limit {limit} is not in 1..{ROWS_PER_PAGE_MAX}"
     return limit
+
+
+def equal(**columns: Any) -> list[Condition]:
+    """`column = value` for each column given a value (None: that filter is not set). Values
+    go as they are: convert ids with `to_uuid_or_none` first."""
+    return [(f"{column} = %s", (value,)) for column, value in columns.items() if value is not None]
+
+
+def resource_of_customer(customer_id: int) -> Condition:
+    """The condition that a row's `resource_id` is one of the customer's resources."""
+    return ("resource_id IN (SELECT id FROM resources WHERE customer_id = %s)",
+            (to_uuid(customer_id),))  # fmt: skip
+
+
+async def fetch_page(
+    conn: Connection,
+    select: str,
+    conditions: Sequence[Condition],
+    row: Callable[[tuple[Any, ...]], T],
+    *,
+    after: Keyset | None,
+    limit: int,
+    order: str = "created_at",
+) -> tuple[list[T], bool]:
+    """A page of `select` (`SELECT ... FROM table`, no WHERE) with every condition, in
+    (`order`, id) order after `after`, each row made by `row`: at most `limit` rows, and
+    whether more follow.
+
+    One row beyond the limit is read to answer "more", so the last page says so itself and a
+    caller never asks for an empty page after it.
+    """
+    clauses = [sql for sql, _ in conditions]
+    params: list[Any] = [p for _, values in conditions for p in values]
+    if after is not None:
+        clauses.append(f"({order}, id) > (%s, %s)")
+        params += [after[0], to_uuid(after[1])]
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    cursor = await conn.execute(
+        f"{select}{where} ORDER BY {order}, id LIMIT %s", (*params, page_limit(limit) + 1)
+    )
+    rows = await cursor.fetchall()
+    return [row(r) for r in rows[:limit]], len(rows) > limit

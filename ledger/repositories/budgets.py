@@ -15,7 +15,19 @@ from typing import Any, Final
 import msgspec
 
 from ledger.db import Connection
-from ledger.repositories._rows import from_amount, from_uuid, to_amount, to_uuid, uuids
+from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
+    from_amount,
+    from_uuid,
+    resource_of_customer,
+    to_amount,
+    to_uuid,
+    to_uuid_or_none,
+    uuids,
+)
 
 _COLUMNS: Final = "id, resource_id, credit_type_id, period, cap, created_at, active"
 
@@ -85,6 +97,37 @@ async def list_budgets_for_resources(
         (uuids(resource_ids),),
     )
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_budgets(
+    conn: Connection,
+    *,
+    resource_id: int | None = None,
+    customer_id: int | None = None,
+    credit_type_id: int | None = None,
+    active: bool | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Budget], bool]:
+    """A page of budgets with every filter given (`active` None: removed ones too), in
+    (created_at, id) order, and whether more follow."""
+    conditions = equal(
+        resource_id=to_uuid_or_none(resource_id), credit_type_id=credit_type_id, active=active
+    )
+    if customer_id is not None:
+        conditions.append(resource_of_customer(customer_id))
+    select = f"SELECT {_COLUMNS} FROM budgets"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
+
+
+async def lock_budget(conn: Connection, id: int) -> Budget | None:
+    """The budget, locked (FOR UPDATE) until the caller's transaction ends: changes of its cap
+    and their ledger side run one at a time."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM budgets WHERE id = %s FOR UPDATE", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
 
 
 async def set_budget_cap(conn: Connection, id: int, cap: int) -> Budget | None:

@@ -27,7 +27,7 @@ class CatalogSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     # Active grants not expired at read_at (effective or not yet: the builder checks that).
     grants: tuple[grants.Grant, ...]
     budgets: tuple[budgets.Budget, ...]  # the active ones
-    prices: tuple[prices.Price, ...]
+    prices: tuple[prices.Price, ...]  # every entry of every price's history
 
 
 async def load_catalog_snapshot(conn: Connection) -> CatalogSnapshot:
@@ -43,5 +43,5 @@ async def load_catalog_snapshot(conn: Connection) -> CatalogSnapshot:
         wallets=tuple(await wallets.list_all_wallets(conn)),
         grants=tuple(await grants.list_all_live_grants(conn)),
         budgets=tuple(await budgets.list_all_active_budgets(conn)),
-        prices=tuple(await prices.list_prices(conn)),
+        prices=tuple(await prices.list_all_prices(conn)),
     )

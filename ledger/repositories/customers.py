@@ -10,9 +10,12 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
     from_uuid,
-    page_limit,
     to_uuid,
+    to_uuid_or_none,
 )
 
 _COLUMNS: Final = "id, tenant, external_ref, name, created_at"
@@ -71,19 +74,19 @@ async def get_customer_by_external_ref(conn: Connection, external_ref: str) -> C
 
 
 async def list_customers(
-    conn: Connection, *, after_id: int | None = None, limit: int = ROWS_PER_PAGE_DEFAULT
-) -> list[Customer]:
-    """A page of customers by id; pass the last id of a page as `after_id` for the next."""
-    if after_id is None:
-        cursor = await conn.execute(
-            f"SELECT {_COLUMNS} FROM customers ORDER BY id LIMIT %s", (page_limit(limit),)
-        )
-    else:
-        cursor = await conn.execute(
-            f"SELECT {_COLUMNS} FROM customers WHERE id > %s ORDER BY id LIMIT %s",
-            (to_uuid(after_id), page_limit(limit)),
-        )
-    return [_row(row) for row in await cursor.fetchall()]
+    conn: Connection,
+    *,
+    external_ref: str | None = None,
+    customer_id: int | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Customer], bool]:
+    """A page of customers in (created_at, id) order, and whether more follow; the last one's
+    (created_at, id) is the next page's `after`. `customer_id` narrows it to that customer (a
+    key bound to one customer lists only its own)."""
+    conditions = equal(external_ref=external_ref, id=to_uuid_or_none(customer_id))
+    select = f"SELECT {_COLUMNS} FROM customers"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def list_all_customers(conn: Connection) -> list[Customer]:

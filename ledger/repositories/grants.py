@@ -18,11 +18,15 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
     from_amount,
     from_uuid,
     page_limit,
     to_amount,
     to_uuid,
+    to_uuid_or_none,
     uuids,
 )
 
@@ -171,6 +175,69 @@ async def list_grants_for_wallets(
             (uuids(wallet_ids), [state.value for state in states]),
         )
     return [_row(row) for row in await cursor.fetchall()]
+
+
+# A block's state as a spend sees it at an instant (the values of wallets.statements.BlockState
+# and of the wire's GrantState), from what Postgres knows of it: its dual write's state and its
+# times. Not yet on the ledger (pending) or before effective_at: upcoming; from expires_at (or
+# swept): expired; voided, or abandoned by an operator (never issued): voided. Each as SQL with
+# the instant as its parameters, and as Python (`block_state`): the two say the same.
+BLOCK_STATES: Final = {
+    "upcoming": ("(state = 'pending' OR (state = 'active' AND effective_at > %s))", 1),
+    "active": (
+        "(state = 'active' AND effective_at <= %s AND (expires_at IS NULL OR expires_at > %s))",
+        2,
+    ),
+    "expired": ("(state = 'expired' OR (state = 'active' AND expires_at <= %s))", 1),
+    "voided": ("state IN ('voided', 'abandoned')", 0),
+}
+
+
+def block_state(grant: Grant, at: datetime) -> str:
+    """The grant's state as a spend sees it at `at` (one of BLOCK_STATES)."""
+    if grant.state in (GrantState.VOIDED, GrantState.ABANDONED):
+        return "voided"
+    if grant.state is GrantState.EXPIRED:
+        return "expired"
+    if grant.state is GrantState.PENDING or grant.effective_at > at:
+        return "upcoming"
+    if grant.expires_at is not None and grant.expires_at <= at:
+        return "expired"
+    return "active"
+
+
+async def list_grants(
+    conn: Connection,
+    *,
+    wallet_id: int | None = None,
+    customer_id: int | None = None,
+    block: tuple[str, datetime] | None = None,
+    category: GrantCategory | None = None,
+    expires_before: datetime | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Grant], bool]:
+    """A page of grants with every filter given, in (created_at, id) order, and whether more
+    follow. `block`: (a state of BLOCK_STATES, the instant it is judged at); `expires_before`:
+    grants with an expiry strictly before it (never-expiring ones are not); `customer_id`: the
+    grants of that customer's wallets."""
+    conditions = equal(
+        wallet_id=to_uuid_or_none(wallet_id),
+        category=None if category is None else category.value,
+    )
+    if block is not None:
+        state, at = block
+        sql, instants = BLOCK_STATES[state]
+        conditions.append((sql, (at,) * instants))
+    if customer_id is not None:
+        conditions.append(
+            ("wallet_id IN (SELECT w.id FROM wallets w JOIN resources r ON r.id = w.resource_id"
+             " WHERE r.customer_id = %s)", (to_uuid(customer_id),))
+        )  # fmt: skip
+    if expires_before is not None:
+        conditions.append(("expires_at < %s", (expires_before,)))
+    select = f"SELECT {_COLUMNS} FROM grants"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def set_grant_state(

@@ -15,9 +15,11 @@ import msgspec
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
     from_uuid,
     from_uuid_or_none,
-    page_limit,
     to_uuid,
     to_uuid_or_none,
 )
@@ -100,20 +102,26 @@ async def get_resource_by_external_ref(
     return None if row is None else _row(row)
 
 
-async def list_resources_for_customer(
+async def list_resources(
     conn: Connection,
-    customer_id: int,
     *,
-    after_id: int | None = None,
+    customer_id: int | None = None,
+    parent_id: int | None = None,
+    kind: ResourceKind | None = None,
+    external_ref: str | None = None,
+    after: Keyset | None = None,
     limit: int = ROWS_PER_PAGE_DEFAULT,
-) -> list[Resource]:
-    """A page of a customer's resources by id; the last id of a page is the next `after_id`."""
-    after = to_uuid(after_id if after_id is not None else 0)
-    cursor = await conn.execute(
-        f"SELECT {_COLUMNS} FROM resources WHERE customer_id = %s AND id > %s ORDER BY id LIMIT %s",
-        (to_uuid(customer_id), after, page_limit(limit)),
+) -> tuple[list[Resource], bool]:
+    """A page of resources with every filter given, in (created_at, id) order, and whether
+    more follow; the last one's (created_at, id) is the next page's `after`."""
+    conditions = equal(
+        customer_id=to_uuid_or_none(customer_id),
+        parent_id=to_uuid_or_none(parent_id),
+        kind=None if kind is None else kind.value,
+        external_ref=external_ref,
     )
-    return [_row(row) for row in await cursor.fetchall()]
+    select = f"SELECT {_COLUMNS} FROM resources"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def list_children(conn: Connection, parent_id: int) -> list[Resource]:

@@ -15,9 +15,14 @@ import msgspec
 
 from ledger.db import Connection
 from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
     from_amount,
     from_uuid,
     from_uuid_or_none,
+    resource_of_customer,
     to_amount,
     to_uuid,
     to_uuid_or_none,
@@ -137,6 +142,24 @@ async def list_wallets_for_resources(
             (uuids(resource_ids), credit_type_id),
         )
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def list_wallets(
+    conn: Connection,
+    *,
+    resource_id: int | None = None,
+    customer_id: int | None = None,
+    credit_type_id: int | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Wallet], bool]:
+    """A page of wallets with every filter given (a customer's: those of its resources), in
+    (created_at, id) order, and whether more follow."""
+    conditions = equal(resource_id=to_uuid_or_none(resource_id), credit_type_id=credit_type_id)
+    if customer_id is not None:
+        conditions.append(resource_of_customer(customer_id))
+    select = f"SELECT {_COLUMNS} FROM wallets"
+    return await fetch_page(conn, select, conditions, _row, after=after, limit=limit)
 
 
 async def update_wallet_policy(

@@ -84,6 +84,10 @@ async def test_catalog_objects_are_created_and_read_back(api: Api) -> None:
     )
 
 
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
 async def test_grants_are_issued_read_and_voided(api: Api) -> None:
     world = await make_world(api, granted=1000)
     assert (world.grant["wallet_id"], world.grant["amount"]) == (world.wallet["id"], 1000)
@@ -102,7 +106,23 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
     assert await balance(api, world.wallet["id"]) == (1300, 0, 0)
     r = await api.get(f"/v1/grants/{promo['id']}", key="runtime")
     assert r.status_code == 200, r.text
-    assert r.json() == {
+    block = r.json()
+    assert _at(block.pop("effective_at")) <= _at(block.pop("created_at"))
+    assert block == {
+        "id": promo["id"],
+        "wallet_id": world.wallet["id"],
+        "credit_type": world.code,
+        "amount": 300,
+        "category": "promotional",
+        "priority": 5,
+        "expires_at": None,
+        "consideration_minor": 0,
+        "currency": None,
+        "source": "admin",
+        "reason": "welcome",
+        "external_ref": None,
+        "actor": "test-admin",
+        # The figures, as they were before the block's fields joined them.
         "grant_id": promo["id"],
         "state": "active",
         "granted": 300,
@@ -237,7 +257,14 @@ async def test_usage_is_priced_on_debits_reservations_and_settles(api: Api) -> N
         "/v1/prices", {"feature": "gpu-s", "credit_type": world.code, "credits_per_unit": 7}
     )
     assert r.status_code == 201, r.text
-    assert r.json() == {"feature": "gpu-s", "credit_type": world.code, "credits_per_unit": 7}
+    price = r.json()
+    assert (price["feature"], price["credit_type"], price["credits_per_unit"]) == (
+        "gpu-s",
+        world.code,
+        7,
+    )
+    # Now: just before the row was written.
+    assert _at(price["effective_at"]) <= _at(price["created_at"])
 
     r = await api.post(
         "/v1/debits", world.spend(usage={"feature": "gpu-s", "quantity": 3}), key="runtime"

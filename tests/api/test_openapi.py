@@ -22,6 +22,7 @@ pytestmark = pytest.mark.anyio
 SCHEMA_PATH = "/schema/openapi.json"
 # Routes that change nothing or carry their keys per item: no Idempotency-Key header.
 NO_IDEMPOTENCY_KEY = {("POST", "/v1/check"), ("POST", "/v1/debits/batch")}
+WRITES = ("POST", "PATCH", "DELETE")
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
 
 
@@ -82,12 +83,12 @@ async def test_the_document_is_served(served: Served) -> None:
 async def test_every_served_route_is_documented_with_a_description(served: Served) -> None:
     operations = _operations(served.document)
     assert set(operations) == served.routes
-    assert len(served.routes) >= 26
+    assert len(served.routes) >= 37
     undescribed = [k for k, op in operations.items() if len(op.get("description", "")) < 10]
     assert undescribed == []
     # Request bodies are documented with their schema.
     for (method, path), operation in operations.items():
-        if method == "POST" and not path.endswith("/release"):
+        if method in ("POST", "PATCH") and not path.endswith("/release"):
             content = operation["requestBody"]["content"]["application/json"]
             assert content["schema"], (method, path)
 
@@ -102,12 +103,15 @@ async def test_every_route_documents_its_problem_responses(document: dict[str, A
     gaps = []
     for (method, path), operation in _operations(document).items():
         responses = operation.get("responses", {})
-        expected = {"422"} if method == "POST" else set()
+        queried = any(p["in"] == "query" for p in operation.get("parameters", []))
+        expected = {"422"} if method in WRITES or queried else set()
         if path not in UNAUTHENTICATED:
             expected |= {"401", "403"}
         if "{" in path:
             expected.add("404")
-        if path in ("/v1/debits", "/v1/reservations"):
+        if method in ("PATCH", "DELETE"):
+            expected |= {"409"}  # idempotency_conflict
+        if method == "POST" and path in ("/v1/debits", "/v1/reservations"):
             expected |= {"402", "409", "503"}
         for status in sorted(expected):
             content = responses.get(status, {}).get("content", {})
@@ -135,7 +139,7 @@ async def test_auth_and_idempotency_headers_are_documented(document: dict[str, A
     assert any(s.get("scheme", "").lower() == "bearer" for s in schemes.values()), schemes
     missing = []
     for (method, path), operation in _operations(document).items():
-        if method != "POST" or (method, path) in NO_IDEMPOTENCY_KEY:
+        if method not in WRITES or (method, path) in NO_IDEMPOTENCY_KEY:
             continue
         headers = {
             p["name"].lower() for p in operation.get("parameters", []) if p["in"] == "header"
@@ -143,6 +147,28 @@ async def test_auth_and_idempotency_headers_are_documented(document: dict[str, A
         if "idempotency-key" not in headers:
             missing.append(path)
     assert missing == []
+
+
+async def test_every_list_documents_its_page_and_its_filters(document: dict[str, Any]) -> None:
+    operations = _operations(document)
+    filters = {
+        "/v1/customers": {"external_ref"},
+        "/v1/resources": {"customer_id", "parent_id", "kind", "external_ref"},
+        "/v1/wallets": {"resource_id", "customer_id", "credit_type"},
+        "/v1/grants": {"wallet_id", "state", "category", "expires_before"},
+        "/v1/reservations": {"wallet_id", "status"},
+        "/v1/budgets": {"resource_id", "credit_type", "active"},
+        "/v1/prices": {"feature", "credit_type"},
+    }
+    for path, named in filters.items():
+        parameters = {p["name"]: p for p in operations[("GET", path)]["parameters"]}
+        assert set(parameters) == {"limit", "cursor", *named}, path
+        assert all(p["in"] == "query" for p in parameters.values())
+        assert parameters["limit"]["schema"]["maximum"] == 1000
+        schema = operations[("GET", path)]["responses"]["200"]["content"]["application/json"]
+        assert schema["schema"]["$ref"].endswith("Page"), path
+    wallet_id = {p["name"]: p for p in operations[("GET", "/v1/reservations")]["parameters"]}
+    assert wallet_id["wallet_id"]["required"] is True
 
 
 async def test_every_request_body_has_an_example(document: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """The Python client (`credit_ledger_client`) against an in-memory fake of the service on an
 `httpx.MockTransport`: headers, decoding, error mapping, retries that reuse the idempotency key,
-and the `reserve(...)` context manager. No app and no engine here; the end-to-end tests drive the
-real service."""
+the `reserve(...)` context manager, lists and changes. One test drives the real app (in
+process) through the client; the end-to-end tests drive the real service."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 import uuid
@@ -40,20 +41,42 @@ from credit_ledger_client import (
 )
 from credit_ledger_client.schemas import (
     AccountKind,
+    BudgetIn,
+    BudgetOut,
+    BudgetPatchIn,
+    BudgetQuery,
+    CheckOut,
+    CustomerOut,
+    CustomerPage,
+    CustomerQuery,
     DebitOut,
     EntriesOut,
     EntryOut,
     EntryType,
     FundingOut,
+    GrantQuery,
     Overage,
+    OverdraftMode,
+    Period,
+    PriceAtQuery,
+    PriceIn,
+    PriceOut,
     ReleaseOut,
     ReservationOut,
+    ReservationPage,
+    ReservationQuery,
+    ReservationStatus,
     ReserveIn,
     SettleIn,
     SettleOut,
     SpendIn,
     Usage,
+    WalletOut,
+    WalletPatchIn,
 )
+
+from tests.api.conftest import Api
+from tests.api.support import make_world
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_URL = "http://credit.test"
@@ -66,6 +89,8 @@ WALLET = "0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f63"
 GRANT_ACCOUNT = "42"
 PRICE_PER_UNIT = 3  # credits per unit of any feature, for usage-based settles
 ENTRIES = 5
+CUSTOMERS = 5
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 # No pauses between attempts: the tests check which requests are sent, not the clock.
 NO_WAIT = RetryPolicy(attempts=3, backoff_initial_s=0, backoff_max_s=0)
 ONE_ATTEMPT = RetryPolicy(attempts=1)
@@ -117,6 +142,13 @@ class FakeService:
     holds: dict[str, Hold] = field(default_factory=dict)
     applied: int = 0  # mutations really applied (replays excluded)
     fail_release: httpx.Response | None = None
+    wallet: WalletOut = field(
+        default_factory=lambda: WalletOut(
+            id=WALLET, resource_id=RESOURCE, credit_type=CREDITS, overdraft_mode="hard",
+            overdraft_limit=0, fall_through=False,
+        )
+    )  # fmt: skip
+    budget_caps: dict[str, int | None] = field(default_factory=lambda: {BUDGET: 500})
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -152,6 +184,15 @@ class FakeService:
             return _json(200, self._reservation_out(parts[2], hold))
         if parts == ["v1", "wallets", WALLET, "entries"]:
             return self._entries(request)
+        if parts == ["v1", "customers"]:
+            return self._customers(request)
+        if parts == ["v1", "reservations"] and "wallet_id" in request.url.params:
+            return self._reservations(request)
+        if parts == ["v1", "prices", "current"]:
+            return _json(200, PriceOut(
+                id=str(uuid.uuid4()), feature=request.url.params["feature"], credit_type=CREDITS,
+                credits_per_unit=PRICE_PER_UNIT, effective_at=EPOCH, created_at=EPOCH,
+            ))  # fmt: skip
         if parts == ["healthz"]:
             return _json(200, {"status": "ok"})
         return problem(404, "not_found")
@@ -159,6 +200,17 @@ class FakeService:
     def _post(self, request: httpx.Request) -> httpx.Response:
         parts = request.url.path.strip("/").split("/")
         try:
+            if request.method == "PATCH" and parts == ["v1", "wallets", WALLET]:
+                return self._update_wallet(msgspec.json.decode(request.content, type=WalletPatchIn))
+            if parts[:2] == ["v1", "budgets"] and len(parts) == 3:
+                return self._change_budget(request, parts[2])
+            if parts == ["v1", "check"]:
+                asked = msgspec.json.decode(request.content, type=SpendIn).amount or 0
+                return _json(200, CheckOut(
+                    allowed=asked <= self.available, reason=None, amount=asked,
+                    available=self.available, reserved=0, overdraft_headroom=0, budgets=[],
+                    would_fund=[],
+                ))  # fmt: skip
             if parts == ["v1", "debits"]:
                 return self._debit(msgspec.json.decode(request.content, type=SpendIn))
             if parts == ["v1", "reservations"]:
@@ -252,6 +304,58 @@ class FakeService:
         next_cursor = str(end) if end < ENTRIES else None
         return _json(200, EntriesOut(entries=entries, next_cursor=next_cursor))
 
+    def _customers(self, request: httpx.Request) -> httpx.Response:
+        """CUSTOMERS customers, named c0.., a page at a time (the cursor is the next index)."""
+        start = int(request.url.params.get("cursor", "0"))
+        limit = int(request.url.params.get("limit", "100"))
+        end = min(start + limit, CUSTOMERS)
+        items = [
+            CustomerOut(id=f"c{i}", tenant=i + 1, name=f"c{i}", external_ref=None)
+            for i in range(start, end)
+        ]
+        page = CustomerPage(items=items, next_cursor=str(end) if end < CUSTOMERS else None)
+        return _json(200, page)
+
+    def _reservations(self, request: httpx.Request) -> httpx.Response:
+        status = request.url.params.get("status")
+        items = [
+            self._reservation_out(rid, hold)
+            for rid, hold in self.holds.items()
+            if status is None or hold.status == status
+        ]
+        return _json(200, ReservationPage(items=items, next_cursor=None))
+
+    def _update_wallet(self, body: WalletPatchIn) -> httpx.Response:
+        changes = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not None}
+        if not changes:
+            return problem(422, "validation_error", field="overdraft_mode")
+        self.wallet = msgspec.structs.replace(self.wallet, **changes)
+        self.applied += 1
+        return _json(200, self.wallet)
+
+    def _change_budget(self, request: httpx.Request, budget_id: str) -> httpx.Response:
+        if self.budget_caps.get(budget_id) is None:
+            return problem(404, "not_found")
+        if request.method == "PATCH":
+            self.budget_caps[budget_id] = msgspec.json.decode(
+                request.content, type=BudgetPatchIn
+            ).cap
+        elif request.method == "DELETE":
+            assert request.content == b"", "a DELETE has no body"
+            cap, self.budget_caps[budget_id] = self.budget_caps[budget_id], None
+            self.applied += 1
+            return _json(200, self._budget_out(budget_id, cap, active=False))
+        else:
+            return problem(405, "method_not_allowed")
+        self.applied += 1
+        return _json(200, self._budget_out(budget_id, self.budget_caps[budget_id]))
+
+    @staticmethod
+    def _budget_out(budget_id: str, cap: int | None, active: bool = True) -> BudgetOut:
+        assert cap is not None
+        return BudgetOut(id=budget_id, resource_id=RESOURCE, credit_type=CREDITS, period="day",
+                         cap=cap, active=active)  # fmt: skip
+
     @staticmethod
     def _reservation_out(reservation_id: str, hold: Hold) -> ReservationOut:
         funded = [FundingOut(account_id=GRANT_ACCOUNT, kind="grant", amount=hold.amount)]
@@ -267,8 +371,9 @@ class FakeService:
         return self.holds[reservation_id]
 
 
-def spend(amount: int, resource_id: str = RESOURCE) -> SpendIn:
-    return SpendIn(credit_type=CREDITS, resource_id=resource_id, amount=amount)
+def spend(amount: int, resource_id: str = RESOURCE) -> dict[str, Any]:
+    """The keywords of a debit (or a check), as `reserve` takes them too."""
+    return {"credit_type": CREDITS, "resource_id": resource_id, "amount": amount}
 
 
 @pytest.fixture
@@ -298,7 +403,7 @@ def client(fake: FakeService) -> Any:
 def test_a_debit_carries_the_api_key_a_fresh_uuid4_key_and_decodes(
     client: CreditClient, fake: FakeService
 ) -> None:
-    out = client.debit(spend(30))
+    out = client.debit(**spend(30))
 
     assert isinstance(out, DebitOut)
     assert out.amount == 30
@@ -313,8 +418,8 @@ def test_a_debit_carries_the_api_key_a_fresh_uuid4_key_and_decodes(
 
 
 def test_each_call_gets_its_own_default_key(client: CreditClient, fake: FakeService) -> None:
-    client.debit(spend(1))
-    client.debit(spend(1))
+    client.debit(**spend(1))
+    client.debit(**spend(1))
 
     first, second = fake.keys()
     assert first != second
@@ -333,8 +438,8 @@ def test_reads_send_no_idempotency_key(client: CreditClient, fake: FakeService) 
 def test_a_replay_with_the_callers_key_is_applied_once(
     client: CreditClient, fake: FakeService
 ) -> None:
-    first = client.debit(spend(25), idempotency_key="order-17")
-    second = client.debit(spend(25), idempotency_key="order-17")
+    first = client.debit(**spend(25), idempotency_key="order-17")
+    second = client.debit(**spend(25), idempotency_key="order-17")
 
     assert first == second
     assert fake.available == 75
@@ -345,10 +450,10 @@ def test_a_replay_with_the_callers_key_is_applied_once(
 def test_the_same_key_with_another_body_is_an_idempotency_conflict(
     client: CreditClient, fake: FakeService
 ) -> None:
-    client.debit(spend(25), idempotency_key="order-18")
+    client.debit(**spend(25), idempotency_key="order-18")
 
     with pytest.raises(IdempotencyConflictError) as caught:
-        client.debit(spend(26), idempotency_key="order-18")
+        client.debit(**spend(26), idempotency_key="order-18")
     assert caught.value.status == 409
     assert caught.value.idempotency_key == "order-18"
     assert fake.available == 75
@@ -375,13 +480,96 @@ def test_entries_of_some_types_send_each_type(client: CreditClient, fake: FakeSe
     assert {tuple(r.url.params.get_list("type")) for r in fake.requests} == {("debit", "settle")}
 
 
+def test_lists_follow_the_cursor_with_the_query_as_parameters(
+    client: CreditClient, fake: FakeService
+) -> None:
+    customers = list(client.iter_customers(CustomerQuery(limit=2, external_ref="crm-1")))
+
+    assert [c.id for c in customers] == [f"c{i}" for i in range(CUSTOMERS)]
+    assert [r.url.params.get("cursor") for r in fake.requests] == [None, "2", "4"]
+    assert {r.url.params.get("external_ref") for r in fake.requests} == {"crm-1"}
+    assert {r.url.params.get("limit") for r in fake.requests} == {"2"}
+    assert {r.method for r in fake.requests} == {"GET"}
+    assert all("idempotency-key" not in r.headers for r in fake.requests)
+    page = client.list_customers()
+    assert (len(page.items), page.next_cursor) == (CUSTOMERS, None)
+    assert fake.requests[-1].url.params.get("limit") == "100"
+
+
+def test_a_list_query_is_checked_and_encoded_before_sending(
+    client: CreditClient, fake: FakeService
+) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        client.list_customers(CustomerQuery(limit=0))
+    with pytest.raises(ValueError, match="expires_before"):
+        client.list_grants(GrantQuery(expires_before=dt.datetime(2030, 1, 1)))  # no offset
+    assert fake.requests == []
+    with pytest.raises(NotFoundError):
+        client.list_budgets(BudgetQuery(active=False, resource_id=RESOURCE))
+    params = dict(fake.requests[-1].url.params)
+    assert params == {"limit": "100", "resource_id": RESOURCE, "active": "false"}
+    with pytest.raises(NotFoundError):
+        client.list_grants(GrantQuery(expires_before=EPOCH))
+    assert fake.requests[-1].url.params["expires_before"] == "2025-01-01T00:00:00+00:00"
+
+
+def test_check_and_debit_take_the_keywords_reserve_takes(
+    client: CreditClient, fake: FakeService
+) -> None:
+    out = client.debit(
+        credit_type=CREDITS, wallet_id=WALLET, amount=7, dimensions={"model": "small"},
+        idempotency_key="usage-1",
+    )  # fmt: skip
+    allowed = client.check(credit_type=CREDITS, resource_id=RESOURCE, amount=3)
+
+    assert (out.amount, allowed.allowed) == (7, True)
+    debit, check = fake.requests
+    assert (debit.url.path, check.url.path) == ("/v1/debits", "/v1/check")
+    assert msgspec.json.decode(debit.content) == {
+        "credit_type": CREDITS, "wallet_id": WALLET, "amount": 7, "dimensions": {"model": "small"},
+        "resource_id": None, "usage": None,
+    }  # fmt: skip
+    assert msgspec.json.decode(check.content)["resource_id"] == RESOURCE
+    assert debit.headers["idempotency-key"] == "usage-1"
+    with pytest.raises(TypeError, match="amout"):
+        client.debit(credit_type=CREDITS, resource_id=RESOURCE, amout=3)  # type: ignore[call-arg]
+    assert len(fake.requests) == 2
+
+
+def test_changes_carry_a_key_and_replay_with_it(client: CreditClient, fake: FakeService) -> None:
+    body = WalletPatchIn(fall_through=True)
+    first = client.update_wallet(WALLET, body, idempotency_key="w-1")
+    again = client.update_wallet(WALLET, body, idempotency_key="w-1")
+    assert first == again and first.fall_through is True
+    assert fake.applied == 1
+    with pytest.raises(IdempotencyConflictError):
+        client.update_wallet(WALLET, WalletPatchIn(fall_through=False), idempotency_key="w-1")
+    patch_request = fake.requests[0]
+    assert (patch_request.method, patch_request.url.path) == ("PATCH", f"/v1/wallets/{WALLET}")
+    assert msgspec.json.decode(patch_request.content)["fall_through"] is True
+
+    capped = client.update_budget(BUDGET, BudgetPatchIn(cap=900))
+    removed = client.remove_budget(BUDGET, idempotency_key="b-1")
+    replay = client.remove_budget(BUDGET, idempotency_key="b-1")
+    assert (capped.cap, removed.active, replay) == (900, False, removed)
+    delete_request = fake.requests[-2]
+    assert (delete_request.method, delete_request.content) == ("DELETE", b"")
+    assert delete_request.headers["idempotency-key"] == "b-1"
+    assert uuid.UUID(fake.requests[-3].headers["idempotency-key"]).version == 4
+    with pytest.raises(NotFoundError):
+        client.remove_budget(BUDGET)
+    price = client.current_price(PriceAtQuery(feature="chat", credit_type=CREDITS))
+    assert price.credits_per_unit == PRICE_PER_UNIT
+    assert dict(fake.requests[-1].url.params) == {"feature": "chat", "credit_type": CREDITS}
+
+
 def test_bad_arguments_are_refused_before_sending(client: CreditClient, fake: FakeService) -> None:
     with pytest.raises(ValueError, match="idempotency_key"):
-        client.debit(spend(1), idempotency_key="")
+        client.debit(**spend(1), idempotency_key="")
     with pytest.raises(ValueError, match="idempotency_key"):
-        client.debit(spend(1), idempotency_key="x" * 256)
+        client.debit(**spend(1), idempotency_key="x" * 256)
     with pytest.raises(ValueError, match="idempotency_key"):
-        client.debit(spend(1), idempotency_key="caf\u00e9")
+        client.debit(**spend(1), idempotency_key="caf\u00e9")
     with pytest.raises(ValueError, match="idempotency_key"):
         # The reservation's key is suffixed with ":release" for its release: it must leave room.
         client.reserve(credit_type=CREDITS, resource_id=RESOURCE, amount=1,
@@ -400,7 +588,7 @@ def test_insufficient_credits_carries_available_and_needed_and_is_not_retried(
     client: CreditClient, fake: FakeService
 ) -> None:
     with pytest.raises(InsufficientCreditsError) as caught:
-        client.debit(spend(101), idempotency_key="big-one")
+        client.debit(**spend(101), idempotency_key="big-one")
 
     error = caught.value
     assert isinstance(error, SpendRefusedError)
@@ -420,7 +608,7 @@ def test_amounts_past_2_53_arrive_as_strings_and_are_read_as_ints() -> None:
         make_client(FakeService(script=[response])) as client,
         pytest.raises(InsufficientCreditsError) as caught,
     ):
-        client.debit(spend(1))
+        client.debit(**spend(1))
     assert (caught.value.available, caught.value.needed) == (huge, huge + 1)
 
 
@@ -430,30 +618,30 @@ def test_a_refusal_answered_again_under_its_key_says_it_is_a_replay() -> None:
     stored.headers["idempotency-hit"] = "true"
     with make_client(FakeService(script=[first, stored])) as client:
         with pytest.raises(InsufficientCreditsError) as caught:
-            client.debit(spend(101), idempotency_key="poor")
+            client.debit(**spend(101), idempotency_key="poor")
         assert (caught.value.replayed, caught.value.available) == (False, 100)
         with pytest.raises(InsufficientCreditsError) as caught:
-            client.debit(spend(101), idempotency_key="poor")
+            client.debit(**spend(101), idempotency_key="poor")
         assert (caught.value.replayed, caught.value.available) == (True, None)
 
 
 def test_budget_exceeded_names_the_budget(client: CreditClient) -> None:
     with pytest.raises(BudgetExceededError) as caught:
-        client.debit(spend(1, resource_id=BUDGETED))
+        client.debit(**spend(1, resource_id=BUDGETED))
     assert caught.value.budget_id == BUDGET
     assert isinstance(caught.value, SpendRefusedError)
 
 
 def test_a_wrong_api_key_is_unauthorized(fake: FakeService) -> None:
     with make_client(fake, api_key="not-the-key") as client, pytest.raises(UnauthorizedError):
-        client.debit(spend(1))
+        client.debit(**spend(1))
     assert fake.available == 100
 
 
 def test_a_validation_error_names_the_field(client: CreditClient) -> None:
     # Struct constructors do not check constraints; the service does, and says which field.
     with pytest.raises(ValidationError) as caught:
-        client.debit(spend(0))
+        client.debit(**spend(0))
     assert caught.value.status == 422
     assert caught.value.field == "amount"
 
@@ -486,7 +674,7 @@ def test_each_code_maps_to_its_class_with_status_detail_and_extras(code: str) ->
         make_client(FakeService(script=[response]), retry=ONE_ATTEMPT) as client,
         pytest.raises(error_class) as caught,
     ):
-        client.debit(spend(1))
+        client.debit(**spend(1))
     error = caught.value
     assert type(error) is error_class
     assert (error.status, error.code, error.detail) == (status, code, "what happened")
@@ -507,7 +695,7 @@ def test_an_unknown_code_falls_back_to_its_status_family() -> None:
         make_client(FakeService(script=[response])) as client,
         pytest.raises(SpendRefusedError) as caught,
     ):
-        client.debit(spend(1))
+        client.debit(**spend(1))
     assert type(caught.value) is SpendRefusedError
     assert caught.value.code == "wallet_frozen"
 
@@ -518,7 +706,7 @@ def test_an_error_without_a_problem_document_keeps_its_status_and_text() -> None
         make_client(FakeService(script=[response])) as client,
         pytest.raises(UnexpectedResponseError) as caught,
     ):
-        client.debit(spend(1))
+        client.debit(**spend(1))
     assert (caught.value.status, caught.value.code) == (418, "http_418")
     assert caught.value.detail == "<html>teapot</html>"
 
@@ -529,7 +717,7 @@ def test_a_success_body_that_does_not_decode_is_an_unexpected_response() -> None
         make_client(FakeService(script=[response])) as client,
         pytest.raises(UnexpectedResponseError),
     ):
-        client.debit(spend(1))
+        client.debit(**spend(1))
 
 
 # -- retries --------------------------------------------------------------------------------------
@@ -538,7 +726,7 @@ def test_a_success_body_that_does_not_decode_is_an_unexpected_response() -> None
 def test_a_503_then_200_retries_with_the_same_key_and_body(fake: FakeService) -> None:
     fake.script = [problem(503, "ledger_unavailable")]
     with make_client(fake) as client:
-        out = client.debit(spend(10))
+        out = client.debit(**spend(10))
 
     assert out.amount == 10
     first, second = fake.requests
@@ -558,7 +746,7 @@ def test_transport_failures_are_retried_with_the_same_key(
 ) -> None:
     fake.script = [failure]
     with make_client(fake) as client:
-        client.debit(spend(10), idempotency_key="retry-me")
+        client.debit(**spend(10), idempotency_key="retry-me")
 
     assert fake.keys() == ["retry-me", "retry-me"]
     assert fake.applied == 1
@@ -568,15 +756,15 @@ def test_retries_are_bounded_and_the_error_names_the_key_to_retry_with(fake: Fak
     fake.script = [problem(503, "ledger_unavailable")] * 3
     with make_client(fake) as client:
         with pytest.raises(LedgerUnavailableError) as caught:
-            client.debit(spend(10))
+            client.debit(**spend(10))
         assert len(fake.requests) == 3
         assert caught.value.retryable
         key = caught.value.idempotency_key
         assert key is not None and set(fake.keys()) == {key}
 
         # The caller retries later with the key the error names: applied once.
-        client.debit(spend(10), idempotency_key=key)
-        client.debit(spend(10), idempotency_key=key)
+        client.debit(**spend(10), idempotency_key=key)
+        client.debit(**spend(10), idempotency_key=key)
     assert fake.applied == 1
     assert fake.available == 90
 
@@ -584,7 +772,7 @@ def test_retries_are_bounded_and_the_error_names_the_key_to_retry_with(fake: Fak
 def test_no_response_after_every_attempt_is_service_unreachable(fake: FakeService) -> None:
     fake.script = [httpx.ConnectError("refused") for _ in range(3)]
     with make_client(fake) as client, pytest.raises(ServiceUnreachableError) as caught:
-        client.debit(spend(10))
+        client.debit(**spend(10))
     assert len(fake.requests) == 3
     assert (caught.value.status, caught.value.retryable) == (0, True)
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
@@ -593,7 +781,7 @@ def test_no_response_after_every_attempt_is_service_unreachable(fake: FakeServic
 def test_a_gateway_error_is_retried_then_reported_as_unreachable(fake: FakeService) -> None:
     fake.script = [httpx.Response(504, text="gateway timeout")] * 3
     with make_client(fake) as client, pytest.raises(ServiceUnreachableError) as caught:
-        client.debit(spend(10), idempotency_key="through-a-proxy")
+        client.debit(**spend(10), idempotency_key="through-a-proxy")
     assert fake.keys() == ["through-a-proxy"] * 3
     assert (caught.value.status, caught.value.code, caught.value.retryable) == (
         504,
@@ -605,7 +793,7 @@ def test_a_gateway_error_is_retried_then_reported_as_unreachable(fake: FakeServi
 def test_the_number_of_attempts_is_configurable(fake: FakeService) -> None:
     fake.script = [problem(503, "ledger_unavailable")]
     with make_client(fake, retry=ONE_ATTEMPT) as client, pytest.raises(LedgerUnavailableError):
-        client.debit(spend(10))
+        client.debit(**spend(10))
     assert len(fake.requests) == 1
 
 
@@ -778,7 +966,7 @@ def test_settling_twice_is_reservation_already_settled(client: CreditClient) -> 
 @pytest.mark.anyio
 async def test_async_debit_carries_the_headers_and_decodes(fake: FakeService) -> None:
     async with make_async_client(fake) as client:
-        out = await client.debit(spend(30))
+        out = await client.debit(**spend(30))
 
     assert isinstance(out, DebitOut) and out.amount == 30
     [request] = fake.requests
@@ -790,7 +978,7 @@ async def test_async_debit_carries_the_headers_and_decodes(fake: FakeService) ->
 async def test_async_a_503_then_200_retries_with_the_same_key(fake: FakeService) -> None:
     fake.script = [problem(503, "ledger_unavailable"), httpx.ConnectError("refused")]
     async with make_async_client(fake) as client:
-        await client.debit(spend(10))
+        await client.debit(**spend(10))
 
     assert len(fake.requests) == 3
     assert len(set(fake.keys())) == 1
@@ -801,7 +989,7 @@ async def test_async_a_503_then_200_retries_with_the_same_key(fake: FakeService)
 async def test_async_errors_map_by_code(fake: FakeService) -> None:
     async with make_async_client(fake) as client:
         with pytest.raises(InsufficientCreditsError) as caught:
-            await client.debit(spend(101))
+            await client.debit(**spend(101))
         with pytest.raises(NotFoundError):
             await client.get_reservation(str(uuid.uuid4()))
     assert (caught.value.available, caught.value.needed) == (100, 101)
@@ -840,6 +1028,78 @@ async def test_async_iter_entries_follows_the_cursor(fake: FakeService) -> None:
         entries = [entry async for entry in client.iter_entries(WALLET, page_limit=3)]
     assert len(entries) == ENTRIES
     assert len(fake.requests) == 2
+
+
+@pytest.mark.anyio
+async def test_async_lists_changes_and_keyword_spends(fake: FakeService) -> None:
+    async with make_async_client(fake) as client:
+        customers = [c async for c in client.iter_customers(CustomerQuery(limit=3))]
+        await client.debit(credit_type=CREDITS, resource_id=RESOURCE, amount=5)
+        async with client.reserve(credit_type=CREDITS, resource_id=RESOURCE, amount=9):
+            pass
+        held = [r async for r in client.iter_reservations(ReservationQuery(wallet_id=WALLET))]
+        wallet = await client.update_wallet(WALLET, WalletPatchIn(fall_through=True))
+        removed = await client.remove_budget(BUDGET)
+
+    assert [c.id for c in customers] == [f"c{i}" for i in range(CUSTOMERS)]
+    assert [(r.amount, r.status) for r in held] == [(9, ReservationStatus.SETTLED.value)]
+    assert (wallet.fall_through, removed.active) == (True, False)
+    assert fake.available == 100 - 5 - 9
+
+
+# -- a real call path -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_client_against_the_real_service(api: Api) -> None:
+    """The async client over the app itself (no fake): keyword spends, the lists following
+    their cursors, the whole grant, and changes of a wallet, a budget and a price."""
+    world = await make_world(api, granted=1000)
+    wallet_id, agent = world.wallet["id"], world.agent["id"]
+    transport = httpx.ASGITransport(app=api.app)
+    async with AsyncCreditClient(
+        "http://testserver", api.keys["all"], transport=transport
+    ) as client:
+        spend = {"credit_type": world.code, "resource_id": agent}
+        debit = await client.debit(**spend, amount=30, dimensions={"model": "small"})
+        refused = await client.check(**spend, amount=2000)
+        async with client.reserve(**spend, amount=20) as reservation:
+            reservation.settle_amount = 5
+        reservations = [
+            r
+            async for r in client.iter_reservations(ReservationQuery(wallet_id=wallet_id, limit=1))
+        ]
+        customers = [c.id async for c in client.iter_customers(CustomerQuery(limit=2))]
+        grants = [g async for g in client.iter_grants(GrantQuery(wallet_id=wallet_id))]
+        grant = await client.get_grant(world.grant["id"])
+        soft = await client.update_wallet(
+            wallet_id, WalletPatchIn(overdraft_mode=OverdraftMode.SOFT, overdraft_limit=100)
+        )
+        balance = await client.get_wallet(wallet_id)
+        budget = await client.create_budget(
+            BudgetIn(resource_id=agent, credit_type=world.code, period=Period.DAY, cap=50)
+        )
+        capped = await client.update_budget(budget.id, BudgetPatchIn(cap=60))
+        removed = await client.remove_budget(budget.id)
+        await client.create_price(
+            PriceIn(feature=f"real-{api.seq}", credit_type=world.code, credits_per_unit=4)
+        )
+        price = await client.current_price(
+            PriceAtQuery(feature=f"real-{api.seq}", credit_type=world.code)
+        )
+
+    assert (debit.amount, refused.allowed, refused.reason) == (30, False, "insufficient_credits")
+    assert [(r.id, r.amount, r.status) for r in reservations] == [(reservation.id, 20, "settled")]
+    assert world.customer["id"] in customers and len(customers) == len(set(customers))
+    assert [g.id for g in grants] == [world.grant["id"]]
+    assert (grant.id, grant.category, grant.currency, grant.consumed) == (
+        world.grant["id"],
+        "paid",
+        "USD",
+        35,
+    )
+    assert (soft.overdraft_mode, balance.overdraft_limit, balance.available) == ("soft", 100, 965)
+    assert (capped.cap, removed.active, price.credits_per_unit) == (60, False, 4)
 
 
 # -- the client stands alone ----------------------------------------------------------------------

@@ -10,19 +10,23 @@ from typing import Any
 
 import pytest
 
-from grants.errors import IdempotencyConflict, InvalidRequest
+from grants.errors import BudgetExceeded, Conflict, IdempotencyConflict, InvalidRequest
 from grants.model import Category
 from ledger import db
 from ledger.client import open_ledger
+from ledger.clock import ns_of_datetime
 from ledger.embedded import EmbeddedEngine
 from ledger.notify import CatalogChange
 from ledger.repositories import grants as grant_rows
-from ledger.repositories import idempotency
+from ledger.repositories import idempotency, wallet_changes
+from ledger.repositories import wallets as wallet_rows
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
+from ledger.repositories.wallet_changes import ChangeState
 from ledger.settings import LedgerSettings
-from wallets.catalog import Catalog, Wallet
-from wallets.control import ControlPlane, GrantRequest
+from wallets.catalog import Catalog, OverdraftMode, PathError, Period, Wallet
+from wallets.control import ControlPlane, GrantRequest, PolicyRefused
+from wallets.limit_accounts import credited, overdraft_account
 from wallets.service import CreditService
 
 pytestmark = pytest.mark.anyio
@@ -258,15 +262,36 @@ async def test_void_and_sweep_keep_postgres_in_step(plane: ControlPlane, pool: d
 
 async def test_prices_are_cached_and_loaded(plane: ControlPlane) -> None:
     await _world(plane, 9)
-    await plane.set_price(feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a")
-    assert plane.catalog.price("gpt-tokens", 109, 1000) == 3000
+    now_ns = plane.service.clock_ns()
+    first, _ = await plane.set_price(
+        feature="gpt-tokens", ledger=109, credits_per_unit=3, actor="a"
+    )
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    await plane.set_price(
+        feature="gpt-tokens", ledger=109, credits_per_unit=5, actor="a", effective_at=later
+    )
+    later_ns = ns_of_datetime(later)
+    assert plane.catalog.price("gpt-tokens", 109, 1000, now_ns + 10**9) == 3000
+    assert plane.catalog.price("gpt-tokens", 109, 1000, later_ns) == 5000
     fresh = ControlPlane(
         plane.pool, CreditService(plane.service.ledger, Catalog()), plane.grant_service
     )
     await fresh.load()
-    assert fresh.catalog.price("gpt-tokens", 109, 2) == 6
+    # The whole history is cached: the price of each time, the one to come included.
+    assert fresh.catalog.price("gpt-tokens", 109, 2, later_ns - 1) == 6
+    assert fresh.catalog.price("gpt-tokens", 109, 2, later_ns) == 10
+    with pytest.raises(PathError):
+        fresh.catalog.price("gpt-tokens", 109, 2, ns_of_datetime(first.effective_at) - 1)
     with pytest.raises(InvalidRequest):
         await plane.set_price(feature="", ledger=109, credits_per_unit=3, actor="a")
+    with pytest.raises(InvalidRequest, match="past"):
+        await plane.set_price(
+            feature="gpt-tokens",
+            ledger=109,
+            credits_per_unit=3,
+            actor="a",
+            effective_at=first.effective_at,
+        )
 
 
 async def test_refunds_are_audited(plane: ControlPlane, pool: db.Pool) -> None:
@@ -346,3 +371,152 @@ async def test_a_restart_still_voids_what_comes_back_to_a_voided_grant(
     ]
     (account,) = await plane.service.ledger.lookup_accounts([result.grant_id])
     assert account.credits_posted - account.debits_posted - account.debits_pending == 0
+
+
+async def _credited(plane: ControlPlane, wallet: Wallet) -> int:
+    """What the wallet's bounded overdraft account holds of its limit, on the ledger."""
+    tenant = plane.catalog.resources[wallet.resource_id].tenant
+    account = overdraft_account(wallet.id, wallet.ledger, tenant)
+    return (await credited(plane.service.ledger, account)).amount
+
+
+async def test_reconcile_never_credits_a_changed_limit_twice(plane: ControlPlane) -> None:
+    wallet = await _world(plane, 20)
+    soft, _ = await plane.update_wallet(
+        wallet.id,
+        actor="a",
+        tenant=0,
+        key="w20-soft",
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=100,
+    )
+    raised, _ = await plane.update_wallet(
+        wallet.id, actor="a", tenant=0, key="w20-raise", overdraft_limit=150
+    )
+    assert (soft.overdraft_limit, raised.overdraft_limit) == (100, 150)
+    assert await _credited(plane, wallet) == 150
+    report = await plane.reconcile()
+    assert (report.failed, report.interrupted) == ([], None)
+    assert await _credited(plane, wallet) == 150  # not 150 + a second funding of 150
+    lowered, _ = await plane.update_wallet(
+        wallet.id, actor="a", tenant=0, key="w20-hard", overdraft_mode=OverdraftMode.HARD
+    )
+    assert (lowered.overdraft_mode, await _credited(plane, wallet)) == (OverdraftMode.HARD, 0)
+    await plane.reconcile()
+    assert await _credited(plane, wallet) == 0
+
+
+@pytest.mark.parametrize("crash_at", ["ledger", "final_state"])
+async def test_reconcile_finishes_a_limit_change_cut_by_a_crash(
+    plane: ControlPlane, pool: db.Pool, monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    wallet = await _world(plane, 21 if crash_at == "ledger" else 22)
+    await plane.update_wallet(
+        wallet.id,
+        actor="a",
+        tenant=0,
+        key=f"w-{crash_at}-1",
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=100,
+    )
+
+    async def crash(*args: object, **kw: object) -> object:
+        raise Crash()
+
+    if crash_at == "ledger":
+        monkeypatch.setattr(plane.service, "sync_overdraft_limit", crash)
+    else:  # after the ledger moved, before Postgres recorded it
+        monkeypatch.setattr(wallet_rows, "update_wallet_policy", crash)
+    with pytest.raises(Crash):
+        await plane.update_wallet(
+            wallet.id, actor="a", tenant=0, key=f"w-{crash_at}-2", overdraft_limit=250
+        )
+    monkeypatch.undo()
+    async with pool.connection() as conn:
+        row = await wallet_rows.get_wallet(conn, wallet.id)
+        pending = await wallet_changes.pending_change_of(conn, wallet.id)
+    # The wallet's row still says what it was: it changes after the ledger, never before.
+    assert row is not None and row.overdraft_limit == 100
+    assert pending is not None and pending.overdraft_limit == 250
+    assert await _credited(plane, wallet) == (100 if crash_at == "ledger" else 250)
+    # Another change waits for this one.
+    with pytest.raises(Conflict):
+        await plane.update_wallet(wallet.id, actor="a", tenant=0, key="w-other", fall_through=True)
+
+    report = await plane.reconcile()
+    assert report.wallet_changes_finished == [pending.id]
+    async with pool.connection() as conn:
+        row = await wallet_rows.get_wallet(conn, wallet.id)
+        finished = await wallet_changes.get_change(conn, pending.id)
+    assert row is not None and row.overdraft_limit == 250
+    assert finished is not None and finished.state is ChangeState.APPLIED
+    assert await _credited(plane, wallet) == 250  # moved once, whatever step crashed
+    # The caller's retry with its key gets the outcome.
+    again, replayed = await plane.update_wallet(
+        wallet.id, actor="a", tenant=0, key=f"w-{crash_at}-2", overdraft_limit=250
+    )
+    assert (again.overdraft_limit, replayed) == (250, False)
+    assert await _credited(plane, wallet) == 250
+
+
+async def test_a_refused_lowering_stays_refused_for_its_key(plane: ControlPlane) -> None:
+    wallet = await _world(plane, 23)
+    await plane.update_wallet(
+        wallet.id,
+        actor="a",
+        tenant=0,
+        key="w23-soft",
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=100,
+    )
+    await plane.service.debit(
+        tenant=0, key="d23", amount=60, ledger=wallet.ledger, wallet_id=wallet.id
+    )
+    for _ in range(2):
+        with pytest.raises(PolicyRefused, match="60 drawn"):
+            await plane.update_wallet(
+                wallet.id, actor="a", tenant=0, key="w23-cut", overdraft_limit=50
+            )
+    assert await _credited(plane, wallet) == 100
+    cut, _ = await plane.update_wallet(
+        wallet.id, actor="a", tenant=0, key="w23-cut-2", overdraft_limit=60
+    )
+    assert (cut.overdraft_limit, await _credited(plane, wallet)) == (60, 60)
+
+
+async def test_a_cap_change_reaches_the_period_even_after_a_crash(
+    plane: ControlPlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet = await _world(plane, 24)
+    await plane.issue_grant(_request(wallet), tenant=0, key="g24", actor="a")
+    budget, _ = await plane.create_budget(
+        resource_id=wallet.resource_id,
+        ledger=wallet.ledger,
+        period=Period.LIFETIME,
+        cap=100,
+        actor="a",
+        tenant=0,
+        key="b24",
+    )
+    # A process whose cache still has the old cap opens the period after the change did.
+    stale = CreditService(plane.service.ledger, Catalog())
+    fresh = ControlPlane(plane.pool, stale, plane.grant_service)
+    await fresh.load()
+
+    async def crash(*args: object, **kw: object) -> object:
+        raise Crash()
+
+    monkeypatch.setattr(plane, "_sync_budget", crash)
+    with pytest.raises(Crash):
+        await plane.update_budget(budget.id, cap=40, actor="a", tenant=0, key="b24-cut")
+    monkeypatch.undo()
+    report = await plane.reconcile()
+    assert report.budgets >= 1
+    spend = {"ledger": wallet.ledger, "wallet_id": wallet.id}
+    with pytest.raises(BudgetExceeded):
+        await stale.debit(tenant=0, key="d24-1", amount=41, **spend)
+    await stale.debit(tenant=0, key="d24-2", amount=40, **spend)
+    again, replayed = await plane.update_budget(
+        budget.id, cap=40, actor="a", tenant=0, key="b24-cut"
+    )
+    assert (again.cap, replayed) == (40, False)

@@ -41,6 +41,9 @@ async def test_the_packaged_migrations_apply_once(
             "0002_grant_expired_state",
             "0003_api_keys",
             "0004_reconcile_failures",
+            "0005_list_indexes",
+            "0006_price_history",
+            "0007_wallet_changes",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -67,6 +70,9 @@ async def test_the_packaged_migrations_apply_once(
             "grant_expired_state",
             "api_keys",
             "reconcile_failures",
+            "list_indexes",
+            "price_history",
+            "wallet_changes",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

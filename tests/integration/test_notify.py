@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 
@@ -19,6 +20,8 @@ from ledger.notify import (
 from ledger.repositories import credit_types, customers, prices
 
 pytestmark = pytest.mark.anyio
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 WAIT_S = 5.0
 
@@ -66,7 +69,9 @@ async def test_a_committed_change_notifies(pool: db.Pool, listener: Listener) ->
     big_id = 2**128 - 2
     async with pool.connection() as conn:
         await customers.insert_customer(conn, id=big_id, tenant=11, name="N")
-        await prices.upsert_price(conn, id=1, feature="chat", credit_type_id=11, credits_per_unit=1)
+        await prices.insert_price(
+            conn, id=1, feature="chat", credit_type_id=11, credits_per_unit=1, effective_at=T0
+        )
     # One notification per changed row, in order, when the transaction commits; uuid ids come
     # back as the same ints.
     assert await listener.next_change() == CatalogChange("customers", big_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -28,6 +29,7 @@ from ledger.repositories import (
     movements,
     prices,
     resources,
+    wallet_changes,
     wallets,
 )
 from ledger.repositories._rows import to_uuid
@@ -36,6 +38,7 @@ from ledger.repositories.catalog import load_catalog_snapshot
 from ledger.repositories.grants import GrantCategory, GrantSource, GrantState, NewGrant
 from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.repositories.resources import ResourceKind
+from ledger.repositories.wallet_changes import ChangeState
 from ledger.repositories.wallets import OverdraftMode
 
 pytestmark = pytest.mark.anyio
@@ -46,10 +49,12 @@ T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 async def _tree(conn: db.Connection, *, tenant: int = 42) -> dict[str, int]:
-    """A credit type, a customer, and subscription > team > agent, each with a wallet."""
-    await credit_types.insert_credit_type(
-        conn, id=LEDGER, code="tokens", name="Tokens", asset_scale=2
-    )
+    """A credit type (once), a customer, and subscription > team > agent, each with a
+    wallet."""
+    if await credit_types.get_credit_type(conn, LEDGER) is None:
+        await credit_types.insert_credit_type(
+            conn, id=LEDGER, code="tokens", name="Tokens", asset_scale=2
+        )
     customer = await customers.insert_customer(conn, id=tenant * 1000, tenant=tenant, name="Acme")
     ids = {"customer": customer.id}
     parent: int | None = None
@@ -85,6 +90,11 @@ def _grant(wallet_id: int, grant_id: int, **overrides: Any) -> NewGrant:
     }
     fields.update(overrides)
     return NewGrant(**fields)
+
+
+def _at(row: Any) -> tuple[datetime, int]:
+    """Where a page that ends with `row` goes on from."""
+    return row.created_at, row.id
 
 
 async def _fails(conn: db.Connection, error: type[Exception], coro: Any) -> None:
@@ -124,11 +134,20 @@ async def test_u128_ids_and_amounts_round_trip(conn: db.Connection) -> None:
 async def test_customer_lookups_and_pages(conn: db.Connection) -> None:
     for n in range(1, 6):
         await customers.insert_customer(conn, id=n, tenant=n, name=f"c{n}", external_ref=f"ext-{n}")
-    first = await customers.list_customers(conn, limit=2)
-    second = await customers.list_customers(conn, after_id=first[-1].id, limit=2)
-    assert [c.id for c in first + second] == [1, 2, 3, 4]
     found = await customers.get_customer_by_external_ref(conn, "ext-3")
     assert found is not None and found.id == 3
+    # One transaction: every row has the same created_at, so the id orders them.
+    first, more = await customers.list_customers(conn, limit=2)
+    assert more
+    second, more = await customers.list_customers(conn, after=_at(first[-1]), limit=2)
+    third, more = await customers.list_customers(conn, after=_at(second[-1]), limit=2)
+    assert not more
+    assert [c.id for c in first + second + third] == [1, 2, 3, 4, 5]
+    assert await customers.list_customers(conn, external_ref="ext-3") == ([found], False)
+    assert await customers.list_customers(conn, customer_id=4) == (
+        [await customers.get_customer(conn, 4)],
+        False,
+    )
 
 
 async def test_wallets_by_resource_and_policy(conn: db.Connection) -> None:
@@ -229,17 +248,190 @@ async def test_budgets_and_prices(conn: db.Connection) -> None:
         len(await budgets.list_budgets_for_resources(conn, [ids["team"]], active_only=False)) == 1
     )
 
-    first = await prices.upsert_price(
-        conn, id=500, feature="gpt-x.input_tokens", credit_type_id=LEDGER, credits_per_unit=3
+    feature = "gpt-x.input_tokens"
+    first = await prices.insert_price(
+        conn, id=500, feature=feature, credit_type_id=LEDGER, credits_per_unit=3, effective_at=T0
     )
-    second = await prices.upsert_price(
-        conn, id=501, feature="gpt-x.input_tokens", credit_type_id=LEDGER, credits_per_unit=4
+    later = T0 + timedelta(days=30)
+    second = await prices.insert_price(
+        conn, id=501, feature=feature, credit_type_id=LEDGER, credits_per_unit=4, effective_at=later
     )
-    assert second.id == first.id == 500 and second.credits_per_unit == 4
-    assert await prices.get_price(conn, "gpt-x.input_tokens", LEDGER) == second
-    assert await prices.list_prices(conn) == [second]
-    assert await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
-    assert not await prices.delete_price(conn, "gpt-x.input_tokens", LEDGER)
+    # A new price is a new entry: the first one stays, in force until the second's time.
+    assert (first.id, second.id, second.credits_per_unit) == (500, 501, 4)
+    assert await prices.get_price(conn, 500) == first
+    assert await prices.price_at(conn, feature, LEDGER, T0 - timedelta(microseconds=1)) is None
+    assert await prices.price_at(conn, feature, LEDGER, T0) == first
+    assert await prices.price_at(conn, feature, LEDGER, later - timedelta(microseconds=1)) == first
+    assert await prices.price_at(conn, feature, LEDGER, later) == second
+    assert await prices.list_all_prices(conn) == [first, second]
+    assert await prices.list_prices(conn, feature=feature, credit_type_id=LEDGER) == (
+        [first, second],
+        False,
+    )
+    # Two entries of one feature cannot start at the same instant.
+    await _fails(
+        conn,
+        errors.UniqueViolation,
+        prices.insert_price(
+            conn,
+            id=502,
+            feature=feature,
+            credit_type_id=LEDGER,
+            credits_per_unit=5,
+            effective_at=T0,
+        ),
+    )
+
+
+async def _page_all(fetch: Any, limit: int) -> list[Any]:
+    """Every row of a list, `limit` at a time, following the pages' positions."""
+    rows: list[Any] = []
+    after = None
+    while True:
+        page, more = await fetch(after=after, limit=limit)
+        rows += page
+        if not more:
+            return rows
+        after = _at(page[-1])
+
+
+async def test_lists_page_in_created_order_with_their_filters(conn: db.Connection) -> None:
+    ids = await _tree(conn)
+    other = await _tree(conn, tenant=43)
+    # Creation times out of id order: the lists follow created_at, then the id.
+    await conn.execute(
+        "UPDATE resources SET created_at = now() - interval '1 day' WHERE id = %s",
+        (to_uuid(ids["agent"]),),
+    )
+    listed, more = await resources.list_resources(conn, limit=10)
+    assert not more and len(listed) == 6
+    assert listed[0].id == ids["agent"]  # created first
+    one_by_one = await _page_all(partial(resources.list_resources, conn), 1)
+    assert [r.id for r in one_by_one] == [r.id for r in listed]
+    mine, _ = await resources.list_resources(conn, customer_id=ids["customer"])
+    assert {r.id for r in mine} == {ids["subscription"], ids["team"], ids["agent"]}
+    children, _ = await resources.list_resources(conn, parent_id=ids["team"])
+    assert [r.id for r in children] == [ids["agent"]]
+    teams, _ = await resources.list_resources(conn, kind=ResourceKind.TEAM)
+    assert {r.id for r in teams} == {ids["team"], other["team"]}
+    await conn.execute(
+        "UPDATE resources SET external_ref = 'crm-7' WHERE id = %s", (to_uuid(other["agent"]),)
+    )
+    found, _ = await resources.list_resources(conn, external_ref="crm-7")
+    assert [r.id for r in found] == [other["agent"]]
+    assert await resources.list_resources(
+        conn, external_ref="crm-7", customer_id=ids["customer"]
+    ) == ([], False)
+
+    theirs, _ = await wallets.list_wallets(conn, customer_id=other["customer"])
+    assert {w.id for w in theirs} == {
+        other[f"{k}_wallet"] for k in ("subscription", "team", "agent")
+    }
+    one, _ = await wallets.list_wallets(conn, resource_id=ids["team"], credit_type_id=LEDGER)
+    assert [w.id for w in one] == [ids["team_wallet"]]
+    assert len(await _page_all(partial(wallets.list_wallets, conn), 4)) == 6
+
+    soon, late = T0 + timedelta(days=1), T0 + timedelta(days=9)
+    await grants.insert_grant(conn, _grant(ids["agent_wallet"], 1, expires_at=soon))
+    await grants.insert_grant(
+        conn, _grant(ids["agent_wallet"], 2, state=GrantState.ACTIVE, expires_at=late)
+    )
+    await grants.insert_grant(
+        conn,
+        _grant(other["agent_wallet"], 3, category=GrantCategory.PAID, currency="EUR"),
+    )
+    expiring, _ = await grants.list_grants(conn, expires_before=late)
+    assert [g.id for g in expiring] == [1]  # strictly before; never-expiring ones are not
+    # States as a spend sees them at an instant: Postgres' state and the block's times.
+    hour, later = T0 + timedelta(hours=1), T0 + timedelta(days=10)
+    for block, at, found in (
+        ("active", hour, [2]),
+        ("upcoming", hour, [1, 3]),  # pending: not on the ledger yet
+        ("expired", later, [2]),  # active in Postgres, past its expiry
+        ("voided", hour, []),
+    ):
+        page, _ = await grants.list_grants(conn, block=(block, at))
+        assert [g.id for g in page] == found, block
+        assert all(grants.block_state(g, at) == block for g in page)
+    paid, _ = await grants.list_grants(conn, category=GrantCategory.PAID)
+    assert [g.id for g in paid] == [3]
+    assert [g.id for g in (await grants.list_grants(conn, customer_id=ids["customer"]))[0]] == [
+        1,
+        2,
+    ]
+    assert [g.id for g in (await grants.list_grants(conn, wallet_id=other["agent_wallet"]))[0]] == [
+        3
+    ]
+
+    for budget_id, resource in ((7, ids["team"]), (8, other["team"])):
+        await budgets.insert_budget(
+            conn,
+            id=budget_id,
+            resource_id=resource,
+            credit_type_id=LEDGER,
+            period=BudgetPeriod.DAY,
+            cap=10,
+        )
+    await budgets.set_budget_active(conn, 8, False)
+    active, _ = await budgets.list_budgets(conn, active=True)
+    removed, _ = await budgets.list_budgets(conn, active=False)
+    assert ([b.id for b in active], [b.id for b in removed]) == ([7], [8])
+    both, _ = await budgets.list_budgets(conn, customer_id=other["customer"])
+    assert [b.id for b in both] == [8]
+    locked = await budgets.lock_budget(conn, 7)
+    assert locked is not None and locked.cap == 10
+
+
+async def test_wallet_changes_are_pending_one_at_a_time_then_finished(conn: db.Connection) -> None:
+    ids = await _tree(conn)
+    wallet = ids["agent_wallet"]
+    change = await wallet_changes.insert_change(
+        conn,
+        id=BIG,
+        wallet_id=wallet,
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=U128_MAX,
+        fall_through=True,
+        actor="admin@example.com",
+    )
+    assert (change.state, change.finished_at, change.overdraft_limit) == (
+        ChangeState.PENDING,
+        None,
+        U128_MAX,
+    )
+    assert await wallet_changes.get_change(conn, BIG) == change
+    assert await wallet_changes.pending_change_of(conn, wallet) == change
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert await wallet_changes.list_pending_changes(conn, later) == [change]
+    assert await wallet_changes.list_pending_changes(conn, change.created_at) == []
+    # One pending change of a wallet at a time.
+    second = wallet_changes.insert_change(
+        conn,
+        id=2,
+        wallet_id=wallet,
+        overdraft_mode=OverdraftMode.HARD,
+        overdraft_limit=0,
+        fall_through=False,
+        actor="a",
+    )
+    await _fails(conn, errors.UniqueViolation, second)
+    refused = await wallet_changes.finish_change(conn, BIG, ChangeState.REFUSED, refusal="drawn")
+    assert refused is not None and refused.finished_at is not None
+    assert (refused.state, refused.refusal) == (ChangeState.REFUSED, "drawn")
+    assert await wallet_changes.finish_change(conn, BIG, ChangeState.APPLIED) is None
+    assert await wallet_changes.pending_change_of(conn, wallet) is None
+    # A change asks for a policy a wallet could hold.
+    for mode, limit in ((OverdraftMode.SOFT, 0), (OverdraftMode.HARD, 5)):
+        bad = wallet_changes.insert_change(
+            conn,
+            id=3,
+            wallet_id=wallet,
+            overdraft_mode=mode,
+            overdraft_limit=limit,
+            fall_through=False,
+            actor="a",
+        )
+        await _fails(conn, errors.CheckViolation, bad)
 
 
 # Constraints: the schema refuses what the services must never write.
@@ -273,7 +465,9 @@ async def test_amount_constraints(conn: db.Connection) -> None:
     await _fails(
         conn,
         errors.CheckViolation,
-        prices.upsert_price(conn, id=1, feature="f", credit_type_id=LEDGER, credits_per_unit=-1),
+        prices.insert_price(
+            conn, id=1, feature="f", credit_type_id=LEDGER, credits_per_unit=-1, effective_at=T0
+        ),
     )
 
 
@@ -691,8 +885,8 @@ async def test_catalog_snapshot_reads_what_the_hot_path_needs(pool: db.Pool) -> 
             period=BudgetPeriod.WEEK,
             cap=10,
         )
-        await prices.upsert_price(
-            conn, id=1, feature="chat", credit_type_id=LEDGER, credits_per_unit=2
+        await prices.insert_price(
+            conn, id=1, feature="chat", credit_type_id=LEDGER, credits_per_unit=2, effective_at=T0
         )
         snapshot = await load_catalog_snapshot(conn)
     assert [c.id for c in snapshot.credit_types] == [LEDGER]

@@ -18,18 +18,23 @@ Invariants:
 - The `reserve(...)` context manager derives the settle and release keys from the reservation's
   key (`{key}:settle`, `{key}:release`), so re-running the same block with the same key after a
   crash replays the same reservation and the same settlement instead of spending again.
+- Every change (POST, PATCH, DELETE) carries its key the same way; reads carry none.
+- A list takes its `...Query` struct (checked here against the contract before it is sent) and
+  answers a page; `iter_...` follows `next_cursor` until the last page.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import enum
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -40,29 +45,46 @@ from credit_ledger_client.schemas import (
     BatchOut,
     BudgetIn,
     BudgetOut,
+    BudgetPage,
+    BudgetPatchIn,
+    BudgetQuery,
     CheckOut,
     CreditTypeIn,
     CreditTypeOut,
     CustomerIn,
     CustomerOut,
+    CustomerPage,
+    CustomerQuery,
     DebitOut,
     EntriesOut,
     EntryOut,
     EntryType,
     FundingOut,
-    GrantBalanceOut,
+    GrantBlockOut,
+    GrantDetailOut,
     GrantIn,
     GrantOut,
+    GrantPage,
+    GrantQuery,
+    ListQuery,
     Overage,
+    Page,
+    PriceAtQuery,
     PriceIn,
     PriceOut,
+    PricePage,
+    PriceQuery,
     RefundIn,
     RefundOut,
     ReleaseOut,
     ReservationOut,
+    ReservationPage,
+    ReservationQuery,
     ReserveIn,
     ResourceIn,
     ResourceOut,
+    ResourcePage,
+    ResourceQuery,
     SettleIn,
     SettleOut,
     SpendIn,
@@ -72,6 +94,9 @@ from credit_ledger_client.schemas import (
     WalletBalanceOut,
     WalletIn,
     WalletOut,
+    WalletPage,
+    WalletPatchIn,
+    WalletQuery,
 )
 
 __all__ = [
@@ -97,6 +122,7 @@ __all__ = [
     "ReservationStateError",
     "RetryPolicy",
     "ServiceUnreachableError",
+    "SpendKeywords",
     "SpendRefusedError",
     "UnauthorizedError",
     "UnexpectedResponseError",
@@ -104,6 +130,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = TypeVar("P", bound=Page)
+Q = TypeVar("Q", bound=ListQuery)
+Item = TypeVar("Item")  # an item of a page
 
 USER_AGENT = "credit-ledger-python/0.1"
 TIMEOUT_S_DEFAULT = 10.0
@@ -396,8 +425,70 @@ def _post(path: str, body: msgspec.Struct | None, out: type[T], key: str | None)
     return _Call("POST", path, out, encoded, _key(key))
 
 
+def _patch(path: str, body: msgspec.Struct, out: type[T], key: str | None) -> _Call[T]:
+    return _Call("PATCH", path, out, msgspec.json.encode(body), _key(key))
+
+
+def _delete(path: str, out: type[T], key: str | None) -> _Call[T]:
+    return _Call("DELETE", path, out, None, _key(key))
+
+
 def _get(path: str, out: type[T], params: tuple[tuple[str, str], ...] = ()) -> _Call[T]:
     return _Call("GET", path, out, params=params)
+
+
+def _list(path: str, query: msgspec.Struct, out: type[P]) -> _Call[P]:
+    return _get(path, out, _params(query))
+
+
+def _params(query: msgspec.Struct) -> tuple[tuple[str, str], ...]:
+    """A query struct as query parameters, checked against the contract first (a struct built
+    in code is not validated by msgspec until it is decoded), so a bad limit or a naive time is
+    a ValueError here rather than a 422 there. Unset (None) fields are not sent."""
+    try:
+        msgspec.convert(msgspec.to_builtins(query), type(query))
+    except msgspec.ValidationError as error:
+        raise ValueError(f"{type(query).__name__}: {error}") from None
+    params: list[tuple[str, str]] = []
+    for name, value in msgspec.structs.asdict(query).items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, enum.Enum):
+            text = str(value.value)
+        elif isinstance(value, dt.datetime):
+            text = value.isoformat()
+        else:
+            text = str(value)
+        params.append((name, text))
+    return tuple(params)
+
+
+class _Paged(Protocol[Item]):
+    items: list[Item]
+    next_cursor: str | None
+
+
+def _iterate(fetch: Callable[[Q], _Paged[Item]], query: Q) -> Iterator[Item]:
+    """Every item of a list, page after page, following `next_cursor`."""
+    while True:
+        page = fetch(query)
+        yield from page.items
+        if page.next_cursor is None:
+            return
+        query = msgspec.structs.replace(query, cursor=page.next_cursor)
+
+
+async def _aiterate(fetch: Callable[[Q], Awaitable[_Paged[Item]]], query: Q) -> AsyncIterator[Item]:
+    """`_iterate`, awaited."""
+    while True:
+        page = await fetch(query)
+        for item in page.items:
+            yield item
+        if page.next_cursor is None:
+            return
+        query = msgspec.structs.replace(query, cursor=page.next_cursor)
 
 
 def _probe(path: str) -> _Call[dict[str, Any]]:
@@ -515,25 +606,38 @@ def _http_options(
     }
 
 
-def _spend(
-    *,
-    credit_type: str,
-    amount: int | None,
-    usage: Usage | None,
-    resource_id: str | None,
-    wallet_id: str | None,
-    timeout_s: int,
-    dimensions: Mapping[str, str] | None,
-) -> ReserveIn:
-    return ReserveIn(
+class SpendKeywords(TypedDict, total=False):
+    """What `check`, `debit` and `reserve` take besides `credit_type`: where (a `resource_id`,
+    whose spend path is followed, or a `wallet_id`: exactly one), how much (an `amount`, or a
+    `usage` at the price in force: exactly one), and the `dimensions` kept with the spend."""
+
+    resource_id: str | None
+    wallet_id: str | None
+    amount: int | None
+    usage: Usage | None
+    dimensions: Mapping[str, str] | None
+
+
+def _spend(credit_type: str, spend: SpendKeywords) -> SpendIn:
+    """The body of a check, a debit or (with its timeout) a reservation."""
+    unknown = sorted(set(spend) - SpendKeywords.__optional_keys__)
+    if unknown:
+        # A TypedDict is a promise to a type checker only: a misspelt keyword would otherwise
+        # be dropped without a word.
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    dimensions = spend.get("dimensions")
+    return SpendIn(
         credit_type=credit_type,
-        resource_id=resource_id,
-        wallet_id=wallet_id,
-        amount=amount,
-        usage=usage,
+        resource_id=spend.get("resource_id"),
+        wallet_id=spend.get("wallet_id"),
+        amount=spend.get("amount"),
+        usage=spend.get("usage"),
         dimensions=dict(dimensions) if dimensions is not None else None,
-        timeout_s=timeout_s,
     )
+
+
+def _reserve_in(spend: SpendIn, timeout_s: int) -> ReserveIn:
+    return ReserveIn(**msgspec.structs.asdict(spend), timeout_s=timeout_s)
 
 
 # -- reservations as a context manager ------------------------------------------------------------
@@ -794,6 +898,13 @@ class CreditClient:
     def get_wallet(self, wallet_id: str) -> WalletBalanceOut:
         return self._send(_get(f"/v1/wallets/{_segment(wallet_id)}", WalletBalanceOut))
 
+    def update_wallet(
+        self, wallet_id: str, body: WalletPatchIn, *, idempotency_key: str | None = None
+    ) -> WalletOut:
+        """Change the overdraft mode or limit, or the fall-through (the fields set in `body`)."""
+        path = f"/v1/wallets/{_segment(wallet_id)}"
+        return self._send(_patch(path, body, WalletOut, idempotency_key))
+
     def list_entries(
         self,
         wallet_id: str,
@@ -828,8 +939,9 @@ class CreditClient:
     def create_grant(self, body: GrantIn, *, idempotency_key: str | None = None) -> GrantOut:
         return self._send(_post("/v1/grants", body, GrantOut, idempotency_key))
 
-    def get_grant(self, grant_id: str) -> GrantBalanceOut:
-        return self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantBalanceOut))
+    def get_grant(self, grant_id: str) -> GrantDetailOut:
+        """The block as issued, its state and its balances."""
+        return self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantDetailOut))
 
     def void_grant(
         self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
@@ -839,7 +951,16 @@ class CreditClient:
 
     # -- spending
 
-    def debit(self, body: SpendIn, *, idempotency_key: str | None = None) -> DebitOut:
+    def debit(
+        self,
+        *,
+        credit_type: str,
+        idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
+    ) -> DebitOut:
+        """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
+        `wallet_id`, in one step; the same keywords as `reserve`."""
+        body = _spend(credit_type, spend)
         return self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -852,7 +973,16 @@ class CreditClient:
         path = f"/v1/debits/{_segment(debit_id)}/refund"
         return self._send(_post(path, body, RefundOut, idempotency_key))
 
-    def check(self, body: SpendIn, *, idempotency_key: str | None = None) -> CheckOut:
+    def check(
+        self,
+        *,
+        credit_type: str,
+        idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
+    ) -> CheckOut:
+        """What a debit of the same keywords would do now (allowed, and why not);
+        changes nothing."""
+        body = _spend(credit_type, spend)
         return self._send(_post("/v1/check", body, CheckOut, idempotency_key))
 
     def create_reservation(
@@ -882,25 +1012,20 @@ class CreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
         timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
-        dimensions: Mapping[str, str] | None = None,
         overage: Overage = Overage.CAP,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> ReservationScope:
         """`with client.reserve(...) as r:` holds credits for the block; see `Reservation`.
 
         Pass `idempotency_key` (at most 247 characters) to make a re-run of the block after a
         crash replay the same reservation and settlement."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, timeout_s=timeout_s, dimensions=dimensions,
-        )  # fmt: skip
         return ReservationScope(
-            self, body, _key(idempotency_key, RESERVATION_KEY_CHARS_MAX), overage
+            self,
+            _reserve_in(_spend(credit_type, spend), timeout_s),
+            _key(idempotency_key, RESERVATION_KEY_CHARS_MAX),
+            overage,
         )
 
     # -- budgets and prices
@@ -911,8 +1036,66 @@ class CreditClient:
     def get_budget(self, budget_id: str) -> BudgetOut:
         return self._send(_get(f"/v1/budgets/{_segment(budget_id)}", BudgetOut))
 
+    def update_budget(
+        self, budget_id: str, body: BudgetPatchIn, *, idempotency_key: str | None = None
+    ) -> BudgetOut:
+        path = f"/v1/budgets/{_segment(budget_id)}"
+        return self._send(_patch(path, body, BudgetOut, idempotency_key))
+
+    def remove_budget(self, budget_id: str, *, idempotency_key: str | None = None) -> BudgetOut:
+        path = f"/v1/budgets/{_segment(budget_id)}"
+        return self._send(_delete(path, BudgetOut, idempotency_key))
+
     def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
         return self._send(_post("/v1/prices", body, PriceOut, idempotency_key))
+
+    def current_price(self, query: PriceAtQuery) -> PriceOut:
+        """The price of a feature in force now (or at `query.at`)."""
+        return self._send(_get("/v1/prices/current", PriceOut, _params(query)))
+
+    # -- lists: a page, or every item following the cursor
+
+    def list_customers(self, query: CustomerQuery | None = None) -> CustomerPage:
+        return self._send(_list("/v1/customers", query or CustomerQuery(), CustomerPage))
+
+    def iter_customers(self, query: CustomerQuery | None = None) -> Iterator[CustomerOut]:
+        return _iterate(self.list_customers, query or CustomerQuery())
+
+    def list_resources(self, query: ResourceQuery | None = None) -> ResourcePage:
+        return self._send(_list("/v1/resources", query or ResourceQuery(), ResourcePage))
+
+    def iter_resources(self, query: ResourceQuery | None = None) -> Iterator[ResourceOut]:
+        return _iterate(self.list_resources, query or ResourceQuery())
+
+    def list_wallets(self, query: WalletQuery | None = None) -> WalletPage:
+        return self._send(_list("/v1/wallets", query or WalletQuery(), WalletPage))
+
+    def iter_wallets(self, query: WalletQuery | None = None) -> Iterator[WalletOut]:
+        return _iterate(self.list_wallets, query or WalletQuery())
+
+    def list_grants(self, query: GrantQuery | None = None) -> GrantPage:
+        return self._send(_list("/v1/grants", query or GrantQuery(), GrantPage))
+
+    def iter_grants(self, query: GrantQuery | None = None) -> Iterator[GrantBlockOut]:
+        return _iterate(self.list_grants, query or GrantQuery())
+
+    def list_reservations(self, query: ReservationQuery) -> ReservationPage:
+        return self._send(_list("/v1/reservations", query, ReservationPage))
+
+    def iter_reservations(self, query: ReservationQuery) -> Iterator[ReservationOut]:
+        return _iterate(self.list_reservations, query)
+
+    def list_budgets(self, query: BudgetQuery | None = None) -> BudgetPage:
+        return self._send(_list("/v1/budgets", query or BudgetQuery(), BudgetPage))
+
+    def iter_budgets(self, query: BudgetQuery | None = None) -> Iterator[BudgetOut]:
+        return _iterate(self.list_budgets, query or BudgetQuery())
+
+    def list_prices(self, query: PriceQuery | None = None) -> PricePage:
+        return self._send(_list("/v1/prices", query or PriceQuery(), PricePage))
+
+    def iter_prices(self, query: PriceQuery | None = None) -> Iterator[PriceOut]:
+        return _iterate(self.list_prices, query or PriceQuery())
 
     # -- probes
 
@@ -1011,6 +1194,13 @@ class AsyncCreditClient:
     async def get_wallet(self, wallet_id: str) -> WalletBalanceOut:
         return await self._send(_get(f"/v1/wallets/{_segment(wallet_id)}", WalletBalanceOut))
 
+    async def update_wallet(
+        self, wallet_id: str, body: WalletPatchIn, *, idempotency_key: str | None = None
+    ) -> WalletOut:
+        """Change the overdraft mode or limit, or the fall-through (the fields set in `body`)."""
+        path = f"/v1/wallets/{_segment(wallet_id)}"
+        return await self._send(_patch(path, body, WalletOut, idempotency_key))
+
     async def list_entries(
         self,
         wallet_id: str,
@@ -1046,8 +1236,9 @@ class AsyncCreditClient:
     async def create_grant(self, body: GrantIn, *, idempotency_key: str | None = None) -> GrantOut:
         return await self._send(_post("/v1/grants", body, GrantOut, idempotency_key))
 
-    async def get_grant(self, grant_id: str) -> GrantBalanceOut:
-        return await self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantBalanceOut))
+    async def get_grant(self, grant_id: str) -> GrantDetailOut:
+        """The block as issued, its state and its balances."""
+        return await self._send(_get(f"/v1/grants/{_segment(grant_id)}", GrantDetailOut))
 
     async def void_grant(
         self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
@@ -1057,7 +1248,16 @@ class AsyncCreditClient:
 
     # -- spending
 
-    async def debit(self, body: SpendIn, *, idempotency_key: str | None = None) -> DebitOut:
+    async def debit(
+        self,
+        *,
+        credit_type: str,
+        idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
+    ) -> DebitOut:
+        """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
+        `wallet_id`, in one step; the same keywords as `reserve`."""
+        body = _spend(credit_type, spend)
         return await self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     async def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -1070,7 +1270,16 @@ class AsyncCreditClient:
         path = f"/v1/debits/{_segment(debit_id)}/refund"
         return await self._send(_post(path, body, RefundOut, idempotency_key))
 
-    async def check(self, body: SpendIn, *, idempotency_key: str | None = None) -> CheckOut:
+    async def check(
+        self,
+        *,
+        credit_type: str,
+        idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
+    ) -> CheckOut:
+        """What a debit of the same keywords would do now (allowed, and why not);
+        changes nothing."""
+        body = _spend(credit_type, spend)
         return await self._send(_post("/v1/check", body, CheckOut, idempotency_key))
 
     async def create_reservation(
@@ -1103,21 +1312,14 @@ class AsyncCreditClient:
         self,
         *,
         credit_type: str,
-        amount: int | None = None,
-        usage: Usage | None = None,
-        resource_id: str | None = None,
-        wallet_id: str | None = None,
         timeout_s: int = RESERVATION_TIMEOUT_S_DEFAULT,
-        dimensions: Mapping[str, str] | None = None,
         overage: Overage = Overage.CAP,
         idempotency_key: str | None = None,
+        **spend: Unpack[SpendKeywords],
     ) -> AsyncReservationScope:
         """`async with client.reserve(...) as r:`; see `CreditClient.reserve`."""
-        body = _spend(
-            credit_type=credit_type, amount=amount, usage=usage, resource_id=resource_id,
-            wallet_id=wallet_id, timeout_s=timeout_s, dimensions=dimensions,
-        )  # fmt: skip
         key = _key(idempotency_key, RESERVATION_KEY_CHARS_MAX)
+        body = _reserve_in(_spend(credit_type, spend), timeout_s)
         return AsyncReservationScope(self, body, key, overage)
 
     # -- budgets and prices
@@ -1130,8 +1332,68 @@ class AsyncCreditClient:
     async def get_budget(self, budget_id: str) -> BudgetOut:
         return await self._send(_get(f"/v1/budgets/{_segment(budget_id)}", BudgetOut))
 
+    async def update_budget(
+        self, budget_id: str, body: BudgetPatchIn, *, idempotency_key: str | None = None
+    ) -> BudgetOut:
+        path = f"/v1/budgets/{_segment(budget_id)}"
+        return await self._send(_patch(path, body, BudgetOut, idempotency_key))
+
+    async def remove_budget(
+        self, budget_id: str, *, idempotency_key: str | None = None
+    ) -> BudgetOut:
+        path = f"/v1/budgets/{_segment(budget_id)}"
+        return await self._send(_delete(path, BudgetOut, idempotency_key))
+
     async def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
         return await self._send(_post("/v1/prices", body, PriceOut, idempotency_key))
+
+    async def current_price(self, query: PriceAtQuery) -> PriceOut:
+        """The price of a feature in force now (or at `query.at`)."""
+        return await self._send(_get("/v1/prices/current", PriceOut, _params(query)))
+
+    # -- lists: a page, or every item following the cursor
+
+    async def list_customers(self, query: CustomerQuery | None = None) -> CustomerPage:
+        return await self._send(_list("/v1/customers", query or CustomerQuery(), CustomerPage))
+
+    def iter_customers(self, query: CustomerQuery | None = None) -> AsyncIterator[CustomerOut]:
+        return _aiterate(self.list_customers, query or CustomerQuery())
+
+    async def list_resources(self, query: ResourceQuery | None = None) -> ResourcePage:
+        return await self._send(_list("/v1/resources", query or ResourceQuery(), ResourcePage))
+
+    def iter_resources(self, query: ResourceQuery | None = None) -> AsyncIterator[ResourceOut]:
+        return _aiterate(self.list_resources, query or ResourceQuery())
+
+    async def list_wallets(self, query: WalletQuery | None = None) -> WalletPage:
+        return await self._send(_list("/v1/wallets", query or WalletQuery(), WalletPage))
+
+    def iter_wallets(self, query: WalletQuery | None = None) -> AsyncIterator[WalletOut]:
+        return _aiterate(self.list_wallets, query or WalletQuery())
+
+    async def list_grants(self, query: GrantQuery | None = None) -> GrantPage:
+        return await self._send(_list("/v1/grants", query or GrantQuery(), GrantPage))
+
+    def iter_grants(self, query: GrantQuery | None = None) -> AsyncIterator[GrantBlockOut]:
+        return _aiterate(self.list_grants, query or GrantQuery())
+
+    async def list_reservations(self, query: ReservationQuery) -> ReservationPage:
+        return await self._send(_list("/v1/reservations", query, ReservationPage))
+
+    def iter_reservations(self, query: ReservationQuery) -> AsyncIterator[ReservationOut]:
+        return _aiterate(self.list_reservations, query)
+
+    async def list_budgets(self, query: BudgetQuery | None = None) -> BudgetPage:
+        return await self._send(_list("/v1/budgets", query or BudgetQuery(), BudgetPage))
+
+    def iter_budgets(self, query: BudgetQuery | None = None) -> AsyncIterator[BudgetOut]:
+        return _aiterate(self.list_budgets, query or BudgetQuery())
+
+    async def list_prices(self, query: PriceQuery | None = None) -> PricePage:
+        return await self._send(_list("/v1/prices", query or PriceQuery(), PricePage))
+
+    def iter_prices(self, query: PriceQuery | None = None) -> AsyncIterator[PriceOut]:
+        return _aiterate(self.list_prices, query or PriceQuery())
 
     # -- probes
 

@@ -8,6 +8,10 @@ sides accept the same values.
 Ids are strings (a u128 does not fit a JSON number): UUID text for objects and operations.
 Amounts are integers in the credit type's minor unit, 1 .. 2^63-1. Times are RFC 3339 UTC.
 Unknown fields are refused, so a typo is an error instead of a silently ignored field.
+
+Lists take their filters as query parameters, described by the `...Query` structs (decoded as
+strictly as bodies: an unknown parameter is refused), and answer a page: `items` and
+`next_cursor`, which is null on the last page and otherwise goes back as `cursor`.
 """
 
 from __future__ import annotations
@@ -64,6 +68,21 @@ TIME = Annotated[
     ),
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
+# Pages of a list (the service's ledger.limits holds the same numbers; a test compares them).
+PAGE_LIMIT_DEFAULT = 100
+PAGE_LIMIT_MAX = 1000
+CURSOR_CHARS_MAX = 200
+LIMIT = Annotated[
+    int, msgspec.Meta(ge=1, le=PAGE_LIMIT_MAX, description="items per page (default 100)")
+]
+CURSOR = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=CURSOR_CHARS_MAX,
+        description="the previous page's next_cursor, as it came (opaque)",
+    ),
+]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -72,6 +91,20 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Out(msgspec.Struct, kw_only=True):
     pass
+
+
+class ListQuery(Strict):
+    """What every list takes: a page size and where to go on from."""
+
+    limit: LIMIT = PAGE_LIMIT_DEFAULT
+    cursor: CURSOR | None = None
+
+
+class Page(Out):
+    """What every list answers (with `items` of its own type): null `next_cursor` on the last
+    page."""
+
+    next_cursor: str | None
 
 
 # -- catalog ------------------------------------------------------------------------------------
@@ -102,6 +135,16 @@ class CustomerOut(Out):
     external_ref: str | None
 
 
+class CustomerQuery(ListQuery):
+    """`external_ref`: the customer your own system knows by that reference (0 or 1 item)."""
+
+    external_ref: REF | None = None
+
+
+class CustomerPage(Page):
+    items: list[CustomerOut]
+
+
 class ResourceKind(enum.StrEnum):
     SUBSCRIPTION = "subscription"
     TEAM = "team"
@@ -126,6 +169,19 @@ class ResourceOut(Out):
     external_ref: str | None
 
 
+class ResourceQuery(ListQuery):
+    """Every filter given applies; `external_ref` is unique per (customer, kind)."""
+
+    customer_id: ID | None = None
+    parent_id: ID | None = None
+    kind: ResourceKind | None = None
+    external_ref: REF | None = None
+
+
+class ResourcePage(Page):
+    items: list[ResourceOut]
+
+
 class OverdraftMode(enum.StrEnum):
     HARD = "hard"
     SOFT = "soft"
@@ -147,6 +203,25 @@ class WalletOut(Out):
     overdraft_mode: str
     overdraft_limit: int
     fall_through: bool
+
+
+class WalletPatchIn(Strict):
+    """The fields to change (at least one). `overdraft_limit` applies to a soft wallet: give it
+    with `overdraft_mode: "soft"` to make a wallet soft, or alone to change a soft one's limit."""
+
+    overdraft_mode: OverdraftMode | None = None
+    overdraft_limit: AMOUNT0 | None = None
+    fall_through: bool | None = None
+
+
+class WalletQuery(ListQuery):
+    resource_id: ID | None = None
+    customer_id: ID | None = None
+    credit_type: CODE | None = None
+
+
+class WalletPage(Page):
+    items: list[WalletOut]
 
 
 class GrantState(enum.StrEnum):
@@ -326,6 +401,60 @@ class GrantOut(Out):
     repaid_overdraft: int
 
 
+class GrantBlockOut(Out):
+    """A credit block as it was issued, and its state as a spend sees it now (upcoming before
+    its effective_at, expired from its expires_at, voided once voided; a grant whose issue an
+    operator abandoned reads voided). No balances: see GrantDetailOut."""
+
+    id: str
+    wallet_id: str
+    credit_type: str
+    amount: int
+    category: Category
+    priority: int
+    effective_at: dt.datetime
+    expires_at: dt.datetime | None
+    consideration_minor: int
+    currency: str | None
+    source: GrantSource
+    reason: str | None
+    external_ref: str | None
+    state: GrantState
+    actor: str
+    created_at: dt.datetime
+
+
+class GrantDetailOut(GrantBlockOut):
+    """A block as issued, with its figures from the ledger: the fields of GrantBalanceOut, as
+    GET /v1/grants/{id} has always answered them (`grant_id` equals `id`; `state` is the
+    ledger's, as in GrantBalanceOut)."""
+
+    grant_id: str
+    granted: int
+    available: int
+    upcoming: int
+    held: int
+    consumed: int
+    expired: int
+    voided: int
+    refunded: int
+    repaid: int
+
+
+class GrantQuery(ListQuery):
+    """`state`: as a spend sees the block now; `expires_before`: blocks whose expiry is
+    strictly before that time (never-expiring ones are not)."""
+
+    wallet_id: ID | None = None
+    state: GrantState | None = None
+    category: Category | None = None
+    expires_before: TIME | None = None
+
+
+class GrantPage(Page):
+    items: list[GrantBlockOut]
+
+
 class VoidIn(Strict):
     reason: REASON | None = None
 
@@ -416,6 +545,26 @@ class ReservationOut(Out):
     status: str = "held"
 
 
+class ReservationStatus(enum.StrEnum):
+    HELD = "held"
+    SETTLED = "settled"
+    RELEASED = "released"
+    EXPIRED = "expired"
+
+
+class ReservationQuery(ListQuery, kw_only=True):
+    """A wallet's reservations, oldest first, read from the ledger. A page may hold fewer than
+    `limit` items (a status filter examines a bounded number of reservations per page): go on
+    while `next_cursor` is not null."""
+
+    wallet_id: ID
+    status: ReservationStatus | None = None
+
+
+class ReservationPage(Page):
+    items: list[ReservationOut]
+
+
 class Overage(enum.StrEnum):
     REJECT = "reject"
     CAP = "cap"
@@ -492,18 +641,62 @@ class BudgetOut(Out):
     cap: int
     used: int | None = None
     headroom: int | None = None
+    active: bool = True  # false once removed: it no longer limits any spend
+
+
+class BudgetPatchIn(Strict):
+    cap: AMOUNT
+
+
+class BudgetQuery(ListQuery):
+    """`active`: true (the default) lists budgets in force, false removed ones."""
+
+    resource_id: ID | None = None
+    credit_type: CODE | None = None
+    active: bool = True
+
+
+class BudgetPage(Page):
+    items: list[BudgetOut]
 
 
 class PriceIn(Strict):
+    """A new price of a feature from `effective_at` (default now; never in the past): the
+    price before it stays in force until then, and stays readable."""
+
     feature: FEATURE
     credit_type: CODE
     credits_per_unit: AMOUNT0
+    effective_at: TIME | None = None
 
 
 class PriceOut(Out):
+    id: str
     feature: str
     credit_type: str
     credits_per_unit: int
+    effective_at: dt.datetime
+    created_at: dt.datetime
+
+
+class PriceQuery(ListQuery):
+    """Prices in the order they take effect: with `feature` and `credit_type`, that price's
+    history."""
+
+    feature: FEATURE | None = None
+    credit_type: CODE | None = None
+
+
+class PricePage(Page):
+    items: list[PriceOut]
+
+
+class PriceAtQuery(Strict):
+    """The price in force at `at` (default now)."""
+
+    feature: FEATURE
+    credit_type: CODE
+    at: TIME | None = None
 
 
 # -- keys -----------------------------------------------------------------------------------------
