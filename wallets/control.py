@@ -113,7 +113,7 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReconcileFailure(msgspec.Struct, frozen=True):
-    kind: str  # credit_type | wallet | grant
+    kind: str  # credit_type | wallet | wallet_change | budget | grant
     object_id: str  # UUID text, or a credit type's ledger number
     error: str
 
@@ -1053,33 +1053,9 @@ class ControlPlane:
         # Wallets with a bounded overdraft account (soft, or soft once): read from the engine
         # when the pass starts, a batch at a time.
         bounded: set[int] = set()
-        steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
-            ("credit_type", str(t.id), functools.partial(self.service.open_ledger, t.id))
-            for t in types
-        ]
-        # A wallet's row says what its ledger holds once its pending change is finished.
-        steps += [
-            ("wallet_change", id_text(c.id), functools.partial(self._finish_wallet_change, c.id))
-            for c in changes
-        ]
-        steps += [
-            (
-                "wallet",
-                id_text(w.id),
-                functools.partial(
-                    self._reconcile_wallet, w, tenants[owners[w.resource_id]], bounded
-                ),
-            )
-            for w in all_wallets
-        ]
-        steps += [
-            ("budget", id_text(b.id), functools.partial(self._sync_budget, b.id, operation=0))
-            for b in active_budgets
-        ]
-        steps += [
-            ("grant", id_text(row.id), functools.partial(self._finish_grant, row))
-            for row in pending
-        ]
+        steps = self._reconcile_steps(
+            types, changes, all_wallets, active_budgets, pending, tenants, owners, bounded
+        )
         failed: list[ReconcileFailure] = []
         finished: list[int] = []
         changed: list[int] = []
@@ -1109,6 +1085,47 @@ class ControlPlane:
             changed,
             len(active_budgets),
         )
+
+    def _reconcile_steps(
+        self,
+        types: list[credit_types.CreditType],
+        changes: list[wallet_changes.WalletChange],
+        all_wallets: list[wallets.Wallet],
+        active_budgets: list[budgets.Budget],
+        pending: list[grants.Grant],
+        tenants: dict[int, int],
+        owners: dict[int, int],
+        bounded: set[int],
+    ) -> list[tuple[str, str, Callable[[], Awaitable[Any]]]]:
+        """A pass's work, in order, as (kind, object id, step)."""
+        steps: list[tuple[str, str, Callable[[], Awaitable[Any]]]] = [
+            ("credit_type", str(t.id), functools.partial(self.service.open_ledger, t.id))
+            for t in types
+        ]
+        # A wallet's row says what its ledger holds once its pending change is finished.
+        steps += [
+            ("wallet_change", id_text(c.id), functools.partial(self._finish_wallet_change, c.id))
+            for c in changes
+        ]
+        steps += [
+            (
+                "wallet",
+                id_text(w.id),
+                functools.partial(
+                    self._reconcile_wallet, w, tenants[owners[w.resource_id]], bounded
+                ),
+            )
+            for w in all_wallets
+        ]
+        steps += [
+            ("budget", id_text(b.id), functools.partial(self._sync_budget, b.id, operation=0))
+            for b in active_budgets
+        ]
+        steps += [
+            ("grant", id_text(row.id), functools.partial(self._finish_grant, row))
+            for row in pending
+        ]
+        return steps
 
     async def _finish_wallet_change(self, change_id: int) -> None:
         """A pending change of a wallet's policy, applied or refused: either finishes it."""

@@ -9,7 +9,9 @@
 --
 -- object_id: the object's id as text (UUID text, or the ledger number of a credit type).
 CREATE TABLE reconcile_failures (
-    kind            text        NOT NULL CHECK (kind IN ('credit_type', 'wallet', 'grant')),
+    kind            text        NOT NULL CHECK (
+        kind IN ('credit_type', 'wallet', 'wallet_change', 'budget', 'grant')
+    ),
     object_id       text        NOT NULL CHECK (object_id <> ''),
     error           text        NOT NULL,
     attempts        integer     NOT NULL DEFAULT 1 CHECK (attempts >= 1),

@@ -16,10 +16,12 @@ _COLUMNS: Final = (
 )
 # An error's text is kept up to this many characters.
 ERROR_CHARS_MAX: Final = 2000
+# The kinds of objects reconciliation works on (the table's CHECK lists the same).
+KINDS: Final = frozenset({"credit_type", "wallet", "wallet_change", "budget", "grant"})
 
 
 class ReconcileFailure(msgspec.Struct, frozen=True, kw_only=True):
-    kind: str  # credit_type | wallet | grant
+    kind: str  # credit_type | wallet | wallet_change | budget | grant
     object_id: str
     error: str
     attempts: int
@@ -45,6 +47,7 @@ def _row(row: tuple[Any, ...]) -> ReconcileFailure:
 
 async def record(conn: Connection, *, kind: str, object_id: str, error: str) -> None:
     """One more failed attempt on an object (reopened if it had been resolved)."""
+    assert kind in KINDS, kind
     await conn.execute(
         "INSERT INTO reconcile_failures (kind, object_id, error) VALUES (%s, %s, %s)"
         " ON CONFLICT (kind, object_id) DO UPDATE SET error = EXCLUDED.error,"

@@ -227,3 +227,47 @@ async def test_the_reconcile_command_shows_and_resolves_what_cannot_be_finished(
         )
         (actor, reason) = await cursor.fetchone() or (None, None)
     assert actor.startswith("cli:") and reason == "typo"
+
+
+async def test_a_pass_where_every_object_fails_records_them_all_and_raises_nothing(
+    pool: db.Pool, migrated_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = await scope_keys(pool)
+    async with running_api(pool, migrated_db_url, keys) as (api, app, _):
+        world = await make_world(api)
+        r = await api.post(
+            "/v1/budgets",
+            {"resource_id": world.team["id"], "credit_type": world.code, "period": "day",
+             "cap": 100},
+        )  # fmt: skip
+        assert r.status_code == 201, r.text
+        ledger = await _credit_type_id(api, world.code)
+        await _insert_pending_grant(pool, world.wallet["id"], ledger, dt.datetime.now(dt.UTC))
+        control = services_of(app).control
+
+        async def broken(*_: Any, **__: Any) -> None:
+            raise RuntimeError("broken on purpose")
+
+        for name in ("_reconcile_wallet", "_sync_budget", "_finish_grant", "_finish_wallet_change"):
+            monkeypatch.setattr(control, name, broken)
+        monkeypatch.setattr(control.service, "open_ledger", broken)
+        report = await control.reconcile()
+        kinds = {f.kind for f in report.failed}
+        assert {"credit_type", "wallet", "budget", "grant"} <= kinds
+        assert kinds <= reconcile_failures.KINDS and report.interrupted is None
+        async with pool.connection() as conn:
+            recorded = {(f.kind, f.object_id) for f in await reconcile_failures.list_open(conn)}
+        assert recorded == {(f.kind, f.object_id) for f in report.failed}
+        monkeypatch.undo()
+        report = await control.reconcile()  # mended: every failure is closed
+        assert report.failed == []
+        async with pool.connection() as conn:
+            assert await reconcile_failures.list_open(conn) == []
+
+
+async def test_the_failures_table_takes_every_kind_reconciliation_uses(pool: db.Pool) -> None:
+    async with pool.connection() as conn, conn.transaction():
+        for kind in sorted(reconcile_failures.KINDS):
+            await reconcile_failures.record(conn, kind=kind, object_id=f"x-{kind}", error="e")
+        assert len(await reconcile_failures.list_open(conn)) >= len(reconcile_failures.KINDS)
+        await conn.execute("DELETE FROM reconcile_failures WHERE object_id LIKE 'x-%%'")
