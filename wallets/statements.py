@@ -474,10 +474,15 @@ class _Timeline:
         for block in read.blocks.values():
             funded = min((t.timestamp for t in read.transfers[block.id]), default=0)
             for at, order in ((block.effective_at_ns, _EFFECTIVE), (block.expires_at_ns, _EXPIRE)):
-                if at is None or not funded < at <= read.now_ns:
+                if at is None or at > read.now_ns:
                     continue
-                if block.voided_at_ns is None or at < block.voided_at_ns:
-                    events.append(((at, 0, order, block.id), None, block.id))
+                if at > funded:
+                    if block.voided_at_ns is None or at < block.voided_at_ns:
+                        events.append(((at, 0, order, block.id), None, block.id))
+                elif order == _EXPIRE and funded:
+                    # Issued already expired (backdated): it expires right after its funding,
+                    # so that the entries say where its credits went.
+                    events.append(((funded, 2, order, block.id), None, block.id))
         events.sort(key=lambda event: event[0])
         return events
 

@@ -129,6 +129,21 @@ def test_an_expired_block_is_out_of_available_before_the_sweep(world: World) -> 
     assert [(e.type, e.amount, e.available_after) for e in _entries(world, wallet.id)] == expected
 
 
+def test_a_block_issued_already_expired_expires_in_the_entries_too(world: World) -> None:
+    """Backdated past its expiry: the entries say where its credits went (found by hand: the
+    grant's +7 stood alone, and the summary's expired 7 came from nowhere)."""
+    wallet = world.wallet(AGENT)
+    world.grant(wallet, 100)
+    now = world.now()
+    world.grant(wallet, 7, effective_at_ns=now - 100 * S, expires_at_ns=now - 50 * S)
+    expected = [("grant", 100, 100), ("grant", 7, 100), ("expire", -7, 100)]
+    assert [(e.type, e.amount, e.available_after) for e in _entries(world, wallet.id)] == expected
+    assert _summary(world, wallet.id)[:1] == (100,)
+    world.run(world.grant_service.sweep(world.now()))  # the sweep moves the 7: no new entry
+    assert [(e.type, e.amount, e.available_after) for e in _entries(world, wallet.id)] == expected
+    assert world.run(world.statements.wallet(wallet.id)).expired == 7
+
+
 def test_what_comes_back_to_a_voided_block_is_voided_at_once(world: World) -> None:
     wallet = world.wallet(AGENT)
     grant = world.grant(wallet, 100)
