@@ -33,6 +33,7 @@ from api.cli_keys import keys
 from cli.reconcile import reconcile
 from ledger import db
 from ledger.client import Ledger, open_ledger
+from ledger.embedded.journal import DataDirectoryLocked, JournalCorrupt
 from ledger.migrate import migrate as apply_migrations
 from ledger.settings import LedgerSettings
 
@@ -80,15 +81,19 @@ async def runtime(data_dir: Path | None, *, engine_process: bool = False) -> Asy
 
 class _Commands(click.Group):
     """The commands, where Ctrl-C ends a command as interrupted (exit status 130) without
-    click's "Aborted!". A server stops on its own terms (it catches the signal, see `serve`);
-    elsewhere the KeyboardInterrupt comes out of `asyncio.run`, which cancelled the command's
-    coroutine first, so its cleanup has run."""
+    click's "Aborted!", and an engine that cannot start (its data directory owned by another
+    process, its journal damaged) is a one-line error. A server stops on its own terms (it
+    catches the signal, see `serve`); elsewhere the KeyboardInterrupt comes out of
+    `asyncio.run`, which cancelled the command's coroutine first, so its cleanup has run."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             sys.exit(EXIT_INTERRUPTED)
+        except (DataDirectoryLocked, JournalCorrupt) as error:
+            # An engine that cannot start says why in one line, not in a traceback.
+            raise click.ClickException(str(error)) from None
 
 
 @click.group(cls=_Commands)

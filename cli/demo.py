@@ -32,6 +32,7 @@ import httpx
 
 from api.cli_keys import create_key_audited, revoke_key_audited
 from ledger import db
+from ledger.embedded.journal import DataDirectoryLocked
 
 URL_DEFAULT = "http://127.0.0.1:8080"
 # How long the probe of a running service waits for /readyz.
@@ -292,7 +293,13 @@ async def run_demo(url: str | None, key: str | None, data_dir: Path | None) -> N
                 )
         elif not found.answered and url is None and key is None:
             click.echo(f"nothing answers at {target}", err=True)
-            target, key = await stack.enter_async_context(_local_service(data_dir, name))
+            try:
+                target, key = await stack.enter_async_context(_local_service(data_dir, name))
+            except DataDirectoryLocked as error:
+                raise click.ClickException(
+                    f"{error}. A service holds that data directory but does not answer at "
+                    f"{target}: give its address with --url (e.g. --url http://127.0.0.1:8081)"
+                ) from None
         elif not found.answered:
             raise click.ClickException(f"nothing answers at {target}: is the service running?")
         else:

@@ -205,6 +205,24 @@ def test_a_busy_port_is_told_before_anything_starts(
     assert list(tmp_path.iterdir()) == []  # neither Postgres nor the engine was started
 
 
+def test_a_data_directory_in_use_is_told_in_one_line(
+    service: tuple[str, str, int], data_dir: Path
+) -> None:
+    """Another `serve` on the same data directory (on another port, as the busy port's advice
+    leads to) is refused in one line that names the owner, not with a traceback."""
+    refused = subprocess.run(
+        [CLI, "serve", "--port", str(served.free_port())],
+        env=served.env_for(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert "Error: data directory" in refused.stderr and "is in use" in refused.stderr
+    assert "--data-dir" in refused.stderr
+
+
 def test_demo_tours_the_running_service_with_a_key_of_its_own(
     service: tuple[str, str, int], data_dir: Path
 ) -> None:
