@@ -70,6 +70,11 @@ TITLES: dict[str, str] = {
 assert set(STATUS) == set(TITLES)
 
 
+def problem_type(code: str) -> str:
+    """The problem's `type` URI: names the kind of problem (RFC 9457), one per code."""
+    return f"https://credit-ledger.dev/problems/{code.replace('_', '-')}"
+
+
 def problem(code: str, detail: str | None = None, **extra: Any) -> Response[bytes]:
     status, body = problem_body(code, detail, **extra)
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE)
@@ -79,7 +84,7 @@ def problem_body(code: str, detail: str | None = None, **extra: Any) -> tuple[in
     """(status, problem+json bytes) of a code: what every door sends for it."""
     status = STATUS[code]
     body: dict[str, Any] = {
-        "type": f"https://credit-ledger.dev/problems/{code.replace('_', '-')}",
+        "type": problem_type(code),
         "title": TITLES[code],
         "status": status,
         "code": code,

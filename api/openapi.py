@@ -29,7 +29,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from api.errors import PROBLEM_MEDIA_TYPE, STATUS, TITLES
+from api.errors import PROBLEM_MEDIA_TYPE, STATUS, TITLES, problem_type
 
 PROBLEM_SCHEMA = Schema(
     type=OpenAPIType.OBJECT,
@@ -97,7 +97,7 @@ def operation(
                         PROBLEM_MEDIA_TYPE: OpenAPIMediaType(
                             schema=PROBLEM_SCHEMA,
                             example={
-                                "type": f"https://credit-ledger.dev/problems/{named[0]}",
+                                "type": problem_type(named[0]),
                                 "title": TITLES[named[0]],
                                 "status": status,
                                 "code": named[0],

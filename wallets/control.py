@@ -681,6 +681,13 @@ class ControlPlane:
         effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
 
         async def first(conn: Connection) -> None:
+            # Checked here, with the default effective time, once: a replay of the key is
+            # answered its stored outcome, whenever it comes.
+            if request.expires_at is not None and request.expires_at <= effective_at:
+                raise InvalidRequest(
+                    "expires_at must be after effective_at (now, when not given)",
+                    field="expires_at",
+                )
             await grants.insert_grant(
                 conn,
                 grants.NewGrant(

@@ -271,3 +271,17 @@ async def test_the_failures_table_takes_every_kind_reconciliation_uses(pool: db.
             await reconcile_failures.record(conn, kind=kind, object_id=f"x-{kind}", error="e")
         assert len(await reconcile_failures.list_open(conn)) >= len(reconcile_failures.KINDS)
         await conn.execute("DELETE FROM reconcile_failures WHERE object_id LIKE 'x-%%'")
+
+
+async def test_an_expiry_before_the_default_effective_time_is_named(
+    api: Api, pool: db.Pool
+) -> None:
+    """Without effective_at (now), an expires_at in the past is the caller's mistake, named as
+    such; it used to come back as the database's constraint."""
+    world = await make_world(api)
+    before = await catalog_counts(pool)
+    body = {"wallet_id": world.wallet["id"], "amount": 1, "category": "promotional",
+            "expires_at": "2020-01-01T00:00:00Z"}  # fmt: skip
+    problem = assert_problem(await api.post("/v1/grants", body), "validation_error")
+    assert problem["field"] == "expires_at" and "constraint" not in problem
+    assert await catalog_counts(pool) == before

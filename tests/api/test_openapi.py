@@ -246,3 +246,19 @@ async def test_the_entries_document_their_types_times_and_running_figures(
     assert "available_after" in operation["description"]
     wallet = schemas["WalletBalanceOut"]["properties"]
     assert {"upcoming", "overdraft_held", "overdraft_headroom"} <= set(wallet)
+
+
+async def test_problem_examples_carry_the_type_the_service_sends(document: dict[str, Any]) -> None:
+    from api.errors import problem_type
+
+    examples = [
+        media["example"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        for response in operation.get("responses", {}).values()
+        for media_type, media in response.get("content", {}).items()
+        if media_type == PROBLEM_MEDIA_TYPE and "example" in media
+    ]
+    assert len(examples) > 50
+    for example in examples:
+        assert example["type"] == problem_type(example["code"]), example
