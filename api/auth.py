@@ -85,7 +85,10 @@ def parse_authorization(authorization: str | None) -> str:
     # fullmatch: the whole header, so a trailing newline or space is refused too.
     match = _BEARER.fullmatch(authorization)
     if match is None:
-        raise Unauthorized("the Authorization header is not 'Bearer <API key>'")
+        raise Unauthorized(
+            "the Authorization header is not 'Bearer <API key>', an API key being "
+            f"{api_keys.KEY_PREFIX} and {api_keys.KEY_SECRET_CHARS} characters"
+        )
     return match["key"]
 
 
@@ -167,7 +170,10 @@ def require_any_scope(principal: Principal, scopes: Collection[str]) -> None:
     `READ_SCOPES`)."""
     assert scopes and set(scopes) <= SCOPES, scopes
     if principal.scopes.isdisjoint(scopes):
-        raise Forbidden(
-            "this operation needs an API key with one of the scopes " + ", ".join(sorted(scopes)),
-            required_scopes=sorted(scopes),
+        named = sorted(scopes)
+        which = (
+            f"the {named[0]!r} scope"
+            if len(named) == 1
+            else "one of the scopes " + ", ".join(repr(scope) for scope in named)
         )
+        raise Forbidden(f"this operation needs an API key with {which}", required_scopes=named)

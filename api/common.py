@@ -43,7 +43,7 @@ def decode_strict(body: bytes, cls: type[T]) -> T:
     try:
         value = msgspec.json.decode(body, type=cls)
     except msgspec.ValidationError as error:
-        message = str(error)
+        message = _in_words(str(error))
         raise InvalidRequest(message, field=field_from_message(message)) from None
     except msgspec.DecodeError as error:
         raise InvalidRequest(f"the body is not JSON: {error}") from None
@@ -53,6 +53,27 @@ def decode_strict(body: bytes, cls: type[T]) -> T:
         ) from None
     _refuse_duplicate_keys(body)
     return value
+
+
+# What the wire contract's patterns mean, for messages (msgspec names the regular expression).
+_PATTERNS_IN_WORDS = {
+    w.ID_PATTERN: f"an id: lowercase UUID text such as {_EXAMPLE_ID}",
+    w.CODE_PATTERN: "a code: a lowercase letter, then up to 63 lowercase letters, digits or _",
+    w.LINE_PATTERN: "text without control characters",
+    w.TEXT_PATTERN: "text without control characters (tabs and line breaks allowed)",
+    w.CURRENCY_PATTERN: "an ISO 4217 currency code: three capital letters",
+}
+_MATCHING = re.compile(r"Expected `str` matching regex '(?P<pattern>.*)'(?P<rest> - at .*)?$")
+
+
+def _in_words(message: str) -> str:
+    """msgspec's message, with a pattern the contract defines said in words."""
+    matched = _MATCHING.match(message)
+    if matched is None:
+        return message
+    pattern = matched.group("pattern").encode().decode("unicode_escape")
+    words = _PATTERNS_IN_WORDS.get(pattern)
+    return message if words is None else f"Expected {words}{matched.group('rest') or ''}"
 
 
 class _DuplicateKey(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from credit_ledger_client import schemas as w
 from litestar import Litestar, Request
 from litestar.enums import ParamType
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
@@ -139,20 +140,16 @@ EXACTLY_ONE: dict[str, tuple[tuple[tuple[str, str], tuple[str, str]], ...]] = {
 }
 EXACTLY_ONE["SettleIn"] = ((("amount", "integer"), ("usage", "object")),)
 
-ID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-
 
 def wire_components() -> dict[str, Any]:
     """JSON Schema of every struct and enum of the wire contract, as msgspec (which decodes
     the bodies) sees them: exact integer bounds, `additionalProperties: false` where unknown
     fields are refused, dictionary keys' limits, nullable fields as `anyOf`."""
-    from credit_ledger_client import schemas
-
     types = [
         value
-        for value in vars(schemas).values()
+        for value in vars(w).values()
         if isinstance(value, type)
-        and value.__module__ == schemas.__name__
+        and value.__module__ == w.__name__
         and (issubclass(value, msgspec.Struct) or issubclass(value, enum.Enum))
     ]
     _, components = msgspec.json.schema_components(
@@ -191,7 +188,7 @@ def refine(document: dict[str, Any], open_paths: frozenset[str] = frozenset()) -
                 if parameter.get("in") == "path" and parameter.get("name", "").endswith("_id"):
                     parameter["schema"] = {
                         "type": "string",
-                        "pattern": ID_PATTERN,
+                        "pattern": w.ID_PATTERN,
                         "description": "an object id: lowercase UUID text",
                     }
     return document

@@ -571,3 +571,18 @@ async def test_deep_nesting_and_duplicate_keys_on_admin_routes(api: Api, pool: d
             headers={**api.headers("admin", api.k("raw")), "content-type": "text/plain"},
         )
         assert_problem(r, "unsupported_media_type")
+
+
+async def test_a_pattern_refused_is_said_in_words(api: Api) -> None:
+    world = await make_world(api, granted=10)
+    for path, body, words in (
+        ("/v1/debits", {"credit_type": world.code, "wallet_id": "ABC", "amount": 1}, "an id"),
+        ("/v1/customers", {"name": "a\u0007"}, "without control characters"),
+        (
+            "/v1/debits",
+            {"credit_type": "Credits", "wallet_id": world.wallet["id"], "amount": 1},
+            "a code",
+        ),  # fmt: skip
+    ):
+        problem = assert_problem(await _post(api, path, body), "validation_error")
+        assert words in problem["detail"] and "regex" not in problem["detail"], problem

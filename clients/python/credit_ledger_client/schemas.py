@@ -24,35 +24,38 @@ import msgspec
 
 AMOUNT = Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1, description="credits, minor unit")]
 AMOUNT0 = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
+ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+CODE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+CURRENCY_PATTERN = r"^[A-Z]{3}$"
 ID = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        pattern=ID_PATTERN,
         description="an object id (UUID text of a u128)",
         examples=["0190c3a1-7f3e-7a41-9a6e-1d2c3b4a5f60"],
     ),
 ]
-CODE = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$", examples=["credits"])]
+CODE = Annotated[str, msgspec.Meta(pattern=CODE_PATTERN, examples=["credits"])]
 # Text on one line: no control characters (a NUL cannot even be stored in Postgres).
-_LINE = r"^[^\x00-\x1f\x7f]*$"
+LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 # Free text (a reason): tabs and line breaks allowed, no other control characters.
-_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
-NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=_LINE)]
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=LINE_PATTERN)]
 REF = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
         max_length=200,
-        pattern=_LINE,
+        pattern=LINE_PATTERN,
         description="your own id for the object (unique per kind)",
     ),
 ]
-REASON = Annotated[str, msgspec.Meta(max_length=500, pattern=_TEXT)]
-FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_LINE)]
+REASON = Annotated[str, msgspec.Meta(max_length=500, pattern=TEXT_PATTERN)]
+FEATURE = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=LINE_PATTERN)]
 DIMENSIONS = Annotated[
     dict[
-        Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_LINE)],
-        Annotated[str, msgspec.Meta(max_length=256, pattern=_LINE)],
+        Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=LINE_PATTERN)],
+        Annotated[str, msgspec.Meta(max_length=256, pattern=LINE_PATTERN)],
     ],
     msgspec.Meta(max_length=16, examples=[{"feature": "chat", "model": "gpt-x", "session": "s1"}]),
 ]
@@ -385,7 +388,7 @@ class GrantIn(Strict):
     amount: AMOUNT
     category: Category
     consideration_minor: AMOUNT0 = 0
-    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     effective_at: TIME | None = None
     expires_at: TIME | None = None
