@@ -186,13 +186,17 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
                     idempotency_key=item.idempotency_key,
                     status=STATUS[outcome.code],
                     error=w.BatchErrorOut(code=outcome.code, detail=outcome.message),
+                    replayed=outcome.replayed,
                 )
             )
         else:
             tally["ok"] = tally.get("ok", 0) + 1
             results.append(
                 w.BatchResultOut(
-                    idempotency_key=item.idempotency_key, status=201, debit=_debit_out(outcome)
+                    idempotency_key=item.idempotency_key,
+                    status=201,
+                    debit=_debit_out(outcome),
+                    replayed=outcome.replayed,
                 )
             )
     for outcome_code, count in tally.items():
@@ -262,14 +266,20 @@ async def settle(
         amount = amount_of(services, legs[chains.SETUP].ledger, None, data.usage)
     if amount is None:
         raise InvalidRequest("give amount or usage", field="amount")
-    result = await services.service.settle(
-        tenant=principal.tenant,
-        key=key,
-        reservation_id=rid,
-        amount=amount,
-        policy=Overage(data.overage.value),
-        legs=legs,
-    )
+    try:
+        result = await services.service.settle(
+            tenant=principal.tenant,
+            key=key,
+            reservation_id=rid,
+            amount=amount,
+            policy=Overage(data.overage.value),
+            legs=legs,
+        )
+    except CreditError as error:  # an overage refused under `reject` says what was available
+        services.metrics.decision("settle", error.code)
+        wallet_id = legs[chains.SETUP].user_data_128
+        await _enrich_refusal(services, error, legs[chains.SETUP].ledger, None, wallet_id)
+        raise
     services.metrics.decision("settle", "fallback" if result.fallback_debit else "ok")
     body = w.SettleOut(
         reservation_id=reservation_id,

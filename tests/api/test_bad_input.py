@@ -582,7 +582,7 @@ async def test_a_pattern_refused_is_said_in_words(api: Api) -> None:
             "/v1/debits",
             {"credit_type": "Credits", "wallet_id": world.wallet["id"], "amount": 1},
             "a code",
-        ),  # fmt: skip
+        ),
     ):
         problem = assert_problem(await _post(api, path, body), "validation_error")
         assert words in problem["detail"] and "regex" not in problem["detail"], problem

@@ -43,6 +43,12 @@ async def test_insufficient_credits_says_what_was_available_and_needed(api: Api)
     r = await api.post("/v1/debits", world.spend(amount=401), key="runtime")
     assert_problem(r, "insufficient_credits", available=400, needed=401)
     assert await balance(api, world.wallet["id"]) == (400, 600, 0)
+    # A settle whose overage `reject` cannot collect says so too (the overage is what it needed).
+    held = (await api.post("/v1/reservations", world.spend(amount=100), key="runtime")).json()
+    r = await api.post(
+        f"/v1/reservations/{held['id']}/settle", {"amount": 600, "overage": "reject"}, "runtime"
+    )
+    assert_problem(r, "insufficient_credits", available=300, needed=500)
 
 
 async def test_budget_exceeded_names_the_budget(api: Api) -> None:

@@ -261,13 +261,16 @@ async def test_batch_items_replay_one_by_one(api: Api) -> None:
     assert [x["status"] for x in first.json()["results"]] == [201, 402, 201]
     assert await balance(api, world.wallet["id"]) == (50, 0, 50)
     again = await api.post("/v1/debits/batch", {"debits": items}, key="runtime", idem=None)
-    assert again.json() == first.json()
+    assert [x["replayed"] for x in first.json()["results"]] == [False, False, False]
+    # The same outcomes, each marked as answered again under its key.
+    assert again.json() == {"results": [{**x, "replayed": True} for x in first.json()["results"]]}
     assert await balance(api, world.wallet["id"]) == (50, 0, 50)
     # An item's key with another amount conflicts; the single-debit route shares the keys.
     changed = [{**items[0], "amount": 31}, items[2]]
     r = await api.post("/v1/debits/batch", {"debits": changed}, key="runtime", idem=None)
     assert [x["status"] for x in r.json()["results"]] == [409, 201]
     assert r.json()["results"][0]["error"]["code"] == "idempotency_conflict"
+    assert [x["replayed"] for x in r.json()["results"]] == [False, True]
     r = await api.post(
         "/v1/debits", world.spend(amount=20), key="runtime", idem=items[2]["idempotency_key"]
     )

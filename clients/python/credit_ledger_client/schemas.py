@@ -256,7 +256,13 @@ class GrantBalanceOut(Out):
         int,
         msgspec.Meta(description="voided, and whatever came back to the block since its void"),
     ]
-    refunded: int
+    refunded: Annotated[
+        int,
+        msgspec.Meta(
+            description="unused credits refunded in money (not built yet: 0). A usage refund "
+            "gives credits back to the block: it lowers `consumed`"
+        ),
+    ]
     repaid: Annotated[int, msgspec.Meta(description="paid the wallet's overdraft back")]
 
 
@@ -522,6 +528,9 @@ class BatchResultOut(Out):
     status: int
     debit: DebitOut | None = None
     error: BatchErrorOut | None = None
+    # The debit's key had been used before: this is its first outcome, answered again (as
+    # `Idempotency-Hit: true` says of a single debit).
+    replayed: bool = False
 
 
 class BatchOut(Out):
@@ -569,6 +578,12 @@ class ReservationPage(Page):
 
 
 class Overage(enum.StrEnum):
+    """What a settle does with what it asks beyond the reservation (the overage): `reject`
+    collects all of it from the wallet's spend path, or refuses the whole settle (402
+    `insufficient_credits`, the reservation still held); `cap` (the default) collects what the
+    spend path has and reports the rest as uncollected; `overdraft` collects all of it, the
+    wallet owing what its blocks and overdraft headroom could not give."""
+
     REJECT = "reject"
     CAP = "cap"
     OVERDRAFT = "overdraft"
