@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from credit_ledger_client import schemas as w
 from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, Parameter
 
 from api.auth import READ_SCOPES
 from api.common import (
@@ -44,6 +44,7 @@ from ledger.clock import rfc3339_of_ns
 from ledger.repositories import customers, resources, wallets
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
+from wallets.statements import ENTRIES_PAGE_MAX
 
 OPS = {
     "create_credit_type": operation(
@@ -469,7 +470,7 @@ async def wallet_entries(
     state: State,
     wallet_id: FromPath[str],
     cursor: FromQuery[str | None] = None,
-    limit: FromQuery[int] = 100,
+    limit: Annotated[int, Parameter(ge=1, le=ENTRIES_PAGE_MAX)] = 100,
     # Named as the query parameter is, so that a bad value's 422 names the field the caller
     # sent (the builtin is not needed here).
     type: FromQuery[list[w.EntryType] | None] = None,
