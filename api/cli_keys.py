@@ -24,6 +24,8 @@ import click
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from api.common import parse_id
+from grants.errors import InvalidRequest
 from ledger import db
 from ledger.migrate import migrate
 from ledger.repositories import api_keys, audit, customers
@@ -41,13 +43,13 @@ _LIST_HEADER: Final = ("id", "name", "prefix", "scopes", "customer", "created", 
 
 
 def _parse_id(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """An object id on the command line is its UUID text, as on the wire."""
+    """An object id on the command line is spelled as on the wire (api.common.parse_id)."""
     if value is None:
         return None
     try:
-        return uuid.UUID(value).int
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not an id (UUID text)", ctx, param) from None
+        return parse_id(value, param.name or "id")
+    except InvalidRequest as error:
+        raise click.BadParameter(error.message, ctx, param) from None
 
 
 def _check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -152,6 +152,18 @@ def test_list_shows_keys_and_revoke_revokes(database_url: str) -> None:
         (["create", "--scope", "admin"], "Missing option '--name'"),
         (["create", "--name", " ", "--scope", "admin"], "must not be empty"),
         (["create", "--name", "x", "--scope", "admin", "--customer", "acme"], "is not an id"),
+        (  # one spelling of ids, as on the wire
+            [
+                "create",
+                "--name",
+                "x",
+                "--scope",
+                "admin",
+                "--customer",
+                str(uuid.UUID(int=9)).upper(),
+            ],
+            "is not an id",
+        ),
         (
             ["create", "--name", "x", "--scope", "admin", "--customer", str(uuid.UUID(int=9))],
             "no customer has the id 00000000-0000-0000-0000-000000000009",
