@@ -160,7 +160,7 @@ def test_list_shows_keys_and_revoke_revokes(database_url: str) -> None:
                 "--scope",
                 "admin",
                 "--customer",
-                str(uuid.UUID(int=9)).upper(),
+                str(uuid.UUID(int=0xABC)).upper(),
             ],
             "is not an id",
         ),
