@@ -249,6 +249,7 @@ async def _tour(demo: _Demo) -> None:
         f"reserved 300, settled 250 (released {settled['released']}): promotional credits go first"
     )
     await demo.post("/v1/debits", {**spend, "amount": 900})
+    click.echo("debited 900: the wallet is down to the last 50")
     refused = await demo.client.post(
         "/v1/debits",
         json={**spend, "amount": 100},

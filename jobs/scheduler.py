@@ -86,6 +86,9 @@ class Jobs:
             _logger.warning("reconciliation finished %d grants", len(report.grants_finished))
 
     def scheduler(self) -> AsyncIOScheduler:
+        # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
+        # tick: a line a minute that tells nothing. Its warnings and errors still show.
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         scheduler = AsyncIOScheduler(timezone="UTC")
         options = {
             "coalesce": True,
