@@ -5,7 +5,6 @@ itself (the service's clock moved, no reload)."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -95,13 +94,21 @@ async def test_a_price_replays_with_its_key_once_its_time_has_passed(api: Api) -
         "feature": f"r-{api.seq}",
         "credit_type": world.code,
         "credits_per_unit": 4,
-        "effective_at": _iso(dt.datetime.now(dt.UTC) + dt.timedelta(milliseconds=50)),
+        "effective_at": _iso(dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)),
     }
     first = await api.post("/v1/prices", body, idem=api.k("price"))
     assert first.status_code == 201, first.text
-    await asyncio.sleep(0.1)  # effective_at is now in the past
-    again = await api.post("/v1/prices", body, idem=api.k("price"))
-    assert (again.status_code, again.json()) == (201, first.json())
-    assert again.headers["Idempotency-Hit"] == "true"
+    service = services_of(api.app).service
+    wall = service.clock_ns
+    service.clock_ns = lambda: wall() + 3600 * 10**9  # an hour on: effective_at is past
+    try:
+        again = await api.post("/v1/prices", body, idem=api.k("price"))
+        assert (again.status_code, again.json()) == (201, first.json())
+        assert again.headers["Idempotency-Hit"] == "true"
+        # Sent with a new key now, the same price is refused: its effective_at is past.
+        late = await api.post("/v1/prices", body, idem=api.k("price-late"))
+        assert_problem(late, "validation_error", field="effective_at")
+    finally:
+        service.clock_ns = wall
     listed = await get(api, "/v1/prices", feature=body["feature"])
     assert len(listed.json()["items"]) == 1
