@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import re
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -97,8 +98,11 @@ def encode_cursor(kind: str, *numbers: int) -> str:
     return cursor
 
 
-def decode_cursor(cursor: str | None, kind: str, arity: int) -> tuple[int, ...] | None:
-    """The numbers of a cursor of list `kind` (None when there is none: the first page)."""
+def decode_cursor(
+    cursor: str | None, kind: str, arity: int, maxima: tuple[int, ...] | None = None
+) -> tuple[int, ...] | None:
+    """The numbers of a cursor of list `kind` (None when there is none: the first page), each
+    at most its `maxima` (else the cursor is not one this API gave: it could not be used)."""
     if cursor is None:
         return None
     refused = InvalidRequest("cursor is not one this list gave", field="cursor")
@@ -112,6 +116,8 @@ def decode_cursor(cursor: str | None, kind: str, arity: int) -> tuple[int, ...] 
     numbers = tuple(int(n) for n in match["numbers"][1:].split(":"))
     if len(numbers) != arity or any(n > U128_MAX for n in numbers):
         raise refused
+    if maxima is not None and any(n > m for n, m in zip(numbers, maxima, strict=True)):
+        raise refused
     # Only the exact text this API wrote (no padding, no leading zeros): one cursor a position.
     if encode_cursor(kind, *numbers) != cursor:
         raise refused
@@ -124,8 +130,12 @@ def keyset_cursor(kind: str, created_at_and_id: Keyset) -> str:
     return encode_cursor(kind, ns_of_datetime(at) // 1000, row_id)
 
 
+# The latest instant a keyset cursor may name: the end of year 9999, in microseconds.
+_KEYSET_MICROS_MAX = ns_of_datetime(datetime.datetime.max.replace(tzinfo=datetime.UTC)) // 1000
+
+
 def keyset_after(cursor: str | None, kind: str) -> Keyset | None:
-    numbers = decode_cursor(cursor, kind, 2)
+    numbers = decode_cursor(cursor, kind, 2, (_KEYSET_MICROS_MAX, U128_MAX))
     if numbers is None:
         return None
     micros, row_id = numbers

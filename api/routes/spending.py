@@ -40,6 +40,7 @@ from api.routes.shared import (
 )
 from grants.errors import NotFound
 from ledger.codes import TransferCode
+from ledger.limits import TIMESTAMP_MAX
 from wallets import chains
 from wallets.reservations import wallet_reservations
 from wallets.service import Funding
@@ -233,7 +234,8 @@ async def list_reservations(request: Request[Any, Any, Any], state: State) -> w.
     if wallet is None:
         raise NotFound("wallet not found")
     own(principal, wallet_customer(services, wallet_id), "wallet")
-    after = decode_cursor(query.cursor, "reservations", 1)
+    # A cursor is a set-up leg's timestamp: the next page starts one nanosecond later.
+    after = decode_cursor(query.cursor, "reservations", 1, (TIMESTAMP_MAX - 1,))
     page = await wallet_reservations(
         services.service.ledger,
         wallet,
