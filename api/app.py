@@ -228,20 +228,17 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         await services.keys.load(pool)
         if settings.reconcile_on_start:
             await _reconcile_on_start(services)
-        services.tasks = [
-            asyncio.create_task(services.sink.run(), name="movements"),
-            asyncio.create_task(_follow(services, settings.database), name="cache-follow"),
-        ]
+        services.start(services.sink.run(), "movements")
+        services.start(_follow(services, settings.database), "cache-follow")
         if settings.heap is not None:
-            services.tasks.append(asyncio.create_task(manage_heap(settings.heap), name="heap"))
+            services.start(manage_heap(settings.heap), "heap")
         try:
             yield
         finally:
             for task in services.tasks:
                 task.cancel()
-            for task in services.tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # What one that ended early raised was logged when it ended.
+            await asyncio.gather(*services.tasks, return_exceptions=True)
             await services.sink.drain()
 
     @get(

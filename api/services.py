@@ -4,7 +4,10 @@ ledger and the Postgres pool that `create_app` is given."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from api.auth import KeyCache
 from api.metrics import Metrics
@@ -15,6 +18,8 @@ from wallets.control import ControlPlane
 from wallets.projection import MovementSink
 from wallets.service import CreditService
 from wallets.statements import Statements
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,16 +34,34 @@ class Services:
     keys: KeyCache
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Background tasks that ended while the service ran (each runs until the service stops).
+    tasks_ended: list[str] = field(default_factory=list)
+
+    def start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """Runs a background task for as long as the service runs; should it end before, the
+        service cannot do its work (a stale cache, movements not written): it is logged, and
+        /healthz fails so that an outside supervisor restarts the service."""
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(self._task_done)
+        self.tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return  # the service is stopping
+        error = task.exception()
+        _logger.error("background task %r ended", task.get_name(), exc_info=error)
+        self.tasks_ended.append(f"background task {task.get_name()!r} ended: {error!r}")
 
     def liveness(self) -> list[str]:
         """What this process cannot recover from by itself, so that an outside supervisor
         (systemd, Kubernetes) should restart it: an engine process that its supervisor gave up
-        on, or that has not come back after many attempts. Reads memory only: /healthz is
-        probed often and must stay cheap."""
+        on, or that has not come back after many attempts; a background task that ended. Reads
+        memory only: /healthz is probed often and must stay cheap."""
+        problems = list(self.tasks_ended)
         health = self.service.ledger.health
-        if health is None or health.recoverable:
-            return []
-        return [f"ledger: {health.detail}"]
+        if health is not None and not health.recoverable:
+            problems.append(f"ledger: {health.detail}")
+        return problems
 
     async def readiness(self) -> list[str]:
         """What is not answering: the engine, Postgres."""

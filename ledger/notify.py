@@ -89,8 +89,10 @@ async def listen_catalog_changes(
     """Deliver catalog changes to `on_change` until cancelled, reconnecting after failures.
 
     `target` is the settings (the embedded server is started if they name none) or a
-    connection string. A malformed payload is logged and skipped; an exception from a callback
-    propagates and ends the listener, as a bug should. Cancel the task to stop listening.
+    connection string. A malformed payload is logged and skipped. A callback that fails (the
+    engine restarting while a change is applied, say) is logged, and the listener starts over:
+    it reconnects and `on_listening` reloads everything, so no change is lost; a failure that
+    lasts is retried with the same backoff as a lost connection. Cancel the task to stop.
     """
     if isinstance(target, DatabaseSettings):
         settings = target
@@ -112,6 +114,10 @@ async def listen_catalog_changes(
         except psycopg.OperationalError as error:
             _logger.warning(
                 "catalog listener lost its connection (%s); retrying in %.1f s", error, delay_s
+            )
+        except Exception:  # a change not applied: start over, reloading everything
+            _logger.exception(
+                "a catalog change could not be applied; reloading everything in %.1f s", delay_s
             )
         await asyncio.sleep(delay_s)
         delay_s = min(delay_s * 2, reconnect_delay_s_max)

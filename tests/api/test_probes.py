@@ -5,6 +5,7 @@ supervisor behind a real server is in tests/api/test_e2e_serve.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,7 +15,7 @@ from api.metrics import Metrics
 from ledger import db
 from ledger.client import EngineHealth
 from tests.api.conftest import Api
-from tests.api.support import SwitchableLedger, running_api, scope_keys
+from tests.api.support import SwitchableLedger, running_api, scope_keys, services_of
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +73,30 @@ async def test_healthz_fails_once_the_service_cannot_recover_by_itself(
     r = await api.client.get("/readyz")
     assert (r.status_code, r.json()) == (503, expected)
     assert 'credit_engine_state{state="failed"} 1.0' in (await api.client.get("/metrics")).text
+
+
+async def test_healthz_fails_once_a_background_task_has_ended(
+    pool: db.Pool, migrated_db_url: str
+) -> None:
+    """A task that runs as long as the service does (the cache follower, the movement writer)
+    ended: the service cannot do its work, and says so where a supervisor looks."""
+    keys = await scope_keys(pool)
+    async with running_api(pool, migrated_db_url, keys) as (api, app, _):
+        services = services_of(app)
+        assert (await api.client.get("/healthz")).status_code == 200
+
+        async def dies() -> None:
+            raise RuntimeError("a bug")
+
+        services.start(dies(), "cache-follow-test")
+        await asyncio.sleep(0)  # it runs, and ends
+        await asyncio.sleep(0)
+        r = await api.client.get("/healthz")
+        assert r.status_code == 503, r.text
+        (problem,) = r.json()["problems"]
+        assert "cache-follow-test" in problem and "a bug" in problem
+        # The real ones still run: only a task that ended is a problem.
+        assert [t.get_name() for t in services.tasks if t.done()] == ["cache-follow-test"]
 
 
 async def test_an_engine_without_a_supervisor_reports_no_engine_state(

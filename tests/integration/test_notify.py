@@ -104,6 +104,42 @@ async def test_the_listener_reconnects_after_losing_its_connection(
     assert await listener.next_change() == CatalogChange("grants", 99)
 
 
+async def test_a_change_that_cannot_be_applied_starts_the_listener_over(
+    pool: db.Pool, migrated_db_url: str
+) -> None:
+    """The engine restarting while a change is applied, say: the listener does not end (the
+    cache would go stale for good); it reconnects and its owner reloads everything."""
+    listener = Listener()
+    failures = [RuntimeError("the engine is restarting")]
+
+    def on_change(change: CatalogChange) -> None:
+        if failures:
+            raise failures.pop()
+        listener.on_change(change)
+
+    task = asyncio.create_task(
+        listen_catalog_changes(
+            migrated_db_url,
+            on_change,
+            on_listening=listener.on_listening,
+            reconnect_delay_s_max=0.2,
+        )
+    )
+    try:
+        assert await asyncio.wait_for(listener.listening.get(), WAIT_S) == 1
+        async with pool.connection() as conn:
+            await notify_catalog_changed(conn, "grants", 7)
+        assert await asyncio.wait_for(listener.listening.get(), WAIT_S) == 2  # a reload
+        async with pool.connection() as conn:
+            await notify_catalog_changed(conn, "grants", 8)
+        assert await listener.next_change() == CatalogChange("grants", 8)
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def test_payloads_parse_to_int_ids() -> None:
     assert parse_payload("credit_types:7") == CatalogChange("credit_types", 7)
     assert parse_payload("wallets:00000000-0000-0000-0000-00000000000a") == CatalogChange(
