@@ -494,8 +494,14 @@ class ControlPlane:
             )
 
         async def then() -> Wallet:
-            await self.service.open_wallet(wallet, resource.tenant)
-            self.catalog.put_wallet(wallet)
+            # The ledger and the cache follow the row as it stands under its lock, not this
+            # request: a retry of the create, after a PATCH, must not bring back the policy
+            # the wallet was created with. The answer stays the creation's.
+            async with self.pool.connection() as conn:
+                row = await wallets.get_wallet(conn, wallet.id)
+            assert row is not None
+            current = await self._reconcile_wallet(row, resource.tenant, {wallet.id})
+            self.catalog.put_wallet(current)
             return wallet
 
         return await self._once(
@@ -1148,27 +1154,31 @@ class ControlPlane:
             found.update(ids[a.id] for a in await self.service.ledger.lookup_accounts(list(ids)))
         return found
 
-    async def _reconcile_wallet(self, row: wallets.Wallet, tenant: int, bounded: set[int]) -> None:
+    async def _reconcile_wallet(
+        self, row: wallets.Wallet, tenant: int, bounded: set[int]
+    ) -> Wallet:
         """A wallet's accounts ensured; one with a bounded overdraft account (soft, or soft
-        once) brought to its limit under its row lock, as the row stands then, unless a change
-        of it is pending (that change finishes it). The ledger refusing is never expected: a
-        wallet's row changes after its ledger does."""
+        once, or named in `bounded`) brought to its limit under its row lock, as the row stands
+        then, unless a change of it is pending (that change finishes it). The ledger refusing
+        is never expected: a wallet's row changes after its ledger does. Returns the wallet as
+        the ledger was brought to it."""
         wallet = _wallet(row)
         if not (wallet.overdraft_mode is OverdraftMode.SOFT or row.id in bounded):
             # Never soft: nothing of a limit to bring anywhere, only accounts to ensure.
             await self.service.open_wallet(wallet, tenant)
-            return
+            return wallet
         async with self.pool.connection() as conn, conn.transaction():
             locked = await wallets.lock_wallet(conn, row.id)
             assert locked is not None
             if await wallet_changes.pending_change_of(conn, row.id) is not None:
-                return
+                return _wallet(locked)
             move = await self._open_wallet(_wallet(locked), tenant, operation=0)
         if move.refused:
             raise PolicyRefused(
                 f"the ledger holds an overdraft limit of {move.before} and will not lower it to "
                 f"the wallet's {locked.overdraft_limit}: {move.before - move.balance} is drawn"
             )
+        return _wallet(locked)
 
     async def _reconcile_step(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from tests.api.support import (
     created,
     make_world,
     running_api,
+    scope_keys,
     services_of,
 )
 
@@ -322,4 +324,46 @@ async def _until(condition: Any) -> None:
     deadline_s = time.monotonic() + 10.0
     while not condition():
         assert time.monotonic() < deadline_s, "the other process never heard of the change"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_retried_create_does_not_bring_back_the_policy_a_patch_changed(
+    pool: db.Pool, migrated_db_url: str
+) -> None:
+    """The create's ledger write failed (503: retry with the same key); an admin then makes the
+    wallet hard; the client retries the create, as told. The wallet stays hard, in the ledger
+    and in the cache: the retry finishes the create as the row stands, not as it was asked."""
+    keys = await scope_keys(pool)
+    async with running_api(pool, migrated_db_url, keys) as (api, app, ledger):
+        world = await make_world(api, granted=100)
+        resource = world.team["id"]
+        body = {"resource_id": resource, "credit_type": world.code,
+                "overdraft_mode": "unbounded"}  # fmt: skip
+        ledger.down = True
+        assert_problem(await api.post("/v1/wallets", body, idem="w-retry"), "ledger_unavailable")
+        ledger.down = False
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT id FROM wallets WHERE resource_id = %s", (uuid.UUID(resource),)
+            )
+            (row,) = await cursor.fetchall()
+        wallet_id = str(row[0])
+        await wait_until(lambda: uuid.UUID(wallet_id).int in services_of(app).catalog.wallets)
+        r = await patch(api, f"/v1/wallets/{wallet_id}", {"overdraft_mode": "hard"})
+        assert r.status_code == 200, r.text
+        again = await api.post("/v1/wallets", body, idem="w-retry")
+        assert again.status_code == 201, again.text
+        assert again.json()["overdraft_mode"] == "unbounded"  # the create's own answer
+        cached = services_of(app).catalog.wallets[uuid.UUID(wallet_id).int]
+        assert cached.overdraft_mode.value == "hard"
+        spend = {"wallet_id": wallet_id, "credit_type": world.code, "amount": 1}
+        assert_problem(await api.post("/v1/debits", spend, key="runtime"), "insufficient_credits")
+        r = await api.get(f"/v1/wallets/{wallet_id}")
+        assert r.json()["wallet"]["overdraft_mode"] == "hard"
+
+
+async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the change did not arrive"
         await asyncio.sleep(0.01)
