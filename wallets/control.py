@@ -86,7 +86,9 @@ from wallets.catalog import (
     period_start_ns,
 )
 from wallets.limit_accounts import (
+    LimitAccount,
     LimitMove,
+    Lowering,
     budget_period_account,
     move_limit,
     open_limit_account,
@@ -903,7 +905,9 @@ class ControlPlane:
         """Moves the ledger to the change, then records it (or its refusal) on `conn`, in the
         caller's transaction; the refusal's reason, or None."""
         wallet = _changed(row, change)
-        tenant = self.catalog.resources[wallet.resource_id].tenant
+        # The tenant from Postgres, in this transaction: this process's cache may not have
+        # heard of the resource yet (created in another process a moment ago).
+        tenant = await _tenant(conn, wallet.resource_id)
         move = await self._open_wallet(wallet, tenant, operation=change.id)
         before, after = _policy_details(_wallet(row)), _policy_details(wallet)
         if move.refused:
@@ -956,15 +960,19 @@ class ControlPlane:
     async def update_budget(
         self, budget_id: int, *, cap: int, actor: str, tenant: int, key: str
     ) -> tuple[Budget, bool]:
-        """Changes a budget's cap, once per key: Postgres first, then the current period's
-        account on the ledger (raised by the difference; lowered by what headroom it has,
-        never below what the period used). Later periods open with the new cap."""
+        """Changes a budget's cap, once per key. A cut is exact: under the budget's row lock,
+        the current period's account gives back all of the difference, or the ledger refuses
+        (more than the new cap is used or held this period: 409, nothing written); then the
+        row records it, in the same transaction. A raise is written to Postgres first, then
+        the ledger. Later periods open with the new cap."""
         if not 1 <= cap <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("cap out of range", field="cap")
         change_id = derive_id("budget/change", tenant, key)
 
         async def first(conn: Connection) -> None:
             row = await _active_budget(conn, budget_id)
+            if cap < row.cap:
+                await self._cut_budget(conn, row, cap, operation=change_id)
             await budgets.set_budget_cap(conn, budget_id, cap)
             await audit.append(
                 conn,
@@ -988,6 +996,35 @@ class ControlPlane:
             result_type=Budget,
         )
 
+    async def _cut_budget(
+        self, conn: Connection, row: budgets.Budget, cap: int, *, operation: int
+    ) -> None:
+        """The current period's account lowered to `cap`, all of the difference, or refused.
+        Were the row's write then lost (a crash before its commit), reconciliation brings the
+        account back to the cap Postgres kept."""
+        account = await self._period_account(conn, row)
+        exact = msgspec.structs.replace(account, lowering=Lowering.EXACT)
+        move = await move_limit(self.service.ledger, exact, cap, operation=operation)
+        if move.refused:
+            used = move.before - move.balance
+            raise Conflict(
+                f"this period of the budget has {used} used (held reservations included): its "
+                f"cap cannot go below that (asked: {cap})",
+                field="cap",
+                used=used,
+            )
+
+    async def _period_account(self, conn: Connection, row: budgets.Budget) -> LimitAccount:
+        """The budget's account of the current period, opened (and funded, by the first
+        transfer the hot path would make) if no spend has opened it yet."""
+        start_ns = period_start_ns(row.period, self.service.clock_ns())
+        tenant = await _tenant(conn, row.resource_id)
+        account = budget_period_account(
+            row.id, row.resource_id, row.credit_type_id, tenant, start_ns
+        )
+        await open_limit_account(self.service.ledger, account, AccountCode.BUDGET)
+        return account
+
     async def _sync_budget(self, budget_id: int, *, operation: int) -> Budget:
         """The current period's account of an active budget brought to its cap (opened and
         funded if no spend has yet), under the budget's row lock; the budget as it stands."""
@@ -996,12 +1033,7 @@ class ControlPlane:
             assert row is not None
             budget = Budget(row.id, row.resource_id, row.credit_type_id, row.period, row.cap)
             if row.active:
-                tenant = self.catalog.resources[row.resource_id].tenant
-                start_ns = period_start_ns(row.period, self.service.clock_ns())
-                account = budget_period_account(
-                    row.id, row.resource_id, row.credit_type_id, tenant, start_ns
-                )
-                await open_limit_account(self.service.ledger, account, AccountCode.BUDGET)
+                account = await self._period_account(conn, row)
                 await move_limit(self.service.ledger, account, row.cap, operation=operation)
         if row.active:
             self.catalog.put_budget(budget)
@@ -1291,6 +1323,13 @@ async def _active_budget(conn: Connection, budget_id: int) -> budgets.Budget:
     if row is None or not row.active:
         raise NotFound(f"budget {id_text(budget_id)} not found")
     return row
+
+
+async def _tenant(conn: Connection, resource_id: int) -> int:
+    tenant = await resources.tenant_of(conn, resource_id)
+    if tenant is None:
+        raise NotFound(f"resource {id_text(resource_id)} not found")
+    return tenant
 
 
 def _lock_key(kind: str, object_id: int) -> int:

@@ -19,11 +19,11 @@ Invariants:
   (`derive_id("budget/cap", account)`), so the two never both fund it.
 - Callers run the changes of one account one at a time (they hold a Postgres row lock on its
   wallet or budget): the count they read is then the count they extend.
-- Lowering an overdraft limit moves exactly the difference, so TigerBeetle refuses it
-  (`exceeds_credits`) when more than the new limit is drawn, held draws included: nothing moves
-  and the caller says so. Lowering a cap takes back what headroom there is (`balancing_debit`),
-  never what the period has used; the rest is taken back by a later change (or reconciliation)
-  once headroom comes back, a released reservation say.
+- Lowering an overdraft limit, or a cap an admin cuts, moves exactly the difference (`EXACT`),
+  so TigerBeetle refuses it (`exceeds_credits`) when more than the new limit is drawn or the
+  period has used more than the new cap, held amounts included: nothing moves and the caller
+  says so. A budget period's account is otherwise lowered by what headroom it has
+  (`HEADROOM`, `balancing_debit`): reconciliation bringing it back to the cap Postgres kept.
 """
 
 from __future__ import annotations

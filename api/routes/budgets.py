@@ -181,10 +181,10 @@ async def _budget_row(services: Services, principal: Principal, budget_id: str) 
     status_code=200,
     tags=["budgets"],
     description="Change a budget's cap. The current period's account on the ledger moves with "
-    "it: a raise is credited at once; a cut takes back the headroom left, never what the "
-    "period has used (a period used past its new cap has no headroom, and what a released "
-    "reservation gives back later is taken back by reconciliation). Later periods open with "
-    "the new cap. Audited; 404 once removed.",
+    "it: a raise is credited at once; a cut is exact, or refused with 409 `conflict` (and its "
+    "`used`) when the period has used more than the new cap, held reservations included: "
+    "nothing changes then, and a cut to `used` stops further spending. Later periods open "
+    "with the new cap. Audited; 404 once removed.",
 )
 async def update_budget(
     request: Request[Any, Any, Any], state: State, budget_id: FromPath[str]

@@ -179,3 +179,14 @@ async def list_all_resources(conn: Connection) -> list[Resource]:
     """Every resource, by id, unpaged: for the catalog snapshot only."""
     cursor = await conn.execute(f"SELECT {_COLUMNS} FROM resources ORDER BY id")
     return [_row(row) for row in await cursor.fetchall()]
+
+
+async def tenant_of(conn: Connection, resource_id: int) -> int | None:
+    """The tenant of the customer that owns the resource (what the ledger records it under)."""
+    cursor = await conn.execute(
+        "SELECT c.tenant FROM resources r JOIN customers c ON c.id = r.customer_id"
+        " WHERE r.id = %s",
+        (to_uuid(resource_id),),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else int(row[0])

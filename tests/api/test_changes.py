@@ -268,8 +268,11 @@ async def test_a_cap_change_moves_the_current_period(api: Api) -> None:
     assert (got["cap"], got["used"], got["headroom"]) == (150, 80, 70)
     assert (await debit(api, world, 70)).status_code == 201
     assert_problem(await debit(api, world, 1), "budget_exceeded", budget_id=budget["id"])
-    # Cut below what the period used: no headroom, and what was used stays used.
-    assert (await patch(api, path, {"cap": 100})).status_code == 200
+    # A cut below what the period used is refused, and changes nothing.
+    assert_problem(await patch(api, path, {"cap": 100}), "conflict", field="cap", used=150)
+    assert (await api.get(path)).json()["cap"] == 150
+    # Down to exactly what was used: no headroom.
+    assert (await patch(api, path, {"cap": 150})).status_code == 200
     assert (await api.get(path)).json()["headroom"] == 0
     assert_problem(await debit(api, world, 1), "budget_exceeded")
     # Raised again: the headroom is the new cap less what the period used.
@@ -280,6 +283,27 @@ async def test_a_cap_change_moves_the_current_period(api: Api) -> None:
     assert (await patch(api, path, {"cap": 300})).status_code == 200
     assert (await check(api, world, 150))["allowed"] is True
     assert (await check(api, world, 151))["reason"] == "budget_exceeded"
+
+
+async def test_a_cut_counts_what_reservations_hold_and_stays_enforced_when_they_end(
+    api: Api,
+) -> None:
+    """Cap 100, 90 held: a cut to 50 is refused (it would hold when the reservation ends, but
+    not now); a cut to 90 takes effect; released, the 90 come back as headroom under the new
+    cap, never past it (the review's case: a cut by what headroom there was let a debit of 90
+    pass a cap of 50 once the reservation was released)."""
+    world = await make_world(api, granted=10_000)
+    budget = await _budget(api, world, 100)
+    path = f"/v1/budgets/{budget['id']}"
+    held = await created(api, "/v1/reservations", world.spend(amount=90), "runtime")
+    assert_problem(await patch(api, path, {"cap": 50}), "conflict", used=90)
+    assert (await patch(api, path, {"cap": 90})).status_code == 200
+    r = await api.post(f"/v1/reservations/{held['id']}/release", None, key="runtime")
+    assert r.status_code == 200, r.text
+    got = (await api.get(path)).json()
+    assert (got["cap"], got["used"], got["headroom"]) == (90, 0, 90)
+    assert_problem(await debit(api, world, 91), "budget_exceeded")
+    assert (await debit(api, world, 90)).status_code == 201
 
 
 async def test_a_cap_changed_before_any_spend_opens_the_period_with_it(api: Api) -> None:
