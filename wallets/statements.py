@@ -29,7 +29,7 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import budget_account_id, id_text, leg_id, leg_ids
+from ledger.ids import budget_account_id, id_text, leg_id, leg_ids, overdraft_account_id
 from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
 from ledger.types import (
     Account,
@@ -333,9 +333,13 @@ class Statements:
             raise NotFound(f"wallet {id_text(wallet_id)} not found")
         now = self.clock_ns()
         grants = await self.grant_accounts(wallet)
-        overdraft_ids = [wallet.debt_account_id]
-        if wallet.overdraft_mode is OverdraftMode.SOFT and wallet.overdraft_account_id:
-            overdraft_ids.append(wallet.overdraft_account_id)
+        # Both overdraft accounts, whatever the mode now: a wallet that was soft once keeps the
+        # history of its bounded account (its draws were consumed); one never soft has none,
+        # and the lookup leaves it out.
+        overdraft_ids = [
+            wallet.debt_account_id,
+            overdraft_account_id(wallet.id, AccountCode.OVERDRAFT),
+        ]
         overdrafts = await self.ledger.lookup_accounts(overdraft_ids)
         transfers = {a.id: await _all_transfers(self.ledger, a.id) for a in grants + overdrafts}
         blocks = {a.id: block_of(a, transfers[a.id], self.catalog) for a in grants}

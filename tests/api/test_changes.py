@@ -391,3 +391,22 @@ async def wait_until(condition: Any, timeout_s: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "the change did not arrive"
         await asyncio.sleep(0.01)
+
+
+async def test_a_wallet_that_was_soft_keeps_its_overdraft_history(api: Api) -> None:
+    """Drawn while soft, repaid, then made hard: what was consumed from the overdraft is still
+    consumed, and its draw and repay are still entries (they were read only while soft)."""
+    world = await make_world(api, granted=100)
+    path = f"/v1/wallets/{world.wallet['id']}"
+    assert (await patch(api, path, {"overdraft_mode": "soft", "overdraft_limit": 50})).is_success
+    assert (await debit(api, world, 130)).status_code == 201  # 100 from the grant, 30 drawn
+    topup = {"wallet_id": world.wallet["id"], "amount": 30, "category": "promotional"}
+    assert (await api.post("/v1/grants", topup)).status_code == 201  # repays the 30
+    before = (await api.get(path, key="finance")).json()
+    assert (before["consumed"], before["overdraft_used"]) == (130, 0)
+    assert (await patch(api, path, {"overdraft_mode": "hard"})).status_code == 200
+    after = (await api.get(path, key="finance")).json()
+    assert (after["consumed"], after["overdraft_used"], after["available"]) == (130, 0, 0)
+    entries = (await api.get(f"{path}/entries", key="finance")).json()["entries"]
+    types = [e["type"] for e in entries]
+    assert "overdraft_draw" in types and "overdraft_repay" in types
