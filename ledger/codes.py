@@ -102,6 +102,9 @@ class TransferCode(enum.IntEnum):
     CONTROL_NORMALIZE = 18  # Hold -> drain, balancing: clears what released reservations left.
     CONTROL_CHECK = 19  # Check -> drain, balancing: moves zero, or the chain did not reach N.
     CONTROL_CAP = 20  # Drain -> cap (load the overage), cap -> drain (give back the shortfall).
+    # Header debit -> header credit, 0, pending with the reservation's timeout: its post (a
+    # settle) or void (a release), with an id derived from the reservation, says which befell it.
+    RESERVATION_MARKER = 21
 
 
 SYSTEM_ACCOUNT_CODES: Final[frozenset[AccountCode]] = frozenset(

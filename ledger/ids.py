@@ -135,6 +135,16 @@ def leg_id(operation_id: int, leg_index: int) -> int:
     return leg_ids(operation_id, (leg_index,))[0]
 
 
+def reservation_marker_id(reservation_id: int) -> int:
+    """A reservation's marker: pending, with the reservation's timeout (ledger/README.md)."""
+    return derive_id("reservation/marker", reservation_id)
+
+
+def reservation_resolution_id(reservation_id: int) -> int:
+    """The post (a settle) or void (a release) of a reservation's marker: one of them at most."""
+    return derive_id("reservation/resolution", reservation_id)
+
+
 def leg_ids(operation_id: int, leg_indexes: Iterable[int]) -> list[int]:
     """`leg_id(operation_id, i)` for each i, with the operation's part hashed once (a chain's
     builder needs all its legs' ids at once)."""

@@ -117,11 +117,20 @@ BLANK = Transfer()
 
 
 async def read_legs(
-    ledger: Ledger, op_id: int, count: int, *, used: int | None = None
+    ledger: Ledger,
+    op_id: int,
+    count: int,
+    *,
+    used: int | None = None,
+    also: Sequence[int] = (),
 ) -> list[Transfer]:
     """An operation's events 0..count-1 by index, `BLANK` (id 0) where there is none. `used`:
-    the chain is known to have only that many events, so only those are looked up."""
-    indexes = range(count if used is None else min(used, count))
+    the chain is known to have only its first that many events, and those in `also` (fixed
+    indexes past them), so only those are looked up."""
+    if used is None:
+        indexes: Sequence[int] = range(count)
+    else:
+        indexes = [*range(min(used, count)), *(i for i in also if used <= i < count)]
     ids = leg_ids(op_id, indexes)
     found = {t.id: t for t in await ledger.lookup_transfers(ids)}
     legs = [BLANK] * count

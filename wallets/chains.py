@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import msgspec
 
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import leg_id, leg_ids, overdraft_account_id
+from ledger.ids import leg_id, leg_ids, overdraft_account_id, reservation_resolution_id
 from ledger.limits import (
     CHAIN_LEGS_MAX,
     OVERAGE_LEG_INDEX,
@@ -41,6 +41,11 @@ from ledger.types import AMOUNT_MAX, Transfer, TransferFlags
 
 # Under the `cap` policy, the leg passing what was collected to consumed.
 CAP_CONSUME = CHAIN_LEGS_MAX
+# A reservation's marker (ledger/README.md, "Reserve"): a fixed index past every other leg, so
+# that a reservation's legs, read by index, include it; a reservation has this many.
+MARKER = CHAIN_LEGS_MAX
+RESERVATION_LEGS = MARKER + 1
+assert MARKER < OVERAGE_LEG_INDEX
 
 LINKED = TransferFlags.LINKED
 PENDING = TransferFlags.PENDING
@@ -194,11 +199,43 @@ def drain_chain(
         )
         index += 1
     chain += _source_legs(op, path, amount, index, pending, timeout_s, ids)
+    if pending:
+        chain.append(_marker(op, timeout_s))
     check = system_account(ledger, AccountCode.CONTROL_CHECK)
     chain.append(
         make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
     )
     return chain
+
+
+def _marker(op: Operation, timeout_s: int) -> Transfer:
+    """A reservation's marker: 0 between the header accounts, pending for as long as the
+    reservation; the settle posts it, the release voids it, with one id of the reservation's
+    (`reservation_resolution_id`), so where a reservation stands is two lookups away."""
+    return make_leg(
+        op,
+        MARKER,
+        system_account(op.ledger, AccountCode.OPERATION_HEADER_DEBIT),
+        system_account(op.ledger, AccountCode.OPERATION_HEADER_CREDIT),
+        0,
+        TransferCode.RESERVATION_MARKER,
+        LINKED_PENDING,
+        timeout_s,
+    )
+
+
+def _resolve_marker(
+    op: Operation, reservation: Sequence[Transfer], flag: TransferFlags
+) -> Transfer:
+    marker = reservation[MARKER]
+    return Transfer(
+        id=reservation_resolution_id(marker.user_data_128),
+        pending_id=marker.id,
+        user_data_128=op.id,
+        user_data_64=op.effective_at_ns,
+        user_data_32=op.tenant,
+        flags=LINKED | flag,
+    )
 
 
 def budget_leg_index(path: SpendPath, position: int) -> int:
@@ -241,7 +278,7 @@ def settle_chain(
     to_post = min(amount, reserved)
     chain = [header(op)]
     remaining = to_post
-    for index, leg in enumerate(reservation):
+    for index, leg in enumerate(reservation[:MARKER]):
         if index < FIRST_VARIABLE or leg.id == 0:
             continue
         if leg.code == TransferCode.BUDGET_SPEND:
@@ -258,6 +295,8 @@ def settle_chain(
     if overage > 0:
         assert overage_path is not None
         chain += overage_legs(op, overage_path, overage, policy, base=OVERAGE_LEG_INDEX)
+    if len(reservation) > MARKER and reservation[MARKER].id:  # none before markers existed
+        chain.append(_resolve_marker(op, reservation, POST))
     last = chain[-1]
     last.flags &= ~LINKED
     return SettlePlan(chain=chain, posted=to_post, released=reserved - to_post, overage=overage)
@@ -278,12 +317,14 @@ def _resolve(op: Operation, index: int, leg: Transfer, amount: int) -> Transfer:
 
 
 def release_chain(op: Operation, reservation: Sequence[Transfer]) -> list[Transfer]:
-    """Voids every pending leg of a reservation."""
+    """Voids every pending leg of a reservation, and its marker."""
     chain = [header(op)]
-    for index, leg in enumerate(reservation):
+    for index, leg in enumerate(reservation[:MARKER]):
         if index < FIRST_VARIABLE or leg.id == 0:
             continue
         chain.append(_resolve(op, SETTLE_LEG_INDEX + index, leg, 0))
+    if len(reservation) > MARKER and reservation[MARKER].id:  # none before markers existed
+        chain.append(_resolve_marker(op, reservation, VOID))
     chain[-1].flags &= ~LINKED
     return chain
 

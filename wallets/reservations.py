@@ -10,7 +10,8 @@ How they are found (ledger/README.md, "Fields"):
   just before the set-up leg in the same chain: TigerBeetle gives the events of one request
   consecutive timestamps, so that leg is the one timestamp earlier. It is checked against the
   id derived from the operation before it is believed.
-- The status is `wallets.statements.reservation_status`, as GET /v1/reservations/{id} has it.
+- The status is `wallets.statements.reservation_status`, as GET /v1/reservations/{id} has it:
+  a lookup of the reservation's legs and its marker's resolution (ledger/README.md, "Reserve").
 
 Invariant: one page examines at most RESERVATIONS_SCANNED_PER_PAGE_MAX reservations, so a
 status filter that matches little costs a bounded number of engine reads per page; such a page

@@ -228,15 +228,17 @@ class CreditService:
 
     async def _legs(self, op_id: int, count: int = CHAIN_LEGS_MAX) -> list[Transfer]:
         """An operation's events by index; a missing index is an empty Transfer (id 0). For a
-        reservation made by this process, only the indexes its chain used are looked up."""
-        known = self._known_legs.get(op_id) if count == CHAIN_LEGS_MAX else None
+        reservation made by this process, only the indexes its chain used are looked up (and
+        its marker's)."""
+        known = self._known_legs.get(op_id) if count >= CHAIN_LEGS_MAX else None
         try:
-            return await read_legs(self.ledger, op_id, count, used=known)
+            return await read_legs(self.ledger, op_id, count, used=known, also=_MARKER_ONLY)
         except LedgerUnavailable as error:
             raise LedgerUnavailableError(str(error)) from None
 
     def _remember_legs(self, op_id: int, chain: Sequence[Transfer]) -> None:
-        self._known_legs[op_id] = len(chain)
+        # A reservation's chain: its legs from index 0 on, and its marker at chains.MARKER.
+        self._known_legs[op_id] = len(chain) - 1
         if len(self._known_legs) > KNOWN_RESERVATIONS_MAX:
             self._known_legs.popitem(last=False)
 
@@ -546,7 +548,7 @@ class CreditService:
         return await self._reservation(reservation_id)
 
     async def _reservation(self, reservation_id: int) -> list[Transfer]:
-        legs = await self._legs(reservation_id)
+        legs = await self._legs(reservation_id, chains.RESERVATION_LEGS)
         if legs[chains.SETUP].code != TransferCode.CONTROL_HOLD:
             # Word for word what the API answers for another customer's reservation, so the
             # answer tells a customer-bound key nothing about what exists beyond its boundary.
@@ -778,6 +780,7 @@ def _reservation_id(legs: Sequence[Transfer]) -> int:
     return legs[chains.NORMALIZE].user_data_128
 
 
+_MARKER_ONLY = (chains.MARKER,)
 # Reservations whose leg count this process remembers (settles look up only those legs).
 KNOWN_RESERVATIONS_MAX = 100_000
 _SOURCE_CODES = (TransferCode.DEBIT, TransferCode.RESERVE, TransferCode.OVERDRAFT_DRAW)

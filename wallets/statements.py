@@ -29,8 +29,15 @@ import msgspec
 from grants.errors import InvalidRequest, NotFound
 from ledger.client import Ledger
 from ledger.codes import AccountCode, TransferCode
-from ledger.ids import budget_account_id, id_text, leg_id, leg_ids, overdraft_account_id
-from ledger.limits import BATCH_EVENTS_MAX, CHAIN_LEGS_MAX
+from ledger.ids import (
+    budget_account_id,
+    id_text,
+    leg_id,
+    leg_ids,
+    overdraft_account_id,
+    reservation_resolution_id,
+)
+from ledger.limits import BATCH_EVENTS_MAX
 from ledger.types import (
     Account,
     AccountFilter,
@@ -596,17 +603,37 @@ class ReservationView(msgspec.Struct, frozen=True):
 
 
 async def reservation_status(ledger: Ledger, reservation_id: int, now_ns: int) -> ReservationView:
-    """Where a reservation stands. TigerBeetle does not expose a pending transfer's state, so
-    the account of a source leg that held something is searched for a post or void of that leg
-    (they carry the leg's code). A leg that held nothing tells nothing: a settle voids it like a
-    release does (its block was exhausted when the reservation was made). The post or void
-    carries the operation that resolved it: a settle has its `SETTLE` leg, even for 0, a release
-    has none. With neither post nor void, the timeout decides between held and expired."""
-    ids = leg_ids(reservation_id, range(CHAIN_LEGS_MAX))
-    found = {t.id: t for t in await ledger.lookup_transfers(ids)}
+    """Where a reservation stands: its marker's resolution, posted by a settle or voided by a
+    release (two lookups, with the legs'); with neither, its marker's timeout decides between
+    held and expired. A reservation made before markers existed has none: its status is then
+    searched for (`_status_without_marker`)."""
+    ids = leg_ids(reservation_id, range(chains.RESERVATION_LEGS))
+    resolution_id = reservation_resolution_id(reservation_id)
+    found = {t.id: t for t in await ledger.lookup_transfers([*ids, resolution_id])}
     legs = [found.get(i, Transfer()) for i in ids]
+    marker = legs[chains.MARKER]
+    if not marker.id:
+        return await _status_without_marker(ledger, legs, now_ns)
+    resolution = found.get(resolution_id)
+    if resolution is not None:
+        return ReservationView("settled" if resolution.flags & POST else "released", legs)
+    expired = now_ns >= marker.timestamp + marker.timeout * NS_PER_S
+    return ReservationView("expired" if expired else "held", legs)
+
+
+async def _status_without_marker(
+    ledger: Ledger, legs: list[Transfer], now_ns: int
+) -> ReservationView:
+    """A reservation made before markers: the account of a source leg that held something is
+    searched for a post or void of that leg (they carry the leg's code), among the transfers
+    that followed it on that account, at most a batch of them. A leg that held nothing tells
+    nothing: a settle voids it like a release does. The post or void carries the operation that
+    resolved it: a settle has its `SETTLE` leg, even for 0, a release has none. With neither
+    post nor void, the timeout decides between held and expired."""
     sources = [
-        t for t in legs[chains.FIRST_VARIABLE :] if t.id and t.flags & PENDING and t.amount > 0
+        t
+        for t in legs[chains.FIRST_VARIABLE : chains.MARKER]
+        if t.id and t.flags & PENDING and t.amount > 0
     ]
     if not sources:
         return ReservationView("held", legs)

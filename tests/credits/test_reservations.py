@@ -12,8 +12,10 @@ from grants.errors import (
     ReservationExpired,
 )
 from grants.model import Category
+from ledger.limits import BATCH_EVENTS_MAX
 from tests.credits.conftest import AGENT, OverdraftMode, World
 from wallets.chains import Overage
+from wallets.statements import reservation_status
 
 S = 1_000_000_000
 
@@ -145,3 +147,37 @@ def test_promotional_before_paid_at_equal_expiry(world: World) -> None:
     promo = world.grant(wallet, 100, category=Category.PROMOTIONAL)
     r = world.reserve(150)
     assert [(f.account_id, f.amount) for f in r.funded_by] == [(promo.id, 100), (paid.id, 50)]
+
+
+def test_a_reservation_reads_settled_or_released_however_busy_its_block_since(
+    world: World,
+) -> None:
+    """Its marker's resolution says where it stands, by id: a status read used to search the
+    transfers that followed its leg on its block, a batch of them, so on a block busier than
+    that a settled reservation read held, then expired."""
+    wallet = world.wallet(AGENT)
+    world.grant(wallet, 10**9)
+    settled = world.reserve(5)
+    released = world.reserve(5)
+    held = world.reserve(5)
+
+    # A busy block: more reservations on it than a batch (the old search's window), before
+    # these are settled and released.
+    async def reserve_many() -> None:
+        for _ in range(BATCH_EVENTS_MAX + 10):
+            await world.reserve_async(1, timeout_s=3600)
+
+    world.run(reserve_many())
+    world.settle(settled.reservation_id, 3)
+    world.release(released.reservation_id)
+    now = world.now()
+    statuses = [
+        world.run(reservation_status(world.ledger, r.reservation_id, now)).status
+        for r in (settled, released, held)
+    ]
+    assert statuses == ["settled", "released", "held"]
+    world.clock.advance(61)
+    assert (
+        world.run(reservation_status(world.ledger, held.reservation_id, world.now())).status
+        == "expired"
+    )

@@ -161,6 +161,7 @@ def test_values_are_stable() -> None:
         "CONTROL_NORMALIZE": 18,
         "CONTROL_CHECK": 19,
         "CONTROL_CAP": 20,
+        "RESERVATION_MARKER": 21,
     }
 
 
