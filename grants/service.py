@@ -119,11 +119,19 @@ class GrantService:
         # Blocks that were voided: kept so that credits a release returns to them are voided too.
         self.voided: dict[int, Grant] = {}
 
-    async def issue(self, grant: Grant, *, tenant: int, fingerprint: int) -> IssueResult:
-        """Opens the block's account and funds it, repaying the wallet's deficit first."""
+    async def issue(
+        self,
+        grant: Grant,
+        *,
+        tenant: int,
+        fingerprint: int,
+        accounts: WalletAccounts | None = None,
+    ) -> IssueResult:
+        """Opens the block's account and funds it, repaying the wallet's deficit first.
+        `accounts`: the wallet's, as the caller read them (else the cache's)."""
         if not 1 <= grant.amount <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("amount out of range", field="amount")
-        wallet = self.cache.wallet_accounts(grant.wallet_id)
+        wallet = accounts or self.cache.wallet_accounts(grant.wallet_id)
         account = Account(
             id=grant.id,
             ledger=grant.ledger,

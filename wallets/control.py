@@ -35,7 +35,14 @@ from grants.errors import (
     NotFound,
 )
 from grants.model import Category, Grant, Source
-from grants.service import GrantService, IssueResult, RefundResult, SweepReport, SweepResult
+from grants.service import (
+    GrantService,
+    IssueResult,
+    RefundResult,
+    SweepReport,
+    SweepResult,
+    WalletAccounts,
+)
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.codes import AccountCode
@@ -90,8 +97,10 @@ from wallets.limit_accounts import (
     LimitMove,
     Lowering,
     budget_period_account,
+    credited,
     move_limit,
     open_limit_account,
+    overdraft_account,
 )
 from wallets.service import CreditService
 
@@ -764,12 +773,28 @@ class ControlPlane:
                     "issued; issue it again with a new key"
                 )
             result = await self.grant_service.issue(
-                _grant(row), tenant=tenant, fingerprint=fingerprint
+                _grant(row),
+                tenant=tenant,
+                fingerprint=fingerprint,
+                accounts=await self._repay_accounts(_wallet(locked), tenant),
             )
             await grants.set_grant_state(
                 conn, row.id, GrantState.ACTIVE, expected=[GrantState.PENDING]
             )
         return result
+
+    async def _repay_accounts(self, wallet: Wallet, tenant: int) -> WalletAccounts:
+        """Where a new block repays the wallet's deficit, with the bounded overdraft's limit as
+        the ledger holds it: a change of the limit cut in two by a crash (the ledger moved, the
+        row not yet) must not make the deficit read larger than it is (the repay would then
+        give the overdraft more headroom than its limit)."""
+        accounts = self.catalog.wallet_accounts(wallet.id)
+        if accounts.overdraft_account_id is None:
+            return accounts
+        now = await credited(
+            self.service.ledger, overdraft_account(wallet.id, wallet.ledger, tenant)
+        )
+        return msgspec.structs.replace(accounts, overdraft_limit=now.amount)
 
     async def sweep(self, at_ns: int) -> SweepReport:
         """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are

@@ -410,3 +410,26 @@ async def test_a_wallet_that_was_soft_keeps_its_overdraft_history(api: Api) -> N
     entries = (await api.get(f"{path}/entries", key="finance")).json()["entries"]
     types = [e["type"] for e in entries]
     assert "overdraft_draw" in types and "overdraft_repay" in types
+
+
+async def test_a_grant_repays_the_deficit_the_ledger_holds_when_a_change_is_cut_in_two(
+    api: Api,
+) -> None:
+    """A limit change that moved the ledger (100 -> 50) but not yet the row (a crash between
+    the two): a grant issued meanwhile repays what was drawn (30), not what the row's limit
+    would make of it (80), which would leave the overdraft more headroom than any limit."""
+    from wallets.limit_accounts import move_limit, overdraft_account
+
+    world = await make_world(api, granted=100)
+    path = f"/v1/wallets/{world.wallet['id']}"
+    assert (await patch(api, path, {"overdraft_mode": "soft", "overdraft_limit": 100})).is_success
+    assert (await debit(api, world, 130)).status_code == 201  # 30 drawn
+    services = services_of(api.app)
+    wallet = services.catalog.wallets[uuid.UUID(world.wallet["id"]).int]
+    tenant = services.catalog.resources[wallet.resource_id].tenant
+    account = overdraft_account(wallet.id, wallet.ledger, tenant)
+    move = await move_limit(services.service.ledger, account, 50, operation=12345)
+    assert (move.before, move.after, move.refused) == (100, 50, False)
+    r = await api.post("/v1/grants", {"wallet_id": world.wallet["id"], "amount": 200,
+                                      "category": "promotional"})  # fmt: skip
+    assert (r.status_code, r.json()["repaid_overdraft"]) == (201, 30), r.text
