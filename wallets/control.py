@@ -48,6 +48,7 @@ from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.codes import AccountCode
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import (
+    budget_account_id,
     derive_id,
     id_text,
     idempotency_key_bytes,
@@ -138,7 +139,7 @@ class ReconcileReport(msgspec.Struct, frozen=True):
     # Why the pass stopped early (the engine did not answer), or None.
     interrupted: str | None = None
     wallet_changes_finished: list[int] = []  # pending policy changes applied or refused
-    budgets: int = 0  # active budgets whose current period was brought to its cap
+    budgets: int = 0  # active budgets whose opened current period was brought to its cap
 
 
 class PolicyRefused(Conflict):
@@ -1120,18 +1121,21 @@ class ControlPlane:
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
             failing = await reconcile_failures.open_keys(conn)
-        # Wallets with a bounded overdraft account (soft, or soft once): read from the engine
-        # when the pass starts, a batch at a time.
-        bounded: set[int] = set()
-        steps = self._reconcile_steps(
-            types, changes, all_wallets, active_budgets, pending, tenants, owners, bounded
-        )
         failed: list[ReconcileFailure] = []
         finished: list[int] = []
         changed: list[int] = []
+        opened: list[budgets.Budget] = []
         interrupted = None
         try:
-            bounded.update(await self._bounded_overdrafts(all_wallets))
+            # Read from the engine when the pass starts, a batch at a time: the wallets with a
+            # bounded overdraft account (soft, or soft once), and the budgets whose current
+            # period has an account (a period no spend has opened needs nothing: its first
+            # spend opens it at the cap of the time).
+            bounded = await self._bounded_overdrafts(all_wallets)
+            opened = await self._opened_periods(active_budgets)
+            steps = self._reconcile_steps(
+                types, changes, all_wallets, opened, pending, tenants, owners, bounded
+            )
             for kind, object_id, step in steps:
                 done = await self._reconcile_step(kind, object_id, step, failing, failed)
                 if done and kind == "grant":
@@ -1153,7 +1157,7 @@ class ControlPlane:
             failed,
             interrupted,
             changed,
-            len(active_budgets),
+            len(opened),
         )
 
     def _reconcile_steps(
@@ -1201,6 +1205,19 @@ class ControlPlane:
         """A pending change of a wallet's policy, applied or refused: either finishes it."""
         with contextlib.suppress(PolicyRefused):
             await self._apply_wallet_change(change_id)
+
+    async def _opened_periods(self, rows: list[budgets.Budget]) -> list[budgets.Budget]:
+        """The budgets (of `rows`) whose current period has its account on the ledger."""
+        now_ns = self.service.clock_ns()
+        found: list[budgets.Budget] = []
+        for start in range(0, len(rows), BATCH_EVENTS_MAX):
+            batch = rows[start : start + BATCH_EVENTS_MAX]
+            ids = {
+                budget_account_id(b.resource_id, b.id, period_start_ns(b.period, now_ns)): b
+                for b in batch
+            }
+            found += [ids[a.id] for a in await self.service.ledger.lookup_accounts(list(ids))]
+        return found
 
     async def _bounded_overdrafts(self, rows: list[wallets.Wallet]) -> set[int]:
         """The wallets (of `rows`) that have a bounded overdraft account on the ledger."""

@@ -241,6 +241,9 @@ async def test_a_pass_where_every_object_fails_records_them_all_and_raises_nothi
              "cap": 100},
         )  # fmt: skip
         assert r.status_code == 201, r.text
+        # A spend opens the budget's current period (a pass has nothing to do for one unopened).
+        r = await api.post("/v1/debits", world.spend(amount=1), key="runtime")
+        assert r.status_code == 201, r.text
         ledger = await _credit_type_id(api, world.code)
         await _insert_pending_grant(pool, world.wallet["id"], ledger, dt.datetime.now(dt.UTC))
         control = services_of(app).control
