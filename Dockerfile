@@ -39,9 +39,12 @@ USER credit
 WORKDIR /data
 
 EXPOSE 8080
-# Ready means the engine and Postgres answer (GET /readyz is 200, 503 otherwise). The slim image
-# has no curl; Python's urllib raises on a 503 or a refused connection, which fails the check.
+# Healthy means the service can go on by itself (GET /healthz is 200; 503 once it cannot
+# recover: an engine that will not come back, a background task that ended). /readyz is the
+# readiness probe: it is 503 for the moment the engine restarts too, which is no reason to
+# restart the container. The slim image has no curl; Python's urllib raises on a 503 or a
+# refused connection, which fails the check.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=4)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 
 CMD ["credit-ledger", "serve", "--host", "0.0.0.0", "--port", "8080"]

@@ -35,6 +35,7 @@ from api.services import Services
 from ledger.client import Ledger
 from ledger.db import DatabaseSettings, Pool
 from ledger.heap import HeapPolicy, manage_heap
+from ledger.limits import HTTP_HEADER_BYTES_MAX, REQUEST_BODY_BYTES_MAX
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories.api_keys import KEY_CHARS
 from wallets.catalog import Catalog
@@ -45,51 +46,9 @@ from wallets.statements import Statements
 
 _logger = logging.getLogger(__name__)
 
-# Bodies larger than this are refused with 413 before they are read whole.
-REQUEST_BODY_BYTES_MAX = 1024 * 1024
-
-# The HTTP server's limits (api.server): what a connection may cost before a request reaches the
-# app. uvicorn's httptools protocol has none of them: it buffered a 64 MB header whole, and kept
-# connections that never finished a request open forever.
-#
-# A request line and its headers: refused with 431 past this, without buffering the rest. The
-# API reads three headers (the bearer key, an Idempotency-Key, the content type); 16 KiB is
-# also uvicorn's h11 default and Node's.
-HTTP_HEADER_BYTES_MAX = 16 * 1024
-HTTP_HEADERS_MAX = 100  # 431 past this many header lines (Apache's LimitRequestFields)
-# From a connection's start, or a request's first byte, until its headers are complete: a client
-# that sends nothing, or trickles its headers, is closed (408 when it had begun a request).
-HTTP_HEADER_TIMEOUT_S = 10.0
-# From the end of the headers until the end of the body: a client that trickles its body is
-# closed. The whole of a largest body in this time is 35 KB/s (a 280 kbit/s link).
-HTTP_BODY_TIMEOUT_S = 30.0
-# What a request may send after its headers (its body as sent: with a chunked body's framing and
-# trailers) before the connection is closed. The app refuses a body over REQUEST_BODY_BYTES_MAX
-# (413), but trailers are headers, which httptools buffers whole: this bounds them.
-HTTP_BODY_WIRE_BYTES_MAX = 2 * REQUEST_BODY_BYTES_MAX
-# An idle keep-alive connection is closed after this. Longer than the idle expiry of client
-# pools (httpx: 5 s), so that the server rarely closes a connection a client is about to reuse.
-HTTP_KEEP_ALIVE_TIMEOUT_S = 15
-# Open connections at most; a connection past this is answered 503 and closed at once, the
-# established ones unaffected. Each costs a file descriptor (the server raises its soft limit to
-# fit, api.server) and a few KB; wrk in bench.http uses 64.
-HTTP_CONNECTIONS_MAX = 1000
-# Connections the kernel queues before the server accepts them (listen(2)'s backlog, uvicorn's
-# default; Linux caps it at net.core.somaxconn).
-HTTP_BACKLOG_CONNECTIONS_MAX = 2048
-# A stopping server waits this long for the requests in flight, then cancels them: with the
-# engine, the pool and Postgres closed after it, a stop stays within the 10 s that supervisors
-# commonly allow before SIGKILL (Docker's default).
-HTTP_SHUTDOWN_TIMEOUT_S = 5
-
-# The headers the API reads, with room for a browser's (the schema page), fit many times over.
+# The HTTP limits (the body's, and the server's in api.server) are in ledger/limits.py; the
+# headers the API reads, with room for a browser's (the schema page), fit many times over.
 assert 8 * (KEY_CHARS + IDEMPOTENCY_KEY_BYTES_MAX) < HTTP_HEADER_BYTES_MAX < REQUEST_BODY_BYTES_MAX
-assert 4 * HTTP_HEADERS_MAX <= HTTP_HEADER_BYTES_MAX  # "a:\r\n" is the shortest header line
-assert REQUEST_BODY_BYTES_MAX / HTTP_BODY_TIMEOUT_S <= 64 * 1024
-assert HTTP_HEADER_TIMEOUT_S <= HTTP_BODY_TIMEOUT_S
-assert REQUEST_BODY_BYTES_MAX + HTTP_HEADER_BYTES_MAX <= HTTP_BODY_WIRE_BYTES_MAX
-assert HTTP_KEEP_ALIVE_TIMEOUT_S > 5
-assert HTTP_SHUTDOWN_TIMEOUT_S < 10
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from api.app import (
+from ledger.limits import (
     HTTP_BACKLOG_CONNECTIONS_MAX,
     HTTP_BODY_TIMEOUT_S,
     HTTP_BODY_WIRE_BYTES_MAX,

@@ -37,7 +37,7 @@ from ledger.ids import (
     overdraft_account_id,
     reservation_resolution_id,
 )
-from ledger.limits import BATCH_EVENTS_MAX
+from ledger.limits import BATCH_EVENTS_MAX, LIST_PAGE_ROWS_MAX
 from ledger.types import (
     Account,
     AccountFilter,
@@ -50,8 +50,6 @@ from ledger.types import (
 from wallets import chains
 from wallets.catalog import Budget, Catalog, OverdraftMode, Wallet, period_start_ns
 
-# A wallet's movements are read a page at a time; a page is at most this many entries.
-ENTRIES_PAGE_MAX = 1000
 NS_PER_S = 1_000_000_000
 
 POST = TransferFlags.POST_PENDING_TRANSFER
@@ -386,8 +384,8 @@ class Statements:
         """The wallet's entries in time order, `limit` at a time after the cursor `after`, of
         the given `types` only (every type when None). The whole history is replayed for the
         running figures, so a page costs as much as the wallet's history."""
-        if not 1 <= limit <= ENTRIES_PAGE_MAX:
-            raise InvalidRequest(f"limit must be in 1..{ENTRIES_PAGE_MAX}", field="limit")
+        if not 1 <= limit <= LIST_PAGE_ROWS_MAX:
+            raise InvalidRequest(f"limit must be in 1..{LIST_PAGE_ROWS_MAX}", field="limit")
         start = _parse_cursor(after) if after else None
         read = await self._read(wallet_id)
         page: list[Entry] = []

@@ -205,8 +205,9 @@ async def update_budget(
     opt={"scopes": {"admin"}},
     status_code=200,
     tags=["budgets"],
-    description="Remove a budget: it stops limiting new spends at once, in every process "
-    "(their caches drop it on the change's notification). It stays listed with "
+    description="Remove a budget: it stops limiting new spends at once in this process, and "
+    "in the others as soon as the change's notification reaches them (their caches drop it "
+    "then). It stays listed with "
     "`active=false`; reservations made under it settle as they were made. Audited; needs an "
     "Idempotency-Key like every change (a replay answers the same, with Idempotency-Hit).",
 )

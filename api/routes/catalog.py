@@ -41,10 +41,10 @@ from api.routes.shared import (
 from api.services import Services
 from grants.errors import InvalidRequest, NotFound
 from ledger.clock import rfc3339_of_ns
+from ledger.limits import LIST_PAGE_ROWS_MAX
 from ledger.repositories import customers, resources, wallets
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
-from wallets.statements import ENTRIES_PAGE_MAX
 
 OPS = {
     "create_credit_type": operation(
@@ -470,7 +470,7 @@ async def wallet_entries(
     state: State,
     wallet_id: FromPath[str],
     cursor: FromQuery[str | None] = None,
-    limit: Annotated[int, Parameter(ge=1, le=ENTRIES_PAGE_MAX)] = 100,
+    limit: Annotated[int, Parameter(ge=1, le=LIST_PAGE_ROWS_MAX)] = 100,
     # Named as the query parameter is, so that a bad value's 422 names the field the caller
     # sent (the builtin is not needed here).
     type: FromQuery[list[w.EntryType] | None] = None,

@@ -184,8 +184,7 @@ async def list_all_resources(conn: Connection) -> list[Resource]:
 async def tenant_of(conn: Connection, resource_id: int) -> int | None:
     """The tenant of the customer that owns the resource (what the ledger records it under)."""
     cursor = await conn.execute(
-        "SELECT c.tenant FROM resources r JOIN customers c ON c.id = r.customer_id"
-        " WHERE r.id = %s",
+        "SELECT c.tenant FROM resources r JOIN customers c ON c.id = r.customer_id WHERE r.id = %s",
         (to_uuid(resource_id),),
     )
     row = await cursor.fetchone()
