@@ -176,8 +176,3 @@ def test_a_reservation_reads_settled_or_released_however_busy_its_block_since(
         for r in (settled, released, held)
     ]
     assert statuses == ["settled", "released", "held"]
-    world.clock.advance(61)
-    assert (
-        world.run(reservation_status(world.ledger, held.reservation_id, world.now())).status
-        == "expired"
-    )
