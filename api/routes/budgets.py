@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from credit_ledger_client import schemas as w
@@ -127,7 +126,7 @@ async def get_budget(
     if budget is None:
         raise NotFound("budget not found")
     own(principal, resource_customer(services, budget.resource_id), "budget")
-    used = await budget_used(services.service.ledger, budget, time.time_ns())
+    used = await budget_used(services.service.ledger, budget, services.service.clock_ns())
     return _budget_out(services, budget, used)
 
 
