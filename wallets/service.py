@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -747,6 +748,9 @@ class CreditService:
         )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what LINE_PATTERN of the wire contract refuses
+
+
 def _check_dimensions(dimensions: Mapping[str, str] | None) -> None:
     if not dimensions:
         return
@@ -757,6 +761,11 @@ def _check_dimensions(dimensions: Mapping[str, str] | None) -> None:
             raise InvalidRequest(f"bad dimension name {name!r}", field="dimensions")
         if not (isinstance(value, str) and len(value) <= DIMENSION_VALUE_CHARS_MAX):
             raise InvalidRequest(f"bad value for dimension {name!r}", field="dimensions")
+    # One search over all the text: a NUL cannot be stored in Postgres, where the dimensions go.
+    if _CONTROL.search("".join([part for item in dimensions.items() for part in item])):
+        raise InvalidRequest(
+            "dimension names and values are text without control characters", field="dimensions"
+        )
 
 
 def _flat(dimensions: Mapping[str, str] | None) -> list[str]:
