@@ -2,9 +2,10 @@
 the dependencies it is given. Nothing reads the environment or opens a connection at import.
 
 At start it loads the catalog and the API keys into memory, finishes any dual write a crash
-interrupted (reconcile), and runs two background tasks: the movement projection to Postgres,
-and the listener that reloads the caches whenever the catalog or the keys change, in this
-process or another.
+interrupted (reconcile), and runs two background tasks: the projection of the ledger into
+Postgres (wallets/projection.py; one leader writes when several processes run it), and the
+listener that reloads the caches whenever the catalog or the keys change, in this process or
+another.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories.api_keys import KEY_CHARS
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
-from wallets.projection import MovementSink
+from wallets.dimensions import DimensionSets
+from wallets.projection import ProjectionFeed
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -64,10 +66,8 @@ class ApiSettings:
     # How the process collects garbage (ledger.heap); None leaves CPython's defaults. The
     # server sets it: with the embedded engine its heap is large and lives as long as it does.
     heap: HeapPolicy | None = None
-    # Write the movement projection from a child process (wallets.movement_writer) rather than
-    # a thread of this one: its CPU then runs beside the requests, not under their interpreter
-    # lock. The server sets it; in-process tests do without the extra process.
-    movement_writer_process: bool = False
+    # Feed the projection of the ledger into Postgres from this process (wallets.projection).
+    projection: bool = True
 
 
 class CreditLedgerApp(Litestar):
@@ -115,15 +115,15 @@ class _RouteMetrics:
             self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - start)
 
 
-def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False) -> Services:
+def build_services(ledger: Ledger, pool: Pool) -> Services:
     catalog = Catalog()
-    sink = MovementSink(pool, separate_process=movement_process)
-    service = CreditService(ledger, catalog, on_movement=sink.offer)
+    service = CreditService(ledger, catalog, dimensions=DimensionSets(pool))
+    feed = ProjectionFeed(ledger, pool)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
     metrics.watch_engine(lambda: ledger.health)
-    metrics.watch_movements(lambda: sink.queued, lambda: sink.dropped)
+    metrics.watch_projection(feed)
     control = ControlPlane(pool, service)
     metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
@@ -133,7 +133,7 @@ def build_services(ledger: Ledger, pool: Pool, *, movement_process: bool = False
         grant_service=control.grant_service,
         control=control,
         statements=Statements(ledger, catalog, clock_ns=service.clock_ns),
-        sink=sink,
+        projection=feed,
         keys=KeyCache(),
         metrics=metrics,
     )
@@ -179,7 +179,7 @@ async def _reconcile_on_start(services: Services) -> None:
 
 
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
-    services = build_services(ledger, pool, movement_process=settings.movement_writer_process)
+    services = build_services(ledger, pool)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -187,7 +187,8 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
         await services.keys.load(pool)
         if settings.reconcile_on_start:
             await _reconcile_on_start(services)
-        services.start(services.sink.run(), "movements")
+        if settings.projection:
+            services.start(services.projection.run(), "projection")
         services.start(_follow(services, settings.database), "cache-follow")
         if settings.heap is not None:
             services.start(manage_heap(settings.heap), "heap")
@@ -198,7 +199,6 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
                 task.cancel()
             # What one that ended early raised was logged when it ended.
             await asyncio.gather(*services.tasks, return_exceptions=True)
-            await services.sink.drain()
 
     @get(
         "/metrics",

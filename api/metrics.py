@@ -5,12 +5,25 @@ app, so tests can build many apps."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ledger.client import ENGINE_STATES, EngineHealth
+
+
+class ProjectionView(Protocol):
+    leader: bool
+    watermark_ts: int | None
+    entries_written: int
+
+    def lag_s(self) -> float | None: ...
+
+
+def _or_unknown(value: float | None) -> float:
+    return -1.0 if value is None else value
 
 
 class Metrics:
@@ -44,18 +57,29 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
 
-    def watch_movements(self, queued: Callable[[], int], dropped: Callable[[], int]) -> None:
-        """The movement projection's queue: rows waiting for Postgres, rows dropped."""
+    def watch_projection(self, feed: ProjectionView) -> None:
+        """The projection of the ledger into Postgres: how far behind the engine it may be,
+        where it stands, what it wrote, whether this process leads it."""
         Gauge(
-            "credit_movements_queued",
-            "Movements waiting to be written to Postgres",
+            "credit_projection_lag_seconds",
+            "Now less the engine time up to which the projection is complete (-1: unknown)",
             registry=self.registry,
-        ).set_function(queued)
+        ).set_function(lambda: _or_unknown(feed.lag_s()))
         Gauge(
-            "credit_movements_dropped",
-            "Movements dropped since start because the queue was full (the ledger has them)",
+            "credit_projection_watermark_timestamp_seconds",
+            "Engine timestamp of the last transfer projected",
             registry=self.registry,
-        ).set_function(dropped)
+        ).set_function(lambda: (feed.watermark_ts or 0) / 1e9)
+        Gauge(
+            "credit_projection_entries_written",
+            "Entries this process wrote to the projection since it started",
+            registry=self.registry,
+        ).set_function(lambda: feed.entries_written)
+        Gauge(
+            "credit_projection_leader",
+            "1 while this process feeds the projection (one process at a time does)",
+            registry=self.registry,
+        ).set_function(lambda: 1 if feed.leader else 0)
 
     def watch_reconciliation(self, failures_open: Callable[[], int]) -> None:
         """What reconciliation could not finish and nobody resolved (`credit-ledger

@@ -15,7 +15,7 @@ from grants.service import GrantService
 from ledger.db import Pool
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
-from wallets.projection import MovementSink
+from wallets.projection import ProjectionFeed
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -30,7 +30,7 @@ class Services:
     grant_service: GrantService
     control: ControlPlane
     statements: Statements
-    sink: MovementSink
+    projection: ProjectionFeed
     keys: KeyCache
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -39,7 +39,7 @@ class Services:
 
     def start(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Runs a background task for as long as the service runs; should it end before, the
-        service cannot do its work (a stale cache, movements not written): it is logged, and
+        service cannot do its work (a stale cache, a projection that stopped): it is logged, and
         /healthz fails so that an outside supervisor restarts the service."""
         task = asyncio.create_task(coroutine, name=name)
         task.add_done_callback(self._task_done)

@@ -141,11 +141,8 @@ async def debit(services: Services, principal: Principal, key: str, data: w.Spen
 
 
 async def debit_batch(services: Services, principal: Principal, data: w.BatchIn) -> Reply:
-    """Every debit with its own key and result; the valid ones in one engine request. Waits
-    first (briefly) while the movement queue is more than half full, so sustained ingestion
-    runs at what Postgres absorbs instead of dropping rows."""
+    """Every debit with its own key and result; the valid ones in one engine request."""
     _check_shapes(data.debits)
-    await services.sink.room()
     requests: list[DebitRequest | CreditError] = []
     # Where each (credit type, resource, wallet) spends, resolved once per batch: a batch
     # usually names a few, many times.

@@ -255,14 +255,14 @@ SCENARIOS = [*SATURATING, *PACED]
 
 
 def _settle(url: str) -> None:
-    """Between the saturating scenarios and the paced ones: waits until the service has written
-    the movements queued by the load before (its /metrics say so), and two seconds more, so the
-    paced scenarios measure 500 req/s, not the recovery from the batch scenario."""
-    deadline = time.monotonic() + 60
+    """Between the saturating scenarios and the paced ones: waits until the projection has
+    caught up with the load before (its lag in /metrics is under a second), and two seconds
+    more, so the paced scenarios measure 500 req/s, not the recovery from the batch scenario."""
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         text = httpx.get(f"{url}/metrics", timeout=5).text
-        found = re.search(r"^credit_movements_queued ([\d.]+)", text, re.M)
-        if found is None or float(found.group(1)) == 0:
+        found = re.search(r"^credit_projection_lag_seconds ([-\d.e+]+)", text, re.M)
+        if found is None or 0 <= float(found.group(1)) < 1:
             break
         time.sleep(0.2)
     time.sleep(2)

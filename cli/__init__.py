@@ -132,6 +132,15 @@ main.add_command(reconcile)
     "one process only; on a real cluster a separate `jobs` process may run "
     "them, and one leader is elected).",
 )
+@click.option(
+    "--projection/--no-projection",
+    default=True,
+    show_default=True,
+    envvar="CREDIT_LEDGER_PROJECTION",
+    help="Feed the projection of the ledger into Postgres from this process (one leader "
+    "writes when several processes do). Off, entries and usage stop growing here until a "
+    "process that feeds it runs (nothing is lost: the feed reads the engine).",
+)
 def serve(
     data_dir: Path | None,
     host: str,
@@ -139,12 +148,15 @@ def serve(
     access_log: bool,
     engine_process: bool,
     with_jobs: bool,
+    projection: bool,
 ) -> None:
     """Run the HTTP API (and the background jobs). Ctrl-C or SIGTERM stops it cleanly."""
     # The port first: a busy one is told before Postgres or the engine start.
     sock = _listen_or_exit(host, port)
     _use_uvloop()
-    stopped_by = asyncio.run(_serve(sock, data_dir, access_log, engine_process, with_jobs))
+    stopped_by = asyncio.run(
+        _serve(sock, data_dir, access_log, engine_process, with_jobs, projection)
+    )
     if stopped_by == signal.SIGINT:
         sys.exit(EXIT_INTERRUPTED)
 
@@ -155,6 +167,7 @@ async def _serve(
     access_log: bool,
     engine_process: bool,
     with_jobs: bool,
+    projection: bool,
 ) -> int | None:
     """Serves until a signal stops the server, and returns that signal, once everything is
     closed (the server, then the engine, the pool and the embedded Postgres)."""
@@ -165,7 +178,7 @@ async def _serve(
 
     async with runtime(data_dir, engine_process=engine_process) as rt:
         app = create_app(
-            ApiSettings(database=rt.conninfo, heap=HeapPolicy(), movement_writer_process=True),
+            ApiSettings(database=rt.conninfo, heap=HeapPolicy(), projection=projection),
             ledger=rt.ledger,
             pool=rt.pool,
         )

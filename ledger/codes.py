@@ -105,6 +105,10 @@ class TransferCode(enum.IntEnum):
     # Header debit -> header credit, 0, pending with the reservation's timeout: its post (a
     # settle) or void (a release), with an id derived from the reservation, says which befell it.
     RESERVATION_MARKER = 21
+    # Header debit -> header credit, 0: written by the projection feed when a reservation's
+    # timeout has passed by the wall clock but no transfer since has shown the engine's clock
+    # past it (ledger/README.md, "The projection"). Bookkeeping: no entry.
+    PROJECTION_TICK = 22
 
 
 SYSTEM_ACCOUNT_CODES: Final[frozenset[AccountCode]] = frozenset(

@@ -20,7 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from ledger.codes import OVERDRAFT_ACCOUNT_CODES, SYSTEM_ACCOUNT_CODES, AccountCode
@@ -133,6 +133,21 @@ def leg_id(operation_id: int, leg_index: int) -> int:
     operation derives the same id for the same event.
     """
     return leg_ids(operation_id, (leg_index,))[0]
+
+
+def dimension_set_id(dimensions: Mapping[str, str]) -> int:
+    """The id of a set of dimensions (name -> value), whatever the order of its names: what a
+    spend's chain carries (its check leg's `user_data_128`) for the `dimension_sets` row that
+    says what the set is. 0 for no dimensions."""
+    if not dimensions:
+        return 0
+    return derive_id("dimensions", *[part for item in sorted(dimensions.items()) for part in item])
+
+
+def projection_tick_id(watermark_ts: int) -> int:
+    """The tick the projection feed writes when it has read up to `watermark_ts`: one per
+    watermark, so feeds that race write it once."""
+    return derive_id("projection/tick", watermark_ts)
 
 
 def reservation_marker_id(reservation_id: int) -> int:

@@ -138,9 +138,11 @@ def _source_legs(
 
 
 def drain_chain(
-    op: Operation, path: SpendPath, amount: int, *, timeout_s: int = 0
+    op: Operation, path: SpendPath, amount: int, *, timeout_s: int = 0, dimensions_id: int = 0
 ) -> list[Transfer]:
-    """Debit (timeout_s == 0) or reserve (timeout_s > 0) exactly `amount`, or nothing."""
+    """Debit (timeout_s == 0) or reserve (timeout_s > 0) exactly `amount`, or nothing.
+    `dimensions_id`: the spend's dimension set (`ledger.ids.dimension_set_id`), carried by the
+    check leg, 0 for none."""
     assert amount > 0
     pending = timeout_s > 0
     ledger = op.ledger
@@ -202,9 +204,11 @@ def drain_chain(
     if pending:
         chain.append(_marker(op, timeout_s))
     check = system_account(ledger, AccountCode.CONTROL_CHECK)
-    chain.append(
-        make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
-    )
+    last = make_leg(op, CHECK, check, drain, AMOUNT_MAX, TransferCode.CONTROL_CHECK, BC, 0, ids)
+    # The spend's dimensions, by the id of their `dimension_sets` row (ledger/README.md,
+    # "Dimensions"): the check leg's operation id is said by every other leg.
+    last.user_data_128 = dimensions_id
+    chain.append(last)
     return chain
 
 

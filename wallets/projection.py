@@ -1,277 +1,263 @@
-"""What Postgres learns about hot-path movements, asynchronously, in batches.
+"""The projection feed: every transfer of the engine, in timestamp order, into Postgres as
+typed entries (ledger/README.md, "The projection").
 
-The hot path hands each movement (with its dimensions: feature, model, session, user) to
-`MovementSink.offer`, which never waits: it appends the row to a bounded in-process queue. A
-writer thread of its own COPYs the queue to Postgres in batches, on a connection of its own or,
-with `separate_process` (the server), through a child process (`wallets.movement_writer`), so
-that the rows' encoding and the Postgres client do not run under the requests' interpreter
-lock. Invariants:
+One feed writes at a time (the leader: it holds a Postgres advisory lock); any process may run
+one, the others wait for the lock. A step:
 
-- The caller's latency never includes Postgres.
-- The writer does not share the request loop. On the loop, under load, each of its awaits
-  waited behind every ready request (batch ingestion at 15,000 debits/s left it about 1,000
-  rows/s, and the queue overflowed); as a thread it gets the interpreter every few ms.
-- Batch ingestion waits for room (`room()`) while the queue is more than half full, so a
-  sustained load is slowed to what Postgres absorbs instead of losing rows. Only when Postgres
-  stalls for longer than that wait, or is down, does a full queue drop new rows, counted
-  (`dropped`, and the `credit_movements_dropped` metric); the ledger still has every movement,
-  so the projection can be rebuilt from TigerBeetle (without the dimensions).
-- A batch that fails to write is retried with backoff, in order, on a new connection; rows are
-  keyed by operation id, so a batch written twice (a retry after a lost commit) inserts nothing
-  twice. At shutdown the writer writes what is queued, retrying for at most
-  `stop_retry_s` when Postgres does not answer.
+1. reads the engine's next transfers after the watermark with `query_transfers` (all filter
+   fields zero: every transfer, ascending by timestamp), at most a request's worth, and keeps
+   whole linked chains;
+2. gathers what `wallets.entries.project` needs: the accounts touched (cached: an account's
+   kind and owner never change), the open pending legs the chains resolve, the spends refunded;
+3. writes, in one transaction (`ledger.repositories.projection.apply_batch`), the entries, the
+   pending legs opened and resolved, a timeout entry for every open leg whose expiry the new
+   watermark passed, the usage rollups, and the watermark.
+
+A crash between two steps loses nothing and a step run twice writes nothing twice: the
+watermark moves in the transaction of the rows it covers, and the rows are keyed by transfer.
+
+Timeouts: TigerBeetle writes no transfer when a pending transfer times out. The leg was
+released at `timestamp + timeout`, and no post or void of it can come after that instant, so
+once the feed has read a transfer at or past it, the timeout is certain. When nothing happens
+after a due expiry, the feed writes a tick (`PROJECTION_TICK`, 0 between the header accounts)
+to see the engine's clock pass it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-import os
-import subprocess
-import sys
-import threading
 import time
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Final
 
-import msgspec
 import psycopg
 
-from ledger.db import Pool
-from ledger.repositories.movements import NewMovement, insert_movements
-from wallets import movement_writer
+from ledger.client import Ledger, LedgerUnavailable
+from ledger.codes import AccountCode, TransferCode
+from ledger.db import Connection, Pool
+from ledger.ids import dimension_set_id, projection_tick_id, system_account_id
+from ledger.limits import BATCH_EVENTS_MAX
+from ledger.repositories import projection as repo
+from ledger.repositories.dimensions import insert_dimension_sets
+from ledger.types import CreateTransferStatus, QueryFilter, QueryFilterFlags, Transfer
+from wallets import entries as rules
 
 _logger = logging.getLogger(__name__)
 
-MOVEMENT_QUEUE_MAX = 100_000
-MOVEMENT_BATCH_MAX = 2_000
-RETRY_DELAY_S_MAX = 10.0
-STOP_RETRY_S = 10.0
-ROOM_WAIT_S_MAX = 1.0
-# How long the writer lets a batch fill before it writes (bounds how late Postgres learns).
-LINGER_S = 0.05
-
-assert MOVEMENT_BATCH_MAX <= MOVEMENT_QUEUE_MAX
+# Accounts whose kind and owner the feed keeps (least recently used out first).
+ACCOUNTS_KNOWN_MAX: Final = 500_000
+IDLE_S: Final = 0.1  # between polls that found nothing
+TICK_EVERY_S: Final = 1.0  # at most one tick this often
+RETRY_S_MAX: Final = 5.0
+LEADER_LOCK: Final = 7_461_300_001  # pg advisory lock key of the projection's leader
 
 
-class MovementSink:
+class ProjectionFeed:
     def __init__(
         self,
+        ledger: Ledger,
         pool: Pool,
         *,
-        queue_max: int = MOVEMENT_QUEUE_MAX,
-        batch_max: int = MOVEMENT_BATCH_MAX,
-        stop_retry_s: float = STOP_RETRY_S,
-        linger_s: float = LINGER_S,
-        separate_process: bool = False,
+        batch_max: int = BATCH_EVENTS_MAX,
+        idle_s: float = IDLE_S,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        assert 1 <= batch_max <= BATCH_EVENTS_MAX
+        self.ledger = ledger
         self.pool = pool
-        self.linger_s = linger_s
-        # Write from a child process rather than from a thread of this one (the server does).
-        self.separate_process = separate_process
-        self.queue_max = queue_max
         self.batch_max = batch_max
-        self.stop_retry_s = stop_retry_s
-        self._rows: collections.deque[NewMovement] = collections.deque()
-        self._in_flight = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.dropped = 0  # rows lost to a full queue (the ledger still has the movements)
-        self.written = 0
+        self.idle_s = idle_s
+        self.clock_ns = clock_ns
+        self.leader = False
+        self.watermark_ts: int | None = None  # None until read from Postgres
+        # Wall time at the start of the last poll that found the engine had nothing more.
+        self.caught_up_at_ns = 0
+        self.entries_written = 0
+        self.failures = 0
+        self._accounts: collections.OrderedDict[int, rules.AccountInfo] = collections.OrderedDict()
+        self._last_tick_ns = 0
 
-    @property
-    def queued(self) -> int:
-        """Rows not yet in Postgres (queued, or in the batch being written)."""
-        return len(self._rows) + self._in_flight
+    # -- what the probes and metrics read ------------------------------------------------------
 
-    def offer(self, movement: NewMovement) -> None:
-        """Queues a movement for Postgres; never waits."""
-        if len(self._rows) >= self.queue_max:
-            self.dropped += 1
-            if self.dropped in (1, 10, 100) or self.dropped % 10_000 == 0:
-                _logger.warning("movement queue full: %d rows dropped so far", self.dropped)
-            return
-        self._rows.append(movement)
-        if not self._wake.is_set():
-            self._wake.set()
+    def lag_s(self) -> float | None:
+        """How far behind the engine the projection may be: now, less the engine time up to
+        which it is known complete (its watermark, or the start of the last poll that found
+        nothing newer). None before the first step."""
+        if self.watermark_ts is None:
+            return None
+        complete_ns = max(self.watermark_ts, self.caught_up_at_ns)
+        return max(0.0, (self.clock_ns() - complete_ns) / 1e9)
 
-    async def room(self, wait_s_max: float = ROOM_WAIT_S_MAX) -> None:
-        """Waits (at most `wait_s_max`) while the queue is more than half full: what a bulk
-        producer calls before adding many rows."""
-        deadline = time.monotonic() + wait_s_max
-        while len(self._rows) > self.queue_max // 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)
+    # -- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Runs the writer thread until cancelled; then lets it write what is queued."""
-        self._stop.clear()
-        thread = threading.Thread(target=self._writer, name="movements", daemon=True)
-        self._thread = thread
-        thread.start()
-        try:
-            while thread.is_alive():
-                await asyncio.sleep(1.0)
-            raise RuntimeError("the movement writer thread died")
-        finally:
-            self._stop.set()
-            self._wake.set()
-            await asyncio.to_thread(thread.join)
-            self._thread = None
-
-    async def drain(self) -> None:
-        """Returns once everything queued now is written (at shutdown, and in tests)."""
-        if self._thread is not None and self._thread.is_alive():
-            while self.queued:
-                await asyncio.sleep(0.005)
-            return
-        while self._rows:
-            batch = self._take()
-            async with self.pool.connection() as conn:
-                await insert_movements(conn, batch)
-            self._done(batch)
-
-    # -- the writer thread --------------------------------------------------------------------
-
-    def _take(self) -> list[NewMovement]:
-        rows = self._rows
-        batch = [rows.popleft() for _ in range(min(len(rows), self.batch_max))]
-        self._in_flight = len(batch)
-        return batch
-
-    def _done(self, batch: list[NewMovement]) -> None:
-        self.written += len(batch)
-        self._in_flight = 0
-
-    def _writer(self) -> None:
-        asyncio.run(self._write_until_stopped())
-
-    def _new_writer(self) -> _Writer:
-        target = _Target(str(self.pool.conninfo), _kwargs(self.pool))
-        return _ProcessWriter(target) if self.separate_process else _ConnectionWriter(target)
-
-    async def _write_until_stopped(self) -> None:
-        writer: _Writer | None = None
-        try:
-            while True:
-                if not self._rows:
-                    if self._stop.is_set():
-                        return
-                    self._wake.clear()
-                    if not self._rows:
-                        self._wake.wait(0.5)  # this thread's loop has nothing else to run
-                    continue
-                if len(self._rows) < self.batch_max and not self._stop.is_set():
-                    # Under load, rows keep coming: a moment's wait fills the batch, and
-                    # fewer, larger transactions cost less of the interpreter the requests use.
-                    time.sleep(self.linger_s)
-                batch = self._take()
-                writer = await self._write(writer, batch)
-        finally:
-            if writer is not None:
-                await writer.close()
-
-    async def _write(self, writer: _Writer | None, batch: list[NewMovement]) -> _Writer | None:
+        """Leads the projection while this process holds the lock; waits for it otherwise."""
         delay_s = 0.1
-        stopping_since: float | None = None
         while True:
             try:
-                if writer is None:
-                    writer = self._new_writer()
-                await writer.write(batch)
-                self._done(batch)
-                return writer
-            except (psycopg.Error, OSError, EOFError, WriterFailed):
-                _logger.exception("writing %d movements failed; retrying", len(batch))
-                if writer is not None:
-                    await writer.close()
-                writer = None
-            if self._stop.is_set():
-                stopping_since = stopping_since or time.monotonic()
-                if time.monotonic() - stopping_since > self.stop_retry_s:
-                    lost = len(batch) + len(self._rows)
-                    self.dropped += lost
-                    self._rows.clear()
-                    self._in_flight = 0
-                    _logger.error("stopping with Postgres unreachable: %d movements lost", lost)
-                    return None
+                async with self._leadership():
+                    delay_s = 0.1
+                    while True:
+                        read = await self.step()
+                        if read < self.batch_max:
+                            await asyncio.sleep(self.idle_s)
+            except (psycopg.Error, OSError, LedgerUnavailable, repo.LostLeadership) as error:
+                self.failures += 1
+                _logger.warning("projection feed: %s; retrying in %.1f s", error, delay_s)
+            self.leader = False
             await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, RETRY_DELAY_S_MAX)
+            delay_s = min(delay_s * 2, RETRY_S_MAX)
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> AsyncIterator[None]:
+        """Holds the leader's advisory lock on a connection of its own for as long as the
+        feed leads; waits (polling) while another process holds it."""
+        conn = await psycopg.AsyncConnection.connect(
+            str(self.pool.conninfo), autocommit=True, **_kwargs(self.pool)
+        )
+        try:
+            while True:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,))
+                row = await cursor.fetchone()
+                if row is not None and row[0]:
+                    break
+                await asyncio.sleep(1.0)
+            self.leader = True
+            self.watermark_ts = None  # another leader may have moved it
+            yield
+        finally:
+            self.leader = False
+            await conn.close()
+
+    async def catch_up(self, *, progress: Callable[[int, int], None] | None = None) -> int:
+        """Steps until the projection has everything the engine had when this was called;
+        returns the transfers read. `progress(transfers read, entries written)` after each
+        step. The caller leads (tests, `credit-ledger projection rebuild`)."""
+        read_total = 0
+        while True:
+            read = await self.step()
+            read_total += read
+            if progress is not None:
+                progress(read_total, self.entries_written)
+            if read < self.batch_max:
+                return read_total
+
+    async def step(self) -> int:
+        """Projects the next batch; returns how many transfers it read."""
+        started_ns = self.clock_ns()
+        if self.watermark_ts is None:
+            async with self.pool.connection() as conn:
+                self.watermark_ts = (await repo.read_state(conn)).watermark_ts
+        watermark = self.watermark_ts
+        transfers = await self.ledger.query_transfers(_after(watermark, self.batch_max))
+        if not transfers:
+            await self._tick_if_due(watermark, started_ns)
+            self.caught_up_at_ns = started_ns
+            return 0
+        chains = rules.split_chains(transfers)
+        assert chains, "a request's worth of transfers holds a whole chain"
+        if len(transfers) < self.batch_max:
+            assert sum(map(len, chains)) == len(transfers), "the engine returned half a chain"
+        projected = await self._project(chains)
+        new_watermark = chains[-1][-1].timestamp
+        async with self.pool.connection() as conn:
+            applied = await repo.apply_batch(
+                conn,
+                entries=projected.entries,
+                opened=projected.opened,
+                resolved=projected.resolved,
+                from_ts=watermark,
+                watermark_ts=new_watermark,
+            )
+        self.watermark_ts = new_watermark
+        self.entries_written += applied.entries
+        if len(transfers) < self.batch_max:
+            self.caught_up_at_ns = started_ns
+        return len(transfers)
+
+    async def _project(self, chains: Sequence[Sequence[Transfer]]) -> rules.Projected:
+        accounts = await self._account_infos(rules.needed_accounts(chains))
+        opened_here = {t.id for chain in chains for t in chain if t.flags & rules.PENDING}
+        wanted = rules.needed_pending(chains) - opened_here
+        debits = rules.refunded_debits(chains)
+        spends = await self._spends(debits) if debits else {}
+        async with self.pool.connection() as conn:
+            pending = await repo.pending_legs(conn, wanted)
+            legacy = rules.legacy_operations(chains, spends)
+            legacy_sets = await self._legacy_sets(conn, legacy) if legacy else {}
+        return rules.project(chains, accounts, pending, spends, legacy_sets)
+
+    async def _account_infos(self, ids: set[int]) -> dict[int, rules.AccountInfo]:
+        known = self._accounts
+        missing = [i for i in ids if i not in known]
+        for start in range(0, len(missing), BATCH_EVENTS_MAX):
+            for account in await self.ledger.lookup_accounts(
+                missing[start : start + BATCH_EVENTS_MAX]
+            ):
+                known[account.id] = rules.AccountInfo(account.code, account.user_data_128)
+        while len(known) > ACCOUNTS_KNOWN_MAX:
+            known.popitem(last=False)
+        return {i: known[i] for i in ids if i in known}
+
+    async def _spends(self, debits: set[int]) -> dict[int, rules.SpendOf]:
+        ids = [leg for debit in debits for leg in rules.spend_legs(debit)]
+        found = {t.id: t for t in await self.ledger.lookup_transfers(ids)}
+        out = {}
+        for debit in debits:
+            setup, check = rules.spend_legs(debit)
+            out[debit] = rules.spend_of(found.get(setup), found.get(check))
+        return out
+
+    @staticmethod
+    async def _legacy_sets(conn: Connection, operations: set[int]) -> dict[int, int]:
+        """Dimension sets for spends recorded before chains carried them (their rows are
+        written to `dimension_sets` so that entries can name them)."""
+        rows = await repo.legacy_dimensions(conn, operations)
+        sets = {op: dimension_set_id(dims) for op, dims in rows.items() if dims}
+        await insert_dimension_sets(conn, [(sets[op], rows[op]) for op in sets])
+        return sets
+
+    async def _tick_if_due(self, watermark: int, now_ns: int) -> None:
+        """Writes a tick when an open leg's expiry has passed by the wall clock but the
+        watermark has not reached it (nothing happened since)."""
+        if now_ns - self._last_tick_ns < TICK_EVERY_S * 1e9:
+            return
+        async with self.pool.connection() as conn:
+            due = await repo.earliest_open_expiry(conn)
+        if due is None or not watermark < due[0] <= now_ns:
+            return
+        self._last_tick_ns = now_ns
+        ledger = due[1]
+        tick = Transfer(
+            id=projection_tick_id(watermark),
+            debit_account_id=system_account_id(ledger, AccountCode.OPERATION_HEADER_DEBIT),
+            credit_account_id=system_account_id(ledger, AccountCode.OPERATION_HEADER_CREDIT),
+            amount=0,
+            ledger=ledger,
+            code=TransferCode.PROJECTION_TICK,
+        )
+        (result,) = await self.ledger.create_transfers([tick])
+        if result.status not in (CreateTransferStatus.CREATED, CreateTransferStatus.EXISTS):
+            _logger.error("the projection's tick was refused: %s", result.status.name)
 
 
-# -- where a batch is written ---------------------------------------------------------------
-
-
-class WriterFailed(RuntimeError):
-    """The writer process could not write a batch (it says why); the batch is sent again."""
-
-
-class _Target(msgspec.Struct, frozen=True):
-    conninfo: str
-    kwargs: dict[str, Any]  # connection parameters (strings)
+def _after(watermark_ts: int, limit: int) -> QueryFilter:
+    return QueryFilter(
+        user_data_128=0,
+        user_data_64=0,
+        user_data_32=0,
+        ledger=0,
+        code=0,
+        timestamp_min=watermark_ts + 1,
+        timestamp_max=0,
+        limit=limit,
+        flags=QueryFilterFlags.NONE,
+    )
 
 
 def _kwargs(pool: Pool) -> dict[str, Any]:
     kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
-    return {str(k): str(v) for k, v in kwargs.items()}
-
-
-class _Writer(Protocol):
-    async def write(self, batch: list[NewMovement]) -> None: ...
-
-    async def close(self) -> None: ...
-
-
-class _ConnectionWriter:
-    """Writes from the writer thread, on a connection of its own."""
-
-    def __init__(self, target: _Target) -> None:
-        self.target = target
-        self.conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-
-    async def write(self, batch: list[NewMovement]) -> None:
-        if self.conn is None or self.conn.closed:
-            self.conn = await psycopg.AsyncConnection.connect(
-                self.target.conninfo, **self.target.kwargs
-            )
-        await insert_movements(self.conn, batch)
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
-
-
-class _ProcessWriter:
-    """Hands batches to a child process (`python -m wallets.movement_writer`) that writes them:
-    the rows' encoding and the Postgres client then run on the other core, not under this
-    process's interpreter lock. Frames on its stdin and stdout are [u64 length][payload]; a
-    batch is a marshal of plain tuples (`movement_writer.encode`)."""
-
-    def __init__(self, target: _Target) -> None:
-        env = {**os.environ, movement_writer.TARGET_ENV: msgspec.json.encode(target).decode()}
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "wallets.movement_writer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-
-    async def write(self, batch: list[NewMovement]) -> None:
-        assert self.child.stdin is not None and self.child.stdout is not None
-        movement_writer.send_frame(self.child.stdin, movement_writer.encode(batch))
-        answer = movement_writer.read_frame(self.child.stdout)
-        if answer is None:
-            raise EOFError("the movement writer process exited")
-        if not answer.startswith(b"K"):
-            raise WriterFailed(answer[1:].decode(errors="replace"))
-
-    async def close(self) -> None:
-        child = self.child
-        try:
-            if child.stdin is not None:
-                movement_writer.send_frame(child.stdin, b"")
-                child.stdin.close()
-            child.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            child.kill()
-            child.wait()
+    return {str(k): str(v) for k, v in kwargs.items() if k != "autocommit"}

@@ -34,7 +34,7 @@ from grants.errors import (
 )
 from ledger.client import Ledger, LedgerUnavailable
 from ledger.codes import AccountCode, TransferCode, account_flags
-from ledger.ids import derive_id, operation_id, system_account_id
+from ledger.ids import derive_id, dimension_set_id, operation_id, system_account_id
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
     CHAIN_LEGS_MAX,
@@ -46,7 +46,6 @@ from ledger.limits import (
     RESERVATION_TIMEOUT_S_MAX,
 )
 from ledger.operations import fingerprint_of, read_legs
-from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.statuses import Outcome, transfer_outcome
 from ledger.types import (
     Account,
@@ -60,6 +59,7 @@ from ledger.types import (
 from wallets import chains
 from wallets.catalog import Catalog, OverdraftMode, PathError, Wallet
 from wallets.chains import Operation, Overage, SourceKind, SpendPath
+from wallets.dimensions import DimensionSets
 from wallets.limit_accounts import LimitMove, move_limit, overdraft_account
 
 S = CreateTransferStatus
@@ -164,39 +164,25 @@ class CreditService:
         catalog: Catalog,
         *,
         clock_ns: Callable[[], int] = time.time_ns,
-        on_movement: Callable[[NewMovement], None] | None = None,
+        dimensions: DimensionSets | None = None,
     ) -> None:
         self.ledger = ledger
         self.catalog = catalog
         self.clock_ns = clock_ns
-        # Where movements go for Postgres (a MovementSink's `offer`): it must never wait.
-        self.on_movement = on_movement
+        # Where a spend's dimension set is made durable before the spend is sent (None: the
+        # chain carries the set's id, and nothing records what it means).
+        self.dimensions = dimensions
         self._budget_accounts: set[int] = set()
         # How many legs the reservations made here have, so a settle looks up only those.
         self._known_legs: collections.OrderedDict[int, int] = collections.OrderedDict()
 
-    def _record(
-        self,
-        kind: MovementKind,
-        op: Operation,
-        wallet: Wallet,
-        amount: int,
-        dimensions: Mapping[str, str] | None,
-    ) -> None:
-        if self.on_movement is None:
-            return
-        self.on_movement(
-            NewMovement(
-                operation_id=op.id,
-                kind=kind,
-                wallet_id=wallet.id,
-                resource_id=wallet.resource_id,
-                credit_type_id=wallet.ledger,
-                amount=amount,
-                effective_at_ns=op.effective_at_ns,
-                dimensions=dict(dimensions or {}),
-            )
-        )
+    async def _dimension_ids(self, sets: Sequence[Mapping[str, str] | None]) -> list[int]:
+        """The id of each spend's dimension set (0: none), recorded before it is used."""
+        if not any(sets):
+            return [0] * len(sets)
+        if self.dimensions is None:
+            return [dimension_set_id(s) if s else 0 for s in sets]
+        return await self.dimensions.ids(sets)
 
     # -- engine calls -------------------------------------------------------------------------
 
@@ -379,7 +365,9 @@ class CreditService:
         request = DebitRequest(
             tenant, key, amount, ledger, resource_id, wallet_id, at_ns, dimensions
         )
-        prepared = self._prepare_debit(request)
+        _check_dimensions(request.dimensions)
+        (dimensions_id,) = await self._dimension_ids([request.dimensions])
+        prepared = self._prepare_debit(request, dimensions_id)
         await self._ensure_budget_accounts(prepared.path)
         results = await self._create(prepared.chain)
         return await self._conclude_debit(prepared, results, None)
@@ -388,10 +376,23 @@ class CreditService:
         """Many independent debits in one engine request (usage ingestion): each is its own
         linked chain and succeeds or fails alone; the answer for each is its result or the
         domain error it met, in order."""
-        prepared: list[_PreparedDebit | CreditError] = []
+        checked: list[DebitRequest | CreditError] = []
         for request in requests:
             try:
-                prepared.append(self._prepare_debit(request))
+                _check_dimensions(request.dimensions)
+                checked.append(request)
+            except CreditError as error:
+                checked.append(error)
+        dimension_ids = await self._dimension_ids(
+            [r.dimensions if isinstance(r, DebitRequest) else None for r in checked]
+        )
+        prepared: list[_PreparedDebit | CreditError] = []
+        for asked, dimensions_id in zip(checked, dimension_ids, strict=True):
+            if isinstance(asked, CreditError):
+                prepared.append(asked)
+                continue
+            try:
+                prepared.append(self._prepare_debit(asked, dimensions_id))
             except CreditError as error:
                 prepared.append(error)
         ready = [item for item in prepared if isinstance(item, _PreparedDebit)]
@@ -421,9 +422,8 @@ class CreditService:
                 out.append(error)
         return out
 
-    def _prepare_debit(self, request: DebitRequest) -> _PreparedDebit:
+    def _prepare_debit(self, request: DebitRequest, dimensions_id: int) -> _PreparedDebit:
         _check_amount(request.amount)
-        _check_dimensions(request.dimensions)
         wallet = self._wallet(request.wallet_id, request.resource_id, request.ledger)
         at = self.clock_ns() if request.at_ns is None else request.at_ns
         fingerprint = fingerprint_of(
@@ -437,7 +437,7 @@ class CreditService:
             at,
         )
         path = self._path(wallet, at)
-        chain = chains.drain_chain(op, path, request.amount)
+        chain = chains.drain_chain(op, path, request.amount, dimensions_id=dimensions_id)
         return _PreparedDebit(request, wallet, op, path, chain)
 
     async def _conclude_debit(
@@ -449,7 +449,6 @@ class CreditService:
         if results[0].status is S.EXISTS:
             return await self._debit_replay(p.op)
         self._raise_for(p.chain, results, p.path, p.request.amount)
-        self._record(MovementKind.DEBIT, p.op, p.wallet, p.request.amount, p.request.dimensions)
         if moved is None or len(p.path.sources) == 1:
             funded = await self._funded(p.chain, p.request.amount)
         else:
@@ -531,11 +530,13 @@ class CreditService:
         op = Operation(operation_id(tenant, key), fingerprint, wallet.ledger, tenant, at)
         path = self._path(wallet, at)
         await self._ensure_budget_accounts(path)
-        chain = chains.drain_chain(op, path, amount, timeout_s=timeout_s)
+        (dimensions_id,) = await self._dimension_ids([dimensions])
+        chain = chains.drain_chain(
+            op, path, amount, timeout_s=timeout_s, dimensions_id=dimensions_id
+        )
         results = await self._create(chain)
         if results[0].status is not S.EXISTS:
             self._raise_for(chain, results, path, amount)
-            self._record(MovementKind.RESERVE, op, wallet, amount, dimensions)
             self._remember_legs(op.id, chain)
             funded = await self._funded(chain, amount)
             return ReservationResult(op.id, amount, timeout_s, funded)
@@ -592,7 +593,6 @@ class CreditService:
                 t for t in plan.chain if t.code in _SOURCE_CODES and not t.pending_id
             ]
             collected = sum(f.amount for f in await self._funded(overage_sources))
-        self._record(MovementKind.SETTLE, op, wallet, plan.posted + collected, None)
         return SettleResult(
             reservation_id=reservation_id,
             operation_id=op.id,
@@ -685,7 +685,6 @@ class CreditService:
         if not replayed:
             wallet = self._wallet(_wallet_of(reservation), None, ledger)
             self._raise_for(chain, results, self._path(wallet, at), 0)
-            self._record(MovementKind.RELEASE, op, wallet, reservation[chains.SETUP].amount, None)
         return ReleaseResult(reservation_id, op.id, reservation[chains.SETUP].amount, replayed)
 
     async def check(

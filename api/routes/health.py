@@ -68,14 +68,29 @@ async def healthz(state: State) -> Response[dict[str, Any]]:
     responses=_probe_failure(
         "Not ready: the engine or Postgres does not answer", "ledger: engine restarting (attempt 1)"
     ),
-    description="The engine and Postgres answer.",
+    description="The engine and Postgres answer. The body says where the projection of the "
+    "ledger into Postgres stands: whether this process feeds it (`leader`), how far behind the "
+    "engine it may be (`lag_s`: now less the engine time up to which it is complete; null "
+    "until this process has read it) and its watermark (the engine timestamp, in ns, of the "
+    "last transfer projected). A lagging projection does not make the service unready: "
+    "spending never waits on it.",
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:
     services = services_of(state)
     problems = await services.readiness()
+    feed = services.projection
+    lag_s = feed.lag_s()
+    projection = {
+        "leader": feed.leader,
+        "lag_s": None if lag_s is None else round(lag_s, 3),
+        "watermark_ts": feed.watermark_ts,
+    }
     if problems:
-        return Response({"status": "unavailable", "problems": problems}, status_code=503)
-    return Response({"status": "ready"})
+        return Response(
+            {"status": "unavailable", "problems": problems, "projection": projection},
+            status_code=503,
+        )
+    return Response({"status": "ready", "projection": projection})
 
 
 ROUTES = [

@@ -426,7 +426,9 @@ async def test_health_readiness_metrics_and_schema(api: Api) -> None:
     r = await api.client.get("/healthz")
     assert (r.status_code, r.json()) == (200, {"status": "ok"})
     r = await api.client.get("/readyz")
-    assert (r.status_code, r.json()) == (200, {"status": "ready"})
+    assert (r.status_code, r.json()["status"]) == (200, "ready")
+    projection = r.json()["projection"]
+    assert set(projection) == {"leader", "lag_s", "watermark_ts"}
     world = await make_world(api)
     assert (await api.post("/v1/debits", world.spend(amount=1), key="runtime")).status_code == 201
     assert (

@@ -210,44 +210,6 @@ async def test_another_process_cache_follows_changes(
             await follower
 
 
-async def test_movements_reach_postgres_with_their_dimensions(
-    plane: ControlPlane, pool: db.Pool
-) -> None:
-    from ledger.repositories import movements
-    from wallets.projection import MovementSink
-
-    wallet = await _world(plane, 7)
-    await plane.issue_grant(_request(wallet), tenant=47, key="g7", actor="a")
-    sink = MovementSink(pool)
-    plane.service.on_movement = sink.offer
-    debit = await plane.service.debit(
-        tenant=47,
-        key="d7",
-        amount=30,
-        ledger=wallet.ledger,
-        wallet_id=wallet.id,
-        dimensions={"feature": "chat", "model": "small"},
-    )
-    reservation = await plane.service.reserve(
-        tenant=47, key="r7", amount=20, ledger=wallet.ledger, wallet_id=wallet.id, timeout_s=60
-    )
-    await plane.service.settle(
-        tenant=47, key="s7", reservation_id=reservation.reservation_id, amount=15
-    )
-    assert sink.queued == 3  # nothing written on the caller's time
-    await sink.drain()
-    async with pool.connection() as conn:
-        row = await movements.get_movement(conn, debit.operation_id)
-        page = await movements.list_movements_for_wallet(conn, wallet.id)
-    assert row is not None
-    assert (row.kind, row.amount, row.dimensions) == (
-        movements.MovementKind.DEBIT,
-        30,
-        {"feature": "chat", "model": "small"},
-    )
-    assert sorted(m.kind.value for m in page) == ["debit", "reserve", "settle"]
-
-
 async def test_void_and_sweep_keep_postgres_in_step(plane: ControlPlane, pool: db.Pool) -> None:
     wallet = await _world(plane, 8)
     result, _ = await plane.issue_grant(_request(wallet), tenant=48, key="g8", actor="a")

@@ -44,6 +44,7 @@ async def test_the_packaged_migrations_apply_once(
             "0005_list_indexes",
             "0006_price_history",
             "0007_wallet_changes",
+            "0008_projection",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -52,7 +53,9 @@ async def test_the_packaged_migrations_apply_once(
             "credit_types",
             "grants",
             "audit_log",
-            "movements",
+            "ledger_entries",
+            "usage_rollups",
+            "dimension_sets",
             "api_keys",
             "reconcile_failures",
         } <= tables

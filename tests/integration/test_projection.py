@@ -1,113 +1,271 @@
-"""The movement projection's writers: from a thread of the service's process, or from a child
-process (the server's); both write every movement once, with its dimensions, and go on after a
-failure with the same batch."""
+"""The projection feed against Postgres and the embedded engine: every kind of movement becomes
+its entries with its dimensions, a timeout is an entry at the instant the engine released the
+leg, the rollups add up the consumption, a rebuild from zero writes the same bytes, and two
+feeds never write a batch twice."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
 
 import pytest
 
+from grants.model import Category
 from ledger import db
-from ledger.repositories import movements
-from ledger.repositories.movements import MovementKind, NewMovement
-from wallets import projection
-from wallets.projection import MovementSink
+from ledger.client import open_ledger
+from ledger.embedded import EmbeddedEngine
+from ledger.repositories import projection as repo
+from ledger.repositories._rows import to_uuid
+from ledger.repositories.dimensions import get_dimension_sets
+from ledger.repositories.resources import ResourceKind
+from ledger.settings import LedgerSettings
+from wallets.catalog import Catalog, Wallet
+from wallets.control import ControlPlane, GrantRequest
+from wallets.dimensions import DimensionSets
+from wallets.projection import ProjectionFeed
+from wallets.service import CreditService
 
 pytestmark = pytest.mark.anyio
 
-_next = iter(range(1, 1 << 30))
+TENANT = 7
 
 
-def _movements(n: int) -> list[NewMovement]:
-    base = next(_next) << 20
-    return [
-        NewMovement(
-            operation_id=base + i,
-            kind=MovementKind.DEBIT,
-            wallet_id=7,
-            resource_id=8,
-            credit_type_id=9,
-            amount=i + 1,
-            effective_at_ns=1_700_000_000_123_456_789 + i * 1000,
-            dimensions={"feature": "chat", "n": str(i)},
+@pytest.fixture
+async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
+    engine = EmbeddedEngine()
+    ledger = open_ledger(LedgerSettings(), engine=engine)
+    service = CreditService(ledger, Catalog(), dimensions=DimensionSets(pool))
+    plane = ControlPlane(pool, service)
+    async with pool.connection() as conn:
+        await repo.reset(conn)
+    yield plane
+    await ledger.close()
+    engine.close()
+
+
+def feed_of(plane: ControlPlane, **options: Any) -> ProjectionFeed:
+    return ProjectionFeed(plane.service.ledger, plane.pool, **options)
+
+
+async def world(plane: ControlPlane, tag: int) -> tuple[Wallet, int]:
+    credit_type, _ = await plane.create_credit_type(
+        ledger=200 + tag,
+        code=f"p{tag}",
+        name="Credits",
+        asset_scale=0,
+        actor="a",
+        tenant=0,
+        key=f"ct{tag}",
+    )
+    customer, _ = await plane.create_customer(name="Acme", actor="a", tenant=0, key=f"cu{tag}")
+    resource, _ = await plane.create_resource(
+        customer_id=customer.id, kind=ResourceKind.AGENT, actor="a", tenant=0, key=f"re{tag}"
+    )
+    wallet, _ = await plane.create_wallet(
+        resource_id=resource.id, ledger=credit_type.ledger, actor="a", tenant=0, key=f"wa{tag}"
+    )
+    return wallet, customer.id
+
+
+async def grant(plane: ControlPlane, wallet: Wallet, key: str, amount: int, **kw: Any) -> int:
+    request = GrantRequest(
+        wallet_id=wallet.id,
+        amount=amount,
+        category=kw.pop("category", Category.PAID),
+        consideration_minor=kw.pop("consideration_minor", 1000),
+        currency="USD",
+        **kw,
+    )
+    result, _ = await plane.issue_grant(request, tenant=TENANT, key=key, actor="a")
+    return result.grant_id
+
+
+async def rows(pool: db.Pool, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, params)
+        return list(await cursor.fetchall())
+
+
+async def test_every_movement_becomes_its_entries_with_its_dimensions(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    wallet, customer = await world(plane, 1)
+    block = await grant(plane, wallet, "g1", 1000)
+    svc = plane.service
+    chat = {"feature": "chat", "model": "small"}
+    debit = await svc.debit(
+        tenant=TENANT,
+        key="d1",
+        amount=30,
+        ledger=wallet.ledger,
+        wallet_id=wallet.id,
+        dimensions=chat,
+    )
+    held = await svc.reserve(
+        tenant=TENANT,
+        key="r1",
+        amount=20,
+        ledger=wallet.ledger,
+        wallet_id=wallet.id,
+        timeout_s=60,
+        dimensions={"feature": "search"},
+    )
+    await svc.settle(tenant=TENANT, key="s1", reservation_id=held.reservation_id, amount=15)
+    let_go = await svc.reserve(
+        tenant=TENANT, key="r2", amount=5, ledger=wallet.ledger, wallet_id=wallet.id, timeout_s=60
+    )
+    await svc.release(tenant=TENANT, key="x2", reservation_id=let_go.reservation_id)
+    await plane.grant_service.refund(debit.operation_id, 10, tenant=TENANT, key="rf1")
+
+    feed = feed_of(plane)
+    await feed.catch_up()
+    found = await rows(
+        pool,
+        "SELECT kind, amount, pending, operation_id, reservation_id, dimension_set_id, currency,"
+        " value_minor, customer_id FROM ledger_entries WHERE account_id = %s ORDER BY engine_ts,"
+        " kind",
+        to_uuid(block),
+    )
+    kinds = [(r[0], int(r[1]), int(r[2])) for r in found]
+    assert kinds == [
+        ("grant", 1000, 0),
+        ("debit", -30, 0),
+        ("reserve", 0, 20),
+        ("release", 0, -5),
+        ("settle", -15, -15),
+        ("reserve", 0, 5),
+        ("release", 0, -5),
+        ("refund", 10, 0),
+    ]
+    assert all(r[8].int == customer for r in found)
+    # The debit's value at the block's cost basis: 30 of 1000 credits bought for $10.00.
+    assert found[1][7] == Decimal("-30")
+    async with pool.connection() as conn:
+        sets = await get_dimension_sets(conn, {r[5].int for r in found if r[5] is not None})
+    by_kind = {r[0]: sets.get(r[5].int) if r[5] else None for r in found}
+    assert by_kind["debit"] == chat
+    assert by_kind["settle"] == {"feature": "search"}
+    assert by_kind["refund"] == chat  # a refund gives back under the debit's dimensions
+    assert found[4][4].int == held.reservation_id
+    # Summed, the entries are the block's balances in the engine.
+    (account,) = await svc.ledger.lookup_accounts([block])
+    assert sum(int(r[1]) for r in found) == account.credits_posted - account.debits_posted
+    assert sum(int(r[2]) for r in found) == account.debits_pending
+
+
+async def test_a_timeout_is_an_entry_at_the_instant_the_engine_released_the_leg(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    wallet, _ = await world(plane, 2)
+    await grant(plane, wallet, "g2", 100)
+    held = await plane.service.reserve(
+        tenant=TENANT, key="r3", amount=40, ledger=wallet.ledger, wallet_id=wallet.id, timeout_s=1
+    )
+    feed = feed_of(plane, idle_s=0.01)
+    await feed.catch_up()
+    assert await rows(pool, "SELECT 1 FROM ledger_entries WHERE kind = 'timeout'") == []
+    (reserve,) = await rows(pool, "SELECT engine_ts FROM ledger_entries WHERE kind = 'reserve'")
+    # Nothing else happens: the feed writes a tick to see the engine's clock pass the expiry.
+    deadline = time.monotonic() + 10
+    while not await rows(pool, "SELECT 1 FROM ledger_entries WHERE kind = 'timeout'"):
+        assert time.monotonic() < deadline, "the timeout never became an entry"
+        await feed.step()
+        await asyncio.sleep(0.05)
+    (timeout,) = await rows(
+        pool,
+        "SELECT engine_ts, pending, reservation_id FROM ledger_entries WHERE kind = 'timeout'",
+    )
+    assert timeout[0] == reserve[0] + 1_000_000_000
+    assert int(timeout[1]) == -40 and timeout[2].int == held.reservation_id
+
+
+async def test_a_rebuild_writes_the_same_bytes_as_the_live_feed(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    wallet, _ = await world(plane, 3)
+    await grant(plane, wallet, "g3", 10_000)
+    await grant(plane, wallet, "g4", 50, category=Category.PROMOTIONAL, consideration_minor=0)
+    feed = feed_of(plane, batch_max=7)  # small batches: chains land in many of them
+    svc = plane.service
+    for i in range(30):
+        await svc.debit(
+            tenant=TENANT,
+            key=f"d{i}",
+            amount=3 + i,
+            ledger=wallet.ledger,
+            wallet_id=wallet.id,
+            dimensions={"user": f"u{i % 4}"},
         )
-        for i in range(n)
+        if i % 5 == 0:
+            r = await svc.reserve(
+                tenant=TENANT,
+                key=f"r{i}",
+                amount=9,
+                ledger=wallet.ledger,
+                wallet_id=wallet.id,
+                timeout_s=30,
+            )
+            await svc.settle(tenant=TENANT, key=f"s{i}", reservation_id=r.reservation_id, amount=4)
+        await feed.step()
+    await feed.catch_up()
+    async with pool.connection() as conn:
+        live = await repo.dump(conn)
+        await repo.reset(conn)
+    await feed_of(plane).catch_up()
+    async with pool.connection() as conn:
+        rebuilt = await repo.dump(conn)
+    assert live.count(b"\n") > 50
+    assert rebuilt == live
+
+
+async def test_usage_rollups_add_up_consumption_by_dimension_set(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    wallet, customer = await world(plane, 4)
+    await grant(plane, wallet, "g5", 1000, consideration_minor=2000)
+    svc = plane.service
+    for i in range(6):
+        await svc.debit(
+            tenant=TENANT,
+            key=f"u{i}",
+            amount=10,
+            ledger=wallet.ledger,
+            wallet_id=wallet.id,
+            dimensions={"model": "a" if i % 2 else "b"},
+        )
+    await feed_of(plane).catch_up()
+    found = await rows(
+        pool,
+        "SELECT d.dimensions->>'model', credits, value_minor, entries FROM usage_rollups u"
+        " JOIN dimension_sets d ON d.id = u.dimension_set_id WHERE grain = 'day'"
+        " AND customer_id = %s ORDER BY 1",
+        to_uuid(customer),
+    )
+    assert [(r[0], int(r[1]), r[2], r[3]) for r in found] == [
+        ("a", 30, Decimal("60"), 3),
+        ("b", 30, Decimal("60"), 3),
     ]
 
 
-async def _stored(pool: db.Pool, rows: list[NewMovement]) -> list[movements.Movement | None]:
-    async with pool.connection() as conn:
-        return [await movements.get_movement(conn, m.operation_id) for m in rows]
-
-
-async def _run_until_written(sink: MovementSink, rows: list[NewMovement]) -> None:
-    task = asyncio.create_task(sink.run())
-    try:
-        for m in rows:
-            sink.offer(m)
-        deadline = time.monotonic() + 30
-        while sink.queued and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert sink.queued == 0, "the writer did not catch up"
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-
-@pytest.mark.parametrize("separate_process", [False, True])
-async def test_every_movement_reaches_postgres_once(pool: db.Pool, separate_process: bool) -> None:
-    sink = MovementSink(pool, separate_process=separate_process, batch_max=300, linger_s=0.001)
-    rows = _movements(1000)
-    await _run_until_written(sink, rows)
-    stored = await _stored(pool, rows)
-    assert all(s is not None for s in stored)
-    first = stored[5]
-    assert first is not None and first.dimensions == {"feature": "chat", "n": "5"}
-    assert first.amount == 6 and first.effective_at.microsecond == 123456 + 5
-    assert (sink.written, sink.dropped) == (1000, 0)
-
-
-async def test_a_killed_writer_process_is_replaced_and_the_batch_sent_again(
-    pool: db.Pool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    writers: list[projection._ProcessWriter] = []
-    real = projection._ProcessWriter
-
-    class Killed(real):  # type: ignore[misc, valid-type]
-        """The first writer's process dies before its first batch."""
-
-        def __init__(self, target: projection._Target) -> None:
-            super().__init__(target)
-            writers.append(self)
-            if len(writers) == 1:
-                self.child.kill()
-                self.child.wait()
-
-    monkeypatch.setattr(projection, "_ProcessWriter", Killed)
-    monkeypatch.setattr(projection, "RETRY_DELAY_S_MAX", 0.05)
-    sink = MovementSink(pool, separate_process=True, linger_s=0.001)
-    rows = _movements(50)
-    await _run_until_written(sink, rows)
-    assert len(writers) == 2
-    assert all(s is not None for s in await _stored(pool, rows))
-
-
-async def test_a_batch_postgres_refuses_is_retried_not_lost(pool: db.Pool) -> None:
-    """A row Postgres refuses (a negative amount) fails its batch each time; the sink keeps it
-    and retries (as for an outage), and at stop gives up after `stop_retry_s`, counting the
-    rows as dropped. Good rows queued behind it wait, and are counted too."""
-    sink = MovementSink(pool, separate_process=True, linger_s=0.001, stop_retry_s=0.3)
-    bad = _movements(1)[0]
-    bad = NewMovement(**{**{f: getattr(bad, f) for f in bad.__struct_fields__}, "amount": -1})
-    task = asyncio.create_task(sink.run())
-    sink.offer(bad)
-    await asyncio.sleep(0.5)
-    assert sink.queued == 1 and sink.written == 0
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert (sink.queued, sink.dropped) == (0, 1)
-    assert await _stored(pool, [bad]) == [None]
+async def test_two_feeds_never_write_a_batch_twice(plane: ControlPlane, pool: db.Pool) -> None:
+    wallet, _ = await world(plane, 5)
+    await grant(plane, wallet, "g6", 1000)
+    for i in range(10):
+        await plane.service.debit(
+            tenant=TENANT, key=f"t{i}", amount=1, ledger=wallet.ledger, wallet_id=wallet.id
+        )
+    first, second = feed_of(plane), feed_of(plane)
+    await first.step()
+    await second.step()  # read the watermark before the first moves it again
+    for i in range(10, 20):
+        await plane.service.debit(
+            tenant=TENANT, key=f"t{i}", amount=1, ledger=wallet.ledger, wallet_id=wallet.id
+        )
+    await first.step()
+    with pytest.raises(repo.LostLeadership):
+        await second.step()
+    (count,) = await rows(pool, "SELECT count(*) FROM ledger_entries WHERE kind = 'debit'")
+    assert count[0] == 20

@@ -1,5 +1,5 @@
 """The repositories against a real Postgres: round trips, constraints, the tree, idempotency,
-the append-only audit log, the movement projection and the catalog snapshot.
+the append-only audit log and the catalog snapshot.
 
 Each test runs in a transaction that is rolled back (the `conn` fixture); a statement expected
 to fail runs in a savepoint (`conn.transaction()`), so the test can go on after it.
@@ -17,7 +17,6 @@ import pytest
 from psycopg import errors
 
 from ledger import db
-from ledger.clock import ns_of_datetime
 from ledger.limits import U128_MAX
 from ledger.repositories import (
     audit,
@@ -26,7 +25,6 @@ from ledger.repositories import (
     customers,
     grants,
     idempotency,
-    movements,
     prices,
     resources,
     wallet_changes,
@@ -36,7 +34,6 @@ from ledger.repositories._rows import to_uuid
 from ledger.repositories.budgets import BudgetPeriod
 from ledger.repositories.catalog import load_catalog_snapshot
 from ledger.repositories.grants import GrantCategory, GrantSource, GrantState, NewGrant
-from ledger.repositories.movements import MovementKind, NewMovement
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.wallet_changes import ChangeState
 from ledger.repositories.wallets import OverdraftMode
@@ -763,99 +760,6 @@ async def test_audit_log_is_append_only(conn: db.Connection) -> None:
             await conn.execute("TRUNCATE audit_log")
     assert await audit.list_for_object(conn, "x", 1) == []
     assert (await audit.list_entries(conn, after_id=entry.id - 1))[0] == entry
-
-
-# The movement projection.
-
-
-async def test_movements_insert_is_batched_and_idempotent(conn: db.Connection) -> None:
-    ids = await _tree(conn)
-    rows = [
-        NewMovement(
-            operation_id=BIG - n,
-            kind=MovementKind.DEBIT,
-            wallet_id=ids["agent_wallet"],
-            resource_id=ids["agent"],
-            credit_type_id=LEDGER,
-            amount=n + 1,
-            effective_at_ns=ns_of_datetime(T0 + timedelta(seconds=n)),
-            dimensions={"feature": "chat", "model": "m-1"},
-        )
-        for n in range(250)
-    ]
-    assert await movements.insert_movements(conn, rows) == 250
-    # A replayed batch, plus one new row: only the new row goes in.
-    extra = NewMovement(
-        operation_id=1,
-        kind=MovementKind.RESERVE,
-        wallet_id=ids["agent_wallet"],
-        resource_id=ids["agent"],
-        credit_type_id=LEDGER,
-        amount=U128_MAX,
-        effective_at_ns=ns_of_datetime(T0),
-    )
-    assert await movements.insert_movements(conn, [*rows, extra]) == 1
-    assert await movements.insert_movements(conn, []) == 0
-    stored = await movements.get_movement(conn, 1)
-    assert stored is not None and stored.amount == U128_MAX and stored.dimensions == {}
-
-    page = await movements.list_movements_for_wallet(conn, ids["agent_wallet"], limit=100)
-    assert page[0].operation_id == BIG - 249  # the latest effective_at first
-    assert page[0].dimensions == {"feature": "chat", "model": "m-1"}
-    following = await movements.list_movements_for_wallet(
-        conn,
-        ids["agent_wallet"],
-        before=(page[-1].effective_at, page[-1].operation_id),
-        limit=1000,
-    )
-    seen = [m.operation_id for m in page + following]
-    assert len(seen) == len(set(seen)) == 251
-
-
-async def test_movement_dimensions_survive_copy_exactly(conn: db.Connection) -> None:
-    """Movements travel as COPY text: characters special to COPY or JSON come back as sent."""
-    ids = await _tree(conn)
-    awkward = {
-        "back\\slash": "C:\\path\\n",
-        "tab": "a\tb",
-        "newline": "line\nnext\r",
-        "quote": 'say "hi"',
-        "unicode": "snow \u2603 ü",
-        "empty": "",
-        "null-ish": "\\N",
-    }
-    row = NewMovement(
-        operation_id=U128_MAX,
-        kind=MovementKind.SETTLE,
-        wallet_id=ids["agent_wallet"],
-        resource_id=ids["agent"],
-        credit_type_id=LEDGER,
-        amount=U128_MAX,
-        effective_at_ns=ns_of_datetime(T0) + 123_456_789,  # ns: stored to the µs
-        dimensions=awkward,
-    )
-    assert await movements.insert_movements(conn, [row]) == 1
-    stored = await movements.get_movement(conn, U128_MAX)
-    assert stored is not None
-    assert stored.dimensions == awkward
-    assert (stored.amount, stored.effective_at, stored.kind) == (
-        U128_MAX,
-        T0 + timedelta(microseconds=123456),
-        MovementKind.SETTLE,
-    )
-
-
-async def test_movement_constraints(conn: db.Connection) -> None:
-    bad = NewMovement(
-        operation_id=1,
-        kind=MovementKind.DEBIT,
-        wallet_id=2,
-        resource_id=3,
-        credit_type_id=LEDGER,
-        amount=-5,
-        effective_at_ns=ns_of_datetime(T0),
-    )
-    await _fails(conn, errors.CheckViolation, movements.insert_movements(conn, [bad]))
 
 
 # The catalog snapshot.

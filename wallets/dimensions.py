@@ -1,0 +1,63 @@
+"""Dimension sets made durable before the spends that carry them.
+
+A spend's dimensions (feature, model, session, user, ...) are written once per distinct set to
+Postgres (`dimension_sets`), keyed by a hash of the set, and the spend's chain carries that id
+(its check leg's `user_data_128`, ledger/README.md "Dimensions"). The engine therefore keeps,
+with every acknowledged spend, the id of a row that was committed before the spend was sent: no
+process can die in a way that loses a spend's dimensions.
+
+The hot path waits on Postgres only for a set this process has not written or seen before: the
+ids it knows are kept (at most `KNOWN_SETS_MAX`, least recently used out first).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+import psycopg
+
+from grants.errors import LedgerUnavailableError
+from ledger.db import Pool
+from ledger.ids import dimension_set_id
+from ledger.repositories.dimensions import insert_dimension_sets
+
+KNOWN_SETS_MAX: Final = 200_000
+
+
+class DimensionSets:
+    def __init__(self, pool: Pool, *, known_max: int = KNOWN_SETS_MAX) -> None:
+        self.pool = pool
+        self.known_max = known_max
+        self._known: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.written = 0  # sets this process wrote (or found written)
+
+    async def ids(self, sets: Sequence[Mapping[str, str] | None]) -> list[int]:
+        """The id of each set (0 for none), each written to Postgres before this returns.
+        Raises LedgerUnavailableError when a new set cannot be written: the spend must not go
+        to the engine with dimensions nobody could read back."""
+        out = [dimension_set_id(s) if s else 0 for s in sets]
+        known = self._known
+        new: dict[int, Mapping[str, str]] = {}
+        for set_id, dimensions in zip(out, sets, strict=True):
+            if not set_id:
+                continue
+            if set_id in known:
+                known.move_to_end(set_id)
+            elif dimensions is not None:
+                new[set_id] = dimensions
+        if new:
+            try:
+                async with self.pool.connection() as conn:
+                    await insert_dimension_sets(conn, list(new.items()))
+            except (psycopg.Error, OSError) as error:
+                raise LedgerUnavailableError(
+                    f"the dimensions could not be recorded: {type(error).__name__}"
+                ) from None
+            self.written += len(new)
+            for set_id in new:
+                known[set_id] = None
+            while len(known) > self.known_max:
+                known.popitem(last=False)
+        return out
