@@ -36,7 +36,7 @@ INSERT INTO legacy_operation_dimensions (operation_id, dimensions)
 DROP TABLE movements;
 
 -- One row per movement of credits on an owned account (a block, an overdraft account, a budget
--- account): `amount` is the signed change of the account's posted balance (credits minus
+-- account), with the transfer's code (a post, void or timeout: the pending transfer's): `amount` is the signed change of the account's posted balance (credits minus
 -- debits), `pending` the signed change of what reservations hold on it (debits pending). Summed
 -- per account, they are the account's balances in the engine. The key is the transfer and the
 -- kind (a partial post is a `settle` and a `release` of the same transfer; a timeout has the
@@ -52,6 +52,7 @@ CREATE TABLE ledger_entries (
     )),
     effective_at     timestamptz   NOT NULL,
     engine_ts        bigint        NOT NULL CHECK (engine_ts > 0),
+    code             integer       NOT NULL CHECK (code BETWEEN 1 AND 65535),
     credit_type_id   bigint        NOT NULL CHECK (credit_type_id BETWEEN 1 AND 4294967295),
     account_id       uuid          NOT NULL,
     account_kind     text          NOT NULL CHECK (account_kind IN ('block', 'overdraft', 'budget')),
@@ -98,6 +99,7 @@ CREATE TABLE projection_pending (
     transfer_id      uuid          PRIMARY KEY,
     expires_at_ns    bigint        NOT NULL,
     amount           numeric(40,0) NOT NULL,
+    code             integer       NOT NULL,
     credit_type_id   bigint        NOT NULL,
     account_id       uuid          NOT NULL,
     account_kind     text          NOT NULL,

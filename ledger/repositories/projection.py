@@ -27,6 +27,7 @@ class Entry(msgspec.Struct, frozen=True):
     kind: str
     effective_at_ns: int  # business time: the transfer's user_data_64, else its timestamp
     engine_ts: int  # the engine's timestamp (a timeout: the instant the engine released it)
+    code: int  # the transfer's code (a post, void or timeout: the pending transfer's)
     credit_type_id: int
     account_id: int
     account_kind: str  # block | overdraft | budget
@@ -45,6 +46,7 @@ class PendingLeg(msgspec.Struct, frozen=True):
     transfer_id: int
     expires_at_ns: int
     amount: int
+    code: int
     credit_type_id: int
     account_id: int
     account_kind: str
@@ -82,8 +84,8 @@ async def read_state(conn: Connection) -> State:
 
 
 _PENDING_COLUMNS: Final = (
-    "transfer_id, expires_at_ns, amount, credit_type_id, account_id, account_kind, owner_id,"
-    " wallet_id, reservation_id, dimension_set_id"
+    "transfer_id, expires_at_ns, amount, code, credit_type_id, account_id, account_kind,"
+    " owner_id, wallet_id, reservation_id, dimension_set_id"
 )
 
 
@@ -105,13 +107,14 @@ async def pending_legs(conn: Connection, ids: Collection[int]) -> dict[int, Pend
             transfer_id=from_uuid(row[0]),
             expires_at_ns=int(row[1]),
             amount=from_amount(row[2]),
-            credit_type_id=int(row[3]),
-            account_id=from_uuid(row[4]),
-            account_kind=row[5],
-            owner_id=from_uuid(row[6]),
-            wallet_id=_id(row[7]),
-            reservation_id=_id(row[8]),
-            dimension_set_id=_id(row[9]),
+            code=int(row[3]),
+            credit_type_id=int(row[4]),
+            account_id=from_uuid(row[5]),
+            account_kind=row[6],
+            owner_id=from_uuid(row[7]),
+            wallet_id=_id(row[8]),
+            reservation_id=_id(row[9]),
+            dimension_set_id=_id(row[10]),
         )
         out[leg.transfer_id] = leg
     return out
@@ -145,13 +148,15 @@ async def legacy_dimensions(
 
 _STAGING: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS entries_in (transfer_id uuid, kind text, effective_us bigint,"
-    " engine_ts bigint, credit_type_id bigint, account_id uuid, account_kind text, owner_id uuid,"
+    " engine_ts bigint, code integer, credit_type_id bigint, account_id uuid,"
+    " account_kind text, owner_id uuid,"
     " wallet_id uuid, operation_id uuid, reservation_id uuid, amount numeric, pending numeric,"
     " dimension_set_id uuid) ON COMMIT DELETE ROWS"
 )
 _STAGED: Final = (
-    "transfer_id, kind, effective_us, engine_ts, credit_type_id, account_id, account_kind,"
-    " owner_id, wallet_id, operation_id, reservation_id, amount, pending, dimension_set_id"
+    "transfer_id, kind, effective_us, engine_ts, code, credit_type_id, account_id,"
+    " account_kind, owner_id, wallet_id, operation_id, reservation_id, amount, pending,"
+    " dimension_set_id"
 )
 _STAGING_READY: weakref.WeakSet[Connection] = weakref.WeakSet()
 
@@ -160,7 +165,8 @@ WITH expired AS (
     DELETE FROM projection_pending WHERE expires_at_ns <= %s RETURNING *
 )
 INSERT INTO entries_in ({_STAGED})
-SELECT transfer_id, 'timeout', expires_at_ns / 1000, expires_at_ns, credit_type_id, account_id,
+SELECT transfer_id, 'timeout', expires_at_ns / 1000, expires_at_ns, code, credit_type_id,
+       account_id,
        account_kind, owner_id, wallet_id, reservation_id, reservation_id, 0, -amount,
        dimension_set_id
 FROM expired
@@ -169,11 +175,11 @@ FROM expired
 _INSERT: Final = f"""
 WITH new AS (
     INSERT INTO ledger_entries (
-        transfer_id, kind, effective_at, engine_ts, credit_type_id, account_id, account_kind,
-        wallet_id, resource_id, customer_id, operation_id, reservation_id, amount, pending,
-        dimension_set_id, currency, value_minor)
+        transfer_id, kind, effective_at, engine_ts, code, credit_type_id, account_id,
+        account_kind, wallet_id, resource_id, customer_id, operation_id, reservation_id,
+        amount, pending, dimension_set_id, currency, value_minor)
     SELECT e.transfer_id, e.kind, timestamptz 'epoch' + e.effective_us * interval '1 microsecond',
-           e.engine_ts, e.credit_type_id, e.account_id, e.account_kind, e.wallet_id,
+           e.engine_ts, e.code, e.credit_type_id, e.account_id, e.account_kind, e.wallet_id,
            COALESCE(w.resource_id, b.resource_id), r.customer_id, e.operation_id,
            e.reservation_id, e.amount, e.pending, e.dimension_set_id, g.currency,
            CASE WHEN g.id IS NULL OR g.consideration_minor = 0 THEN 0
@@ -327,7 +333,7 @@ def _entries_text(entries: Sequence[Entry]) -> bytes:
     for e in entries:
         lines.append(
             f"{_hex(e.transfer_id)}\t{e.kind}\t{e.effective_at_ns // 1000}\t{e.engine_ts}\t"
-            f"{e.credit_type_id}\t{_hex(e.account_id)}\t{e.account_kind}\t{_hex(e.owner_id)}\t"
+            f"{e.code}\t{e.credit_type_id}\t{_hex(e.account_id)}\t{e.account_kind}\t{_hex(e.owner_id)}\t"
             f"{_nullable(e.wallet_id)}\t{_nullable(e.operation_id)}\t"
             f"{_nullable(e.reservation_id)}\t{e.amount}\t{e.pending}\t"
             f"{_nullable(e.dimension_set_id)}\n"
@@ -339,7 +345,8 @@ def _pending_text(legs: Sequence[PendingLeg]) -> bytes:
     lines = []
     for leg in legs:
         lines.append(
-            f"{_hex(leg.transfer_id)}\t{leg.expires_at_ns}\t{leg.amount}\t{leg.credit_type_id}\t"
+            f"{_hex(leg.transfer_id)}\t{leg.expires_at_ns}\t{leg.amount}\t{leg.code}\t"
+            f"{leg.credit_type_id}\t"
             f"{_hex(leg.account_id)}\t{leg.account_kind}\t{_hex(leg.owner_id)}\t"
             f"{_nullable(leg.wallet_id)}\t{_nullable(leg.reservation_id)}\t"
             f"{_nullable(leg.dimension_set_id)}\n"
