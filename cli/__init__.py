@@ -30,6 +30,7 @@ from typing import Any
 import click
 
 from api.cli_keys import keys
+from cli.projection import projection
 from cli.reconcile import reconcile
 from ledger import db
 from ledger.client import Ledger, open_ledger
@@ -103,6 +104,7 @@ def main() -> None:
 
 main.add_command(keys)
 main.add_command(reconcile)
+main.add_command(projection)
 
 
 @main.command()

@@ -13,15 +13,20 @@ ids it knows are kept (at most `KNOWN_SETS_MAX`, least recently used out first).
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 import psycopg
 
 from grants.errors import LedgerUnavailableError
+from ledger.client import Ledger
+from ledger.codes import TransferCode
 from ledger.db import Pool
-from ledger.ids import dimension_set_id
-from ledger.repositories.dimensions import insert_dimension_sets
+from ledger.ids import dimension_set_id, leg_ids
+from ledger.limits import BATCH_EVENTS_MAX
+from ledger.operations import CHECK
+from ledger.repositories.dimensions import get_dimension_sets, insert_dimension_sets
+from ledger.repositories.projection import legacy_dimensions
 
 KNOWN_SETS_MAX: Final = 200_000
 
@@ -61,3 +66,32 @@ class DimensionSets:
             while len(known) > self.known_max:
                 known.popitem(last=False)
         return out
+
+
+async def dimensions_of_spends(
+    ledger: Ledger, pool: Pool, spends: Collection[int]
+) -> dict[int, dict[str, str]]:
+    """The dimensions each spend (debit or reservation id) was sent with, read from its check
+    leg's set id and the set's row; spends without dimensions are left out."""
+    wanted = sorted(spends)
+    sets: dict[int, int] = {}
+    legacy: list[int] = []
+    for start in range(0, len(wanted), BATCH_EVENTS_MAX):
+        chunk = wanted[start : start + BATCH_EVENTS_MAX]
+        checks = [leg_ids(spend, (CHECK,))[0] for spend in chunk]
+        found = {t.id: t for t in await ledger.lookup_transfers(checks)}
+        for spend, check_id in zip(chunk, checks, strict=True):
+            check = found.get(check_id)
+            if check is None or check.code != TransferCode.CONTROL_CHECK or not check.user_data_128:
+                continue
+            if check.user_data_128 == spend:  # a spend made before chains carried a set
+                legacy.append(spend)
+            else:
+                sets[spend] = check.user_data_128
+    if not sets and not legacy:
+        return {}
+    async with pool.connection() as conn:
+        rows = await get_dimension_sets(conn, set(sets.values()))
+        out = {spend: rows[set_id] for spend, set_id in sets.items() if set_id in rows}
+        out.update(await legacy_dimensions(conn, legacy))
+    return out

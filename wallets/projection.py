@@ -55,6 +55,10 @@ RETRY_S_MAX: Final = 5.0
 LEADER_LOCK: Final = 7_461_300_001  # pg advisory lock key of the projection's leader
 
 
+class LeaderBusy(RuntimeError):
+    """Another process holds the projection's leader lock."""
+
+
 class ProjectionFeed:
     def __init__(
         self,
@@ -98,7 +102,7 @@ class ProjectionFeed:
         delay_s = 0.1
         while True:
             try:
-                async with self._leadership():
+                async with self.leadership():
                     delay_s = 0.1
                     while True:
                         read = await self.step()
@@ -112,9 +116,10 @@ class ProjectionFeed:
             delay_s = min(delay_s * 2, RETRY_S_MAX)
 
     @contextlib.asynccontextmanager
-    async def _leadership(self) -> AsyncIterator[None]:
+    async def leadership(self, *, wait: bool = True) -> AsyncIterator[None]:
         """Holds the leader's advisory lock on a connection of its own for as long as the
-        feed leads; waits (polling) while another process holds it."""
+        feed leads; waits (polling) while another process holds it, or with `wait=False`
+        raises LeaderBusy."""
         conn = await psycopg.AsyncConnection.connect(
             str(self.pool.conninfo), autocommit=True, **_kwargs(self.pool)
         )
@@ -124,6 +129,8 @@ class ProjectionFeed:
                 row = await cursor.fetchone()
                 if row is not None and row[0]:
                     break
+                if not wait:
+                    raise LeaderBusy("another process feeds the projection")
                 await asyncio.sleep(1.0)
             self.leader = True
             self.watermark_ts = None  # another leader may have moved it

@@ -116,6 +116,16 @@ class WalletBalance(msgspec.Struct, frozen=True):
     grants: list[GrantBalance]
 
 
+# The codes of the legs a spend draws with (a settle's overage too): their entries carry the
+# spend's dimensions, as do a usage refund's.
+_SPEND_CODES = (
+    TransferCode.DEBIT,
+    TransferCode.RESERVE,
+    TransferCode.OVERDRAFT_DRAW,
+    TransferCode.USAGE_REFUND,
+)
+
+
 class Entry(msgspec.Struct, frozen=True):
     """One typed movement of a wallet, with the wallet's figures just after it."""
 
@@ -125,6 +135,7 @@ class Entry(msgspec.Struct, frozen=True):
     account_kind: str  # "grant" | "overdraft"
     amount: int  # signed: + into the wallet (or back to it), - out of it
     operation_id: int  # the operation; the block for effective and expire
+    spend_id: int  # the debit or reservation whose dimensions it carries (0: none)
     available_after: int
     held_after: int
     overdraft_used_after: int
@@ -458,6 +469,9 @@ class _Timeline:
         # The wallet's figures: held on its blocks, its overdraft's deficit (held draws in).
         self.available = self.held = self.used = 0
         self.pending: dict[int, Transfer] = {}
+        # A settle's operation -> its reservation: the overage legs of a settle come after its
+        # posts, and carry the reservation's dimensions as the posts do.
+        self.settled_by: dict[int, int] = {}
 
     def _events(self) -> list[tuple[Key, Transfer | None, int]]:
         """(key, transfer, block): each transfer once, each timeout of a pending leg and each
@@ -498,16 +512,32 @@ class _Timeline:
     def entries(self) -> Iterable[tuple[Key, Entry]]:
         for key, t, block_id in self._events():
             kind: EntryType | None
+            spend = 0
             if t is None:
                 account_id, kind, amount = self._transition(key, block_id)
                 operation = block_id
             else:
+                spend = self._spend_of(t)
                 account_id, kind, amount = self._transfer(key, t)
                 operation = t.user_data_128
             for touched in (account_id, t.credit_account_id if t else 0):
                 self._restate(touched, key[0])
             if kind is not None and amount != 0:
-                yield key, self._entry(key, kind, account_id, amount, operation)
+                yield key, self._entry(key, kind, account_id, amount, operation, spend)
+
+    def _spend_of(self, t: Transfer) -> int:
+        """The spend (debit or reservation) whose dimensions an entry of `t` carries: a settle,
+        release or timeout has its reservation's (its overage legs too), a usage refund its
+        debit's."""
+        if t.flags & (POST | VOID):
+            pending = self.pending.get(t.pending_id)
+            if pending is None:
+                return 0
+            self.settled_by[t.user_data_128] = pending.user_data_128
+            return pending.user_data_128
+        if t.code in _SPEND_CODES:
+            return self.settled_by.get(t.user_data_128, t.user_data_128)
+        return 0
 
     def _transition(self, key: Key, block_id: int) -> tuple[int, EntryType, int]:
         """A block became effective, or expired: what was free in it became, or stopped being,
@@ -581,7 +611,9 @@ class _Timeline:
         self.available += live - self.live.get(account_id, 0)
         self.live[account_id] = live
 
-    def _entry(self, key: Key, kind: EntryType, account_id: int, amount: int, op: int) -> Entry:
+    def _entry(
+        self, key: Key, kind: EntryType, account_id: int, amount: int, op: int, spend: int
+    ) -> Entry:
         return Entry(
             at_ns=key[0],
             type=kind.value,
@@ -589,6 +621,7 @@ class _Timeline:
             account_kind=self.kind[account_id],
             amount=amount,
             operation_id=op,
+            spend_id=spend,
             available_after=self.available,
             held_after=self.held,
             overdraft_used_after=self.used,

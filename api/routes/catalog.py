@@ -45,6 +45,7 @@ from ledger.limits import LIST_PAGE_ROWS_MAX
 from ledger.repositories import customers, resources, wallets
 from ledger.repositories.resources import ResourceKind
 from wallets.catalog import OverdraftMode, Wallet
+from wallets.dimensions import dimensions_of_spends
 
 OPS = {
     "create_credit_type": operation(
@@ -462,8 +463,11 @@ def _cached(row: wallets.Wallet) -> Wallet:
     "nothing a read had not counted out and is no entry), `reservation_expired` when a "
     "reservation's timeout came (the engine released it; no transfer records that). "
     "`type` (repeatable) keeps the entries of those types; the running figures stay the "
-    "wallet's. Pass next_cursor back as `cursor` for the next page; limit 1..1000. Unknown "
-    "query parameters are refused (422). A page replays the wallet's whole history.",
+    "wallet's. Each entry of a spend carries the spend's `dimensions` (a settle, release or "
+    "reservation_expired: its reservation's; a refund: its debit's). Read from the engine, "
+    "not the projection: no lag. Pass next_cursor back as `cursor` for the next page; limit "
+    "1..1000. Unknown query parameters are refused (422). A page replays the wallet's whole "
+    "history.",
 )
 async def wallet_entries(
     request: Request[Any, Any, Any],
@@ -484,6 +488,8 @@ async def wallet_entries(
     own(principal, wallet_customer(services, wid), "wallet")
     types = {t.value for t in type} if type else None
     page = await services.statements.entries(wid, after=cursor, limit=limit, types=types)
+    spends = {e.spend_id for e in page.entries if e.spend_id}
+    dimensions = await dimensions_of_spends(services.service.ledger, services.pool, spends)
     return w.EntriesOut(
         entries=[
             w.EntryOut(
@@ -496,6 +502,7 @@ async def wallet_entries(
                 available_after=e.available_after,
                 held_after=e.held_after,
                 overdraft_used_after=e.overdraft_used_after,
+                dimensions=dimensions.get(e.spend_id, {}),
             )
             for e in page.entries
         ],

@@ -369,6 +369,14 @@ class EntryOut(Out):
         int,
         msgspec.Meta(description="the wallet's `overdraft_used` just after this entry, likewise"),
     ]
+    dimensions: Annotated[
+        dict[str, str],
+        msgspec.Meta(
+            description="the dimensions of the spend it belongs to, as it was sent (a settle, "
+            "release or reservation_expired: its reservation's; a refund: its debit's); {} "
+            "for none and for entries that are no spend's"
+        ),
+    ] = msgspec.field(default_factory=dict)
 
 
 class EntriesOut(Out):
