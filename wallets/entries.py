@@ -27,18 +27,19 @@ import msgspec
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
 from ledger.operations import CHECK, SETUP
-from ledger.repositories.projection import Entry, PendingLeg
+from ledger.repositories.projection import BlockTerms, Entry, EntryRow, PendingLeg, RollupRow
 from ledger.types import Transfer, TransferFlags
 
 NS_PER_S: Final = 1_000_000_000
 # The expiry of a pending leg without a timeout: past every engine timestamp (< 2^63).
 NEVER_NS: Final = (1 << 63) - 1
 
-_LINKED = TransferFlags.LINKED
-PENDING = TransferFlags.PENDING
-_POST = TransferFlags.POST_PENDING_TRANSFER
-_VOID = TransferFlags.VOID_PENDING_TRANSFER
-_RESOLVES = _POST | _VOID
+# Plain ints: an IntFlag `&` is a Python-level call, and the feed tests every transfer's flags
+# (`int(t.flags) & X` stays in C).
+_LINKED: Final = int(TransferFlags.LINKED)
+PENDING: Final = int(TransferFlags.PENDING)
+_POST: Final = int(TransferFlags.POST_PENDING_TRANSFER)
+_RESOLVES: Final = _POST | int(TransferFlags.VOID_PENDING_TRANSFER)
 
 ACCOUNT_KINDS: Final[dict[int, str]] = {
     AccountCode.GRANT: "block",
@@ -62,6 +63,10 @@ POSTED_KINDS: Final[dict[int, str]] = {
     TransferCode.BUDGET_LIMIT: "budget_limit",
     TransferCode.BUDGET_SPEND: "budget_usage",
 }
+NS_PER_HOUR: Final = 3600 * NS_PER_S
+NS_PER_DAY: Final = 24 * NS_PER_HOUR
+GRAINS: Final = (("hour", NS_PER_HOUR), ("day", NS_PER_DAY))
+
 # Codes whose transfers can move an owned account: the others are bookkeeping.
 MOVING_CODES: Final = frozenset(POSTED_KINDS) | {TransferCode.RESERVE}
 # The kinds that are consumption (summed by the usage rollups, on blocks and overdraft).
@@ -100,7 +105,7 @@ def split_chains(transfers: Sequence[Transfer]) -> list[list[Transfer]]:
     current: list[Transfer] = []
     for t in transfers:
         current.append(t)
-        if not t.flags & _LINKED:
+        if not int(t.flags) & _LINKED:
             chains.append(current)
             current = []
     return chains
@@ -111,7 +116,7 @@ def needed_accounts(chains: Sequence[Sequence[Transfer]]) -> set[int]:
     out: set[int] = set()
     for chain in chains:
         for t in chain:
-            if t.code in MOVING_CODES and not t.flags & _RESOLVES:
+            if t.code in MOVING_CODES and not int(t.flags) & _RESOLVES:
                 out.add(t.debit_account_id)
                 out.add(t.credit_account_id)
     return out
@@ -123,7 +128,7 @@ def needed_pending(chains: Sequence[Sequence[Transfer]]) -> set[int]:
         t.pending_id
         for chain in chains
         for t in chain
-        if t.flags & _RESOLVES and t.code in MOVING_CODES
+        if int(t.flags) & _RESOLVES and t.code in MOVING_CODES
     }
 
 
@@ -189,7 +194,7 @@ def project(
     for chain in chains:
         context = _context(chain, pending, opened, spends, legacy_dimensions)
         for t in chain:
-            if t.flags & _RESOLVES:
+            if int(t.flags) & _RESOLVES:
                 _resolve(t, pending, opened, out)
             elif t.code in MOVING_CODES:
                 _move(t, accounts, context, opened, out)
@@ -234,7 +239,7 @@ def _context(
         held = chain[2].code == TransferCode.CONTROL_HOLD
         return _Context(wallet, dimensions, op if held else 0)
     for t in chain:
-        if t.flags & _RESOLVES:
+        if int(t.flags) & _RESOLVES:
             leg = opened.get(t.pending_id) or pending.get(t.pending_id)
             if leg is not None:
                 return _Context(leg.wallet_id, leg.dimension_set_id, leg.reservation_id)
@@ -259,7 +264,7 @@ def _resolve(
         if leg is None:
             return  # a leg on system accounts (a marker), or one that moved nothing
         out.resolved.append(leg.transfer_id)
-    posted = t.amount if t.flags & _POST else 0
+    posted = t.amount if int(t.flags) & _POST else 0
     if posted:
         out.entries.append(_resolution(t, leg, "settle", -posted, -posted))
     if leg.amount > posted:
@@ -295,7 +300,7 @@ def _move(
 ) -> None:
     if t.amount == 0:
         return  # a balancing leg that moved nothing
-    pending = bool(t.flags & PENDING)
+    pending = bool(int(t.flags) & PENDING)
     for account_id, sign in ((t.debit_account_id, -1), (t.credit_account_id, 1)):
         info = accounts.get(account_id)
         kind = ACCOUNT_KINDS.get(info.code) if info is not None else None
@@ -335,3 +340,94 @@ def _move(
                 reservation_id=context.reservation_id,
                 dimension_set_id=context.dimension_set_id,
             )
+
+
+# -- what the catalog says of entries, and what they add to the rollups -------------------------
+
+
+def value_nano(amount: int, terms: BlockTerms | None) -> int:
+    """`amount` credits of a block at its cost basis (consideration / credits), in 10^-9 minor
+    units, rounded half away from zero: informative (attribution); finance's postings round
+    per block, cumulatively."""
+    if terms is None or terms.consideration_minor == 0:
+        return 0
+    whole, rest = divmod(abs(amount) * terms.consideration_minor * NS_PER_S, terms.amount)
+    if 2 * rest >= terms.amount:
+        whole += 1
+    return whole if amount >= 0 else -whole
+
+
+def enrich(
+    entries: Sequence[Entry],
+    wallets: Mapping[int, tuple[int, int]],
+    budgets: Mapping[int, tuple[int, int]],
+    blocks: Mapping[int, BlockTerms],
+) -> list[EntryRow]:
+    """Each entry with its resource and customer (its wallet's, else its budget's) and, on a
+    block, its currency and value; 0 and '' for what the catalog does not know."""
+    rows = []
+    for e in entries:
+        owner = wallets.get(e.wallet_id) if e.wallet_id else None
+        if owner is None and e.account_kind == "budget":
+            owner = budgets.get(e.owner_id)
+        resource, customer = owner if owner is not None else (0, 0)
+        terms = blocks.get(e.account_id) if e.account_kind == "block" else None
+        rows.append(
+            EntryRow(
+                entry=e,
+                resource_id=resource,
+                customer_id=customer,
+                currency=terms.currency if terms is not None else "",
+                value_nano=value_nano(e.amount, terms),
+            )
+        )
+    return rows
+
+
+def rollups(rows: Sequence[EntryRow]) -> list[RollupRow]:
+    """What the consumption among `rows` adds to each hour's and day's rollup: credits consumed
+    (debits, settles, overdraft draws, less usage refunds) and their value, per key."""
+    sums: dict[tuple[int, str, int, int, int, int, int, str], list[int]] = {}
+    for row in rows:
+        e = row.entry
+        if (
+            e.kind not in CONSUMPTION_KINDS
+            or e.account_kind == "budget"
+            or not (row.customer_id and row.resource_id and e.wallet_id)
+        ):
+            continue
+        for grain, width_ns in GRAINS:
+            key = (
+                row.customer_id,
+                grain,
+                e.effective_at_ns // 1000 * 1000 // width_ns * width_ns,
+                row.resource_id,
+                e.wallet_id,
+                e.credit_type_id,
+                e.dimension_set_id,
+                row.currency,
+            )
+            total = sums.setdefault(key, [0, 0, 0])
+            total[0] -= e.amount
+            total[1] -= row.value_nano
+            total[2] += 1
+    return [
+        RollupRow(
+            customer_id=customer,
+            grain=grain,
+            bucket_start_ns=bucket,
+            resource_id=resource,
+            wallet_id=wallet,
+            credit_type_id=credit_type,
+            dimension_set_id=dimensions,
+            currency=currency,
+            credits=credits,
+            value_nano=value,
+            entries=count,
+        )
+        for (customer, grain, bucket, resource, wallet, credit_type, dimensions, currency), (
+            credits,
+            value,
+            count,
+        ) in sums.items()
+    ]

@@ -9,9 +9,10 @@ one, the others wait for the lock. A step:
    whole linked chains;
 2. gathers what `wallets.entries.project` needs: the accounts touched (cached: an account's
    kind and owner never change), the open pending legs the chains resolve, the spends refunded;
-3. writes, in one transaction (`ledger.repositories.projection.apply_batch`), the entries, the
-   pending legs opened and resolved, a timeout entry for every open leg whose expiry the new
-   watermark passed, the usage rollups, and the watermark.
+3. writes, in one transaction (`_write`), the watermark, the pending legs opened and resolved,
+   the entries with what the catalog says of them (resource, customer, a block's currency and
+   value), a timeout entry for every open leg whose expiry the new watermark passed, and the
+   usage rollups.
 
 A crash between two steps loses nothing and a step run twice writes nothing twice: the
 watermark moves in the transaction of the rows it covers, and the rows are keyed by transfer.
@@ -49,6 +50,8 @@ _logger = logging.getLogger(__name__)
 
 # Accounts whose kind and owner the feed keeps (least recently used out first).
 ACCOUNTS_KNOWN_MAX: Final = 500_000
+# Catalog rows (wallets, budgets, blocks) the feed keeps, of each kind.
+CATALOG_KNOWN_MAX: Final = 500_000
 IDLE_S: Final = 0.1  # between polls that found nothing
 TICK_EVERY_S: Final = 1.0  # at most one tick this often
 RETRY_S_MAX: Final = 5.0
@@ -83,6 +86,9 @@ class ProjectionFeed:
         self.failures = 0
         self._accounts: collections.OrderedDict[int, rules.AccountInfo] = collections.OrderedDict()
         self._last_tick_ns = 0
+        self._wallets: dict[int, tuple[int, int]] = {}  # wallet -> (resource, customer)
+        self._budgets: dict[int, tuple[int, int]] = {}  # budget -> (resource, customer)
+        self._blocks: dict[int, repo.BlockTerms] = {}
 
     # -- what the probes and metrics read ------------------------------------------------------
 
@@ -170,24 +176,48 @@ class ProjectionFeed:
             assert sum(map(len, chains)) == len(transfers), "the engine returned half a chain"
         projected = await self._project(chains)
         new_watermark = chains[-1][-1].timestamp
-        async with self.pool.connection() as conn:
-            applied = await repo.apply_batch(
-                conn,
-                entries=projected.entries,
-                opened=projected.opened,
-                resolved=projected.resolved,
-                from_ts=watermark,
-                watermark_ts=new_watermark,
-            )
+        self.entries_written += await self._write(watermark, new_watermark, projected)
         self.watermark_ts = new_watermark
-        self.entries_written += applied.entries
         if len(transfers) < self.batch_max:
             self.caught_up_at_ns = started_ns
         return len(transfers)
 
+    async def _write(self, from_ts: int, to_ts: int, projected: rules.Projected) -> int:
+        """Writes a batch in one transaction (ledger/repositories/projection.py, "the batch"):
+        the watermark first, then the pending legs, the entries with the timeouts the new
+        watermark brings, their rollups. Returns the entries written. Its commit need not wait
+        for the disk: a commit lost in a crash takes its watermark with it, and the batch is
+        projected again from the engine."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await repo.claim_watermark(conn, from_ts, to_ts)
+            await repo.resolve_pending(conn, projected.resolved)
+            await repo.open_pending(conn, projected.opened)
+            expired = await repo.expire_pending(conn, to_ts)
+            entries = [*projected.entries, *map(rules.timeout_entry, expired)]
+            await self._learn_catalog(conn, entries)
+            rows = rules.enrich(entries, self._wallets, self._budgets, self._blocks)
+            await repo.insert_entries(conn, rows)
+            await repo.add_rollups(conn, rules.rollups(rows))
+            await repo.count_entries(conn, len(rows))
+        return len(rows)
+
+    async def _learn_catalog(self, conn: Connection, entries: Sequence[repo.Entry]) -> None:
+        """What the catalog says of these entries' wallets, budgets and blocks (it never
+        changes once written: kept, up to a bound)."""
+        wallets = {e.wallet_id for e in entries if e.wallet_id} - self._wallets.keys()
+        budgets = {e.owner_id for e in entries if e.account_kind == "budget"} - self._budgets.keys()
+        blocks = {e.account_id for e in entries if e.account_kind == "block"} - self._blocks.keys()
+        for known in (self._wallets, self._budgets, self._blocks):
+            if len(known) > CATALOG_KNOWN_MAX:
+                known.clear()
+        self._wallets.update(await repo.wallet_owners(conn, wallets))
+        self._budgets.update(await repo.budget_owners(conn, budgets))
+        self._blocks.update(await repo.block_terms(conn, blocks))
+
     async def _project(self, chains: Sequence[Sequence[Transfer]]) -> rules.Projected:
         accounts = await self._account_infos(rules.needed_accounts(chains))
-        opened_here = {t.id for chain in chains for t in chain if t.flags & rules.PENDING}
+        opened_here = {t.id for chain in chains for t in chain if int(t.flags) & rules.PENDING}
         wanted = rules.needed_pending(chains) - opened_here
         debits = rules.refunded_debits(chains)
         spends = await self._spends(debits) if debits else {}

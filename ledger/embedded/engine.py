@@ -425,6 +425,18 @@ def _account(a: Sequence[int]) -> Account:
     )
 
 
+# TransferFlags(v) is a Python-level enum call of about a microsecond; flags are a u16, and a
+# read of many transfers meets the same few values over and over.
+_TRANSFER_FLAGS: dict[int, TransferFlags] = {}
+
+
+def _transfer_flags(value: int) -> TransferFlags:
+    flags = _TRANSFER_FLAGS.get(value)
+    if flags is None:
+        flags = _TRANSFER_FLAGS[value] = TransferFlags(value)
+    return flags
+
+
 def _transfer(t: TransferTuple) -> Transfer:
     # Positional: a tuple's order is `Transfer`'s field order (a unit test pins it).
     return Transfer(
@@ -439,7 +451,7 @@ def _transfer(t: TransferTuple) -> Transfer:
         t[8],
         t[9],
         t[10],
-        TransferFlags(t[11]),
+        _transfer_flags(t[11]),
         t[12],
     )
 

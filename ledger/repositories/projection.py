@@ -1,18 +1,15 @@
 """The projection's tables (migration 0008): entries, usage rollups, open pending legs, the
 watermark. Written only by the projection feed (`wallets.projection`), one batch per
-transaction: `apply_batch` writes a batch's entries, the rollups they add to, the pending legs
-it opens, resolves and times out, and the new watermark, or nothing.
+transaction (see "the batch" below).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
-from psycopg.pq import TransactionStatus
 
 from ledger.db import Connection
 from ledger.repositories._rows import from_amount, from_uuid, uuids
@@ -62,11 +59,6 @@ class State(msgspec.Struct, frozen=True):
     updated_at: datetime
 
 
-class Applied(msgspec.Struct, frozen=True):
-    entries: int  # new entry rows (timeouts included)
-    timeouts: int  # pending legs the watermark passed the expiry of
-
-
 class LostLeadership(RuntimeError):
     """The watermark moved under this feed: another feed is writing. Nothing was written."""
 
@@ -101,23 +93,8 @@ async def pending_legs(conn: Connection, ids: Collection[int]) -> dict[int, Pend
         f"SELECT {_PENDING_COLUMNS} FROM projection_pending WHERE transfer_id = ANY(%s)",
         (uuids(ids),),
     )
-    out = {}
-    for row in await cursor.fetchall():
-        leg = PendingLeg(
-            transfer_id=from_uuid(row[0]),
-            expires_at_ns=int(row[1]),
-            amount=from_amount(row[2]),
-            code=int(row[3]),
-            credit_type_id=int(row[4]),
-            account_id=from_uuid(row[5]),
-            account_kind=row[6],
-            owner_id=from_uuid(row[7]),
-            wallet_id=_id(row[8]),
-            reservation_id=_id(row[9]),
-            dimension_set_id=_id(row[10]),
-        )
-        out[leg.transfer_id] = leg
-    return out
+    legs = [_pending_leg(row) for row in await cursor.fetchall()]
+    return {leg.transfer_id: leg for leg in legs}
 
 
 async def earliest_open_expiry(conn: Connection) -> tuple[int, int] | None:
@@ -144,156 +121,204 @@ async def legacy_dimensions(
     return {from_uuid(row[0]): row[1] for row in await cursor.fetchall()}
 
 
-# -- the batch -----------------------------------------------------------------------------------
+# -- the batch ----------------------------------------------------------------------------------
+#
+# The feed writes a batch in one transaction (wallets/projection.py): `claim_watermark` first
+# (the row lock serializes two feeds: the second finds the watermark moved and writes nothing),
+# then the pending legs, the entries (COPY, straight into the partitioned table: the watermark
+# guarantees that none of them is there yet), the rollups and the count of entries.
 
-_STAGING: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS entries_in (transfer_id uuid, kind text, effective_us bigint,"
-    " engine_ts bigint, code integer, credit_type_id bigint, account_id uuid,"
-    " account_kind text, owner_id uuid,"
-    " wallet_id uuid, operation_id uuid, reservation_id uuid, amount numeric, pending numeric,"
-    " dimension_set_id uuid) ON COMMIT DELETE ROWS"
-)
-_STAGED: Final = (
-    "transfer_id, kind, effective_us, engine_ts, code, credit_type_id, account_id,"
-    " account_kind, owner_id, wallet_id, operation_id, reservation_id, amount, pending,"
-    " dimension_set_id"
-)
-_STAGING_READY: weakref.WeakSet[Connection] = weakref.WeakSet()
 
-_TIMEOUTS: Final = f"""
-WITH expired AS (
-    DELETE FROM projection_pending WHERE expires_at_ns <= %s RETURNING *
-)
-INSERT INTO entries_in ({_STAGED})
-SELECT transfer_id, 'timeout', expires_at_ns / 1000, expires_at_ns, code, credit_type_id,
-       account_id,
-       account_kind, owner_id, wallet_id, reservation_id, reservation_id, 0, -amount,
-       dimension_set_id
-FROM expired
-"""
+class EntryRow(msgspec.Struct, frozen=True):
+    """An entry as stored: the entry and what the catalog says of it."""
 
-_INSERT: Final = f"""
-WITH new AS (
-    INSERT INTO ledger_entries (
-        transfer_id, kind, effective_at, engine_ts, code, credit_type_id, account_id,
-        account_kind, wallet_id, resource_id, customer_id, operation_id, reservation_id,
-        amount, pending, dimension_set_id, currency, value_minor)
-    SELECT e.transfer_id, e.kind, timestamptz 'epoch' + e.effective_us * interval '1 microsecond',
-           e.engine_ts, e.code, e.credit_type_id, e.account_id, e.account_kind, e.wallet_id,
-           COALESCE(w.resource_id, b.resource_id), r.customer_id, e.operation_id,
-           e.reservation_id, e.amount, e.pending, e.dimension_set_id, g.currency,
-           CASE WHEN g.id IS NULL OR g.consideration_minor = 0 THEN 0
-                ELSE round(e.amount * g.consideration_minor / g.amount, 9) END
-    FROM entries_in e
-    LEFT JOIN wallets w ON w.id = e.wallet_id
-    LEFT JOIN budgets b ON e.account_kind = 'budget' AND b.id = e.owner_id
-    LEFT JOIN resources r ON r.id = COALESCE(w.resource_id, b.resource_id)
-    LEFT JOIN grants g ON e.account_kind = 'block' AND g.id = e.account_id
-    ON CONFLICT DO NOTHING
-    RETURNING customer_id, effective_at, resource_id, wallet_id, credit_type_id,
-              dimension_set_id, currency, kind, account_kind, amount, value_minor
-), usage AS (
-    SELECT * FROM new
-    WHERE kind IN ('debit', 'settle', 'overdraft_draw', 'refund') AND account_kind <> 'budget'
-      AND customer_id IS NOT NULL AND resource_id IS NOT NULL AND wallet_id IS NOT NULL
-), rolled AS (
-    INSERT INTO usage_rollups AS u (
-        customer_id, grain, bucket_start, resource_id, wallet_id, credit_type_id,
-        dimension_set_id, currency, credits, value_minor, entries)
-    SELECT s.customer_id, g.grain, date_trunc(g.grain, s.effective_at, 'UTC'), s.resource_id,
-           s.wallet_id, s.credit_type_id, COALESCE(s.dimension_set_id, '{ZERO_UUID}'),
-           COALESCE(s.currency, ''), -sum(s.amount), -sum(s.value_minor), count(*)
-    FROM usage s CROSS JOIN (VALUES ('hour'), ('day')) AS g (grain)
-    GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-    ON CONFLICT (customer_id, grain, bucket_start, resource_id, wallet_id, credit_type_id,
-                 dimension_set_id, currency)
-    DO UPDATE SET credits = u.credits + excluded.credits,
-                  value_minor = u.value_minor + excluded.value_minor,
-                  entries = u.entries + excluded.entries
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM rolled)
-"""
+    entry: Entry
+    resource_id: int  # 0: unknown to the catalog
+    customer_id: int  # 0: unknown
+    currency: str  # '' : none (a promotional block, an overdraft or budget account)
+    value_nano: int  # its value at the block's cost basis, in 10^-9 minor units, signed
 
-# The months that have a partition of ledger_entries, per connection's database (loaded once).
+
+class RollupRow(msgspec.Struct, frozen=True):
+    customer_id: int
+    grain: str  # hour | day
+    bucket_start_ns: int
+    resource_id: int
+    wallet_id: int
+    credit_type_id: int
+    dimension_set_id: int  # 0: none
+    currency: str
+    credits: int
+    value_nano: int
+    entries: int
+
+
+class BlockTerms(msgspec.Struct, frozen=True):
+    """What a block's entries are worth: its currency and consideration for its credits."""
+
+    currency: str  # '' : none
+    consideration_minor: int
+    amount: int
+
+
+async def claim_watermark(conn: Connection, from_ts: int, to_ts: int) -> None:
+    """Moves the watermark from `from_ts` to `to_ts` in the caller's transaction, or raises
+    LostLeadership when it is not at `from_ts` (another feed wrote)."""
+    assert to_ts >= from_ts
+    cursor = await conn.execute(
+        "UPDATE projection_state SET watermark_ts = %s, updated_at = now()"
+        " WHERE name = 'ledger' AND watermark_ts = %s",
+        (to_ts, from_ts),
+    )
+    if cursor.rowcount != 1:
+        raise LostLeadership("the projection's watermark moved under this feed")
+
+
+async def count_entries(conn: Connection, entries: int) -> None:
+    await conn.execute(
+        "UPDATE projection_state SET entries = entries + %s WHERE name = 'ledger'", (entries,)
+    )
+
+
+async def open_pending(conn: Connection, legs: Sequence[PendingLeg]) -> None:
+    if not legs:
+        return
+    statement = f"COPY projection_pending ({_PENDING_COLUMNS}) FROM STDIN"
+    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        await copy.write(_pending_text(legs))
+
+
+async def resolve_pending(conn: Connection, ids: Collection[int]) -> None:
+    if ids:
+        await conn.execute(
+            "DELETE FROM projection_pending WHERE transfer_id = ANY(%s)", (uuids(ids),)
+        )
+
+
+async def expire_pending(conn: Connection, watermark_ts: int) -> list[PendingLeg]:
+    """Removes and returns the open legs whose expiry the watermark reached: they timed out."""
+    cursor = await conn.execute(
+        f"DELETE FROM projection_pending WHERE expires_at_ns <= %s RETURNING {_PENDING_COLUMNS}",
+        (watermark_ts,),
+    )
+    return sorted(
+        (_pending_leg(row) for row in await cursor.fetchall()),
+        key=lambda leg: (leg.expires_at_ns, leg.transfer_id),
+    )
+
+
+async def wallet_owners(conn: Connection, ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """wallet -> (resource, customer), for the wallets the catalog knows."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT w.id, w.resource_id, r.customer_id FROM wallets w"
+        " JOIN resources r ON r.id = w.resource_id WHERE w.id = ANY(%s)",
+        (uuids(ids),),
+    )
+    return {from_uuid(r[0]): (from_uuid(r[1]), from_uuid(r[2])) for r in await cursor.fetchall()}
+
+
+async def budget_owners(conn: Connection, ids: Collection[int]) -> dict[int, tuple[int, int]]:
+    """budget -> (resource, customer), for the budgets the catalog knows."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT b.id, b.resource_id, r.customer_id FROM budgets b"
+        " JOIN resources r ON r.id = b.resource_id WHERE b.id = ANY(%s)",
+        (uuids(ids),),
+    )
+    return {from_uuid(r[0]): (from_uuid(r[1]), from_uuid(r[2])) for r in await cursor.fetchall()}
+
+
+async def block_terms(conn: Connection, ids: Collection[int]) -> dict[int, BlockTerms]:
+    """grant -> its terms, for the grants the catalog knows."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT id, currency, consideration_minor, amount FROM grants WHERE id = ANY(%s)",
+        (uuids(ids),),
+    )
+    return {
+        from_uuid(r[0]): BlockTerms(r[1] or "", int(r[2]), from_amount(r[3]))
+        for r in await cursor.fetchall()
+    }
+
+
+async def insert_entries(conn: Connection, rows: Sequence[EntryRow]) -> None:
+    """COPYs new entries (none of them may be there: the caller holds the watermark)."""
+    if not rows:
+        return
+    await _ensure_partitions(conn, {_month(row.entry.effective_at_ns) for row in rows})
+    statement = f"COPY ledger_entries ({_ENTRY_COLUMNS}) FROM STDIN"
+    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        await copy.write(_entries_text(rows))
+
+
+async def add_rollups(conn: Connection, rows: Sequence[RollupRow]) -> None:
+    """Adds consumption to the rollups (one row per key at most in `rows`)."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        INSERT INTO usage_rollups AS u (
+            customer_id, grain, bucket_start, resource_id, wallet_id, credit_type_id,
+            dimension_set_id, currency, credits, value_minor, entries)
+        SELECT c, g, timestamptz 'epoch' + b * interval '1 microsecond', r, w, t, d, cu, cr,
+               v / 1000000000.0, n
+        FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::uuid[], %s::uuid[], %s::bigint[],
+                    %s::uuid[], %s::text[], %s::numeric[], %s::numeric[], %s::bigint[])
+             AS x (c, g, b, r, w, t, d, cu, cr, v, n)
+        ON CONFLICT (customer_id, grain, bucket_start, resource_id, wallet_id, credit_type_id,
+                     dimension_set_id, currency)
+        DO UPDATE SET credits = u.credits + excluded.credits,
+                      value_minor = u.value_minor + excluded.value_minor,
+                      entries = u.entries + excluded.entries
+        """,
+        (
+            [_uuid_text(r.customer_id) for r in rows],
+            [r.grain for r in rows],
+            [r.bucket_start_ns // 1000 for r in rows],
+            [_uuid_text(r.resource_id) for r in rows],
+            [_uuid_text(r.wallet_id) for r in rows],
+            [r.credit_type_id for r in rows],
+            [_uuid_text(r.dimension_set_id) if r.dimension_set_id else ZERO_UUID for r in rows],
+            [r.currency for r in rows],
+            [r.credits for r in rows],
+            [r.value_nano for r in rows],
+            [r.entries for r in rows],
+        ),
+    )
+
+
+_ENTRY_COLUMNS: Final = (
+    "transfer_id, kind, effective_at, engine_ts, code, credit_type_id, account_id, account_kind,"
+    " wallet_id, resource_id, customer_id, operation_id, reservation_id, amount, pending,"
+    " dimension_set_id, currency, value_minor"
+)
+
+# The months that have a partition of ledger_entries, per database (loaded once per process).
 _MONTHS: dict[str, set[str]] = {}
+_NS_PER_S: Final = 1_000_000_000
 
 
-async def apply_batch(
-    conn: Connection,
-    *,
-    entries: Sequence[Entry],
-    opened: Sequence[PendingLeg],
-    resolved: Collection[int],
-    from_ts: int,
-    watermark_ts: int,
-) -> Applied:
-    """Writes one batch in one transaction: `entries`; the pending legs `opened` and those
-    `resolved`; a timeout entry for every open leg that expired by `watermark_ts`; the rollups
-    of the new entries; the watermark moved from `from_ts` to `watermark_ts`. Entries already
-    there (same transfer and kind) are skipped, and add nothing to the rollups. Raises
-    LostLeadership, writing nothing, when the watermark is not at `from_ts`."""
-    assert watermark_ts >= from_ts
-    await _ensure_staging(conn)
-    async with conn.transaction():
-        if conn not in _STAGING_READY:
-            await conn.execute(_STAGING)
-        async with conn.cursor() as cursor:
-            if entries:
-                async with cursor.copy(f"COPY entries_in ({_STAGED}) FROM STDIN") as copy:
-                    await copy.write(_entries_text(entries))
-            if resolved:
-                await cursor.execute(
-                    "DELETE FROM projection_pending WHERE transfer_id = ANY(%s)",
-                    (uuids(resolved),),
-                )
-            if opened:
-                async with cursor.copy(
-                    f"COPY projection_pending ({_PENDING_COLUMNS}) FROM STDIN"
-                ) as copy:
-                    await copy.write(_pending_text(opened))
-            await cursor.execute(_TIMEOUTS, (watermark_ts,))
-            timeouts = cursor.rowcount
-            await _ensure_partitions(conn)
-            await cursor.execute(_INSERT)
-            row = await cursor.fetchone()
-            assert row is not None
-            inserted = int(row[0])
-            await cursor.execute(
-                "UPDATE projection_state SET watermark_ts = %s, entries = entries + %s,"
-                " updated_at = now() WHERE name = 'ledger' AND watermark_ts = %s",
-                (watermark_ts, inserted, from_ts),
-            )
-            if cursor.rowcount != 1:
-                raise LostLeadership("the projection's watermark moved under this feed")
-    return Applied(inserted, max(timeouts, 0))
+def _month(at_ns: int) -> str:
+    return datetime.fromtimestamp(at_ns // _NS_PER_S, UTC).strftime("%Y-%m")
 
 
-async def _ensure_staging(conn: Connection) -> None:
-    if conn not in _STAGING_READY and conn.info.transaction_status is TransactionStatus.IDLE:
-        async with conn.transaction():
-            await conn.execute(_STAGING)
-        _STAGING_READY.add(conn)
-
-
-async def _ensure_partitions(conn: Connection) -> None:
-    """Creates the month partitions the staged entries need (in the batch's transaction)."""
+async def _ensure_partitions(conn: Connection, months: set[str]) -> None:
+    """Creates the month partitions `months` ('YYYY-MM', UTC) that do not exist yet."""
     database = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
-    months = _MONTHS.get(database)
-    if months is None:
+    known = _MONTHS.get(database)
+    if known is None or not months <= known:
         cursor = await conn.execute(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             " WHERE i.inhparent = 'ledger_entries'::regclass"
         )
-        months = {row[0] for row in await cursor.fetchall()}
-        _MONTHS[database] = months
-    cursor = await conn.execute(
-        "SELECT DISTINCT to_char((timestamptz 'epoch' + effective_us * interval '1 microsecond')"
-        " AT TIME ZONE 'UTC', 'YYYY-MM') FROM entries_in"
-    )
-    for (month,) in await cursor.fetchall():
+        known = _MONTHS[database] = {row[0] for row in await cursor.fetchall()}
+    for month in sorted(months):
         name = partition_name(month)
-        if name in months:
+        if name in known:
             continue
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
         end = (
@@ -305,7 +330,7 @@ async def _ensure_partitions(conn: Connection) -> None:
             f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF ledger_entries"
             f" FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
         )
-        months.add(name)
+        known.add(name)
 
 
 def partition_name(month: str) -> str:
@@ -319,37 +344,73 @@ def forget_partitions() -> None:
     _MONTHS.clear()
 
 
+def _uuid_text(value: int) -> str:
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NULL: Final = "\\N"  # COPY's NULL
+
+
 def _nullable(value: int) -> str:
-    return "\\N" if value == 0 else _hex(value)
+    return _NULL if value == 0 else f"{value:032x}"
 
 
-def _hex(value: int) -> str:
-    return f"{value:032x}"
+def _decimal_nano(value: int) -> str:
+    """10^-9 units as a decimal with 9 places."""
+    sign = "-" if value < 0 else ""
+    whole, fraction = divmod(abs(value), _NS_PER_S)
+    return f"{sign}{whole}.{fraction:09d}"
 
 
-def _entries_text(entries: Sequence[Entry]) -> bytes:
-    """The entries in COPY's text format, written here rather than by psycopg's adapters."""
+def _timestamp_us(at_ns: int) -> str:
+    """A timestamptz in COPY's text format, to the microsecond (what Postgres keeps)."""
+    at_us = at_ns // 1000
+    seconds, micros = divmod(at_us, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{micros:06d}+00"
+
+
+def _entries_text(rows: Sequence[EntryRow]) -> bytes:
+    """The rows in COPY's text format, written here rather than by psycopg's adapters."""
     lines = []
-    for e in entries:
+    for row in rows:
+        e = row.entry
         lines.append(
-            f"{_hex(e.transfer_id)}\t{e.kind}\t{e.effective_at_ns // 1000}\t{e.engine_ts}\t"
-            f"{e.code}\t{e.credit_type_id}\t{_hex(e.account_id)}\t{e.account_kind}\t{_hex(e.owner_id)}\t"
-            f"{_nullable(e.wallet_id)}\t{_nullable(e.operation_id)}\t"
+            f"{e.transfer_id:032x}\t{e.kind}\t{_timestamp_us(e.effective_at_ns)}\t{e.engine_ts}\t"
+            f"{e.code}\t{e.credit_type_id}\t{e.account_id:032x}\t{e.account_kind}\t"
+            f"{_nullable(e.wallet_id)}\t{_nullable(row.resource_id)}\t"
+            f"{_nullable(row.customer_id)}\t{_nullable(e.operation_id)}\t"
             f"{_nullable(e.reservation_id)}\t{e.amount}\t{e.pending}\t"
-            f"{_nullable(e.dimension_set_id)}\n"
+            f"{_nullable(e.dimension_set_id)}\t{row.currency or _NULL}\t"
+            f"{_decimal_nano(row.value_nano)}\n"
         )
     return "".join(lines).encode()
+
+
+def _pending_leg(row: tuple[Any, ...]) -> PendingLeg:
+    return PendingLeg(
+        transfer_id=from_uuid(row[0]),
+        expires_at_ns=int(row[1]),
+        amount=from_amount(row[2]),
+        code=int(row[3]),
+        credit_type_id=int(row[4]),
+        account_id=from_uuid(row[5]),
+        account_kind=row[6],
+        owner_id=from_uuid(row[7]),
+        wallet_id=_id(row[8]),
+        reservation_id=_id(row[9]),
+        dimension_set_id=_id(row[10]),
+    )
 
 
 def _pending_text(legs: Sequence[PendingLeg]) -> bytes:
     lines = []
     for leg in legs:
         lines.append(
-            f"{_hex(leg.transfer_id)}\t{leg.expires_at_ns}\t{leg.amount}\t{leg.code}\t"
-            f"{leg.credit_type_id}\t"
-            f"{_hex(leg.account_id)}\t{leg.account_kind}\t{_hex(leg.owner_id)}\t"
-            f"{_nullable(leg.wallet_id)}\t{_nullable(leg.reservation_id)}\t"
-            f"{_nullable(leg.dimension_set_id)}\n"
+            f"{leg.transfer_id:032x}\t{leg.expires_at_ns}\t{leg.amount}\t{leg.code}\t"
+            f"{leg.credit_type_id}\t{leg.account_id:032x}\t{leg.account_kind}\t"
+            f"{leg.owner_id:032x}\t{_nullable(leg.wallet_id)}\t"
+            f"{_nullable(leg.reservation_id)}\t{_nullable(leg.dimension_set_id)}\n"
         )
     return "".join(lines).encode()
 
