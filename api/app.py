@@ -42,7 +42,7 @@ from ledger.repositories.api_keys import KEY_CHARS
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.dimensions import DimensionSets
-from wallets.projection import ProjectionFeed
+from wallets.projection import ProjectionFeed, ProjectionStatus
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -66,7 +66,8 @@ class ApiSettings:
     # How the process collects garbage (ledger.heap); None leaves CPython's defaults. The
     # server sets it: with the embedded engine its heap is large and lives as long as it does.
     heap: HeapPolicy | None = None
-    # Feed the projection of the ledger into Postgres from this process (wallets.projection).
+    # Feed the projection of the ledger into Postgres from this process (wallets.projection);
+    # the server runs it in a process of its own instead (`credit-ledger projection feed`).
     projection: bool = True
 
 
@@ -119,11 +120,12 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
     catalog = Catalog()
     service = CreditService(ledger, catalog, dimensions=DimensionSets(pool))
     feed = ProjectionFeed(ledger, pool)
+    status = ProjectionStatus(pool)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
     metrics.watch_engine(lambda: ledger.health)
-    metrics.watch_projection(feed)
+    metrics.watch_projection(status)
     control = ControlPlane(pool, service)
     metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
@@ -134,6 +136,7 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
         control=control,
         statements=Statements(ledger, catalog, clock_ns=service.clock_ns),
         projection=feed,
+        projection_status=status,
         keys=KeyCache(),
         metrics=metrics,
     )
@@ -189,6 +192,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             await _reconcile_on_start(services)
         if settings.projection:
             services.start(services.projection.run(), "projection")
+        services.start(services.projection_status.run(), "projection-status")
         services.start(_follow(services, settings.database), "cache-follow")
         if settings.heap is not None:
             services.start(manage_heap(settings.heap), "heap")

@@ -12,12 +12,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ledger.client import ENGINE_STATES, EngineHealth
+from ledger.repositories.projection import State
 
 
 class ProjectionView(Protocol):
-    leader: bool
-    watermark_ts: int | None
-    entries_written: int
+    state: State | None
 
     def lag_s(self) -> float | None: ...
 
@@ -57,29 +56,24 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
 
-    def watch_projection(self, feed: ProjectionView) -> None:
-        """The projection of the ledger into Postgres: how far behind the engine it may be,
-        where it stands, what it wrote, whether this process leads it."""
+    def watch_projection(self, status: ProjectionView) -> None:
+        """The projection of the ledger into Postgres, whichever process feeds it: how far
+        behind the engine it may be, where it stands, how many entries it holds."""
         Gauge(
             "credit_projection_lag_seconds",
             "Now less the engine time up to which the projection is complete (-1: unknown)",
             registry=self.registry,
-        ).set_function(lambda: _or_unknown(feed.lag_s()))
+        ).set_function(lambda: _or_unknown(status.lag_s()))
         Gauge(
             "credit_projection_watermark_timestamp_seconds",
             "Engine timestamp of the last transfer projected",
             registry=self.registry,
-        ).set_function(lambda: (feed.watermark_ts or 0) / 1e9)
+        ).set_function(lambda: status.state.watermark_ts / 1e9 if status.state else 0.0)
         Gauge(
-            "credit_projection_entries_written",
-            "Entries this process wrote to the projection since it started",
+            "credit_projection_entries",
+            "Entries in the projection",
             registry=self.registry,
-        ).set_function(lambda: feed.entries_written)
-        Gauge(
-            "credit_projection_leader",
-            "1 while this process feeds the projection (one process at a time does)",
-            registry=self.registry,
-        ).set_function(lambda: 1 if feed.leader else 0)
+        ).set_function(lambda: status.state.entries if status.state else 0)
 
     def watch_reconciliation(self, failures_open: Callable[[], int]) -> None:
         """What reconciliation could not finish and nobody resolved (`credit-ledger

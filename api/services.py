@@ -15,7 +15,7 @@ from grants.service import GrantService
 from ledger.db import Pool
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
-from wallets.projection import ProjectionFeed
+from wallets.projection import ProjectionFeed, ProjectionStatus
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -30,7 +30,8 @@ class Services:
     grant_service: GrantService
     control: ControlPlane
     statements: Statements
-    projection: ProjectionFeed
+    projection: ProjectionFeed  # run in this process when ApiSettings.projection
+    projection_status: ProjectionStatus
     keys: KeyCache
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -84,12 +84,15 @@ def _run(scenario: str, projection: bool, seconds: int) -> dict[str, float | str
         key = _key(tmp)
         with started_service(tmp, [flag]) as (url, _):
             code, resource = _setup(url, key)
-            lua = LUA_COMMON.format(
-                key=key, resource=resource, code=code, run=uuid.uuid4().hex[:8]
-            ).replace(
-                '"credit_type":"{code}"'.replace("{code}", code),
-                f'"credit_type":"{code}",{DIMENSIONS}',
-            ) + LUA[scenario]
+            lua = (
+                LUA_COMMON.format(
+                    key=key, resource=resource, code=code, run=uuid.uuid4().hex[:8]
+                ).replace(
+                    '"credit_type":"{code}"'.replace("{code}", code),
+                    f'"credit_type":"{code}",{DIMENSIONS}',
+                )
+                + LUA[scenario]
+            )
             sampler = LagSampler(url)
             sampler.start()
             result = _wrk(url, lua, connections, seconds)

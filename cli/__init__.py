@@ -179,11 +179,19 @@ async def _serve(
     from ledger.heap import HeapPolicy
 
     async with runtime(data_dir, engine_process=engine_process) as rt:
+        beside = projection and _feed_beside(data_dir, engine_process)
         app = create_app(
-            ApiSettings(database=rt.conninfo, heap=HeapPolicy(), projection=projection),
+            ApiSettings(
+                database=rt.conninfo, heap=HeapPolicy(), projection=projection and not beside
+            ),
             ledger=rt.ledger,
             pool=rt.pool,
         )
+        if beside:
+            env = {**env_with_data_dir(data_dir), "DATABASE_URL": rt.conninfo}
+            feeding = _Beside(env)
+            app.on_startup.append(feeding.start)
+            app.on_shutdown.append(feeding.stop)
         if with_jobs:
             jobs = Jobs(app.state.services.control, JobSettings())
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
@@ -205,6 +213,82 @@ async def _serve(
         )
         await server.serve(sockets=[sock])
         return server.stopped_by
+
+
+def _feed_beside(data_dir: Path | None, engine_process: bool) -> bool:
+    """Whether `serve` feeds the projection from a process of its own: on a cluster, or with
+    the embedded engine in a process whose clients socket another process can reach."""
+    from ledger.embedded.process import CLIENTS_SOCKET, CLIENTS_SOCKET_PATH_BYTES_MAX
+
+    settings = LedgerSettings.from_env(env_with_data_dir(data_dir))
+    if settings.tb_addresses:
+        return True
+    path = settings.data_dir / CLIENTS_SOCKET
+    return engine_process and len(str(path).encode()) <= CLIENTS_SOCKET_PATH_BYTES_MAX
+
+
+class _Beside:
+    """`credit-ledger projection feed` beside the server, started again whenever it ends. It
+    ends itself when the server does, however (its standard input closes)."""
+
+    RESTART_S_MAX = 10.0
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="projection")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _run(self) -> None:
+        delay_s = 0.5
+        while True:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cli",
+                "projection",
+                "feed",
+                "--until-stdin-closes",
+                stdin=asyncio.subprocess.PIPE,
+                env=self.env,
+                # Out of the terminal's process group: a Ctrl-C stops the server, which then
+                # ends this process (a SIGINT during its imports would print a traceback).
+                start_new_session=True,
+            )
+            try:
+                code = await child.wait()
+            except asyncio.CancelledError:
+                await _end(child)
+                raise
+            click.echo(
+                f"credit-ledger: the projection feed exited (code {code}); "
+                f"starting it again in {delay_s:.1f} s",
+                err=True,
+            )
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self.RESTART_S_MAX)
+
+
+async def _end(child: asyncio.subprocess.Process) -> None:
+    """Ends a helper process: its standard input closes, then SIGTERM, then SIGKILL."""
+    if child.stdin is not None:
+        child.stdin.close()
+    for signal_to_send in (None, signal.SIGTERM, signal.SIGKILL):
+        if signal_to_send is not None and child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal_to_send)
+        try:
+            await asyncio.wait_for(child.wait(), timeout=5)
+            return
+        except TimeoutError:
+            continue
 
 
 def _listen_or_exit(host: str, port: int) -> socket.socket:

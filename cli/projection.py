@@ -3,6 +3,12 @@ rebuild of it from the engine.
 
     credit-ledger projection status  [--data-dir DIR]
     credit-ledger projection rebuild [--data-dir DIR] --yes
+    credit-ledger projection feed    [--data-dir DIR]
+
+`serve` feeds the projection from a process of its own (`projection feed`, which it starts
+and restarts), so that the feed's work never runs under the requests' interpreter lock; with
+the embedded engine that process reaches the engine through the server's clients socket. On a
+real cluster, any number of `projection feed` processes may run: one leads at a time.
 
 The projection (ledger/README.md, "The projection") is derived from the engine: a rebuild
 empties its tables (entries, usage rollups, open pending legs; the dimension sets stay, they
@@ -14,14 +20,20 @@ feeds it; with the embedded engine, a running `serve` holds the engine and the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
+import sys
 import time
 from pathlib import Path
 
 import click
 
 from ledger import db
+from ledger.client import open_ledger_beside
 from ledger.migrate import migrate as apply_migrations
 from ledger.repositories import projection as repo
+from ledger.settings import LedgerSettings
 from wallets.projection import LeaderBusy, ProjectionFeed
 
 PROGRESS_EVERY_S = 1.0
@@ -98,3 +110,56 @@ async def _rebuild(data_dir: Path | None) -> tuple[int, int, float]:
                 "another process feeds the projection (a running service): stop it first"
             ) from None
         return read, feed.entries_written, time.monotonic() - started
+
+
+@projection.command(name="feed")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--until-stdin-closes",
+    is_flag=True,
+    help="Stop when standard input closes (how `serve` ends the feed it started, however it "
+    "ends itself).",
+)
+def feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
+    """Feed the projection until stopped (SIGTERM). `serve` runs one beside itself."""
+    # A Ctrl-C reaches the whole process group: the server stops first, then ends this one.
+    if until_stdin_closes:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s - projection - %(message)s")
+    asyncio.run(_feed(data_dir, until_stdin_closes))
+
+
+async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
+    from cli import env_with_data_dir
+
+    env = env_with_data_dir(data_dir)
+    database = db.DatabaseSettings.from_env(env)
+    conninfo = await db.resolve_conninfo(database)
+    pool = await db.open_pool(database, conninfo=conninfo)
+    ledger = open_ledger_beside(LedgerSettings.from_env(env))
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    watcher = asyncio.create_task(_stdin_closed()) if until_stdin_closes else None
+    if watcher is not None:
+        watcher.add_done_callback(lambda _: task.cancel())
+    try:
+        await ProjectionFeed(ledger, pool).run()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await ledger.close()
+        await db.close(pool)
+
+
+async def _stdin_closed() -> None:
+    """Returns when standard input reaches its end (the process that started this one ended)."""
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(4096):
+            pass

@@ -37,6 +37,8 @@ from ledger.types import (
     CreateTransferResult,
     QueryFilter,
     Transfer,
+    TransferRecord,
+    transfer_record,
 )
 
 E = TypeVar("E")
@@ -189,6 +191,14 @@ class Ledger:
         result: list[Transfer] = await self._call("query_transfers", query_filter)
         return result
 
+    async def query_transfer_records(self, query_filter: QueryFilter) -> list[TransferRecord]:
+        """`query_transfers` as plain records (`TransferRecord`): straight from an engine
+        process's rows, else converted."""
+        if hasattr(self._client, "query_transfer_records"):
+            records: list[TransferRecord] = await self._call("query_transfer_records", query_filter)
+            return records
+        return [transfer_record(t) for t in await self.query_transfers(query_filter)]
+
     async def close(self) -> None:
         if self._on_close is not None:
             await self._on_close()
@@ -320,6 +330,24 @@ def open_ledger(settings: LedgerSettings, *, engine: Any = None) -> Ledger:
     health = engine.health if isinstance(engine, EngineSupervisor) else None
     return Ledger(
         engine.client_async(), deadline_s=None, on_close=close, engine_name=name, health=health
+    )
+
+
+def open_ledger_beside(settings: LedgerSettings) -> Ledger:
+    """The ledger for another process of a running service (its projection feed): the cluster
+    when `settings.tb_addresses` is set, else the embedded engine of the server that runs on
+    `settings.data_dir`, through its clients socket (`ledger.embedded.process.CLIENTS_SOCKET`).
+    While that engine is not there (the server restarts it), calls raise LedgerUnavailable."""
+    if settings.tb_addresses:
+        return open_ledger(settings)
+    from ledger.embedded.process import CLIENTS_SOCKET, EngineSocketCaller
+
+    caller = EngineSocketCaller(settings.data_dir / CLIENTS_SOCKET)
+    return Ledger(
+        caller.client_async(),
+        deadline_s=None,
+        on_close=caller.aclose,
+        engine_name=f"embedded (through {caller.path})",
     )
 
 

@@ -28,14 +28,14 @@ from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
 from ledger.operations import CHECK, SETUP
 from ledger.repositories.projection import BlockTerms, Entry, EntryRow, PendingLeg, RollupRow
-from ledger.types import Transfer, TransferFlags
+from ledger.types import Transfer, TransferFlags, TransferRecord
 
 NS_PER_S: Final = 1_000_000_000
 # The expiry of a pending leg without a timeout: past every engine timestamp (< 2^63).
 NEVER_NS: Final = (1 << 63) - 1
 
 # Plain ints: an IntFlag `&` is a Python-level call, and the feed tests every transfer's flags
-# (`int(t.flags) & X` stays in C).
+# (`t.flags & X` stays in C).
 _LINKED: Final = int(TransferFlags.LINKED)
 PENDING: Final = int(TransferFlags.PENDING)
 _POST: Final = int(TransferFlags.POST_PENDING_TRANSFER)
@@ -99,40 +99,40 @@ class _Context(msgspec.Struct):
     reservation_id: int = 0
 
 
-def split_chains(transfers: Sequence[Transfer]) -> list[list[Transfer]]:
+def split_chains(transfers: Sequence[TransferRecord]) -> list[list[TransferRecord]]:
     """Whole linked chains, in order; a trailing chain cut short is left out."""
-    chains: list[list[Transfer]] = []
-    current: list[Transfer] = []
+    chains: list[list[TransferRecord]] = []
+    current: list[TransferRecord] = []
     for t in transfers:
         current.append(t)
-        if not int(t.flags) & _LINKED:
+        if not t.flags & _LINKED:
             chains.append(current)
             current = []
     return chains
 
 
-def needed_accounts(chains: Sequence[Sequence[Transfer]]) -> set[int]:
+def needed_accounts(chains: Sequence[Sequence[TransferRecord]]) -> set[int]:
     """The accounts whose kind and owner `project` needs."""
     out: set[int] = set()
     for chain in chains:
         for t in chain:
-            if t.code in MOVING_CODES and not int(t.flags) & _RESOLVES:
+            if t.code in MOVING_CODES and not t.flags & _RESOLVES:
                 out.add(t.debit_account_id)
                 out.add(t.credit_account_id)
     return out
 
 
-def needed_pending(chains: Sequence[Sequence[Transfer]]) -> set[int]:
+def needed_pending(chains: Sequence[Sequence[TransferRecord]]) -> set[int]:
     """The pending legs that posts and voids in these chains resolve."""
     return {
         t.pending_id
         for chain in chains
         for t in chain
-        if int(t.flags) & _RESOLVES and t.code in MOVING_CODES
+        if t.flags & _RESOLVES and t.code in MOVING_CODES
     }
 
 
-def refunded_debits(chains: Sequence[Sequence[Transfer]]) -> set[int]:
+def refunded_debits(chains: Sequence[Sequence[TransferRecord]]) -> set[int]:
     """The debits that usage refunds in these chains give back (their legs name them)."""
     return {
         t.user_data_128 for chain in chains for t in chain if t.code == TransferCode.USAGE_REFUND
@@ -152,7 +152,7 @@ def spend_of(setup: Transfer | None, check: Transfer | None) -> SpendOf:
 
 
 def legacy_operations(
-    chains: Sequence[Sequence[Transfer]], spends: Mapping[int, SpendOf]
+    chains: Sequence[Sequence[TransferRecord]], spends: Mapping[int, SpendOf]
 ) -> set[int]:
     """The spends among these chains (and refunded by them) whose dimensions are legacy rows."""
     out = {debit for debit, of in spends.items() if of.dimension_set_id == debit}
@@ -163,7 +163,7 @@ def legacy_operations(
     return out
 
 
-def drain_chain_operation(chain: Sequence[Transfer]) -> tuple[int, int, int] | None:
+def drain_chain_operation(chain: Sequence[TransferRecord]) -> tuple[int, int, int] | None:
     """(operation, wallet, dimension set) of a debit or reservation chain, else None. A chain
     written before spends carried a dimension set has the operation in its check leg: its
     dimension set is then the operation itself (the feed looks it up among the legacy rows)."""
@@ -180,7 +180,7 @@ def drain_chain_operation(chain: Sequence[Transfer]) -> tuple[int, int, int] | N
 
 
 def project(
-    chains: Sequence[Sequence[Transfer]],
+    chains: Sequence[Sequence[TransferRecord]],
     accounts: Mapping[int, AccountInfo],
     pending: Mapping[int, PendingLeg],
     spends: Mapping[int, SpendOf],
@@ -194,7 +194,7 @@ def project(
     for chain in chains:
         context = _context(chain, pending, opened, spends, legacy_dimensions)
         for t in chain:
-            if int(t.flags) & _RESOLVES:
+            if t.flags & _RESOLVES:
                 _resolve(t, pending, opened, out)
             elif t.code in MOVING_CODES:
                 _move(t, accounts, context, opened, out)
@@ -224,7 +224,7 @@ def timeout_entry(leg: PendingLeg) -> Entry:
 
 
 def _context(
-    chain: Sequence[Transfer],
+    chain: Sequence[TransferRecord],
     pending: Mapping[int, PendingLeg],
     opened: Mapping[int, PendingLeg],
     spends: Mapping[int, SpendOf],
@@ -239,7 +239,7 @@ def _context(
         held = chain[2].code == TransferCode.CONTROL_HOLD
         return _Context(wallet, dimensions, op if held else 0)
     for t in chain:
-        if int(t.flags) & _RESOLVES:
+        if t.flags & _RESOLVES:
             leg = opened.get(t.pending_id) or pending.get(t.pending_id)
             if leg is not None:
                 return _Context(leg.wallet_id, leg.dimension_set_id, leg.reservation_id)
@@ -253,7 +253,7 @@ def _context(
 
 
 def _resolve(
-    t: Transfer,
+    t: TransferRecord,
     pending: Mapping[int, PendingLeg],
     opened: dict[int, PendingLeg],
     out: Projected,
@@ -264,14 +264,14 @@ def _resolve(
         if leg is None:
             return  # a leg on system accounts (a marker), or one that moved nothing
         out.resolved.append(leg.transfer_id)
-    posted = t.amount if int(t.flags) & _POST else 0
+    posted = t.amount if t.flags & _POST else 0
     if posted:
         out.entries.append(_resolution(t, leg, "settle", -posted, -posted))
     if leg.amount > posted:
         out.entries.append(_resolution(t, leg, "release", 0, posted - leg.amount))
 
 
-def _resolution(t: Transfer, leg: PendingLeg, kind: str, amount: int, pending: int) -> Entry:
+def _resolution(t: TransferRecord, leg: PendingLeg, kind: str, amount: int, pending: int) -> Entry:
     return Entry(
         transfer_id=t.id,
         kind=kind,
@@ -292,7 +292,7 @@ def _resolution(t: Transfer, leg: PendingLeg, kind: str, amount: int, pending: i
 
 
 def _move(
-    t: Transfer,
+    t: TransferRecord,
     accounts: Mapping[int, AccountInfo],
     context: _Context,
     opened: dict[int, PendingLeg],
@@ -300,7 +300,7 @@ def _move(
 ) -> None:
     if t.amount == 0:
         return  # a balancing leg that moved nothing
-    pending = bool(int(t.flags) & PENDING)
+    pending = bool(t.flags & PENDING)
     for account_id, sign in ((t.debit_account_id, -1), (t.credit_account_id, 1)):
         info = accounts.get(account_id)
         kind = ACCOUNT_KINDS.get(info.code) if info is not None else None

@@ -43,7 +43,13 @@ from ledger.ids import dimension_set_id, projection_tick_id, system_account_id
 from ledger.limits import BATCH_EVENTS_MAX
 from ledger.repositories import projection as repo
 from ledger.repositories.dimensions import insert_dimension_sets
-from ledger.types import CreateTransferStatus, QueryFilter, QueryFilterFlags, Transfer
+from ledger.types import (
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferRecord,
+)
 from wallets import entries as rules
 
 _logger = logging.getLogger(__name__)
@@ -56,6 +62,7 @@ IDLE_S: Final = 0.1  # between polls that found nothing
 TICK_EVERY_S: Final = 1.0  # at most one tick this often
 RETRY_S_MAX: Final = 5.0
 LEADER_LOCK: Final = 7_461_300_001  # pg advisory lock key of the projection's leader
+NS_PER_S: Final = 1_000_000_000
 
 
 class LeaderBusy(RuntimeError):
@@ -86,6 +93,7 @@ class ProjectionFeed:
         self.failures = 0
         self._accounts: collections.OrderedDict[int, rules.AccountInfo] = collections.OrderedDict()
         self._last_tick_ns = 0
+        self._caught_up_written_ns = 0
         self._wallets: dict[int, tuple[int, int]] = {}  # wallet -> (resource, customer)
         self._budgets: dict[int, tuple[int, int]] = {}  # budget -> (resource, customer)
         self._blocks: dict[int, repo.BlockTerms] = {}
@@ -165,10 +173,10 @@ class ProjectionFeed:
             async with self.pool.connection() as conn:
                 self.watermark_ts = (await repo.read_state(conn)).watermark_ts
         watermark = self.watermark_ts
-        transfers = await self.ledger.query_transfers(_after(watermark, self.batch_max))
+        transfers = await self.ledger.query_transfer_records(_after(watermark, self.batch_max))
         if not transfers:
             await self._tick_if_due(watermark, started_ns)
-            self.caught_up_at_ns = started_ns
+            await self._caught_up(started_ns)
             return 0
         chains = rules.split_chains(transfers)
         assert chains, "a request's worth of transfers holds a whole chain"
@@ -179,8 +187,17 @@ class ProjectionFeed:
         self.entries_written += await self._write(watermark, new_watermark, projected)
         self.watermark_ts = new_watermark
         if len(transfers) < self.batch_max:
-            self.caught_up_at_ns = started_ns
+            await self._caught_up(started_ns)
         return len(transfers)
+
+    async def _caught_up(self, at_ns: int) -> None:
+        """Says (in Postgres, at most once a second) that the projection had everything the
+        engine had at `at_ns`: how other processes tell its lag."""
+        self.caught_up_at_ns = at_ns
+        if at_ns - self._caught_up_written_ns >= NS_PER_S:
+            self._caught_up_written_ns = at_ns
+            async with self.pool.connection() as conn:
+                await repo.mark_caught_up(conn, at_ns)
 
     async def _write(self, from_ts: int, to_ts: int, projected: rules.Projected) -> int:
         """Writes a batch in one transaction (ledger/repositories/projection.py, "the batch"):
@@ -215,9 +232,9 @@ class ProjectionFeed:
         self._budgets.update(await repo.budget_owners(conn, budgets))
         self._blocks.update(await repo.block_terms(conn, blocks))
 
-    async def _project(self, chains: Sequence[Sequence[Transfer]]) -> rules.Projected:
+    async def _project(self, chains: Sequence[Sequence[TransferRecord]]) -> rules.Projected:
         accounts = await self._account_infos(rules.needed_accounts(chains))
-        opened_here = {t.id for chain in chains for t in chain if int(t.flags) & rules.PENDING}
+        opened_here = {t.id for chain in chains for t in chain if t.flags & rules.PENDING}
         wanted = rules.needed_pending(chains) - opened_here
         debits = rules.refunded_debits(chains)
         spends = await self._spends(debits) if debits else {}
@@ -298,3 +315,41 @@ def _after(watermark_ts: int, limit: int) -> QueryFilter:
 def _kwargs(pool: Pool) -> dict[str, Any]:
     kwargs = pool.kwargs if isinstance(pool.kwargs, dict) else {}
     return {str(k): str(v) for k, v in kwargs.items() if k != "autocommit"}
+
+
+def lag_of(state: repo.State, now_ns: int) -> float | None:
+    """The projection's lag as any process can tell it from Postgres (see `lag_s`); None
+    before a feed first ran."""
+    complete_ns = max(state.watermark_ts, state.caught_up_ns)
+    if complete_ns == 0:
+        return None
+    return max(0.0, (now_ns - complete_ns) / NS_PER_S)
+
+
+class ProjectionStatus:
+    """Where the projection stands, read from Postgres every `every_s` by a task of the
+    process (its probes and metrics read this, never Postgres): whichever process feeds it."""
+
+    def __init__(self, pool: Pool, *, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self.pool = pool
+        self.clock_ns = clock_ns
+        self.state: repo.State | None = None
+        self.read_at_ns = 0
+
+    def lag_s(self) -> float | None:
+        if self.state is None:
+            return None
+        return lag_of(self.state, self.read_at_ns)
+
+    async def refresh(self) -> None:
+        async with self.pool.connection() as conn:
+            self.state = await repo.read_state(conn)
+        self.read_at_ns = self.clock_ns()
+
+    async def run(self, every_s: float = 1.0) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (psycopg.Error, OSError) as error:
+                _logger.warning("reading the projection's state: %s", error)
+            await asyncio.sleep(every_s)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
@@ -69,21 +71,23 @@ async def healthz(state: State) -> Response[dict[str, Any]]:
         "Not ready: the engine or Postgres does not answer", "ledger: engine restarting (attempt 1)"
     ),
     description="The engine and Postgres answer. The body says where the projection of the "
-    "ledger into Postgres stands: whether this process feeds it (`leader`), how far behind the "
-    "engine it may be (`lag_s`: now less the engine time up to which it is complete; null "
-    "until this process has read it) and its watermark (the engine timestamp, in ns, of the "
-    "last transfer projected). A lagging projection does not make the service unready: "
-    "spending never waits on it.",
+    "ledger into Postgres stands, whichever process feeds it: how far behind the engine it may "
+    "be (`lag_s`: now less the engine time up to which it is complete, as of its state in "
+    "Postgres read at most a second ago; null until read) and its watermark (the engine "
+    "timestamp, in ns, of the last transfer projected). A lagging projection does not make "
+    "the service unready: spending never waits on it.",
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:
     services = services_of(state)
     problems = await services.readiness()
-    feed = services.projection
-    lag_s = feed.lag_s()
+    status = services.projection_status
+    if status.state is None:
+        with contextlib.suppress(psycopg.Error, OSError):
+            await status.refresh()
+    lag_s = status.lag_s()
     projection = {
-        "leader": feed.leader,
         "lag_s": None if lag_s is None else round(lag_s, 3),
-        "watermark_ts": feed.watermark_ts,
+        "watermark_ts": None if status.state is None else status.state.watermark_ts,
     }
     if problems:
         return Response(

@@ -50,9 +50,11 @@ from ledger.client import LedgerUnavailable
 from ledger.embedded.engine import (
     OP_CREATE_ACCOUNTS,
     OP_CREATE_TRANSFERS,
+    QUERY_FIELDS,
     ClientAsyncFace,
     EmbeddedEngine,
     account_tuples,
+    filter_tuple,
     read_argument,
     to_python,
     transfer_tuples,
@@ -66,10 +68,17 @@ from ledger.types import (
     CreateAccountStatus,
     CreateTransferResult,
     CreateTransferStatus,
+    QueryFilter,
     Transfer,
+    TransferRecord,
 )
 
 _FRAME = struct.Struct("<I")
+# Where the engine process listens for the service's other processes (the projection feed), in
+# its data directory; `EngineSocketCaller` connects to it.
+CLIENTS_SOCKET = "clients.sock"
+# A Unix socket's path has a small limit (108 bytes on Linux, with its terminating NUL).
+CLIENTS_SOCKET_PATH_BYTES_MAX = 100
 _SOCKET_BUFFER_BYTES = 4 << 20
 _READS = frozenset(
     {
@@ -415,6 +424,51 @@ class EngineProcess:
             return self._kill()
 
 
+class EngineSocketCaller:
+    """Calls an engine process through its clients socket (`CLIENTS_SOCKET`), from another
+    process of the service: one request at a time. A connection that fails, or an engine that
+    is not there (it restarts), raises LedgerUnavailable; the next call connects again."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def call(self, operation: str, argument: Any) -> Any:
+        async with self._lock:
+            try:
+                if self._writer is None:
+                    self._reader, self._writer = await asyncio.open_unix_connection(
+                        str(self.path), limit=_SOCKET_BUFFER_BYTES
+                    )
+                assert self._reader is not None
+                data = marshal.dumps((operation, argument))
+                self._writer.write(_FRAME.pack(len(data)) + data)
+                header = await self._reader.readexactly(_FRAME.size)
+                body = await self._reader.readexactly(_FRAME.unpack(header)[0])
+            except (OSError, asyncio.IncompleteReadError) as error:
+                await self.aclose()
+                raise LedgerUnavailable(
+                    f"the engine is not answering on {self.path} ({type(error).__name__}); "
+                    "the outcome of a request in flight is unknown"
+                ) from None
+        ok, value = marshal.loads(body)
+        if not ok:
+            raise _error(*value)
+        return value
+
+    def client_async(self) -> EngineProcessClientAsync:
+        return EngineProcessClientAsync(self)
+
+    async def aclose(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 class Caller(Protocol):
     """What sends a request to an engine process: the process itself, or its supervisor."""
 
@@ -439,6 +493,12 @@ class EngineProcessClientAsync(ClientAsyncFace):
     async def _read(self, operation: str, argument: Any) -> list[Any]:
         rows = await self._engine.call(operation, read_argument(operation, argument))
         return to_python(operation, rows)
+
+    async def query_transfer_records(self, query_filter: QueryFilter) -> list[TransferRecord]:
+        """`query_transfers` as plain records: the engine's rows, as they came."""
+        argument = read_argument("query_transfers", filter_tuple(query_filter, QUERY_FIELDS))
+        rows = await self._engine.call("query_transfers", argument)
+        return list(map(TransferRecord._make, rows))
 
 
 # -----------------------------------------------------------------------------------------
@@ -506,25 +566,68 @@ def _expand(
     return results
 
 
-async def _serve(engine: EmbeddedEngine, sock: socket.socket) -> None:
+async def _write_answers(
+    engine: EmbeddedEngine, answers: asyncio.Queue[Any], transport: asyncio.BaseTransport
+) -> None:
+    """Sends each answer, in order, once its journal record is durable; until the end."""
+    while (item := await answers.get()) is not None:
+        position, frame = item
+        try:
+            await engine.wait_async(position)
+        except Exception as exc:  # the journal failed: say so, in order
+            frame = _frame((False, (type(exc).__name__, str(exc))))
+        cast(asyncio.WriteTransport, transport).write(frame)
+
+
+class _Client(_Requests):
+    """A connection to `clients.sock` (see `CLIENTS_SOCKET`): requests and answers as on the
+    parent's socket, with a queue of its own. Its end does not end the engine."""
+
+    def __init__(self, engine: EmbeddedEngine) -> None:
+        super().__init__(engine, asyncio.Queue())
+        self._writer: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        writing = _write_answers(self._engine, self._answers, transport)
+        self._writer = asyncio.get_running_loop().create_task(writing)
+        self._writer.add_done_callback(lambda _: transport.close())
+
+
+async def _serve(engine: EmbeddedEngine, sock: socket.socket, clients: Path | None) -> None:
     from ledger.heap import HeapPolicy, manage_heap
 
     loop = asyncio.get_running_loop()
     answers: asyncio.Queue[Any] = asyncio.Queue()
     transport, _ = await loop.create_unix_connection(lambda: _Requests(engine, answers), sock=sock)
     heap = asyncio.create_task(manage_heap(HeapPolicy()))
+    server = await _serve_clients(engine, clients) if clients is not None else None
     try:
-        while (item := await answers.get()) is not None:
-            position, frame = item
-            try:
-                await engine.wait_async(position)
-            except Exception as exc:  # the journal failed: say so, in order
-                frame = _frame((False, (type(exc).__name__, str(exc))))
-            transport.write(frame)
+        await _write_answers(engine, answers, transport)
     finally:
         heap.cancel()
+        if server is not None:
+            server.close()
         engine.close()
         transport.close()
+
+
+async def _serve_clients(engine: EmbeddedEngine, path: Path) -> asyncio.AbstractServer | None:
+    """Listens on `path` for other processes of the service (the projection feed). The data
+    directory's lock is this process's, so a socket file there is a dead engine's: replaced.
+    Only the owner of the data directory may connect (the socket is 0600)."""
+    if len(str(path).encode()) > CLIENTS_SOCKET_PATH_BYTES_MAX:
+        print(f"engine: {path} is too long for a socket; no other clients", file=sys.stderr)
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    umask = os.umask(0o177)
+    try:
+        return await asyncio.get_running_loop().create_unix_server(
+            lambda: _Client(engine), path=str(path)
+        )
+    finally:
+        os.umask(umask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,6 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--snapshot-bytes", type=int, default=JOURNAL_SNAPSHOT_BYTES_DEFAULT)
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--no-clients", action="store_true", help="listen on no client socket")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
@@ -549,5 +653,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(_serve(engine, sock))
+    clients = None if args.no_clients else args.data_dir / CLIENTS_SOCKET
+    asyncio.run(_serve(engine, sock, clients))
     return 0

@@ -113,11 +113,14 @@ CREATE TABLE projection_pending (
 CREATE INDEX projection_pending_expiry_idx ON projection_pending (expires_at_ns);
 
 -- Where the feed stands: the engine timestamp of the last transfer projected (0: none yet),
--- committed with the rows it covers.
+-- committed with the rows it covers; `caught_up_ns`: the wall time (ns) at which the leading
+-- feed last found that the engine had nothing newer (written at most once a second), so that
+-- every process can tell the projection's lag (wallets/projection.py, `lag_s`).
 CREATE TABLE projection_state (
     name         text        PRIMARY KEY CHECK (name = 'ledger'),
     watermark_ts bigint      NOT NULL CHECK (watermark_ts >= 0),
     entries      bigint      NOT NULL CHECK (entries >= 0),
+    caught_up_ns bigint      NOT NULL DEFAULT 0,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO projection_state (name, watermark_ts, entries) VALUES ('ledger', 0, 0);

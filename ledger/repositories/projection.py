@@ -5,6 +5,7 @@ transaction (see "the batch" below).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -56,6 +57,7 @@ class PendingLeg(msgspec.Struct, frozen=True):
 class State(msgspec.Struct, frozen=True):
     watermark_ts: int  # the engine timestamp of the last transfer projected (0: none)
     entries: int  # entries written since the projection started (or was rebuilt)
+    caught_up_ns: int  # wall time when the leading feed last found nothing newer (0: never)
     updated_at: datetime
 
 
@@ -68,11 +70,21 @@ class LostLeadership(RuntimeError):
 
 async def read_state(conn: Connection) -> State:
     cursor = await conn.execute(
-        "SELECT watermark_ts, entries, updated_at FROM projection_state WHERE name = 'ledger'"
+        "SELECT watermark_ts, entries, caught_up_ns, updated_at FROM projection_state"
+        " WHERE name = 'ledger'"
     )
     row = await cursor.fetchone()
     assert row is not None, "migration 0008 inserts the state row"
-    return State(int(row[0]), int(row[1]), row[2])
+    return State(int(row[0]), int(row[1]), int(row[2]), row[3])
+
+
+async def mark_caught_up(conn: Connection, at_ns: int) -> None:
+    """The leading feed found the engine had nothing newer than the watermark at `at_ns`."""
+    await conn.execute(
+        "UPDATE projection_state SET caught_up_ns = greatest(caught_up_ns, %s)"
+        " WHERE name = 'ledger'",
+        (at_ns,),
+    )
 
 
 _PENDING_COLUMNS: Final = (
@@ -302,8 +314,13 @@ _MONTHS: dict[str, set[str]] = {}
 _NS_PER_S: Final = 1_000_000_000
 
 
+@functools.lru_cache(maxsize=4096)
+def _day_month(day: int) -> str:
+    return datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y-%m")
+
+
 def _month(at_ns: int) -> str:
-    return datetime.fromtimestamp(at_ns // _NS_PER_S, UTC).strftime("%Y-%m")
+    return _day_month(at_ns // (86_400 * _NS_PER_S))
 
 
 async def _ensure_partitions(conn: Connection, months: set[str]) -> None:
@@ -363,11 +380,15 @@ def _decimal_nano(value: int) -> str:
     return f"{sign}{whole}.{fraction:09d}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _timestamp_us(at_ns: int) -> str:
     """A timestamptz in COPY's text format, to the microsecond (what Postgres keeps)."""
-    at_us = at_ns // 1000
-    seconds, micros = divmod(at_us, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{micros:06d}+00"
+    seconds, micros = divmod(at_ns // 1000, 1_000_000)
+    return f"{_second_text(seconds)}.{micros:06d}+00"
 
 
 def _entries_text(rows: Sequence[EntryRow]) -> bytes:
@@ -424,7 +445,8 @@ async def reset(conn: Connection) -> None:
     async with conn.transaction():
         await conn.execute("TRUNCATE ledger_entries, usage_rollups, projection_pending")
         await conn.execute(
-            "UPDATE projection_state SET watermark_ts = 0, entries = 0, updated_at = now()"
+            "UPDATE projection_state SET watermark_ts = 0, entries = 0, caught_up_ns = 0,"
+            " updated_at = now()"
             " WHERE name = 'ledger'"
         )
 

@@ -275,8 +275,9 @@ def test_the_schema_page_lists_the_operations_offline_in_a_browser(
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Ctrl-C signals the terminal's foreground group: the server and its engine (the embedded
-    Postgres runs in a session of its own)."""
+    """Ctrl-C signals the terminal's foreground group: the server and its engine stop, and the
+    server ends its projection feed (which, as the embedded Postgres, runs in a session of its
+    own)."""
     data_dir = tmp_path_factory.mktemp("ctrl-c")
     env = served.env_for(data_dir)
     key = served.create_key(env, "ctrl-c", ("admin", "runtime"))
@@ -291,8 +292,8 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) ->
         wallet = client.create_wallet(WalletIn(resource_id=agent.id, credit_type="c"))
         client.create_grant(GrantIn(wallet_id=wallet.id, amount=10, category=Category.PROMOTIONAL))
         client.create_reservation(ReserveIn(credit_type="c", resource_id=agent.id, amount=1))
-    children = _children(server.pid, "ledger.embedded")
-    assert len(children) == 1
+    children = _children(server.pid, "ledger.embedded") + _children(server.pid, "projection feed")
+    assert len(children) == 2
     os.killpg(server.pid, signal.SIGINT)
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 130, output

@@ -428,7 +428,7 @@ async def test_health_readiness_metrics_and_schema(api: Api) -> None:
     r = await api.client.get("/readyz")
     assert (r.status_code, r.json()["status"]) == (200, "ready")
     projection = r.json()["projection"]
-    assert set(projection) == {"leader", "lag_s", "watermark_ts"}
+    assert set(projection) == {"lag_s", "watermark_ts"}
     world = await make_world(api)
     assert (await api.post("/v1/debits", world.spend(amount=1), key="runtime")).status_code == 201
     assert (
