@@ -125,6 +125,9 @@ class ProjectionFeed:
             except (psycopg.Error, OSError, LedgerUnavailable, repo.LostLeadership) as error:
                 self.failures += 1
                 _logger.warning("projection feed: %s; retrying in %.1f s", error, delay_s)
+            except Exception:  # a bug: said loudly, and the lag grows; the service goes on
+                self.failures += 1
+                _logger.exception("projection feed failed; retrying in %.1f s", delay_s)
             self.leader = False
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RETRY_S_MAX)

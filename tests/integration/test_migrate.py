@@ -76,6 +76,7 @@ async def test_the_packaged_migrations_apply_once(
             "list_indexes",
             "price_history",
             "wallet_changes",
+            "projection",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

@@ -162,6 +162,7 @@ def test_values_are_stable() -> None:
         "CONTROL_CHECK": 19,
         "CONTROL_CAP": 20,
         "RESERVATION_MARKER": 21,
+        "PROJECTION_TICK": 22,
     }
 
 
