@@ -333,6 +333,18 @@ def release_chain(op: Operation, reservation: Sequence[Transfer]) -> list[Transf
     return chain
 
 
+def name_the_spend(chain: list[Transfer], wallet_id: int, dimensions_id: int) -> None:
+    """Makes a settle's fallback debit (header, then `overage_legs` from index 0) say, as a
+    debit does, which wallet spent (its set-up leg) and with which dimensions (event 3: the
+    check, or under `cap` the leg that gives back the shortfall)."""
+    op_id = chain[SETUP].user_data_128
+    assert chain[SETUP].id == leg_id(op_id, SETUP), "not a fallback debit's chain"
+    chain[SETUP].user_data_128 = wallet_id
+    check_id = leg_id(op_id, CHECK)
+    (check,) = [leg for leg in chain if leg.id == check_id]
+    check.user_data_128 = dimensions_id
+
+
 def overage_legs(
     op: Operation, path: SpendPath, amount: int, policy: Overage, *, base: int
 ) -> list[Transfer]:

@@ -29,6 +29,9 @@ from ledger.repositories.dimensions import get_dimension_sets, insert_dimension_
 from ledger.repositories.projection import legacy_dimensions
 
 KNOWN_SETS_MAX: Final = 200_000
+# The codes of a spend's event 3, which carries its dimension set: its check leg (a settle's
+# fallback debit under `cap`: the leg that gives back the shortfall).
+_CARRIERS: Final = (TransferCode.CONTROL_CHECK, TransferCode.CONTROL_CAP)
 
 
 class DimensionSets:
@@ -82,7 +85,7 @@ async def dimensions_of_spends(
         found = {t.id: t for t in await ledger.lookup_transfers(checks)}
         for spend, check_id in zip(chunk, checks, strict=True):
             check = found.get(check_id)
-            if check is None or check.code != TransferCode.CONTROL_CHECK or not check.user_data_128:
+            if check is None or check.code not in _CARRIERS or not check.user_data_128:
                 continue
             if check.user_data_128 == spend:  # a spend made before chains carried a set
                 legacy.append(spend)

@@ -67,6 +67,11 @@ NS_PER_HOUR: Final = 3600 * NS_PER_S
 NS_PER_DAY: Final = 24 * NS_PER_HOUR
 GRAINS: Final = (("hour", NS_PER_HOUR), ("day", NS_PER_DAY))
 
+# The set-up legs of a spend's chain: a debit's, a reservation's, a settle's fallback debit's.
+_SPEND_SETUPS: Final = frozenset(
+    {TransferCode.CONSUME, TransferCode.CONTROL_HOLD, TransferCode.CONTROL_CAP}
+)
+
 # Codes whose transfers can move an owned account: the others are bookkeeping.
 MOVING_CODES: Final = frozenset(POSTED_KINDS) | {TransferCode.RESERVE}
 # The kinds that are consumption (summed by the usage rollups, on blocks and overdraft).
@@ -164,19 +169,27 @@ def legacy_operations(
 
 
 def drain_chain_operation(chain: Sequence[TransferRecord]) -> tuple[int, int, int] | None:
-    """(operation, wallet, dimension set) of a debit or reservation chain, else None. A chain
-    written before spends carried a dimension set has the operation in its check leg: its
-    dimension set is then the operation itself (the feed looks it up among the legacy rows)."""
+    """(operation, wallet, dimension set) of a spend's chain (a debit, a reservation, a settle's
+    fallback debit), else None. The set is on the spend's event 3 (its check leg: the chain's
+    last, but for a fallback under `cap`). A chain written before spends carried a set has the
+    operation there, and in a fallback's set-up leg (then the wallet is 0: unknown); its set is
+    then the operation itself (the feed looks it up among the legacy rows)."""
     if (
         len(chain) < 4
         or chain[0].code != TransferCode.OPERATION_HEADER
         or chain[1].code != TransferCode.CONTROL_NORMALIZE
-        or chain[2].code not in (TransferCode.CONSUME, TransferCode.CONTROL_HOLD)
+        or chain[2].code not in _SPEND_SETUPS
     ):
         return None
+    op = chain[1].user_data_128
+    wallet = chain[2].user_data_128
     last = chain[-1]
-    dimensions = last.user_data_128 if last.code == TransferCode.CONTROL_CHECK else 0
-    return chain[1].user_data_128, chain[2].user_data_128, dimensions
+    if last.code == TransferCode.CONTROL_CHECK:
+        dimensions = last.user_data_128
+    else:
+        check_id = leg_id(op, CHECK)
+        dimensions = next((t.user_data_128 for t in chain if t.id == check_id), 0)
+    return op, 0 if wallet == op else wallet, dimensions
 
 
 def project(

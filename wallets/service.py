@@ -658,6 +658,7 @@ class CreditService:
         if amount == 0:
             raise ReservationExpired("the reservation has timed out; nothing to settle")
         chain = [chains.header(op), *chains.overage_legs(op, path, amount, policy, base=0)]
+        chains.name_the_spend(chain, path.wallet_id, _dimensions_of(reservation))
         chain[-1].flags &= ~TransferFlags.LINKED
         results = await self._create(chain)
         if results[0].status is not S.EXISTS:
@@ -776,6 +777,13 @@ def _flat(dimensions: Mapping[str, str] | None) -> list[str]:
 def _check_amount(amount: int) -> None:
     if not 1 <= amount <= AMOUNT_MAX_REQUEST:
         raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+
+
+def _dimensions_of(reservation: Sequence[Transfer]) -> int:
+    """A reservation's dimension set (its check leg's, ledger/README.md "Dimensions"); 0 for a
+    reservation made before chains carried one."""
+    carried = reservation[chains.CHECK].user_data_128
+    return 0 if carried == reservation[chains.NORMALIZE].user_data_128 else carried
 
 
 def _wallet_of(legs: Sequence[Transfer]) -> int:

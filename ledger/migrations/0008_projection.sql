@@ -38,9 +38,10 @@ DROP TABLE movements;
 -- One row per movement of credits on an owned account (a block, an overdraft account, a budget
 -- account), with the transfer's code (a post, void or timeout: the pending transfer's): `amount` is the signed change of the account's posted balance (credits minus
 -- debits), `pending` the signed change of what reservations hold on it (debits pending). Summed
--- per account, they are the account's balances in the engine. The key is the transfer and the
--- kind (a partial post is a `settle` and a `release` of the same transfer; a timeout has the
--- pending transfer's id). Partitioned by the month of the business effective time, so that old
+-- per account, they are the account's balances in the engine. The key is the transfer, the
+-- kind and the account (a partial post is a `settle` and a `release` of the same transfer, a
+-- grant repaying an overdraft moves two owned accounts, a timeout has the pending transfer's
+-- id). Partitioned by the month of the business effective time, so that old
 -- periods can be detached and archived; the feed creates a month's partition before its first
 -- row.
 CREATE TABLE ledger_entries (
@@ -66,7 +67,7 @@ CREATE TABLE ledger_entries (
     dimension_set_id uuid,
     currency         char(3),
     value_minor      numeric(60,9) NOT NULL,
-    PRIMARY KEY (transfer_id, kind, effective_at)
+    PRIMARY KEY (transfer_id, kind, account_id, effective_at)
 ) PARTITION BY RANGE (effective_at);
 -- Few indexes: the feed writes every entry once, at the engine's pace, and each index costs it.
 -- Entries arrive in engine timestamp order, so a BRIN index serves ranges of engine time

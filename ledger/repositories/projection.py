@@ -455,7 +455,7 @@ async def dump(conn: Connection) -> bytes:
     """Every entry and rollup, in a fixed order, as text: equal projections, equal bytes."""
     out = bytearray()
     for table, order in (
-        ("ledger_entries", "transfer_id, kind"),
+        ("ledger_entries", "transfer_id, kind, account_id"),
         (
             "usage_rollups",
             "customer_id, grain, bucket_start, resource_id, wallet_id,"

@@ -22,7 +22,7 @@ from ledger.repositories._rows import to_uuid
 from ledger.repositories.dimensions import get_dimension_sets
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
-from wallets.catalog import Catalog, Wallet
+from wallets.catalog import Catalog, OverdraftMode, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.dimensions import DimensionSets
 from wallets.projection import ProjectionFeed
@@ -269,3 +269,43 @@ async def test_two_feeds_never_write_a_batch_twice(plane: ControlPlane, pool: db
         await second.step()
     (count,) = await rows(pool, "SELECT count(*) FROM ledger_entries WHERE kind = 'debit'")
     assert count[0] == 20
+
+
+async def test_a_grant_repaying_an_overdraft_is_an_entry_on_each_account(
+    plane: ControlPlane, pool: db.Pool
+) -> None:
+    credit_type, _ = await plane.create_credit_type(
+        ledger=260, code="p60", name="C", asset_scale=0, actor="a", tenant=0, key="ct60"
+    )
+    customer, _ = await plane.create_customer(name="Acme", actor="a", tenant=0, key="cu60")
+    resource, _ = await plane.create_resource(
+        customer_id=customer.id, kind=ResourceKind.AGENT, actor="a", tenant=0, key="re60"
+    )
+    wallet, _ = await plane.create_wallet(
+        resource_id=resource.id,
+        ledger=credit_type.ledger,
+        actor="a",
+        tenant=0,
+        key="wa60",
+        overdraft_mode=OverdraftMode.SOFT,
+        overdraft_limit=100,
+    )
+    await plane.service.debit(
+        tenant=TENANT, key="od", amount=60, ledger=wallet.ledger, wallet_id=wallet.id
+    )
+    block = await grant(plane, wallet, "g60", 500)  # repays the 60 drawn first
+    await feed_of(plane).catch_up()
+    assert wallet.overdraft_account_id is not None
+    for account_id in (block, wallet.overdraft_account_id):
+        (account,) = await plane.service.ledger.lookup_accounts([account_id])
+        ((posted, pending),) = await rows(
+            pool,
+            "SELECT sum(amount), sum(pending) FROM ledger_entries WHERE account_id = %s",
+            to_uuid(account_id),
+        )
+        assert posted == account.credits_posted - account.debits_posted
+        assert pending == account.debits_pending
+    kinds = await rows(
+        pool, "SELECT account_kind FROM ledger_entries WHERE kind = 'overdraft_repay'"
+    )
+    assert sorted(k for (k,) in kinds) == ["block", "overdraft"]
