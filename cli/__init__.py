@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,6 +233,7 @@ class _Beside:
     ends itself when the server does, however (its standard input closes)."""
 
     RESTART_S_MAX = 10.0
+    HEALTHY_RUN_S = 60.0
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -262,11 +264,14 @@ class _Beside:
                 # ends this process (a SIGINT during its imports would print a traceback).
                 start_new_session=True,
             )
+            started = time.monotonic()
             try:
                 code = await child.wait()
             except asyncio.CancelledError:
                 await _end(child)
                 raise
+            if time.monotonic() - started > self.HEALTHY_RUN_S:
+                delay_s = 0.5  # it had been running well: a new failure starts over
             click.echo(
                 f"credit-ledger: the projection feed exited (code {code}); "
                 f"starting it again in {delay_s:.1f} s",
