@@ -231,7 +231,7 @@ async def apply_batch(
     """Writes one batch in one transaction: `entries`; the pending legs `opened` and those
     `resolved`; a timeout entry for every open leg that expired by `watermark_ts`; the rollups
     of the new entries; the watermark moved from `from_ts` to `watermark_ts`. Entries already
-    there (same transfer and kind) are skipped, and add nothing to the rollups. Raises
+    there (same transfer, kind and account) are skipped, and add nothing to the rollups. Raises
     LostLeadership, writing nothing, when the watermark is not at `from_ts`."""
     assert watermark_ts >= from_ts
     await _ensure_staging(conn)
@@ -372,7 +372,7 @@ async def dump(conn: Connection) -> bytes:
     """Every entry and rollup, in a fixed order, as text: equal projections, equal bytes."""
     out = bytearray()
     for table, order in (
-        ("ledger_entries", "transfer_id, kind"),
+        ("ledger_entries", "transfer_id, kind, account_id"),
         (
             "usage_rollups",
             "customer_id, grain, bucket_start, resource_id, wallet_id,"

@@ -45,6 +45,7 @@ async def test_the_packaged_migrations_apply_once(
             "0006_price_history",
             "0007_wallet_changes",
             "0008_projection",
+            "0009_projection_checks",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -76,6 +77,8 @@ async def test_the_packaged_migrations_apply_once(
             "list_indexes",
             "price_history",
             "wallet_changes",
+            "projection",
+            "projection_checks",
         ]
         assert rows[0][3].tzinfo is not None
     finally:
