@@ -43,6 +43,7 @@ from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.dimensions import DimensionSets
 from wallets.projection import ProjectionFeed, ProjectionStatus
+from wallets.reconcile_projection import ProjectionCheck
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -126,6 +127,8 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
     ledger.observe = metrics.engine
     metrics.watch_engine(lambda: ledger.health)
     metrics.watch_projection(status)
+    projection_check = ProjectionCheck(ledger, pool)
+    metrics.watch_projection_check(projection_check)
     control = ControlPlane(pool, service)
     metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
@@ -137,6 +140,7 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
         statements=Statements(ledger, catalog, clock_ns=service.clock_ns),
         projection=feed,
         projection_status=status,
+        projection_check=projection_check,
         keys=KeyCache(),
         metrics=metrics,
     )

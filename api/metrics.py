@@ -1,6 +1,6 @@
 """Prometheus metrics: request counts and latencies per route (litestar's middleware), engine
-latency, decisions by outcome, and a supervised engine's state and restarts. One registry per
-app, so tests can build many apps."""
+latency, decisions by outcome, a supervised engine's state and restarts, the projection and its
+reconciliation. One registry per app, so tests can build many apps."""
 
 from __future__ import annotations
 
@@ -13,12 +13,18 @@ from prometheus_client.registry import Collector
 
 from ledger.client import ENGINE_STATES, EngineHealth
 from ledger.repositories.projection import State
+from wallets.reconcile_projection import KINDS as DIFFERENCE_KINDS
 
 
 class ProjectionView(Protocol):
     state: State | None
 
     def lag_s(self) -> float | None: ...
+
+
+class ProjectionCheckView(Protocol):
+    last_counts: dict[str, int] | None
+    last_ran_at_s: float
 
 
 def _or_unknown(value: float | None) -> float:
@@ -84,6 +90,11 @@ class Metrics:
             registry=self.registry,
         ).set_function(failures_open)
 
+    def watch_projection_check(self, check: ProjectionCheckView) -> None:
+        """The last reconciliation of the projection against the engine that this process ran
+        or read (`credit-ledger reconcile` shows its differences): nothing before the first."""
+        self.registry.register(_ProjectionCheckCollector(check))
+
     def watch_engine(self, health: Callable[[], EngineHealth | None]) -> None:
         """A supervised engine's state and restarts, read at each scrape (nothing while
         `health` is None: an engine without a supervisor)."""
@@ -94,6 +105,35 @@ class Metrics:
 
     def decision(self, operation: str, outcome: str, count: int = 1) -> None:
         self.decisions.labels(operation, outcome).inc(count)
+
+
+class _ProjectionCheckCollector(Collector):
+    def __init__(self, check: ProjectionCheckView) -> None:
+        self._check = check
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._check.last_counts
+        if counts is None:
+            return
+        differences = GaugeMetricFamily(
+            "credit_projection_differences",
+            "Differences between the engine and the projection found by the last "
+            "reconciliation, per kind (ledger/README.md, 'Reconciliation of the projection')",
+            labels=["kind"],
+        )
+        for kind in DIFFERENCE_KINDS:
+            differences.add_metric([kind], float(counts.get(kind, 0)))
+        yield differences
+        yield GaugeMetricFamily(
+            "credit_projection_check_clean",
+            "1 when the last reconciliation of the projection found no difference, else 0",
+            value=0.0 if any(counts.values()) else 1.0,
+        )
+        yield GaugeMetricFamily(
+            "credit_projection_check_timestamp_seconds",
+            "When the last reconciliation of the projection ran",
+            value=self._check.last_ran_at_s,
+        )
 
 
 class _EngineCollector(Collector):

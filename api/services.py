@@ -16,6 +16,7 @@ from ledger.db import Pool
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.projection import ProjectionFeed, ProjectionStatus
+from wallets.reconcile_projection import ProjectionCheck
 from wallets.service import CreditService
 from wallets.statements import Statements
 
@@ -32,6 +33,9 @@ class Services:
     statements: Statements
     projection: ProjectionFeed  # run in this process when ApiSettings.projection
     projection_status: ProjectionStatus
+    # Reconciliation of the projection against the engine: the jobs run it, the metrics show
+    # its last run.
+    projection_check: ProjectionCheck
     keys: KeyCache
     metrics: Metrics
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

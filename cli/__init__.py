@@ -194,7 +194,8 @@ async def _serve(
             app.on_startup.append(feeding.start)
             app.on_shutdown.append(feeding.stop)
         if with_jobs:
-            jobs = Jobs(app.state.services.control, JobSettings())
+            services = app.state.services
+            jobs = Jobs(services.control, JobSettings(), projection_check=services.projection_check)
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
             app.on_shutdown.append(jobs.stop)
         server = Server(
@@ -330,7 +331,8 @@ async def _jobs(data_dir: Path | None) -> None:
         follower = asyncio.create_task(services.control.follow(rt.conninfo))
         click.echo(f"credit-ledger jobs: engine {rt.ledger.engine_name}", err=True)
         try:
-            await Jobs(services.control, JobSettings()).run(rt.conninfo)
+            jobs = Jobs(services.control, JobSettings(), projection_check=services.projection_check)
+            await jobs.run(rt.conninfo)
         finally:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -99,6 +99,19 @@ RESERVATIONS_SCANNED_PER_PAGE_MAX = 2000
 RESERVATION_TIMEOUT_S_DEFAULT = 3600
 RESERVATION_TIMEOUT_S_MAX = 24 * 3600
 
+# Reconciliation of the projection (wallets/reconcile_projection.py). A run reads at most this
+# many of the engine's transfers after the last clean range (a long history takes several runs);
+# it keeps what it tells of each difference for this many of each kind (all are counted); and it
+# has at most this many balance reads in flight toward the engine.
+PROJECTION_CHECK_TRANSFERS_MAX = 1_000_000
+PROJECTION_CHECK_EXAMPLES_MAX = 20
+PROJECTION_CHECK_READS_IN_FLIGHT_MAX = 64
+# A pending leg whose timeout falls this close before an account's transfer may not yet have
+# been released by the engine when that transfer was applied (TigerBeetle expires pending
+# transfers between requests, not between the events of one): see ledger/README.md,
+# "Reconciliation of the projection".
+PROJECTION_CHECK_EXPIRY_WINDOW_NS = 1_000_000_000
+
 # HTTP. A request body larger than this is refused with 413 before it is read whole.
 REQUEST_BODY_BYTES_MAX = 1024 * 1024
 
@@ -161,3 +174,6 @@ assert ENGINE_RESTART_PAUSE_S_MIN * 2 ** (ENGINE_RESTART_ATTEMPTS_MAX - 2) >= (
 assert 0 < ENGINE_EXIT_GRACE_S < ENGINE_START_TIMEOUT_S
 assert 1 <= LIST_PAGE_ROWS_DEFAULT <= LIST_PAGE_ROWS_MAX <= RESERVATIONS_SCANNED_PER_PAGE_MAX
 assert RESERVATIONS_SCANNED_PER_PAGE_MAX <= BATCH_EVENTS_MAX
+assert BATCH_EVENTS_MAX <= PROJECTION_CHECK_TRANSFERS_MAX
+assert 1 <= PROJECTION_CHECK_READS_IN_FLIGHT_MAX <= BATCH_EVENTS_MAX
+assert 0 < PROJECTION_CHECK_EXPIRY_WINDOW_NS < RESERVATION_TIMEOUT_S_DEFAULT * 1_000_000_000

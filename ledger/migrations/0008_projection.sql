@@ -127,12 +127,17 @@ CREATE TABLE projection_state (
 INSERT INTO projection_state (name, watermark_ts, entries) VALUES ('ledger', 0, 0);
 
 -- Each run of the projection's reconciliation (engine against projection): which range of
--- engine time it covered and what differed. The next run starts after the last clean one.
+-- engine time it covered and what differed. A run compares a range of engine time (counts and
+-- sums per transfer code) and the whole state (every account's balance, the catalog against
+-- the engine's accounts); the next run's range starts after the last run whose range was clean
+-- (`range_clean`): a difference of the whole state (an account the catalog does not know stays
+-- on the engine forever) does not hold back the check of the transfers that follow.
 CREATE TABLE projection_checks (
     id          bigserial   PRIMARY KEY,
     ran_at      timestamptz NOT NULL DEFAULT now(),
     from_ts     bigint      NOT NULL,
     through_ts  bigint      NOT NULL,
     clean       boolean     NOT NULL,
+    range_clean boolean     NOT NULL DEFAULT false,
     differences jsonb       NOT NULL DEFAULT '[]'
 );

@@ -1,13 +1,14 @@
 """The projection feed against Postgres and the embedded engine: every kind of movement becomes
 its entries with its dimensions, a timeout is an entry at the instant the engine released the
 leg, the rollups add up the consumption, a rebuild from zero writes the same bytes, and two
-feeds never write a batch twice."""
+feeds never write a batch twice. After each, reconciliation of the projection against the engine
+is clean (each test has a database of its own: the check compares the whole catalog)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -16,12 +17,15 @@ import pytest
 from grants.model import Category
 from ledger import db
 from ledger.client import open_ledger
+from ledger.codes import AccountCode
 from ledger.embedded import EmbeddedEngine
+from ledger.ids import overdraft_account_id
 from ledger.repositories import projection as repo
 from ledger.repositories._rows import to_uuid
 from ledger.repositories.dimensions import get_dimension_sets
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
+from tests.integration.projection_support import assert_reconciled, own_pool
 from wallets.catalog import Catalog, OverdraftMode, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.dimensions import DimensionSets
@@ -31,6 +35,12 @@ from wallets.service import CreditService
 pytestmark = pytest.mark.anyio
 
 TENANT = 7
+
+
+@pytest.fixture
+async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
+    async for made in own_pool(fresh_db_url, template_db):
+        yield made
 
 
 @pytest.fixture
@@ -154,6 +164,7 @@ async def test_every_movement_becomes_its_entries_with_its_dimensions(
     (account,) = await svc.ledger.lookup_accounts([block])
     assert sum(int(r[1]) for r in found) == account.credits_posted - account.debits_posted
     assert sum(int(r[2]) for r in found) == account.debits_pending
+    await assert_reconciled(plane)
 
 
 async def test_a_timeout_is_an_entry_at_the_instant_the_engine_released_the_leg(
@@ -180,6 +191,7 @@ async def test_a_timeout_is_an_entry_at_the_instant_the_engine_released_the_leg(
     )
     assert timeout[0] == reserve[0] + 1_000_000_000
     assert int(timeout[1]) == -40 and timeout[2].int == held.reservation_id
+    await assert_reconciled(plane)
 
 
 async def test_a_rebuild_writes_the_same_bytes_as_the_live_feed(
@@ -219,6 +231,7 @@ async def test_a_rebuild_writes_the_same_bytes_as_the_live_feed(
         rebuilt = await repo.dump(conn)
     assert live.count(b"\n") > 50
     assert rebuilt == live
+    await assert_reconciled(plane)
 
 
 async def test_usage_rollups_add_up_consumption_by_dimension_set(
@@ -248,6 +261,7 @@ async def test_usage_rollups_add_up_consumption_by_dimension_set(
         ("a", 30, Decimal("60"), 3),
         ("b", 30, Decimal("60"), 3),
     ]
+    await assert_reconciled(plane)
 
 
 async def test_two_feeds_never_write_a_batch_twice(plane: ControlPlane, pool: db.Pool) -> None:
@@ -269,43 +283,40 @@ async def test_two_feeds_never_write_a_batch_twice(plane: ControlPlane, pool: db
         await second.step()
     (count,) = await rows(pool, "SELECT count(*) FROM ledger_entries WHERE kind = 'debit'")
     assert count[0] == 20
+    await assert_reconciled(plane)
 
 
-async def test_a_grant_repaying_an_overdraft_is_an_entry_on_each_account(
+async def test_a_repay_between_two_owned_accounts_is_an_entry_on_each(
     plane: ControlPlane, pool: db.Pool
 ) -> None:
-    credit_type, _ = await plane.create_credit_type(
-        ledger=260, code="p60", name="C", asset_scale=0, actor="a", tenant=0, key="ct60"
-    )
-    customer, _ = await plane.create_customer(name="Acme", actor="a", tenant=0, key="cu60")
-    resource, _ = await plane.create_resource(
-        customer_id=customer.id, kind=ResourceKind.AGENT, actor="a", tenant=0, key="re60"
-    )
-    wallet, _ = await plane.create_wallet(
-        resource_id=resource.id,
-        ledger=credit_type.ledger,
+    """A grant repays an overdraft from its block: -x on the block, +x on the overdraft
+    account, two entries of one transfer and kind (the second was dropped while entries were
+    keyed by transfer and kind alone; they are keyed by account too)."""
+    wallet, _ = await world(plane, 6)
+    wallet, _ = await plane.update_wallet(
+        wallet.id,
         actor="a",
         tenant=0,
-        key="wa60",
+        key="soft6",
         overdraft_mode=OverdraftMode.SOFT,
         overdraft_limit=100,
     )
+    await grant(plane, wallet, "g7", 10)
     await plane.service.debit(
-        tenant=TENANT, key="od", amount=60, ledger=wallet.ledger, wallet_id=wallet.id
-    )
-    block = await grant(plane, wallet, "g60", 500)  # repays the 60 drawn first
+        tenant=TENANT, key="over", amount=50, ledger=wallet.ledger, wallet_id=wallet.id
+    )  # 40 drawn from the overdraft
+    await grant(plane, wallet, "g8", 100)  # repays the 40
     await feed_of(plane).catch_up()
-    assert wallet.overdraft_account_id is not None
-    for account_id in (block, wallet.overdraft_account_id):
-        (account,) = await plane.service.ledger.lookup_accounts([account_id])
-        ((posted, pending),) = await rows(
-            pool,
-            "SELECT sum(amount), sum(pending) FROM ledger_entries WHERE account_id = %s",
-            to_uuid(account_id),
-        )
-        assert posted == account.credits_posted - account.debits_posted
-        assert pending == account.debits_pending
-    kinds = await rows(
-        pool, "SELECT account_kind FROM ledger_entries WHERE kind = 'overdraft_repay'"
+    found = await rows(
+        pool,
+        "SELECT account_kind, amount FROM ledger_entries WHERE kind = 'overdraft_repay'"
+        " ORDER BY amount",
     )
-    assert sorted(k for (k,) in kinds) == ["block", "overdraft"]
+    assert [(r[0], int(r[1])) for r in found] == [("block", -40), ("overdraft", 40)]
+    overdraft = overdraft_account_id(wallet.id, AccountCode.OVERDRAFT)
+    (account,) = await plane.service.ledger.lookup_accounts([overdraft])
+    ((total,),) = await rows(
+        pool, "SELECT sum(amount) FROM ledger_entries WHERE account_id = %s", to_uuid(overdraft)
+    )
+    assert int(total) == account.credits_posted - account.debits_posted == 100
+    await assert_reconciled(plane)

@@ -72,7 +72,7 @@ async def test_the_sweep_tick_expires_blocks_only_when_leader(plane: ControlPlan
 async def test_ticks_never_overlap_and_coalesce(plane: ControlPlane) -> None:
     scheduler = Jobs(plane, JobSettings(sweep_interval_s=5)).scheduler()
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"expiry-sweep", "reconcile"}
+    assert set(jobs) == {"expiry-sweep", "reconcile", "projection-check"}
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 30)
 
@@ -104,3 +104,17 @@ async def _one_leader(plane: ControlPlane, migrated_db_url: str) -> None:
     follower.stop()
     await (b if leader is first else a)
     assert not follower.leader
+
+
+async def test_the_projection_check_runs_on_the_leader_and_the_others_read_it(
+    plane: ControlPlane,
+) -> None:
+    leader, other = Jobs(plane, JobSettings()), Jobs(plane, JobSettings())
+    leader.leader = True
+    await leader.check_projection()
+    assert leader.projection_checks == 1
+    assert leader.projection_check.last_counts is not None
+    await other.check_projection()  # not the leader: it reads the leader's run
+    assert other.projection_checks == 0
+    assert other.projection_check.last_counts == leader.projection_check.last_counts
+    assert other.projection_check.last_ran_at_s == leader.projection_check.last_ran_at_s
