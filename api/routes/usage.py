@@ -46,7 +46,8 @@ CURSOR_KIND: Final = "usage"
 # A position's numbers at most: the bucket's start (microseconds up to the ledger's last
 # instant), the group (a u128), the currency (three ASCII letters).
 _CURSOR_MAXIMA: Final = ((1 << 64) // 1000, U128_MAX, rules.CURRENCY_NUMBER_MAX)
-CSV_MEDIA_TYPE: Final = "text/csv; charset=utf-8"
+# litestar adds "; charset=utf-8" to a text/* media type.
+CSV_MEDIA_TYPE: Final = "text/csv"
 LAG_HEADER: Final = "Projection-Lag-S"
 WATERMARK_HEADER: Final = "Projection-Watermark-Ts"
 NEXT_CURSOR_HEADER: Final = "Next-Cursor"

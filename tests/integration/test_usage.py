@@ -5,6 +5,7 @@ comes from the entries (they can be gone)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 from collections.abc import AsyncIterator
@@ -12,12 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 
+from cli.usage import usage as usage_command
 from grants.model import Category
 from ledger import db
 from ledger.client import open_ledger
 from ledger.clock import ns_of_datetime
 from ledger.embedded import EmbeddedEngine
+from ledger.ids import id_text
 from ledger.repositories import projection as repo
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.usage import UsageRecord
@@ -127,8 +131,8 @@ async def make_world(plane: ControlPlane, tag: int) -> World:
 
 async def spend(world: World, key: str, wallet: int, amount: int, when: str, **kw: Any) -> int:
     result = await world.plane.service.debit(
-        tenant=TENANT, key=f"{key}-{world.ledger}", amount=amount, ledger=world.ledger, wallet_id=wallet,
-        at_ns=ns_of_datetime(at(when)), **kw,
+        tenant=TENANT, key=f"{key}-{world.ledger}", amount=amount, ledger=world.ledger,
+        wallet_id=wallet, at_ns=ns_of_datetime(at(when)), **kw,
     )  # fmt: skip
     return result.operation_id
 
@@ -301,3 +305,101 @@ async def test_the_answer_comes_from_the_rollups_not_the_entries(world: World) -
         await conn.execute("TRUNCATE ledger_entries")
     after = await read(world, group_by="resource,feature,model")
     assert after.rows == before.rows and after.rows
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+async def run_cli(database_url: str, *args: str) -> Result:
+    """`credit-ledger usage ...` (it runs its own event loop: in a thread of its own here)."""
+    return await asyncio.to_thread(
+        CliRunner().invoke, usage_command, list(args), env={"DATABASE_URL": database_url}
+    )
+
+
+async def test_the_command_prints_an_aligned_table(world: World, migrated_db_url: str) -> None:
+    result = await run_cli(
+        migrated_db_url, "--from", "2026-03-01", "--to", "2026-05-01", "--bucket", "month",
+        "--customer", id_text(world.customer), "--group-by", "resource,feature",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    lines = result.stdout.splitlines()
+    credits = f"u{world.ledger - 300}"
+    header = ["bucket_start", "resource_id", "feature", "credit_type", "currency", "credits",
+              "value_minor", "entries"]  # fmt: skip
+    assert lines[0].split() == header
+    assert set(lines[1]) == {"-", " "}
+    # Sorted by bucket, then resource, feature, credit type and currency; null is blank.
+    march, april = "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"
+    a1, a2 = id_text(world.agent1), id_text(world.agent2)
+    rows = sorted(
+        [
+            [march, a1, "", credits, "USD", "5", "5", "1"],
+            [march, a1, "chat", credits, "USD", "120", "120", "4"],  # 3 debits and a refund
+            [march, a2, "search", credits, "", "55", "0", "3"],  # promotional, overdraft
+            [april, a1, "", credits, "USD", "7", "7", "1"],
+        ]
+    )
+    assert [[cell for cell in row if cell] for row in rows] == [
+        line.split() for line in lines[2:-1]
+    ]
+    # Text to the left, numbers to the right, under their headings.
+    for line in lines[2:-1]:
+        assert line.index(a1 if a1 in line else a2) == lines[0].index("resource_id")
+        assert line.endswith(" 1") or line.endswith(" 3") or line.endswith(" 4")
+        assert len(line) == len(lines[0])
+    assert lines[-1].startswith("4 rows; the projection includes every transfer up to 2026-")
+
+
+async def test_the_command_prints_csv_and_states_the_projection_on_stderr(
+    world: World, migrated_db_url: str
+) -> None:
+    result = await run_cli(
+        migrated_db_url, "--from", "2026-03-02T10:00:00Z", "--to", "2026-03-02T12:00:00+00:00",
+        "--bucket", "hour", "--resource", id_text(world.subscription), "--group-by", "model",
+        "--dimension", "feature:chat", "--dimension", "feature:search", "--csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    credits = f"u{world.ledger - 300}"
+    assert result.stdout_bytes.decode().split("\r\n") == [
+        "bucket_start,model,credit_type,currency,credits,value_minor,entries",
+        f"2026-03-02T10:00:00Z,large,{credits},USD,50,50,1",
+        f"2026-03-02T10:00:00Z,small,{credits},USD,100,100,1",
+        f"2026-03-02T11:00:00Z,,{credits},,30,0,1",
+        "",
+    ]
+    assert result.stderr.startswith("3 rows; the projection includes every transfer up to")
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "words"),
+    [
+        (["--from", "2026-03-01T10:00:00", "--to", "2026-04-01"], "--from", "UTC offset"),
+        (["--from", "March", "--to", "2026-04-01"], "--from", "not a date"),
+        (["--from", "2026-03-01", "--to", "2026-03-01T10:30:00Z"], "--to", "whole UTC hour"),
+        (["--from", "2026-01-01", "--to", "2026-04-01", "--bucket", "hour"], "--bucket",
+         "2160 hour buckets"),
+        (["--from", "2026-03-01", "--to", "2026-04-01", "--credit-type", "nope"],
+         "--credit-type", "no credit type 'nope'"),
+        (["--from", "2026-03-01", "--to", "2026-04-01", "--resource", "x"], "--resource",
+         "not an id"),
+        (["--from", "2026-03-01", "--to", "2026-04-01", "--group-by", "a,a"], "--group-by",
+         "twice"),
+        (["--from", "2026-03-01", "--to", "2026-04-01", "--dimension", "feature"],
+         "--dimension", "NAME:VALUE"),
+    ],
+)  # fmt: skip
+async def test_the_command_names_the_option_that_is_wrong(
+    migrated_db_url: str, args: list[str], option: str, words: str
+) -> None:
+    result = await run_cli(migrated_db_url, *args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert f"Invalid value for '{option}'" in result.stderr
+    assert words in result.stderr
+
+
+async def test_the_command_says_when_postgres_cannot_be_reached() -> None:
+    result = await run_cli("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1", "--from",
+                           "2026-03-01", "--to", "2026-04-01")  # fmt: skip
+    assert result.exit_code == 1
+    assert "cannot connect to Postgres" in result.stderr
