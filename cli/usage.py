@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,9 +37,11 @@ from ledger.clock import rfc3339_of_ns
 from ledger.ids import id_text
 from ledger.migrate import migrate
 from ledger.repositories import credit_types
+from ledger.repositories.projection import State
 from ledger.repositories.usage import UsageRecord
 from ledger.settings import SettingsError
 from wallets import usage as rules
+from wallets.projection import lag_of
 
 CONNECT_TIMEOUT_S: Final = 10.0
 ROWS_MAX_DEFAULT: Final = 100_000
@@ -163,11 +165,11 @@ async def _usage(
         async with pool.connection() as conn:
             codes = {t.id: t.code for t in await credit_types.list_credit_types(conn)}
         query = _query(options, codes)
-        rows, complete, watermark_ts = await _read(pool, query, rows_max)
+        rows, complete, state = await _read(pool, query, rows_max)
     finally:
         await db.close(pool)
     _print(query, rows, codes, as_csv)
-    _footer(len(rows), complete, watermark_ts, as_csv)
+    _footer(len(rows), complete, state, as_csv)
 
 
 def _query(options: Options, codes: dict[int, str]) -> rules.UsageQuery:
@@ -213,16 +215,16 @@ def _id(text: str | None, field: str) -> int | None:
 
 async def _read(
     pool: db.Pool, query: rules.UsageQuery, rows_max: int
-) -> tuple[list[UsageRecord], bool, int]:
-    """Every page up to `rows_max` rows: (rows, whether that is all, the last page's
-    watermark)."""
+) -> tuple[list[UsageRecord], bool, State]:
+    """Every page up to `rows_max` rows: (rows, whether that is all, the projection's state
+    as the last page was read)."""
     rows: list[UsageRecord] = []
     while True:
         page = await rules.read_usage(pool, query)
         rows += page.rows
         if page.next_position is None or len(rows) >= rows_max:
             complete = page.next_position is None and len(rows) <= rows_max
-            return rows[:rows_max], complete, page.watermark_ts
+            return rows[:rows_max], complete, page.state
         query = msgspec.structs.replace(query, after=page.next_position)
 
 
@@ -242,7 +244,7 @@ def _print(
         click.echo(line)
 
 
-def _order(row: UsageRecord, code_of: Any) -> tuple[Any, ...]:
+def _order(row: UsageRecord, code_of: Callable[[int], str]) -> tuple[Any, ...]:
     grouped = (row.customer_id, row.resource_id, row.wallet_id)
     ids = [id_text(i) if i is not None else "" for i in grouped]
     values = [v or "" for v in row.dimensions]
@@ -262,14 +264,14 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def _footer(count: int, complete: bool, watermark_ts: int, as_csv: bool) -> None:
-    if watermark_ts == 0:
-        state = "the projection is empty (nothing projected yet)"
+def _footer(count: int, complete: bool, state: State, as_csv: bool) -> None:
+    if state.watermark_ts == 0:
+        where = "the projection is empty (nothing projected yet)"
     else:
-        age_s = rules.lag_s(watermark_ts, time.time_ns(), None) or 0.0
-        state = (
-            f"the projection includes every transfer up to {rfc3339_of_ns(watermark_ts)} "
-            f"(engine time, {age_s:.0f} s ago)"
+        lag_s = lag_of(state, time.time_ns()) or 0.0
+        where = (
+            f"the projection includes every transfer up to {rfc3339_of_ns(state.watermark_ts)} "
+            f"(engine time; at most {lag_s:.1f} s behind the engine)"
         )
     more = "" if complete else " (more rows follow: raise --rows-max or narrow the query)"
-    click.echo(f"{count} rows{more}; {state}", err=as_csv)
+    click.echo(f"{count} rows{more}; {where}", err=as_csv)

@@ -53,6 +53,7 @@ from ledger.limits import (
 )
 from ledger.repositories import projection
 from ledger.repositories.usage import UsageRecord, UsageSelection, usage_page
+from wallets.projection import lag_of
 
 
 class Bucket(enum.StrEnum):
@@ -107,7 +108,18 @@ class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
 class UsagePage(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[UsageRecord]
     next_position: Position | None  # None: the last page
-    watermark_ts: int  # the engine timestamp of the last transfer the answer includes (0: none)
+    # The projection's state, read with the rows: they include every transfer up to its
+    # watermark (the engine timestamp of the last transfer projected; 0: none) and no more.
+    state: projection.State
+
+    @property
+    def watermark_ts(self) -> int:
+        return self.state.watermark_ts
+
+    def lag_s(self, now_ns: int) -> float | None:
+        """How far behind the engine the answer may be at `now_ns` (None: nothing projected
+        yet), as `wallets.projection.lag_of` tells it from the state."""
+        return lag_of(self.state, now_ns)
 
 
 # -- the query ---------------------------------------------------------------------------------
@@ -359,7 +371,7 @@ async def read_usage(pool: Pool, query: UsageQuery) -> UsagePage:
     position = None
     if read.more and last is not None:
         position = Position(last.bucket_start, last.group, last.currency)
-    return UsagePage(rows=read.records, next_position=position, watermark_ts=read.watermark_ts)
+    return UsagePage(rows=read.records, next_position=position, state=read.state)
 
 
 async def read_nothing(pool: Pool) -> UsagePage:
@@ -367,18 +379,7 @@ async def read_nothing(pool: Pool) -> UsagePage:
     rows, and where the projection stands, as for a customer that does not exist."""
     async with pool.connection() as conn:
         state = await projection.read_state(conn)
-    return UsagePage(rows=[], next_position=None, watermark_ts=state.watermark_ts)
-
-
-def lag_s(watermark_ts: int, now_ns: int, feed_lag_s: float | None) -> float | None:
-    """How far behind the engine the answer may be: what this process's feed knows, else now
-    less the watermark (an upper bound: a quiet engine makes it grow). None: nothing projected
-    yet."""
-    if feed_lag_s is not None:
-        return feed_lag_s
-    if watermark_ts == 0:
-        return None
-    return max(0.0, (now_ns - watermark_ts) / 1e9)
+    return UsagePage(rows=[], next_position=None, state=state)
 
 
 # -- the cursor's position ----------------------------------------------------------------------

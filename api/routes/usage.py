@@ -144,7 +144,7 @@ async def usage(request: Request[Any, Any, Any], state: State) -> Response[w.Usa
         page = await rules.read_usage(services.pool, visible)
     group_by = checked.group_by
     cursor = _cursor(page.next_position)
-    lag_s = rules.lag_s(page.watermark_ts, time.time_ns(), _feed_lag_s(services))
+    lag_s = page.lag_s(time.time_ns())
     headers = {WATERMARK_HEADER: str(page.watermark_ts)}
     if lag_s is not None:
         headers[LAG_HEADER] = f"{lag_s:.3f}"
@@ -194,12 +194,6 @@ def _visible(
     except NothingVisible:
         return None
     return msgspec.structs.replace(checked, customer_id=customer_id, credit_type_id=credit_type_id)
-
-
-def _feed_lag_s(services: Services) -> float | None:
-    """The lag this process's feed knows, when it leads (it alone is current)."""
-    feed = services.projection
-    return feed.lag_s() if feed.leader else None
 
 
 def _cursor(position: rules.Position | None) -> str | None:

@@ -82,12 +82,12 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class UsageRead(msgspec.Struct, frozen=True, kw_only=True):
-    """A page, and where the projection stood when it was read (the same snapshot)."""
+    """A page, and where the projection stood when it was read (the same snapshot): the
+    rollups include every transfer up to `state.watermark_ts` and nothing after."""
 
     records: list[UsageRecord]
     more: bool
-    watermark_ts: int  # the engine timestamp of the last transfer the rollups include
-    state_updated_at: datetime
+    state: projection.State
 
 
 async def usage_page(conn: Connection, selection: UsageSelection) -> UsageRead:
@@ -100,12 +100,7 @@ async def usage_page(conn: Connection, selection: UsageSelection) -> UsageRead:
         rows = await cursor.fetchall()
     n = len(selection.dimension_names)
     records = [_record(row, selection, n) for row in rows[: selection.limit]]
-    return UsageRead(
-        records=records,
-        more=len(rows) > selection.limit,
-        watermark_ts=state.watermark_ts,
-        state_updated_at=state.updated_at,
-    )
+    return UsageRead(records=records, more=len(rows) > selection.limit, state=state)
 
 
 # -- the statement -----------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from wallets.usage import (
     csv_text,
     decimal_text,
     grain_of,
-    lag_s,
     parse_dimension_filters,
     parse_group_by,
     position_numbers,
@@ -362,9 +361,3 @@ def test_credit_type_is_a_column_where_group_by_puts_it() -> None:
         "bucket_start", "credit_type", "dimension:dimension:x", "customer_id", "currency",
         "credits", "value_minor", "entries",
     ]  # fmt: skip
-
-
-def test_the_lag_is_the_feeds_when_it_knows_it_else_the_watermarks_age() -> None:
-    assert lag_s(1_000_000_000, 4_000_000_000, 0.25) == 0.25
-    assert lag_s(1_000_000_000, 4_000_000_000, None) == 3.0
-    assert lag_s(0, 4_000_000_000, None) is None
