@@ -142,27 +142,32 @@ async def usage(request: Request[Any, Any, Any], state: State) -> Response[w.Usa
         page = await rules.read_nothing(services.pool)
     else:
         page = await rules.read_usage(services.pool, visible)
-    group_by = checked.group_by
-    cursor = _cursor(page.next_position)
     lag_s = page.lag_s(time.time_ns())
     headers = {WATERMARK_HEADER: str(page.watermark_ts)}
     if lag_s is not None:
         headers[LAG_HEADER] = f"{lag_s:.3f}"
     if wants_csv(request.headers.get("accept")):
-        if cursor is not None:
-            headers[NEXT_CURSOR_HEADER] = cursor
-        text = rules.csv_text(page.rows, group_by, lambda ledger: code_of(services, ledger))
-        csv = Response(text.encode(), media_type=CSV_MEDIA_TYPE, headers=headers)
         # The document's 200 is the JSON page; its CSV form is added by _UsageOperation.
-        return cast("Response[w.UsagePage]", csv)
+        return cast("Response[w.UsagePage]", _csv(services, checked, page, headers))
     body = w.UsagePage(
-        items=[_row_out(services, row, group_by) for row in page.rows],
-        next_cursor=cursor,
+        items=[_row_out(services, row, checked.group_by) for row in page.rows],
+        next_cursor=_cursor(page.next_position),
         projection=w.UsageProjectionOut(
             watermark_ts=page.watermark_ts, lag_s=None if lag_s is None else round(lag_s, 3)
         ),
     )
     return Response(body, headers=headers)
+
+
+def _csv(
+    services: Services, query: rules.UsageQuery, page: rules.UsagePage, headers: dict[str, str]
+) -> Response[bytes]:
+    """The page as CSV, its next cursor in a header."""
+    cursor = _cursor(page.next_position)
+    if cursor is not None:
+        headers = {**headers, NEXT_CURSOR_HEADER: cursor}
+    text = rules.csv_text(page.rows, query.group_by, lambda ledger: code_of(services, ledger))
+    return Response(text.encode(), media_type=CSV_MEDIA_TYPE, headers=headers)
 
 
 def _checked(query: w.UsageQuery) -> rules.UsageQuery:
