@@ -6,7 +6,8 @@ Invariants:
 - Consumption is what the projection rolls up as it writes entries (ledger/repositories/
   projection.py): entries of kind debit, settle and overdraft_draw, less refunds, on block and
   overdraft accounts; budget entries never (a budget only limits: the same credits left a block
-  too). It is read from the rollups (`usage_rollups`), never from the entries, and is as
+  too). Each counts at its business time: a reservation when it is settled, a refund when it
+  is made. It is read from the rollups (`usage_rollups`), never from the entries, and is as
   complete as the projection: an answer says up to which engine timestamp.
 - Buckets are calendar buckets in UTC: an hour, a day, a week (from Monday 00:00), a month
   (from the 1st, 00:00), each named by its start. `from` and `to` fall on whole UTC hours, the

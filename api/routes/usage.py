@@ -38,7 +38,13 @@ from api.routes.shared import (
     services_of,
 )
 from api.services import Services
-from ledger.limits import U128_MAX
+from ledger.limits import (
+    LIST_PAGE_ROWS_MAX,
+    U128_MAX,
+    USAGE_BUCKETS_MAX,
+    USAGE_HOUR_GRAIN_DAYS_MAX,
+    USAGE_RANGE_DAYS_MAX,
+)
 from ledger.repositories.usage import UsageRecord
 from wallets import usage as rules
 
@@ -56,16 +62,19 @@ DESCRIPTION: Final = (
     "Credits consumed, and their value at each block's cost basis, per time bucket and group: "
     "'which team, feature and model is consuming the budget'. Consumption is the projection's "
     "entries of kind `debit`, `settle` and `overdraft_draw` (on blocks and overdraft accounts), "
-    "less `refund`s; reservations count only once settled; budget entries never count (a "
-    "budget limits spending, the credits left a block). The answer is read from the usage "
+    "less `refund`s, each at its own business time (a reservation counts when it is settled, "
+    "a refund when it is made); budget entries never count (a budget limits spending: the "
+    "credits left a block). The answer is read from the usage "
     "rollups that the projection of the ledger into Postgres keeps as it goes: it includes "
     "every transfer up to `projection.watermark_ts` and nothing after, and may be behind the "
     "engine by `projection.lag_s` (also in the `Projection-Watermark-Ts` and "
     "`Projection-Lag-S` headers).\n\n"
     "`from` and `to` (RFC 3339 with an offset; `+` is `%2B` in a URL) fall on whole UTC hours; "
-    "the range [from, to) holds at most 1,000 `bucket`s (hour, day, week from Monday, month; "
+    f"the range [from, to) holds at most {USAGE_BUCKETS_MAX:,} `bucket`s (hour, day, week from "
+    "Monday, month; "
     "UTC, each named by its start; the first and last count only the part inside the range) "
-    "and spans at most 1,830 days, or 92 when it is not on whole UTC days; more is 422 naming "
+    f"and spans at most {USAGE_RANGE_DAYS_MAX:,} days, or {USAGE_HOUR_GRAIN_DAYS_MAX} when it "
+    "is not on whole UTC days (it is then read by the hour); more is 422 naming "
     "the field. `group_by` is a comma-separated list of resource, wallet, customer, "
     "credit_type and dimension names (`dimension:NAME` for a dimension named like a builtin). "
     "Filters: `customer_id`, `resource_id` (its whole subtree: a subscription includes its "
@@ -75,8 +84,8 @@ DESCRIPTION: Final = (
     "currencies, never add up), only where something was consumed; `credits` is an integer "
     "and `value_minor` exact decimal text, both strings; `currency` is null for credits "
     "without a cost basis (promotional blocks, overdraft). Rows come in bucket order, pages of "
-    "`limit` (1..1000) with `next_cursor`. A key bound to a customer sees only that customer: "
-    "another customer's id, like an unknown one, finds nothing.\n\n"
+    f"`limit` (1..{LIST_PAGE_ROWS_MAX}) with `next_cursor`. A key bound to a customer sees "
+    "only that customer: another customer's id, like an unknown one, finds nothing.\n\n"
     "With `Accept: text/csv` the answer is CSV: a header row, then one row per bucket x group "
     "x credit type x currency, in the columns bucket_start, the fields of `group_by` in their "
     "order (ids as customer_id, resource_id, wallet_id; a dimension by its name, or "

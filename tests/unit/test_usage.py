@@ -7,12 +7,21 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
+from credit_ledger_client import schemas as w
 from hypothesis import given
 from hypothesis import strategies as st
 
 from grants.errors import InvalidRequest
-from ledger.limits import USAGE_BUCKETS_MAX, USAGE_GROUP_BY_FIELDS_MAX
+from ledger.limits import (
+    DIMENSION_NAME_CHARS_MAX,
+    DIMENSION_VALUE_CHARS_MAX,
+    USAGE_BUCKETS_MAX,
+    USAGE_DIMENSION_FILTERS_MAX,
+    USAGE_GROUP_BY_CHARS_MAX,
+    USAGE_GROUP_BY_FIELDS_MAX,
+)
 from ledger.repositories.usage import UsageRecord
 from wallets.usage import (
     Bucket,
@@ -361,3 +370,16 @@ def test_credit_type_is_a_column_where_group_by_puts_it() -> None:
         "bucket_start", "credit_type", "dimension:dimension:x", "customer_id", "currency",
         "credits", "value_minor", "entries",
     ]  # fmt: skip
+
+
+def test_the_wire_contract_states_the_limits_the_service_applies() -> None:
+    query = msgspec.json.schema(w.UsageQuery)["$defs"]["UsageQuery"]["properties"]
+    group_by = query["group_by"]["anyOf"][0]
+    dimension = query["dimension"]["anyOf"][0]
+    assert group_by["maxLength"] == USAGE_GROUP_BY_CHARS_MAX
+    assert dimension["maxItems"] == USAGE_DIMENSION_FILTERS_MAX
+    name_value = DIMENSION_NAME_CHARS_MAX + 1 + DIMENSION_VALUE_CHARS_MAX
+    assert dimension["items"]["maxLength"] == name_value
+    assert f"{{1,{DIMENSION_NAME_CHARS_MAX}}}:" in w.USAGE_DIMENSION_PATTERN
+    assert f"{{0,{DIMENSION_VALUE_CHARS_MAX}}}$" in w.USAGE_DIMENSION_PATTERN
+    assert [b.value for b in w.UsageBucket] == [b.value for b in Bucket]
