@@ -249,7 +249,7 @@ def query_parameters(cls: type[msgspec.Struct]) -> list[Parameter]:
 
 def _schema(prop: dict[str, Any], definitions: dict[str, Any]) -> Schema:
     """A litestar Schema of one JSON-schema property: a nullable one as its non-null type, a
-    reference as what it names (an enum)."""
+    reference as what it names (an enum), an array with its items' schema."""
     default = prop.get("default")
     for option in prop.get("anyOf", ()):
         if option.get("type") != "null":
@@ -266,6 +266,8 @@ def _schema(prop: dict[str, Any], definitions: dict[str, Any]) -> Schema:
         min_length=prop.get("minLength"),
         max_length=prop.get("maxLength"),
         pattern=prop.get("pattern"),
+        items=_schema(prop["items"], definitions) if "items" in prop else None,
+        max_items=prop.get("maxItems"),
         default=default,
         description=prop.get("description"),
     )

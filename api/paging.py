@@ -3,7 +3,8 @@
 Invariants:
 - A list's query string is decoded like a body, by a `...Query` struct of the wire contract:
   a value of the wrong type or out of range, an unknown parameter and a parameter given twice
-  are each refused with 422 `validation_error` naming the parameter.
+  are each refused with 422 `validation_error` naming the parameter. A parameter whose field
+  is a list is the one kind that repeats (`dimension=a:1&dimension=b:2`).
 - A cursor is opaque to callers: URL-safe base64 of `<list>:<n>:<n>...`, the position after
   the last item of a page in that list's order. It names its list, so a cursor of another list,
   an edited one or anything else that is not one this API gave is refused (422, `cursor`), never
@@ -45,9 +46,13 @@ def decode_query(params: Iterable[tuple[str, str]], cls: type[T]) -> T:
     scalars = _scalar_fields(cls)
     values: dict[str, Any] = {}
     for name, text in params:
+        kind = scalars.get(name)
+        if kind is list:
+            values.setdefault(name, []).append(text)
+            continue
         if name in values:
             raise InvalidRequest(f"query parameter {name!r} is given twice", field=name)
-        values[name] = _typed(text, scalars.get(name))
+        values[name] = _typed(text, kind)
     try:
         return msgspec.convert(values, cls)
     except msgspec.ValidationError as error:
@@ -70,7 +75,8 @@ _SCALARS: dict[type[Any], dict[str, type]] = {}  # one entry per query struct: a
 
 
 def _scalar_fields(cls: type[Any]) -> dict[str, type]:
-    """The fields of a query struct that are integers or booleans (or optional ones)."""
+    """The parameters of a query struct (by the name they go by) that are integers, booleans
+    or lists (or optional ones): `int`, `bool` or `list`."""
     if cls in _SCALARS:
         return _SCALARS[cls]
     found: dict[str, type] = {}
@@ -83,9 +89,11 @@ def _scalar_fields(cls: type[Any]) -> dict[str, type]:
         for kind in kinds:
             inner = kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
             if isinstance(inner, msgspec.inspect.BoolType):
-                found[field.name] = bool
+                found[field.encode_name] = bool
             elif isinstance(inner, msgspec.inspect.IntType):
-                found[field.name] = int
+                found[field.encode_name] = int
+            elif isinstance(inner, msgspec.inspect.ListType):
+                found[field.encode_name] = list
     _SCALARS[cls] = found
     return found
 

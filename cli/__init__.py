@@ -6,6 +6,7 @@ every layer (the edges `api` and `jobs` may not import each other; this package 
     credit-ledger migrate
     credit-ledger keys create|list|revoke
     credit-ledger reconcile [--abandon-grant ID --reason TEXT]
+    credit-ledger usage   --from FROM --to TO [--bucket B] [--group-by F,...] [--csv] ...
     credit-ledger demo    [--url URL] [--key KEY] [--data-dir DIR]
 
 Defaults are embedded: TigerBeetle's state machine in-process (journal under
@@ -33,6 +34,7 @@ import click
 from api.cli_keys import keys
 from cli.projection import projection
 from cli.reconcile import reconcile
+from cli.usage import usage
 from ledger import db
 from ledger.client import Ledger, open_ledger
 from ledger.embedded.journal import DataDirectoryLocked, JournalCorrupt
@@ -106,6 +108,7 @@ def main() -> None:
 main.add_command(keys)
 main.add_command(reconcile)
 main.add_command(projection)
+main.add_command(usage)
 
 
 @main.command()

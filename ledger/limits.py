@@ -95,6 +95,21 @@ LIST_CURSOR_CHARS_MAX = 200
 # go on from).
 RESERVATIONS_SCANNED_PER_PAGE_MAX = 2000
 
+# Usage (GET /v1/usage, `credit-ledger usage`): read from the rollups of the projection, never
+# from its entries, and bounded in what one answer may cover. A range holds at most
+# USAGE_BUCKETS_MAX time buckets (1,000 hours is 41 days; 1,000 days 2.7 years) and spans at
+# most USAGE_RANGE_DAYS_MAX days. A range on whole UTC days is read from the day rollups; any
+# other is read from the hour rollups (the finest grain, so `from` and `to` fall on whole UTC
+# hours), which hold 24 times as many rows: such a range spans at most USAGE_HOUR_GRAIN_DAYS_MAX.
+USAGE_BUCKETS_MAX = 1000
+USAGE_RANGE_DAYS_MAX = 1830
+USAGE_HOUR_GRAIN_DAYS_MAX = 92
+# What one query may group by (resource, wallet, customer, credit_type and dimensions) and how
+# many dimension filters (`dimension=NAME:VALUE`) it may carry.
+USAGE_GROUP_BY_FIELDS_MAX = 8
+USAGE_GROUP_BY_CHARS_MAX = 1024
+USAGE_DIMENSION_FILTERS_MAX = 16
+
 # Reservations: default and longest timeout.
 RESERVATION_TIMEOUT_S_DEFAULT = 3600
 RESERVATION_TIMEOUT_S_MAX = 24 * 3600
@@ -177,3 +192,11 @@ assert RESERVATIONS_SCANNED_PER_PAGE_MAX <= BATCH_EVENTS_MAX
 assert BATCH_EVENTS_MAX <= PROJECTION_CHECK_TRANSFERS_MAX
 assert 1 <= PROJECTION_CHECK_READS_IN_FLIGHT_MAX <= BATCH_EVENTS_MAX
 assert 0 < PROJECTION_CHECK_EXPIRY_WINDOW_NS < RESERVATION_TIMEOUT_S_DEFAULT * 1_000_000_000
+assert 24 * USAGE_HOUR_GRAIN_DAYS_MAX >= USAGE_BUCKETS_MAX  # every hour-bucket range fits
+assert USAGE_HOUR_GRAIN_DAYS_MAX <= USAGE_RANGE_DAYS_MAX
+assert USAGE_BUCKETS_MAX <= USAGE_RANGE_DAYS_MAX  # a range of day buckets hits the bucket limit
+assert 4 < USAGE_GROUP_BY_FIELDS_MAX <= 4 + DIMENSIONS_MAX  # the builtins, and some dimensions
+assert USAGE_GROUP_BY_FIELDS_MAX * (len("dimension:") + DIMENSION_NAME_CHARS_MAX + 1) <= (
+    USAGE_GROUP_BY_CHARS_MAX
+)
+assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension a spend carries

@@ -8,12 +8,13 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `catalog`, `grants`, `budgets`, `prices`: admin and read routes, lists among them (served
   from Postgres, paged by `api.paging`); admin writes keep their idempotency in Postgres
   through the control plane.
+- `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
 - `health`: liveness and readiness.
 """
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, grants, health, prices, spending
+from api.routes import budgets, catalog, grants, health, prices, spending, usage
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -22,6 +23,7 @@ ROUTES = [
     *grants.ROUTES,
     *budgets.ROUTES,
     *prices.ROUTES,
+    *usage.ROUTES,
     *health.ROUTES,
 ]
 

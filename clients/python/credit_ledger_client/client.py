@@ -89,6 +89,9 @@ from credit_ledger_client.schemas import (
     SettleOut,
     SpendIn,
     Usage,
+    UsagePage,
+    UsageQuery,
+    UsageRowOut,
     VoidIn,
     VoidOut,
     WalletBalanceOut,
@@ -450,19 +453,25 @@ def _params(query: msgspec.Struct) -> tuple[tuple[str, str], ...]:
     except msgspec.ValidationError as error:
         raise ValueError(f"{type(query).__name__}: {error}") from None
     params: list[tuple[str, str]] = []
-    for name, value in msgspec.structs.asdict(query).items():
+    for info in msgspec.structs.fields(query):
+        value = getattr(query, info.name)
         if value is None:
             continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, enum.Enum):
-            text = str(value.value)
-        elif isinstance(value, dt.datetime):
-            text = value.isoformat()
-        else:
-            text = str(value)
-        params.append((name, text))
+        # A list goes as the parameter repeated (`dimension=a:1&dimension=b:2`); a field goes
+        # by the name it has on the wire (UsageQuery's `from_` is `from`).
+        for item in value if isinstance(value, list) else [value]:
+            params.append((info.encode_name, _param_text(item)))
     return tuple(params)
+
+
+def _param_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
 
 
 class _Paged(Protocol[Item]):
@@ -1097,6 +1106,14 @@ class CreditClient:
     def iter_prices(self, query: PriceQuery | None = None) -> Iterator[PriceOut]:
         return _iterate(self.list_prices, query or PriceQuery())
 
+    def usage(self, query: UsageQuery) -> UsagePage:
+        """A page of usage (GET /v1/usage): credits consumed and their value per bucket and
+        group, as of `page.projection.watermark_ts`."""
+        return self._send(_list("/v1/usage", query, UsagePage))
+
+    def iter_usage(self, query: UsageQuery) -> Iterator[UsageRowOut]:
+        return _iterate(self.usage, query)
+
     # -- probes
 
     def healthz(self) -> dict[str, Any]:
@@ -1394,6 +1411,14 @@ class AsyncCreditClient:
 
     def iter_prices(self, query: PriceQuery | None = None) -> AsyncIterator[PriceOut]:
         return _aiterate(self.list_prices, query or PriceQuery())
+
+    async def usage(self, query: UsageQuery) -> UsagePage:
+        """A page of usage (GET /v1/usage): credits consumed and their value per bucket and
+        group, as of `page.projection.watermark_ts`."""
+        return await self._send(_list("/v1/usage", query, UsagePage))
+
+    def iter_usage(self, query: UsageQuery) -> AsyncIterator[UsageRowOut]:
+        return _aiterate(self.usage, query)
 
     # -- probes
 

@@ -729,6 +729,128 @@ class PriceAtQuery(Strict):
     at: TIME | None = None
 
 
+# -- usage ----------------------------------------------------------------------------------------
+
+
+class UsageBucket(enum.StrEnum):
+    """Calendar buckets in UTC; a week starts on Monday 00:00, a month on the 1st."""
+
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+USAGE_GROUP_BY = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=1024,
+        pattern=LINE_PATTERN,
+        description="fields to group by, comma-separated, in the order of the CSV's columns: "
+        "resource, wallet, customer, credit_type, and any dimension's name (`dimension:NAME` "
+        "for a dimension named like one of those)",
+        examples=["resource,feature,model"],
+    ),
+]
+USAGE_DIMENSION_PATTERN = r"^[^:\x00-\x1f\x7f]{1,64}:[^\x00-\x1f\x7f]{0,256}$"
+USAGE_DIMENSION = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=64 + 1 + 256,
+        pattern=USAGE_DIMENSION_PATTERN,
+        description="NAME:VALUE, split at the first colon (a name holding a colon cannot be "
+        "filtered on)",
+        examples=["feature:chat"],
+    ),
+]
+
+
+class UsageQuery(ListQuery, kw_only=True):
+    """Usage over [`from`, `to`), both on whole UTC hours, in `bucket`s (at most 1,000 of
+    them), with every filter given: `resource_id` is the resource's whole subtree; `dimension`
+    (repeatable) keeps the spends whose dimension NAME is VALUE (any of the values given for
+    one name, for every name given)."""
+
+    from_: TIME = msgspec.field(name="from")
+    to: TIME
+    bucket: UsageBucket = UsageBucket.DAY
+    group_by: USAGE_GROUP_BY | None = None
+    customer_id: ID | None = None
+    resource_id: ID | None = None
+    wallet_id: ID | None = None
+    credit_type: CODE | None = None
+    dimension: Annotated[list[USAGE_DIMENSION], msgspec.Meta(max_length=16)] | None = None
+
+
+_INTEGER_TEXT = r"^-?[0-9]+$"
+_DECIMAL_TEXT = r"^-?[0-9]+(\.[0-9]+)?$"
+
+
+class UsageRowOut(Out):
+    """What was consumed in one bucket by one group, in one credit type and one currency. A
+    builtin field not grouped by is null; `dimensions` has a value for each dimension grouped
+    by (null where the spends carried none)."""
+
+    bucket_start: Annotated[
+        dt.datetime, msgspec.Meta(description="the bucket's start (UTC); the first and last "
+                                  "buckets count only the part inside the range")
+    ]  # fmt: skip
+    customer_id: str | None
+    resource_id: str | None
+    wallet_id: str | None
+    credit_type: str
+    dimensions: dict[str, str | None]
+    currency: Annotated[
+        str | None,
+        msgspec.Meta(description="the blocks' currency; null: credits without a cost basis "
+                     "(promotional blocks, overdraft)"),
+    ]  # fmt: skip
+    credits: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=_INTEGER_TEXT,
+            description="credits consumed, in the credit type's minor unit, as an integer in "
+            "a string (sums can pass 2^63); negative where refunds exceeded consumption",
+            examples=["1500"],
+        ),
+    ]
+    value_minor: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=_DECIMAL_TEXT,
+            description="their value at each block's cost basis, in minor units of "
+            "`currency`, as exact decimal text (a slice of a block carries a fraction of a cent)",
+            examples=["1500", "33.333333333"],
+        ),
+    ]
+    entries: Annotated[int, msgspec.Meta(description="ledger entries added up in this row")]
+
+
+class UsageProjectionOut(Out):
+    """Where the projection stood when the answer was read: it includes every transfer up to
+    `watermark_ts` and nothing after."""
+
+    watermark_ts: Annotated[
+        int,
+        msgspec.Meta(
+            description="the engine timestamp (ns) of the last transfer included; 0: none yet"
+        ),
+    ]
+    lag_s: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="how far behind the engine the answer may be, in seconds (null: "
+            "nothing projected yet)"
+        ),
+    ]
+
+
+class UsagePage(Page):
+    items: list[UsageRowOut]
+    projection: UsageProjectionOut
+
+
 # -- keys -----------------------------------------------------------------------------------------
 
 
