@@ -16,6 +16,7 @@ from ledger import db
 from ledger.client import open_ledger
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.embedded import EmbeddedEngine
+from ledger.repositories import projection as projection_rows
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
 from tests.conftest import SETTINGS
@@ -187,3 +188,17 @@ async def mixed_history(plane: ControlPlane, clock: ManualClock) -> History:
     await svc.reserve(key="r5", amount=5, timeout_s=3600, **spend)  # open at the end
     await feed.catch_up()
     return history
+
+
+async def fresh_plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
+    """A control plane on a new embedded engine whose service records dimension sets, over an
+    emptied projection: the `plane` fixture of the projection's tests."""
+    engine = EmbeddedEngine()
+    ledger = open_ledger(LedgerSettings(), engine=engine)
+    service = CreditService(ledger, Catalog(), dimensions=DimensionSets(pool))
+    plane = ControlPlane(pool, service)
+    async with pool.connection() as conn:
+        await projection_rows.reset(conn)
+    yield plane
+    await ledger.close()
+    engine.close()

@@ -16,21 +16,16 @@ import pytest
 
 from grants.model import Category
 from ledger import db
-from ledger.client import open_ledger
 from ledger.codes import AccountCode
-from ledger.embedded import EmbeddedEngine
 from ledger.ids import overdraft_account_id
 from ledger.repositories import projection as repo
 from ledger.repositories._rows import to_uuid
 from ledger.repositories.dimensions import get_dimension_sets
 from ledger.repositories.resources import ResourceKind
-from ledger.settings import LedgerSettings
-from tests.integration.projection_support import assert_reconciled, own_pool
-from wallets.catalog import Catalog, OverdraftMode, Wallet
+from tests.integration.projection_support import assert_reconciled, fresh_plane, own_pool
+from wallets.catalog import OverdraftMode, Wallet
 from wallets.control import ControlPlane, GrantRequest
-from wallets.dimensions import DimensionSets
 from wallets.projection import ProjectionFeed
-from wallets.service import CreditService
 
 pytestmark = pytest.mark.anyio
 
@@ -45,15 +40,8 @@ async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncItera
 
 @pytest.fixture
 async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
-    engine = EmbeddedEngine()
-    ledger = open_ledger(LedgerSettings(), engine=engine)
-    service = CreditService(ledger, Catalog(), dimensions=DimensionSets(pool))
-    plane = ControlPlane(pool, service)
-    async with pool.connection() as conn:
-        await repo.reset(conn)
-    yield plane
-    await ledger.close()
-    engine.close()
+    async for made in fresh_plane(pool):
+        yield made
 
 
 def feed_of(plane: ControlPlane, **options: Any) -> ProjectionFeed:

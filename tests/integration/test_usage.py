@@ -18,19 +18,14 @@ from click.testing import CliRunner, Result
 from cli.usage import usage as usage_command
 from grants.model import Category
 from ledger import db
-from ledger.client import open_ledger
 from ledger.clock import ns_of_datetime
-from ledger.embedded import EmbeddedEngine
 from ledger.ids import id_text
-from ledger.repositories import projection as repo
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.usage import UsageRecord
-from ledger.settings import LedgerSettings
-from wallets.catalog import Catalog, OverdraftMode
+from tests.integration.projection_support import fresh_plane
+from wallets.catalog import OverdraftMode
 from wallets.control import ControlPlane, GrantRequest
-from wallets.dimensions import DimensionSets
 from wallets.projection import ProjectionFeed
-from wallets.service import CreditService
 from wallets.usage import UsagePage, decimal_text, read_usage, usage_query
 
 pytestmark = pytest.mark.anyio
@@ -64,15 +59,8 @@ class World:
 
 @pytest.fixture
 async def plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
-    engine = EmbeddedEngine()
-    ledger = open_ledger(LedgerSettings(), engine=engine)
-    service = CreditService(ledger, Catalog(), dimensions=DimensionSets(pool))
-    plane = ControlPlane(pool, service)
-    async with pool.connection() as conn:
-        await repo.reset(conn)
-    yield plane
-    await ledger.close()
-    engine.close()
+    async for made in fresh_plane(pool):
+        yield made
 
 
 async def _resource(
