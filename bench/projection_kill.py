@@ -97,7 +97,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _children(parent: int, marker: str) -> list[int]:
+def children(parent: int, marker: str) -> list[int]:
     """The running processes whose parent is `parent` and whose command line has `marker`."""
     found = []
     for entry in Path("/proc").iterdir():
@@ -208,11 +208,11 @@ class Service:
         raise RuntimeError(f"serve was not ready in {READY_S_MAX} s:\n{self.log_tail()}")
 
     def engine_pid(self) -> int | None:
-        found = _children(self.pid, ENGINE)
+        found = children(self.pid, ENGINE)
         return found[0] if len(found) == 1 else None
 
     def feed_pid(self) -> int | None:
-        found = _children(self.pid, FEED)
+        found = children(self.pid, FEED)
         return found[0] if len(found) == 1 else None
 
     def kill_server(self, kill: Kill) -> None:
@@ -257,7 +257,7 @@ class Service:
 
         pid_file = self.data_dir / db.EMBEDDED_DIR_NAME / "postmaster.pid"
         postmaster = int(pid_file.read_text().split()[0])
-        backends = _children(postmaster, "[local]")
+        backends = children(postmaster, "[local]")
         assert backends, "no Postgres backend to kill"
         since = time.monotonic()
         os.kill(backends[0], signal.SIGKILL)

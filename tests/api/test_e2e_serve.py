@@ -36,6 +36,7 @@ from credit_ledger_client.schemas import (
 )
 
 from bench import schema_page
+from bench.projection_kill import children as _children
 from tests.api import served
 from tests.api.served import CLI
 
@@ -49,7 +50,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(data_dir: Path) -> Iterator[tuple[str, str, int]]:
     with served.serve(data_dir, key_name="e2e") as service:
         yield service.url, service.key, service.pid
-        # The engine process (a replacement, if one was killed) and the movement writer.
+        # The engine process (a replacement, if one was killed) and the projection feed.
         children = _children(service.pid, "")
         assert _children(service.pid, "ledger.embedded"), "the server runs an engine process"
     # serve() stopped it with SIGTERM and saw it exit 0; its children and Postgres stop too.
@@ -79,22 +80,6 @@ def _on_data_dir(data_dir: Path) -> list[int]:
         except OSError:
             continue
         if f"{data_dir}/" in command and _children_of_any(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def _children(parent: int, marker: str) -> list[int]:
-    """The processes whose parent is `parent` and whose command line contains `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in command:
             found.append(int(entry.name))
     return found
 
