@@ -200,3 +200,9 @@ assert USAGE_GROUP_BY_FIELDS_MAX * (len("dimension:") + DIMENSION_NAME_CHARS_MAX
     USAGE_GROUP_BY_CHARS_MAX
 )
 assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension a spend carries
+
+# Finance (finance/posting.py): the most projected entries one posting batch reads (one
+# transaction: its journals, lines, memo rows and block states).
+FINANCE_POST_ENTRIES_MAX = 20_000
+# The most rows one report or export page returns through the API (finance/reports.py).
+FINANCE_REPORT_ROWS_MAX = 10_000

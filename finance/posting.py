@@ -1,0 +1,409 @@
+"""The poster: journals of revenue recognition from the projection's entries on blocks.
+
+Invariants:
+- It reads `ledger_entries` on blocks in engine time order, from its watermark up to the
+  projection's (every entry finance reads of engine time up to the projection's watermark is
+  written by then: only timeouts come later, and they post nothing), at most
+  FINANCE_POST_ENTRIES_MAX per batch, cut between engine timestamps.
+- One batch, one transaction: it takes `finance_state`'s row lock first (a second poster, or a
+  period being closed, waits), writes journals, lines, memo rows and the blocks' new state, and
+  moves the watermark. A crash loses nothing and posts nothing twice.
+- A journal's period is the month of its accounting date (the entry's business effective time)
+  unless that month is closed: then it is booked in the first open month after the last closed
+  one, as a prior-period adjustment naming the month it belongs to. A correction (a usage
+  refund) of usage booked in a closed month is an adjustment of that month too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
+
+from finance import recognition as rec
+from finance.currencies import functional_consideration
+from ledger.db import Connection, Pool
+from ledger.ids import derive_id, leg_id
+from ledger.limits import FINANCE_POST_ENTRIES_MAX
+from ledger.repositories import finance as repo
+from ledger.repositories import projection as projection_repo
+
+_logger = logging.getLogger(__name__)
+
+# Entry kind -> route; `correction` depends on its sign.
+_ROUTES: dict[str, rec.Route] = {
+    "grant": rec.Route.GRANT,
+    "debit": rec.Route.USAGE,
+    "settle": rec.Route.USAGE,
+    "overdraft_repay": rec.Route.USAGE,
+    "refund": rec.Route.RESTORE,
+    "expire": rec.Route.EXPIRE,
+    "void": rec.Route.VOID,
+    "refund_out": rec.Route.REFUND,
+}
+_MEMO_KINDS: dict[rec.Route, str] = {
+    rec.Route.GRANT: "granted",
+    rec.Route.USAGE: "consumed",
+    rec.Route.RESTORE: "restored",
+    rec.Route.EXPIRE: "expired",
+    rec.Route.VOID: "voided",
+    rec.Route.REFUND: "refunded",
+}
+# How far a usage refund's legs are looked for among its operation's legs (a refund has a
+# header and one leg per block it gives back to).
+_REFUND_LEGS_MAX = 256
+SYSTEM_ACTOR = "system"
+RUNTIME_ACTOR = "runtime"
+
+
+def route_of(entry: repo.BlockEntry) -> rec.Route:
+    if entry.kind == "correction":
+        return rec.Route.RESTORE if entry.amount > 0 else rec.Route.USAGE
+    return _ROUTES[entry.kind]
+
+
+def month_of(at: dt.datetime) -> dt.date:
+    at = at.astimezone(dt.UTC)
+    return dt.date(at.year, at.month, 1)
+
+
+def booking(
+    accounting_date: dt.datetime, last_closed: dt.date | None
+) -> tuple[dt.date, dt.date | None]:
+    """(posting period, the closed period it adjusts or None)."""
+    period = month_of(accounting_date)
+    if last_closed is not None and period <= last_closed:
+        return repo.next_period(last_closed), period
+    return period, None
+
+
+def terms_of(block: repo.Block, functional_currency: str) -> rec.Terms:
+    rate = None if block.exchange_rate is None else Fraction(block.exchange_rate)
+    if block.currency == functional_currency:
+        rate = Fraction(1)
+    return rec.Terms(
+        credits=block.credits,
+        consideration_minor=block.consideration_minor,
+        paid=block.category == "paid",
+        functional_consideration=(
+            None
+            if rate is None or block.currency is None
+            else functional_consideration(
+                block.consideration_minor, block.currency, rate, functional_currency
+            )
+        ),
+        breakage_rate=Fraction(block.rate) if block.method == "proportional" else Fraction(0),
+    )
+
+
+def state_of(block: repo.Block) -> rec.State:
+    return rec.State(
+        credits_out=block.credits_out,
+        credits_used=block.credits_used,
+        value_out_minor=block.value_out_minor,
+        accrued_minor=block.accrued_minor,
+        functional_out_minor=block.functional_out_minor,
+        functional_accrued_minor=block.functional_accrued_minor,
+    )
+
+
+def policy_for(
+    policies: Sequence[repo.Policy], credit_type_id: int, effective_at: dt.datetime
+) -> tuple[str, Decimal]:
+    """The breakage method of a block: the latest policy of its product in effect at its
+    effective time; the remote method when there is none."""
+    chosen = ("remote", Decimal(0))
+    for policy in policies:
+        if policy.credit_type_id == credit_type_id and policy.effective_from <= effective_at:
+            chosen = (policy.method, policy.rate)
+    return chosen
+
+
+def new_block(
+    entry: repo.BlockEntry, grant: repo.GrantRow | None, policies: Sequence[repo.Policy]
+) -> repo.Block:
+    """A block as its grant entry and catalog row describe it. A block the catalog does not
+    know (written outside the service) is taken as promotional: nothing says it was paid for."""
+    method, rate = policy_for(policies, entry.credit_type_id, entry.accounting_date)
+    return repo.Block(
+        block_id=entry.block_id,
+        customer_id=entry.customer_id,
+        wallet_id=grant.wallet_id if grant else entry.wallet_id,
+        resource_id=entry.resource_id,
+        credit_type_id=entry.credit_type_id,
+        category=grant.category if grant else "promotional",
+        currency=grant.currency if grant else None,
+        credits=grant.credits if grant else abs(entry.amount),
+        consideration_minor=grant.consideration_minor if grant else 0,
+        exchange_rate=grant.exchange_rate if grant else None,
+        effective_at=grant.effective_at if grant else entry.accounting_date,
+        expires_at=grant.expires_at if grant else None,
+        method=method,
+        rate=rate,
+        credits_out=0,
+        credits_used=0,
+        value_out_minor=0,
+        functional_out_minor=None,
+        accrued_minor=0,
+        functional_accrued_minor=None,
+        granted_period=month_of(entry.accounting_date),
+    )
+
+
+@dataclass
+class _Context:
+    """What one batch needs to know besides its entries."""
+
+    blocks: dict[int, repo.Block]
+    grants: Mapping[int, repo.GrantRow]
+    policies: Sequence[repo.Policy]
+    last_closed: dt.date | None
+    refunds: Mapping[int, tuple[int, str, str]]
+    voids: Mapping[int, tuple[str, str]]
+    usage_refunds: Mapping[int, tuple[str, str]]  # refund leg id -> (actor, reason)
+    usage_periods: Mapping[int, dt.date]
+    functional_currency: str
+    seq: int
+    journals: list[repo.Journal] = field(default_factory=list)
+    memo: list[repo.MemoRow] = field(default_factory=list)
+    changed: dict[int, repo.Block] = field(default_factory=dict)
+
+
+def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
+    """Turns entries into journals and memo rows (pure, given the context)."""
+    for entry in entries:
+        route = route_of(entry)
+        block = ctx.blocks.get(entry.block_id)
+        if block is None:
+            if route is not rec.Route.GRANT:
+                _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
+            block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
+        terms = terms_of(block, ctx.functional_currency)
+        credits = abs(entry.amount)
+        refund = ctx.refunds.get(entry.operation_id) if route is rec.Route.REFUND else None
+        drafts, state = rec.apply(
+            terms,
+            state_of(block) if route is not rec.Route.GRANT else rec.State(),
+            route,
+            credits,
+            refund_minor=None if refund is None else refund[0],
+        )
+        block = _with_state(block, state)
+        ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block
+        period, adjusts = booking(entry.accounting_date, ctx.last_closed)
+        if route is rec.Route.RESTORE and adjusts is None:
+            original = ctx.usage_periods.get(entry.operation_id)
+            if original is not None and ctx.last_closed is not None and original <= ctx.last_closed:
+                adjusts = original
+        if not terms.paid:
+            ctx.seq += 1
+            ctx.memo.append(_memo(entry, route, credits, period, adjusts, ctx.seq))
+            continue
+        for index, draft in enumerate(drafts):
+            assert rec.balanced(draft), draft
+            ctx.seq += 1
+            actor, reason = _who(entry, route, draft, ctx)
+            ctx.journals.append(
+                _journal(entry, block, draft, index, period, adjusts, ctx.seq, actor, reason)
+            )
+
+
+def _with_state(block: repo.Block, state: rec.State) -> repo.Block:
+    return repo.Block(
+        **{
+            **{f: getattr(block, f) for f in block.__struct_fields__},
+            "credits_out": state.credits_out,
+            "credits_used": state.credits_used,
+            "value_out_minor": state.value_out_minor,
+            "functional_out_minor": state.functional_out_minor,
+            "accrued_minor": state.accrued_minor,
+            "functional_accrued_minor": state.functional_accrued_minor,
+        }
+    )
+
+
+def _who(
+    entry: repo.BlockEntry, route: rec.Route, draft: rec.Draft, ctx: _Context
+) -> tuple[str, str]:
+    """The actor and reason a journal names."""
+    if route is rec.Route.GRANT:
+        grant = ctx.grants.get(entry.block_id)
+        return (grant.actor, grant.reason or "purchase") if grant else (SYSTEM_ACTOR, "purchase")
+    if route is rec.Route.REFUND:
+        refund = ctx.refunds.get(entry.operation_id)
+        return (refund[1], refund[2] or draft.reason) if refund else (SYSTEM_ACTOR, draft.reason)
+    if route is rec.Route.VOID:
+        actor, reason = ctx.voids.get(entry.block_id, (SYSTEM_ACTOR, ""))
+        return actor, reason or "void"
+    if route is rec.Route.RESTORE and entry.kind == "refund":
+        actor, reason = ctx.usage_refunds.get(entry.transfer_id, (SYSTEM_ACTOR, ""))
+        return actor, reason or "usage refund"
+    if route is rec.Route.EXPIRE:
+        return SYSTEM_ACTOR, "expiry" if draft.credits else draft.reason
+    return RUNTIME_ACTOR, entry.kind if draft.kind == "usage" else draft.reason
+
+
+def _journal(
+    entry: repo.BlockEntry,
+    block: repo.Block,
+    draft: rec.Draft,
+    index: int,
+    period: dt.date,
+    adjusts: dt.date | None,
+    seq: int,
+    actor: str,
+    reason: str,
+) -> repo.Journal:
+    return repo.Journal(
+        id=derive_id("finance/journal", entry.transfer_id, entry.kind, entry.block_id, index),
+        seq=seq,
+        posting_period=period,
+        accounting_date=entry.accounting_date,
+        engine_ts=entry.engine_ts,
+        kind=draft.kind,
+        block_id=entry.block_id,
+        customer_id=block.customer_id,
+        credit_type_id=entry.credit_type_id,
+        wallet_id=entry.wallet_id,
+        resource_id=entry.resource_id,
+        operation_id=entry.operation_id,
+        dimension_set_id=entry.dimension_set_id,
+        currency=block.currency or "",
+        credits=draft.credits,
+        source_transfer_ids=(entry.transfer_id,),
+        actor=actor,
+        reason=reason,
+        adjusts_period=adjusts,
+        lines=tuple(
+            repo.JournalLine(
+                number,
+                line.account,
+                line.debit_minor,
+                line.credit_minor,
+                line.functional_debit_minor,
+                line.functional_credit_minor,
+            )
+            for number, line in enumerate(draft.lines, start=1)
+        ),
+    )
+
+
+def _memo(
+    entry: repo.BlockEntry,
+    route: rec.Route,
+    credits: int,
+    period: dt.date,
+    adjusts: dt.date | None,
+    seq: int,
+) -> repo.MemoRow:
+    return repo.MemoRow(
+        id=derive_id("finance/memo", entry.transfer_id, entry.kind, entry.block_id),
+        seq=seq,
+        posting_period=period,
+        accounting_date=entry.accounting_date,
+        engine_ts=entry.engine_ts,
+        kind=_MEMO_KINDS[route],
+        block_id=entry.block_id,
+        customer_id=entry.customer_id,
+        credit_type_id=entry.credit_type_id,
+        credits=credits,
+        transfer_id=entry.transfer_id,
+        adjusts_period=adjusts,
+    )
+
+
+class Poster:
+    """Posts journals from the projection, a batch per transaction (`step`), or until caught up
+    (`catch_up`)."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        functional_currency: str = "USD",
+        entries_max: int = FINANCE_POST_ENTRIES_MAX,
+    ) -> None:
+        assert 0 < entries_max <= FINANCE_POST_ENTRIES_MAX
+        self.pool = pool
+        self.functional_currency = functional_currency
+        self.entries_max = entries_max
+
+    async def step(self) -> int:
+        """Posts one batch; returns how many entries it read (0: caught up)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            state = await repo.lock_state(conn)
+            projection = await projection_repo.read_state(conn)
+            if projection.watermark_ts <= state.watermark_ts:
+                return 0
+            entries = await repo.block_entries(
+                conn, state.watermark_ts, projection.watermark_ts, self.entries_max + 1
+            )
+            through = projection.watermark_ts
+            if len(entries) > self.entries_max:
+                # Cut before the first entry of the engine timestamp that did not fit whole.
+                through = entries[self.entries_max].engine_ts - 1
+                entries = [e for e in entries if e.engine_ts <= through]
+            ctx = await self._context(conn, entries, state.seq)
+            post_entries(entries, ctx)
+            await repo.insert_journals(conn, ctx.journals)
+            await repo.insert_memo(conn, ctx.memo)
+            await repo.save_blocks(conn, list(ctx.changed.values()))
+            await repo.advance(
+                conn, repo.State(through, ctx.seq, state.journals + len(ctx.journals))
+            )
+            return max(len(entries), 1)
+
+    async def catch_up(self) -> int:
+        """Posts until the poster has reached the projection's watermark; returns the entries."""
+        total = 0
+        while read := await self.step():
+            total += read
+        return total
+
+    async def _context(
+        self, conn: Connection, entries: Sequence[repo.BlockEntry], seq: int
+    ) -> _Context:
+        ids = {e.block_id for e in entries}
+        known = await repo.blocks(conn, ids)
+        fresh = {e.block_id for e in entries if e.kind == "grant"} | (ids - known.keys())
+        periods = await repo.periods(conn)
+        refund_ops = {e.operation_id for e in entries if e.kind == "refund_out"}
+        voided = {e.block_id for e in entries if e.kind == "void"}
+        refunded_debits = {e.operation_id for e in entries if e.kind == "refund"}
+        return _Context(
+            blocks=dict(known),
+            grants=await repo.grant_rows(conn, fresh),
+            policies=await repo.policies(conn) if fresh else [],
+            last_closed=periods[-1].period_start if periods else None,
+            refunds=await repo.refunds(conn, refund_ops),
+            voids={
+                block: (actor, reason)
+                for block, actor, reason, _ in await repo.audited(conn, "grant.void", voided)
+            },
+            usage_refunds=_refund_legs(
+                await repo.audited(conn, "debit.refund", refunded_debits),
+                {e.transfer_id for e in entries if e.kind == "refund"},
+            ),
+            usage_periods=await repo.usage_periods(conn, refunded_debits),
+            functional_currency=self.functional_currency,
+            seq=seq,
+        )
+
+
+def _refund_legs(
+    audited: Sequence[tuple[int, str, str, dict[str, object]]], legs: set[int]
+) -> dict[int, tuple[str, str]]:
+    """refund leg id -> (actor, reason) of the usage refund that wrote it (its audit row)."""
+    found: dict[int, tuple[str, str]] = {}
+    for _, actor, reason, details in audited:
+        refund_id = details.get("refund_id")
+        if not isinstance(refund_id, str) or not refund_id.isdigit():
+            continue
+        for index in range(_REFUND_LEGS_MAX):
+            leg = leg_id(int(refund_id), index)
+            if leg in legs:
+                found[leg] = (actor, reason)
+    return found
