@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from ledger import db
+from ledger.client import LedgerUnavailable
 from tests.api.conftest import Api
 from tests.api.support import assert_problem, balance, created, make_world, services_of
 
@@ -267,3 +268,44 @@ async def test_exchange_rates_at_receipt(api: Api, pool: db.Pool) -> None:
     async with pool.connection() as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute("UPDATE grants SET exchange_rate = 2 WHERE exchange_rate = 1")
+
+
+async def test_a_refund_cut_short_is_finished_by_reconciliation(api: Api, pool: db.Pool) -> None:
+    """The row is written before the engine moves: a refund whose transfer never got there
+    (the engine did not answer) stays 'pending', moves nothing, and reconciliation (or a retry
+    with the same key) applies it."""
+    world = await make_world(api, granted=100)
+    control = services_of(api.app).control
+    refund_out = control.grant_service.refund_out
+
+    async def unanswered(*args: Any, **kwargs: Any) -> bool:
+        raise LedgerUnavailable("the engine did not answer")
+
+    control.grant_service.refund_out = unanswered  # type: ignore[method-assign]
+    key = api.k("cut-short")
+    try:
+        r = await api.post(
+            f"/v1/grants/{world.grant['id']}/refund", {"amount": 40, "refund_minor": 400}, idem=key
+        )
+    finally:
+        control.grant_service.refund_out = refund_out  # type: ignore[method-assign]
+    assert_problem(r, "ledger_unavailable")
+    (row,) = await _rows(
+        pool,
+        "SELECT operation_id, state FROM grant_refunds WHERE grant_id = %s",
+        uuid.UUID(world.grant["id"]),
+    )
+    assert row[1] == "pending"
+    assert (await _grant(api, world.grant["id"]))["refunded"] == 0
+
+    report = await control.reconcile()
+    assert report.grant_refunds_finished == [row[0].int], report
+    assert (await _refund_row(pool, str(row[0])))[4] == "applied"
+    assert (await _grant(api, world.grant["id"]))["refunded"] == 40
+    # The key's answer is the refund's, once.
+    r = await api.post(
+        f"/v1/grants/{world.grant['id']}/refund", {"amount": 40, "refund_minor": 400}, idem=key
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["id"], r.json()["refunded"]) == (str(row[0]), 40)
+    assert (await _grant(api, world.grant["id"]))["refunded"] == 40
