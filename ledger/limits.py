@@ -211,5 +211,7 @@ assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension
 # Finance (finance/posting.py): the most projected entries one posting batch reads (one
 # transaction: its journals, lines, memo rows and block states).
 FINANCE_POST_ENTRIES_MAX = 20_000
+# The most batches one tick of the job posts; the next tick goes on.
+FINANCE_POST_BATCHES_PER_TICK = 50
 # The most rows one report or export page returns through the API (finance/reports.py).
 FINANCE_REPORT_ROWS_MAX = 10_000
