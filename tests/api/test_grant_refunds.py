@@ -309,3 +309,19 @@ async def test_a_refund_cut_short_is_finished_by_reconciliation(api: Api, pool: 
     assert r.status_code == 200, r.text
     assert (r.json()["id"], r.json()["refunded"]) == (str(row[0]), 40)
     assert (await _grant(api, world.grant["id"]))["refunded"] == 40
+
+
+async def test_the_functional_currency_is_a_setting(api: Api) -> None:
+    world = await make_world(api, granted=10)
+    control = services_of(api.app).control
+    paid = {"wallet_id": world.wallet["id"], "amount": 5, "category": "paid"}
+    control.functional_currency = "EUR"
+    try:
+        eur = await created(api, "/v1/grants", {**paid, "currency": "EUR"})
+        usd = await created(api, "/v1/grants", {**paid, "currency": "USD"})
+        r = await api.post("/v1/grants", {**paid, "currency": "EUR", "exchange_rate": "0.92"})
+    finally:
+        control.functional_currency = "USD"
+    assert_problem(r, "validation_error", field="exchange_rate")
+    assert (await _grant(api, eur["id"]))["exchange_rate"] == "1"
+    assert (await _grant(api, usd["id"]))["exchange_rate"] is None

@@ -76,12 +76,13 @@ TIME = Annotated[
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
 # An exchange rate as a decimal string (the service checks > 0, at most 12 significant digits
-# and 10 decimal places).
+# and 10 decimal places; ledger.limits holds the same numbers).
+EXCHANGE_RATE_CHARS_MAX = 32
 EXCHANGE_RATE = Annotated[
     str,
     msgspec.Meta(
         min_length=1,
-        max_length=32,
+        max_length=EXCHANGE_RATE_CHARS_MAX,
         pattern=r"^[0-9]+(\.[0-9]+)?$",
         description="units of the service's functional currency per unit of the block's "
         "currency at receipt: > 0, at most 12 significant digits and 10 decimal places",
