@@ -55,6 +55,7 @@ from credit_ledger_client.schemas import (
     CustomerOut,
     CustomerPage,
     CustomerQuery,
+    DebitIn,
     DebitOut,
     EntriesOut,
     EntryOut,
@@ -645,6 +646,10 @@ def _spend(credit_type: str, spend: SpendKeywords) -> SpendIn:
     )
 
 
+def _debit_in(spend: SpendIn, occurred_at: dt.datetime | None) -> DebitIn:
+    return DebitIn(**msgspec.structs.asdict(spend), occurred_at=occurred_at)
+
+
 def _reserve_in(spend: SpendIn, timeout_s: int) -> ReserveIn:
     return ReserveIn(**msgspec.structs.asdict(spend), timeout_s=timeout_s)
 
@@ -965,11 +970,13 @@ class CreditClient:
         *,
         credit_type: str,
         idempotency_key: str | None = None,
+        occurred_at: dt.datetime | None = None,
         **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
-        `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(credit_type, spend)
+        `wallet_id`, in one step; the same keywords as `reserve`. `occurred_at` (aware): when
+        the service was delivered, the debit's accounting date (default: when it is recorded)."""
+        body = _debit_in(_spend(credit_type, spend), occurred_at)
         return self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -1270,11 +1277,13 @@ class AsyncCreditClient:
         *,
         credit_type: str,
         idempotency_key: str | None = None,
+        occurred_at: dt.datetime | None = None,
         **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
-        `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(credit_type, spend)
+        `wallet_id`, in one step; the same keywords as `reserve`. `occurred_at` (aware): when
+        the service was delivered, the debit's accounting date (default: when it is recorded)."""
+        body = _debit_in(_spend(credit_type, spend), occurred_at)
         return await self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     async def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:

@@ -508,6 +508,26 @@ class ReserveIn(SpendIn, kw_only=True):
     timeout_s: TIMEOUT_S = 3600
 
 
+# When the service was delivered: the accounting date of a debit or a settle (its legs'
+# business effective time, the instant its spend path and price are taken at), not the time
+# the ledger recorded it. At most 5 minutes after the service's now, at most 35 days before it
+# (422 occurred_at_out_of_range); absent, the time of recording.
+OCCURRED_AT = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 with a UTC offset: when the service was delivered, the "
+        "accounting date of the spend; at most 5 minutes after the service's now and at most "
+        "35 days before it (422 occurred_at_out_of_range). Absent: the time of recording.",
+        examples=["2027-01-31T23:59:00Z"],
+    ),
+]
+
+
+class DebitIn(SpendIn, kw_only=True):
+    occurred_at: OCCURRED_AT | None = None
+
+
 class FundingOut(Out):
     account_id: str
     kind: str
@@ -520,7 +540,7 @@ class DebitOut(Out):
     funded_by: list[FundingOut]
 
 
-class BatchDebitIn(SpendIn, kw_only=True):
+class BatchDebitIn(DebitIn, kw_only=True):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
@@ -605,6 +625,7 @@ class SettleIn(Strict):
     amount: AMOUNT0 | None = None
     usage: Usage | None = None
     overage: Overage = Overage.CAP
+    occurred_at: OCCURRED_AT | None = None
 
 
 class SettleOut(Out):
