@@ -123,6 +123,10 @@ RESERVATION_TIMEOUT_S_MAX = 24 * 3600
 OCCURRED_AT_AGE_S_MAX = 35 * 24 * 3600
 OCCURRED_AT_SKEW_S_MAX = 5 * 60
 
+# A test clock (`serve --test-clock`) moves at most this far in one advance: a year and a month,
+# so that a sandbox sees a yearly plan renew in one call; each advance sweeps once, at its end.
+TEST_CLOCK_ADVANCE_S_MAX = 400 * 24 * 3600
+
 # Reconciliation of the projection (wallets/reconcile_projection.py). A run reads at most this
 # many of the engine's transfers after the last clean range (a long history takes several runs);
 # it keeps what it tells of each difference for this many of each kind (all are counted); and it

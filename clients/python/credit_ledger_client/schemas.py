@@ -628,6 +628,26 @@ class SettleIn(Strict):
     occurred_at: OCCURRED_AT | None = None
 
 
+class ClockAdvanceIn(Strict):
+    """Where a test clock goes: to an instant (`to`), or `seconds` on from where it stands;
+    exactly one. Never back."""
+
+    to: TIME | None = None
+    seconds: Annotated[int, msgspec.Meta(ge=0, le=400 * 86_400)] | None = None
+
+
+class ClockOut(Out):
+    now: Annotated[
+        str,
+        msgspec.Meta(
+            description="RFC 3339, UTC, to the nanosecond: the instant the test clock stands at",
+            examples=["2025-01-15T00:00:00.000000000Z"],
+        ),
+    ]
+    # Blocks whose expiry the advance passed, swept to breakage by it (0 on a read).
+    swept_blocks: int = 0
+
+
 class SettleOut(Out):
     reservation_id: str
     id: str
