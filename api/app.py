@@ -271,7 +271,9 @@ def create_app(
             "Idempotency-Key header, but /v1/check (it changes nothing) and /v1/debits/batch "
             "(each debit carries its own idempotency_key); sent again with the same body, the "
             "first answer comes back with Idempotency-Hit: true. Errors are problem+json with "
-            "a stable code.",
+            "a stable code. A sandbox started with `credit-ledger serve --test-clock` runs on a "
+            "test clock that moves only through POST /v1/test-clock/advance, and says the "
+            "instant it stands at in a `Test-Clock` header (RFC 3339) on every response.",
             path=docs.SCHEMA_PATH,
             render_plugins=[ExactJsonRenderPlugin(), *docs.render_plugins()],
             components=SECURITY,

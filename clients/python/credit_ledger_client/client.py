@@ -49,6 +49,8 @@ from credit_ledger_client.schemas import (
     BudgetPatchIn,
     BudgetQuery,
     CheckOut,
+    ClockAdvanceIn,
+    ClockOut,
     CreditTypeIn,
     CreditTypeOut,
     CustomerIn,
@@ -646,7 +648,11 @@ def _spend(credit_type: str, spend: SpendKeywords) -> SpendIn:
     )
 
 
-def _debit_in(spend: SpendIn, occurred_at: dt.datetime | None) -> DebitIn:
+def _debit_in(spend: SpendIn, occurred_at: dt.datetime | None) -> SpendIn:
+    """A debit's body: with `occurred_at` only when there is one, so that a debit without it is
+    the body it always was (a server from before occurred_at accepts it)."""
+    if occurred_at is None:
+        return spend
     return DebitIn(**msgspec.structs.asdict(spend), occurred_at=occurred_at)
 
 
@@ -1009,6 +1015,19 @@ class CreditClient:
     def get_reservation(self, reservation_id: str) -> ReservationOut:
         return self._send(_get(f"/v1/reservations/{_segment(reservation_id)}", ReservationOut))
 
+    # -- a sandbox's test clock (`credit-ledger serve --test-clock`)
+
+    def get_test_clock(self) -> ClockOut:
+        return self._send(_get("/v1/test-clock", ClockOut))
+
+    def advance_test_clock(
+        self, *, to: dt.datetime | None = None, seconds: int | None = None
+    ) -> ClockOut:
+        """Moves the sandbox's clock forward (exactly one of `to`, aware, and `seconds`); what
+        the time brings (timeouts, expiry sweeps) has happened when it returns."""
+        body = ClockAdvanceIn(to=to, seconds=seconds)
+        return self._send(_post("/v1/test-clock/advance", body, ClockOut, None))
+
     def settle(
         self,
         reservation_id: str,
@@ -1316,6 +1335,16 @@ class AsyncCreditClient:
     async def get_reservation(self, reservation_id: str) -> ReservationOut:
         path = f"/v1/reservations/{_segment(reservation_id)}"
         return await self._send(_get(path, ReservationOut))
+
+    async def get_test_clock(self) -> ClockOut:
+        return await self._send(_get("/v1/test-clock", ClockOut))
+
+    async def advance_test_clock(
+        self, *, to: dt.datetime | None = None, seconds: int | None = None
+    ) -> ClockOut:
+        """See `CreditClient.advance_test_clock`."""
+        body = ClockAdvanceIn(to=to, seconds=seconds)
+        return await self._send(_post("/v1/test-clock/advance", body, ClockOut, None))
 
     async def settle(
         self,

@@ -621,7 +621,9 @@ class Overage(enum.StrEnum):
     OVERDRAFT = "overdraft"
 
 
-class SettleIn(Strict):
+class SettleIn(Strict, omit_defaults=True):
+    # Fields at their defaults are not sent: a settle without occurred_at is the body a
+    # server from before occurred_at accepts.
     amount: AMOUNT0 | None = None
     usage: Usage | None = None
     overage: Overage = Overage.CAP
