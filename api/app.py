@@ -34,6 +34,7 @@ from api.openapi import SECURITY, ExactJsonRenderPlugin
 from api.routes import ROUTES, authorize
 from api.services import Services
 from ledger.client import Ledger
+from ledger.clock import TestClock, rfc3339_of_ns, wall_clock_ns
 from ledger.db import DatabaseSettings, Pool
 from ledger.heap import HeapPolicy, manage_heap
 from ledger.limits import HTTP_HEADER_BYTES_MAX, REQUEST_BODY_BYTES_MAX
@@ -78,11 +79,16 @@ class ApiSettings:
 
 class CreditLedgerApp(Litestar):
     """Litestar with the hot lane in front: the spending routes skip litestar's routing,
-    guard and response machinery; everything else (and the lifespan) is litestar's."""
+    guard and response machinery; everything else (and the lifespan) is litestar's. On a test
+    clock, every response says so (`Test-Clock`, the instant it stands at)."""
 
     lane: HotLane | None = None
+    test_clock: TestClock | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        clock = self.test_clock
+        if clock is not None and scope["type"] == "http":
+            send = _saying_the_clock(send, clock)
         lane = self.lane
         if lane is not None:
             matched = lane.match(scope)
@@ -90,6 +96,23 @@ class CreditLedgerApp(Litestar):
                 await lane.serve(*matched, scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+
+TEST_CLOCK_HEADER = b"test-clock"
+
+
+def _saying_the_clock(send: Any, clock: TestClock) -> Any:
+    async def send_with_clock(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", ()), (TEST_CLOCK_HEADER, _clock_text(clock))]
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return send_with_clock
+
+
+def _clock_text(clock: TestClock) -> bytes:
+    return rfc3339_of_ns(clock()).encode()
 
 
 class _RouteMetrics:
@@ -121,11 +144,21 @@ class _RouteMetrics:
             self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - start)
 
 
-def build_services(ledger: Ledger, pool: Pool, finance: FinanceSettings | None = None) -> Services:
+def build_services(
+    ledger: Ledger,
+    pool: Pool,
+    finance: FinanceSettings | None = None,
+    *,
+    test_clock: TestClock | None = None,
+) -> Services:
+    """`test_clock`: the clock business time is read from (the spend path, statements, the
+    sweep, budget periods, the projection's lag and ticks), the engine's too; None: the wall
+    clock."""
+    clock_ns = wall_clock_ns if test_clock is None else test_clock
     catalog = Catalog()
-    service = CreditService(ledger, catalog, dimensions=DimensionSets(pool))
-    feed = ProjectionFeed(ledger, pool)
-    status = ProjectionStatus(pool)
+    service = CreditService(ledger, catalog, clock_ns=clock_ns, dimensions=DimensionSets(pool))
+    feed = ProjectionFeed(ledger, pool, clock_ns=clock_ns)
+    status = ProjectionStatus(pool, clock_ns=clock_ns)
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     ledger.observe = metrics.engine
@@ -148,6 +181,7 @@ def build_services(ledger: Ledger, pool: Pool, finance: FinanceSettings | None =
         projection_check=projection_check,
         keys=KeyCache(),
         metrics=metrics,
+        test_clock=test_clock,
     )
 
 
@@ -190,8 +224,12 @@ async def _reconcile_on_start(services: Services) -> None:
         _logger.warning("reconciliation at start stopped early: %s", report.interrupted)
 
 
-def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
-    services = build_services(ledger, pool, settings.finance)
+def create_app(
+    settings: ApiSettings, *, ledger: Ledger, pool: Pool, test_clock: TestClock | None = None
+) -> CreditLedgerApp:
+    """`test_clock`: a sandbox's (`serve --test-clock`), the one its engine reads too; it
+    enables /v1/test-clock and is said on every response."""
+    services = build_services(ledger, pool, settings.finance, test_clock=test_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -244,7 +282,9 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
             "Idempotency-Key header, but /v1/check (it changes nothing) and /v1/debits/batch "
             "(each debit carries its own idempotency_key); sent again with the same body, the "
             "first answer comes back with Idempotency-Hit: true. Errors are problem+json with "
-            "a stable code.",
+            "a stable code. A sandbox started with `credit-ledger serve --test-clock` runs on a "
+            "test clock that moves only through POST /v1/test-clock/advance, and says the "
+            "instant it stands at in a `Test-Clock` header (RFC 3339) on every response.",
             path=docs.SCHEMA_PATH,
             render_plugins=[ExactJsonRenderPlugin(), *docs.render_plugins()],
             components=SECURITY,
@@ -254,6 +294,7 @@ def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLe
     )
     if settings.hot_lane:
         app.lane = HotLane(services, settings.request_body_bytes_max)
+    app.test_clock = test_clock
     return app
 
 

@@ -182,13 +182,20 @@ def funding(items: list[Funding]) -> list[w.FundingOut]:
 _account_sid = functools.lru_cache(maxsize=1 << 16)(sid)
 
 
-def amount_of(services: Services, ledger: int, amount: int | None, usage: w.Usage | None) -> int:
-    """The amount a request spends: given, or its usage priced by the catalog."""
+def amount_of(
+    services: Services,
+    ledger: int,
+    amount: int | None,
+    usage: w.Usage | None,
+    at_ns: int | None = None,
+) -> int:
+    """The amount a request spends: given, or its usage priced by the catalog at `at_ns` (the
+    spend's occurred_at; None: now)."""
     if (amount is None) == (usage is None):
         raise InvalidRequest("give exactly one of amount and usage", field="amount")
     if usage is not None:
         try:
-            now_ns = services.service.clock_ns()
+            now_ns = services.service.clock_ns() if at_ns is None else at_ns
             return services.catalog.price(usage.feature, ledger, usage.quantity, now_ns)
         except Exception as error:  # PathError: no price
             raise InvalidRequest(str(error), field="usage.feature") from None

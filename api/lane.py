@@ -70,7 +70,7 @@ async def _check(services: Services, r: _Request) -> Reply:
 
 
 async def _debit(services: Services, r: _Request) -> Reply:
-    data = decode_strict(r.body, w.SpendIn)
+    data = decode_strict(r.body, w.DebitIn)
     return await spending.debit(services, r.principal, _key(r), data)
 
 

@@ -136,7 +136,7 @@ EXACTLY_ONE: dict[str, tuple[tuple[tuple[str, str], tuple[str, str]], ...]] = {
         (("resource_id", "string"), ("wallet_id", "string")),
         (("amount", "integer"), ("usage", "object")),
     )
-    for name in ("SpendIn", "ReserveIn", "BatchDebitIn")
+    for name in ("SpendIn", "DebitIn", "ReserveIn", "BatchDebitIn")
 }
 EXACTLY_ONE["SettleIn"] = ((("amount", "integer"), ("usage", "object")),)
 

@@ -12,6 +12,7 @@ from typing import Any
 from api.auth import KeyCache
 from api.metrics import Metrics
 from grants.service import GrantService
+from ledger.clock import TestClock
 from ledger.db import Pool
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
@@ -38,6 +39,9 @@ class Services:
     projection_check: ProjectionCheck
     keys: KeyCache
     metrics: Metrics
+    # A sandbox's test clock (`serve --test-clock`), which every clock of the service reads;
+    # None: the wall clock.
+    test_clock: TestClock | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Background tasks that ended while the service ran (each runs until the service stops).
     tasks_ended: list[str] = field(default_factory=list)

@@ -8,6 +8,7 @@ None of them touches Postgres: their idempotency rides on TigerBeetle.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -18,6 +19,7 @@ from api.common import amount_of, funding, ledger_of, own, parse_id, sid, target
 from api.errors import STATUS
 from api.services import Services
 from grants.errors import CreditError, InvalidRequest
+from ledger.clock import ns_of_datetime
 from wallets import chains
 from wallets.chains import Overage
 from wallets.service import DebitRequest, DebitResult
@@ -98,19 +100,30 @@ async def _enrich_refusal(
     error.details["available"] = check.available
 
 
+def occurred_ns(services: Services, occurred_at: dt.datetime | None) -> int | None:
+    """A spend's occurred_at in ns, within the range the service accepts (checked before its
+    price is looked up, so that a time out of range is said as such)."""
+    if occurred_at is None:
+        return None
+    at_ns = ns_of_datetime(occurred_at)
+    services.service.occurred(at_ns, services.service.clock_ns())
+    return at_ns
+
+
 async def _spend(
     services: Services,
     principal: Principal,
     data: w.SpendIn,
     operation: str,
     spend: Callable[[int, int | None, int | None, int], Awaitable[R]],
+    at_ns: int | None = None,
 ) -> R:
     """Resolves a debit's or a reservation's target and amount, runs `spend(ledger,
     resource_id, wallet_id, amount)`, and counts the decision; a refusal for lack of credits
     says what was available."""
     ledger = ledger_of(services, data.credit_type)
     resource_id, wallet_id = target(services, principal, data)
-    amount = amount_of(services, ledger, data.amount, data.usage)
+    amount = amount_of(services, ledger, data.amount, data.usage, at_ns)
     try:
         result = await spend(ledger, resource_id, wallet_id, amount)
     except CreditError as error:
@@ -121,7 +134,8 @@ async def _spend(
     return result
 
 
-async def debit(services: Services, principal: Principal, key: str, data: w.SpendIn) -> Reply:
+async def debit(services: Services, principal: Principal, key: str, data: w.DebitIn) -> Reply:
+    occurred_at_ns = occurred_ns(services, data.occurred_at)
     result = await _spend(
         services,
         principal,
@@ -135,7 +149,9 @@ async def debit(services: Services, principal: Principal, key: str, data: w.Spen
             resource_id=resource_id,
             wallet_id=wallet_id,
             dimensions=data.dimensions,
+            occurred_at_ns=occurred_at_ns,
         ),
+        occurred_at_ns,
     )
     return Reply(_debit_out(result), 201, result.replayed)
 
@@ -155,7 +171,8 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
                 ledger = ledger_of(services, item.credit_type)
                 found = resolved[where] = (ledger, *target(services, principal, item))
             ledger, resource_id, wallet_id = found
-            amount = amount_of(services, ledger, item.amount, item.usage)
+            occurred_at_ns = occurred_ns(services, item.occurred_at)
+            amount = amount_of(services, ledger, item.amount, item.usage, occurred_at_ns)
             requests.append(
                 DebitRequest(
                     principal.tenant,
@@ -166,6 +183,7 @@ async def debit_batch(services: Services, principal: Principal, data: w.BatchIn)
                     wallet_id,
                     None,
                     item.dimensions,
+                    occurred_at_ns,
                 )
             )
         except CreditError as error:
@@ -257,10 +275,12 @@ async def settle(
     rid = parse_id(reservation_id, "reservation_id")
     legs = await reservation_legs(services, principal, rid)
     amount = data.amount
+    occurred_at_ns = occurred_ns(services, data.occurred_at)
     if data.usage is not None:
         if data.amount is not None:
             raise InvalidRequest("give amount or usage, not both", field="amount")
-        amount = amount_of(services, legs[chains.SETUP].ledger, None, data.usage)
+        ledger = legs[chains.SETUP].ledger
+        amount = amount_of(services, ledger, None, data.usage, occurred_at_ns)
     if amount is None:
         raise InvalidRequest("give amount or usage", field="amount")
     try:
@@ -271,6 +291,7 @@ async def settle(
             amount=amount,
             policy=Overage(data.overage.value),
             legs=legs,
+            occurred_at_ns=occurred_at_ns,
         )
     except CreditError as error:  # an overage refused under `reject` says what was available
         services.metrics.decision("settle", error.code)

@@ -1,7 +1,7 @@
 """`credit-ledger`: the command line. The composition root of the processes: it may import
 every layer (the edges `api` and `jobs` may not import each other; this package joins them).
 
-    credit-ledger serve   [--data-dir DIR] [--host H] [--port P] [--no-jobs]
+    credit-ledger serve   [--data-dir DIR] [--host H] [--port P] [--no-jobs] [--test-clock[=START]]
     credit-ledger jobs    (the background jobs alone, beside `serve` on a real cluster)
     credit-ledger migrate
     credit-ledger keys create|list|revoke
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import signal
 import socket
@@ -37,6 +38,14 @@ from cli.reconcile import reconcile
 from cli.usage import usage
 from ledger import db
 from ledger.client import Ledger, open_ledger
+from ledger.clock import (
+    ClockMismatch,
+    TestClock,
+    ns_of_datetime,
+    refuse_wall_clock_on,
+    rfc3339_of_ns,
+    wall_clock_ns,
+)
 from ledger.embedded.journal import DataDirectoryLocked, JournalCorrupt
 from ledger.migrate import migrate as apply_migrations
 from ledger.settings import FinanceSettings, LedgerSettings
@@ -147,6 +156,18 @@ main.add_command(usage)
     "writes when several processes do). Off, entries and usage stop growing here until a "
     "process that feeds it runs (nothing is lost: the feed reads the engine).",
 )
+@click.option(
+    "--test-clock",
+    "test_clock_start",
+    is_flag=False,
+    flag_value="now",
+    default=None,
+    metavar="[START]",
+    help="Run on a test clock (a sandbox; embedded engine only): frozen, it moves only when "
+    "advanced (POST /v1/test-clock/advance), for the service and its engine alike. START, an "
+    "RFC 3339 instant, is where it starts on a fresh data directory (default: now); a data "
+    "directory keeps its clock's instant across restarts, and never goes back.",
+)
 def serve(
     data_dir: Path | None,
     host: str,
@@ -155,13 +176,16 @@ def serve(
     engine_process: bool,
     with_jobs: bool,
     projection: bool,
+    test_clock_start: str | None,
 ) -> None:
     """Run the HTTP API (and the background jobs). Ctrl-C or SIGTERM stops it cleanly."""
-    # The port first: a busy one is told before Postgres or the engine start.
+    # The clock first: a sandbox that cannot run is told before anything starts.
+    test_clock = _test_clock_or_exit(data_dir, test_clock_start)
+    # The port next: a busy one is told before Postgres or the engine start.
     sock = _listen_or_exit(host, port)
     _use_uvloop()
     stopped_by = asyncio.run(
-        _serve(sock, data_dir, access_log, engine_process, with_jobs, projection)
+        _serve(sock, data_dir, access_log, engine_process, with_jobs, projection, test_clock)
     )
     if stopped_by == signal.SIGINT:
         sys.exit(EXIT_INTERRUPTED)
@@ -174,6 +198,7 @@ async def _serve(
     engine_process: bool,
     with_jobs: bool,
     projection: bool,
+    test_clock: TestClock | None = None,
 ) -> int | None:
     """Serves until a signal stops the server, and returns that signal, once everything is
     closed (the server, then the engine, the pool and the embedded Postgres)."""
@@ -193,6 +218,7 @@ async def _serve(
             ),
             ledger=rt.ledger,
             pool=rt.pool,
+            test_clock=test_clock,
         )
         if beside:
             env = {**env_with_data_dir(data_dir), "DATABASE_URL": rt.conninfo}
@@ -214,6 +240,12 @@ async def _serve(
             )
         )
         host, port = sock.getsockname()[:2]
+        if test_clock is not None:
+            click.echo(
+                f"credit-ledger: on a test clock, at {rfc3339_of_ns(test_clock())} "
+                "(POST /v1/test-clock/advance moves it)",
+                err=True,
+            )
         click.echo(
             f"credit-ledger: engine {rt.ledger.engine_name}, listening on http://{host}:{port}"
             " (Ctrl-C stops it)",
@@ -221,6 +253,39 @@ async def _serve(
         )
         await server.serve(sockets=[sock])
         return server.stopped_by
+
+
+def _test_clock_or_exit(data_dir: Path | None, start: str | None) -> TestClock | None:
+    """The sandbox's test clock (`--test-clock[=START]`), or None on the wall clock; exits with
+    the reason when the clock and the data directory do not go together."""
+    settings = LedgerSettings.from_env(env_with_data_dir(data_dir))
+    try:
+        if start is None:
+            refuse_wall_clock_on(settings.data_dir)
+            return None
+        if settings.tb_addresses:
+            raise click.ClickException(
+                "--test-clock needs the embedded engine: a TigerBeetle cluster's clock "
+                "(TB_ADDRESSES) cannot be moved"
+            )
+        return TestClock.start(settings.data_dir, _start_ns(start))
+    except ClockMismatch as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _start_ns(text: str) -> int:
+    if text == "now":
+        return wall_clock_ns()
+    try:
+        at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise click.BadParameter(
+            f"{text!r} is not an RFC 3339 instant with its offset (2025-01-01T00:00:00Z)",
+            param_hint="--test-clock",
+        )
+    return ns_of_datetime(at)
 
 
 def _feed_beside(data_dir: Path | None, engine_process: bool) -> bool:

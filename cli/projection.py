@@ -25,12 +25,14 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from ledger import db
 from ledger.client import open_ledger_beside
+from ledger.clock import business_clock, wall_clock_ns
 from ledger.migrate import migrate as apply_migrations
 from ledger.repositories import projection as repo
 from ledger.settings import LedgerSettings
@@ -85,7 +87,7 @@ async def _rebuild(data_dir: Path | None) -> tuple[int, int, float]:
     from cli import runtime
 
     async with runtime(data_dir) as rt:
-        feed = ProjectionFeed(rt.ledger, rt.pool)
+        feed = ProjectionFeed(rt.ledger, rt.pool, clock_ns=_clock(data_dir))
         started = time.monotonic()
         shown = started
         try:
@@ -136,7 +138,8 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
     database = db.DatabaseSettings.from_env(env)
     conninfo = await db.resolve_conninfo(database)
     pool = await db.open_pool(database, conninfo=conninfo)
-    ledger = open_ledger_beside(LedgerSettings.from_env(env))
+    settings = LedgerSettings.from_env(env)
+    ledger = open_ledger_beside(settings)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
@@ -145,7 +148,9 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
     if watcher is not None:
         watcher.add_done_callback(lambda _: task.cancel())
     try:
-        await ProjectionFeed(ledger, pool).run()
+        # The engine's clock: a sandbox's test clock, which its ticks must see pass expiries.
+        clock_ns = wall_clock_ns if settings.tb_addresses else business_clock(settings.data_dir)
+        await ProjectionFeed(ledger, pool, clock_ns=clock_ns).run()
     except asyncio.CancelledError:
         pass
     finally:
@@ -163,3 +168,11 @@ async def _stdin_closed() -> None:
     with contextlib.suppress(ConnectionError):
         while await reader.read(4096):
             pass
+
+
+def _clock(data_dir: Path | None) -> Callable[[], int]:
+    """The clock of the engine this process opens: a sandbox's test clock, or the wall clock."""
+    from cli import env_with_data_dir
+
+    settings = LedgerSettings.from_env(env_with_data_dir(data_dir))
+    return wall_clock_ns if settings.tb_addresses else business_clock(settings.data_dir)

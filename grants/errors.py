@@ -72,6 +72,19 @@ class InvalidRequest(CreditError):
     code = "validation_error"
 
 
+class OccurredAtOutOfRange(InvalidRequest):
+    """A spend's `occurred_at` is in the future, or older than the service accepts
+    (ledger.limits.OCCURRED_AT_AGE_S_MAX)."""
+
+    code = "occurred_at_out_of_range"
+
+
+class ClockBackwards(CreditError):
+    """A test clock moves forward only."""
+
+    code = "test_clock_backwards"
+
+
 class LedgerUnavailableError(CreditError):
     code = "ledger_unavailable"
 
@@ -86,6 +99,8 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     Conflict,
     NotFound,
     InvalidRequest,
+    OccurredAtOutOfRange,
+    ClockBackwards,
     LedgerUnavailableError,
     GrantNotRefundable,
     RefundExceedsAvailable,

@@ -121,6 +121,19 @@ USAGE_DIMENSION_FILTERS_MAX = 16
 RESERVATION_TIMEOUT_S_DEFAULT = 3600
 RESERVATION_TIMEOUT_S_MAX = 24 * 3600
 
+# A debit's or a settle's `occurred_at` (when the service was delivered, the business effective
+# time of its legs) lies in [now - OCCURRED_AT_AGE_S_MAX, now + OCCURRED_AT_SKEW_S_MAX] by the
+# service's clock. Finance closes monthly: 35 days lets the last days of a 31-day month arrive
+# during the first days of the next one, before its close; older usage belongs to a period that
+# is closed or about to be, and is refused rather than booked where nobody looks. The skew lets
+# a caller whose clock runs a little ahead of the service's stamp "now" without a refusal.
+OCCURRED_AT_AGE_S_MAX = 35 * 24 * 3600
+OCCURRED_AT_SKEW_S_MAX = 5 * 60
+
+# A test clock (`serve --test-clock`) moves at most this far in one advance: a year and a month,
+# so that a sandbox sees a yearly plan renew in one call; each advance sweeps once, at its end.
+TEST_CLOCK_ADVANCE_S_MAX = 400 * 24 * 3600
+
 # Reconciliation of the projection (wallets/reconcile_projection.py). A run reads at most this
 # many of the engine's transfers after the last clean range (a long history takes several runs);
 # it keeps what it tells of each difference for this many of each kind (all are counted); and it
@@ -182,6 +195,7 @@ assert CHAIN_LEGS_MAX < OVERAGE_LEG_INDEX
 assert OVERAGE_LEG_INDEX + CHAIN_LEGS_MAX < 2 * OVERAGE_LEG_INDEX
 assert 2 * CHAIN_LEGS_MAX + 2 <= BATCH_EVENTS_MAX
 assert RESERVATION_TIMEOUT_S_DEFAULT <= RESERVATION_TIMEOUT_S_MAX <= PENDING_TIMEOUT_S_MAX
+assert OCCURRED_AT_AGE_S_MAX > 31 * 24 * 3600 and 0 < OCCURRED_AT_SKEW_S_MAX < 3600
 assert BATCH_EVENTS_MAX * 128 <= 1024 * 1024
 assert TIMESTAMP_MAX < U64_MAX
 assert BUSINESS_TIME_NS_MIN == 0 and BUSINESS_TIME_NS_MAX == U64_MAX

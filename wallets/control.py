@@ -48,7 +48,7 @@ from grants.service import (
     WalletAccounts,
 )
 from ledger.client import LedgerUnavailable
-from ledger.clock import datetime_of_ns, ns_of_datetime
+from ledger.clock import datetime_of_ns, ns_of_datetime, wall_clock_ns
 from ledger.codes import AccountCode
 from ledger.db import Connection, DatabaseSettings, Pool
 from ledger.ids import (
@@ -842,6 +842,16 @@ class ControlPlane:
                     )
         return report
 
+    async def advance_to(self, at_ns: int) -> SweepReport:
+        """What the clock's reaching `at_ns` brings, done before this returns (a test clock's
+        advance, api.routes.clock): the engine releases every reservation whose timeout passed
+        (it pulses before any request, so a read is enough), then the expiry sweep runs."""
+        try:
+            await self.service.ledger.lookup_accounts([1])
+        except LedgerUnavailable as error:
+            raise LedgerUnavailableError(str(error)) from None
+        return await self.sweep(at_ns)
+
     async def void_grant(
         self, grant_id: int, *, tenant: int, key: str, actor: str, reason: str | None = None
     ) -> tuple[SweepResult, bool]:
@@ -1289,7 +1299,9 @@ class ControlPlane:
         `reconcile_failures` (an operator sees it with `credit-ledger reconcile`) and tried
         again next time, after the others. When the engine does not answer, the pass stops
         and says so. Either way the caller (the service's start, the jobs) carries on."""
-        cutoff = datetime_of_ns(self.service.clock_ns() - int(older_than_s * NS))
+        # Rows are stamped by Postgres (`created_at`), on the wall clock whatever the service's
+        # clock is (a sandbox's test clock stands still between advances).
+        cutoff = datetime_of_ns(wall_clock_ns() - int(older_than_s * NS))
         async with self.pool.connection() as conn:
             types = await credit_types.list_credit_types(conn)
             all_wallets = await wallets.list_all_wallets(conn)

@@ -92,7 +92,7 @@ class ProjectionFeed:
         self.entries_written = 0
         self.failures = 0
         self._accounts: collections.OrderedDict[int, rules.AccountInfo] = collections.OrderedDict()
-        self._last_tick_ns = 0
+        self._last_tick_s = -TICK_EVERY_S  # monotonic: a rate, not a business time
         self._caught_up_written_ns = 0
         self._wallets: dict[int, tuple[int, int]] = {}  # wallet -> (resource, customer)
         self._budgets: dict[int, tuple[int, int]] = {}  # budget -> (resource, customer)
@@ -278,15 +278,16 @@ class ProjectionFeed:
         return sets
 
     async def _tick_if_due(self, watermark: int, now_ns: int) -> None:
-        """Writes a tick when an open leg's expiry has passed by the wall clock but the
-        watermark has not reached it (nothing happened since)."""
-        if now_ns - self._last_tick_ns < TICK_EVERY_S * 1e9:
+        """Writes a tick when an open leg's expiry has passed by the service's clock (the wall
+        clock, or a sandbox's test clock, which the engine reads too) but the watermark has not
+        reached it (nothing happened since)."""
+        if time.monotonic() - self._last_tick_s < TICK_EVERY_S:
             return
         async with self.pool.connection() as conn:
             due = await repo.earliest_open_expiry(conn)
         if due is None or not watermark < due[0] <= now_ns:
             return
-        self._last_tick_ns = now_ns
+        self._last_tick_s = time.monotonic()
         ledger = due[1]
         tick = Transfer(
             id=projection_tick_id(watermark),

@@ -28,6 +28,7 @@ from grants.errors import (
     InvalidRequest,
     LedgerUnavailableError,
     NotFound,
+    OccurredAtOutOfRange,
     ReservationAlreadyReleased,
     ReservationAlreadySettled,
     ReservationExpired,
@@ -41,6 +42,8 @@ from ledger.limits import (
     DIMENSION_NAME_CHARS_MAX,
     DIMENSION_VALUE_CHARS_MAX,
     DIMENSIONS_MAX,
+    OCCURRED_AT_AGE_S_MAX,
+    OCCURRED_AT_SKEW_S_MAX,
     OVERAGE_LEG_INDEX,
     RESERVATION_TIMEOUT_S_DEFAULT,
     RESERVATION_TIMEOUT_S_MAX,
@@ -85,6 +88,9 @@ class DebitRequest(msgspec.Struct, frozen=True):
     wallet_id: int | None = None
     at_ns: int | None = None
     dimensions: Mapping[str, str] | None = None
+    # When the service was delivered (ns since the epoch): the business effective time of the
+    # debit's legs, and the instant its spend path is resolved at. None: the time of recording.
+    occurred_at_ns: int | None = None
 
 
 class _PreparedDebit(msgspec.Struct, frozen=True):
@@ -334,6 +340,22 @@ class CreditService:
 
     # -- hot path -----------------------------------------------------------------------------
 
+    @staticmethod
+    def occurred(occurred_at_ns: int | None, now_ns: int) -> tuple[int, ...]:
+        """`(occurred_at_ns,)` once checked against the service's clock, `()` when none was
+        given: so that the fingerprint of a request without one is what it always was."""
+        if occurred_at_ns is None:
+            return ()
+        earliest = now_ns - OCCURRED_AT_AGE_S_MAX * NS_PER_S
+        latest = now_ns + OCCURRED_AT_SKEW_S_MAX * NS_PER_S
+        if not max(earliest, 0) <= occurred_at_ns <= latest:
+            raise OccurredAtOutOfRange(
+                f"occurred_at must be at most {OCCURRED_AT_SKEW_S_MAX} s after the service's "
+                f"now and at most {OCCURRED_AT_AGE_S_MAX // 86_400} days before it",
+                field="occurred_at",
+            )
+        return (occurred_at_ns,)
+
     def _wallet(self, wallet_id: int | None, resource_id: int | None, ledger: int) -> Wallet:
         try:
             if wallet_id is not None:
@@ -361,9 +383,10 @@ class CreditService:
         wallet_id: int | None = None,
         at_ns: int | None = None,
         dimensions: Mapping[str, str] | None = None,
+        occurred_at_ns: int | None = None,
     ) -> DebitResult:
         request = DebitRequest(
-            tenant, key, amount, ledger, resource_id, wallet_id, at_ns, dimensions
+            tenant, key, amount, ledger, resource_id, wallet_id, at_ns, dimensions, occurred_at_ns
         )
         _check_dimensions(request.dimensions)
         (dimensions_id,) = await self._dimension_ids([request.dimensions])
@@ -426,9 +449,16 @@ class CreditService:
         _check_amount(request.amount)
         wallet = self._wallet(request.wallet_id, request.resource_id, request.ledger)
         at = self.clock_ns() if request.at_ns is None else request.at_ns
+        occurred = self.occurred(request.occurred_at_ns, at)
         fingerprint = fingerprint_of(
-            "debit", wallet.id, request.amount, request.ledger, *_flat(request.dimensions)
+            "debit",
+            wallet.id,
+            request.amount,
+            request.ledger,
+            *occurred,
+            *_flat(request.dimensions),
         )
+        at = occurred[0] if occurred else at
         op = Operation(
             operation_id(request.tenant, request.key),
             fingerprint,
@@ -567,15 +597,20 @@ class CreditService:
         policy: Overage = Overage.CAP,
         at_ns: int | None = None,
         legs: list[Transfer] | None = None,
+        occurred_at_ns: int | None = None,
     ) -> SettleResult:
-        """`legs`: the reservation's legs when the caller has just read them."""
+        """`legs`: the reservation's legs when the caller has just read them. `occurred_at_ns`:
+        when the service was delivered, the effective time of every leg the settle writes (its
+        posts and voids, its SETTLE leg, the overage's or the fallback debit's legs)."""
         if not 0 <= amount <= AMOUNT_MAX_REQUEST:
             raise InvalidRequest("amount out of range", field="amount")
         reservation = legs if legs is not None else await self._reservation(reservation_id)
         ledger = reservation[chains.SETUP].ledger
         wallet = self._wallet(_wallet_of(reservation), None, ledger)
         at = self.clock_ns() if at_ns is None else at_ns
-        fingerprint = fingerprint_of("settle", reservation_id, amount, policy.value)
+        occurred = self.occurred(occurred_at_ns, at)
+        fingerprint = fingerprint_of("settle", reservation_id, amount, policy.value, *occurred)
+        at = occurred[0] if occurred else at
         op = Operation(operation_id(tenant, key), fingerprint, ledger, tenant, at)
         path = self._path(wallet, at)
         await self._ensure_budget_accounts(path)
@@ -796,6 +831,7 @@ def _reservation_id(legs: Sequence[Transfer]) -> int:
     return legs[chains.NORMALIZE].user_data_128
 
 
+NS_PER_S = 1_000_000_000
 _MARKER_ONLY = (chains.MARKER,)
 # Reservations whose leg count this process remembers (settles look up only those legs).
 KNOWN_RESERVATIONS_MAX = 100_000

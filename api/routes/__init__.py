@@ -10,11 +10,12 @@ ids, calls the service, and shapes the answer. One module per part of the API:
   through the control plane.
 - `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
 - `health`: liveness and readiness.
+- `clock`: a sandbox's test clock (`serve --test-clock`): read it, advance it.
 """
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, grants, health, prices, spending, usage
+from api.routes import budgets, catalog, clock, grants, health, prices, spending, usage
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -25,6 +26,7 @@ ROUTES = [
     *prices.ROUTES,
     *usage.ROUTES,
     *health.ROUTES,
+    *clock.ROUTES,
 ]
 
 __all__ = ["ROUTES", "authorize"]

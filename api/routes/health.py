@@ -15,6 +15,7 @@ from api.openapi import operation
 from api.routes.shared import (
     services_of,
 )
+from ledger.clock import rfc3339_of_ns
 
 OPS = {
     "healthz": operation("internal_error", idempotent=False),
@@ -75,7 +76,8 @@ async def healthz(state: State) -> Response[dict[str, Any]]:
     "be (`lag_s`: now less the engine time up to which it is complete, as of its state in "
     "Postgres read at most a second ago; null until read) and its watermark (the engine "
     "timestamp, in ns, of the last transfer projected). A lagging projection does not make "
-    "the service unready: spending never waits on it.",
+    'the service unready: spending never waits on it. `test_clock`: null, or `{"now": ...}` '
+    "on a sandbox that runs on a test clock (`serve --test-clock`).",
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:
     services = services_of(state)
@@ -89,12 +91,19 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
         "lag_s": None if lag_s is None else round(lag_s, 3),
         "watermark_ts": None if status.state is None else status.state.watermark_ts,
     }
+    clock = services.test_clock
+    test_clock = None if clock is None else {"now": rfc3339_of_ns(clock())}
     if problems:
         return Response(
-            {"status": "unavailable", "problems": problems, "projection": projection},
+            {
+                "status": "unavailable",
+                "problems": problems,
+                "projection": projection,
+                "test_clock": test_clock,
+            },
             status_code=503,
         )
-    return Response({"status": "ready", "projection": projection})
+    return Response({"status": "ready", "projection": projection, "test_clock": test_clock})
 
 
 ROUTES = [

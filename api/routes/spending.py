@@ -83,18 +83,20 @@ async def check(request: Request[Any, Any, Any], state: State) -> Response[w.Che
 @post(
     "/v1/debits",
     operation_class=OPS["debit"],
-    dependencies=documented_body(w.SpendIn),
+    dependencies=documented_body(w.DebitIn),
     opt={"scopes": spending.SCOPES["debit"]},
     status_code=201,
     tags=["spending"],
     description="Debit an amount (or a priced usage) in one step: the resource's spend path "
     "(own grants in burn order, the parent's when the wallet falls through, the "
     "overdraft) drained up to exactly the amount, with every budget on the path, "
-    "or nothing. 402 insufficient_credits or budget_exceeded when it cannot.",
+    "or nothing. 402 insufficient_credits or budget_exceeded when it cannot. "
+    "`occurred_at`, when given, is the debit's accounting date (its entries' effective time, "
+    "and the instant its spend path and price are taken at).",
 )
 async def debit(request: Request[Any, Any, Any], state: State) -> Response[w.DebitOut]:
     principal = principal_of(request)
-    body = await strict_body(request, w.SpendIn)
+    body = await strict_body(request, w.DebitIn)
     return send(await spending.debit(services_of(state), principal, key_of(request), body))
 
 
@@ -106,7 +108,8 @@ async def debit(request: Request[Any, Any, Any], state: State) -> Response[w.Deb
     status_code=200,
     tags=["spending"],
     description="Many debits in one call (usage ingestion), each with its own idempotency "
-    "key and its own result: one engine request for all of them. At most 1000.",
+    "key and its own result: one engine request for all of them. At most 1000. Each may "
+    "carry its own `occurred_at`.",
 )
 async def debit_batch(request: Request[Any, Any, Any], state: State) -> Response[w.BatchOut]:
     body = await strict_body(request, w.BatchIn)
@@ -140,7 +143,8 @@ async def reserve(request: Request[Any, Any, Any], state: State) -> Response[w.R
     description="Settle with the measured cost: up to the reserved amount the legs are "
     "posted in burn order and the rest released; beyond it the overage is "
     "collected under `overage` (reject, cap (default), overdraft). After the "
-    "timeout it falls back to a direct debit and says so.",
+    "timeout it falls back to a direct debit and says so. `occurred_at`, when given, is the "
+    "settle's accounting date (the effective time of everything it writes).",
 )
 async def settle(
     request: Request[Any, Any, Any],

@@ -4,7 +4,6 @@ the answer as JSON or CSV)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -151,7 +150,7 @@ async def usage(request: Request[Any, Any, Any], state: State) -> Response[w.Usa
         page = await rules.read_nothing(services.pool)
     else:
         page = await rules.read_usage(services.pool, visible)
-    lag_s = page.lag_s(time.time_ns())
+    lag_s = page.lag_s(services.service.clock_ns())  # the engine's clock (a test clock too)
     headers = {WATERMARK_HEADER: str(page.watermark_ts)}
     if lag_s is not None:
         headers[LAG_HEADER] = f"{lag_s:.3f}"

@@ -22,9 +22,10 @@ import marshal
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Self
 
-from ledger.clock import wall_clock_ns
+from ledger.clock import business_clock, wall_clock_ns
 from ledger.embedded.journal import Journal
 from ledger.embedded.state import AccountTuple, StateMachine, TransferTuple
 from ledger.limits import BATCH_EVENTS_MAX, JOURNAL_SNAPSHOT_BYTES_DEFAULT
@@ -107,11 +108,15 @@ class EmbeddedEngine:
         self,
         data_dir: str | os.PathLike[str] | None = None,
         *,
-        clock_ns: Callable[[], int] = wall_clock_ns,
+        clock_ns: Callable[[], int] | None = None,
         fsync: bool = True,
         snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
     ) -> None:
         assert snapshot_bytes > 0
+        # By default the clock the data directory runs on: its test clock if it has one (a
+        # sandbox's, ledger.clock), else the wall clock, whoever opens it.
+        if clock_ns is None:
+            clock_ns = wall_clock_ns if data_dir is None else business_clock(Path(data_dir))
         self._clock_ns = clock_ns
         self._lock = threading.Lock()
         self._snapshot_bytes = snapshot_bytes

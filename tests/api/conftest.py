@@ -4,6 +4,7 @@ async test client; API keys of every scope, and one bound to a customer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from api.app import ApiSettings, create_app
 from ledger import db
 from ledger.client import open_ledger
+from ledger.clock import TestClock
 from ledger.embedded import EmbeddedEngine
 from ledger.repositories import api_keys
 from ledger.settings import LedgerSettings
@@ -71,8 +73,12 @@ async def wait_until_following(client: httpx.AsyncClient, pool: db.Pool) -> None
         await asyncio.sleep(0.005)
 
 
-@pytest.fixture
-async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
+@contextlib.asynccontextmanager
+async def app_on(
+    pool: db.Pool, migrated_db_url: str, test_clock: TestClock | None = None
+) -> AsyncIterator[Api]:
+    """The app on an in-memory engine; with `test_clock`, a sandbox's (`serve --test-clock`):
+    the engine and the service both read it."""
     keys = {}
     async with pool.connection() as conn, conn.transaction():
         for scope in ("admin", "runtime", "finance"):
@@ -80,9 +86,11 @@ async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
         _, keys["all"] = await api_keys.create_key(
             conn, name="test-all", scopes=["admin", "runtime", "finance"]
         )
-    engine = EmbeddedEngine()
+    engine = EmbeddedEngine() if test_clock is None else EmbeddedEngine(clock_ns=test_clock)
     ledger = open_ledger(LedgerSettings(), engine=engine)
-    app = create_app(ApiSettings(database=migrated_db_url), ledger=ledger, pool=pool)
+    app = create_app(
+        ApiSettings(database=migrated_db_url), ledger=ledger, pool=pool, test_clock=test_clock
+    )
     # The app runs on this test's event loop, the loop its Postgres pool belongs to (litestar's
     # AsyncTestClient would run it in a thread of its own, with another loop).
     transport = httpx.ASGITransport(app=app)
@@ -94,3 +102,20 @@ async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
         yield Api(client, keys, engine, app)
     await ledger.close()
     engine.close()
+
+
+@pytest.fixture
+async def api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
+    async with app_on(pool, migrated_db_url) as running:
+        yield running
+
+
+# 2025-01-01T00:00:00Z, where the sandboxes of the tests start.
+TEST_CLOCK_START_NS = 1_735_689_600 * 1_000_000_000
+
+
+@pytest.fixture
+async def clocked_api(pool: db.Pool, migrated_db_url: str) -> AsyncIterator[Api]:
+    """The app on a test clock at 2025-01-01T00:00:00Z (`api.app.services.test_clock`)."""
+    async with app_on(pool, migrated_db_url, TestClock(TEST_CLOCK_START_NS)) as running:
+        yield running

@@ -21,7 +21,12 @@ pytestmark = pytest.mark.anyio
 
 SCHEMA_PATH = "/schema/openapi.json"
 # Routes that change nothing or carry their keys per item: no Idempotency-Key header.
-NO_IDEMPOTENCY_KEY = {("POST", "/v1/check"), ("POST", "/v1/debits/batch")}
+NO_IDEMPOTENCY_KEY = {
+    ("POST", "/v1/check"),
+    ("POST", "/v1/debits/batch"),
+    # Advancing `to` an instant is idempotent by itself; a sandbox's tool.
+    ("POST", "/v1/test-clock/advance"),
+}
 WRITES = ("POST", "PATCH", "DELETE")
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
 

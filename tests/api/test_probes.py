@@ -52,6 +52,7 @@ async def test_readyz_says_the_engine_restarts_and_healthz_stays_up(
     r = await api.client.get("/readyz")
     body = r.json()
     assert set(body.pop("projection")) == {"lag_s", "watermark_ts"}
+    assert body.pop("test_clock") is None  # the wall clock
     assert (r.status_code, body) == (
         503,
         {"status": "unavailable", "problems": [f"ledger: {RESTARTING.detail}"]},
@@ -75,6 +76,7 @@ async def test_healthz_fails_once_the_service_cannot_recover_by_itself(
     r = await api.client.get("/readyz")
     body = r.json()
     body.pop("projection")
+    assert body.pop("test_clock") is None
     assert (r.status_code, body) == (503, expected)
     assert 'credit_engine_state{state="failed"} 1.0' in (await api.client.get("/metrics")).text
 

@@ -49,12 +49,15 @@ from credit_ledger_client.schemas import (
     BudgetPatchIn,
     BudgetQuery,
     CheckOut,
+    ClockAdvanceIn,
+    ClockOut,
     CreditTypeIn,
     CreditTypeOut,
     CustomerIn,
     CustomerOut,
     CustomerPage,
     CustomerQuery,
+    DebitIn,
     DebitOut,
     EntriesOut,
     EntryOut,
@@ -665,6 +668,14 @@ def _spend(credit_type: str, spend: SpendKeywords) -> SpendIn:
     )
 
 
+def _debit_in(spend: SpendIn, occurred_at: dt.datetime | None) -> SpendIn:
+    """A debit's body: with `occurred_at` only when there is one, so that a debit without it is
+    the body it always was (a server from before occurred_at accepts it)."""
+    if occurred_at is None:
+        return spend
+    return DebitIn(**msgspec.structs.asdict(spend), occurred_at=occurred_at)
+
+
 def _reserve_in(spend: SpendIn, timeout_s: int) -> ReserveIn:
     return ReserveIn(**msgspec.structs.asdict(spend), timeout_s=timeout_s)
 
@@ -993,11 +1004,13 @@ class CreditClient:
         *,
         credit_type: str,
         idempotency_key: str | None = None,
+        occurred_at: dt.datetime | None = None,
         **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
-        `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(credit_type, spend)
+        `wallet_id`, in one step; the same keywords as `reserve`. `occurred_at` (aware): when
+        the service was delivered, the debit's accounting date (default: when it is recorded)."""
+        body = _debit_in(_spend(credit_type, spend), occurred_at)
         return self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -1029,6 +1042,19 @@ class CreditClient:
 
     def get_reservation(self, reservation_id: str) -> ReservationOut:
         return self._send(_get(f"/v1/reservations/{_segment(reservation_id)}", ReservationOut))
+
+    # -- a sandbox's test clock (`credit-ledger serve --test-clock`)
+
+    def get_test_clock(self) -> ClockOut:
+        return self._send(_get("/v1/test-clock", ClockOut))
+
+    def advance_test_clock(
+        self, *, to: dt.datetime | None = None, seconds: int | None = None
+    ) -> ClockOut:
+        """Moves the sandbox's clock forward (exactly one of `to`, aware, and `seconds`); what
+        the time brings (timeouts, expiry sweeps) has happened when it returns."""
+        body = ClockAdvanceIn(to=to, seconds=seconds)
+        return self._send(_post("/v1/test-clock/advance", body, ClockOut, None))
 
     def settle(
         self,
@@ -1304,11 +1330,13 @@ class AsyncCreditClient:
         *,
         credit_type: str,
         idempotency_key: str | None = None,
+        occurred_at: dt.datetime | None = None,
         **spend: Unpack[SpendKeywords],
     ) -> DebitOut:
         """Debit `amount` (or `usage` at its price) from `resource_id`'s spend path or
-        `wallet_id`, in one step; the same keywords as `reserve`."""
-        body = _spend(credit_type, spend)
+        `wallet_id`, in one step; the same keywords as `reserve`. `occurred_at` (aware): when
+        the service was delivered, the debit's accounting date (default: when it is recorded)."""
+        body = _debit_in(_spend(credit_type, spend), occurred_at)
         return await self._send(_post("/v1/debits", body, DebitOut, idempotency_key))
 
     async def debit_batch(self, body: BatchIn, *, idempotency_key: str | None = None) -> BatchOut:
@@ -1341,6 +1369,16 @@ class AsyncCreditClient:
     async def get_reservation(self, reservation_id: str) -> ReservationOut:
         path = f"/v1/reservations/{_segment(reservation_id)}"
         return await self._send(_get(path, ReservationOut))
+
+    async def get_test_clock(self) -> ClockOut:
+        return await self._send(_get("/v1/test-clock", ClockOut))
+
+    async def advance_test_clock(
+        self, *, to: dt.datetime | None = None, seconds: int | None = None
+    ) -> ClockOut:
+        """See `CreditClient.advance_test_clock`."""
+        body = ClockAdvanceIn(to=to, seconds=seconds)
+        return await self._send(_post("/v1/test-clock/advance", body, ClockOut, None))
 
     async def settle(
         self,

@@ -544,6 +544,26 @@ class ReserveIn(SpendIn, kw_only=True):
     timeout_s: TIMEOUT_S = 3600
 
 
+# When the service was delivered: the accounting date of a debit or a settle (its legs'
+# business effective time, the instant its spend path and price are taken at), not the time
+# the ledger recorded it. At most 5 minutes after the service's now, at most 35 days before it
+# (422 occurred_at_out_of_range); absent, the time of recording.
+OCCURRED_AT = Annotated[
+    dt.datetime,
+    msgspec.Meta(
+        tz=True,
+        description="RFC 3339 with a UTC offset: when the service was delivered, the "
+        "accounting date of the spend; at most 5 minutes after the service's now and at most "
+        "35 days before it (422 occurred_at_out_of_range). Absent: the time of recording.",
+        examples=["2027-01-31T23:59:00Z"],
+    ),
+]
+
+
+class DebitIn(SpendIn, kw_only=True):
+    occurred_at: OCCURRED_AT | None = None
+
+
 class FundingOut(Out):
     account_id: str
     kind: str
@@ -556,7 +576,7 @@ class DebitOut(Out):
     funded_by: list[FundingOut]
 
 
-class BatchDebitIn(SpendIn, kw_only=True):
+class BatchDebitIn(DebitIn, kw_only=True):
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 
@@ -637,10 +657,33 @@ class Overage(enum.StrEnum):
     OVERDRAFT = "overdraft"
 
 
-class SettleIn(Strict):
+class SettleIn(Strict, omit_defaults=True):
+    # Fields at their defaults are not sent: a settle without occurred_at is the body a
+    # server from before occurred_at accepts.
     amount: AMOUNT0 | None = None
     usage: Usage | None = None
     overage: Overage = Overage.CAP
+    occurred_at: OCCURRED_AT | None = None
+
+
+class ClockAdvanceIn(Strict):
+    """Where a test clock goes: to an instant (`to`), or `seconds` on from where it stands;
+    exactly one. Never back."""
+
+    to: TIME | None = None
+    seconds: Annotated[int, msgspec.Meta(ge=0, le=400 * 86_400)] | None = None
+
+
+class ClockOut(Out):
+    now: Annotated[
+        str,
+        msgspec.Meta(
+            description="RFC 3339, UTC, to the nanosecond: the instant the test clock stands at",
+            examples=["2025-01-15T00:00:00.000000000Z"],
+        ),
+    ]
+    # Blocks whose expiry the advance passed, swept to breakage by it (0 on a read).
+    swept_blocks: int = 0
 
 
 class SettleOut(Out):
