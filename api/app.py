@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
@@ -39,6 +39,7 @@ from ledger.heap import HeapPolicy, manage_heap
 from ledger.limits import HTTP_HEADER_BYTES_MAX, REQUEST_BODY_BYTES_MAX
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories.api_keys import KEY_CHARS
+from ledger.settings import FinanceSettings
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.dimensions import DimensionSets
@@ -70,6 +71,9 @@ class ApiSettings:
     # Feed the projection of the ledger into Postgres from this process (wallets.projection);
     # the server runs it in a process of its own instead (`credit-ledger projection feed`).
     projection: bool = True
+    # The functional currency (`CREDIT_LEDGER_FUNCTIONAL_CURRENCY`), in which blocks' exchange
+    # rates are given.
+    finance: FinanceSettings = field(default_factory=FinanceSettings)
 
 
 class CreditLedgerApp(Litestar):
@@ -117,7 +121,7 @@ class _RouteMetrics:
             self.metrics.request_seconds.labels(method, route).observe(time.perf_counter() - start)
 
 
-def build_services(ledger: Ledger, pool: Pool) -> Services:
+def build_services(ledger: Ledger, pool: Pool, finance: FinanceSettings | None = None) -> Services:
     catalog = Catalog()
     service = CreditService(ledger, catalog, dimensions=DimensionSets(pool))
     feed = ProjectionFeed(ledger, pool)
@@ -129,7 +133,8 @@ def build_services(ledger: Ledger, pool: Pool) -> Services:
     metrics.watch_projection(status)
     projection_check = ProjectionCheck(ledger, pool)
     metrics.watch_projection_check(projection_check)
-    control = ControlPlane(pool, service)
+    finance = finance or FinanceSettings()
+    control = ControlPlane(pool, service, functional_currency=finance.functional_currency)
     metrics.watch_reconciliation(lambda: control.reconcile_failures_open)
     return Services(
         pool=pool,
@@ -186,7 +191,7 @@ async def _reconcile_on_start(services: Services) -> None:
 
 
 def create_app(settings: ApiSettings, *, ledger: Ledger, pool: Pool) -> CreditLedgerApp:
-    services = build_services(ledger, pool)
+    services = build_services(ledger, pool, settings.finance)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

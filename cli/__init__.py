@@ -39,7 +39,7 @@ from ledger import db
 from ledger.client import Ledger, open_ledger
 from ledger.embedded.journal import DataDirectoryLocked, JournalCorrupt
 from ledger.migrate import migrate as apply_migrations
-from ledger.settings import LedgerSettings
+from ledger.settings import FinanceSettings, LedgerSettings
 
 DATA_DIR_DEFAULT = ".data"
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
@@ -186,7 +186,10 @@ async def _serve(
         beside = projection and _feed_beside(data_dir, engine_process)
         app = create_app(
             ApiSettings(
-                database=rt.conninfo, heap=HeapPolicy(), projection=projection and not beside
+                database=rt.conninfo,
+                heap=HeapPolicy(),
+                projection=projection and not beside,
+                finance=FinanceSettings.from_env(),
             ),
             ledger=rt.ledger,
             pool=rt.pool,
@@ -329,7 +332,7 @@ async def _jobs(data_dir: Path | None) -> None:
     from jobs.scheduler import Jobs, JobSettings
 
     async with runtime(data_dir) as rt:
-        services = build_services(rt.ledger, rt.pool)
+        services = build_services(rt.ledger, rt.pool, FinanceSettings.from_env())
         await services.control.load()
         follower = asyncio.create_task(services.control.follow(rt.conninfo))
         click.echo(f"credit-ledger jobs: engine {rt.ledger.engine_name}", err=True)

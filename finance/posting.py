@@ -356,11 +356,13 @@ class Poster:
             )
             return max(len(entries), 1)
 
-    async def catch_up(self) -> int:
-        """Posts until the poster has reached the projection's watermark; returns the entries."""
-        total = 0
-        while read := await self.step():
+    async def catch_up(self, *, batches_max: int | None = None) -> int:
+        """Posts until the poster has reached the projection's watermark (or has posted
+        `batches_max` batches); returns the entries read."""
+        total = batches = 0
+        while (batches_max is None or batches < batches_max) and (read := await self.step()):
             total += read
+            batches += 1
         return total
 
     async def _context(

@@ -51,6 +51,19 @@ class Conflict(CreditError):
     code = "conflict"
 
 
+class GrantNotRefundable(CreditError):
+    """A refund in money of a block that cannot have one: promotional (nothing was paid), or
+    not in force (being issued, voided, expired)."""
+
+    code = "grant_not_refundable"
+
+
+class RefundExceedsAvailable(CreditError):
+    """A refund in money of more credits than the block has available now (`refundable`)."""
+
+    code = "refund_exceeds_available"
+
+
 class NotFound(CreditError):
     code = "not_found"
 
@@ -74,4 +87,6 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     NotFound,
     InvalidRequest,
     LedgerUnavailableError,
+    GrantNotRefundable,
+    RefundExceedsAvailable,
 )

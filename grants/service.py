@@ -1,4 +1,4 @@
-"""Credit blocks on the ledger: issue, void, expire (sweep) and refund usage.
+"""Credit blocks on the ledger: issue, void, expire (sweep), refund usage, refund in money.
 
 Each operation is idempotent on its own: ids derive from the caller's key (issue, void, refund)
 or from the block's balances (expiry sweeps), so a retry finds `exists` and moves nothing twice.
@@ -228,6 +228,44 @@ class GrantService:
             raise IdempotencyConflict(f"grant void refused: {result.status.name}")
         (moved,) = await self.ledger.lookup_transfers([sweep.id])
         return SweepResult(grant_id, moved.amount, "voided")
+
+    async def left(self, grant_id: int) -> tuple[int, int] | None:
+        """What is left of a block, not held by reservations, as the engine has it now, and
+        the block's tenant (its account's `user_data_32`); None without an account."""
+        accounts = await self.ledger.lookup_accounts([grant_id])
+        if not accounts or accounts[0].code != AccountCode.GRANT:
+            return None
+        a = accounts[0]
+        return max(0, a.credits_posted - a.debits_posted - a.debits_pending), a.user_data_32
+
+    async def refund_out(
+        self, grant: Grant, *, operation_id: int, credits: int, effective_at_ns: int, tenant: int
+    ) -> bool:
+        """Refund in money: takes exactly `credits` out of the block to the ledger's refunded
+        account, in one transfer (id and user_data_128: the operation), never a balancing one.
+        True once applied (now, or by an earlier attempt: `exists`); False when the engine
+        refused it because the block has less left than that, reservations counted (nothing
+        moved, and the same operation stays refused: the engine keeps the failed id)."""
+        if not 1 <= credits <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        transfer = Transfer(
+            id=operation_id,
+            debit_account_id=grant.id,
+            credit_account_id=system_account_id(grant.ledger, AccountCode.REFUNDED),
+            amount=credits,
+            user_data_128=operation_id,
+            user_data_64=effective_at_ns,
+            user_data_32=tenant,
+            ledger=grant.ledger,
+            code=TransferCode.GRANT_REFUND,
+            flags=TransferFlags.NONE,
+        )
+        (result,) = await self.ledger.create_transfers([transfer])
+        if result.status in (S.CREATED, S.EXISTS):
+            return True
+        if result.status in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED):
+            return False
+        raise IdempotencyConflict(f"grant refund refused: {result.status.name}")
 
     async def track_voided(self, grants: list[Grant]) -> int:
         """After a restart: voided blocks that still hold credits (or have some left) are

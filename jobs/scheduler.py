@@ -1,5 +1,5 @@
-"""Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes, and
-reconciliation of the projection against the engine.
+"""Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
+reconciliation of the projection against the engine, and the finance poster.
 
 Invariants:
 - Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
@@ -25,9 +25,11 @@ import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg.conninfo import make_conninfo
 
+from finance.posting import Poster
 from ledger.client import LedgerUnavailable
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
+from ledger.limits import FINANCE_POST_BATCHES_PER_TICK
 from wallets.control import ControlPlane
 from wallets.reconcile_projection import ProjectionCheck
 
@@ -47,12 +49,15 @@ class JobSettings:
     # Reconciliation of the projection: it reads every owned account once (a few seconds per
     # 100,000 accounts with the embedded engine), so less often than the dual writes'.
     projection_check_interval_s: float = 600.0
+    # The finance poster (finance/posting.py): journals from the projection. Finance reads
+    # them by the month; a few seconds behind the projection is plenty.
+    finance_post_interval_s: float = 5.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
     def __post_init__(self) -> None:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
-        assert self.projection_check_interval_s > 0
+        assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
 
 
@@ -63,6 +68,7 @@ class Jobs:
         settings: JobSettings,
         *,
         projection_check: ProjectionCheck | None = None,
+        poster: Poster | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -72,7 +78,11 @@ class Jobs:
             control.pool,
             catalog_grace_s=settings.reconcile_older_than_s,
         )
+        self.poster = poster or Poster(
+            control.pool, functional_currency=control.functional_currency
+        )
         self.leader = False
+        self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
         self.projection_checks = 0
@@ -122,6 +132,16 @@ class Jobs:
             return
         self.projection_checks += 1
 
+    async def post_finance(self) -> None:
+        """The leader posts the journals of what the projection has added (bounded batches,
+        each its own transaction, until caught up)."""
+        if not self.leader:
+            return
+        entries = await self.poster.catch_up(batches_max=FINANCE_POST_BATCHES_PER_TICK)
+        self.finance_posts += 1
+        if entries:
+            _logger.debug("finance: posted %d entries", entries)
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -151,6 +171,13 @@ class Jobs:
             "interval",
             seconds=self.settings.projection_check_interval_s,
             id="projection-check",
+            **options,
+        )
+        scheduler.add_job(
+            self.post_finance,
+            "interval",
+            seconds=self.settings.finance_post_interval_s,
+            id="finance-post",
             **options,
         )
         return scheduler

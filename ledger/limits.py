@@ -31,6 +31,13 @@ BUSINESS_TIME_NS_MAX = U64_MAX
 # Money is integer minor units in a Postgres bigint.
 MONEY_MINOR_MAX = (1 << 63) - 1
 
+# A block's exchange rate at receipt (units of the functional currency per unit of its own), a
+# decimal string: at most this many significant digits and decimal places (a Postgres numeric).
+EXCHANGE_RATE_DIGITS_MAX = 12
+EXCHANGE_RATE_PLACES_MAX = 10
+# Its characters on the wire: the digits, a decimal point and leading or trailing zeros.
+EXCHANGE_RATE_CHARS_MAX = 32
+
 # A pending transfer's timeout is a u32 of seconds.
 PENDING_TIMEOUT_S_MAX = U32_MAX
 
@@ -204,5 +211,7 @@ assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension
 # Finance (finance/posting.py): the most projected entries one posting batch reads (one
 # transaction: its journals, lines, memo rows and block states).
 FINANCE_POST_ENTRIES_MAX = 20_000
+# The most batches one tick of the job posts; the next tick goes on.
+FINANCE_POST_BATCHES_PER_TICK = 50
 # The most rows one report or export page returns through the API (finance/reports.py).
 FINANCE_REPORT_ROWS_MAX = 10_000

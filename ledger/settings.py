@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,3 +45,25 @@ class LedgerSettings:
             raise SettingsError("TB_REQUEST_DEADLINE_S must be positive")
         data_dir = Path(env.get("CREDIT_LEDGER_DATA_DIR", ".data"))
         return cls(addresses, cluster_id, data_dir / "engine", deadline_s)
+
+
+# The currency the service's books are kept in, when the environment does not say.
+FUNCTIONAL_CURRENCY_DEFAULT = "USD"
+
+
+@dataclass(frozen=True)
+class FinanceSettings:
+    # ISO 4217 code of the functional currency: a block's `exchange_rate` is in units of it per
+    # unit of the block's currency (`CREDIT_LEDGER_FUNCTIONAL_CURRENCY`).
+    functional_currency: str = FUNCTIONAL_CURRENCY_DEFAULT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FinanceSettings:
+        env = os.environ if env is None else env
+        currency = env.get("CREDIT_LEDGER_FUNCTIONAL_CURRENCY", "").strip()
+        currency = currency or FUNCTIONAL_CURRENCY_DEFAULT
+        if not re.fullmatch(r"[A-Z]{3}", currency):
+            raise SettingsError(
+                "CREDIT_LEDGER_FUNCTIONAL_CURRENCY must be an ISO 4217 code (three capitals)"
+            )
+        return cls(currency)

@@ -21,18 +21,22 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, localcontext
 from typing import Any, TypeVar
 
 import msgspec
 
 from grants.errors import (
     Conflict,
+    GrantNotRefundable,
     IdempotencyConflict,
     InvalidRequest,
     LedgerUnavailableError,
     NotFound,
+    RefundExceedsAvailable,
 )
 from grants.model import Category, Grant, Source
 from grants.service import (
@@ -62,6 +66,9 @@ from ledger.limits import (
     BATCH_EVENTS_MAX,
     BUSINESS_TIME_NS_MAX,
     BUSINESS_TIME_NS_MIN,
+    EXCHANGE_RATE_CHARS_MAX,
+    EXCHANGE_RATE_DIGITS_MAX,
+    EXCHANGE_RATE_PLACES_MAX,
     MONEY_MINOR_MAX,
     U32_MAX,
 )
@@ -72,6 +79,7 @@ from ledger.repositories import (
     catalog,
     credit_types,
     customers,
+    grant_refunds,
     grants,
     idempotency,
     prices,
@@ -80,9 +88,11 @@ from ledger.repositories import (
     wallet_changes,
     wallets,
 )
+from ledger.repositories.grant_refunds import RefundState
 from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.wallet_changes import ChangeState
+from ledger.settings import FUNCTIONAL_CURRENCY_DEFAULT
 from wallets.catalog import (
     Budget,
     Catalog,
@@ -107,6 +117,8 @@ from wallets.service import CreditService
 
 R = TypeVar("R")
 NS = 1_000_000_000
+# An exchange rate on the wire: digits, at most one decimal point (no sign, no exponent).
+_RATE = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)
 _logger = logging.getLogger(__name__)
 
 
@@ -116,6 +128,7 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     category: Category
     consideration_minor: int = 0
     currency: str | None = None
+    exchange_rate: str | None = None  # a decimal: functional currency per unit of `currency`
     priority: int = 0
     effective_at: dt.datetime | None = None
     expires_at: dt.datetime | None = None
@@ -124,8 +137,18 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     external_ref: str | None = None
 
 
+class GrantRefundResult(msgspec.Struct, frozen=True):
+    """A refund in money of unused paid credits, applied."""
+
+    operation_id: int  # its transfer's id and user_data_128; grant_refunds' key
+    grant_id: int
+    credits: int
+    refund_minor: int
+    currency: str
+
+
 class ReconcileFailure(msgspec.Struct, frozen=True):
-    kind: str  # credit_type | wallet | wallet_change | budget | grant
+    kind: str  # credit_type | wallet | wallet_change | budget | grant | grant_refund
     object_id: str  # UUID text, or a credit type's ledger number
     error: str
 
@@ -140,6 +163,7 @@ class ReconcileReport(msgspec.Struct, frozen=True):
     interrupted: str | None = None
     wallet_changes_finished: list[int] = []  # pending policy changes applied or refused
     budgets: int = 0  # active budgets whose opened current period was brought to its cap
+    grant_refunds_finished: list[int] = []  # pending refunds in money applied or refused
 
 
 class PolicyRefused(Conflict):
@@ -148,10 +172,17 @@ class PolicyRefused(Conflict):
 
 class ControlPlane:
     def __init__(
-        self, pool: Pool, service: CreditService, grant_service: GrantService | None = None
+        self,
+        pool: Pool,
+        service: CreditService,
+        grant_service: GrantService | None = None,
+        *,
+        functional_currency: str = FUNCTIONAL_CURRENCY_DEFAULT,
     ) -> None:
         self.pool = pool
         self.service = service
+        # The currency of the books: a block in it has an exchange rate of 1.
+        self.functional_currency = functional_currency
         # The credit blocks' side of the ledger, on the spend path's cache and clock.
         self.grant_service = grant_service or GrantService(
             service.ledger, service.catalog, clock_ns=service.clock_ns
@@ -695,6 +726,7 @@ class ControlPlane:
         if wallet is None:
             raise NotFound(f"wallet {id_text(request.wallet_id)} not found")
         _validate_grant(request)
+        rate = exchange_rate_of(request, self.functional_currency)
         grant_id = operation_id(tenant, key)
         effective_at = request.effective_at or datetime_of_ns(self.service.clock_ns())
 
@@ -719,6 +751,7 @@ class ControlPlane:
                     actor=actor,
                     consideration_minor=request.consideration_minor,
                     currency=request.currency,
+                    exchange_rate=rate,
                     priority=request.priority,
                     expires_at=request.expires_at,
                     reason=request.reason,
@@ -845,6 +878,152 @@ class ControlPlane:
             first=first,
             then=then,
             result_type=SweepResult,
+        )
+
+    async def refund_grant(
+        self,
+        grant_id: int,
+        *,
+        amount: int | None,
+        refund_minor: int,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+    ) -> tuple[GrantRefundResult, bool]:
+        """Refunds unused credits of a paid block in money, once per key: exactly `amount`
+        credits (None: all that is left now, reservations' holds excepted) leave the block for
+        the ledger's refunded account, and `refund_minor` (the money returned, in the block's
+        currency) is recorded in `grant_refunds`. The row is written first ('pending'), the
+        transfer next, then the row is 'applied', or 'refused' when the engine found less left
+        than the row says (migration 0010). Returns (outcome, replayed)."""
+        if amount is not None and not 1 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+        if not 0 <= refund_minor <= MONEY_MINOR_MAX:
+            raise InvalidRequest(
+                f"refund_minor must be in 0..{MONEY_MINOR_MAX}", field="refund_minor"
+            )
+        refund_id = derive_id("grant/refund", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await grants.get_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            now = datetime_of_ns(self.service.clock_ns())
+            _refundable(row, now)
+            found = await self.grant_service.left(grant_id)
+            left = 0 if found is None else found[0]
+            if amount is None and left == 0:
+                raise RefundExceedsAvailable(
+                    f"grant {id_text(grant_id)} has no credits available to refund",
+                    field="amount",
+                    refundable=0,
+                )
+            if amount is not None and amount > left:
+                raise RefundExceedsAvailable(
+                    f"grant {id_text(grant_id)} has {left} credits available to refund, "
+                    f"fewer than {amount}",
+                    field="amount",
+                    refundable=left,
+                )
+            assert row.currency is not None  # a paid block has one
+            credits = left if amount is None else amount
+            await grant_refunds.insert_refund(
+                conn,
+                grant_refunds.NewGrantRefund(
+                    operation_id=refund_id,
+                    grant_id=grant_id,
+                    credit_type_id=row.credit_type_id,
+                    credits=credits,
+                    refund_minor=refund_minor,
+                    currency=row.currency,
+                    whole=amount is None,
+                    effective_at=now,
+                    actor=actor,
+                    reason=reason,
+                ),
+            )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.refund",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={
+                    "refund_id": id_text(refund_id),
+                    "credits": str(credits),
+                    "refund_minor": str(refund_minor),
+                    "currency": row.currency,
+                },
+            )
+
+        async def then() -> GrantRefundResult:
+            return await self._finish_refund(refund_id)
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.refund",
+            request={
+                "grant_id": str(grant_id),
+                "amount": None if amount is None else str(amount),
+                "refund_minor": str(refund_minor),
+                "reason": reason,
+            },
+            first=first,
+            then=then,
+            result_type=GrantRefundResult,
+        )
+
+    async def _finish_refund(self, refund_id: int) -> GrantRefundResult:
+        """Steps 2 and 3 of a refund in money: the transfer, then the row 'applied' or
+        'refused'. Idempotent (the transfer's id is the refund's). A refund found refused is
+        answered as the stored refusal it is."""
+        async with self.pool.connection() as conn:
+            row = await grant_refunds.get_refund(conn, refund_id)
+            assert row is not None
+            block = await grants.get_grant(conn, row.grant_id)
+            assert block is not None
+        replayed = row.state is not RefundState.PENDING
+        refundable = None  # what the block has left now, said with a refusal made now
+        if not replayed:
+            found = await self.grant_service.left(row.grant_id)
+            refundable = None if found is None else found[0]
+            applied = found is not None and await self.grant_service.refund_out(
+                _grant(block),
+                operation_id=refund_id,
+                credits=row.credits,
+                effective_at_ns=ns_of_datetime(row.effective_at),
+                tenant=found[1],
+            )
+            refusal = (
+                None
+                if applied
+                else f"the block had fewer than {row.credits} credits available when the "
+                "refund reached the ledger"
+            )
+            async with self.pool.connection() as conn, conn.transaction():
+                finished = await grant_refunds.finish_refund(
+                    conn,
+                    refund_id,
+                    RefundState.APPLIED if applied else RefundState.REFUSED,
+                    refusal=refusal,
+                )
+                if finished is None:  # another attempt finished it first
+                    finished = await grant_refunds.get_refund(conn, refund_id)
+            assert finished is not None
+            row = finished
+        if row.state is RefundState.REFUSED:
+            assert row.refusal is not None
+            raise RefundExceedsAvailable(
+                f"refund of grant {id_text(row.grant_id)} refused: {row.refusal}",
+                replayed=replayed,
+                field="amount",
+                refundable=refundable,
+            )
+        return GrantRefundResult(
+            row.operation_id, row.grant_id, row.credits, row.refund_minor, row.currency
         )
 
     # -- changes of a wallet's policy and of a budget -----------------------------------------
@@ -1117,6 +1296,7 @@ class ControlPlane:
             pending = await grants.list_pending_grants(conn, cutoff)
             abandoned = await grants.list_grants_in_states(conn, [GrantState.ABANDONED])
             changes = await wallet_changes.list_pending_changes(conn, cutoff)
+            refunds = await grant_refunds.list_pending_refunds(conn, cutoff)
             active_budgets = await budgets.list_all_active_budgets(conn)
             tenants = {c.id: c.tenant for c in await customers.list_all_customers(conn)}
             owners = {r.id: r.customer_id for r in await resources.list_all_resources(conn)}
@@ -1124,6 +1304,7 @@ class ControlPlane:
         failed: list[ReconcileFailure] = []
         finished: list[int] = []
         changed: list[int] = []
+        refunded: list[int] = []
         opened: list[budgets.Budget] = []
         interrupted = None
         try:
@@ -1136,12 +1317,23 @@ class ControlPlane:
             steps = self._reconcile_steps(
                 types, changes, all_wallets, opened, pending, tenants, owners, bounded
             )
+            # Refunds in money last: the blocks they take from are issued by then.
+            steps += [
+                (
+                    "grant_refund",
+                    id_text(r.operation_id),
+                    functools.partial(self._finish_refund_or_refuse, r.operation_id),
+                )
+                for r in refunds
+            ]
             for kind, object_id, step in steps:
                 done = await self._reconcile_step(kind, object_id, step, failing, failed)
                 if done and kind == "grant":
                     finished.append(uuid.UUID(object_id).int)
                 elif done and kind == "wallet_change":
                     changed.append(uuid.UUID(object_id).int)
+                elif done and kind == "grant_refund":
+                    refunded.append(uuid.UUID(object_id).int)
             # A grant abandoned while an attempt was in flight: its account, should it exist,
             # is watched like a voided block's, so the sweeps empty it.
             await self.grant_service.track_voided([_grant(g) for g in abandoned])
@@ -1158,6 +1350,7 @@ class ControlPlane:
             interrupted,
             changed,
             len(opened),
+            refunded,
         )
 
     def _reconcile_steps(
@@ -1200,6 +1393,11 @@ class ControlPlane:
             for row in pending
         ]
         return steps
+
+    async def _finish_refund_or_refuse(self, refund_id: int) -> None:
+        """A pending refund in money, applied or refused: either finishes it."""
+        with contextlib.suppress(RefundExceedsAvailable):
+            await self._finish_refund(refund_id)
 
     async def _finish_wallet_change(self, change_id: int) -> None:
         """A pending change of a wallet's policy, applied or refused: either finishes it."""
@@ -1398,6 +1596,72 @@ def _validate_grant(request: GrantRequest) -> None:
         and request.expires_at <= request.effective_at
     ):
         raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+
+
+def exchange_rate_of(request: GrantRequest, functional_currency: str) -> Decimal | None:
+    """The block's exchange rate at receipt, as stored: units of the functional currency per
+    unit of its currency. A paid block in the functional currency has 1 (a given rate must be
+    1); a paid block in another currency has the rate given, or None (unknown); a promotional
+    block none (it has no cost basis to measure). Refused (422) past the limits."""
+    text = request.exchange_rate
+    if request.category is not Category.PAID:
+        if text is not None:
+            raise InvalidRequest("only a paid grant has an exchange_rate", field="exchange_rate")
+        return None
+    rate = None if text is None else parse_exchange_rate(text)
+    if request.currency == functional_currency:
+        if rate is not None and rate != 1:
+            raise InvalidRequest(
+                f"a grant in the functional currency ({functional_currency}) has an "
+                "exchange_rate of 1",
+                field="exchange_rate",
+            )
+        return Decimal(1)
+    return rate
+
+
+def parse_exchange_rate(text: str) -> Decimal:
+    """A rate as a decimal string ("1.0842"): digits with at most one decimal point, > 0, at
+    most EXCHANGE_RATE_DIGITS_MAX significant digits and EXCHANGE_RATE_PLACES_MAX decimal
+    places (trailing zeros do not count). Returned without trailing zeros."""
+    if len(text) > EXCHANGE_RATE_CHARS_MAX or not _RATE.fullmatch(text):
+        raise InvalidRequest(
+            'exchange_rate must be a decimal string such as "1.0842"', field="exchange_rate"
+        )
+    with localcontext(prec=2 * EXCHANGE_RATE_CHARS_MAX):  # exact: nothing is rounded
+        rate = Decimal(text).normalize()
+    if rate <= 0:
+        raise InvalidRequest("exchange_rate must be more than 0", field="exchange_rate")
+    _, digits, exponent = rate.as_tuple()
+    assert isinstance(exponent, int)
+    significant = len(digits) + max(0, exponent)  # an integer's trailing zeros count
+    if significant > EXCHANGE_RATE_DIGITS_MAX or -exponent > EXCHANGE_RATE_PLACES_MAX:
+        raise InvalidRequest(
+            f"exchange_rate has at most {EXCHANGE_RATE_DIGITS_MAX} significant digits and "
+            f"{EXCHANGE_RATE_PLACES_MAX} decimal places",
+            field="exchange_rate",
+        )
+    return rate
+
+
+def rate_text(rate: Decimal | None) -> str | None:
+    """A stored rate as the API writes it: plain digits, never an exponent."""
+    return None if rate is None else format(rate.normalize(), "f")
+
+
+def _refundable(row: grants.Grant, now: dt.datetime) -> None:
+    """Refuses (409 grant_not_refundable) a refund in money of a block that cannot have one."""
+    if row.category is not Category.PAID:
+        raise GrantNotRefundable(
+            f"grant {id_text(row.id)} is promotional: nothing was paid for it to give back"
+        )
+    state = grants.block_state(row, now) if row.state is GrantState.ACTIVE else row.state.value
+    if state not in ("active", "upcoming"):
+        raise GrantNotRefundable(
+            f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
+            "expired nor been voided is refunded",
+            state=state,
+        )
 
 
 def business_time_ns(at: dt.datetime | None, field: str) -> int | None:

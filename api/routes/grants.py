@@ -1,4 +1,4 @@
-"""The credit-block routes: issue, read, void; and usage refunds of a debit."""
+"""The credit-block routes: issue, read, void, refund in money; and usage refunds of a debit."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
 from ledger.repositories import grants
 from wallets import chains
-from wallets.control import GrantRequest
+from wallets.control import GrantRequest, rate_text
 from wallets.statements import BlockState, GrantBalance
 
 OPS = {
@@ -66,6 +66,12 @@ OPS = {
     "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
     "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
+    "refund_grant": operation(
+        *ADMIN_PROBLEMS,
+        "grant_not_refundable",
+        "refund_exceeds_available",
+        example={"amount": 400, "refund_minor": 400, "reason": "cancelled the plan"},
+    ),
 }
 
 
@@ -80,8 +86,14 @@ OPS = {
     status_code=201,
     tags=["grants"],
     description="Issue a credit block to a wallet: paid (with its consideration and "
-    "currency, the cost basis) or promotional, with priority, effective_at and "
-    "expires_at (exclusive). A wallet in deficit is repaid first.",
+    "currency, the cost basis, and optionally the exchange_rate of its receipt) or "
+    "promotional, with priority, effective_at and expires_at (exclusive). A wallet in deficit "
+    "is repaid first. exchange_rate: units of the service's functional currency "
+    "(CREDIT_LEDGER_FUNCTIONAL_CURRENCY, USD by default) per unit of the block's currency, a "
+    "decimal string > 0 with at most 12 significant digits and 10 decimal places, kept as "
+    "given and never changed; a paid block in the functional currency has 1 (another rate is "
+    "422), one in another currency without it has none (null: unknown); a promotional block "
+    "takes none (422).",
 )
 async def create_grant(request: Request[Any, Any, Any], state: State) -> Response[w.GrantOut]:
     principal = principal_of(request)
@@ -95,6 +107,7 @@ async def create_grant(request: Request[Any, Any, Any], state: State) -> Respons
         category=Category(data.category.value),
         consideration_minor=data.consideration_minor,
         currency=data.currency,
+        exchange_rate=data.exchange_rate,
         priority=data.priority,
         effective_at=data.effective_at,
         expires_at=data.expires_at,
@@ -127,7 +140,8 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     opt={"scopes": READ_SCOPES},
     tags=["grants"],
     description="A credit block: what it was issued as (category, priority, effective_at, "
-    "expires_at, the cost basis consideration_minor and currency, source, reason, "
+    "expires_at, the cost basis consideration_minor and currency, its exchange_rate at "
+    "receipt, source, reason, "
     "external_ref, actor, created_at) and its figures now, as a spend would find them: its "
     "state (upcoming, active, expired, voided) and granted = available + upcoming + held + "
     "consumed + expired + voided + refunded + repaid. Past its expires_at, or once voided, "
@@ -172,6 +186,7 @@ def _block_out(services: Services, row: grants.Grant, now: dt.datetime) -> w.Gra
         expires_at=row.expires_at,
         consideration_minor=row.consideration_minor,
         currency=row.currency,
+        exchange_rate=rate_text(row.exchange_rate),
         source=w.GrantSource(row.source.value),
         reason=row.reason,
         external_ref=row.external_ref,
@@ -240,6 +255,49 @@ async def void_grant(
 
 
 @post(
+    "/v1/grants/{grant_id:str}/refund",
+    operation_class=OPS["refund_grant"],
+    dependencies=documented_body(w.GrantRefundIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["grants"],
+    description="Refund unused credits of a paid grant in money: `amount` credits (all that "
+    "is available now when left out) leave the block for good, and `refund_minor`, the "
+    "money given back in minor units of the block's currency, is recorded with them (the "
+    "liability released; finance reads it). Exactly `amount` or nothing: more than is "
+    "available now (credits held by reservations are not) is 409 refund_exceeds_available, "
+    "with the `refundable` credits; a promotional, voided or expired grant is 409 "
+    "grant_not_refundable. The grant stays active with what is left (0 after a refund of "
+    "all), and its read counts the credits as `refunded`.",
+)
+async def refund_grant(
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
+) -> Response[w.GrantRefundOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.GrantRefundIn)
+    services = services_of(state)
+    gid = parse_id(grant_id, "grant_id")
+    own(principal, await _grant_customer(services, gid), "grant")
+    result, replayed = await services.control.refund_grant(
+        gid,
+        amount=data.amount,
+        refund_minor=data.refund_minor,
+        tenant=principal.tenant,
+        key=key_of(request),
+        actor=principal.name,
+        reason=data.reason,
+    )
+    body = w.GrantRefundOut(
+        id=sid(result.operation_id),
+        grant_id=grant_id,
+        refunded=result.credits,
+        refund_minor=result.refund_minor,
+        currency=result.currency,
+    )
+    return reply(body, replayed)
+
+
+@post(
     "/v1/debits/{debit_id:str}/refund",
     operation_class=OPS["refund"],
     dependencies=documented_body(w.RefundIn),
@@ -286,5 +344,6 @@ ROUTES = [
     get_grant,
     list_grants,
     void_grant,
+    refund_grant,
     refund,
 ]

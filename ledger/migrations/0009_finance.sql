@@ -95,6 +95,8 @@ CREATE TABLE finance_journals (
 CREATE INDEX finance_journals_block_idx ON finance_journals (block_id);
 CREATE INDEX finance_journals_operation_idx ON finance_journals (operation_id);
 CREATE INDEX finance_journals_seq_idx ON finance_journals (posting_period, seq);
+-- Reconciliation compares the journals of a range of engine time with the projection's entries.
+CREATE INDEX finance_journals_engine_ts_idx ON finance_journals USING brin (engine_ts);
 
 -- The lines of a journal. `account` is the default chart's code (ACCOUNTING.md: 1010, 2100,
 -- 4000, 4050, 4900); exports map it to the ERP's. Amounts in minor units of the journal's
@@ -187,8 +189,9 @@ INSERT INTO finance_state (name, watermark_ts, seq, journals) VALUES ('finance',
 
 -- What a closed period keeps, written in the transaction that closes it, so that the next
 -- period's reports start from it instead of reading history: each paid block's remaining
--- obligation at the period's end (blocks with none are left out), and the rollforward per
--- currency.
+-- obligation at the period's end (with its opening and the revenue recognized from it in the
+-- period; blocks with neither an obligation nor a movement are left out), and the rollforward
+-- per currency.
 CREATE TABLE finance_period_blocks (
     period_start    date        NOT NULL,
     block_id        uuid        NOT NULL,
@@ -196,6 +199,8 @@ CREATE TABLE finance_period_blocks (
     credit_type_id  bigint      NOT NULL,
     currency        char(3)     NOT NULL,
     expires_at      timestamptz,
+    opening_minor   bigint      NOT NULL,
+    recognized_minor bigint     NOT NULL,
     remaining_minor bigint      NOT NULL,
     functional_remaining_minor bigint,
     PRIMARY KEY (period_start, block_id)

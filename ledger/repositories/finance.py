@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Any, Final
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from ledger.db import Connection
 from ledger.repositories._rows import from_amount, from_uuid, uuids
@@ -572,3 +573,348 @@ def _uuid_or_none(value: int) -> str | None:
 
 def fraction(value: Decimal | None) -> Fraction | None:
     return None if value is None else Fraction(value)
+
+
+# -- balances of a period ------------------------------------------------------------------------
+
+
+class BlockBalanceRow(msgspec.Struct, frozen=True):
+    block_id: int
+    customer_id: int
+    credit_type_id: int
+    currency: str
+    expires_at: dt.datetime | None
+    opening_minor: int
+    recognized_minor: int
+    remaining_minor: int
+    functional_remaining_minor: int | None
+
+
+class CategoryTotals(msgspec.Struct, frozen=True):
+    """A period's net change of the contract liability (2100) per currency and category."""
+
+    currency: str
+    additions_minor: int
+    usage_minor: int
+    breakage_minor: int
+    refunds_minor: int
+    adjustments_minor: int
+
+
+async def stored_blocks(
+    conn: Connection, period: dt.date, customer_id: int | None
+) -> list[BlockBalanceRow]:
+    """What a closed period kept of its blocks."""
+    cursor = await conn.execute(
+        """
+        SELECT block_id, customer_id, credit_type_id, currency, expires_at, opening_minor,
+               recognized_minor, remaining_minor, functional_remaining_minor
+        FROM finance_period_blocks
+        WHERE period_start = %s AND (%s::uuid IS NULL OR customer_id = %s::uuid)
+        ORDER BY block_id
+        """,
+        (period, *_customer(customer_id)),
+    )
+    return [_balance(r) for r in await cursor.fetchall()]
+
+
+async def computed_blocks(
+    conn: Connection,
+    period: dt.date,
+    base: dt.date | None,
+    customer_id: int | None,
+) -> list[BlockBalanceRow]:
+    """Each paid block's obligation at the start and end of an open `period`: what the closed
+    period `base` kept (none: nothing before), plus the 2100 lines of the periods after it up to
+    `period` (only those: the journals are partitioned by period)."""
+    cursor = await conn.execute(
+        """
+        WITH base AS (
+            SELECT block_id, remaining_minor AS amount, functional_remaining_minor AS f_amount
+            FROM finance_period_blocks WHERE period_start = %(base)s
+        ), moves AS (
+            SELECT j.block_id,
+                   coalesce(sum(l.credit_minor - l.debit_minor)
+                       FILTER (WHERE l.account = '2100' AND j.posting_period < %(period)s), 0)
+                       AS before,
+                   coalesce(sum(l.credit_minor - l.debit_minor)
+                       FILTER (WHERE l.account = '2100' AND j.posting_period = %(period)s), 0)
+                       AS during,
+                   coalesce(sum(coalesce(l.functional_credit_minor, 0)
+                                - coalesce(l.functional_debit_minor, 0))
+                       FILTER (WHERE l.account = '2100'), 0) AS f_during,
+                   coalesce(sum(l.credit_minor - l.debit_minor)
+                       FILTER (WHERE l.account IN ('4000', '4050')
+                               AND j.posting_period = %(period)s), 0) AS recognized,
+                   bool_or(j.posting_period = %(period)s) AS moved
+            FROM finance_journals j
+            JOIN finance_journal_lines l
+              ON l.posting_period = j.posting_period AND l.journal_id = j.id
+            WHERE j.posting_period > coalesce(%(base)s::date, '-infinity'::date)
+              AND j.posting_period <= %(period)s
+            GROUP BY j.block_id
+        ), blocks AS (
+            SELECT coalesce(m.block_id, b.block_id) AS block_id,
+                   coalesce(b.amount, 0) + coalesce(m.before, 0) AS opening,
+                   coalesce(m.during, 0) AS during,
+                   coalesce(m.recognized, 0) AS recognized,
+                   b.f_amount, coalesce(m.f_during, 0) AS f_during,
+                   coalesce(m.moved, false) AS moved
+            FROM moves m FULL JOIN base b ON b.block_id = m.block_id
+        )
+        SELECT x.block_id, fb.customer_id, fb.credit_type_id, fb.currency, fb.expires_at,
+               x.opening, x.recognized, x.opening + x.during,
+               CASE WHEN fb.functional_out_minor IS NULL THEN NULL
+                    ELSE coalesce(x.f_amount, 0) + x.f_during END
+        FROM blocks x JOIN finance_blocks fb ON fb.block_id = x.block_id
+        WHERE (x.opening <> 0 OR x.opening + x.during <> 0 OR x.moved)
+          AND (%(customer)s::uuid IS NULL OR fb.customer_id = %(customer)s::uuid)
+        ORDER BY x.block_id
+        """,
+        {"base": base, "period": period, "customer": _customer(customer_id)[0]},
+    )
+    return [_balance(r) for r in await cursor.fetchall()]
+
+
+async def category_totals(
+    conn: Connection, period: dt.date, customer_id: int | None
+) -> list[CategoryTotals]:
+    """The period's 2100 movements per currency and category: additions (purchases), usage,
+    breakage, refunds (as decreases), adjustments (corrections and prior-period adjustments,
+    signed increases)."""
+    cursor = await conn.execute(
+        """
+        SELECT j.currency,
+               sum(l.credit_minor - l.debit_minor) FILTER (
+                   WHERE j.kind = 'purchase' AND j.adjusts_period IS NULL),
+               sum(l.debit_minor - l.credit_minor) FILTER (
+                   WHERE j.kind = 'usage' AND j.adjusts_period IS NULL),
+               sum(l.debit_minor - l.credit_minor) FILTER (
+                   WHERE j.kind = 'breakage' AND j.adjusts_period IS NULL),
+               sum(l.debit_minor - l.credit_minor) FILTER (
+                   WHERE j.kind = 'refund' AND j.adjusts_period IS NULL),
+               sum(l.credit_minor - l.debit_minor) FILTER (
+                   WHERE j.kind = 'correction' OR j.adjusts_period IS NOT NULL)
+        FROM finance_journals j
+        JOIN finance_journal_lines l ON l.posting_period = j.posting_period AND l.journal_id = j.id
+        WHERE j.posting_period = %s AND l.account = '2100'
+          AND (%s::uuid IS NULL OR j.customer_id = %s::uuid)
+        GROUP BY j.currency ORDER BY j.currency
+        """,
+        (period, *_customer(customer_id)),
+    )
+    return [CategoryTotals(r[0], *(int(v or 0) for v in r[1:])) for r in await cursor.fetchall()]
+
+
+async def stored_balances(conn: Connection, period: dt.date) -> list[tuple[Any, ...]]:
+    cursor = await conn.execute(
+        "SELECT currency, opening_minor, additions_minor, usage_minor, breakage_minor,"
+        " refunds_minor, adjustments_minor, closing_minor, from_opening_minor"
+        " FROM finance_period_balances WHERE period_start = %s ORDER BY currency",
+        (period,),
+    )
+    return list(await cursor.fetchall())
+
+
+def _customer(customer_id: int | None) -> tuple[str | None, str | None]:
+    value = None if customer_id is None else _uuid(customer_id)
+    return value, value
+
+
+def _balance(r: tuple[Any, ...]) -> BlockBalanceRow:
+    return BlockBalanceRow(
+        from_uuid(r[0]),
+        _id(r[1]),
+        int(r[2]),
+        r[3] or "",
+        r[4],
+        int(r[5]),
+        int(r[6]),
+        int(r[7]),
+        _int_or_none(r[8]),
+    )
+
+
+# -- closing -------------------------------------------------------------------------------------
+
+
+async def active_periods(conn: Connection) -> list[dt.date]:
+    """Months with journals or memo rows (the partitions' bounds, then a look inside)."""
+    cursor = await conn.execute(
+        "SELECT DISTINCT posting_period FROM finance_journals"
+        " UNION SELECT DISTINCT posting_period FROM finance_memo ORDER BY 1"
+    )
+    return [r[0] for r in await cursor.fetchall()]
+
+
+async def booked_before(conn: Connection, period: dt.date) -> bool:
+    cursor = await conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM finance_journals WHERE posting_period < %s)"
+        " OR EXISTS (SELECT 1 FROM finance_memo WHERE posting_period < %s)",
+        (period, period),
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def unswept_blocks(conn: Connection, end_ns: int) -> list[int]:
+    """Blocks expired before `end_ns` that still have available credits (posted, not held):
+    the expiry sweep has not moved them yet. Only blocks with credits left are looked at."""
+    cursor = await conn.execute(
+        """
+        SELECT fb.block_id
+        FROM finance_blocks fb
+        WHERE fb.expires_at < timestamptz 'epoch' + %s * interval '1 microsecond'
+          AND fb.credits_out < fb.credits
+          AND fb.credits - fb.credits_out > (
+              SELECT coalesce(sum(e.pending), 0) FROM ledger_entries e
+              WHERE e.account_id = fb.block_id)
+        """,
+        (end_ns // 1000,),
+    )
+    return [from_uuid(r[0]) for r in await cursor.fetchall()]
+
+
+async def unbalanced_journals(conn: Connection, period: dt.date) -> int:
+    """Journals of `period` whose lines do not balance (or have fewer than two)."""
+    cursor = await conn.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT j.id
+            FROM finance_journals j
+            LEFT JOIN finance_journal_lines l
+              ON l.posting_period = j.posting_period AND l.journal_id = j.id
+            WHERE j.posting_period = %s
+            GROUP BY j.id
+            HAVING count(l.line) < 2
+                OR coalesce(sum(l.debit_minor), 0) <> coalesce(sum(l.credit_minor), 0)
+                OR coalesce(sum(l.functional_debit_minor), 0)
+                   <> coalesce(sum(l.functional_credit_minor), 0)
+        ) bad
+        """,
+        (period,),
+    )
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def last_projection_check_clean(conn: Connection) -> bool:
+    cursor = await conn.execute("SELECT clean FROM projection_checks ORDER BY id DESC LIMIT 1")
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+class BlockDifference(msgspec.Struct, frozen=True):
+    block_id: int
+    projection_balance: int  # the block's posted balance: its entries' amounts summed
+    finance_balance: int  # credits - credits_out of finance_blocks
+    liability_minor: int | None  # paid: the journals' 2100 net for the block
+    expected_liability_minor: int | None  # paid: consideration - value(D) - accrued
+
+
+async def block_differences(
+    conn: Connection, period: dt.date, watermark_ts: int
+) -> list[BlockDifference]:
+    """The blocks with journals or memo rows in `period` whose projection (entries up to the
+    poster's watermark) and finance state differ, or whose journals' 2100 net is not what the
+    block's state says is still owed."""
+    cursor = await conn.execute(
+        """
+        WITH moved AS (
+            SELECT DISTINCT block_id FROM finance_journals WHERE posting_period = %(period)s
+            UNION SELECT DISTINCT block_id FROM finance_memo WHERE posting_period = %(period)s
+        ), projected AS (
+            SELECT m.block_id,
+                   (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e
+                    WHERE e.account_id = m.block_id AND e.engine_ts <= %(watermark)s) AS balance
+            FROM moved m
+        ), liability AS (
+            SELECT j.block_id, sum(l.credit_minor - l.debit_minor) AS net
+            FROM finance_journals j
+            JOIN finance_journal_lines l
+              ON l.posting_period = j.posting_period AND l.journal_id = j.id
+            WHERE j.block_id IN (SELECT block_id FROM moved) AND l.account = '2100'
+            GROUP BY j.block_id
+        )
+        SELECT fb.block_id, p.balance, fb.credits - fb.credits_out,
+               CASE WHEN fb.category = 'paid' THEN coalesce(li.net, 0) END,
+               CASE WHEN fb.category = 'paid'
+                    THEN fb.consideration_minor - fb.value_out_minor - fb.accrued_minor END
+        FROM projected p
+        JOIN finance_blocks fb ON fb.block_id = p.block_id
+        LEFT JOIN liability li ON li.block_id = p.block_id
+        WHERE p.balance <> fb.credits - fb.credits_out
+           OR (fb.category = 'paid'
+               AND coalesce(li.net, 0)
+                   <> fb.consideration_minor - fb.value_out_minor - fb.accrued_minor)
+        ORDER BY fb.block_id
+        """,
+        {"period": period, "watermark": watermark_ts},
+    )
+    return [
+        BlockDifference(
+            from_uuid(r[0]), int(r[1]), from_amount(r[2]), _int_or_none(r[3]), _int_or_none(r[4])
+        )
+        for r in await cursor.fetchall()
+    ]
+
+
+async def insert_period(
+    conn: Connection,
+    period: Period,
+    blocks: Sequence[BlockBalanceRow],
+    balances: Sequence[tuple[Any, ...]],
+) -> None:
+    """Records a closed month with what it keeps (one transaction with the checks)."""
+    await conn.execute(
+        f"INSERT INTO finance_periods ({_PERIOD_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            period.period_start,
+            period.state,
+            period.closed_at,
+            period.closed_by,
+            period.locked_at,
+            period.locked_by,
+            period.watermark_ts,
+            Jsonb(period.checks),
+        ),
+    )
+    statement = (
+        "COPY finance_period_blocks (period_start, block_id, customer_id, credit_type_id,"
+        " currency, expires_at, opening_minor, recognized_minor, remaining_minor,"
+        " functional_remaining_minor) FROM STDIN"
+    )
+    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
+        for b in blocks:
+            await copy.write_row(
+                (
+                    period.period_start,
+                    _uuid(b.block_id),
+                    _uuid_or_none(b.customer_id),
+                    b.credit_type_id,
+                    b.currency,
+                    b.expires_at,
+                    b.opening_minor,
+                    b.recognized_minor,
+                    b.remaining_minor,
+                    b.functional_remaining_minor,
+                )
+            )
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO finance_period_balances (period_start, currency, opening_minor,"
+            " additions_minor, usage_minor, breakage_minor, refunds_minor, adjustments_minor,"
+            " closing_minor, from_opening_minor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(period.period_start, *row) for row in balances],
+        )
+
+
+async def lock_period(conn: Connection, period: dt.date, actor: str, at: dt.datetime) -> Period:
+    cursor = await conn.execute(
+        "UPDATE finance_periods SET state = 'locked', locked_at = %s, locked_by = %s"
+        f" WHERE period_start = %s AND state = 'closed' RETURNING {_PERIOD_COLUMNS}",
+        (at, actor, period),
+    )
+    r = await cursor.fetchone()
+    assert r is not None, period
+    return Period(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])

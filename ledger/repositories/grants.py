@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Collection
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
@@ -32,7 +33,8 @@ from ledger.repositories._rows import (
 
 _COLUMNS: Final = (
     "id, wallet_id, credit_type_id, amount, category, consideration_minor, currency, priority,"
-    " effective_at, expires_at, source, reason, actor, external_ref, state, created_at"
+    " effective_at, expires_at, source, reason, actor, external_ref, state, created_at,"
+    " exchange_rate"
 )
 
 
@@ -65,6 +67,9 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     category: GrantCategory
     consideration_minor: int  # what the customer paid, in minor units of `currency`
     currency: str | None  # ISO 4217
+    # Units of the functional currency per unit of `currency` at receipt (None: unknown, or a
+    # promotional block). Set at issue, never changed (migration 0010).
+    exchange_rate: Decimal | None
     priority: int
     effective_at: datetime
     expires_at: datetime | None  # exclusive; None: never expires
@@ -89,6 +94,7 @@ class NewGrant(msgspec.Struct, frozen=True, kw_only=True):
     actor: str
     consideration_minor: int = 0
     currency: str | None = None
+    exchange_rate: Decimal | None = None
     priority: int = 0
     expires_at: datetime | None = None
     reason: str | None = None
@@ -114,6 +120,7 @@ def _row(row: tuple[Any, ...]) -> Grant:
         external_ref=row[13],
         state=GrantState(row[14]),
         created_at=row[15],
+        exchange_rate=row[16],
     )
 
 
@@ -121,8 +128,8 @@ async def insert_grant(conn: Connection, grant: NewGrant) -> Grant:
     cursor = await conn.execute(
         "INSERT INTO grants (id, wallet_id, credit_type_id, amount, category,"
         " consideration_minor, currency, priority, effective_at, expires_at, source, reason,"
-        " actor, external_ref, state)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " actor, external_ref, state, exchange_rate)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         f" RETURNING {_COLUMNS}",
         (
             to_uuid(grant.id),
@@ -140,6 +147,7 @@ async def insert_grant(conn: Connection, grant: NewGrant) -> Grant:
             grant.actor,
             grant.external_ref,
             grant.state.value,
+            grant.exchange_rate,
         ),
     )
     row = await cursor.fetchone()

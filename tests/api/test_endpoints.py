@@ -118,6 +118,7 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
         "expires_at": None,
         "consideration_minor": 0,
         "currency": None,
+        "exchange_rate": None,
         "source": "admin",
         "reason": "welcome",
         "external_ref": None,

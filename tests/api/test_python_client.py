@@ -24,10 +24,12 @@ from credit_ledger_client import (
     CreditApiError,
     CreditClient,
     ForbiddenError,
+    GrantNotRefundableError,
     IdempotencyConflictError,
     InsufficientCreditsError,
     LedgerUnavailableError,
     NotFoundError,
+    RefundExceedsAvailableError,
     ReservationAlreadyReleasedError,
     ReservationAlreadySettledError,
     ReservationExpiredError,
@@ -55,6 +57,7 @@ from credit_ledger_client.schemas import (
     EntryType,
     FundingOut,
     GrantQuery,
+    GrantRefundIn,
     Overage,
     OverdraftMode,
     Period,
@@ -653,6 +656,8 @@ CODES = {
     "reservation_already_settled": (409, ReservationAlreadySettledError),
     "reservation_already_released": (409, ReservationAlreadyReleasedError),
     "idempotency_conflict": (409, IdempotencyConflictError),
+    "grant_not_refundable": (409, GrantNotRefundableError),
+    "refund_exceeds_available": (409, RefundExceedsAvailableError),
     "not_found": (404, NotFoundError),
     "validation_error": (422, ValidationError),
     "unauthorized": (401, UnauthorizedError),
@@ -1087,7 +1092,19 @@ async def test_the_client_against_the_real_service(api: Api) -> None:
         price = await client.current_price(
             PriceAtQuery(feature=f"real-{api.seq}", credit_type=world.code)
         )
+        refund = await client.refund_grant(
+            world.grant["id"], GrantRefundIn(amount=5, refund_minor=50, reason="goodwill")
+        )
+        with pytest.raises(RefundExceedsAvailableError) as too_much:
+            await client.refund_grant(world.grant["id"], GrantRefundIn(refund_minor=1, amount=961))
 
+    assert (refund.grant_id, refund.refunded, refund.refund_minor, refund.currency) == (
+        world.grant["id"],
+        5,
+        50,
+        "USD",
+    )
+    assert too_much.value.refundable == 960
     assert (debit.amount, refused.allowed, refused.reason) == (30, False, "insufficient_credits")
     assert [(r.id, r.amount, r.status) for r in reservations] == [(reservation.id, 20, "settled")]
     assert world.customer["id"] in customers and len(customers) == len(set(customers))

@@ -45,6 +45,7 @@ async def test_the_packaged_migrations_apply_once(
             "0006_price_history",
             "0007_wallet_changes",
             "0008_projection",
+            "0010_grant_refunds",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -77,6 +78,7 @@ async def test_the_packaged_migrations_apply_once(
             "price_history",
             "wallet_changes",
             "projection",
+            "grant_refunds",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

@@ -14,7 +14,7 @@ from ledger.client import Ledger, LedgerSync, LedgerUnavailable, open_ledger, op
 from ledger.clock import ManualClock
 from ledger.embedded import EmbeddedEngine
 from ledger.limits import BATCH_EVENTS_MAX
-from ledger.settings import LedgerSettings, SettingsError
+from ledger.settings import FinanceSettings, LedgerSettings, SettingsError
 from ledger.types import Account, CreateTransferStatus, Transfer, TransferFlags
 
 
@@ -141,3 +141,11 @@ def test_cluster_settings_are_read() -> None:
     settings = LedgerSettings.from_env({"TB_ADDRESSES": "127.0.0.1:3000", "TB_CLUSTER_ID": "5"})
     assert settings.tb_addresses == "127.0.0.1:3000"
     assert settings.tb_cluster_id == 5
+
+
+def test_the_functional_currency_is_read_and_checked() -> None:
+    assert FinanceSettings.from_env({}).functional_currency == "USD"
+    env = {"CREDIT_LEDGER_FUNCTIONAL_CURRENCY": "EUR"}
+    assert FinanceSettings.from_env(env).functional_currency == "EUR"
+    with pytest.raises(SettingsError, match="CREDIT_LEDGER_FUNCTIONAL_CURRENCY"):
+        FinanceSettings.from_env({"CREDIT_LEDGER_FUNCTIONAL_CURRENCY": "euro"})

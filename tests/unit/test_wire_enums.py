@@ -35,5 +35,9 @@ def test_wire_and_service_page_limits_agree() -> None:
     assert schemas.CURSOR_CHARS_MAX == limits.LIST_CURSOR_CHARS_MAX
 
 
+def test_wire_and_service_exchange_rate_limits_agree() -> None:
+    assert schemas.EXCHANGE_RATE_CHARS_MAX == limits.EXCHANGE_RATE_CHARS_MAX
+
+
 def test_the_listed_grant_states_are_the_wire_states() -> None:
     assert set(grants.BLOCK_STATES) == {m.value for m in schemas.GrantState}

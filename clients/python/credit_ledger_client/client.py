@@ -66,6 +66,8 @@ from credit_ledger_client.schemas import (
     GrantOut,
     GrantPage,
     GrantQuery,
+    GrantRefundIn,
+    GrantRefundOut,
     ListQuery,
     Overage,
     Page,
@@ -111,12 +113,14 @@ __all__ = [
     "CreditApiError",
     "CreditClient",
     "ForbiddenError",
+    "GrantNotRefundableError",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
     "InternalServerError",
     "LedgerUnavailableError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RefundExceedsAvailableError",
     "Reservation",
     "ReservationAlreadyReleasedError",
     "ReservationAlreadySettledError",
@@ -249,6 +253,20 @@ class ConflictError(CreditApiError):
     """409: the request conflicts with what exists (an object created differently before)."""
 
 
+class GrantNotRefundableError(ConflictError):
+    """409: a refund in money of a grant that cannot have one (promotional, voided, expired)."""
+
+
+class RefundExceedsAvailableError(ConflictError):
+    """409: a refund in money of more credits than the grant has available; `refundable` is
+    what it has (absent on the replay of a stored refusal)."""
+
+    @property
+    def refundable(self) -> int | None:
+        value = self.extra.get("refundable")
+        return value if isinstance(value, int) else None
+
+
 class NotFoundError(CreditApiError):
     pass
 
@@ -303,6 +321,8 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "reservation_already_released": ReservationAlreadyReleasedError,
     "idempotency_conflict": IdempotencyConflictError,
     "conflict": ConflictError,
+    "grant_not_refundable": GrantNotRefundableError,
+    "refund_exceeds_available": RefundExceedsAvailableError,
     "not_found": NotFoundError,
     "validation_error": ValidationError,
     "unauthorized": UnauthorizedError,
@@ -958,6 +978,14 @@ class CreditClient:
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return self._send(_post(path, body, VoidOut, idempotency_key))
 
+    def refund_grant(
+        self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None
+    ) -> GrantRefundOut:
+        """Refund unused credits of a paid grant in money: `body.amount` credits (all that is
+        available when None) leave the block; `body.refund_minor` is the money given back."""
+        path = f"/v1/grants/{_segment(grant_id)}/refund"
+        return self._send(_post(path, body, GrantRefundOut, idempotency_key))
+
     # -- spending
 
     def debit(
@@ -1262,6 +1290,12 @@ class AsyncCreditClient:
     ) -> VoidOut:
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return await self._send(_post(path, body, VoidOut, idempotency_key))
+
+    async def refund_grant(
+        self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None
+    ) -> GrantRefundOut:
+        path = f"/v1/grants/{_segment(grant_id)}/refund"
+        return await self._send(_post(path, body, GrantRefundOut, idempotency_key))
 
     # -- spending
 

@@ -75,6 +75,20 @@ TIME = Annotated[
     ),
 ]
 TIMEOUT_S = Annotated[int, msgspec.Meta(ge=1, le=24 * 3600)]
+# An exchange rate as a decimal string (the service checks > 0, at most 12 significant digits
+# and 10 decimal places; ledger.limits holds the same numbers).
+EXCHANGE_RATE_CHARS_MAX = 32
+EXCHANGE_RATE = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=EXCHANGE_RATE_CHARS_MAX,
+        pattern=r"^[0-9]+(\.[0-9]+)?$",
+        description="units of the service's functional currency per unit of the block's "
+        "currency at receipt: > 0, at most 12 significant digits and 10 decimal places",
+        examples=["1.0842"],
+    ),
+]
 # Pages of a list (the service's ledger.limits holds the same numbers; a test compares them).
 PAGE_LIMIT_DEFAULT = 100
 PAGE_LIMIT_MAX = 1000
@@ -407,6 +421,7 @@ class GrantIn(Strict):
     category: Category
     consideration_minor: AMOUNT0 = 0
     currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
+    exchange_rate: EXCHANGE_RATE | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     effective_at: TIME | None = None
     expires_at: TIME | None = None
@@ -437,6 +452,9 @@ class GrantBlockOut(Out):
     expires_at: dt.datetime | None
     consideration_minor: int
     currency: str | None
+    # Units of the service's functional currency per unit of `currency` at receipt: "1" in the
+    # functional currency; null when not given for another currency, and for promotional blocks.
+    exchange_rate: str | None
     source: GrantSource
     reason: str | None
     external_ref: str | None
@@ -483,6 +501,24 @@ class VoidIn(Strict):
 class VoidOut(Out):
     grant_id: str
     voided: int
+
+
+class GrantRefundIn(Strict):
+    """A refund in money of a paid block's unused credits: `amount` credits (all that is
+    available now when left out) and the money given back, `refund_minor` (required), in
+    minor units of the block's currency."""
+
+    refund_minor: AMOUNT0
+    amount: AMOUNT | None = None
+    reason: REASON | None = None
+
+
+class GrantRefundOut(Out):
+    id: str  # the refund's operation id: its transfer's id and its refund_out entry's
+    grant_id: str
+    refunded: int  # credits taken out of the block
+    refund_minor: int
+    currency: str
 
 
 # -- spending -------------------------------------------------------------------------------------
