@@ -90,7 +90,9 @@ def load_mapping(path: str | Path | None) -> ErpMapping:
     try:
         mapping = msgspec.json.decode(Path(path).read_bytes(), type=ErpMapping)
     except (OSError, msgspec.ValidationError, msgspec.DecodeError) as error:
-        raise InvalidRequest(f"ERP account mapping {str(path)!r}: {error}", field="mapping") from None
+        raise InvalidRequest(
+            f"ERP account mapping {str(path)!r}: {error}", field="mapping"
+        ) from None
     unknown = sorted(set(mapping.accounts) - set(rec.ACCOUNTS))
     if unknown:
         raise InvalidRequest(
@@ -240,9 +242,7 @@ class CsvSink:
         self.out.write(data)
 
 
-def _control(
-    request: ExportRequest, prepared: Prepared, rows: int, sha256: str
-) -> Control:
+def _control(request: ExportRequest, prepared: Prepared, rows: int, sha256: str) -> Control:
     return Control(
         report=request.report.value,
         period=rp.month(request.period),

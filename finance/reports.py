@@ -19,6 +19,7 @@ from typing import Final
 
 import msgspec
 
+from finance import periods
 from finance import recognition as rec
 from finance.currencies import major
 from grants.errors import InvalidRequest
@@ -64,12 +65,7 @@ _DAY_S: Final = 86_400
 
 def parse_period(text: str) -> dt.date:
     """`YYYY-MM` as the month's first day; anything else is 422 naming `period`."""
-    if len(text) != 7 or text[4] != "-" or not (text[:4] + text[5:]).isdigit():
-        raise InvalidRequest(f"period {text!r} is not a month (YYYY-MM)", field="period")
-    year, month = int(text[:4]), int(text[5:])
-    if not (1 <= month <= 12 and 1970 <= year <= 9999):
-        raise InvalidRequest(f"period {text!r} is not a month (YYYY-MM)", field="period")
-    return dt.date(year, month, 1)
+    return periods.parse_period(text)
 
 
 def parse_report(text: str) -> Report:
@@ -345,10 +341,8 @@ def summary_table(
                     )
                 )
             else:
-                out.append(
-                    (entry, erp_date(period), s.currency, mapping.account(s.account), *amounts)
-                    + (memo, "")
-                )
+                account = mapping.account(s.account)
+                out.append((entry, erp_date(period), s.currency, account, *amounts, memo, ""))
     totals.rows = len(out)
     return Table(SUMMARY_COLUMNS[layout], out, totals.rendered())
 
@@ -387,7 +381,7 @@ class RollforwardLike(msgspec.Struct, frozen=True):
 
 def rollforward_table(records: Iterable[RollforwardLike], period: dt.date) -> Table:
     totals = Totals()
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in sorted(records, key=lambda x: x.currency):
         c = r.currency
         totals.rows += 1
@@ -430,7 +424,7 @@ def revenue_table(records: Iterable[rows.RevenueRecord], period: dt.date) -> Tab
     """Net revenue (credits less debits: contra revenue is negative) per customer x product x
     type x currency."""
     totals = Totals()
-    out = []
+    out: list[tuple[str, ...]] = []
     for r in records:
         net = r.credit_minor - r.debit_minor
         kind = REVENUE_TYPES[r.account]
@@ -500,15 +494,13 @@ def aging_table(balances: Iterable[BlockBalanceLike], period: dt.date) -> Table:
         cell[0] += 1
         cell[1] += b.remaining_minor
     totals = Totals()
-    out = []
+    out: list[tuple[str, ...]] = []
     for currency, by_bucket in sorted(sums.items()):
         for name in names:
             count, remaining = by_bucket[name]
             totals.rows += 1
             totals.add(currency, remaining=remaining)
-            out.append(
-                (month(period), currency, name, str(count), major(remaining, currency))
-            )
+            out.append((month(period), currency, name, str(count), major(remaining, currency)))
     return Table(AGING_COLUMNS, out, totals.rendered())
 
 
@@ -538,7 +530,7 @@ def blocks_table(
     period: dt.date,
 ) -> Table:
     totals = Totals()
-    out = []
+    out: list[tuple[str, ...]] = []
     for b in sorted(balances, key=lambda x: (x.customer_id, x.block_id)):
         t = terms.get(b.block_id)
         c = b.currency
@@ -586,7 +578,7 @@ def memo_table(records: Iterable[rows.MemoRecord], period: dt.date) -> Table:
     """Promotional credits per block x kind, in credits (no money: they have no consideration).
     Totals per credit type and kind."""
     totals = Totals(money=False)
-    out = []
+    out: list[tuple[str, ...]] = []
     for m in records:
         totals.rows += 1
         totals.add(m.credit_type, **{m.kind: m.credits})
@@ -707,4 +699,3 @@ def reconciliation_table(
         {"": {"blocks": str(blocks), "differences": str(differences)}},
         extra={"differences": differences, "blocks": blocks},
     )
-

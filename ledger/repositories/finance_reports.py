@@ -3,7 +3,8 @@
 Invariant: every query reads one period's rows. The journals, their lines and the memo are read
 with `posting_period = %s` (the journals and their lines are partitioned by it: one partition);
 per-block figures are read by block id, for the blocks that moved in the period only (the
-blocks' primary key, `finance_journals_block_idx`, and the projection's `ledger_entries_account_idx`).
+blocks' primary key, `finance_journals_block_idx`, the projection's
+`ledger_entries_account_idx`).
 Rows come in a deterministic order, so that a closed period's export is the same bytes every time.
 """
 
@@ -183,7 +184,9 @@ async def stream_lines(
             )
 
 
-async def summary(conn: Connection, period: dt.date, customer_id: int | None) -> list[SummaryRecord]:
+async def summary(
+    conn: Connection, period: dt.date, customer_id: int | None
+) -> list[SummaryRecord]:
     """The period's lines per account x currency x product, ordered by currency, account and
     product code."""
     where, params = _period_filter(customer_id)
@@ -248,9 +251,7 @@ async def revenue(
         )
         for r in await cursor.fetchall()
     ]
-    return sorted(
-        rows, key=lambda x: (x.customer_id or 0, x.credit_type, x.account, x.currency)
-    )
+    return sorted(rows, key=lambda x: (x.customer_id or 0, x.credit_type, x.account, x.currency))
 
 
 async def memo(conn: Connection, period: dt.date, customer_id: int | None) -> list[MemoRecord]:
@@ -417,4 +418,3 @@ async def latest_projection_check(conn: Connection) -> ProjectionCheckRow | None
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
-
