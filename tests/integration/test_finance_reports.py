@@ -5,6 +5,7 @@ the summary journal in the ERP layouts, and a customer filter."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import hashlib
@@ -14,7 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from cli import main
 from finance import exports, periods
 from finance.currencies import major
 from finance.exports import ExportRequest
@@ -25,11 +28,11 @@ from ledger.clock import ManualClock
 from ledger.embedded import EmbeddedEngine
 from ledger.ids import operation_id
 from ledger.repositories import finance as repo
+from tests.conftest import SETTINGS
 from tests.integration.projection_support import (
     History,
     check_of,
     mixed_history,
-    own_pool,
     plane_on,
 )
 from wallets.control import ControlPlane
@@ -42,9 +45,17 @@ FEBRUARY = dt.date(2025, 2, 1)
 
 
 @pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
+def database_url(fresh_db_url: Callable[..., str], template_db: str) -> str:
+    return fresh_db_url(template_db)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[db.Pool]:
+    made = await db.open_pool(SETTINGS, conninfo=database_url)
+    try:
         yield made
+    finally:
+        await db.close(made)
 
 
 @pytest.fixture
@@ -213,3 +224,45 @@ async def test_a_customer_filter_keeps_its_rows_only(
     assert mine_control.customer_id == one
     nobody, _ = await _csv(plane.pool, Report.REVENUE, customer_id=12345)
     assert _rows(nobody) == []
+
+
+async def _cli(database_url: str, tmp_path: Path, *args: str) -> Result:
+    env = {"DATABASE_URL": database_url, "CREDIT_LEDGER_DATA_DIR": str(tmp_path / "data")}
+    return await asyncio.to_thread(CliRunner().invoke, main, list(args), env=env)
+
+
+async def test_the_commands_export_close_and_list(
+    plane: ControlPlane, clock: ManualClock, database_url: str, tmp_path: Path
+) -> None:
+    history = await mixed_history(plane, clock)
+    posted = await _cli(database_url, tmp_path, "finance", "post")
+    assert posted.exit_code == 0, posted.output
+    assert "caught up" in posted.output
+    await _close_january(plane, clock, history)
+    listed = await _cli(database_url, tmp_path, "period", "list")
+    assert listed.exit_code == 0 and "2025-01  closed" in listed.output, listed.output
+    out = tmp_path / "jan.csv"
+    done = await _cli(
+        database_url, tmp_path, "export", "journal-lines", "--period", "2025-01", "--out", str(out)
+    )
+    assert done.exit_code == 0, done.output
+    expected, control = await _csv(plane.pool, Report.JOURNAL_LINES)
+    assert out.read_bytes() == expected
+    beside = json.loads((tmp_path / "jan.csv.control.json").read_text())
+    assert beside["sha256"] == control.sha256 == hashlib.sha256(expected).hexdigest()
+    assert beside["provisional"] is False and beside["rows"] == control.rows
+    assert "final" in done.output
+    as_json = await _cli(
+        database_url, tmp_path, "export", "rollforward", "--period", "2025-01", "--format", "json"
+    )
+    assert json.loads(as_json.stdout)["report"] == "rollforward"
+    bad = await _cli(database_url, tmp_path, "export", "aging", "--period", "2025-13")
+    assert bad.exit_code == 2 and "--period" in bad.output
+    layout = await _cli(
+        database_url, tmp_path, "export", "aging", "--period", "2025-01", "--layout", "qbo"
+    )
+    assert layout.exit_code == 2 and "summary-journal" in layout.output
+    locked = await _cli(database_url, tmp_path, "period", "lock", "2025-01", "--actor", "cfo")
+    assert locked.exit_code == 0 and "locked" in locked.output, locked.output
+    refused = await _cli(database_url, tmp_path, "period", "lock", "2025-02")
+    assert refused.exit_code == 1 and "period_not_closed" in refused.output
