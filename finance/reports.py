@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Final
@@ -60,11 +61,14 @@ AGING_BUCKETS: Final = (
     (">365", None),
 )
 NO_EXPIRY: Final = "no-expiry"
+_MONTH: Final = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _DAY_S: Final = 86_400
 
 
 def parse_period(text: str) -> dt.date:
     """`YYYY-MM` as the month's first day; anything else is 422 naming `period`."""
+    if not _MONTH.fullmatch(text):
+        raise InvalidRequest(f"a period is a month written YYYY-MM, not {text!r}", field="period")
     return periods.parse_period(text)
 
 
