@@ -7,6 +7,9 @@ every layer (the edges `api` and `jobs` may not import each other; this package 
     credit-ledger keys create|list|revoke
     credit-ledger reconcile [--abandon-grant ID --reason TEXT]
     credit-ledger usage   --from FROM --to TO [--bucket B] [--group-by F,...] [--csv] ...
+    credit-ledger export  REPORT --period YYYY-MM [--format csv|json] [--layout L] [--out FILE]
+    credit-ledger period  list|close|lock [YYYY-MM]
+    credit-ledger finance post
     credit-ledger demo    [--url URL] [--key KEY] [--data-dir DIR]
 
 Defaults are embedded: TigerBeetle's state machine in-process (journal under
@@ -33,6 +36,7 @@ from typing import Any
 import click
 
 from api.cli_keys import keys
+from cli.finance import export, finance, period
 from cli.projection import projection
 from cli.reconcile import reconcile
 from cli.usage import usage
@@ -118,6 +122,9 @@ main.add_command(keys)
 main.add_command(reconcile)
 main.add_command(projection)
 main.add_command(usage)
+main.add_command(export)
+main.add_command(period)
+main.add_command(finance)
 
 
 @main.command()

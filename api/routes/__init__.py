@@ -9,13 +9,14 @@ ids, calls the service, and shapes the answer. One module per part of the API:
   from Postgres, paged by `api.paging`); admin writes keep their idempotency in Postgres
   through the control plane.
 - `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
+- `finance`: the finance reports (JSON or CSV), periods (list, close, lock), breakage policies.
 - `health`: liveness and readiness.
 - `clock`: a sandbox's test clock (`serve --test-clock`): read it, advance it.
 """
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, clock, grants, health, prices, spending, usage
+from api.routes import budgets, catalog, clock, finance, grants, health, prices, spending, usage
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -25,6 +26,7 @@ ROUTES = [
     *budgets.ROUTES,
     *prices.ROUTES,
     *usage.ROUTES,
+    *finance.ROUTES,
     *health.ROUTES,
     *clock.ROUTES,
 ]

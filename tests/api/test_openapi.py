@@ -20,13 +20,19 @@ from tests.api.support import running_api, scope_keys
 pytestmark = pytest.mark.anyio
 
 SCHEMA_PATH = "/schema/openapi.json"
-# Routes that change nothing or carry their keys per item: no Idempotency-Key header.
+# Routes that change nothing, carry their keys per item, or are idempotent by nature (closing a
+# closed month answers it; the same breakage policy again answers it; advancing the test clock
+# `to` an instant): no Idempotency-Key.
 NO_IDEMPOTENCY_KEY = {
     ("POST", "/v1/check"),
     ("POST", "/v1/debits/batch"),
-    # Advancing `to` an instant is idempotent by itself; a sandbox's tool.
+    ("POST", "/v1/periods/{period}/close"),
+    ("POST", "/v1/periods/{period}/lock"),
+    ("POST", "/v1/finance/breakage-policies"),
     ("POST", "/v1/test-clock/advance"),
 }
+# POSTs without a body: the path says it all.
+NO_BODY = ("/release", "/close", "/lock")
 WRITES = ("POST", "PATCH", "DELETE")
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
 
@@ -93,7 +99,7 @@ async def test_every_served_route_is_documented_with_a_description(served: Serve
     assert undescribed == []
     # Request bodies are documented with their schema.
     for (method, path), operation in operations.items():
-        if method in ("POST", "PATCH") and not path.endswith("/release"):
+        if method in ("POST", "PATCH") and not path.endswith(NO_BODY):
             content = operation["requestBody"]["content"]["application/json"]
             assert content["schema"], (method, path)
 

@@ -43,6 +43,8 @@ import msgspec
 from credit_ledger_client.schemas import (
     BatchIn,
     BatchOut,
+    BreakagePolicyIn,
+    BreakagePolicyOut,
     BudgetIn,
     BudgetOut,
     BudgetPage,
@@ -74,6 +76,8 @@ from credit_ledger_client.schemas import (
     ListQuery,
     Overage,
     Page,
+    PeriodList,
+    PeriodOut,
     PriceAtQuery,
     PriceIn,
     PriceOut,
@@ -82,6 +86,10 @@ from credit_ledger_client.schemas import (
     RefundIn,
     RefundOut,
     ReleaseOut,
+    ReportFormat,
+    ReportName,
+    ReportOut,
+    ReportQuery,
     ReservationOut,
     ReservationPage,
     ReservationQuery,
@@ -1168,6 +1176,27 @@ class CreditClient:
     def iter_usage(self, query: UsageQuery) -> Iterator[UsageRowOut]:
         return _iterate(self.usage, query)
 
+    # -- finance
+
+    def report(self, report: ReportName | str, query: ReportQuery) -> ReportOut:
+        """A finance report of one period as JSON (GET /v1/reports/{report}): its columns,
+        rows and control (the SHA-256 is of the report's CSV form)."""
+        query = msgspec.structs.replace(query, format=ReportFormat.JSON)
+        return self._send(_get(f"/v1/reports/{_segment(str(report))}", ReportOut, _params(query)))
+
+    def list_periods(self) -> PeriodList:
+        return self._send(_get("/v1/periods", PeriodList))
+
+    def close_period(self, period: str) -> PeriodOut:
+        """Closes a month (YYYY-MM) once its checks pass; closing a closed month answers it."""
+        return self._send(_post(f"/v1/periods/{_segment(period)}/close", None, PeriodOut, None))
+
+    def lock_period(self, period: str) -> PeriodOut:
+        return self._send(_post(f"/v1/periods/{_segment(period)}/lock", None, PeriodOut, None))
+
+    def create_breakage_policy(self, body: BreakagePolicyIn) -> BreakagePolicyOut:
+        return self._send(_post("/v1/finance/breakage-policies", body, BreakagePolicyOut, None))
+
     # -- probes
 
     def healthz(self) -> dict[str, Any]:
@@ -1491,6 +1520,35 @@ class AsyncCreditClient:
 
     def iter_usage(self, query: UsageQuery) -> AsyncIterator[UsageRowOut]:
         return _aiterate(self.usage, query)
+
+    # -- finance
+
+    async def report(self, report: ReportName | str, query: ReportQuery) -> ReportOut:
+        """A finance report of one period as JSON (GET /v1/reports/{report}): its columns,
+        rows and control (the SHA-256 is of the report's CSV form)."""
+        query = msgspec.structs.replace(query, format=ReportFormat.JSON)
+        return await self._send(
+            _get(f"/v1/reports/{_segment(str(report))}", ReportOut, _params(query))
+        )
+
+    async def list_periods(self) -> PeriodList:
+        return await self._send(_get("/v1/periods", PeriodList))
+
+    async def close_period(self, period: str) -> PeriodOut:
+        """Closes a month (YYYY-MM) once its checks pass; closing a closed month answers it."""
+        return await self._send(
+            _post(f"/v1/periods/{_segment(period)}/close", None, PeriodOut, None)
+        )
+
+    async def lock_period(self, period: str) -> PeriodOut:
+        return await self._send(
+            _post(f"/v1/periods/{_segment(period)}/lock", None, PeriodOut, None)
+        )
+
+    async def create_breakage_policy(self, body: BreakagePolicyIn) -> BreakagePolicyOut:
+        return await self._send(
+            _post("/v1/finance/breakage-policies", body, BreakagePolicyOut, None)
+        )
 
     # -- probes
 

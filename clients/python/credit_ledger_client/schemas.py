@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -947,3 +947,126 @@ class Problem(Out):
     status: int
     code: str
     detail: str | None = None
+
+
+# -- finance: reports, periods, breakage policies ------------------------------------------------
+
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+MONTH = Annotated[
+    str, msgspec.Meta(pattern=MONTH_PATTERN, description="a calendar month in UTC, YYYY-MM")
+]
+
+
+class ReportName(enum.StrEnum):
+    """The finance reports (finance/README.md lists their columns)."""
+
+    JOURNAL_LINES = "journal-lines"
+    SUMMARY_JOURNAL = "summary-journal"
+    ROLLFORWARD = "rollforward"
+    REVENUE = "revenue"
+    AGING = "aging"
+    BLOCKS = "blocks"
+    PROMOTIONAL_MEMO = "promotional-memo"
+    RECONCILIATION = "reconciliation"
+
+
+class ReportLayout(enum.StrEnum):
+    """The summary journal's columns: generic, or NetSuite's or QuickBooks Online's journal
+    entry import; the other reports are generic only."""
+
+    GENERIC = "generic"
+    NETSUITE = "netsuite"
+    QBO = "qbo"
+
+
+class ReportFormat(enum.StrEnum):
+    JSON = "json"
+    CSV = "csv"
+
+
+class ReportQuery(Strict, kw_only=True):
+    """One report of one period, optionally of one customer."""
+
+    period: MONTH
+    format: ReportFormat = ReportFormat.JSON
+    layout: ReportLayout = ReportLayout.GENERIC
+    customer_id: ID | None = None
+
+
+class ReportControlOut(Out):
+    """The report's control: its rows, its totals (per currency; per credit type for credits),
+    and the SHA-256 (hex) of the CSV form of the same report."""
+
+    rows: int
+    totals: dict[str, dict[str, str]]
+    sha256: str
+
+
+class ReportOut(Out):
+    """A report as rows of text in the order of `columns` (money in major units with the
+    currency's fixed decimals, times in ISO-8601 UTC, an empty string for none).
+    `provisional`: the period is open, its rows may still change."""
+
+    report: ReportName
+    period: MONTH
+    layout: ReportLayout
+    customer_id: str | None
+    provisional: bool
+    columns: list[str]
+    rows: list[list[str]]
+    control: ReportControlOut
+
+
+class PeriodState(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+    LOCKED = "locked"
+
+
+class PeriodOut(Out):
+    """A month: open (no close yet), closed (with the checks it passed) or locked."""
+
+    period: MONTH
+    state: PeriodState
+    closed_at: dt.datetime | None = None
+    closed_by: str | None = None
+    locked_at: dt.datetime | None = None
+    locked_by: str | None = None
+    checks: dict[str, Any] | None = None
+
+
+class PeriodList(Out):
+    items: list[PeriodOut]
+
+
+class BreakageMethod(enum.StrEnum):
+    REMOTE = "remote"
+    PROPORTIONAL = "proportional"
+
+
+BREAKAGE_RATE = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^0(\.[0-9]{1,10})?$",
+        description="the expected unused share of a product's paid credits, a decimal string "
+        "in [0, 1) (0 for the remote method)",
+    ),
+]
+
+
+class BreakagePolicyIn(Strict, kw_only=True):
+    """How a product's paid blocks that take effect from `effective_from` recognize breakage:
+    `remote` (at expiry, the default without a policy) or `proportional` at `rate` as
+    credits are used."""
+
+    credit_type: CODE
+    method: BreakageMethod
+    rate: BREAKAGE_RATE = "0"
+    effective_from: TIME
+
+
+class BreakagePolicyOut(Out):
+    credit_type: str
+    method: BreakageMethod
+    rate: str
+    effective_from: dt.datetime
