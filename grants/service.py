@@ -44,6 +44,8 @@ from ledger.statuses import Outcome, transfer_outcome
 from ledger.types import (
     AMOUNT_MAX,
     Account,
+    AccountFilter,
+    AccountFilterFlags,
     AccountFlags,
     CreateAccountStatus,
     CreateTransferStatus,
@@ -395,12 +397,48 @@ class GrantService:
             )
             leg.user_data_128 = debit_id  # a refund leg names the debit it gives back
             chain.append(leg)
+        # A block the sweep is done with (expired or voided, nothing left, nothing held) is no
+        # longer watched: what comes back to it is swept in this chain, at its own expiry.
+        finished = await self._finished_blocks(
+            [a for a, _ in restored if a not in self.cache.grants and a not in self.voided]
+        )
+        for account_id, give in restored:
+            if account_id in finished:
+                chain.append(
+                    _resweep(op, FIRST_VARIABLE + len(chain) - 1, finished[account_id], give)
+                )
         results = await self.ledger.create_transfers(close_chain(chain))
         if results[0].status is S.EXISTS:
             return await self._refund_replay(op, debit_id, chain[0])
         if any(r.status is not S.CREATED for r in results):
             raise IdempotencyConflict(f"refund refused: {[r.status.name for r in results]}")
         return RefundResult(op_id, debit_id, amount, restored, replayed=False)
+
+    async def _finished_blocks(self, accounts: list[int]) -> dict[int, Transfer]:
+        """Among `accounts`, the grant accounts the sweep has finished: block -> its last
+        sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry)."""
+        found: dict[int, Transfer] = {}
+        for account in await self.ledger.lookup_accounts(accounts):
+            if account.code != AccountCode.GRANT:
+                continue
+            for code in (TransferCode.GRANT_VOID, TransferCode.EXPIRE):
+                sweeps = await self.ledger.get_account_transfers(
+                    AccountFilter(
+                        account_id=account.id,
+                        user_data_128=0,
+                        user_data_64=0,
+                        user_data_32=0,
+                        code=code,
+                        timestamp_min=0,
+                        timestamp_max=0,
+                        limit=1,
+                        flags=AccountFilterFlags.DEBITS | AccountFilterFlags.REVERSED,
+                    )
+                )
+                if sweeps:
+                    found[account.id] = sweeps[0]
+                    break
+        return found
 
     async def _refunded(self, debit_id: int, ledger: int) -> dict[int, int]:
         query = QueryFilter(
@@ -423,8 +461,29 @@ class GrantService:
         if header.user_data_128 != op.fingerprint:
             raise IdempotencyConflict("this idempotency key was used with another request body")
         legs = await read_legs(self.ledger, op.id, CHAIN_LEGS_MAX)
-        restored = [(t.credit_account_id, t.amount) for t in legs[FIRST_VARIABLE:] if t.id]
+        restored = [
+            (t.credit_account_id, t.amount)
+            for t in legs[FIRST_VARIABLE:]
+            if t.id and t.code == TransferCode.USAGE_REFUND
+        ]
         return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
+
+
+def _resweep(op: Operation, index: int, last_sweep: Transfer, amount: int) -> Transfer:
+    """A sweep, within a usage refund, of what the refund gives back to a finished block: to
+    where its last sweep went, with that sweep's code and expiry."""
+    leg = make_leg(
+        op,
+        index,
+        last_sweep.debit_account_id,
+        last_sweep.credit_account_id,
+        amount,
+        TransferCode(last_sweep.code),
+        LINKED,
+    )
+    leg.user_data_128 = last_sweep.user_data_128  # a sweep names its block
+    leg.user_data_64 = last_sweep.user_data_64  # and carries the block's expiry
+    return leg
 
 
 def _sweep(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from grants.errors import BudgetExceeded, IdempotencyConflict, InsufficientCredits, InvalidRequest
+from ledger.codes import AccountCode
+from ledger.ids import system_account_id
 from tests.credits.conftest import AGENT, SUB, TEAM, Period, World
 
 S = 1_000_000_000
@@ -88,6 +90,35 @@ def test_void_takes_the_rest_and_later_returns(world: World) -> None:
     swept = world.run(world.grant_service.sweep(world.now())).swept
     assert [(s.amount, s.reason) for s in swept] == [(30, "voided")]
     assert world.available(g.id) == 0
+
+
+def test_a_refund_into_a_finished_block_is_swept_in_its_own_chain(world: World) -> None:
+    """Once the sweep is done with a block (expired or voided, nothing left, nothing held) it
+    no longer watches it: credits a usage refund gives back are swept in the refund's chain, to
+    breakage (or voided) at the block's expiry, never left available in a dead block."""
+    wallet = world.wallet(AGENT)
+    expiring = world.grant(wallet, 50, expires_at_ns=world.now() + 10 * S)
+    voided = world.grant(wallet, 50)
+    debit = world.debit(100)
+    world.clock.advance(11)
+    world.run(world.grant_service.void(voided.id, tenant=7, key=world.k("v")))
+    for _ in range(2):  # the second sweep of nothing finishes both blocks
+        world.run(world.grant_service.sweep(world.now()))
+    assert expiring.id not in world.grant_service.cache.grants
+    refund = world.run(
+        world.grant_service.refund(debit.operation_id, 100, tenant=7, key=world.k("r"))
+    )
+    assert refund.restored == [(voided.id, 50), (expiring.id, 50)]
+    for block in (expiring, voided):
+        account = world.account(block.id)
+        assert account.credits_posted == account.debits_posted  # nothing left available
+    for sink in (AccountCode.BREAKAGE, AccountCode.VOIDED):
+        # The debit had taken everything: what they hold is what the refund gave back.
+        assert world.account(system_account_id(world.ledger_id, sink)).credits_posted == 50
+    again = world.run(
+        world.grant_service.refund(debit.operation_id, 100, tenant=7, key=world.k("r"))
+    )
+    assert again.replayed and again.restored == refund.restored
 
 
 def test_check_changes_nothing_and_names_the_funding(world: World) -> None:
