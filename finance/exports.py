@@ -187,7 +187,11 @@ async def _reconciliation(
             }
             clean = latest.clean
         state = await finance_repo.read_state(conn)
-        checks = await repo.block_checks(conn, moved, state.watermark_ts)
+        base = max(
+            (p.period_start for p in await finance_repo.periods(conn) if p.period_start < period),
+            default=None,
+        )
+        checks = await repo.block_checks(conn, moved, state.watermark_ts, base)
         return rp.reconciliation_table(
             period, projection=described, projection_clean=clean, checks=checks
         )
@@ -212,7 +216,8 @@ async def _reconciliation(
                 None if kept is None else kept.customer_id,
                 t.currency,
                 0 if kept is None else kept.remaining_minor,
-                journaled.get(block_id, 0),
+                # What it owed at the period's start, and the period's own lines.
+                (0 if kept is None else kept.opening_minor) + journaled.get(block_id, 0),
             )
         )
     return rp.reconciliation_table(

@@ -208,7 +208,8 @@ async def _checks(
         raise PeriodCloseRefused(
             "reconciliation_clean", "the engine and the projection differ (credit-ledger reconcile)"
         )
-    differences = await repo.block_differences(conn, period, state.watermark_ts)
+    base = closed[-1].period_start if closed else None
+    differences = await repo.block_differences(conn, period, state.watermark_ts, base)
     if differences:
         raise PeriodCloseRefused(
             "reconciliation_clean",

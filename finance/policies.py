@@ -15,18 +15,37 @@ from decimal import Decimal, InvalidOperation
 import psycopg
 
 from grants.errors import Conflict, InvalidRequest
+from ledger.clock import ns_of_datetime
 from ledger.db import Pool
+from ledger.limits import BUSINESS_TIME_NS_MAX, BUSINESS_TIME_NS_MIN
 from ledger.repositories import finance as repo
 
 METHODS = ("remote", "proportional")
+RATE_CHARS_MAX = 32
+
+
+def checked_effective_from(at: dt.datetime) -> dt.datetime:
+    """A policy's start: an aware time the ledger can hold (as a grant's times)."""
+    if at.tzinfo is None:
+        raise InvalidRequest("effective_from needs a UTC offset", field="effective_from")
+    at_ns = ns_of_datetime(at)
+    if not BUSINESS_TIME_NS_MIN <= at_ns <= BUSINESS_TIME_NS_MAX:
+        raise InvalidRequest(
+            "effective_from is between 1970-01-01 and 2554-07-21 (UTC)", field="effective_from"
+        )
+    return at
 
 
 def checked_rate(method: str, text: str) -> Decimal:
     """The rate of a policy: 0 for `remote`, in (0, 1) for `proportional`."""
     try:
-        rate = Decimal(text)
+        rate = Decimal(text) if len(text) <= RATE_CHARS_MAX else Decimal("NaN")
     except InvalidOperation:
-        raise InvalidRequest(f"rate {text!r} is not a decimal", field="rate") from None
+        rate = Decimal("NaN")
+    if not rate.is_finite():
+        raise InvalidRequest(
+            f"rate is a decimal of at most {RATE_CHARS_MAX} characters, such as '0.1'", field="rate"
+        )
     if method not in METHODS:
         raise InvalidRequest(f"method {method!r} is not one of {METHODS}", field="method")
     if method == "remote" and rate != 0:

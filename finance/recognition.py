@@ -115,7 +115,11 @@ def round_half_away(value: Fraction) -> int:
 def value_of(consideration: Fraction | int, credits_out: int, credits: int) -> int:
     """value(D): the consideration of the first D of G credits, in minor units."""
     assert 0 <= credits_out <= credits, (credits_out, credits)
-    return round_half_away(Fraction(consideration) * credits_out / credits)
+    if isinstance(consideration, int) or consideration.denominator == 1:
+        # Integers only (the common case, and the hot one): floor(x + 1/2) for x >= 0.
+        numerator = int(consideration) * credits_out
+        return (2 * numerator + credits) // (2 * credits)
+    return round_half_away(consideration * credits_out / credits)
 
 
 def accrual_of(

@@ -397,16 +397,14 @@ class GrantService:
             )
             leg.user_data_128 = debit_id  # a refund leg names the debit it gives back
             chain.append(leg)
-        # A block the sweep is done with (expired or voided, nothing left, nothing held) is no
-        # longer watched: what comes back to it is swept in this chain, at its own expiry.
-        finished = await self._finished_blocks(
-            [a for a, _ in restored if a not in self.cache.grants and a not in self.voided]
-        )
+        # What comes back to an expired or voided block never becomes available again: it is
+        # swept in this chain, at the block's expiry, as the sweep would (a block the sweep
+        # is done with is not even watched any more).
+        sinks = await self._sinks([a for a, _ in restored], op.effective_at_ns)
         for account_id, give in restored:
-            if account_id in finished:
-                chain.append(
-                    _resweep(op, FIRST_VARIABLE + len(chain) - 1, finished[account_id], give)
-                )
+            if account_id in sinks:
+                index = FIRST_VARIABLE + len(chain) - 1
+                chain.append(_resweep(op, index, sinks[account_id], give))
         results = await self.ledger.create_transfers(close_chain(chain))
         if results[0].status is S.EXISTS:
             return await self._refund_replay(op, debit_id, chain[0])
@@ -414,11 +412,33 @@ class GrantService:
             raise IdempotencyConflict(f"refund refused: {[r.status.name for r in results]}")
         return RefundResult(op_id, debit_id, amount, restored, replayed=False)
 
+    async def _sinks(self, accounts: list[int], at_ns: int) -> dict[int, Transfer]:
+        """Among `accounts`, the blocks that are expired at `at_ns` or voided: block -> a
+        sweep of it (its debit, credit, code and `user_data_64` are what a sweep of the block
+        has: to breakage or voided, with the block's expiry)."""
+        found: dict[int, Transfer] = {}
+        unknown = []
+        for account in accounts:
+            grant = self.voided.get(account) or self.cache.grants.get(account)
+            if grant is None:
+                unknown.append(account)
+            elif account in self.voided or grant.expired(at_ns):
+                voided = account in self.voided
+                found[account] = _sweep(
+                    grant,
+                    0,
+                    AccountCode.VOIDED if voided else AccountCode.BREAKAGE,
+                    TransferCode.GRANT_VOID if voided else TransferCode.EXPIRE,
+                    0,
+                )
+        found.update(await self._finished_blocks(unknown))
+        return found
+
     async def _finished_blocks(self, accounts: list[int]) -> dict[int, Transfer]:
         """Among `accounts`, the grant accounts the sweep has finished: block -> its last
         sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry)."""
         found: dict[int, Transfer] = {}
-        for account in await self.ledger.lookup_accounts(accounts):
+        for account in await self.ledger.lookup_accounts(accounts) if accounts else []:
             if account.code != AccountCode.GRANT:
                 continue
             for code in (TransferCode.GRANT_VOID, TransferCode.EXPIRE):
@@ -470,8 +490,8 @@ class GrantService:
 
 
 def _resweep(op: Operation, index: int, last_sweep: Transfer, amount: int) -> Transfer:
-    """A sweep, within a usage refund, of what the refund gives back to a finished block: to
-    where its last sweep went, with that sweep's code and expiry."""
+    """A sweep, within a usage refund, of what the refund gives back to an expired or voided
+    block: to where a sweep of it goes, with a sweep's code and expiry."""
     leg = make_leg(
         op,
         index,

@@ -293,7 +293,7 @@ async def lock_period(
     "effect from `effective_from` and that the poster has not seen yet: `remote` (at expiry, "
     "the default without a policy) or `proportional` at `rate` (the expected unused share, "
     "in (0, 1)) as credits are used. Never changed: a later policy is a new row. Idempotent "
-    "by nature: the same policy again answers 200 with it; another at the same credit type "
+    "by nature: the same policy again answers 201 with it; another at the same credit type "
     "and time is 409 `conflict`. Admin scope, a key bound to no customer.",
 )
 async def add_breakage_policy(
@@ -308,12 +308,12 @@ async def add_breakage_policy(
     if ledger is None:
         raise NotFound(f"no credit type {data.credit_type!r}", field="credit_type")
     rate = policies.checked_rate(data.method.value, data.rate)
-    policy, created = await policies.add_breakage_policy(
+    policy, _ = await policies.add_breakage_policy(
         services.pool,
         credit_type_id=ledger,
         method=data.method.value,
         rate=rate,
-        effective_from=data.effective_from,
+        effective_from=policies.checked_effective_from(data.effective_from),
         actor=principal.name,
     )
     body = w.BreakagePolicyOut(
@@ -322,7 +322,8 @@ async def add_breakage_policy(
         rate=_rate_text(policy.rate),
         effective_from=policy.effective_from,
     )
-    return Response(body, status_code=201 if created else 200)
+    # The same policy again answers it as it was created (201), as an idempotent replay does.
+    return Response(body, status_code=201)
 
 
 def _rate_text(rate: Decimal) -> str:

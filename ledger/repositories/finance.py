@@ -812,51 +812,78 @@ class BlockDifference(msgspec.Struct, frozen=True):
     expected_liability_minor: int | None  # paid: consideration - value(D) - accrued
 
 
+async def liabilities(
+    conn: Connection, ids: Collection[int], base: dt.date | None
+) -> dict[int, int]:
+    """Per paid block among `ids`, its journals' 2100 balance (credits - debits) now: what the
+    closed period `base` kept of it, plus the 2100 lines of the periods after `base` (only
+    those partitions are read; None: no period is closed, every one is)."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        """
+        WITH kept AS (
+            SELECT block_id, remaining_minor AS amount FROM finance_period_blocks
+            WHERE period_start = %(base)s AND block_id = ANY(%(ids)s)
+        ), since AS (
+            SELECT j.block_id, sum(l.credit_minor - l.debit_minor) AS amount
+            FROM finance_journals j
+            JOIN finance_journal_lines l
+              ON l.posting_period = j.posting_period AND l.journal_id = j.id
+            WHERE j.block_id = ANY(%(ids)s) AND l.account = '2100'
+              AND j.posting_period > coalesce(%(base)s::date, '-infinity'::date)
+              AND l.posting_period > coalesce(%(base)s::date, '-infinity'::date)
+            GROUP BY j.block_id
+        )
+        SELECT coalesce(k.block_id, s.block_id), coalesce(k.amount, 0) + coalesce(s.amount, 0)
+        FROM kept k FULL JOIN since s ON s.block_id = k.block_id
+        """,
+        {"base": base, "ids": uuids(ids)},
+    )
+    return {from_uuid(r[0]): int(r[1]) for r in await cursor.fetchall()}
+
+
 async def block_differences(
-    conn: Connection, period: dt.date, watermark_ts: int
+    conn: Connection, period: dt.date, watermark_ts: int, base: dt.date | None
 ) -> list[BlockDifference]:
     """The blocks with journals or memo rows in `period` whose projection (entries up to the
-    poster's watermark) and finance state differ, or whose journals' 2100 net is not what the
-    block's state says is still owed."""
+    poster's watermark, read by block) and finance state differ, or whose journals' 2100
+    balance (`liabilities`, from the closed period `base` on) is not what the block's state
+    says is still owed."""
     cursor = await conn.execute(
         """
         WITH moved AS (
             SELECT DISTINCT block_id FROM finance_journals WHERE posting_period = %(period)s
             UNION SELECT DISTINCT block_id FROM finance_memo WHERE posting_period = %(period)s
-        ), projected AS (
-            SELECT m.block_id,
-                   (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e
-                    WHERE e.account_id = m.block_id AND e.engine_ts <= %(watermark)s) AS balance
-            FROM moved m
-        ), liability AS (
-            SELECT j.block_id, sum(l.credit_minor - l.debit_minor) AS net
-            FROM finance_journals j
-            JOIN finance_journal_lines l
-              ON l.posting_period = j.posting_period AND l.journal_id = j.id
-            WHERE j.block_id IN (SELECT block_id FROM moved) AND l.account = '2100'
-            GROUP BY j.block_id
         )
-        SELECT fb.block_id, p.balance, fb.credits - fb.credits_out,
-               CASE WHEN fb.category = 'paid' THEN coalesce(li.net, 0) END,
-               CASE WHEN fb.category = 'paid'
-                    THEN fb.consideration_minor - fb.value_out_minor - fb.accrued_minor END
-        FROM projected p
-        JOIN finance_blocks fb ON fb.block_id = p.block_id
-        LEFT JOIN liability li ON li.block_id = p.block_id
-        WHERE p.balance <> fb.credits - fb.credits_out
-           OR (fb.category = 'paid'
-               AND coalesce(li.net, 0)
-                   <> fb.consideration_minor - fb.value_out_minor - fb.accrued_minor)
+        SELECT fb.block_id, fb.category,
+               (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e
+                WHERE e.account_id = m.block_id AND e.engine_ts <= %(watermark)s),
+               fb.credits - fb.credits_out,
+               fb.consideration_minor - fb.value_out_minor - fb.accrued_minor
+        FROM moved m JOIN finance_blocks fb ON fb.block_id = m.block_id
         ORDER BY fb.block_id
         """,
         {"period": period, "watermark": watermark_ts},
     )
-    return [
-        BlockDifference(
-            from_uuid(r[0]), int(r[1]), from_amount(r[2]), _int_or_none(r[3]), _int_or_none(r[4])
-        )
-        for r in await cursor.fetchall()
-    ]
+    rows = await cursor.fetchall()
+    owed = await liabilities(conn, [from_uuid(r[0]) for r in rows if r[1] == "paid"], base)
+    differences = []
+    for block, category, projected, left, expected in rows:
+        block_id = from_uuid(block)
+        paid = category == "paid"
+        liability = owed.get(block_id, 0) if paid else None
+        if from_amount(projected) != from_amount(left) or (paid and liability != int(expected)):
+            differences.append(
+                BlockDifference(
+                    block_id,
+                    from_amount(projected),
+                    from_amount(left),
+                    liability,
+                    int(expected) if paid else None,
+                )
+            )
+    return differences
 
 
 async def insert_period(

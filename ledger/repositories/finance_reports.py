@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from ledger.db import Connection
+from ledger.repositories import finance
 from ledger.repositories._rows import from_amount, from_uuid, from_uuid_or_none, uuids
 
 # Rows fetched per round trip when streaming the journal lines.
@@ -114,7 +115,7 @@ class BlockCheck(msgspec.Struct, frozen=True):
     projected_credits: int  # sum of its ledger_entries' amounts up to the finance watermark
     finance_credits: int | None  # credits - credits_out (finance_blocks)
     expected_liability_minor: int | None  # consideration - value_out - accrued
-    journal_liability_minor: int  # its 2100 lines' credits - debits, every period
+    journal_liability_minor: int  # its 2100 balance now: the last close kept, plus open periods
 
 
 class ProjectionCheckRow(msgspec.Struct, frozen=True):
@@ -331,10 +332,12 @@ async def moved_blocks(conn: Connection, period: dt.date, customer_id: int | Non
     return [from_uuid(r[0]) for r in await cursor.fetchall()]
 
 
-async def block_checks(conn: Connection, ids: Collection[int], through_ts: int) -> list[BlockCheck]:
-    """Per block: its projected posted balance up to `through_ts` (engine time), the poster's
-    view of it, and its journals' 2100 balance (every period: a block's liability is the sum of
-    its life), read by block id."""
+async def block_checks(
+    conn: Connection, ids: Collection[int], through_ts: int, base: dt.date | None
+) -> list[BlockCheck]:
+    """Per block: its projected posted balance up to `through_ts` (engine time, read by block),
+    the poster's view of it, and its journals' 2100 balance now (`finance.liabilities`: what
+    the closed period `base` kept, plus the open periods' lines)."""
     if not ids:
         return []
     cursor = await conn.execute(
@@ -346,27 +349,19 @@ async def block_checks(conn: Connection, ids: Collection[int], through_ts: int) 
             WHERE e.account_id = ANY(%s::uuid[]) AND e.account_kind = 'block'
               AND e.engine_ts <= %s
             GROUP BY e.account_id
-        ),
-        journaled AS (
-            SELECT j.block_id, sum(l.credit_minor - l.debit_minor) AS liability
-            FROM finance_journals j
-            JOIN finance_journal_lines l
-              ON l.posting_period = j.posting_period AND l.journal_id = j.id
-            WHERE j.block_id = ANY(%s::uuid[]) AND l.account = '2100'
-            GROUP BY j.block_id
         )
         SELECT ids.block_id, b.customer_id, b.category, b.currency,
                coalesce(p.credits, 0), b.credits - b.credits_out,
-               b.consideration_minor - b.value_out_minor - b.accrued_minor,
-               coalesce(jl.liability, 0)
+               b.consideration_minor - b.value_out_minor - b.accrued_minor
         FROM ids
         LEFT JOIN finance_blocks b ON b.block_id = ids.block_id
         LEFT JOIN projected p ON p.block_id = ids.block_id
-        LEFT JOIN journaled jl ON jl.block_id = ids.block_id
         ORDER BY ids.block_id
         """,
-        (uuids(ids), uuids(ids), through_ts, uuids(ids)),
+        (uuids(ids), uuids(ids), through_ts),
     )
+    rows = await cursor.fetchall()
+    owed = await finance.liabilities(conn, ids, base)
     return [
         BlockCheck(
             from_uuid(r[0]),
@@ -376,17 +371,16 @@ async def block_checks(conn: Connection, ids: Collection[int], through_ts: int) 
             from_amount(r[4]),
             None if r[5] is None else from_amount(r[5]),
             _int_or_none(r[6]),
-            int(r[7]),
+            owed.get(from_uuid(r[0]), 0),
         )
-        for r in await cursor.fetchall()
+        for r in rows
     ]
 
 
 async def journal_liabilities(
-    conn: Connection, ids: Collection[int], through_period: dt.date
+    conn: Connection, ids: Collection[int], period: dt.date
 ) -> dict[int, int]:
-    """Per block, its 2100 lines' credits - debits in the periods up to `through_period`
-    (read by block id)."""
+    """Per block, its 2100 lines' credits - debits in `period` alone (read by block id)."""
     if not ids:
         return {}
     cursor = await conn.execute(
@@ -395,11 +389,11 @@ async def journal_liabilities(
         FROM finance_journals j
         JOIN finance_journal_lines l
           ON l.posting_period = j.posting_period AND l.journal_id = j.id
-        WHERE j.block_id = ANY(%s) AND j.posting_period <= %s AND l.posting_period <= %s
+        WHERE j.block_id = ANY(%s) AND j.posting_period = %s AND l.posting_period = %s
           AND l.account = '2100'
         GROUP BY j.block_id
         """,
-        (uuids(ids), through_period, through_period),
+        (uuids(ids), period, period),
     )
     return {from_uuid(r[0]): int(r[1]) for r in await cursor.fetchall()}
 

@@ -202,11 +202,16 @@ async def test_periods_close_lock_and_policies(served: tuple[Api, Litestar]) -> 
     r = await api.post("/v1/finance/breakage-policies", policy)
     assert r.status_code == 201, r.text
     assert r.json()["rate"] == "0.1"
-    assert (await api.post("/v1/finance/breakage-policies", policy)).status_code == 200
+    assert (await api.post("/v1/finance/breakage-policies", policy)).status_code == 201
     r = await api.post("/v1/finance/breakage-policies", {**policy, "rate": "0.2"})
     assert_problem(r, "conflict")
-    r = await api.post("/v1/finance/breakage-policies", {**policy, "rate": "1.5"})
-    assert_problem(r, "validation_error", field="rate")
+    for rate in ("1.5", "NaN", "Infinity", "0." + "1" * 40, "ten"):
+        r = await api.post("/v1/finance/breakage-policies", {**policy, "rate": rate})
+        assert_problem(r, "validation_error", field="rate")
+    r = await api.post(
+        "/v1/finance/breakage-policies", {**policy, "effective_from": "1830-11-16T03:26:47Z"}
+    )
+    assert_problem(r, "validation_error", field="effective_from")
     r = await api.post("/v1/finance/breakage-policies", {**policy, "method": "remote"})
     assert_problem(r, "validation_error", field="rate")
     r = await api.post("/v1/finance/breakage-policies", policy, key="finance")

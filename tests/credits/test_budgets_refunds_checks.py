@@ -121,6 +121,19 @@ def test_a_refund_into_a_finished_block_is_swept_in_its_own_chain(world: World) 
     assert again.replayed and again.restored == refund.restored
 
 
+def test_a_refund_into_an_expired_block_not_yet_swept_is_swept_with_it(world: World) -> None:
+    wallet = world.wallet(AGENT)
+    expiring = world.grant(wallet, 50, expires_at_ns=world.now() + 10 * S)
+    debit = world.debit(20)
+    world.clock.advance(11)  # expired; no sweep has run: the block still has its 30
+    assert expiring.id in world.grant_service.cache.grants
+    world.run(world.grant_service.refund(debit.operation_id, 20, tenant=7, key=world.k("r")))
+    breakage = world.account(system_account_id(world.ledger_id, AccountCode.BREAKAGE))
+    assert breakage.credits_posted == 20  # the 20 given back, at once
+    swept = world.run(world.grant_service.sweep(world.now())).swept
+    assert [(s.amount, s.reason) for s in swept] == [(30, "expired")]
+
+
 def test_check_changes_nothing_and_names_the_funding(world: World) -> None:
     wallet = world.wallet(AGENT)
     a = world.grant(wallet, 30, expires_at_ns=world.now() + 10 * S)

@@ -88,9 +88,15 @@ async def test_the_mixed_history_posts_balanced_journals_that_tie_to_the_blocks(
         memo = await cursor.fetchall()
         assert memo[0] == ("granted", 100) and ("expired", memo[-1][1]) == memo[-1]
         state = await repo.read_state(conn)
+        closed = [p.period_start for p in await repo.periods(conn)]
         for period in await repo.active_periods(conn):
             assert await repo.unbalanced_journals(conn, period) == 0
-            assert await repo.block_differences(conn, period, state.watermark_ts) == []
+            assert (
+                await repo.block_differences(
+                    conn, period, state.watermark_ts, _base(closed, period)
+                )
+                == []
+            )
             for row in await balances.rollforward(conn, period):
                 assert row.check_minor == 0
     total = sum(int(r[5]) - int(r[4]) for r in rows if r[3] in ("4000", "4050"))
@@ -160,3 +166,8 @@ def _uuid(value: int) -> object:
     import uuid
 
     return uuid.UUID(int=value)
+
+
+def _base(closed: list[dt.date], period: dt.date) -> dt.date | None:
+    """The last closed month before `period`."""
+    return max((p for p in closed if p < period), default=None)

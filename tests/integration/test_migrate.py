@@ -45,6 +45,7 @@ async def test_the_packaged_migrations_apply_once(
             "0006_price_history",
             "0007_wallet_changes",
             "0008_projection",
+            "0009_finance",
             "0010_grant_refunds",
         ]
         assert await migrate(pool) == []
@@ -78,6 +79,7 @@ async def test_the_packaged_migrations_apply_once(
             "price_history",
             "wallet_changes",
             "projection",
+            "finance",
             "grant_refunds",
         ]
         assert rows[0][3].tzinfo is not None

@@ -31,7 +31,9 @@ def _net(drafts: list[Draft], account: str, *, functional: bool = False) -> int:
         for line in draft.lines:
             if line.account == account:
                 if functional:
-                    total += (line.functional_credit_minor or 0) - (line.functional_debit_minor or 0)
+                    total += (line.functional_credit_minor or 0) - (
+                        line.functional_debit_minor or 0
+                    )
                 else:
                     total += line.credit_minor - line.debit_minor
     return total
