@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 
+import msgspec
+
 from finance import recognition as rec
 from finance.currencies import functional_consideration
 from ledger.db import Connection, Pool
-from ledger.ids import derive_id, leg_id
+from ledger.ids import derive_id, journal_id, leg_id
 from ledger.limits import FINANCE_POST_ENTRIES_MAX
 from ledger.repositories import finance as repo
 from ledger.repositories import projection as projection_repo
@@ -167,6 +169,7 @@ class _Context:
     usage_periods: Mapping[int, dt.date]
     functional_currency: str
     seq: int
+    terms: dict[int, rec.Terms] = field(default_factory=dict)
     journals: list[repo.Journal] = field(default_factory=list)
     memo: list[repo.MemoRow] = field(default_factory=list)
     changed: dict[int, repo.Block] = field(default_factory=dict)
@@ -181,7 +184,9 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             if route is not rec.Route.GRANT:
                 _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
             block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
-        terms = terms_of(block, ctx.functional_currency)
+        terms = ctx.terms.get(block.block_id)
+        if terms is None:  # fixed at the grant: worked out once per block and batch
+            terms = ctx.terms[block.block_id] = terms_of(block, ctx.functional_currency)
         credits = abs(entry.amount)
         refund = ctx.refunds.get(entry.operation_id) if route is rec.Route.REFUND else None
         drafts, state = rec.apply(
@@ -212,16 +217,14 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
 
 
 def _with_state(block: repo.Block, state: rec.State) -> repo.Block:
-    return repo.Block(
-        **{
-            **{f: getattr(block, f) for f in block.__struct_fields__},
-            "credits_out": state.credits_out,
-            "credits_used": state.credits_used,
-            "value_out_minor": state.value_out_minor,
-            "functional_out_minor": state.functional_out_minor,
-            "accrued_minor": state.accrued_minor,
-            "functional_accrued_minor": state.functional_accrued_minor,
-        }
+    return msgspec.structs.replace(
+        block,
+        credits_out=state.credits_out,
+        credits_used=state.credits_used,
+        value_out_minor=state.value_out_minor,
+        functional_out_minor=state.functional_out_minor,
+        accrued_minor=state.accrued_minor,
+        functional_accrued_minor=state.functional_accrued_minor,
     )
 
 
@@ -258,7 +261,7 @@ def _journal(
     reason: str,
 ) -> repo.Journal:
     return repo.Journal(
-        id=derive_id("finance/journal", entry.transfer_id, entry.kind, entry.block_id, index),
+        id=journal_id(entry.transfer_id, entry.kind, entry.block_id, index),
         seq=seq,
         posting_period=period,
         accounting_date=entry.accounting_date,

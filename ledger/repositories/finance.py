@@ -439,47 +439,80 @@ async def insert_journals(conn: Connection, journals: Sequence[Journal]) -> None
     if not journals:
         return
     await _ensure_partitions(conn, {j.posting_period for j in journals})
-    async with conn.cursor() as cursor:
-        async with cursor.copy(f"COPY finance_journals ({_JOURNAL_COLUMNS}) FROM STDIN") as copy:
-            for j in journals:
-                await copy.write_row(
+    journal_rows = []
+    line_rows = []
+    for j in journals:
+        period = j.posting_period.isoformat()
+        journal = _hex(j.id)
+        journal_rows.append(
+            "\t".join(
+                (
+                    journal,
+                    str(j.seq),
+                    period,
+                    j.accounting_date.isoformat(),
+                    str(j.engine_ts),
+                    j.kind,
+                    _hex(j.block_id),
+                    _hex_or_null(j.customer_id),
+                    str(j.credit_type_id),
+                    _hex_or_null(j.wallet_id),
+                    _hex_or_null(j.resource_id),
+                    _hex_or_null(j.operation_id),
+                    _hex_or_null(j.dimension_set_id),
+                    j.currency,
+                    str(j.credits),
+                    "{" + ",".join(_hex(t) for t in j.source_transfer_ids) + "}",
+                    _text(j.actor),
+                    _text(j.reason),
+                    _NULL if j.adjusts_period is None else j.adjusts_period.isoformat(),
+                )
+            )
+        )
+        for line in j.lines:
+            line_rows.append(
+                "\t".join(
                     (
-                        _uuid(j.id),
-                        j.seq,
-                        j.posting_period,
-                        j.accounting_date,
-                        j.engine_ts,
-                        j.kind,
-                        _uuid(j.block_id),
-                        _uuid_or_none(j.customer_id),
-                        j.credit_type_id,
-                        _uuid_or_none(j.wallet_id),
-                        _uuid_or_none(j.resource_id),
-                        _uuid_or_none(j.operation_id),
-                        _uuid_or_none(j.dimension_set_id),
-                        j.currency,
-                        j.credits,
-                        [_uuid(t) for t in j.source_transfer_ids],
-                        j.actor,
-                        j.reason,
-                        j.adjusts_period,
+                        journal,
+                        period,
+                        str(line.line),
+                        line.account,
+                        str(line.debit_minor),
+                        str(line.credit_minor),
+                        _int_or_null(line.functional_debit_minor),
+                        _int_or_null(line.functional_credit_minor),
                     )
                 )
-        async with cursor.copy(f"COPY finance_journal_lines ({_LINE_COLUMNS}) FROM STDIN") as copy:
-            for j in journals:
-                for line in j.lines:
-                    await copy.write_row(
-                        (
-                            _uuid(j.id),
-                            j.posting_period,
-                            line.line,
-                            line.account,
-                            line.debit_minor,
-                            line.credit_minor,
-                            line.functional_debit_minor,
-                            line.functional_credit_minor,
-                        )
-                    )
+            )
+    async with conn.cursor() as cursor:
+        statement = f"COPY finance_journals ({_JOURNAL_COLUMNS}) FROM STDIN"
+        async with cursor.copy(statement) as copy:
+            await copy.write(("\n".join(journal_rows) + "\n").encode())
+        statement = f"COPY finance_journal_lines ({_LINE_COLUMNS}) FROM STDIN"
+        async with cursor.copy(statement) as copy:
+            await copy.write(("\n".join(line_rows) + "\n").encode())
+
+
+_NULL: Final = "\\N"
+_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _hex(value: int) -> str:
+    """A u128 as the 32 hex digits Postgres reads as a uuid (COPY's text format)."""
+    return f"{value:032x}"
+
+
+def _hex_or_null(value: int) -> str:
+    return _NULL if value == 0 else f"{value:032x}"
+
+
+def _int_or_null(value: int | None) -> str:
+    return _NULL if value is None else str(value)
+
+
+def _text(value: str) -> str:
+    """Text escaped for COPY's text format."""
+    return value.translate(_ESCAPES)
 
 
 async def insert_memo(conn: Connection, rows: Sequence[MemoRow]) -> None:

@@ -22,6 +22,7 @@ from finance.recognition import (
     round_half_away,
     value_of,
 )
+from ledger.ids import derive_id, journal_id
 
 
 def _net(drafts: list[Draft], account: str, *, functional: bool = False) -> int:
@@ -153,3 +154,10 @@ def test_every_block_sums_to_its_consideration(
     assert state.accrued_minor == 0 and state.value_out_minor == consideration
     if fx is not None:
         assert _net(posted, CONTRACT_LIABILITY, functional=True) == 0
+
+
+def test_the_journal_id_is_derive_id_of_its_parts() -> None:
+    for transfer, kind, block, index in ((1, "debit", 2, 0), (2**128 - 1, "settle", 7, 3)):
+        assert journal_id(transfer, kind, block, index) == derive_id(
+            "finance/journal", transfer, kind, block, index
+        )
