@@ -99,6 +99,18 @@ async def test_the_mixed_history_posts_balanced_journals_that_tie_to_the_blocks(
             )
             for row in await balances.rollforward(conn, period):
                 assert row.check_minor == 0
+    # The subledger is append-only: the database refuses to change or remove what was posted.
+    for statement in (
+        "UPDATE finance_journals SET reason = 'edited'",
+        "DELETE FROM finance_journals",
+        "UPDATE finance_journal_lines SET debit_minor = debit_minor + 1",
+        "DELETE FROM finance_journal_lines",
+        "TRUNCATE finance_journal_lines",
+        "DELETE FROM finance_memo",
+    ):
+        async with plane.pool.connection() as conn:
+            with pytest.raises(Exception, match="append-only"):
+                await conn.execute(statement)
     total = sum(int(r[5]) - int(r[4]) for r in rows if r[3] in ("4000", "4050"))
     # Revenue is what the drained and voided blocks were paid, plus what the others earned.
     assert total > 0
