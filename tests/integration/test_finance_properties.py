@@ -1,7 +1,7 @@
 """Property tests of the finance subledger over random histories, on the embedded engine and
 Postgres: grants paid and promotional in several currencies, debits, reservations settled in
 part or not at all, timeouts, expiries, voids, refunds in money, usage refunds (corrections)
-and month closes. Whatever the history:
+and month closes, under remote or proportional breakage. Whatever the history:
 - every journal balances, and the rollforward's check is 0 in every month;
 - the blocks' remaining obligations (what the aging report buckets) add up to the closing
   deferred balance;
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from hypothesis import HealthCheck, given, note, settings
@@ -245,15 +246,15 @@ async def _check(world: World) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(history=steps)
+@given(history=steps, breakage=st.sampled_from(["remote", "0.1", "0.35"]))
 def test_random_histories_keep_the_books_exact(
-    history: list[Step], fresh_db_url: Callable[..., str], template_db: str
+    history: list[Step], breakage: str, fresh_db_url: Callable[..., str], template_db: str
 ) -> None:
-    note(f"history: {history!r}")  # the report of a failure shows the steps
-    asyncio.run(_scenario(history, fresh_db_url(template_db)))
+    note(f"history: {history!r}, breakage: {breakage}")  # a failure's report shows them
+    asyncio.run(_scenario(history, breakage, fresh_db_url(template_db)))
 
 
-async def _scenario(history: list[Step], url: str) -> None:
+async def _scenario(history: list[Step], breakage: str, url: str) -> None:
     repo.forget_partitions()
     clock = ManualClock(start_ns=int(START.timestamp()) * S)
     pool = await db.open_pool(SETTINGS, conninfo=url)
@@ -261,6 +262,16 @@ async def _scenario(history: list[Step], url: str) -> None:
         with EmbeddedEngine(clock_ns=clock) as engine:
             plane = plane_on(pool, engine, clock)
             world = await _setup(plane, clock)
+            if breakage != "remote":  # proportional breakage for every block of the product
+                async with pool.connection() as conn:
+                    await repo.add_policy(
+                        conn,
+                        credit_type_id=LEDGER,
+                        effective_from=START - dt.timedelta(days=1),
+                        method="proportional",
+                        rate=Decimal(breakage),
+                        actor="prop",
+                    )
             closed_rows: dict[dt.date, list[tuple[Any, ...]]] = {}
             opening: list[Step] = [
                 ("grant", "USD", 300, 10_000, 20),
