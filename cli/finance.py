@@ -33,13 +33,13 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from api.common import parse_id
+from cli.projection import engine_clock
 from finance import exports, periods
 from finance import reports as rp
 from finance.exports import ExportRequest
 from finance.posting import Poster
 from grants.errors import CreditError
 from ledger import db
-from ledger.clock import wall_clock_ns
 from ledger.migrate import migrate
 from ledger.settings import FinanceSettings, SettingsError
 
@@ -233,7 +233,7 @@ def close_command(month: str, actor: str | None, data_dir: Path | None) -> None:
     async def work(pool: db.Pool) -> periods.PeriodView:
         poster = Poster(pool, functional_currency=settings.functional_currency)
         return await periods.close_period(
-            pool, start, actor=_actor(actor), clock_ns=wall_clock_ns, poster=poster
+            pool, start, actor=_actor(actor), clock_ns=engine_clock(data_dir), poster=poster
         )
 
     view = _run(data_dir, work)
@@ -249,7 +249,9 @@ def lock_command(month: str, actor: str | None, data_dir: Path | None) -> None:
     start = _period_arg(month)
 
     async def work(pool: db.Pool) -> periods.PeriodView:
-        return await periods.lock_period(pool, start, actor=_actor(actor), clock_ns=wall_clock_ns)
+        return await periods.lock_period(
+            pool, start, actor=_actor(actor), clock_ns=engine_clock(data_dir)
+        )
 
     view = _run(data_dir, work)
     click.echo(f"{view.period} {view.state} at {rp.iso(view.locked_at)} by {view.locked_by}")

@@ -87,7 +87,7 @@ async def _rebuild(data_dir: Path | None) -> tuple[int, int, float]:
     from cli import runtime
 
     async with runtime(data_dir) as rt:
-        feed = ProjectionFeed(rt.ledger, rt.pool, clock_ns=_clock(data_dir))
+        feed = ProjectionFeed(rt.ledger, rt.pool, clock_ns=engine_clock(data_dir))
         started = time.monotonic()
         shown = started
         try:
@@ -170,7 +170,7 @@ async def _stdin_closed() -> None:
             pass
 
 
-def _clock(data_dir: Path | None) -> Callable[[], int]:
+def engine_clock(data_dir: Path | None) -> Callable[[], int]:
     """The clock of the engine this process opens: a sandbox's test clock, or the wall clock."""
     from cli import env_with_data_dir
 

@@ -29,6 +29,7 @@ from finance.posting import Poster
 from grants.errors import Conflict, InvalidRequest
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection, Pool
+from ledger.limits import FINANCE_POST_BATCHES_PER_TICK
 from ledger.repositories import finance as repo
 from ledger.repositories import projection as projection_repo
 
@@ -121,7 +122,8 @@ async def close_period(
     if clock_ns() < end_ns:
         raise PeriodCloseRefused("period_ended", f"{period_text(period)} has not ended yet")
     reconciled = None if check_projection is None else await check_projection()
-    await poster.catch_up()
+    # Bounded: a poster far behind makes the close refuse (`posted`), not hang the caller.
+    await poster.catch_up(batches_max=FINANCE_POST_BATCHES_PER_TICK)
     async with pool.connection() as conn, conn.transaction():
         state = await repo.lock_state(conn)
         closed = await repo.periods(conn)
@@ -192,8 +194,12 @@ async def _checks(
             "projection_complete",
             f"the projection is complete up to {datetime_of_ns(complete_ns).isoformat()} only",
         )
-    if state.watermark_ts < projection.watermark_ts:
-        raise PeriodCloseRefused("posted", "the poster has not posted every projected entry")
+    # Everything the engine did up to the month's end (and the projection has) is posted;
+    # what came after may keep arriving while the month closes.
+    if state.watermark_ts < min(projection.watermark_ts, end_ns):
+        raise PeriodCloseRefused(
+            "posted", "the poster has not posted everything projected up to the month's end"
+        )
     unswept = await repo.unswept_blocks(conn, end_ns)
     if unswept:
         raise PeriodCloseRefused(
@@ -231,8 +237,7 @@ async def lock_period(
 ) -> PeriodView:
     """closed -> locked; a locked month answers its row again."""
     async with pool.connection() as conn, conn.transaction():
-        known = {p.period_start: p for p in await repo.periods(conn)}
-        row = known.get(period)
+        row = await repo.period_for_update(conn, period)
         if row is None:
             raise PeriodNotClosed(f"{period_text(period)} is open: close it before locking it")
         if row.state == "closed":

@@ -4,7 +4,8 @@ Invariants:
 - It reads `ledger_entries` on blocks in engine time order, from its watermark up to the
   projection's (every entry finance reads of engine time up to the projection's watermark is
   written by then: only timeouts come later, and they post nothing), at most
-  FINANCE_POST_ENTRIES_MAX per batch, cut between engine timestamps.
+  FINANCE_POST_ENTRIES_MAX per batch, cut between engine timestamps, through a window of
+  engine time that adapts to how dense the entries are.
 - One batch, one transaction: it takes `finance_state`'s row lock first (a second poster, or a
   period being closed, waits), writes journals, lines, memo rows and the blocks' new state, and
   moves the watermark. A crash loses nothing and posts nothing twice.
@@ -27,6 +28,7 @@ import msgspec
 
 from finance import recognition as rec
 from finance.currencies import functional_consideration
+from ledger.clock import datetime_of_ns
 from ledger.db import Connection, Pool
 from ledger.ids import derive_id, journal_id, leg_id
 from ledger.limits import FINANCE_POST_ENTRIES_MAX
@@ -58,6 +60,8 @@ _MEMO_KINDS: dict[rec.Route, str] = {
 # header and one leg per block it gives back to).
 _REFUND_LEGS_MAX = 256
 SYSTEM_ACTOR = "system"
+WINDOW_NS_MIN = 1_000_000_000  # 1 s of engine time
+WINDOW_NS_MAX = 1 << 62  # about 146 years: everything
 RUNTIME_ACTOR = "runtime"
 
 
@@ -65,6 +69,15 @@ def route_of(entry: repo.BlockEntry) -> rec.Route:
     if entry.kind == "correction":
         return rec.Route.RESTORE if entry.amount > 0 else rec.Route.USAGE
     return _ROUTES[entry.kind]
+
+
+def accounting_date(entry: repo.BlockEntry) -> dt.datetime:
+    """When an entry counts in the books: its business effective time, except for a void,
+    which counts when it happened (its engine time): a void's transfer carries the block's
+    expiry in `user_data_64`, for the readers of the ledger, not the day it was voided."""
+    if entry.kind == "void":
+        return datetime_of_ns(entry.engine_ts)
+    return entry.accounting_date
 
 
 def month_of(at: dt.datetime) -> dt.date:
@@ -198,7 +211,7 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
         )
         block = _with_state(block, state)
         ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block
-        period, adjusts = booking(entry.accounting_date, ctx.last_closed)
+        period, adjusts = booking(accounting_date(entry), ctx.last_closed)
         if route is rec.Route.RESTORE and adjusts is None:
             original = ctx.usage_periods.get(entry.operation_id)
             if original is not None and ctx.last_closed is not None and original <= ctx.last_closed:
@@ -264,7 +277,7 @@ def _journal(
         id=journal_id(entry.transfer_id, entry.kind, entry.block_id, index),
         seq=seq,
         posting_period=period,
-        accounting_date=entry.accounting_date,
+        accounting_date=accounting_date(entry),
         engine_ts=entry.engine_ts,
         kind=draft.kind,
         block_id=entry.block_id,
@@ -306,7 +319,7 @@ def _memo(
         id=derive_id("finance/memo", entry.transfer_id, entry.kind, entry.block_id),
         seq=seq,
         posting_period=period,
-        accounting_date=entry.accounting_date,
+        accounting_date=accounting_date(entry),
         engine_ts=entry.engine_ts,
         kind=_MEMO_KINDS[route],
         block_id=entry.block_id,
@@ -333,22 +346,40 @@ class Poster:
         self.pool = pool
         self.functional_currency = functional_currency
         self.entries_max = entries_max
+        # The window of engine time a batch reads: halved when a batch is full, doubled when
+        # it is a quarter full.
+        self.window_ns = WINDOW_NS_MIN
 
     async def step(self) -> int:
         """Posts one batch; returns how many entries it read (0: caught up)."""
+        try:
+            return await self._step()
+        except BaseException:
+            # The partitions this process believes exist may have been created by the
+            # transaction that just rolled back.
+            repo.forget_partitions()
+            raise
+
+    async def _step(self) -> int:
         async with self.pool.connection() as conn, conn.transaction():
             state = await repo.lock_state(conn)
             projection = await projection_repo.read_state(conn)
             if projection.watermark_ts <= state.watermark_ts:
                 return 0
+            # A window of engine time, not everything up to the projection's watermark: the
+            # entries have a BRIN index on engine time, which finds a window's rows cheaply
+            # but cannot hand out the first N of a long range in order.
+            through = min(projection.watermark_ts, state.watermark_ts + self.window_ns)
             entries = await repo.block_entries(
-                conn, state.watermark_ts, projection.watermark_ts, self.entries_max + 1
+                conn, state.watermark_ts, through, self.entries_max + 1
             )
-            through = projection.watermark_ts
             if len(entries) > self.entries_max:
                 # Cut before the first entry of the engine timestamp that did not fit whole.
                 through = entries[self.entries_max].engine_ts - 1
                 entries = [e for e in entries if e.engine_ts <= through]
+                self.window_ns = max(WINDOW_NS_MIN, self.window_ns // 2)
+            elif len(entries) * 4 < self.entries_max:
+                self.window_ns = min(WINDOW_NS_MAX, self.window_ns * 2)
             ctx = await self._context(conn, entries, state.seq)
             post_entries(entries, ctx)
             await repo.insert_journals(conn, ctx.journals)

@@ -438,7 +438,9 @@ async def insert_journals(conn: Connection, journals: Sequence[Journal]) -> None
     """COPYs new journals and their lines (the caller holds the poster's lock)."""
     if not journals:
         return
-    await _ensure_partitions(conn, {j.posting_period for j in journals})
+    # The next month's too, so that a month's first journal rarely creates its partition.
+    months = {j.posting_period for j in journals}
+    await _ensure_partitions(conn, months | {next_period(m) for m in months})
     journal_rows = []
     line_rows = []
     for j in journals:
@@ -586,6 +588,17 @@ async def periods(conn: Connection) -> list[Period]:
     return [
         Period(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7]) for r in await cursor.fetchall()
     ]
+
+
+async def period_for_update(conn: Connection, period: dt.date) -> Period | None:
+    """A closed or locked month's row, locked until the transaction ends (two locks of one
+    month run one after the other)."""
+    cursor = await conn.execute(
+        f"SELECT {_PERIOD_COLUMNS} FROM finance_periods WHERE period_start = %s FOR UPDATE",
+        (period,),
+    )
+    r = await cursor.fetchone()
+    return None if r is None else Period(r[0], r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7])
 
 
 def _id(value: Any) -> int:

@@ -10,13 +10,14 @@ import pytest
 
 from finance import balances, periods
 from finance.posting import Poster
+from grants.model import Category
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.embedded import EmbeddedEngine
 from ledger.ids import operation_id
 from ledger.repositories import finance as repo
 from tests.integration.projection_support import check_of, mixed_history, own_pool, plane_on
-from wallets.control import ControlPlane
+from wallets.control import ControlPlane, GrantRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +184,36 @@ def _uuid(value: int) -> object:
 def _base(closed: list[dt.date], period: dt.date) -> dt.date | None:
     """The last closed month before `period`."""
     return max((p for p in closed if p < period), default=None)
+
+
+async def test_a_void_counts_when_it_happened_not_at_the_blocks_expiry(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    """A void's transfer carries the block's expiry (for the readers of the ledger): finance
+    books its breakage in the month of the void."""
+    history = await mixed_history(plane, clock)
+    wallet = history.agent_wallet
+    far = datetime_of_ns(clock()) + dt.timedelta(days=400)
+    result, _ = await plane.issue_grant(
+        GrantRequest(
+            wallet_id=wallet.id,
+            amount=100,
+            category=Category.PAID,
+            consideration_minor=5000,
+            currency="USD",
+            expires_at=far,
+        ),
+        tenant=7,
+        key="far",
+        actor="a",
+    )
+    await plane.void_grant(result.grant_id, tenant=7, key="void-far", actor="a", reason="mistake")
+    await history.feed.catch_up()
+    await Poster(plane.pool).catch_up()
+    async with plane.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT posting_period, actor, reason FROM finance_journals"
+            " WHERE block_id = %s AND kind = 'breakage'",
+            (_uuid(result.grant_id),),
+        )
+        assert await cursor.fetchall() == [(dt.date(2025, 1, 1), "a", "mistake")]
