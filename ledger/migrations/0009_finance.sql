@@ -63,8 +63,9 @@ CREATE TRIGGER finance_breakage_policies_append_only BEFORE UPDATE OR DELETE
     ON finance_breakage_policies FOR EACH ROW EXECUTE FUNCTION finance_refuse_change();
 
 -- A journal: one balanced entry (two lines or more), for one block, from one or more
--- transfers. `id` is derived from its source (ledger.ids.derive_id), so posting the same entry
--- twice is a key conflict, never a second journal. `seq` is the posting order.
+-- transfers. `id` is derived from its source (ledger.ids.journal_id); what keeps an entry from
+-- being posted twice is the poster's watermark, which moves in the transaction of the journals
+-- it covers. `seq` is the posting order.
 -- `posting_period` is the month it is booked in: the month of `accounting_date` (the business
 -- effective time) when that month is open, else the first open month (a prior-period
 -- adjustment: `adjusts_period` names the closed month it belongs to).
