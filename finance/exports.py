@@ -24,7 +24,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 import msgspec
 
@@ -144,28 +144,23 @@ async def prepare(conn: Connection, request: ExportRequest) -> Prepared:
         )
     elif report is Report.ROLLFORWARD:
         rolled = await balances.rollforward(conn, period, customer_id=customer)
-        table = rp.rollforward_table([_like(rp.RollforwardLike, r) for r in rolled], period)
+        table = rp.rollforward_table(rolled, period)
     elif report is Report.REVENUE:
         table = rp.revenue_table(
             await repo.revenue(conn, period, customer, list(rp.REVENUE_TYPES)), period
         )
     elif report is Report.AGING:
         blocks = await balances.period_blocks(conn, period, customer_id=customer)
-        table = rp.aging_table([_like(rp.BlockBalanceLike, b) for b in blocks], period)
+        table = rp.aging_table(blocks, period)
     elif report is Report.BLOCKS:
         blocks = await balances.period_blocks(conn, period, customer_id=customer)
         terms = await repo.block_terms(conn, [b.block_id for b in blocks])
-        table = rp.blocks_table([_like(rp.BlockBalanceLike, b) for b in blocks], terms, period)
+        table = rp.blocks_table(blocks, terms, period)
     elif report is Report.PROMOTIONAL_MEMO:
         table = rp.memo_table(await repo.memo(conn, period, customer), period)
     else:
         table = await _reconciliation(conn, period, customer, is_provisional)
     return _fixed(table, is_provisional)
-
-
-def _like(cls: type[Any], value: Any) -> Any:
-    """`value` (a finance.balances struct) as the fields the report prints."""
-    return cls(**{f: getattr(value, f) for f in cls.__struct_fields__})
 
 
 async def _reconciliation(

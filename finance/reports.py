@@ -22,6 +22,7 @@ import msgspec
 
 from finance import periods
 from finance import recognition as rec
+from finance.balances import BlockBalance, RollforwardRow
 from finance.currencies import major
 from grants.errors import InvalidRequest
 from ledger.ids import id_text
@@ -368,22 +369,7 @@ ROLLFORWARD_COLUMNS: Final = (
 )
 
 
-class RollforwardLike(msgspec.Struct, frozen=True):
-    """finance.balances.RollforwardRow's fields this report prints."""
-
-    currency: str
-    opening_minor: int
-    additions_minor: int
-    usage_minor: int
-    breakage_minor: int
-    refunds_minor: int
-    adjustments_minor: int
-    closing_minor: int
-    from_opening_minor: int
-    check_minor: int
-
-
-def rollforward_table(records: Iterable[RollforwardLike], period: dt.date) -> Table:
+def rollforward_table(records: Iterable[RollforwardRow], period: dt.date) -> Table:
     totals = Totals()
     out: list[tuple[str, ...]] = []
     for r in sorted(records, key=lambda x: x.currency):
@@ -454,20 +440,6 @@ def revenue_table(records: Iterable[rows.RevenueRecord], period: dt.date) -> Tab
 # -- aging and the block register ------------------------------------------------------------------
 
 
-class BlockBalanceLike(msgspec.Struct, frozen=True):
-    """finance.balances.BlockBalance's fields these reports print."""
-
-    block_id: int
-    customer_id: int
-    credit_type_id: int
-    currency: str
-    expires_at: dt.datetime | None
-    opening_minor: int
-    remaining_minor: int
-    functional_remaining_minor: int | None
-    recognized_minor: int
-
-
 AGING_COLUMNS: Final = ("period", "currency", "bucket", "blocks", "remaining")
 
 
@@ -484,7 +456,7 @@ def bucket_of(expires_at: dt.datetime | None, end: dt.datetime) -> str:
     raise AssertionError("the last bucket is open")
 
 
-def aging_table(balances: Iterable[BlockBalanceLike], period: dt.date) -> Table:
+def aging_table(balances: Iterable[BlockBalance], period: dt.date) -> Table:
     """Remaining obligation per currency x bucket; every bucket of every currency is a row (0
     where nothing falls in it), so that the totals tie to the rollforward's closing."""
     end = period_end(period)
@@ -529,7 +501,7 @@ BLOCK_COLUMNS: Final = (
 
 
 def blocks_table(
-    balances: Iterable[BlockBalanceLike],
+    balances: Iterable[BlockBalance],
     terms: Mapping[int, rows.BlockTerms],
     period: dt.date,
 ) -> Table:
