@@ -22,9 +22,9 @@ Then it measures, in this order:
    reconciliation is taken as the last recorded run, a clean one inserted here);
 3. every report of June (`finance.exports.write_csv`, as `credit-ledger export` does), twice:
    the time, the rows, and whether the second export's bytes equal the first's;
-4. for each step of 2 and 3, the partitions of the journals, their lines and the entries that
-   Postgres read (pg_stat_user_tables' scan counters, before and after), so that a report that
-   reads more than its month shows.
+4. for each step of 2 and 3, the rows Postgres read from each partition of the journals, their
+   lines and the entries (pg_stat_user_tables' sequential and index reads, before and after),
+   so that a report that reads more than its month shows.
 """
 
 from __future__ import annotations
@@ -176,11 +176,12 @@ async def load(pool: db.Pool, entries: int, blocks: int) -> None:
 
 
 async def scans(pool: db.Pool) -> dict[str, int]:
-    """Scans so far of each partition of the journals, their lines and the entries."""
+    """Rows read so far from each partition of the journals, their lines and the entries
+    (sequential reads plus rows fetched through an index)."""
     async with pool.connection() as conn:
         await conn.execute("SELECT pg_stat_force_next_flush()")
         cursor = await conn.execute(
-            "SELECT relname, coalesce(seq_scan, 0) + coalesce(idx_scan, 0)"
+            "SELECT relname, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)"
             " FROM pg_stat_user_tables WHERE relname ~ '^(finance_journals|finance_journal_lines"
             "|ledger_entries)_y'"
         )
@@ -188,13 +189,16 @@ async def scans(pool: db.Pool) -> dict[str, int]:
 
 
 def read_between(before: dict[str, int], after: dict[str, int]) -> str:
-    """The months whose partitions were read, per table."""
+    """The partitions rows were read from, per table: month (YYMM) and rows."""
     read: dict[str, list[str]] = {}
     for name, count in sorted(after.items()):
-        if count > before.get(name, 0):
+        rows = count - before.get(name, 0)
+        if rows > 0:
             table, month = name.rsplit("_y", 1)
-            read.setdefault(table.replace("finance_", ""), []).append(month[-2:])
-    return "; ".join(f"{t}: {','.join(ms)}" for t, ms in read.items()) or "none"
+            read.setdefault(table.replace("finance_", ""), []).append(
+                f"{month[2:4]}{month[-2:]}:{rows:,}"
+            )
+    return "; ".join(f"{t} {' '.join(ms)}" for t, ms in read.items()) or "none"
 
 
 async def post(pool: db.Pool) -> None:
