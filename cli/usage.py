@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +30,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from api.common import parse_id
+from cli.projection import engine_clock
 from grants.errors import InvalidRequest
 from ledger import db
 from ledger.clock import rfc3339_of_ns
@@ -146,15 +146,21 @@ def usage(
         )
     except SettingsError as error:
         raise click.ClickException(str(error)) from error
+    # The lag is against the engine's clock: a sandbox's test clock, or the wall clock.
+    clock_ns = engine_clock(data_dir)
     try:
-        asyncio.run(_usage(settings, options, as_csv, rows_max))
+        asyncio.run(_usage(settings, options, as_csv, rows_max, clock_ns))
     finally:
         if settings.database_url is None:
             db.stop_embedded_postgres(settings.embedded_data_dir)
 
 
 async def _usage(
-    settings: db.DatabaseSettings, options: Options, as_csv: bool, rows_max: int
+    settings: db.DatabaseSettings,
+    options: Options,
+    as_csv: bool,
+    rows_max: int,
+    clock_ns: Callable[[], int],
 ) -> None:
     try:
         pool = await db.open_pool(settings)
@@ -169,7 +175,7 @@ async def _usage(
     finally:
         await db.close(pool)
     _print(query, rows, codes, as_csv)
-    _footer(len(rows), complete, state, as_csv)
+    _footer(len(rows), complete, state, as_csv, clock_ns())
 
 
 def _query(options: Options, codes: dict[int, str]) -> rules.UsageQuery:
@@ -264,11 +270,11 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def _footer(count: int, complete: bool, state: State, as_csv: bool) -> None:
+def _footer(count: int, complete: bool, state: State, as_csv: bool, now_ns: int) -> None:
     if state.watermark_ts == 0:
         where = "the projection is empty (nothing projected yet)"
     else:
-        lag_s = lag_of(state, time.time_ns()) or 0.0
+        lag_s = lag_of(state, now_ns) or 0.0
         where = (
             f"the projection includes every transfer up to {rfc3339_of_ns(state.watermark_ts)} "
             f"(engine time; at most {lag_s:.1f} s behind the engine)"

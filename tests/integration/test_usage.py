@@ -10,6 +10,7 @@ import datetime as dt
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ from click.testing import CliRunner, Result
 from cli.usage import usage as usage_command
 from grants.model import Category
 from ledger import db
-from ledger.clock import ns_of_datetime
+from ledger.clock import TEST_CLOCK_FILE, ns_of_datetime, write_instant
 from ledger.ids import id_text
+from ledger.repositories import projection as projection_rows
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.usage import UsageRecord
 from tests.integration.projection_support import fresh_plane
@@ -391,3 +393,19 @@ async def test_the_command_says_when_postgres_cannot_be_reached() -> None:
                            "2026-03-01", "--to", "2026-04-01")  # fmt: skip
     assert result.exit_code == 1
     assert "cannot connect to Postgres" in result.stderr
+
+
+async def test_the_lag_is_told_by_a_sandboxs_clock(
+    world: World, migrated_db_url: str, tmp_path: Path
+) -> None:
+    """On a test clock the footer's lag is against the sandbox's clock, not the wall's."""
+    async with world.plane.pool.connection() as conn:
+        state = await projection_rows.read_state(conn)
+    complete_ns = max(state.watermark_ts, state.caught_up_ns)
+    (tmp_path / "engine").mkdir()
+    write_instant(tmp_path / "engine" / TEST_CLOCK_FILE, complete_ns + 7 * 1_000_000_000)
+    result = await run_cli(
+        migrated_db_url, "--from", "2026-03-01", "--to", "2026-05-01", "--data-dir", str(tmp_path)
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "at most 7.0 s behind the engine" in result.stdout.splitlines()[-1]
