@@ -16,6 +16,7 @@ from ledger import db
 from ledger.client import open_ledger
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.embedded import EmbeddedEngine
+from ledger.repositories import finance as finance_rows
 from ledger.repositories import projection as projection_rows
 from ledger.repositories.resources import ResourceKind
 from ledger.settings import LedgerSettings
@@ -202,3 +203,21 @@ async def fresh_plane(pool: db.Pool) -> AsyncIterator[ControlPlane]:
     yield plane
     await ledger.close()
     engine.close()
+
+
+# 2025-01-10T09:00:00Z: where the finance tests' clock starts (ACCOUNTING.md's first event).
+JANUARY_10 = dt.datetime(2025, 1, 10, 9, tzinfo=dt.UTC)
+
+
+def january_clock() -> ManualClock:
+    return ManualClock(start_ns=int(JANUARY_10.timestamp()) * 1_000_000_000)
+
+
+async def clocked_plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
+    """A control plane whose embedded engine and service read `clock`, with the finance
+    partitions this process knew forgotten (the body of the finance tests' `plane` fixture)."""
+    finance_rows.forget_partitions()
+    with EmbeddedEngine(clock_ns=clock) as engine:
+        made = plane_on(pool, engine, clock)
+        yield made
+        await made.service.ledger.close()

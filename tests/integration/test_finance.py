@@ -13,10 +13,16 @@ from finance.posting import Poster
 from grants.model import Category
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
-from ledger.embedded import EmbeddedEngine
 from ledger.ids import operation_id
 from ledger.repositories import finance as repo
-from tests.integration.projection_support import check_of, mixed_history, own_pool, plane_on
+from tests.integration.projection_support import (
+    JANUARY_10,
+    check_of,
+    clocked_plane,
+    january_clock,
+    mixed_history,
+    own_pool,
+)
 from wallets.control import ControlPlane, GrantRequest
 
 pytestmark = pytest.mark.anyio
@@ -28,21 +34,15 @@ async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncItera
         yield made
 
 
-JANUARY_10 = dt.datetime(2025, 1, 10, 9, tzinfo=dt.UTC)
-
-
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock(start_ns=int(JANUARY_10.timestamp()) * 1_000_000_000)
+    return january_clock()
 
 
 @pytest.fixture
 async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    repo.forget_partitions()
-    with EmbeddedEngine(clock_ns=clock) as engine:
-        made = plane_on(pool, engine, clock)
+    async for made in clocked_plane(pool, clock):
         yield made
-        await made.service.ledger.close()
 
 
 async def _journals(pool: db.Pool) -> list[tuple[object, ...]]:

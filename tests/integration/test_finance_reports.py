@@ -25,21 +25,20 @@ from finance.posting import Poster
 from finance.reports import ErpMapping, Layout, Report
 from ledger import db
 from ledger.clock import ManualClock
-from ledger.embedded import EmbeddedEngine
 from ledger.ids import operation_id
-from ledger.repositories import finance as repo
 from tests.conftest import SETTINGS
 from tests.integration.projection_support import (
+    JANUARY_10,
     History,
     check_of,
+    clocked_plane,
+    january_clock,
     mixed_history,
-    plane_on,
 )
 from wallets.control import ControlPlane
 
 pytestmark = pytest.mark.anyio
 
-JANUARY_10 = dt.datetime(2025, 1, 10, 9, tzinfo=dt.UTC)
 JANUARY = dt.date(2025, 1, 1)
 FEBRUARY = dt.date(2025, 2, 1)
 
@@ -60,16 +59,13 @@ async def pool(database_url: str) -> AsyncIterator[db.Pool]:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock(start_ns=int(JANUARY_10.timestamp()) * 1_000_000_000)
+    return january_clock()
 
 
 @pytest.fixture
 async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    repo.forget_partitions()
-    with EmbeddedEngine(clock_ns=clock) as engine:
-        made = plane_on(pool, engine, clock)
+    async for made in clocked_plane(pool, clock):
         yield made
-        await made.service.ledger.close()
 
 
 async def _posted(plane: ControlPlane, clock: ManualClock) -> tuple[History, Poster]:
