@@ -47,6 +47,7 @@ async def test_the_packaged_migrations_apply_once(
             "0008_projection",
             "0009_finance",
             "0010_grant_refunds",
+            "0011_events",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
