@@ -82,6 +82,7 @@ async def test_the_packaged_migrations_apply_once(
             "projection",
             "finance",
             "grant_refunds",
+            "events",
         ]
         assert rows[0][3].tzinfo is not None
     finally:
