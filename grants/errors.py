@@ -64,6 +64,12 @@ class RefundExceedsAvailable(CreditError):
     code = "refund_exceeds_available"
 
 
+class TooManyThresholds(CreditError):
+    """A wallet or budget has THRESHOLDS_PER_SUBJECT_MAX thresholds in force already."""
+
+    code = "too_many_thresholds"
+
+
 class NotFound(CreditError):
     code = "not_found"
 

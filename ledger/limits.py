@@ -229,3 +229,22 @@ FINANCE_POST_ENTRIES_MAX = 20_000
 FINANCE_POST_BATCHES_PER_TICK = 50
 # The most rows one report or export page returns through the API (finance/reports.py).
 FINANCE_REPORT_ROWS_MAX = 10_000
+
+# Alerts (wallets/alerts.py): the most projected entries one batch of the deriver reads (one
+# transaction: figures, marks, events, top-ups and its watermark), and the batches per tick.
+ALERTS_ENTRIES_MAX = 10_000
+ALERTS_BATCHES_PER_TICK = 20
+# The most pending top-ups one tick issues (each an admin grant: a few engine round trips).
+TOP_UPS_PER_TICK = 64
+# Thresholds in force per wallet or budget; top-ups per wallet and UTC day a rule may allow.
+THRESHOLDS_PER_SUBJECT_MAX = 16
+TOP_UPS_PER_DAY_MAX = 1_000
+TOP_UP_EXPIRY_DAYS_MAX = 3_650
+# A wallet threshold as a percent of its last plan allocation: up to ten times the allocation.
+PERCENT_OF_ALLOCATION_MAX = 1_000
+# grant.expiring: the notice window (a block with credits left expiring within it is
+# announced once per expiry), and the most blocks one scan announces.
+GRANT_EXPIRING_NOTICE_S_DEFAULT = 7 * 86_400
+GRANT_EXPIRING_SCAN_MAX = 1_000
+assert 16 <= ALERTS_ENTRIES_MAX <= FINANCE_POST_ENTRIES_MAX
+assert TOP_UPS_PER_TICK > 0 and 0 < GRANT_EXPIRING_SCAN_MAX <= 10_000
