@@ -1,5 +1,6 @@
 """Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
-reconciliation of the projection against the engine, and the finance poster.
+reconciliation of the projection against the engine, the finance poster, the alerts deriver
+(with the automatic top-ups) and the scan for blocks about to expire.
 
 Invariants:
 - Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
@@ -28,7 +29,8 @@ from finance.posting import Poster
 from ledger.client import LedgerUnavailable
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
-from ledger.limits import FINANCE_POST_BATCHES_PER_TICK
+from ledger.limits import ALERTS_BATCHES_PER_TICK, FINANCE_POST_BATCHES_PER_TICK
+from wallets.alerts import Alerts
 from wallets.control import ControlPlane
 from wallets.reconcile_projection import ProjectionCheck
 
@@ -51,6 +53,10 @@ class JobSettings:
     # The finance poster (finance/posting.py): journals from the projection. Finance reads
     # them by the month; a few seconds behind the projection is plenty.
     finance_post_interval_s: float = 5.0
+    # The alerts deriver (wallets/alerts.py): an event's latency is the projection's lag plus
+    # this. The scan for blocks about to expire (grant.expiring) needs no such hurry.
+    alerts_interval_s: float = 1.0
+    expiring_scan_interval_s: float = 60.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
@@ -58,6 +64,7 @@ class JobSettings:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
         assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
+        assert self.alerts_interval_s > 0 and self.expiring_scan_interval_s > 0
 
 
 class Jobs:
@@ -68,6 +75,7 @@ class Jobs:
         *,
         projection_check: ProjectionCheck | None = None,
         poster: Poster | None = None,
+        alerts: Alerts | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -80,7 +88,10 @@ class Jobs:
         self.poster = poster or Poster(
             control.pool, functional_currency=control.functional_currency
         )
+        self.alerts = alerts or Alerts(control)
         self.leader = False
+        self.alert_ticks = 0
+        self.expiring_scans = 0
         self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
@@ -142,6 +153,24 @@ class Jobs:
         if entries:
             _logger.debug("finance: posted %d entries", entries)
 
+    async def derive_alerts(self) -> None:
+        """The leader derives events from what the projection added (bounded batches), then
+        issues the automatic top-ups those crossings (or a crash) left pending."""
+        if not self.leader:
+            return
+        report = await self.alerts.tick(batches_max=ALERTS_BATCHES_PER_TICK)
+        self.alert_ticks += 1
+        if report.events or report.top_ups:
+            _logger.debug("alerts: %d events, %d top-ups", report.events, report.top_ups)
+
+    async def scan_expiring(self) -> None:
+        """The leader announces blocks with credits left that expire within the notice window
+        (the service's clock: a sandbox's test clock moves it)."""
+        if not self.leader:
+            return
+        await self.alerts.scan_expiring(self.control.service.clock_ns())
+        self.expiring_scans += 1
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -178,6 +207,20 @@ class Jobs:
             "interval",
             seconds=self.settings.finance_post_interval_s,
             id="finance-post",
+            **options,
+        )
+        scheduler.add_job(
+            self.derive_alerts,
+            "interval",
+            seconds=self.settings.alerts_interval_s,
+            id="alerts",
+            **options,
+        )
+        scheduler.add_job(
+            self.scan_expiring,
+            "interval",
+            seconds=self.settings.expiring_scan_interval_s,
+            id="grant-expiring",
             **options,
         )
         return scheduler
