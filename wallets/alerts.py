@@ -989,14 +989,3 @@ async def remove_top_up_rule(
         then=then,
         result_type=RuleView,
     )
-
-
-async def list_top_ups(
-    control: ControlPlane,
-    wallet_id: int,
-    *,
-    limit: int,
-    after: tuple[dt.datetime, int] | None = None,
-) -> list[repo.TopUp]:
-    async with control.pool.connection() as conn:
-        return await repo.list_top_ups(conn, wallet_id, limit=limit, after=after)

@@ -8,6 +8,7 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `catalog`, `grants`, `budgets`, `prices`: admin and read routes, lists among them (served
   from Postgres, paged by `api.paging`); admin writes keep their idempotency in Postgres
   through the control plane.
+- `alerts`: thresholds on wallets and budgets, automatic top-up rules and top-ups.
 - `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
 - `finance`: the finance reports (JSON or CSV), periods (list, close, lock), breakage policies.
 - `health`: liveness and readiness.
@@ -16,7 +17,18 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, clock, finance, grants, health, prices, spending, usage
+from api.routes import (
+    alerts,
+    budgets,
+    catalog,
+    clock,
+    finance,
+    grants,
+    health,
+    prices,
+    spending,
+    usage,
+)
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -24,6 +36,7 @@ ROUTES = [
     *catalog.ROUTES,
     *grants.ROUTES,
     *budgets.ROUTES,
+    *alerts.ROUTES,
     *prices.ROUTES,
     *usage.ROUTES,
     *finance.ROUTES,

@@ -19,10 +19,13 @@ import msgspec
 
 from ledger.db import Connection
 from ledger.repositories._rows import (
+    ROWS_PER_PAGE_DEFAULT,
+    Keyset,
+    equal,
+    fetch_page,
     from_amount,
     from_uuid,
     from_uuid_or_none,
-    page_limit,
     to_uuid,
     to_uuid_or_none,
     uuids,
@@ -613,20 +616,16 @@ async def get_top_up(conn: Connection, id_: int) -> TopUp | None:
 
 
 async def list_top_ups(
-    conn: Connection, wallet_id: int, *, limit: int, after: tuple[dt.datetime, int] | None = None
-) -> list[TopUp]:
-    """The wallet's top-ups, oldest first, after the keyset `after`."""
-    params: list[Any] = [to_uuid(wallet_id)]
-    where = "wallet_id = %s"
-    if after is not None:
-        where += " AND (created_at, id) > (%s, %s)"
-        params += [after[0], to_uuid(after[1])]
-    params.append(page_limit(limit))
-    cursor = await conn.execute(
-        f"SELECT {_TOP_UP_COLUMNS} FROM top_ups WHERE {where} ORDER BY created_at, id LIMIT %s",
-        params,
-    )
-    return [_top_up(r) for r in await cursor.fetchall()]
+    conn: Connection,
+    *,
+    wallet_id: int,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[TopUp], bool]:
+    """A page of the wallet's top-ups in (created_at, id) order, and whether more follow."""
+    select = f"SELECT {_TOP_UP_COLUMNS} FROM top_ups"
+    conditions = equal(wallet_id=to_uuid(wallet_id))
+    return await fetch_page(conn, select, conditions, _top_up, after=after, limit=limit)
 
 
 # -- expiry notices -------------------------------------------------------------------------------

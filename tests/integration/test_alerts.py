@@ -111,7 +111,8 @@ class World:
 
     async def top_ups(self) -> list[repo.TopUp]:
         async with self.plane.pool.connection() as conn:
-            return await repo.list_top_ups(conn, self.wallet.id, limit=100)
+            rows, _ = await repo.list_top_ups(conn, wallet_id=self.wallet.id, limit=100)
+        return rows
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from credit_ledger_client.schemas import (
     BudgetPage,
     BudgetPatchIn,
     BudgetQuery,
+    BudgetThresholdIn,
     CheckOut,
     ClockAdvanceIn,
     ClockOut,
@@ -101,6 +102,12 @@ from credit_ledger_client.schemas import (
     SettleIn,
     SettleOut,
     SpendIn,
+    ThresholdList,
+    ThresholdOut,
+    TopUpOut,
+    TopUpPage,
+    TopUpRuleIn,
+    TopUpRuleOut,
     Usage,
     UsagePage,
     UsageQuery,
@@ -113,6 +120,7 @@ from credit_ledger_client.schemas import (
     WalletPage,
     WalletPatchIn,
     WalletQuery,
+    WalletThresholdIn,
 )
 
 __all__ = [
@@ -142,6 +150,7 @@ __all__ = [
     "ServiceUnreachableError",
     "SpendKeywords",
     "SpendRefusedError",
+    "TooManyThresholdsError",
     "UnauthorizedError",
     "UnexpectedResponseError",
     "ValidationError",
@@ -278,6 +287,10 @@ class RefundExceedsAvailableError(ConflictError):
         return value if isinstance(value, int) else None
 
 
+class TooManyThresholdsError(ConflictError):
+    """409: the wallet or budget already has as many thresholds as it may have."""
+
+
 class NotFoundError(CreditApiError):
     pass
 
@@ -334,6 +347,7 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "conflict": ConflictError,
     "grant_not_refundable": GrantNotRefundableError,
     "refund_exceeds_available": RefundExceedsAvailableError,
+    "too_many_thresholds": TooManyThresholdsError,
     "not_found": NotFoundError,
     "validation_error": ValidationError,
     "unauthorized": UnauthorizedError,
@@ -461,6 +475,10 @@ def _post(path: str, body: msgspec.Struct | None, out: type[T], key: str | None)
 
 def _patch(path: str, body: msgspec.Struct, out: type[T], key: str | None) -> _Call[T]:
     return _Call("PATCH", path, out, msgspec.json.encode(body), _key(key))
+
+
+def _put(path: str, body: msgspec.Struct, out: type[T], key: str | None) -> _Call[T]:
+    return _Call("PUT", path, out, msgspec.json.encode(body), _key(key))
 
 
 def _delete(path: str, out: type[T], key: str | None) -> _Call[T]:
@@ -1099,6 +1117,62 @@ class CreditClient:
             overage,
         )
 
+    # -- alerts and automatic top-ups
+
+    def create_wallet_threshold(
+        self, wallet_id: str, body: WalletThresholdIn, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds"
+        return self._send(_post(path, body, ThresholdOut, idempotency_key))
+
+    def list_wallet_thresholds(self, wallet_id: str) -> ThresholdList:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds"
+        return self._send(_get(path, ThresholdList))
+
+    def remove_wallet_threshold(
+        self, wallet_id: str, threshold_id: str, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds/{_segment(threshold_id)}"
+        return self._send(_delete(path, ThresholdOut, idempotency_key))
+
+    def create_budget_threshold(
+        self, budget_id: str, body: BudgetThresholdIn, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds"
+        return self._send(_post(path, body, ThresholdOut, idempotency_key))
+
+    def list_budget_thresholds(self, budget_id: str) -> ThresholdList:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds"
+        return self._send(_get(path, ThresholdList))
+
+    def remove_budget_threshold(
+        self, budget_id: str, threshold_id: str, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds/{_segment(threshold_id)}"
+        return self._send(_delete(path, ThresholdOut, idempotency_key))
+
+    def set_top_up_rule(
+        self, wallet_id: str, body: TopUpRuleIn, *, idempotency_key: str | None = None
+    ) -> TopUpRuleOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-up"
+        return self._send(_put(path, body, TopUpRuleOut, idempotency_key))
+
+    def get_top_up_rule(self, wallet_id: str) -> TopUpRuleOut:
+        return self._send(_get(f"/v1/wallets/{_segment(wallet_id)}/top-up", TopUpRuleOut))
+
+    def remove_top_up_rule(
+        self, wallet_id: str, *, idempotency_key: str | None = None
+    ) -> TopUpRuleOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-up"
+        return self._send(_delete(path, TopUpRuleOut, idempotency_key))
+
+    def list_top_ups(self, wallet_id: str, query: ListQuery | None = None) -> TopUpPage:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-ups"
+        return self._send(_list(path, query or ListQuery(), TopUpPage))
+
+    def iter_top_ups(self, wallet_id: str, query: ListQuery | None = None) -> Iterator[TopUpOut]:
+        return _iterate(lambda q: self.list_top_ups(wallet_id, q), query or ListQuery())
+
     # -- budgets and prices
 
     def create_budget(self, body: BudgetIn, *, idempotency_key: str | None = None) -> BudgetOut:
@@ -1439,6 +1513,64 @@ class AsyncCreditClient:
         key = _key(idempotency_key, RESERVATION_KEY_CHARS_MAX)
         body = _reserve_in(_spend(credit_type, spend), timeout_s)
         return AsyncReservationScope(self, body, key, overage)
+
+    # -- alerts and automatic top-ups
+
+    async def create_wallet_threshold(
+        self, wallet_id: str, body: WalletThresholdIn, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds"
+        return await self._send(_post(path, body, ThresholdOut, idempotency_key))
+
+    async def list_wallet_thresholds(self, wallet_id: str) -> ThresholdList:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds"
+        return await self._send(_get(path, ThresholdList))
+
+    async def remove_wallet_threshold(
+        self, wallet_id: str, threshold_id: str, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/thresholds/{_segment(threshold_id)}"
+        return await self._send(_delete(path, ThresholdOut, idempotency_key))
+
+    async def create_budget_threshold(
+        self, budget_id: str, body: BudgetThresholdIn, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds"
+        return await self._send(_post(path, body, ThresholdOut, idempotency_key))
+
+    async def list_budget_thresholds(self, budget_id: str) -> ThresholdList:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds"
+        return await self._send(_get(path, ThresholdList))
+
+    async def remove_budget_threshold(
+        self, budget_id: str, threshold_id: str, *, idempotency_key: str | None = None
+    ) -> ThresholdOut:
+        path = f"/v1/budgets/{_segment(budget_id)}/thresholds/{_segment(threshold_id)}"
+        return await self._send(_delete(path, ThresholdOut, idempotency_key))
+
+    async def set_top_up_rule(
+        self, wallet_id: str, body: TopUpRuleIn, *, idempotency_key: str | None = None
+    ) -> TopUpRuleOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-up"
+        return await self._send(_put(path, body, TopUpRuleOut, idempotency_key))
+
+    async def get_top_up_rule(self, wallet_id: str) -> TopUpRuleOut:
+        return await self._send(_get(f"/v1/wallets/{_segment(wallet_id)}/top-up", TopUpRuleOut))
+
+    async def remove_top_up_rule(
+        self, wallet_id: str, *, idempotency_key: str | None = None
+    ) -> TopUpRuleOut:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-up"
+        return await self._send(_delete(path, TopUpRuleOut, idempotency_key))
+
+    async def list_top_ups(self, wallet_id: str, query: ListQuery | None = None) -> TopUpPage:
+        path = f"/v1/wallets/{_segment(wallet_id)}/top-ups"
+        return await self._send(_list(path, query or ListQuery(), TopUpPage))
+
+    def iter_top_ups(
+        self, wallet_id: str, query: ListQuery | None = None
+    ) -> AsyncIterator[TopUpOut]:
+        return _aiterate(lambda q: self.list_top_ups(wallet_id, q), query or ListQuery())
 
     # -- budgets and prices
 

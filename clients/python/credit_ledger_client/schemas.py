@@ -1070,3 +1070,94 @@ class BreakagePolicyOut(Out):
     method: BreakageMethod
     rate: str
     effective_from: dt.datetime
+
+
+# -- alerts and automatic top-ups -------------------------------------------------------------
+
+PERCENT = Annotated[int, msgspec.Meta(ge=1, le=100, description="a percent of the cap")]
+PERCENT_OF_ALLOCATION = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=1000, description="a percent of the wallet's last plan allocation (1..1000)"
+    ),
+]
+CURRENCY = Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN, examples=["USD"])]
+
+
+class WalletThresholdIn(Strict):
+    """A wallet's threshold: `balance.low` fires once each time its available credits fall
+    below `amount`, or below `percent_of_allocation` percent of its last plan allocation (give
+    one of the two)."""
+
+    amount: AMOUNT | None = None
+    percent_of_allocation: PERCENT_OF_ALLOCATION | None = None
+
+
+class BudgetThresholdIn(Strict):
+    """A budget's threshold: `budget.threshold_reached` fires once per period when its usage
+    reaches `percent` of the cap."""
+
+    percent: PERCENT
+
+
+class ThresholdOut(Out):
+    id: str
+    created_at: dt.datetime
+    wallet_id: str | None = None
+    budget_id: str | None = None
+    amount: int | None = None
+    percent_of_allocation: int | None = None
+    percent: int | None = None
+
+
+class ThresholdList(Out):
+    items: list[ThresholdOut]
+
+
+class TopUpRuleIn(Strict):
+    """When the wallet's available credits fall below `threshold`, issue a paid grant of
+    `amount` credits for `consideration_minor` of `currency` (once per crossing, at most
+    `daily_max` a UTC day), and send `top_up.issued`."""
+
+    threshold: AMOUNT
+    amount: AMOUNT
+    consideration_minor: AMOUNT0
+    currency: CURRENCY
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    expires_in_days: Annotated[int, msgspec.Meta(ge=1, le=3650)] | None = None
+    daily_max: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+
+
+class TopUpRuleOut(Out):
+    wallet_id: str
+    threshold: int
+    amount: int
+    consideration_minor: int
+    currency: str
+    priority: int
+    daily_max: int
+    enabled: bool
+    updated_at: dt.datetime
+    expires_in_days: int | None = None
+
+
+class TopUpOut(Out):
+    """One crossing of a wallet's rule: `pending` (its grant being issued), `issued` (with
+    `grant_id`), or `capped` (the day's maximum was reached: no grant)."""
+
+    id: str
+    wallet_id: str
+    crossing: int
+    state: str
+    threshold: int
+    amount: int
+    consideration_minor: int
+    currency: str
+    crossed_at: dt.datetime
+    grant_id: str | None = None
+    expires_at: dt.datetime | None = None
+    issued_at: dt.datetime | None = None
+
+
+class TopUpPage(Page):
+    items: list[TopUpOut]
