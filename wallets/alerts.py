@@ -404,7 +404,7 @@ class Alerts:
             if projection.watermark_ts <= watermark:
                 return 0, 0
             through, entries = await self._read(conn, watermark, projection.watermark_ts)
-            ctx = await self._context(conn, entries)
+            ctx = await self._context(conn, entries, watermark)
             derive(entries, ctx)
             written = await self._write(conn, ctx)
             self._at(FAULT_BEFORE_COMMIT)
@@ -431,7 +431,9 @@ class Alerts:
             if entries or through >= limit_ts:
                 return through, entries
 
-    async def _context(self, conn: Connection, entries: Sequence[repo.AlertEntry]) -> Context:
+    async def _context(
+        self, conn: Connection, entries: Sequence[repo.AlertEntry], watermark: int
+    ) -> Context:
         blocks = {e.account_id for e in entries if e.account_kind == "block"}
         overdrafts = {e.account_id for e in entries if e.account_kind == "overdraft"}
         budget_accounts = {e.account_id for e in entries if e.account_kind == "budget"}
@@ -439,9 +441,10 @@ class Alerts:
         overdraft_wallets = await repo.overdraft_wallets(conn, overdrafts)
         wallet_ids = set(block_wallets.values()) | set(overdraft_wallets.values())
         figures = await repo.wallet_figures(conn, wallet_ids)
+        figures.update(await repo.seed_wallets(conn, wallet_ids - figures.keys(), watermark))
         for wallet_id in wallet_ids - figures.keys():
             figures[wallet_id] = repo.WalletFigures(wallet_id=wallet_id)
-        budgets = await self._budget_periods(conn, budget_accounts)
+        budgets = await self._budget_periods(conn, budget_accounts, watermark)
         thresholds = await repo.thresholds_of(
             conn, wallets=wallet_ids, budgets={p.budget_id for p in budgets.values()}
         )
@@ -459,18 +462,23 @@ class Alerts:
         )
 
     async def _budget_periods(
-        self, conn: Connection, accounts: set[int]
+        self, conn: Connection, accounts: set[int], watermark: int
     ) -> dict[int, repo.BudgetPeriod]:
         """The budget periods' figures; a period seen for the first time is named by its
-        account on the engine (`user_data_128`: the budget, `user_data_64`: its start)."""
+        account on the engine (`user_data_128`: the budget, `user_data_64`: its start), its
+        figures summed from the entries before the watermark."""
         known = await repo.budget_periods(conn, accounts)
         missing = sorted(accounts - known.keys())
         if missing:
+            sums = await repo.seed_budget_sums(conn, missing, watermark)
             for account in await self.control.service.ledger.lookup_accounts(missing):
+                credit_limit, balance = sums.get(account.id, (0, 0))
                 known[account.id] = repo.BudgetPeriod(
                     account_id=account.id,
                     budget_id=account.user_data_128,
                     period_start_ns=account.user_data_64,
+                    credit_limit=credit_limit,
+                    balance=balance,
                 )
         return known
 

@@ -16,7 +16,11 @@ CREATE TABLE alerts_state (
     entries      bigint      NOT NULL DEFAULT 0 CHECK (entries >= 0),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO alerts_state (name, watermark_ts) VALUES ('alerts', 0);
+-- It starts where the projection stands: the history before it is not announced (each wallet's
+-- and budget period's figures are summed from the entries before the watermark the first time
+-- the deriver meets it).
+INSERT INTO alerts_state (name, watermark_ts)
+    SELECT 'alerts', watermark_ts FROM projection_state WHERE name = 'ledger';
 
 -- Each wallet's figures as of the deriver's watermark: `available` = sum over its blocks of
 -- (posted - held) (blocks not yet effective included, expired ones until their sweep), the

@@ -222,6 +222,54 @@ async def wallet_figures(conn: Connection, ids: Collection[int]) -> dict[int, Wa
     }
 
 
+async def seed_wallets(
+    conn: Connection, ids: Collection[int], through_ts: int
+) -> dict[int, WalletFigures]:
+    """The figures of wallets the deriver has not seen yet, summed from the projection's
+    entries up to `through_ts` (its watermark): a deriver that starts on a ledger with history
+    (the migration starts it at the projection's watermark) begins from the true figures."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        """
+        SELECT w.id,
+               coalesce((SELECT sum(e.amount - e.pending) FROM grants g
+                         JOIN ledger_entries e ON e.account_id = g.id
+                         WHERE g.wallet_id = w.id AND e.account_kind = 'block'
+                           AND e.engine_ts <= %(through)s), 0),
+               coalesce((SELECT sum(e.pending - e.amount) FROM ledger_entries e
+                         WHERE e.account_id = w.overdraft_account_id
+                           AND e.kind <> 'overdraft_limit' AND e.engine_ts <= %(through)s), 0)
+        FROM wallets w WHERE w.id = ANY(%(ids)s)
+        """,
+        {"through": through_ts, "ids": uuids(ids)},
+    )
+    return {
+        from_uuid(r[0]): WalletFigures(
+            wallet_id=from_uuid(r[0]), available=from_amount(r[1]), deficit=from_amount(r[2])
+        )
+        for r in await cursor.fetchall()
+    }
+
+
+async def seed_budget_sums(
+    conn: Connection, ids: Collection[int], through_ts: int
+) -> dict[int, tuple[int, int]]:
+    """budget period account -> (limit credited, balance) from the projection's entries up to
+    `through_ts`, for accounts the deriver has not seen yet."""
+    if not ids:
+        return {}
+    cursor = await conn.execute(
+        "SELECT account_id, coalesce(sum(amount) FILTER (WHERE kind = 'budget_limit'), 0),"
+        " coalesce(sum(amount - pending), 0) FROM ledger_entries"
+        " WHERE account_id = ANY(%s) AND engine_ts <= %s GROUP BY account_id",
+        (uuids(ids), through_ts),
+    )
+    return {
+        from_uuid(r[0]): (from_amount(r[1]), from_amount(r[2])) for r in await cursor.fetchall()
+    }
+
+
 async def save_wallet_figures(conn: Connection, rows: Sequence[WalletFigures]) -> None:
     if not rows:
         return

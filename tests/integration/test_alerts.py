@@ -358,3 +358,21 @@ async def test_two_ticks_at_once_double_nothing(world: World) -> None:
     assert len(await world.events("balance.low")) == 1
     assert [t.state for t in await world.top_ups()] == ["issued"]
     assert len(await world.events("top_up.issued")) == 1
+
+
+async def test_a_deriver_started_on_history_begins_from_the_true_figures(world: World) -> None:
+    """The migration starts the deriver at the projection's watermark: what came before is not
+    announced, and a wallet's figures are summed from it when the deriver first meets it."""
+    await world.grant(500)
+    await world.debit(100)
+    await world.feed.catch_up()
+    async with world.plane.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE alerts_state SET watermark_ts ="
+            " (SELECT watermark_ts FROM projection_state WHERE name = 'ledger')"
+        )
+    await _threshold(world, wallet_id=world.wallet.id, amount=300)
+    await world.debit(150)
+    await world.derive()
+    low = await world.events("balance.low")
+    assert [d["available"] for _, d in low] == ["250"]
