@@ -15,6 +15,7 @@ from grants.model import Category
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.repositories import alerts as repo
+from ledger.repositories.grants import GrantSource
 from ledger.repositories.resources import ResourceKind
 from tests.integration.projection_support import clocked_plane, january_clock, own_pool
 from wallets.alerts import (
@@ -376,3 +377,37 @@ async def test_a_deriver_started_on_history_begins_from_the_true_figures(world: 
     await world.derive()
     low = await world.events("balance.low")
     assert [d["available"] for _, d in low] == ["250"]
+
+
+async def test_a_threshold_as_a_percent_of_the_last_allocation(world: World) -> None:
+    await _threshold(world, wallet_id=world.wallet.id, percent=20)
+    await world.grant(1000)  # an admin grant: no allocation yet, the threshold is inactive
+    await world.debit(900)
+    await world.derive()
+    assert await world.events("balance.low") == []
+    await world.grant(500, source=GrantSource.PLAN_ALLOCATION)  # 600: 20% of 500 is 100
+    await world.debit(450)
+    await world.derive()
+    assert await world.events("balance.low") == []  # 150: above 100
+    await world.debit(60)  # 90: below 100
+    await world.derive()
+    low = await world.events("balance.low")
+    assert [(d["threshold"], d["available"]) for _, d in low] == [("100", "90")]
+
+
+async def test_a_changed_expiry_is_announced_again(world: World) -> None:
+    now = datetime_of_ns(world.clock())
+    block = await world.grant(40, expires_at=now + dt.timedelta(days=5))
+    await world.derive()
+    assert await world.alerts.scan_expiring(world.clock()) == 1
+    async with world.plane.pool.connection() as conn:  # as a change of its expiry would
+        await conn.execute(
+            "UPDATE grants SET expires_at = %s WHERE id = %s",
+            (now + dt.timedelta(days=6), _uuid(block)),
+        )
+    assert await world.alerts.scan_expiring(world.clock()) == 1
+    assert await world.alerts.scan_expiring(world.clock()) == 0
+    expiring = await world.events("grant.expiring")
+    assert len(expiring) == 2 and expiring[0][1]["expires_at"] != expiring[1][1]["expires_at"]
+    await world.grant(40, expires_at=now + dt.timedelta(days=30))
+    assert await world.alerts.scan_expiring(world.clock()) == 0  # outside the window
