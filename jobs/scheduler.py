@@ -158,7 +158,11 @@ class Jobs:
         issues the automatic top-ups those crossings (or a crash) left pending."""
         if not self.leader:
             return
-        report = await self.alerts.tick(batches_max=ALERTS_BATCHES_PER_TICK)
+        try:
+            report = await self.alerts.tick(batches_max=ALERTS_BATCHES_PER_TICK)
+        except LedgerUnavailable as error:  # a budget period's account is read from the engine
+            _logger.warning("alerts stopped: %s", error)
+            return
         self.alert_ticks += 1
         if report.events or report.top_ups:
             _logger.debug("alerts: %d events, %d top-ups", report.events, report.top_ups)

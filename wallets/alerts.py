@@ -35,8 +35,9 @@ from typing import Any, Final
 
 import msgspec
 
-from grants.errors import InvalidRequest, NotFound, TooManyThresholds
+from grants.errors import CreditError, InvalidRequest, NotFound, TooManyThresholds
 from grants.model import Category
+from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns
 from ledger.db import Connection
 from ledger.ids import derive_id, id_text
@@ -209,7 +210,7 @@ def _evaluate_wallet(
                 wallet_id=wallet_id,
             )
         )
-    elif deficit_before > 0 >= figures.deficit and figures.overdrafts:
+    elif deficit_before > 0 >= figures.deficit:
         ctx.emitted.append(
             Emitted(
                 "overdraft.repaid",
@@ -549,7 +550,12 @@ class Alerts:
             ids = await repo.pending_top_up_ids(conn, limit)
         issued = 0
         for top_up in ids:
-            issued += await self._issue(top_up)
+            try:
+                issued += await self._issue(top_up)
+            except (CreditError, LedgerUnavailable) as error:
+                # Left pending: the next tick tries again (an engine that did not answer); a
+                # refusal stays in the log until an operator sees to it. The others go on.
+                _logger.error("top-up %s not issued: %s", id_text(top_up), error)
         return issued
 
     async def _issue(self, id_: int) -> int:

@@ -461,12 +461,14 @@ async def save_marks(conn: Connection, rows: Sequence[Mark]) -> None:
 
 
 async def last_allocations(conn: Connection, wallets: Collection[int]) -> dict[int, int]:
-    """wallet -> the amount of its latest grant with source 'plan_allocation' (issued)."""
+    """wallet -> the amount of its latest grant with source 'plan_allocation' (issued: not
+    one being issued or abandoned)."""
     if not wallets:
         return {}
     cursor = await conn.execute(
         "SELECT DISTINCT ON (wallet_id) wallet_id, amount FROM grants"
-        " WHERE wallet_id = ANY(%s) AND source = 'plan_allocation' AND state <> 'pending'"
+        " WHERE wallet_id = ANY(%s) AND source = 'plan_allocation'"
+        " AND state IN ('active', 'expired', 'voided')"
         " ORDER BY wallet_id, effective_at DESC, created_at DESC, id DESC",
         (uuids(wallets),),
     )
