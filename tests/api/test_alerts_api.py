@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from credit_ledger_client import AsyncCreditClient, NotFoundError
+from credit_ledger_client.schemas import TopUpRuleIn, WalletThresholdIn
 
 from ledger import db
 from tests.api.conftest import Api
@@ -104,3 +107,29 @@ async def test_top_up_rule(api: Api, pool: db.Pool) -> None:
     assert_problem(await api.get(path), "not_found")
     assert await _audited(pool, "top_up_rule.set") == 1
     assert await _audited(pool, "top_up_rule.remove") == 1
+
+
+async def test_the_python_client(api: Api) -> None:
+    world = await make_world(api)
+    wallet = world.wallet["id"]
+    transport = httpx.ASGITransport(app=api.app)  # type: ignore[arg-type]
+    async with AsyncCreditClient(
+        "http://testserver", api.keys["admin"], transport=transport
+    ) as client:
+        made = await client.create_wallet_threshold(wallet, WalletThresholdIn(amount=50))
+        assert made.amount == 50 and made.wallet_id == wallet
+        listed = await client.list_wallet_thresholds(wallet)
+        assert [t.id for t in listed.items] == [made.id]
+        removed = await client.remove_wallet_threshold(wallet, made.id)
+        assert removed.id == made.id
+        rule = await client.set_top_up_rule(
+            wallet,
+            TopUpRuleIn(
+                threshold=10, amount=100, consideration_minor=100, currency="USD", daily_max=2
+            ),
+        )
+        assert rule.enabled and (await client.get_top_up_rule(wallet)).amount == 100
+        assert [t async for t in client.iter_top_ups(wallet)] == []
+        assert not (await client.remove_top_up_rule(wallet)).enabled
+        with pytest.raises(NotFoundError):
+            await client.get_top_up_rule(wallet)
