@@ -14,6 +14,7 @@ import pytest
 from grants.model import Category
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
+from ledger.ids import id_text
 from ledger.repositories import alerts as repo
 from ledger.repositories.grants import GrantSource
 from ledger.repositories.resources import ResourceKind
@@ -154,7 +155,7 @@ async def test_depleted_and_expired_and_expiring(world: World) -> None:
     assert await world.alerts.scan_expiring(world.clock()) == 1
     assert await world.alerts.scan_expiring(world.clock()) == 0  # once per expiry
     expiring = await world.events("grant.expiring")
-    assert [d["grant_id"] for _, d in expiring] == [str(_uuid(soon))]
+    assert [d["grant_id"] for _, d in expiring] == [_uuid(soon)]
     assert expiring[0][1]["credits"] == "30"
     world.clock.advance(4 * 86_400)
     await world.plane.sweep(world.clock())
@@ -169,9 +170,7 @@ async def test_depleted_and_expired_and_expiring(world: World) -> None:
 
 
 def _uuid(value: int) -> str:
-    import uuid
-
-    return str(uuid.UUID(int=value))
+    return id_text(value)
 
 
 async def test_overdraft_opened_and_repaid(plane: ControlPlane, clock: ManualClock) -> None:
@@ -342,7 +341,7 @@ async def test_a_crash_between_the_top_up_and_its_grant(world: World, point: str
     async with world.plane.pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT count(*) FROM grants WHERE wallet_id = %s AND source = 'purchase'",
-            (str(_uuid(world.wallet.id)),),
+            (_uuid(world.wallet.id),),
         )
         assert await cursor.fetchone() == (1,)
 
