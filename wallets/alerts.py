@@ -40,7 +40,7 @@ from grants.model import Category
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns
 from ledger.db import Connection
-from ledger.ids import derive_id, id_text
+from ledger.ids import budget_account_id, derive_id, id_text
 from ledger.limits import (
     ALERTS_ENTRIES_MAX,
     AMOUNT_MAX_REQUEST,
@@ -55,8 +55,10 @@ from ledger.limits import (
 )
 from ledger.repositories import alerts as repo
 from ledger.repositories import audit, events
+from ledger.repositories import budgets as budget_rows
 from ledger.repositories import projection as projection_repo
 from ledger.repositories.grants import GrantSource
+from wallets.catalog import Period, period_start_ns
 from wallets.control import ControlPlane, GrantRequest
 
 _logger = logging.getLogger(__name__)
@@ -362,6 +364,17 @@ def _timed_out(entry: repo.AlertEntry, key: int, credits: int, wallet_id: int) -
     )
 
 
+def _period_start(budget: budget_rows.Budget, account_id: int, instants: set[int]) -> int:
+    """The start of the budget's period whose account is `account_id`, among the periods of
+    these instants (0 when none matches: a lifetime budget's, or unknown)."""
+    period = Period(budget.period.value)
+    for at_ns in sorted(instants):
+        start = period_start_ns(period, at_ns)
+        if budget_account_id(budget.resource_id, budget.id, start) == account_id:
+            return start
+    return 0
+
+
 class TickReport(msgspec.Struct, frozen=True):
     entries: int  # projected entries read
     events: int  # events written (new ones)
@@ -445,7 +458,7 @@ class Alerts:
         figures.update(await repo.seed_wallets(conn, wallet_ids - figures.keys(), watermark))
         for wallet_id in wallet_ids - figures.keys():
             figures[wallet_id] = repo.WalletFigures(wallet_id=wallet_id)
-        budgets = await self._budget_periods(conn, budget_accounts, watermark)
+        budgets = await self._budget_periods(conn, entries, budget_accounts, watermark)
         thresholds = await repo.thresholds_of(
             conn, wallets=wallet_ids, budgets={p.budget_id for p in budgets.values()}
         )
@@ -463,24 +476,38 @@ class Alerts:
         )
 
     async def _budget_periods(
-        self, conn: Connection, accounts: set[int], watermark: int
+        self,
+        conn: Connection,
+        entries: Sequence[repo.AlertEntry],
+        accounts: set[int],
+        watermark: int,
     ) -> dict[int, repo.BudgetPeriod]:
-        """The budget periods' figures; a period seen for the first time is named by its
-        account on the engine (`user_data_128`: the budget, `user_data_64`: its start), its
-        figures summed from the entries before the watermark."""
+        """The budget periods' figures. A period seen for the first time is named by its
+        account on the engine (`user_data_128`: the budget), its start found among the
+        periods of its entries' instants (the account's id derives from it), its figures
+        summed from the entries before the watermark."""
         known = await repo.budget_periods(conn, accounts)
         missing = sorted(accounts - known.keys())
-        if missing:
-            sums = await repo.seed_budget_sums(conn, missing, watermark)
-            for account in await self.control.service.ledger.lookup_accounts(missing):
-                credit_limit, balance = sums.get(account.id, (0, 0))
-                known[account.id] = repo.BudgetPeriod(
-                    account_id=account.id,
-                    budget_id=account.user_data_128,
-                    period_start_ns=account.user_data_64,
-                    credit_limit=credit_limit,
-                    balance=balance,
-                )
+        if not missing:
+            return known
+        sums = await repo.seed_budget_sums(conn, missing, watermark)
+        instants: dict[int, set[int]] = {}
+        for e in entries:
+            if e.account_id in accounts:
+                instants.setdefault(e.account_id, set()).update((e.effective_at_ns, e.engine_ts))
+        for account in await self.control.service.ledger.lookup_accounts(missing):
+            budget = await budget_rows.get_budget(conn, account.user_data_128)
+            start = 0
+            if budget is not None:
+                start = _period_start(budget, account.id, instants.get(account.id, set()))
+            credit_limit, balance = sums.get(account.id, (0, 0))
+            known[account.id] = repo.BudgetPeriod(
+                account_id=account.id,
+                budget_id=account.user_data_128,
+                period_start_ns=start,
+                credit_limit=credit_limit,
+                balance=balance,
+            )
         return known
 
     async def _write(self, conn: Connection, ctx: Context) -> int:

@@ -45,6 +45,7 @@ class AlertEntry(msgspec.Struct, frozen=True):
     reservation_id: int  # 0: none
     amount: int
     pending: int
+    effective_at_ns: int = 0  # business time (a budget period's account is of its period)
 
 
 class WalletFigures(msgspec.Struct, kw_only=True):
@@ -156,7 +157,8 @@ async def read_entries(
     cursor = await conn.execute(
         """
         SELECT transfer_id, kind, engine_ts, account_id, account_kind, wallet_id, operation_id,
-               reservation_id, amount, pending
+               reservation_id, amount, pending,
+               (extract(epoch FROM effective_at) * 1000000)::bigint
         FROM ledger_entries
         WHERE engine_ts > %s AND engine_ts <= %s
         ORDER BY engine_ts, transfer_id, kind, account_id
@@ -176,6 +178,7 @@ async def read_entries(
             _id(r[7]),
             from_amount(r[8]),
             from_amount(r[9]),
+            int(r[10]) * 1000,
         )
         for r in await cursor.fetchall()
     ]

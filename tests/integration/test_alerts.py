@@ -410,3 +410,42 @@ async def test_a_changed_expiry_is_announced_again(world: World) -> None:
     assert len(expiring) == 2 and expiring[0][1]["expires_at"] != expiring[1][1]["expires_at"]
     await world.grant(40, expires_at=now + dt.timedelta(days=30))
     assert await world.alerts.scan_expiring(world.clock()) == 0  # outside the window
+
+
+async def test_a_budget_threshold_fires_once_per_period(world: World) -> None:
+    budget, _ = await world.plane.create_budget(
+        resource_id=world.resource,
+        ledger=LEDGER,
+        period=Period.DAY,
+        cap=100,
+        actor="a",
+        tenant=TENANT,
+        key="bd",
+    )
+    await _threshold(world, budget_id=budget.id, percent=50)
+    await world.grant(1000)
+    await world.debit(60)
+    await world.debit(10)
+    await world.derive()
+    world.clock.advance(86_400)  # the next day's period
+    await world.debit(60)
+    await world.derive()
+    reached = await world.events("budget.threshold_reached")
+    assert [(d["used"], d["period_start"][:10]) for _, d in reached] == [
+        ("60", "2025-01-10"),
+        ("60", "2025-01-11"),
+    ]
+
+
+async def test_the_daily_cap_starts_again_the_next_day(world: World) -> None:
+    await _rule(world, daily_max=1, amount=50)
+    await world.grant(150)
+    for _ in range(2):  # 150 -> 90 (top-up: 140) -> 80: capped
+        await world.debit(60)
+        await world.derive()
+    assert [t.state for t in await world.top_ups()] == ["issued", "capped"]
+    await world.grant(100)  # 180: armed again
+    world.clock.advance(86_400)
+    await world.debit(100)  # 80: the next day's first
+    await world.derive()
+    assert [t.state for t in await world.top_ups()] == ["issued", "capped", "issued"]
