@@ -269,6 +269,10 @@ async def test_twenty_concurrent_debits_crossing_issue_one_top_up(world: World) 
     await world.derive()
     assert [t.state for t in await world.top_ups()] == ["issued"]
     assert len(await world.events("top_up.issued")) == 1
+    await world.derive()
+    async with world.plane.pool.connection() as conn:
+        (figures,) = (await repo.wallet_figures(conn, [world.wallet.id])).values()
+    assert figures.available == 10 + 500  # every debit went through, then the top-up
 
 
 async def test_the_daily_cap(world: World) -> None:
