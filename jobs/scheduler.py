@@ -26,11 +26,13 @@ from psycopg.conninfo import make_conninfo
 
 from finance.posting import Poster
 from ledger.client import LedgerUnavailable
+from ledger.clock import datetime_of_ns
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
 from ledger.limits import FINANCE_POST_BATCHES_PER_TICK
 from wallets.control import ControlPlane
 from wallets.reconcile_projection import ProjectionCheck
+from wallets.webhook_delivery import Deliverer
 
 _logger = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ class JobSettings:
     # The finance poster (finance/posting.py): journals from the projection. Finance reads
     # them by the month; a few seconds behind the projection is plenty.
     finance_post_interval_s: float = 5.0
+    # Webhooks: the fan-out of the outbox and the sending of due deliveries. Each tick is short
+    # (the sending runs on in tasks bounded per endpoint), so both run often.
+    webhook_dispatch_interval_s: float = 1.0
+    webhook_deliver_interval_s: float = 1.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
@@ -58,6 +64,7 @@ class JobSettings:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
         assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
+        assert self.webhook_dispatch_interval_s > 0 and self.webhook_deliver_interval_s > 0
 
 
 class Jobs:
@@ -68,6 +75,7 @@ class Jobs:
         *,
         projection_check: ProjectionCheck | None = None,
         poster: Poster | None = None,
+        webhooks: Deliverer | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -80,7 +88,10 @@ class Jobs:
         self.poster = poster or Poster(
             control.pool, functional_currency=control.functional_currency
         )
+        self.webhooks = webhooks or Deliverer(control.pool)
         self.leader = False
+        self.webhook_dispatches = 0
+        self.webhook_deliveries = 0
         self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
@@ -142,6 +153,23 @@ class Jobs:
         if entries:
             _logger.debug("finance: posted %d entries", entries)
 
+    async def dispatch_webhooks(self) -> None:
+        """The leader fans undispatched events out into deliveries (one bounded transaction)."""
+        if not self.leader:
+            return
+        report = await self.webhooks.dispatch(datetime_of_ns(self.control.service.clock_ns()))
+        self.webhook_dispatches += 1
+        if report.events:
+            _logger.debug("webhooks: %d events, %d deliveries", report.events, report.deliveries)
+
+    async def deliver_webhooks(self) -> None:
+        """The leader starts sending due deliveries; the requests run on in tasks of their own
+        (bounded per endpoint), so a dead endpoint never holds this tick."""
+        if not self.leader:
+            return
+        await self.webhooks.start(datetime_of_ns(self.control.service.clock_ns()))
+        self.webhook_deliveries += 1
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -180,6 +208,20 @@ class Jobs:
             id="finance-post",
             **options,
         )
+        scheduler.add_job(
+            self.dispatch_webhooks,
+            "interval",
+            seconds=self.settings.webhook_dispatch_interval_s,
+            id="webhook-dispatch",
+            **options,
+        )
+        scheduler.add_job(
+            self.deliver_webhooks,
+            "interval",
+            seconds=self.settings.webhook_deliver_interval_s,
+            id="webhook-deliver",
+            **options,
+        )
         return scheduler
 
     async def run(self, database: DatabaseSettings | str) -> None:
@@ -195,6 +237,7 @@ class Jobs:
         finally:
             self.leader = False
             scheduler.shutdown(wait=False)
+            await self.webhooks.aclose()
 
     async def _lead(self, database: DatabaseSettings | str) -> None:
         if isinstance(database, DatabaseSettings):
