@@ -345,7 +345,8 @@ async def replay_webhook(
     operation_class=OPS["list_events"],
     opt={"scopes": ADMIN},
     tags=TAGS,
-    description="The outbox: every event, oldest first (as written), a page at a time, "
+    description="The outbox: every event, oldest first (by when it was written, then id), a "
+    "page at a time, "
     "filtered by `type`, `wallet_id`, `customer_id` and when it occurred ([`from`, `to`)). "
     "Each item is the body its webhooks carry.",
 )

@@ -8,8 +8,8 @@ import json
 
 import pytest
 import standardwebhooks
-
 from credit_ledger_client import WebhookVerificationError, verify_webhook
+
 from wallets.webhooks import new_secret, signed_headers
 
 BODY = json.dumps({"id": "e1", "type": "balance.low", "data": {"available": "5"}}).encode()
