@@ -7,8 +7,15 @@ import datetime as dt
 import uuid
 from typing import Any
 
+import httpx
 import pytest
-from credit_ledger_client import verify_webhook
+from credit_ledger_client import AsyncCreditClient, verify_webhook
+from credit_ledger_client.schemas import (
+    EventQuery,
+    WebhookEndpointIn,
+    WebhookEndpointQuery,
+    WebhookReplayIn,
+)
 
 from ledger import db
 from ledger.repositories import audit, events
@@ -147,3 +154,28 @@ async def test_the_delivery_log_and_a_replay(api: Api, pool: db.Pool) -> None:
     for got in hook.got:
         assert verify_webhook(made["secret"], got.headers, got.body)["type"] == "grant.expired"
     assert len(hook.got) == 5
+
+
+async def test_the_client_manages_endpoints_and_reads_events(api: Api, pool: db.Pool) -> None:
+    ids = await _emit(pool, "client", 2, type_="top_up.issued")
+    transport = httpx.ASGITransport(app=api.app)
+    async with AsyncCreditClient("http://testserver", api.keys["admin"], transport=transport) as c:
+        made = await c.create_webhook_endpoint(
+            WebhookEndpointIn(url="https://example.com/c", event_types=["top_up.issued"])
+        )
+        assert made.secret.startswith("whsec_")
+        shown = await c.get_webhook_endpoint(made.id)
+        assert shown.url == made.url and not hasattr(shown, "secret")
+        rotated = await c.rotate_webhook_secret(made.id)
+        assert rotated.secret != made.secret
+        assert not (await c.disable_webhook_endpoint(made.id)).enabled
+        assert (await c.enable_webhook_endpoint(made.id)).enabled
+        listed = await c.list_webhook_endpoints(WebhookEndpointQuery(enabled=True, limit=1000))
+        assert made.id in [e.id for e in listed.items]
+        replay = await c.replay_webhook(made.id, WebhookReplayIn(event_id=ids[0]))
+        assert replay.event_ids == [ids[0]]
+        log = await c.list_webhook_deliveries(made.id)
+        assert [d.event_id for d in log.items] == [ids[0]] and log.items[0].replay == 1
+        seen = [e.id async for e in c.iter_events(EventQuery(type="top_up.issued", limit=1))]
+        assert sorted(seen) == sorted(ids)
+        assert (await c.get_event(ids[1])).type == "top_up.issued"
