@@ -242,7 +242,10 @@ class Deliverer:
                     await response.aclose()
         except TimeoutError:
             error = f"no answer within {self.timeout_s:g} s"
-        except httpx.HTTPError as failure:
+        except Exception as failure:
+            # Whatever stopped the request (a refused connection, a TLS failure, a URL httpx
+            # cannot send to) is this attempt's outcome: recorded, retried, finally 'failed'.
+            # Left to escape, it would leave the delivery leased again and again, never failed.
             error = f"{type(failure).__name__}: {failure}"[:WEBHOOK_ERROR_CHARS_MAX]
         duration_ms = int((time.monotonic() - started) * 1000)
         if status is not None and not 200 <= status < 300:

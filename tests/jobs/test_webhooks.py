@@ -548,3 +548,25 @@ async def test_a_stop_cancels_requests_in_flight_and_the_next_sender_resends(
     (delivery,) = await deliveries(pool, endpoint_id)
     assert (delivery.state, delivery.attempts) == ("pending", 0)
     assert delivery.next_attempt_at == start + dt.timedelta(seconds=WEBHOOK_LEASE_S)
+
+
+async def test_a_refused_connection_is_an_attempt_that_failed(
+    pool: db.Pool, hooks: WebhookEndpoints
+) -> None:
+    with dead_endpoint() as url:
+        pass  # closed: nothing listens on that port any more
+    endpoint_id, _ = await endpoint(hooks, url, "gone")
+    await emit(pool, 1)
+    deliverer = Deliverer(pool, rng=Lowest())
+    await deliverer.dispatch(now())
+    assert (await deliverer.deliver_due(now())).retried == 1
+    await deliverer.aclose()
+    (delivery,) = await deliveries(pool, endpoint_id)
+    (attempt,) = await attempts(pool, delivery.id)
+    assert attempt.status_code is None and attempt.error is not None
+    assert attempt.error.startswith("ConnectError")
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (
+        "pending",
+        1,
+        attempt.error,
+    )
