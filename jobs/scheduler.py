@@ -1,5 +1,6 @@
 """Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
-reconciliation of the projection against the engine, and the finance poster.
+reconciliation of the projection against the engine, the finance poster, and the webhooks'
+fan-out and delivery (wallets/webhook_delivery.py).
 
 Invariants:
 - Every tick is bounded and idempotent: a sweep moves what is available in expired blocks

@@ -25,6 +25,7 @@ from jobs.scheduler import Jobs, JobSettings
 from ledger import db
 from ledger.client import open_ledger
 from ledger.embedded import EmbeddedEngine
+from ledger.ids import id_text
 from ledger.limits import (
     WEBHOOK_ATTEMPTS_MAX,
     WEBHOOK_DISPATCH_EVENTS_MAX,
@@ -165,7 +166,7 @@ async def test_retries_with_backoff_until_the_receiver_answers(
     assert len(hook.got) == 3
     for got in hook.got:
         body = verify(secret, got)
-        assert body["id"] == got.headers["webhook-id"] == str(event_id_text(event_id))
+        assert body["id"] == got.headers["webhook-id"] == id_text(event_id)
         assert body["type"] == "balance.low" and body["data"] == {"n": "0"}
         assert set(body) == {
             "id", "type", "created_at", "occurred_at", "customer_id", "wallet_id", "data"
@@ -173,12 +174,6 @@ async def test_retries_with_backoff_until_the_receiver_answers(
     assert len({got.body for got in hook.got}) == 1  # the same bytes every time
     with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
         verify("whsec_" + "QUFB" * 8, hook.got[0])
-
-
-def event_id_text(event_id: int) -> str:
-    from ledger.ids import id_text
-
-    return id_text(event_id)
 
 
 async def test_a_delivery_fails_after_its_last_attempt(
@@ -482,7 +477,7 @@ async def test_replay_of_one_event_and_of_a_range(pool: db.Pool, hooks: WebhookE
         one, _ = await hooks.replay(endpoint_id, event_id=inside[0], actor="t", tenant=0, key="a")
         assert one.deliveries == 1
         assert (await deliverer.deliver_due(now())).delivered == 1
-        assert hook.ids()[-1] == event_id_text(inside[0])
+        assert hook.ids()[-1] == id_text(inside[0])
         ranged, _ = await hooks.replay(
             endpoint_id,
             occurred_from=day,
