@@ -3,7 +3,9 @@ delivery log, replays, the outbox of events, and their refusals with stable code
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -20,8 +22,8 @@ from credit_ledger_client.schemas import (
 from ledger import db
 from ledger.repositories import audit, events
 from tests.api.conftest import Api
-from tests.api.support import assert_problem, created
-from tests.jobs.webhook_support import receiver
+from tests.api.support import assert_problem, created, make_world
+from tests.jobs.webhook_support import dead_endpoint, receiver
 from wallets.webhook_delivery import Deliverer
 
 pytestmark = pytest.mark.anyio
@@ -179,3 +181,25 @@ async def test_the_client_manages_endpoints_and_reads_events(api: Api, pool: db.
         seen = [e.id async for e in c.iter_events(EventQuery(type="top_up.issued", limit=1))]
         assert sorted(seen) == sorted(ids)
         assert (await c.get_event(ids[1])).type == "top_up.issued"
+
+
+async def test_debits_through_the_api_go_on_while_an_endpoint_hangs(
+    api: Api, pool: db.Pool
+) -> None:
+    world = await make_world(api, granted=10_000)
+    with dead_endpoint() as url:
+        await created(api, "/v1/webhook-endpoints", {"url": url, "event_types": ["grant.expiring"]})
+        await _emit(pool, "hang", 3, type_="grant.expiring")
+        deliverer = Deliverer(pool, timeout_s=5)
+        await deliverer.dispatch(dt.datetime.now(dt.UTC))
+        assert await deliverer.start(dt.datetime.now(dt.UTC)) == 3
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(api.post("/v1/debits", world.spend(amount=1), key="runtime") for _ in range(200))
+        )
+        elapsed = time.monotonic() - started
+        in_flight = [t for t in deliverer._in_flight.values() if not t.done()]
+        await deliverer.aclose()
+    assert all(r.is_success for r in answers), [r.text for r in answers if not r.is_success]
+    # All 200 were answered while the dead endpoint's requests still hung.
+    assert in_flight and elapsed < 5
