@@ -111,3 +111,36 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     GrantNotRefundable,
     RefundExceedsAvailable,
 )
+
+
+class WebhookUrlInvalid(InvalidRequest):
+    """A webhook endpoint's URL is not an absolute http(s) URL with a host."""
+
+    code = "webhook_url_invalid"
+
+
+class UnknownEventType(InvalidRequest):
+    """An event type (an endpoint's filter, a list's filter) that is not one of EVENT_TYPES."""
+
+    code = "unknown_event_type"
+
+
+class WebhookEndpointDisabled(CreditError):
+    """A replay to a disabled endpoint: enable it first."""
+
+    code = "webhook_endpoint_disabled"
+
+
+class ReplayRangeTooLarge(InvalidRequest):
+    """A replay's time range is longer, or holds more events, than one replay sends."""
+
+    code = "replay_range_too_large"
+
+
+ALL_ERRORS = (
+    *ALL_ERRORS,
+    WebhookUrlInvalid,
+    UnknownEventType,
+    WebhookEndpointDisabled,
+    ReplayRangeTooLarge,
+)

@@ -1,6 +1,7 @@
 """Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
 reconciliation of the projection against the engine, the finance poster, the alerts deriver
-(with the automatic top-ups) and the scan for blocks about to expire.
+(with the automatic top-ups), the scan for blocks about to expire, and the webhooks' fan-out and
+delivery (wallets/webhook_delivery.py).
 
 Invariants:
 - Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
@@ -27,12 +28,14 @@ from psycopg.conninfo import make_conninfo
 
 from finance.posting import Poster
 from ledger.client import LedgerUnavailable
+from ledger.clock import datetime_of_ns
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
 from ledger.limits import ALERTS_BATCHES_PER_TICK, FINANCE_POST_BATCHES_PER_TICK
 from wallets.alerts import Alerts
 from wallets.control import ControlPlane
 from wallets.reconcile_projection import ProjectionCheck
+from wallets.webhook_delivery import Deliverer
 
 _logger = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ class JobSettings:
     # this. The scan for blocks about to expire (grant.expiring) needs no such hurry.
     alerts_interval_s: float = 1.0
     expiring_scan_interval_s: float = 60.0
+    # Webhooks: the fan-out of the outbox and the sending of due deliveries. Each tick is short
+    # (the sending runs on in tasks bounded per endpoint), so both run often.
+    webhook_dispatch_interval_s: float = 1.0
+    webhook_deliver_interval_s: float = 1.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
@@ -65,6 +72,7 @@ class JobSettings:
         assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
         assert self.alerts_interval_s > 0 and self.expiring_scan_interval_s > 0
+        assert self.webhook_dispatch_interval_s > 0 and self.webhook_deliver_interval_s > 0
 
 
 class Jobs:
@@ -76,6 +84,7 @@ class Jobs:
         projection_check: ProjectionCheck | None = None,
         poster: Poster | None = None,
         alerts: Alerts | None = None,
+        webhooks: Deliverer | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -92,6 +101,9 @@ class Jobs:
         self.leader = False
         self.alert_ticks = 0
         self.expiring_scans = 0
+        self.webhooks = webhooks or Deliverer(control.pool)
+        self.webhook_dispatches = 0
+        self.webhook_deliveries = 0
         self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
@@ -175,6 +187,23 @@ class Jobs:
         await self.alerts.scan_expiring(self.control.service.clock_ns())
         self.expiring_scans += 1
 
+    async def dispatch_webhooks(self) -> None:
+        """The leader fans undispatched events out into deliveries (one bounded transaction)."""
+        if not self.leader:
+            return
+        report = await self.webhooks.dispatch(datetime_of_ns(self.control.service.clock_ns()))
+        self.webhook_dispatches += 1
+        if report.events:
+            _logger.debug("webhooks: %d events, %d deliveries", report.events, report.deliveries)
+
+    async def deliver_webhooks(self) -> None:
+        """The leader starts sending due deliveries; the requests run on in tasks of their own
+        (bounded per endpoint), so a dead endpoint never holds this tick."""
+        if not self.leader:
+            return
+        await self.webhooks.start(datetime_of_ns(self.control.service.clock_ns()))
+        self.webhook_deliveries += 1
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -227,6 +256,20 @@ class Jobs:
             id="grant-expiring",
             **options,
         )
+        scheduler.add_job(
+            self.dispatch_webhooks,
+            "interval",
+            seconds=self.settings.webhook_dispatch_interval_s,
+            id="webhook-dispatch",
+            **options,
+        )
+        scheduler.add_job(
+            self.deliver_webhooks,
+            "interval",
+            seconds=self.settings.webhook_deliver_interval_s,
+            id="webhook-deliver",
+            **options,
+        )
         return scheduler
 
     async def run(self, database: DatabaseSettings | str) -> None:
@@ -242,6 +285,7 @@ class Jobs:
         finally:
             self.leader = False
             scheduler.shutdown(wait=False)
+            await self.webhooks.aclose()
 
     async def _lead(self, database: DatabaseSettings | str) -> None:
         if isinstance(database, DatabaseSettings):

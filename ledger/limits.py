@@ -248,3 +248,45 @@ GRANT_EXPIRING_NOTICE_S_DEFAULT = 7 * 86_400
 GRANT_EXPIRING_SCAN_MAX = 1_000
 assert 16 <= ALERTS_ENTRIES_MAX <= FINANCE_POST_ENTRIES_MAX
 assert TOP_UPS_PER_TICK > 0 and 0 < GRANT_EXPIRING_SCAN_MAX <= 10_000
+
+# Webhooks (wallets/webhooks.py, wallets/webhook_delivery.py, migration 0013).
+# Endpoints at most (every fan-out reads them all), and the event types one may filter on.
+WEBHOOK_ENDPOINTS_MAX = 100
+WEBHOOK_URL_CHARS_MAX = 2048
+WEBHOOK_DESCRIPTION_CHARS_MAX = 500
+# The events one fan-out tick takes from the outbox (one transaction).
+WEBHOOK_DISPATCH_EVENTS_MAX = 500
+# The deliveries one delivery tick leases in all, and per endpoint: the most requests in flight
+# to one endpoint (an endpoint with deliveries in flight gets no more until they finish).
+WEBHOOK_DELIVERIES_PER_TICK_MAX = 200
+WEBHOOK_REQUESTS_PER_ENDPOINT_MAX = 4
+# One request's deadline, all of it (connect, send, wait, read): a dead endpoint costs this.
+WEBHOOK_REQUEST_TIMEOUT_S = 10.0
+# A leased delivery is due again after this long (a sender that crashed after the lease): more
+# than a request's deadline plus the time to record its outcome.
+WEBHOOK_LEASE_S = 60.0
+# Retries: exponential backoff with full jitter, a random wait in 0 .. min(cap, base *
+# factor^(n-1)) after the n-th failed attempt; after the last attempt the delivery is 'failed'.
+# 8 attempts: waits of at most 2 min, 8 min, 32 min, ~2 h, then 8 h three times: ~27 h in all
+# at most, about half that on average.
+WEBHOOK_ATTEMPTS_MAX = 8
+WEBHOOK_RETRY_BASE_S = 120.0
+WEBHOOK_RETRY_FACTOR = 4
+WEBHOOK_RETRY_CAP_S = 8 * 3600.0
+# What an attempt keeps of the answer and of an error.
+WEBHOOK_RESPONSE_EXCERPT_CHARS_MAX = 1024
+WEBHOOK_ERROR_CHARS_MAX = 500
+# After a rotation the previous secret signs too (a second signature) for this long.
+WEBHOOK_SECRET_GRACE_S = 24 * 3600
+# The key's random bytes (Standard Webhooks: 24 to 64; `whsec_` + base64).
+WEBHOOK_SECRET_BYTES = 32
+# A replay of a time range: at most this long a range and this many events.
+WEBHOOK_REPLAY_RANGE_DAYS_MAX = 31
+WEBHOOK_REPLAY_EVENTS_MAX = 1000
+
+assert WEBHOOK_REQUESTS_PER_ENDPOINT_MAX <= WEBHOOK_DELIVERIES_PER_TICK_MAX
+assert WEBHOOK_LEASE_S > 2 * WEBHOOK_REQUEST_TIMEOUT_S
+assert 1 < WEBHOOK_ATTEMPTS_MAX <= 16 and 0 < WEBHOOK_RETRY_BASE_S <= WEBHOOK_RETRY_CAP_S
+assert 24 <= WEBHOOK_SECRET_BYTES <= 64
+assert WEBHOOK_REPLAY_EVENTS_MAX <= LIST_PAGE_ROWS_MAX
+assert WEBHOOK_DISPATCH_EVENTS_MAX * WEBHOOK_ENDPOINTS_MAX <= 100_000  # one fan-out's rows

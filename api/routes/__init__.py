@@ -13,6 +13,7 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `finance`: the finance reports (JSON or CSV), periods (list, close, lock), breakage policies.
 - `health`: liveness and readiness.
 - `clock`: a sandbox's test clock (`serve --test-clock`): read it, advance it.
+- `webhooks`: webhook endpoints, their delivery log and replays; the outbox of events.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from api.routes import (
     prices,
     spending,
     usage,
+    webhooks,
 )
 from api.routes.shared import authorize
 
@@ -42,6 +44,7 @@ ROUTES = [
     *finance.ROUTES,
     *health.ROUTES,
     *clock.ROUTES,
+    *webhooks.ROUTES,
 ]
 
 __all__ = ["ROUTES", "authorize"]

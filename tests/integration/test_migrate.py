@@ -48,6 +48,7 @@ async def test_the_packaged_migrations_apply_once(
             "0009_finance",
             "0010_grant_refunds",
             "0011_events",
+            "0013_webhooks",
             "0014_alerts",
         ]
         assert await migrate(pool) == []
@@ -62,6 +63,9 @@ async def test_the_packaged_migrations_apply_once(
             "dimension_sets",
             "api_keys",
             "reconcile_failures",
+            "webhook_endpoints",
+            "webhook_deliveries",
+            "webhook_attempts",
         } <= tables
         async with pool.connection() as conn:
             cursor = await conn.execute(
@@ -84,6 +88,7 @@ async def test_the_packaged_migrations_apply_once(
             "finance",
             "grant_refunds",
             "events",
+            "webhooks",
             "alerts",
         ]
         assert rows[0][3].tzinfo is not None

@@ -79,6 +79,8 @@ async def test_ticks_never_overlap_and_coalesce(plane: ControlPlane) -> None:
         "finance-post",
         "alerts",
         "grant-expiring",
+        "webhook-dispatch",
+        "webhook-deliver",
     }
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 30)

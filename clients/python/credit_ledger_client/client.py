@@ -65,6 +65,9 @@ from credit_ledger_client.schemas import (
     EntriesOut,
     EntryOut,
     EntryType,
+    EventOut,
+    EventPage,
+    EventQuery,
     FundingOut,
     GrantBlockOut,
     GrantDetailOut,
@@ -121,6 +124,15 @@ from credit_ledger_client.schemas import (
     WalletPatchIn,
     WalletQuery,
     WalletThresholdIn,
+    WebhookDeliveryPage,
+    WebhookDeliveryQuery,
+    WebhookEndpointIn,
+    WebhookEndpointOut,
+    WebhookEndpointPage,
+    WebhookEndpointQuery,
+    WebhookEndpointSecretOut,
+    WebhookReplayIn,
+    WebhookReplayOut,
 )
 
 __all__ = [
@@ -1191,6 +1203,65 @@ class CreditClient:
         path = f"/v1/budgets/{_segment(budget_id)}"
         return self._send(_delete(path, BudgetOut, idempotency_key))
 
+    # -- webhooks and events
+
+    def create_webhook_endpoint(
+        self, body: WebhookEndpointIn, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointSecretOut:
+        """A webhook endpoint, with its signing secret (answered this once: keep it)."""
+        call = _post("/v1/webhook-endpoints", body, WebhookEndpointSecretOut, idempotency_key)
+        return self._send(call)
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}"
+        return self._send(_get(path, WebhookEndpointOut))
+
+    def list_webhook_endpoints(
+        self, query: WebhookEndpointQuery | None = None
+    ) -> WebhookEndpointPage:
+        query = query or WebhookEndpointQuery()
+        return self._send(_list("/v1/webhook-endpoints", query, WebhookEndpointPage))
+
+    def rotate_webhook_secret(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointSecretOut:
+        """A new secret; the previous one keeps signing until `previous_secret_until`."""
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/rotate-secret"
+        return self._send(_post(path, None, WebhookEndpointSecretOut, idempotency_key))
+
+    def disable_webhook_endpoint(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/disable"
+        return self._send(_post(path, None, WebhookEndpointOut, idempotency_key))
+
+    def enable_webhook_endpoint(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/enable"
+        return self._send(_post(path, None, WebhookEndpointOut, idempotency_key))
+
+    def list_webhook_deliveries(
+        self, endpoint_id: str, query: WebhookDeliveryQuery | None = None
+    ) -> WebhookDeliveryPage:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/deliveries"
+        return self._send(_list(path, query or WebhookDeliveryQuery(), WebhookDeliveryPage))
+
+    def replay_webhook(
+        self, endpoint_id: str, body: WebhookReplayIn, *, idempotency_key: str | None = None
+    ) -> WebhookReplayOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/replay"
+        return self._send(_post(path, body, WebhookReplayOut, idempotency_key))
+
+    def list_events(self, query: EventQuery | None = None) -> EventPage:
+        return self._send(_list("/v1/events", query or EventQuery(), EventPage))
+
+    def iter_events(self, query: EventQuery | None = None) -> Iterator[EventOut]:
+        return _iterate(self.list_events, query or EventQuery())
+
+    def get_event(self, event_id: str) -> EventOut:
+        return self._send(_get(f"/v1/events/{_segment(event_id)}", EventOut))
+
     def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
         return self._send(_post("/v1/prices", body, PriceOut, idempotency_key))
 
@@ -1593,6 +1664,65 @@ class AsyncCreditClient:
     ) -> BudgetOut:
         path = f"/v1/budgets/{_segment(budget_id)}"
         return await self._send(_delete(path, BudgetOut, idempotency_key))
+
+    # -- webhooks and events
+
+    async def create_webhook_endpoint(
+        self, body: WebhookEndpointIn, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointSecretOut:
+        """A webhook endpoint, with its signing secret (answered this once: keep it)."""
+        call = _post("/v1/webhook-endpoints", body, WebhookEndpointSecretOut, idempotency_key)
+        return await self._send(call)
+
+    async def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}"
+        return await self._send(_get(path, WebhookEndpointOut))
+
+    async def list_webhook_endpoints(
+        self, query: WebhookEndpointQuery | None = None
+    ) -> WebhookEndpointPage:
+        query = query or WebhookEndpointQuery()
+        return await self._send(_list("/v1/webhook-endpoints", query, WebhookEndpointPage))
+
+    async def rotate_webhook_secret(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointSecretOut:
+        """A new secret; the previous one keeps signing until `previous_secret_until`."""
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/rotate-secret"
+        return await self._send(_post(path, None, WebhookEndpointSecretOut, idempotency_key))
+
+    async def disable_webhook_endpoint(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/disable"
+        return await self._send(_post(path, None, WebhookEndpointOut, idempotency_key))
+
+    async def enable_webhook_endpoint(
+        self, endpoint_id: str, *, idempotency_key: str | None = None
+    ) -> WebhookEndpointOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/enable"
+        return await self._send(_post(path, None, WebhookEndpointOut, idempotency_key))
+
+    async def list_webhook_deliveries(
+        self, endpoint_id: str, query: WebhookDeliveryQuery | None = None
+    ) -> WebhookDeliveryPage:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/deliveries"
+        return await self._send(_list(path, query or WebhookDeliveryQuery(), WebhookDeliveryPage))
+
+    async def replay_webhook(
+        self, endpoint_id: str, body: WebhookReplayIn, *, idempotency_key: str | None = None
+    ) -> WebhookReplayOut:
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/replay"
+        return await self._send(_post(path, body, WebhookReplayOut, idempotency_key))
+
+    async def list_events(self, query: EventQuery | None = None) -> EventPage:
+        return await self._send(_list("/v1/events", query or EventQuery(), EventPage))
+
+    def iter_events(self, query: EventQuery | None = None) -> AsyncIterator[EventOut]:
+        return _aiterate(self.list_events, query or EventQuery())
+
+    async def get_event(self, event_id: str) -> EventOut:
+        return await self._send(_get(f"/v1/events/{_segment(event_id)}", EventOut))
 
     async def create_price(self, body: PriceIn, *, idempotency_key: str | None = None) -> PriceOut:
         return await self._send(_post("/v1/prices", body, PriceOut, idempotency_key))

@@ -1161,3 +1161,146 @@ class TopUpOut(Out):
 
 class TopUpPage(Page):
     items: list[TopUpOut]
+
+
+# -- webhooks and events --------------------------------------------------------------------------
+
+# An event type (`balance.low`, ...): the service refuses one it does not send with 422
+# `unknown_event_type` (its list: ledger/README.md, "Events").
+EVENT_TYPE = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=64,
+        pattern=r"^[a-z][a-z_]*\.[a-z][a-z_]*$",
+        examples=["balance.low"],
+    ),
+]
+# An absolute http(s) URL (the service checks the scheme and host: 422 `webhook_url_invalid`).
+WEBHOOK_URL = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=2048, pattern=LINE_PATTERN, examples=["https://example.com/hooks"]
+    ),
+]
+
+
+class WebhookEndpointIn(Strict):
+    """An endpoint events are POSTed to, signed (Standard Webhooks). `event_types` empty: every
+    type; `customer_id`: only that customer's events."""
+
+    url: WEBHOOK_URL
+    description: Annotated[str, msgspec.Meta(max_length=500, pattern=LINE_PATTERN)] = ""
+    event_types: Annotated[list[EVENT_TYPE], msgspec.Meta(max_length=32)] = msgspec.field(
+        default_factory=list
+    )
+    customer_id: ID | None = None
+
+
+class WebhookEndpointOut(Out):
+    id: str
+    url: str
+    description: str
+    event_types: list[str]
+    customer_id: str | None
+    enabled: bool
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    # Until when the secret a rotation replaced still signs (a second signature); null: none.
+    previous_secret_until: dt.datetime | None = None
+
+
+class WebhookEndpointSecretOut(WebhookEndpointOut, kw_only=True):
+    """An endpoint with its signing secret (`whsec_...`): answered when it is made or rotated,
+    never again: keep it."""
+
+    secret: str
+
+
+class WebhookEndpointQuery(ListQuery):
+    enabled: bool | None = None
+    customer_id: ID | None = None
+
+
+class WebhookEndpointPage(Page):
+    items: list[WebhookEndpointOut]
+
+
+class WebhookReplayIn(Strict, kw_only=True):
+    """Deliver again, as new deliveries: one event (`event_id`), or every event the endpoint
+    wants that occurred in [`from`, `to`) (at most 31 days and 1000 events)."""
+
+    event_id: ID | None = None
+    from_: TIME | None = msgspec.field(default=None, name="from")
+    to: TIME | None = None
+
+
+class WebhookReplayOut(Out):
+    endpoint_id: str
+    deliveries: int
+    event_ids: list[str]
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookAttemptOut(Out):
+    attempt: int
+    at: dt.datetime
+    status_code: int | None  # null: no answer (`error` says why)
+    duration_ms: int
+    error: str | None
+    response_excerpt: str | None
+
+
+class WebhookDeliveryOut(Out):
+    id: str
+    event_id: str
+    endpoint_id: str
+    replay: int  # 0: the first delivery; n: the n-th replay
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    last_status: int | None
+    last_error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    attempt_log: list[WebhookAttemptOut]
+
+
+class WebhookDeliveryQuery(ListQuery):
+    state: DeliveryState | None = None
+    event_id: ID | None = None
+
+
+class WebhookDeliveryPage(Page):
+    items: list[WebhookDeliveryOut]
+
+
+class EventOut(Out):
+    """An event of the outbox: the body a webhook delivers, as it is delivered."""
+
+    id: str
+    type: str
+    created_at: dt.datetime
+    occurred_at: dt.datetime
+    customer_id: str | None
+    wallet_id: str | None
+    data: dict[str, Any]
+
+
+class EventQuery(ListQuery, kw_only=True):
+    """Events, oldest first: of a `type`, a wallet, a customer, that occurred in [from, to)."""
+
+    type: EVENT_TYPE | None = None
+    wallet_id: ID | None = None
+    customer_id: ID | None = None
+    from_: TIME | None = msgspec.field(default=None, name="from")
+    to: TIME | None = None
+
+
+class EventPage(Page):
+    items: list[EventOut]
