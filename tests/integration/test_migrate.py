@@ -48,6 +48,7 @@ async def test_the_packaged_migrations_apply_once(
             "0009_finance",
             "0010_grant_refunds",
             "0011_events",
+            "0012_plans",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)

@@ -1,0 +1,131 @@
+"""The periods of a plan's rule: computed from the anchor, month ends done right."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wallets.plan_periods import (
+    PeriodUnit,
+    first_index_from,
+    period_bounds,
+    period_index_at,
+    period_start,
+    prorate,
+    remaining_fraction_ns,
+)
+
+UTC = dt.UTC
+M = PeriodUnit.MONTH
+
+
+def _d(y: int, m: int, d: int, h: int = 0) -> dt.datetime:
+    return dt.datetime(y, m, d, h, tzinfo=UTC)
+
+
+def test_a_subscription_started_on_the_31st_renews_on_the_last_day_of_shorter_months() -> None:
+    anchor = _d(2025, 1, 31, 9)
+    starts = [period_start(anchor, M, 1, k) for k in range(14)]
+    assert starts == [
+        _d(2025, 1, 31, 9),
+        _d(2025, 2, 28, 9),
+        _d(2025, 3, 31, 9),
+        _d(2025, 4, 30, 9),
+        _d(2025, 5, 31, 9),
+        _d(2025, 6, 30, 9),
+        _d(2025, 7, 31, 9),
+        _d(2025, 8, 31, 9),
+        _d(2025, 9, 30, 9),
+        _d(2025, 10, 31, 9),
+        _d(2025, 11, 30, 9),
+        _d(2025, 12, 31, 9),
+        _d(2026, 1, 31, 9),
+        _d(2026, 2, 28, 9),
+    ]
+    # A leap year's February has a 29th.
+    assert period_start(_d(2024, 1, 31), M, 1, 1) == _d(2024, 2, 29)
+    # Never drifts: after February the 30th-anchored months go back to the 30th.
+    assert period_start(_d(2025, 1, 30), M, 1, 2) == _d(2025, 3, 30)
+
+
+def test_a_year_anchored_on_february_29th() -> None:
+    anchor = _d(2024, 2, 29)
+    assert [period_start(anchor, PeriodUnit.YEAR, 1, k) for k in range(5)] == [
+        _d(2024, 2, 29),
+        _d(2025, 2, 28),
+        _d(2026, 2, 28),
+        _d(2027, 2, 28),
+        _d(2028, 2, 29),
+    ]
+
+
+def test_days_and_weeks_are_plain() -> None:
+    anchor = _d(2025, 3, 30, 1)
+    assert period_start(anchor, PeriodUnit.DAY, 1, 3) == _d(2025, 4, 2, 1)
+    assert period_start(anchor, PeriodUnit.WEEK, 2, 2) == _d(2025, 4, 27, 1)
+    assert period_bounds(anchor, PeriodUnit.DAY, 7, 1) == (_d(2025, 4, 6, 1), _d(2025, 4, 13, 1))
+
+
+def test_the_period_of_an_instant() -> None:
+    anchor = _d(2025, 1, 31)
+    assert period_index_at(anchor, M, 1, _d(2025, 1, 30)) is None
+    assert period_index_at(anchor, M, 1, _d(2025, 2, 27, 23)) == 0
+    assert period_index_at(anchor, M, 1, _d(2025, 2, 28)) == 1
+    assert period_index_at(anchor, M, 1, _d(2025, 3, 30)) == 1
+    assert period_index_at(anchor, M, 1, _d(2025, 3, 31)) == 2
+    assert first_index_from(anchor, M, 1, _d(2025, 2, 28)) == 1
+    assert first_index_from(anchor, M, 1, _d(2025, 2, 28, 1)) == 2
+    assert first_index_from(anchor, M, 1, _d(2020, 1, 1)) == 0
+
+
+def test_prorating_rounds_toward_zero() -> None:
+    assert prorate(100, 1, 3) == 33
+    assert prorate(-100, 1, 3) == -33
+    assert prorate(100, 0, 3) == 0 and prorate(100, 3, 3) == 100
+    index, left, length = remaining_fraction_ns(_d(2025, 4, 1), M, 1, _d(2025, 4, 16)) or (0, 0, 0)
+    assert (index, left * 2) == (0, length)
+
+
+anchors = st.datetimes(
+    min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2400, 1, 1), timezones=st.just(UTC)
+)
+units = st.sampled_from(list(PeriodUnit))
+counts = st.integers(min_value=1, max_value=13)
+indexes = st.integers(min_value=0, max_value=600)
+
+
+@settings(max_examples=300, deadline=None)
+@given(anchors, units, counts, indexes)
+def test_every_start_is_computed_from_the_anchor(
+    anchor: dt.datetime, unit: PeriodUnit, count: int, index: int
+) -> None:
+    start, end = period_bounds(anchor, unit, count, index)
+    assert start < end
+    assert period_start(anchor, unit, count, 0) == anchor
+    assert start.time() == anchor.time() and start.tzinfo is UTC
+    if unit in (PeriodUnit.MONTH, PeriodUnit.YEAR):
+        # The anchor's day, or the month's last day when it has fewer.
+        last = calendar.monthrange(start.year, start.month)[1]
+        assert start.day == min(anchor.day, last)
+        months = (start.year - anchor.year) * 12 + start.month - anchor.month
+        assert months == count * index * (12 if unit is PeriodUnit.YEAR else 1)
+    else:
+        days = count * index * (7 if unit is PeriodUnit.WEEK else 1)
+        assert start - anchor == dt.timedelta(days=days)
+
+
+@settings(max_examples=300, deadline=None)
+@given(anchors, units, counts, indexes, st.integers(min_value=0, max_value=10**6))
+def test_every_instant_is_in_exactly_one_period(
+    anchor: dt.datetime, unit: PeriodUnit, count: int, index: int, into_us: int
+) -> None:
+    start, end = period_bounds(anchor, unit, count, index)
+    at = min(end - dt.timedelta(microseconds=1), start + dt.timedelta(microseconds=into_us))
+    assert period_index_at(anchor, unit, count, at) == index
+    assert period_index_at(anchor, unit, count, start) == index
+    assert period_index_at(anchor, unit, count, end) == index + 1
+    assert first_index_from(anchor, unit, count, start) == index
+    assert first_index_from(anchor, unit, count, at) == (index if at == start else index + 1)
