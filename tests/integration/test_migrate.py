@@ -84,6 +84,7 @@ async def test_the_packaged_migrations_apply_once(
             "finance",
             "grant_refunds",
             "events",
+            "plans",
         ]
         assert rows[0][3].tzinfo is not None
     finally:
