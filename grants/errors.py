@@ -64,6 +64,12 @@ class RefundExceedsAvailable(CreditError):
     code = "refund_exceeds_available"
 
 
+class SubscriptionCancelled(CreditError):
+    """A change of a cancelled subscription: it gets no further allocation, nor a new plan."""
+
+    code = "subscription_cancelled"
+
+
 class NotFound(CreditError):
     code = "not_found"
 
@@ -104,4 +110,5 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     LedgerUnavailableError,
     GrantNotRefundable,
     RefundExceedsAvailable,
+    SubscriptionCancelled,
 )

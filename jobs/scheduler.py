@@ -1,5 +1,6 @@
 """Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
-reconciliation of the projection against the engine, and the finance poster.
+reconciliation of the projection against the engine, the finance poster, and the plans'
+allocations.
 
 Invariants:
 - Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
@@ -28,8 +29,9 @@ from finance.posting import Poster
 from ledger.client import LedgerUnavailable
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
-from ledger.limits import FINANCE_POST_BATCHES_PER_TICK
+from ledger.limits import FINANCE_POST_BATCHES_PER_TICK, PLAN_ALLOCATIONS_PER_TICK
 from wallets.control import ControlPlane
+from wallets.plans import PlanService
 from wallets.reconcile_projection import ProjectionCheck
 
 _logger = logging.getLogger(__name__)
@@ -51,12 +53,16 @@ class JobSettings:
     # The finance poster (finance/posting.py): journals from the projection. Finance reads
     # them by the month; a few seconds behind the projection is plenty.
     finance_post_interval_s: float = 5.0
+    # The plans' allocations (wallets/plans.py): a period's credits arrive within this of its
+    # start, each tick issuing at most PLAN_ALLOCATIONS_PER_TICK.
+    plan_allocation_interval_s: float = 30.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
     def __post_init__(self) -> None:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
         assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
+        assert self.plan_allocation_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
 
 
@@ -68,6 +74,7 @@ class Jobs:
         *,
         projection_check: ProjectionCheck | None = None,
         poster: Poster | None = None,
+        plans: PlanService | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -80,7 +87,9 @@ class Jobs:
         self.poster = poster or Poster(
             control.pool, functional_currency=control.functional_currency
         )
+        self.plans = plans or PlanService(control)
         self.leader = False
+        self.plan_allocations = 0
         self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
@@ -142,6 +151,21 @@ class Jobs:
         if entries:
             _logger.debug("finance: posted %d entries", entries)
 
+    async def allocate_plans(self) -> None:
+        """The leader issues the plans' allocations due by the service's clock (a bounded
+        batch; the next tick goes on). Safe beside another scheduler: rows are claimed with
+        SKIP LOCKED and keyed by (subscription, rule, period)."""
+        if not self.leader:
+            return
+        report = await self.plans.allocate_due(
+            self.control.service.clock_ns(), PLAN_ALLOCATIONS_PER_TICK
+        )
+        self.plan_allocations += 1
+        if report.finished:
+            _logger.info("plans: %d allocations finished", report.finished)
+        if report.failed:
+            _logger.warning("plans: %d allocations not finished", len(report.failed))
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -178,6 +202,13 @@ class Jobs:
             "interval",
             seconds=self.settings.finance_post_interval_s,
             id="finance-post",
+            **options,
+        )
+        scheduler.add_job(
+            self.allocate_plans,
+            "interval",
+            seconds=self.settings.plan_allocation_interval_s,
+            id="plan-allocations",
             **options,
         )
         return scheduler

@@ -229,3 +229,15 @@ FINANCE_POST_ENTRIES_MAX = 20_000
 FINANCE_POST_BATCHES_PER_TICK = 50
 # The most rows one report or export page returns through the API (finance/reports.py).
 FINANCE_REPORT_ROWS_MAX = 10_000
+
+# Plans (wallets/plans.py): allocation rules in one plan (one per credit type at most); the
+# most allocations one tick of the job issues (the next tick goes on); the most an admin change
+# of a subscription (change of plan, pause, cancel) catches up on before it applies (a
+# subscription further behind than that is refused until the job has caught up); the latest
+# allocations a subscription's answer shows.
+PLAN_RULES_MAX = 16
+PLAN_ALLOCATIONS_PER_TICK = 500
+PLAN_CATCH_UP_ALLOCATIONS_MAX = 1000
+SUBSCRIPTION_ALLOCATIONS_SHOWN_MAX = 100
+assert 1 <= PLAN_ALLOCATIONS_PER_TICK <= PLAN_CATCH_UP_ALLOCATIONS_MAX <= LIST_PAGE_ROWS_MAX
+assert SUBSCRIPTION_ALLOCATIONS_SHOWN_MAX <= LIST_PAGE_ROWS_MAX

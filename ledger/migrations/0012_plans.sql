@@ -64,6 +64,10 @@ CREATE TABLE subscriptions (
     -- (the new plan's periods start after it) and by a resume (periods that started while
     -- paused are skipped).
     allocate_from  timestamptz NOT NULL,
+    -- Since when it has been receiving allocations without a break: the anchor, or the last
+    -- resume. A change of plan grants the new plan's part of a period only if that period
+    -- started since then.
+    live_from      timestamptz NOT NULL,
     state          text        NOT NULL DEFAULT 'active'
         CHECK (state IN ('active', 'paused', 'cancelled')),
     -- How many changes of plan it has had (the seq of the next change's adjustments).
@@ -75,7 +79,7 @@ CREATE TABLE subscriptions (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     paused_at      timestamptz,
     cancelled_at   timestamptz,
-    CHECK (allocate_from >= anchor_at),
+    CHECK (allocate_from >= anchor_at AND live_from >= anchor_at),
     CHECK ((state = 'paused') = (paused_at IS NOT NULL)),
     CHECK ((state = 'cancelled') = (cancelled_at IS NOT NULL))
 );
@@ -97,6 +101,8 @@ CREATE TABLE plan_allocations (
     -- Credits granted (the block `grant_id`), 0 when this row grants nothing.
     amount           u128        NOT NULL DEFAULT 0,
     grant_id         uuid,
+    -- The cost basis of the block granted (the rule's per allocation; prorated for a change).
+    consideration_minor bigint   NOT NULL DEFAULT 0 CHECK (consideration_minor >= 0),
     -- Credits to void from an earlier block of the period (`void_grant_id`), for a change.
     voided           u128        NOT NULL DEFAULT 0,
     void_grant_id    uuid,

@@ -72,7 +72,13 @@ async def test_the_sweep_tick_expires_blocks_only_when_leader(plane: ControlPlan
 async def test_ticks_never_overlap_and_coalesce(plane: ControlPlane) -> None:
     scheduler = Jobs(plane, JobSettings(sweep_interval_s=5)).scheduler()
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"expiry-sweep", "reconcile", "projection-check", "finance-post"}
+    assert set(jobs) == {
+        "expiry-sweep",
+        "reconcile",
+        "projection-check",
+        "finance-post",
+        "plan-allocations",
+    }
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 30)
 

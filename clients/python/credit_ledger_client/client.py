@@ -142,6 +142,7 @@ __all__ = [
     "ServiceUnreachableError",
     "SpendKeywords",
     "SpendRefusedError",
+    "SubscriptionCancelledError",
     "UnauthorizedError",
     "UnexpectedResponseError",
     "ValidationError",
@@ -278,6 +279,10 @@ class RefundExceedsAvailableError(ConflictError):
         return value if isinstance(value, int) else None
 
 
+class SubscriptionCancelledError(ConflictError):
+    """409: a change of a cancelled subscription (it gets no further allocation)."""
+
+
 class NotFoundError(CreditApiError):
     pass
 
@@ -333,6 +338,7 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "idempotency_conflict": IdempotencyConflictError,
     "conflict": ConflictError,
     "grant_not_refundable": GrantNotRefundableError,
+    "subscription_cancelled": SubscriptionCancelledError,
     "refund_exceeds_available": RefundExceedsAvailableError,
     "not_found": NotFoundError,
     "validation_error": ValidationError,
