@@ -283,9 +283,7 @@ class PlanService:
 
     async def list_plans(self, *, after: Keyset | None, limit: int) -> tuple[list[PlanView], bool]:
         async with self.pool.connection() as conn:
-            rows, more = await repo.list_plans(conn, after=after, limit=limit)
-            views = [PlanView(plan=p, rules=await repo.rules_of(conn, p.id)) for p in rows]
-        return views, more
+            return await list_plan_views(conn, after=after, limit=limit)
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -780,6 +778,14 @@ class PlanService:
                 "expires_at": row.expires_at.isoformat(),
             },
         )
+
+
+async def list_plan_views(
+    conn: Connection, *, after: Keyset | None, limit: int
+) -> tuple[list[PlanView], bool]:
+    """A page of plans with their rules, in (created_at, id) order, and whether more follow."""
+    rows, more = await repo.list_plans(conn, after=after, limit=limit)
+    return [PlanView(plan=p, rules=await repo.rules_of(conn, p.id)) for p in rows], more
 
 
 def _rule_row(plan_id: int, rule: RuleSpec) -> PlanRule:

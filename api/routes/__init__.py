@@ -11,12 +11,25 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
 - `finance`: the finance reports (JSON or CSV), periods (list, close, lock), breakage policies.
 - `health`: liveness and readiness.
+- `plans`: plans (recurring allocations) and subscriptions: subscribe, change plan, pause,
+  resume, cancel.
 - `clock`: a sandbox's test clock (`serve --test-clock`): read it, advance it.
 """
 
 from __future__ import annotations
 
-from api.routes import budgets, catalog, clock, finance, grants, health, prices, spending, usage
+from api.routes import (
+    budgets,
+    catalog,
+    clock,
+    finance,
+    grants,
+    health,
+    plans,
+    prices,
+    spending,
+    usage,
+)
 from api.routes.shared import authorize
 
 ROUTES = [
@@ -24,6 +37,7 @@ ROUTES = [
     *catalog.ROUTES,
     *grants.ROUTES,
     *budgets.ROUTES,
+    *plans.ROUTES,
     *prices.ROUTES,
     *usage.ROUTES,
     *finance.ROUTES,

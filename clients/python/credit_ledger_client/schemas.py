@@ -800,6 +800,150 @@ class PricePage(Page):
     items: list[PriceOut]
 
 
+# -- plans and subscriptions ----------------------------------------------------------------------
+
+
+class PlanPeriod(enum.StrEnum):
+    """The unit of a plan's allocation period; months and years keep the subscription's day
+    (the last day of a shorter month)."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+PERIOD_COUNT = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class RolloverIn(Strict):
+    """At the allocation's expiry, min(max_credits, max(min_credits, remaining)) roll over into
+    a new block; the rest expires."""
+
+    max_credits: AMOUNT0
+    min_credits: AMOUNT0 = 0
+
+
+class PlanAllocationIn(Strict):
+    """`amount` credits every `period_count` `period`s, expiring at the end of `expiry_periods`
+    periods (1: its own period's end). A paid allocation has a `currency`, and its
+    `consideration_minor` is what one allocation costs (its cost basis)."""
+
+    credit_type: CODE
+    amount: AMOUNT
+    period: PlanPeriod
+    category: Category
+    period_count: PERIOD_COUNT = 1
+    consideration_minor: AMOUNT0 = 0
+    currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    expiry_periods: PERIOD_COUNT = 1
+    rollover: RolloverIn | None = None
+
+
+class PlanIn(Strict):
+    """A plan: one allocation per credit type. `prorate`: a change of plan to this one in the
+    middle of a period grants or voids the difference times the fraction of the period left
+    (else the whole difference)."""
+
+    code: CODE
+    name: NAME
+    allocations: Annotated[list[PlanAllocationIn], msgspec.Meta(min_length=1, max_length=16)]
+    prorate: bool = False
+
+
+class RolloverOut(Out):
+    min_credits: int
+    max_credits: int
+
+
+class PlanAllocationOut(Out):
+    id: str
+    credit_type: str
+    amount: int
+    period: PlanPeriod
+    period_count: int
+    category: Category
+    consideration_minor: int
+    currency: str | None
+    priority: int
+    expiry_periods: int
+    rollover: RolloverOut | None
+
+
+class PlanOut(Out):
+    id: str
+    code: str
+    name: str
+    prorate: bool
+    allocations: list[PlanAllocationOut]
+    created_at: dt.datetime
+
+
+class PlanQuery(ListQuery):
+    pass
+
+
+class PlanPage(Page):
+    items: list[PlanOut]
+
+
+class SubscriptionState(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class SubscriptionIn(Strict):
+    """`start` (default now) anchors every period: a start on the 31st renews on the last day
+    of shorter months."""
+
+    resource_id: ID
+    plan_id: ID
+    start: TIME | None = None
+
+
+class ChangePlanIn(Strict):
+    plan_id: ID
+
+
+class AllocationOut(Out):
+    """One allocation of a subscription: `kind` period (the period's own, seq 0) or change
+    (the adjustment of the seq-th change of plan: `amount` granted, or `voided` from the
+    block `void_grant_id`). `state` pending until its block is issued."""
+
+    id: str
+    credit_type: str
+    plan_allocation_id: str
+    kind: str
+    period_index: int
+    seq: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+    effective_at: dt.datetime
+    expires_at: dt.datetime
+    amount: int
+    grant_id: str | None
+    voided: int
+    void_grant_id: str | None
+    state: str
+
+
+class SubscriptionOut(Out):
+    id: str
+    resource_id: str
+    plan_id: str
+    state: SubscriptionState
+    start: dt.datetime
+    created_at: dt.datetime
+    paused_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+    # The start of the next period to allocate (null: none, paused or cancelled).
+    next_allocation_at: dt.datetime | None
+    # The latest allocations (at most 100), oldest first.
+    allocations: list[AllocationOut] = []
+
+
 class PriceAtQuery(Strict):
     """The price in force at `at` (default now)."""
 
