@@ -32,7 +32,7 @@ NO_IDEMPOTENCY_KEY = {
     ("POST", "/v1/test-clock/advance"),
 }
 # POSTs without a body: the path says it all.
-NO_BODY = ("/release", "/close", "/lock")
+NO_BODY = ("/release", "/close", "/lock", "/pause", "/resume", "/cancel")
 WRITES = ("POST", "PATCH", "DELETE")
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
 

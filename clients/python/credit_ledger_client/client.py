@@ -50,6 +50,7 @@ from credit_ledger_client.schemas import (
     BudgetPage,
     BudgetPatchIn,
     BudgetQuery,
+    ChangePlanIn,
     CheckOut,
     ClockAdvanceIn,
     ClockOut,
@@ -78,6 +79,10 @@ from credit_ledger_client.schemas import (
     Page,
     PeriodList,
     PeriodOut,
+    PlanIn,
+    PlanOut,
+    PlanPage,
+    PlanQuery,
     PriceAtQuery,
     PriceIn,
     PriceOut,
@@ -101,6 +106,8 @@ from credit_ledger_client.schemas import (
     SettleIn,
     SettleOut,
     SpendIn,
+    SubscriptionIn,
+    SubscriptionOut,
     Usage,
     UsagePage,
     UsageQuery,
@@ -1130,6 +1137,52 @@ class CreditClient:
         """The price of a feature in force now (or at `query.at`)."""
         return self._send(_get("/v1/prices/current", PriceOut, _params(query)))
 
+    # -- plans and subscriptions
+
+    def create_plan(self, body: PlanIn, *, idempotency_key: str | None = None) -> PlanOut:
+        return self._send(_post("/v1/plans", body, PlanOut, idempotency_key))
+
+    def get_plan(self, plan_id: str) -> PlanOut:
+        return self._send(_get(f"/v1/plans/{_segment(plan_id)}", PlanOut))
+
+    def list_plans(self, query: PlanQuery | None = None) -> PlanPage:
+        return self._send(_list("/v1/plans", query or PlanQuery(), PlanPage))
+
+    def iter_plans(self, query: PlanQuery | None = None) -> Iterator[PlanOut]:
+        return _iterate(self.list_plans, query or PlanQuery())
+
+    def subscribe(
+        self, body: SubscriptionIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        return self._send(_post("/v1/subscriptions", body, SubscriptionOut, idempotency_key))
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        return self._send(_get(f"/v1/subscriptions/{_segment(subscription_id)}", SubscriptionOut))
+
+    def change_plan(
+        self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/change-plan"
+        return self._send(_post(path, body, SubscriptionOut, idempotency_key))
+
+    def pause_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/pause"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    def resume_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/resume"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    def cancel_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/cancel"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
     # -- lists: a page, or every item following the cursor
 
     def list_customers(self, query: CustomerQuery | None = None) -> CustomerPage:
@@ -1474,6 +1527,53 @@ class AsyncCreditClient:
     async def current_price(self, query: PriceAtQuery) -> PriceOut:
         """The price of a feature in force now (or at `query.at`)."""
         return await self._send(_get("/v1/prices/current", PriceOut, _params(query)))
+
+    # -- plans and subscriptions
+
+    async def create_plan(self, body: PlanIn, *, idempotency_key: str | None = None) -> PlanOut:
+        return await self._send(_post("/v1/plans", body, PlanOut, idempotency_key))
+
+    async def get_plan(self, plan_id: str) -> PlanOut:
+        return await self._send(_get(f"/v1/plans/{_segment(plan_id)}", PlanOut))
+
+    async def list_plans(self, query: PlanQuery | None = None) -> PlanPage:
+        return await self._send(_list("/v1/plans", query or PlanQuery(), PlanPage))
+
+    def iter_plans(self, query: PlanQuery | None = None) -> AsyncIterator[PlanOut]:
+        return _aiterate(self.list_plans, query or PlanQuery())
+
+    async def subscribe(
+        self, body: SubscriptionIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        return await self._send(_post("/v1/subscriptions", body, SubscriptionOut, idempotency_key))
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}"
+        return await self._send(_get(path, SubscriptionOut))
+
+    async def change_plan(
+        self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/change-plan"
+        return await self._send(_post(path, body, SubscriptionOut, idempotency_key))
+
+    async def pause_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/pause"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    async def resume_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/resume"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    async def cancel_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/cancel"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
 
     # -- lists: a page, or every item following the cursor
 
