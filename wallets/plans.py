@@ -46,11 +46,12 @@ from grants.errors import (
 )
 from grants.model import Category, Source
 from ledger.client import LedgerUnavailable
-from ledger.clock import datetime_of_ns
+from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection
 from ledger.ids import derive_id, id_text, operation_id
 from ledger.limits import (
     AMOUNT_MAX_REQUEST,
+    BUSINESS_TIME_NS_MAX,
     MONEY_MINOR_MAX,
     PLAN_ALLOCATIONS_PER_TICK,
     PLAN_CATCH_UP_ALLOCATIONS_MAX,
@@ -63,6 +64,7 @@ from ledger.repositories._rows import Keyset
 from ledger.repositories.plans import Allocation, Plan, PlanRule, Subscription
 from wallets.control import ControlPlane, GrantRequest, business_time_ns
 from wallets.plan_periods import (
+    PERIOD_INDEX_MAX,
     PeriodUnit,
     first_index_from,
     period_bounds,
@@ -177,14 +179,30 @@ def due_rows(
             last.get(rule.id, -1) + 1,
         )
         while len(rows) < room:
-            start = period_start(sub.anchor_at, unit, count, index)
-            if start > at:
+            row = _row_or_none(sub, rule, index)
+            if row is None or row.period_start > at:
                 break
-            rows.append(allocation_row(sub, rule, index, effective_at=start))
+            rows.append(row)
             index += 1
-        start = period_start(sub.anchor_at, unit, count, index)
-        next_due = start if next_due is None else min(next_due, start)
+        following = _row_or_none(sub, rule, index)
+        if following is not None:
+            start = following.period_start
+            next_due = start if next_due is None else min(next_due, start)
     return rows, next_due
+
+
+def _row_or_none(sub: Subscription, rule: PlanRule, index: int) -> Allocation | None:
+    """Period `index`'s row; None past the times the ledger can hold (a plan of many years
+    near the year 2554, the end of its u64 of nanoseconds): that rule has no more periods."""
+    if index >= PERIOD_INDEX_MAX:
+        return None
+    try:
+        row = allocation_row(sub, rule, index, effective_at=sub.anchor_at)
+    except OverflowError:
+        return None
+    if ns_of_datetime(row.expires_at) > BUSINESS_TIME_NS_MAX:
+        return None
+    return msgspec.structs.replace(row, effective_at=row.period_start)
 
 
 def _validate_rule(rule: RuleSpec, i: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from wallets.plan_periods import (
@@ -102,6 +102,7 @@ indexes = st.integers(min_value=0, max_value=600)
 def test_every_start_is_computed_from_the_anchor(
     anchor: dt.datetime, unit: PeriodUnit, count: int, index: int
 ) -> None:
+    assume(unit is not PeriodUnit.YEAR or count * (index + 1) < 5000)
     start, end = period_bounds(anchor, unit, count, index)
     assert start < end
     assert period_start(anchor, unit, count, 0) == anchor
@@ -122,6 +123,7 @@ def test_every_start_is_computed_from_the_anchor(
 def test_every_instant_is_in_exactly_one_period(
     anchor: dt.datetime, unit: PeriodUnit, count: int, index: int, into_us: int
 ) -> None:
+    assume(unit is not PeriodUnit.YEAR or count * (index + 2) < 5000)
     start, end = period_bounds(anchor, unit, count, index)
     at = min(end - dt.timedelta(microseconds=1), start + dt.timedelta(microseconds=into_us))
     assert period_index_at(anchor, unit, count, at) == index
