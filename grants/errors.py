@@ -64,6 +64,20 @@ class RefundExceedsAvailable(CreditError):
     code = "refund_exceeds_available"
 
 
+class VoidExceedsAvailable(CreditError):
+    """A void of part of a block asks for more credits than it has available now (`available`:
+    what it has, reservations' holds excepted). Nothing moved."""
+
+    code = "void_exceeds_available"
+
+
+class GrantNotChangeable(CreditError):
+    """A change of a block that is no longer in force (expired, voided, or never issued): a
+    void of part of it, or a change of its expiry."""
+
+    code = "grant_not_changeable"
+
+
 class NotFound(CreditError):
     code = "not_found"
 
@@ -104,4 +118,6 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     LedgerUnavailableError,
     GrantNotRefundable,
     RefundExceedsAvailable,
+    VoidExceedsAvailable,
+    GrantNotChangeable,
 )

@@ -31,12 +31,14 @@ import msgspec
 
 from grants.errors import (
     Conflict,
+    GrantNotChangeable,
     GrantNotRefundable,
     IdempotencyConflict,
     InvalidRequest,
     LedgerUnavailableError,
     NotFound,
     RefundExceedsAvailable,
+    VoidExceedsAvailable,
 )
 from grants.model import Category, Grant, Source
 from grants.service import (
@@ -853,9 +855,22 @@ class ControlPlane:
         return await self.sweep(at_ns)
 
     async def void_grant(
-        self, grant_id: int, *, tenant: int, key: str, actor: str, reason: str | None = None
+        self,
+        grant_id: int,
+        *,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+        amount: int | None = None,
     ) -> tuple[SweepResult, bool]:
-        """Voids what is left of a block, once per key; later returns are voided by sweeps."""
+        """Voids what is left of a block, once per key; later returns are voided by sweeps.
+        With an `amount`: voids exactly that many of the credits the block has available now
+        (`_void_part`), and the block stays in force."""
+        if amount is not None:
+            return await self._void_part(
+                grant_id, amount=amount, tenant=tenant, key=key, actor=actor, reason=reason
+            )
 
         async def first(conn: Connection) -> None:
             row = await grants.set_grant_state(
@@ -885,6 +900,72 @@ class ControlPlane:
             key=key,
             operation="grant.void",
             request={"grant_id": str(grant_id), "reason": reason},
+            first=first,
+            then=then,
+            result_type=SweepResult,
+        )
+
+    async def _void_part(
+        self, grant_id: int, *, amount: int, tenant: int, key: str, actor: str, reason: str | None
+    ) -> tuple[SweepResult, bool]:
+        """A void of `amount` credits of a block, once per key: checked against what the block
+        has available (409 void_exceeds_available, with `available`) and audited in the
+        claiming transaction, then one `GRANT_VOID` transfer of exactly `amount` (its id derived
+        from the key) that the engine refuses, moving nothing, should a debit have taken the
+        credits in between: the engine's balance constraint keeps the block from being
+        overdrawn, not the read. The block stays 'active'. No row of its own: the transfer is
+        the record (the projection's `void` entry, finance's breakage)."""
+        if not 1 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+        void_id = derive_id("grant/void-part", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await grants.get_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            _changeable(row, datetime_of_ns(self.service.clock_ns()), "voided in part")
+            found = await self.grant_service.left(grant_id)
+            available = 0 if found is None else found[0]
+            if amount > available:
+                raise VoidExceedsAvailable(
+                    f"grant {id_text(grant_id)} has {available} credits available to void, "
+                    f"fewer than {amount}",
+                    field="amount",
+                    available=available,
+                )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.void",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={"void_id": id_text(void_id), "amount": str(amount)},
+            )
+
+        async def then() -> SweepResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+            assert row is not None
+            found = await self.grant_service.left(grant_id)
+            applied = found is not None and await self.grant_service.void_part(
+                _grant(row), operation_id=void_id, credits=amount, tenant=found[1]
+            )
+            if not applied:
+                available = 0 if found is None else found[0]
+                raise VoidExceedsAvailable(
+                    f"void of grant {id_text(grant_id)} refused: the block had fewer than "
+                    f"{amount} credits available when the void reached the ledger",
+                    field="amount",
+                    available=available,
+                )
+            return SweepResult(grant_id, amount, "voided")
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.void",
+            request={"grant_id": str(grant_id), "reason": reason, "amount": str(amount)},
             first=first,
             then=then,
             result_type=SweepResult,
@@ -1672,6 +1753,18 @@ def _refundable(row: grants.Grant, now: dt.datetime) -> None:
         raise GrantNotRefundable(
             f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
             "expired nor been voided is refunded",
+            state=state,
+        )
+
+
+def _changeable(row: grants.Grant, now: dt.datetime, what: str) -> None:
+    """Refuses (409 grant_not_changeable) a change of a block that is not in force at `now`:
+    expired (by its expiry, swept or not), voided, or not issued (pending, abandoned)."""
+    state = grants.block_state(row, now) if row.state is GrantState.ACTIVE else row.state.value
+    if state not in ("active", "upcoming"):
+        raise GrantNotChangeable(
+            f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
+            f"expired nor been voided can be {what}",
             state=state,
         )
 

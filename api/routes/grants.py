@@ -64,7 +64,12 @@ OPS = {
     ),
     "get_grant": operation(*READ_PROBLEMS, idempotent=False),
     "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
-    "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
+    "void_grant": operation(
+        *ADMIN_PROBLEMS,
+        "void_exceeds_available",
+        "grant_not_changeable",
+        example={"reason": "chargeback"},
+    ),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
     "refund_grant": operation(
         *ADMIN_PROBLEMS,
