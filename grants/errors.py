@@ -93,6 +93,19 @@ class OccurredAtOutOfRange(InvalidRequest):
     code = "occurred_at_out_of_range"
 
 
+class ExpiryInPast(InvalidRequest):
+    """A new expiry of a block at or before now (the service's clock): credits would expire
+    that a spend made before the change could have used."""
+
+    code = "expiry_in_past"
+
+
+class ExpiryNotAfterEffective(InvalidRequest):
+    """A new expiry of a block at or before its effective time."""
+
+    code = "expiry_not_after_effective"
+
+
 class ClockBackwards(CreditError):
     """A test clock moves forward only."""
 
@@ -120,4 +133,6 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     RefundExceedsAvailable,
     VoidExceedsAvailable,
     GrantNotChangeable,
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
 )

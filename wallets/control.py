@@ -31,6 +31,8 @@ import msgspec
 
 from grants.errors import (
     Conflict,
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
     GrantNotChangeable,
     GrantNotRefundable,
     IdempotencyConflict,
@@ -81,6 +83,7 @@ from ledger.repositories import (
     catalog,
     credit_types,
     customers,
+    finance,
     grant_refunds,
     grants,
     idempotency,
@@ -147,6 +150,14 @@ class GrantRefundResult(msgspec.Struct, frozen=True):
     credits: int
     refund_minor: int
     currency: str
+
+
+class GrantExpiryResult(msgspec.Struct, frozen=True):
+    """A change of a block's expiry, applied."""
+
+    grant_id: int
+    expires_at: dt.datetime | None  # the new expiry (None: never)
+    previous_expires_at: dt.datetime | None
 
 
 class ReconcileFailure(msgspec.Struct, frozen=True):
@@ -971,6 +982,101 @@ class ControlPlane:
             result_type=SweepResult,
         )
 
+    async def change_grant_expiry(
+        self,
+        grant_id: int,
+        *,
+        expires_at: dt.datetime | None,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+    ) -> tuple[GrantExpiryResult, bool]:
+        """Extends, shortens or removes (None) the expiry of a block in force, once per key.
+        Returns (outcome, replayed).
+
+        Refused: a block expired by the service's clock, voided or not issued (409
+        grant_not_changeable); a new expiry at or before now (422 expiry_in_past: the change
+        never reaches into the past, so the block's history reads the same under either
+        expiry), or at or before its effective time (422 expiry_not_after_effective).
+
+        Where the expiry lives, all changed in one transaction under the grant's row lock: the
+        grants row (every process's cache learns it through grants_notify: burn order, the spend
+        path, the sweep), finance_blocks (the aging report; taken under finance's state lock so
+        that a poster batch cannot insert the block with the old one), the audit log (old and
+        new). The engine holds no expiry on the block's account (its user_data_64 is the
+        effective time): only sweeps carry one, written when they run, so they carry the new
+        one. Then this process's cache (a replay does it again: idempotent)."""
+        business_time_ns(expires_at, "expires_at")
+        change_id = derive_id("grant/expiry", tenant, key)
+        previous: list[dt.datetime | None] = []
+
+        async def first(conn: Connection) -> None:
+            row = await grants.lock_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            now = datetime_of_ns(self.service.clock_ns())
+            _changeable(row, now, "given a new expiry")
+            if expires_at is not None and expires_at <= row.effective_at:
+                raise ExpiryNotAfterEffective(
+                    f"expires_at must be after the grant's effective_at "
+                    f"({row.effective_at.isoformat()})",
+                    field="expires_at",
+                )
+            if expires_at is not None and expires_at <= now:
+                raise ExpiryInPast(
+                    f"expires_at must be after now ({now.isoformat()})", field="expires_at"
+                )
+            await finance.lock_state(conn)
+            changed = await grants.set_grant_expiry(conn, grant_id, expires_at)
+            assert changed is not None  # locked, and active (_changeable)
+            await finance.set_block_expiry(conn, grant_id, expires_at)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.expiry",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={
+                    "change_id": id_text(change_id),
+                    "previous_expires_at": _iso(row.expires_at),
+                    "expires_at": _iso(expires_at),
+                },
+            )
+            previous.append(row.expires_at)
+
+        async def then() -> GrantExpiryResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+                if not previous:  # an earlier attempt claimed the key: its audit row says
+                    entries = await audit.list_for_object(conn, "grant", grant_id)
+                    details = next(
+                        (
+                            e.details
+                            for e in entries
+                            if e.action == "grant.expiry"
+                            and e.details.get("change_id") == id_text(change_id)
+                        ),
+                        {},
+                    )
+                    was = details.get("previous_expires_at")
+                    previous.append(None if was is None else dt.datetime.fromisoformat(was))
+            assert row is not None
+            if row.state is GrantState.ACTIVE:  # the row as it is now: right to cache
+                self.catalog.put_grant(_grant(row))
+            return GrantExpiryResult(grant_id, expires_at, previous[0])
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.expiry",
+            request={"grant_id": str(grant_id), "expires_at": _iso(expires_at), "reason": reason},
+            first=first,
+            then=then,
+            result_type=GrantExpiryResult,
+        )
+
     async def refund_grant(
         self,
         grant_id: int,
@@ -1755,6 +1861,10 @@ def _refundable(row: grants.Grant, now: dt.datetime) -> None:
             "expired nor been voided is refunded",
             state=state,
         )
+
+
+def _iso(at: dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(dt.UTC).isoformat()
 
 
 def _changeable(row: grants.Grant, now: dt.datetime, what: str) -> None:

@@ -274,6 +274,27 @@ async def set_grant_state(
     return None if row is None else _row(row)
 
 
+async def lock_grant(conn: Connection, id: int) -> Grant | None:
+    """The grant, row-locked until the transaction ends (changes of one grant, one at a time)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = %s FOR UPDATE", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def set_grant_expiry(conn: Connection, id: int, expires_at: datetime | None) -> Grant | None:
+    """A new expiry (None: never) of an active grant; None when it is not active. The schema
+    still requires it after effective_at. Every process learns it through grants_notify."""
+    cursor = await conn.execute(
+        f"UPDATE grants SET expires_at = %s WHERE id = %s AND state = 'active'"
+        f" RETURNING {_COLUMNS}",
+        (expires_at, to_uuid(id)),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
 async def list_expired_active_grants(
     conn: Connection, at: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
 ) -> list[Grant]:

@@ -14,6 +14,8 @@ import pytest
 from finance import recognition as rec
 from finance.posting import Poster
 from grants.errors import (
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
     GrantNotChangeable,
     IdempotencyConflict,
     InsufficientCredits,
@@ -32,9 +34,10 @@ from ledger.repositories.resources import ResourceKind
 from ledger.types import AccountFilter, AccountFilterFlags
 from tests.conftest import SETTINGS
 from tests.integration.projection_support import clocked_plane, january_clock
-from wallets.catalog import Wallet
+from wallets.catalog import Catalog, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.projection import ProjectionFeed
+from wallets.service import CreditService
 
 pytestmark = pytest.mark.anyio
 
@@ -341,3 +344,203 @@ async def test_finance_books_exactly_the_voided_slice_and_the_block_sums_to_its_
     by_code = {t.code: t for t in sweeps}
     assert by_code[TransferCode.EXPIRE].user_data_64 == ns_of_datetime(expiry)
     assert by_code[TransferCode.GRANT_VOID].user_data_64 == 0
+
+
+# -- a change of expiry -------------------------------------------------------------------------
+
+
+async def test_an_extended_block_outlives_its_old_expiry_and_expires_at_the_new_one(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    wallet = await _wallet(plane)
+    old = _now(clock) + dt.timedelta(hours=1)
+    new = _now(clock) + dt.timedelta(hours=3)
+    grant = await _grant(plane, wallet, "g", expires_at=old)
+    feed = ProjectionFeed(plane.service.ledger, plane.pool, clock_ns=clock)
+    await feed.catch_up()
+    await Poster(plane.pool).catch_up()  # finance met the block with its old expiry
+    result, replayed = await plane.change_grant_expiry(
+        grant, expires_at=new, tenant=TENANT, key="x", actor="ops", reason="courtesy"
+    )
+    assert (result.grant_id, result.expires_at, result.previous_expires_at) == (grant, new, old)
+    assert not replayed
+    again, replayed = await plane.change_grant_expiry(
+        grant, expires_at=new, tenant=TENANT, key="x", actor="ops", reason="courtesy"
+    )
+    assert (again, replayed) == (result, True)
+    with pytest.raises(IdempotencyConflict):
+        await plane.change_grant_expiry(
+            grant, expires_at=new + dt.timedelta(hours=1), tenant=TENANT, key="x", actor="ops"
+        )
+    assert (await _row(plane, grant)).expires_at == new
+    assert plane.catalog.grants[grant].expires_at_ns == ns_of_datetime(new)
+    (entry,) = await _audit(plane, grant, "grant.expiry")
+    assert (entry.actor, entry.reason) == ("ops", "courtesy")
+    assert entry.details["previous_expires_at"] == old.isoformat()
+    assert entry.details["expires_at"] == new.isoformat()
+    async with plane.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT expires_at FROM finance_blocks WHERE block_id = %s", (uuid.UUID(int=grant),)
+        )
+        assert await cursor.fetchall() == [(new,)]
+    clock.advance(2 * HOUR)  # past the old expiry
+    assert (await plane.sweep(clock())).swept == []
+    debit = await _debit(plane, wallet, "d", 100)
+    assert [(f.account_id, f.amount) for f in debit.funded_by] == [(grant, 100)]
+    clock.advance(HOUR)  # at the new expiry
+    report = await plane.sweep(clock())
+    assert [(s.grant_id, s.amount, s.reason) for s in report.swept] == [(grant, 900, "expired")]
+    (expire,) = await plane.service.ledger.get_account_transfers(
+        AccountFilter(
+            account_id=grant, user_data_128=0, user_data_64=0, user_data_32=0,
+            code=TransferCode.EXPIRE, timestamp_min=0, timestamp_max=0, limit=10,
+            flags=AccountFilterFlags.DEBITS,
+        )
+    )  # fmt: skip
+    assert expire.user_data_64 == ns_of_datetime(new)  # the breakage's accounting date
+
+
+async def test_a_shortened_block_is_swept_at_its_new_expiry(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    wallet = await _wallet(plane)
+    grant = await _grant(plane, wallet, "g", expires_at=_now(clock) + dt.timedelta(days=10))
+    new = _now(clock) + dt.timedelta(hours=1)
+    await plane.change_grant_expiry(grant, expires_at=new, tenant=TENANT, key="x", actor="o")
+    clock.advance(HOUR - 1)
+    assert (await plane.sweep(clock())).swept == []
+    clock.advance(1)
+    with pytest.raises(InsufficientCredits):
+        await _debit(plane, wallet, "d", 1)
+    report = await plane.sweep(clock())
+    assert [(s.grant_id, s.amount) for s in report.swept] == [(grant, 1000)]
+    assert (await plane.sweep(clock())).finished == [grant]  # nothing left, nothing held
+    assert (await _row(plane, grant)).state is GrantState.EXPIRED
+
+
+async def test_a_removed_expiry_never_expires(plane: ControlPlane, clock: ManualClock) -> None:
+    wallet = await _wallet(plane)
+    old = _now(clock) + dt.timedelta(hours=1)
+    grant = await _grant(plane, wallet, "g", expires_at=old)
+    result, _ = await plane.change_grant_expiry(
+        grant, expires_at=None, tenant=TENANT, key="x", actor="o"
+    )
+    assert (result.expires_at, result.previous_expires_at) == (None, old)
+    clock.advance(1000 * HOUR)
+    assert (await plane.sweep(clock())).swept == []
+    assert (await _row(plane, grant)).expires_at is None
+    await _debit(plane, wallet, "d", 1000)
+
+
+async def test_changes_of_expiry_that_cannot_be_are_refused(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    wallet = await _wallet(plane)
+    now = _now(clock)
+    grant = await _grant(plane, wallet, "g", expires_at=now + dt.timedelta(hours=2))
+    upcoming = await _grant(
+        plane, wallet, "u", effective_at=now + dt.timedelta(days=2),
+        expires_at=now + dt.timedelta(days=3),
+    )  # fmt: skip
+    clock.advance(1)
+    with pytest.raises(ExpiryInPast):
+        await plane.change_grant_expiry(
+            grant, expires_at=_now(clock), tenant=TENANT, key="a", actor="o"
+        )
+    with pytest.raises(ExpiryNotAfterEffective):
+        await plane.change_grant_expiry(
+            upcoming, expires_at=now + dt.timedelta(days=1), tenant=TENANT, key="b", actor="o"
+        )
+    with pytest.raises(InvalidRequest):  # no offset
+        await plane.change_grant_expiry(
+            grant, expires_at=dt.datetime(2030, 1, 1), tenant=TENANT, key="c", actor="o"
+        )
+    with pytest.raises(NotFound):
+        await plane.change_grant_expiry(12345, expires_at=None, tenant=TENANT, key="d", actor="o")
+    # An upcoming block may be given a later expiry.
+    await plane.change_grant_expiry(
+        upcoming, expires_at=now + dt.timedelta(days=5), tenant=TENANT, key="e", actor="o"
+    )
+    voided = await _grant(plane, wallet, "w")
+    await plane.void_grant(voided, tenant=TENANT, key="all", actor="o")
+    clock.advance(2 * HOUR - 1)  # `grant` has expired by the clock (not yet swept)
+    for gid, state in ((grant, "expired"), (voided, "voided")):
+        with pytest.raises(GrantNotChangeable) as refused:
+            await plane.change_grant_expiry(
+                gid, expires_at=None, tenant=TENANT, key=f"f{gid}", actor="o"
+            )
+        assert refused.value.details["state"] == state
+    assert (await _row(plane, grant)).expires_at == now + dt.timedelta(hours=2)
+
+
+async def test_burn_order_follows_the_new_expiry(plane: ControlPlane, clock: ManualClock) -> None:
+    wallet = await _wallet(plane)
+    now = _now(clock)
+    sooner = await _grant(plane, wallet, "a", expires_at=now + dt.timedelta(days=5))
+    later = await _grant(plane, wallet, "b", expires_at=now + dt.timedelta(days=10))
+    first = await _debit(plane, wallet, "d1", 10)
+    assert [f.account_id for f in first.funded_by] == [sooner]
+    await plane.change_grant_expiry(
+        later, expires_at=now + dt.timedelta(days=2), tenant=TENANT, key="x", actor="o"
+    )
+    second = await _debit(plane, wallet, "d2", 10)
+    assert [f.account_id for f in second.funded_by] == [later]
+
+
+async def test_another_process_learns_a_new_expiry(
+    plane: ControlPlane, clock: ManualClock, db_url: str
+) -> None:
+    other = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog(), clock_ns=clock))
+    follower = asyncio.create_task(other.follow(db_url))
+    try:
+        for _ in range(500):
+            if other.reloads:
+                break
+            await asyncio.sleep(0.01)
+        wallet = await _wallet(plane)
+        grant = await _grant(plane, wallet, "g", expires_at=_now(clock) + dt.timedelta(hours=1))
+        for _ in range(500):
+            if grant in other.catalog.grants:
+                break
+            await asyncio.sleep(0.01)
+        new = _now(clock) + dt.timedelta(days=1)
+        await plane.change_grant_expiry(grant, expires_at=new, tenant=TENANT, key="x", actor="o")
+        for _ in range(500):
+            if other.catalog.grants[grant].expires_at_ns == ns_of_datetime(new):
+                break
+            await asyncio.sleep(0.01)
+        assert other.catalog.grants[grant].expires_at_ns == ns_of_datetime(new)
+        # Its sweep goes by the new expiry too.
+        clock.advance(2 * HOUR)
+        assert (await other.sweep(clock())).swept == []
+    finally:
+        follower.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower
+
+
+async def test_a_change_cut_by_a_crash_is_finished_by_its_retry(
+    plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Postgres holds the change once its transaction commits; a crash before the cache and
+    the stored outcome leaves the key open, and its retry answers the change, old expiry
+    included (from the audit row)."""
+    wallet = await _wallet(plane)
+    old = _now(clock) + dt.timedelta(hours=1)
+    new = _now(clock) + dt.timedelta(hours=5)
+    grant = await _grant(plane, wallet, "g", expires_at=old)
+
+    def crash(_: object) -> None:
+        raise RuntimeError("crash")
+
+    monkeypatch.setattr(plane.catalog, "put_grant", crash)
+    with pytest.raises(RuntimeError):
+        await plane.change_grant_expiry(grant, expires_at=new, tenant=TENANT, key="x", actor="o")
+    monkeypatch.undo()
+    assert (await _row(plane, grant)).expires_at == new
+    result, replayed = await plane.change_grant_expiry(
+        grant, expires_at=new, tenant=TENANT, key="x", actor="o"
+    )
+    assert (result.expires_at, result.previous_expires_at, replayed) == (new, old, False)
+    assert plane.catalog.grants[grant].expires_at_ns == ns_of_datetime(new)
+    assert len(await _audit(plane, grant, "grant.expiry")) == 1
