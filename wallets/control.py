@@ -846,6 +846,7 @@ class ControlPlane:
     async def sweep(self, at_ns: int) -> SweepReport:
         """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are
         'expired' in Postgres, so that no later cache load brings them back."""
+        await self._refresh_expired(at_ns)
         report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():
@@ -854,6 +855,23 @@ class ControlPlane:
                         conn, grant_id, GrantState.EXPIRED, expected=[GrantState.ACTIVE]
                     )
         return report
+
+    async def _refresh_expired(self, at_ns: int) -> None:
+        """The cached blocks that are past their expiry at `at_ns`, read again from Postgres
+        before the sweep moves them: an expiry changed in another process
+        (`change_grant_expiry`) whose notification has not arrived yet must not have a block
+        swept at its old expiry. Only those blocks: few, and one query."""
+        due = {g.id: g for g in self.catalog.grants.values() if g.expired(at_ns)}
+        if not due:
+            return
+        async with self.pool.connection() as conn:
+            rows = await grants.get_grants(conn, list(due))
+        for row in rows:
+            fresh = _grant(row)
+            cached = self.catalog.grants.get(row.id)
+            # Unless a notification put a newer row meanwhile (then the cache is right).
+            if row.state is GrantState.ACTIVE and cached is due[row.id] and cached != fresh:
+                self.catalog.put_grant(fresh)
 
     async def advance_to(self, at_ns: int) -> SweepReport:
         """What the clock's reaching `at_ns` brings, done before this returns (a test clock's

@@ -161,6 +161,16 @@ async def get_grant(conn: Connection, id: int) -> Grant | None:
     return None if row is None else _row(row)
 
 
+async def get_grants(conn: Connection, ids: Collection[int]) -> list[Grant]:
+    """The grants with these ids (those that exist), by id."""
+    if not ids:
+        return []
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = ANY(%s) ORDER BY id", (uuids(ids),)
+    )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
 async def list_grants_for_wallets(
     conn: Connection,
     wallet_ids: Collection[int],

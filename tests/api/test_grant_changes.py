@@ -41,6 +41,10 @@ async def test_a_void_of_part_of_a_grant_and_its_refusals(api: Api) -> None:
         200,
         300,
     )
+    r = await api.get(f"/v1/wallets/{world.wallet['id']}/entries", key="finance")
+    assert r.status_code == 200, r.text
+    entries = [(e["type"], e["amount"], e["available_after"]) for e in r.json()["entries"]]
+    assert entries[-1] == ("void", -300, 500), entries
     r = await api.post(f"/v1/grants/{grant}/void", {"amount": 501})
     assert_problem(r, "void_exceeds_available", available=500, field="amount")
     r = await api.post(f"/v1/grants/{grant}/void", {"amount": 0})

@@ -33,7 +33,7 @@ from ledger.repositories.grants import GrantState
 from ledger.repositories.resources import ResourceKind
 from ledger.types import AccountFilter, AccountFilterFlags
 from tests.conftest import SETTINGS
-from tests.integration.projection_support import clocked_plane, january_clock
+from tests.integration.projection_support import assert_reconciled, clocked_plane, january_clock
 from wallets.catalog import Catalog, Wallet
 from wallets.control import ControlPlane, GrantRequest
 from wallets.projection import ProjectionFeed
@@ -318,6 +318,7 @@ async def test_finance_books_exactly_the_voided_slice_and_the_block_sums_to_its_
     report = await plane.sweep(clock())
     assert [(s.grant_id, s.amount, s.reason) for s in report.swept] == [(grant, 334, "expired")]
     await feed.catch_up()
+    await assert_reconciled(plane)  # the projection's entries tie to the engine
     await poster.catch_up()
     lines = await _journal_lines(plane, grant)
     liability = [
@@ -544,3 +545,21 @@ async def test_a_change_cut_by_a_crash_is_finished_by_its_retry(
     assert (result.expires_at, result.previous_expires_at, replayed) == (new, old, False)
     assert plane.catalog.grants[grant].expires_at_ns == ns_of_datetime(new)
     assert len(await _audit(plane, grant, "grant.expiry")) == 1
+
+
+async def test_a_process_that_missed_the_notification_does_not_sweep_at_the_old_expiry(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    """Another process's cache still has the old expiry (its notification has not come): its
+    sweep reads the due blocks again from Postgres and leaves the extended block alone."""
+    other = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog(), clock_ns=clock))
+    wallet = await _wallet(plane)
+    grant = await _grant(plane, wallet, "g", expires_at=_now(clock) + dt.timedelta(hours=1))
+    await other.load()
+    new = _now(clock) + dt.timedelta(hours=5)
+    await plane.change_grant_expiry(grant, expires_at=new, tenant=TENANT, key="x", actor="o")
+    assert other.catalog.grants[grant].expires_at_ns != ns_of_datetime(new)  # not heard yet
+    clock.advance(2 * HOUR)
+    assert (await other.sweep(clock())).swept == []
+    assert other.catalog.grants[grant].expires_at_ns == ns_of_datetime(new)
+    assert await _left(plane, grant) == 1000
