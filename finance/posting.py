@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -252,7 +253,9 @@ def _who(
         refund = ctx.refunds.get(entry.operation_id)
         return (refund[1], refund[2] or draft.reason) if refund else (SYSTEM_ACTOR, draft.reason)
     if route is rec.Route.VOID:
-        actor, reason = ctx.voids.get(entry.block_id, (SYSTEM_ACTOR, ""))
+        actor, reason = ctx.voids.get(entry.operation_id) or ctx.voids.get(
+            entry.block_id, (SYSTEM_ACTOR, "")
+        )
         return actor, reason or "void"
     if route is rec.Route.RESTORE and entry.kind == "refund":
         actor, reason = ctx.usage_refunds.get(entry.transfer_id, (SYSTEM_ACTOR, ""))
@@ -415,10 +418,7 @@ class Poster:
             policies=await repo.policies(conn) if fresh else [],
             last_closed=periods[-1].period_start if periods else None,
             refunds=await repo.refunds(conn, refund_ops),
-            voids={
-                block: (actor, reason)
-                for block, actor, reason, _ in await repo.audited(conn, "grant.void", voided)
-            },
+            voids=_voids(await repo.audited(conn, "grant.void", voided)),
             usage_refunds=_refund_legs(
                 await repo.audited(conn, "debit.refund", refunded_debits),
                 {e.transfer_id for e in entries if e.kind == "refund"},
@@ -427,6 +427,21 @@ class Poster:
             functional_currency=self.functional_currency,
             seq=seq,
         )
+
+
+def _voids(
+    audited: Sequence[tuple[int, str, str, dict[str, object]]],
+) -> dict[int, tuple[str, str]]:
+    """(actor, reason) of the voids: a void of part of a block by its operation (its audit
+    row's `void_id`: the transfer's `user_data_128`), a void of what is left by its block."""
+    found: dict[int, tuple[str, str]] = {}
+    for block, actor, reason, details in audited:
+        void_id = details.get("void_id")
+        if isinstance(void_id, str) and void_id:
+            found[uuid.UUID(void_id).int] = (actor, reason)
+        else:
+            found[block] = (actor, reason)
+    return found
 
 
 def _refund_legs(

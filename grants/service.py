@@ -231,6 +231,37 @@ class GrantService:
         (moved,) = await self.ledger.lookup_transfers([sweep.id])
         return SweepResult(grant_id, moved.amount, "voided")
 
+    async def void_part(
+        self, grant: Grant, *, operation_id: int, credits: int, tenant: int
+    ) -> bool:
+        """A void of part of a block: takes exactly `credits` of what it has available to the
+        ledger's voided account, in one transfer (`GRANT_VOID`; id and `user_data_128`: the
+        operation, never the block's id, which only sweeps carry; `user_data_64` 0: it is dated
+        by the engine's time), never a balancing one, so the engine's balance constraint, not a
+        read, keeps it from overdrawing the block. The block stays in force. True once applied
+        (now, or by an earlier attempt: `exists`); False when the engine refused it because the
+        block has less available than that (nothing moved; the same operation stays refused)."""
+        if not 1 <= credits <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        transfer = Transfer(
+            id=operation_id,
+            debit_account_id=grant.id,
+            credit_account_id=system_account_id(grant.ledger, AccountCode.VOIDED),
+            amount=credits,
+            user_data_128=operation_id,
+            user_data_64=0,
+            user_data_32=tenant,
+            ledger=grant.ledger,
+            code=TransferCode.GRANT_VOID,
+            flags=TransferFlags.NONE,
+        )
+        (result,) = await self.ledger.create_transfers([transfer])
+        if result.status in (S.CREATED, S.EXISTS):
+            return True
+        if result.status in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED):
+            return False
+        raise IdempotencyConflict(f"grant void refused: {result.status.name}")
+
     async def left(self, grant_id: int) -> tuple[int, int] | None:
         """What is left of a block, not held by reservations, as the engine has it now, and
         the block's tenant (its account's `user_data_32`); None without an account."""
@@ -436,7 +467,9 @@ class GrantService:
 
     async def _finished_blocks(self, accounts: list[int]) -> dict[int, Transfer]:
         """Among `accounts`, the grant accounts the sweep has finished: block -> its last
-        sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry)."""
+        sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry). A sweep names its
+        block in `user_data_128`; a void of part of a block (`void_part`) names its operation,
+        and is no sweep."""
         found: dict[int, Transfer] = {}
         for account in await self.ledger.lookup_accounts(accounts) if accounts else []:
             if account.code != AccountCode.GRANT:
@@ -445,7 +478,7 @@ class GrantService:
                 sweeps = await self.ledger.get_account_transfers(
                     AccountFilter(
                         account_id=account.id,
-                        user_data_128=0,
+                        user_data_128=account.id,
                         user_data_64=0,
                         user_data_32=0,
                         code=code,

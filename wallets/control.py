@@ -31,12 +31,16 @@ import msgspec
 
 from grants.errors import (
     Conflict,
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
+    GrantNotChangeable,
     GrantNotRefundable,
     IdempotencyConflict,
     InvalidRequest,
     LedgerUnavailableError,
     NotFound,
     RefundExceedsAvailable,
+    VoidExceedsAvailable,
 )
 from grants.model import Category, Grant, Source
 from grants.service import (
@@ -79,6 +83,7 @@ from ledger.repositories import (
     catalog,
     credit_types,
     customers,
+    finance,
     grant_refunds,
     grants,
     idempotency,
@@ -145,6 +150,14 @@ class GrantRefundResult(msgspec.Struct, frozen=True):
     credits: int
     refund_minor: int
     currency: str
+
+
+class GrantExpiryResult(msgspec.Struct, frozen=True):
+    """A change of a block's expiry, applied."""
+
+    grant_id: int
+    expires_at: dt.datetime | None  # the new expiry (None: never)
+    previous_expires_at: dt.datetime | None
 
 
 class ReconcileFailure(msgspec.Struct, frozen=True):
@@ -833,6 +846,7 @@ class ControlPlane:
     async def sweep(self, at_ns: int) -> SweepReport:
         """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are
         'expired' in Postgres, so that no later cache load brings them back."""
+        await self._refresh_expired(at_ns)
         report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():
@@ -841,6 +855,23 @@ class ControlPlane:
                         conn, grant_id, GrantState.EXPIRED, expected=[GrantState.ACTIVE]
                     )
         return report
+
+    async def _refresh_expired(self, at_ns: int) -> None:
+        """The cached blocks that are past their expiry at `at_ns`, read again from Postgres
+        before the sweep moves them: an expiry changed in another process
+        (`change_grant_expiry`) whose notification has not arrived yet must not have a block
+        swept at its old expiry. Only those blocks: few, and one query."""
+        due = {g.id: g for g in self.catalog.grants.values() if g.expired(at_ns)}
+        if not due:
+            return
+        async with self.pool.connection() as conn:
+            rows = await grants.get_grants(conn, list(due))
+        for row in rows:
+            fresh = _grant(row)
+            cached = self.catalog.grants.get(row.id)
+            # Unless a notification put a newer row meanwhile (then the cache is right).
+            if row.state is GrantState.ACTIVE and cached is due[row.id] and cached != fresh:
+                self.catalog.put_grant(fresh)
 
     async def advance_to(self, at_ns: int) -> SweepReport:
         """What the clock's reaching `at_ns` brings, done before this returns (a test clock's
@@ -853,9 +884,22 @@ class ControlPlane:
         return await self.sweep(at_ns)
 
     async def void_grant(
-        self, grant_id: int, *, tenant: int, key: str, actor: str, reason: str | None = None
+        self,
+        grant_id: int,
+        *,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+        amount: int | None = None,
     ) -> tuple[SweepResult, bool]:
-        """Voids what is left of a block, once per key; later returns are voided by sweeps."""
+        """Voids what is left of a block, once per key; later returns are voided by sweeps.
+        With an `amount`: voids exactly that many of the credits the block has available now
+        (`_void_part`), and the block stays in force."""
+        if amount is not None:
+            return await self._void_part(
+                grant_id, amount=amount, tenant=tenant, key=key, actor=actor, reason=reason
+            )
 
         async def first(conn: Connection) -> None:
             row = await grants.set_grant_state(
@@ -888,6 +932,167 @@ class ControlPlane:
             first=first,
             then=then,
             result_type=SweepResult,
+        )
+
+    async def _void_part(
+        self, grant_id: int, *, amount: int, tenant: int, key: str, actor: str, reason: str | None
+    ) -> tuple[SweepResult, bool]:
+        """A void of `amount` credits of a block, once per key: checked against what the block
+        has available (409 void_exceeds_available, with `available`) and audited in the
+        claiming transaction, then one `GRANT_VOID` transfer of exactly `amount` (its id derived
+        from the key) that the engine refuses, moving nothing, should a debit have taken the
+        credits in between: the engine's balance constraint keeps the block from being
+        overdrawn, not the read. The block stays 'active'. No row of its own: the transfer is
+        the record (the projection's `void` entry, finance's breakage)."""
+        if not 1 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+        void_id = derive_id("grant/void-part", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await grants.get_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            _changeable(row, datetime_of_ns(self.service.clock_ns()), "voided in part")
+            found = await self.grant_service.left(grant_id)
+            available = 0 if found is None else found[0]
+            if amount > available:
+                raise VoidExceedsAvailable(
+                    f"grant {id_text(grant_id)} has {available} credits available to void, "
+                    f"fewer than {amount}",
+                    field="amount",
+                    available=available,
+                )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.void",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={"void_id": id_text(void_id), "amount": str(amount)},
+            )
+
+        async def then() -> SweepResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+            assert row is not None
+            found = await self.grant_service.left(grant_id)
+            applied = found is not None and await self.grant_service.void_part(
+                _grant(row), operation_id=void_id, credits=amount, tenant=found[1]
+            )
+            if not applied:
+                available = 0 if found is None else found[0]
+                raise VoidExceedsAvailable(
+                    f"void of grant {id_text(grant_id)} refused: the block had fewer than "
+                    f"{amount} credits available when the void reached the ledger",
+                    field="amount",
+                    available=available,
+                )
+            return SweepResult(grant_id, amount, "voided")
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.void",
+            request={"grant_id": str(grant_id), "reason": reason, "amount": str(amount)},
+            first=first,
+            then=then,
+            result_type=SweepResult,
+        )
+
+    async def change_grant_expiry(
+        self,
+        grant_id: int,
+        *,
+        expires_at: dt.datetime | None,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+    ) -> tuple[GrantExpiryResult, bool]:
+        """Extends, shortens or removes (None) the expiry of a block in force, once per key.
+        Returns (outcome, replayed).
+
+        Refused: a block expired by the service's clock, voided or not issued (409
+        grant_not_changeable); a new expiry at or before now (422 expiry_in_past: the change
+        never reaches into the past, so the block's history reads the same under either
+        expiry), or at or before its effective time (422 expiry_not_after_effective).
+
+        Where the expiry lives, all changed in one transaction under the grant's row lock: the
+        grants row (every process's cache learns it through grants_notify: burn order, the spend
+        path, the sweep), finance_blocks (the aging report; taken under finance's state lock so
+        that a poster batch cannot insert the block with the old one), the audit log (old and
+        new). The engine holds no expiry on the block's account (its user_data_64 is the
+        effective time): only sweeps carry one, written when they run, so they carry the new
+        one. Then this process's cache (a replay does it again: idempotent)."""
+        business_time_ns(expires_at, "expires_at")
+        change_id = derive_id("grant/expiry", tenant, key)
+        previous: list[dt.datetime | None] = []
+
+        async def first(conn: Connection) -> None:
+            row = await grants.lock_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            now = datetime_of_ns(self.service.clock_ns())
+            _changeable(row, now, "given a new expiry")
+            if expires_at is not None and expires_at <= row.effective_at:
+                raise ExpiryNotAfterEffective(
+                    f"expires_at must be after the grant's effective_at "
+                    f"({row.effective_at.isoformat()})",
+                    field="expires_at",
+                )
+            if expires_at is not None and expires_at <= now:
+                raise ExpiryInPast(
+                    f"expires_at must be after now ({now.isoformat()})", field="expires_at"
+                )
+            await finance.lock_state(conn)
+            changed = await grants.set_grant_expiry(conn, grant_id, expires_at)
+            assert changed is not None  # locked, and active (_changeable)
+            await finance.set_block_expiry(conn, grant_id, expires_at)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.expiry",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={
+                    "change_id": id_text(change_id),
+                    "previous_expires_at": _iso(row.expires_at),
+                    "expires_at": _iso(expires_at),
+                },
+            )
+            previous.append(row.expires_at)
+
+        async def then() -> GrantExpiryResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+                if not previous:  # an earlier attempt claimed the key: its audit row says
+                    entries = await audit.list_for_object(conn, "grant", grant_id)
+                    details = next(
+                        (
+                            e.details
+                            for e in entries
+                            if e.action == "grant.expiry"
+                            and e.details.get("change_id") == id_text(change_id)
+                        ),
+                        {},
+                    )
+                    was = details.get("previous_expires_at")
+                    previous.append(None if was is None else dt.datetime.fromisoformat(was))
+            assert row is not None
+            if row.state is GrantState.ACTIVE:  # the row as it is now: right to cache
+                self.catalog.put_grant(_grant(row))
+            return GrantExpiryResult(grant_id, expires_at, previous[0])
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.expiry",
+            request={"grant_id": str(grant_id), "expires_at": _iso(expires_at), "reason": reason},
+            first=first,
+            then=then,
+            result_type=GrantExpiryResult,
         )
 
     async def refund_grant(
@@ -1672,6 +1877,22 @@ def _refundable(row: grants.Grant, now: dt.datetime) -> None:
         raise GrantNotRefundable(
             f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
             "expired nor been voided is refunded",
+            state=state,
+        )
+
+
+def _iso(at: dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(dt.UTC).isoformat()
+
+
+def _changeable(row: grants.Grant, now: dt.datetime, what: str) -> None:
+    """Refuses (409 grant_not_changeable) a change of a block that is not in force at `now`:
+    expired (by its expiry, swept or not), voided, or not issued (pending, abandoned)."""
+    state = grants.block_state(row, now) if row.state is GrantState.ACTIVE else row.state.value
+    if state not in ("active", "upcoming"):
+        raise GrantNotChangeable(
+            f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
+            f"expired nor been voided can be {what}",
             state=state,
         )
 

@@ -752,7 +752,7 @@ class PlanService:
         if row.voided > 0:
             assert row.void_grant_id is not None
             try:
-                await self.control.void_grant(  # type: ignore[call-arg]
+                await self.control.void_grant(
                     row.void_grant_id,
                     tenant=SYSTEM_TENANT,
                     key=void_key(row.id),

@@ -231,6 +231,9 @@ def block_of(account: Account, transfers: Iterable[Transfer], catalog: Catalog) 
         for t in transfers
         if t.debit_account_id == account.id
         and t.code in (TransferCode.EXPIRE, TransferCode.GRANT_VOID)
+        # A sweep names its block; a void of part of a block names its operation and leaves
+        # the block in force (ControlPlane.void_grant with an amount).
+        and t.user_data_128 == account.id
     ]
     voided_at = next((t.timestamp for t in sweeps if t.code == TransferCode.GRANT_VOID), None)
     grant = catalog.grants.get(account.id)

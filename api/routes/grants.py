@@ -1,4 +1,5 @@
-"""The credit-block routes: issue, read, void, refund in money; and usage refunds of a debit."""
+"""The credit-block routes: issue, read, void (all or part), change of expiry, refund in money;
+and usage refunds of a debit."""
 
 from __future__ import annotations
 
@@ -64,7 +65,19 @@ OPS = {
     ),
     "get_grant": operation(*READ_PROBLEMS, idempotent=False),
     "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
-    "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
+    "void_grant": operation(
+        *ADMIN_PROBLEMS,
+        "void_exceeds_available",
+        "grant_not_changeable",
+        example={"amount": 300, "reason": "chargeback"},
+    ),
+    "change_grant_expiry": operation(
+        *ADMIN_PROBLEMS,
+        "grant_not_changeable",
+        "expiry_in_past",
+        "expiry_not_after_effective",
+        example={"expires_at": "2027-06-30T00:00:00Z", "reason": "extended as a courtesy"},
+    ),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
     "refund_grant": operation(
         *ADMIN_PROBLEMS,
@@ -237,7 +250,13 @@ async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantP
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
-    "are voided when they come back. The body (a reason) may be left out.",
+    "are voided when they come back; the grant is voided. The body may be left out. With an "
+    "`amount`: void exactly that many of the credits the grant has available now (credits "
+    "held by reservations are not), and the grant stays active with the rest: more than is "
+    "available is 409 void_exceeds_available with the `available` credits, and nothing moves "
+    "(a spend that takes the credits first makes the void refused, never the block "
+    "overdrawn). An expired, voided or not yet issued grant is 409 grant_not_changeable. "
+    "Finance books a void of a paid grant as breakage when it happens. Audited.",
 )
 async def void_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
@@ -249,9 +268,53 @@ async def void_grant(
     gid = parse_id(grant_id, "grant_id")
     own(principal, await _grant_customer(services, gid), "grant")
     result, replayed = await services.control.void_grant(
-        gid, tenant=principal.tenant, key=key_of(request), actor=principal.name, reason=data.reason
+        gid,
+        tenant=principal.tenant,
+        key=key_of(request),
+        actor=principal.name,
+        reason=data.reason,
+        amount=data.amount,
     )
     return reply(w.VoidOut(grant_id=grant_id, voided=result.amount), replayed)
+
+
+@post(
+    "/v1/grants/{grant_id:str}/expiry",
+    operation_class=OPS["change_grant_expiry"],
+    dependencies=documented_body(w.GrantExpiryIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["grants"],
+    description="Change a grant's expiry: extend it, shorten it, or remove it (`expires_at` "
+    "null: it never expires). The new expiry must be after now (the service's clock: a "
+    "sandbox's test clock) and after the grant's effective_at (422 expiry_in_past, "
+    "expiry_not_after_effective); an expired, voided or not yet issued grant is 409 "
+    "grant_not_changeable. From then on spends, burn order, the expiry sweep and finance "
+    "(its breakage date, the aging report) go by the new expiry. Audited with the old and "
+    "the new expiry; the answer names both.",
+)
+async def change_grant_expiry(
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
+) -> Response[w.GrantExpiryOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.GrantExpiryIn)
+    services = services_of(state)
+    gid = parse_id(grant_id, "grant_id")
+    own(principal, await _grant_customer(services, gid), "grant")
+    result, replayed = await services.control.change_grant_expiry(
+        gid,
+        expires_at=data.expires_at,
+        tenant=principal.tenant,
+        key=key_of(request),
+        actor=principal.name,
+        reason=data.reason,
+    )
+    body = w.GrantExpiryOut(
+        grant_id=grant_id,
+        expires_at=result.expires_at,
+        previous_expires_at=result.previous_expires_at,
+    )
+    return reply(body, replayed)
 
 
 @post(
@@ -344,6 +407,7 @@ ROUTES = [
     get_grant,
     list_grants,
     void_grant,
+    change_grant_expiry,
     refund_grant,
     refund,
 ]

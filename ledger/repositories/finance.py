@@ -415,6 +415,19 @@ async def save_blocks(conn: Connection, rows: Sequence[Block]) -> None:
         )
 
 
+async def set_block_expiry(conn: Connection, block_id: int, expires_at: dt.datetime | None) -> bool:
+    """A block's new expiry (a change of its grant's, in the same transaction): the aging
+    report reads it. Take `lock_state` first, so that a poster batch that has read the grant's
+    old row cannot insert the block after this. Closed periods' snapshots
+    (finance_period_blocks) keep the expiry they were closed with. False: finance has not met
+    the block yet (it reads the grant's row when it does)."""
+    cursor = await conn.execute(
+        "UPDATE finance_blocks SET expires_at = %s WHERE block_id = %s",
+        (expires_at, _uuid(block_id)),
+    )
+    return cursor.rowcount > 0
+
+
 # -- journals --------------------------------------------------------------------------------------
 
 _JOURNAL_COLUMNS: Final = (

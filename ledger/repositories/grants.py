@@ -161,6 +161,16 @@ async def get_grant(conn: Connection, id: int) -> Grant | None:
     return None if row is None else _row(row)
 
 
+async def get_grants(conn: Connection, ids: Collection[int]) -> list[Grant]:
+    """The grants with these ids (those that exist), by id."""
+    if not ids:
+        return []
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = ANY(%s) ORDER BY id", (uuids(ids),)
+    )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
 async def list_grants_for_wallets(
     conn: Connection,
     wallet_ids: Collection[int],
@@ -270,6 +280,27 @@ async def set_grant_state(
             f"UPDATE grants SET state = %s WHERE id = %s AND state = ANY(%s) RETURNING {_COLUMNS}",
             (state.value, to_uuid(id), [s.value for s in expected]),
         )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def lock_grant(conn: Connection, id: int) -> Grant | None:
+    """The grant, row-locked until the transaction ends (changes of one grant, one at a time)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = %s FOR UPDATE", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def set_grant_expiry(conn: Connection, id: int, expires_at: datetime | None) -> Grant | None:
+    """A new expiry (None: never) of an active grant; None when it is not active. The schema
+    still requires it after effective_at. Every process learns it through grants_notify."""
+    cursor = await conn.execute(
+        f"UPDATE grants SET expires_at = %s WHERE id = %s AND state = 'active'"
+        f" RETURNING {_COLUMNS}",
+        (expires_at, to_uuid(id)),
+    )
     row = await cursor.fetchone()
     return None if row is None else _row(row)
 

@@ -341,11 +341,6 @@ async def test_changing_to_the_same_plan_or_a_cancelled_subscription_is_refused(
         await world.plans.pause(sub, actor="t", tenant=0, key="pause")
 
 
-@pytest.mark.xfail(
-    reason="a partial void (ControlPlane.void_grant(..., amount=n)) comes with the "
-    "grant-changes branch, not merged here yet",
-    strict=False,
-)
 async def test_a_downgrade_mid_period_voids_the_difference(world: World) -> None:
     big, small = await world.plan(400), await world.plan(100, prorate=True)
     world.move_to(_d(3, 31))

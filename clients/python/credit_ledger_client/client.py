@@ -68,6 +68,8 @@ from credit_ledger_client.schemas import (
     FundingOut,
     GrantBlockOut,
     GrantDetailOut,
+    GrantExpiryIn,
+    GrantExpiryOut,
     GrantIn,
     GrantOut,
     GrantPage,
@@ -130,7 +132,9 @@ __all__ = [
     "ConflictError",
     "CreditApiError",
     "CreditClient",
+    "ExpiryRefusedError",
     "ForbiddenError",
+    "GrantNotChangeableError",
     "GrantNotRefundableError",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
@@ -153,6 +157,7 @@ __all__ = [
     "UnauthorizedError",
     "UnexpectedResponseError",
     "ValidationError",
+    "VoidExceedsAvailableError",
 ]
 
 T = TypeVar("T")
@@ -290,6 +295,21 @@ class SubscriptionCancelledError(ConflictError):
     """409: a change of a cancelled subscription (it gets no further allocation)."""
 
 
+class VoidExceedsAvailableError(ConflictError):
+    """409: a void of part of a grant of more credits than it has available; `available` is
+    what it has (nothing was voided)."""
+
+    @property
+    def available(self) -> int | None:
+        value = self.extra.get("available")
+        return value if isinstance(value, int) else None
+
+
+class GrantNotChangeableError(ConflictError):
+    """409: a void of part of a grant, or a change of its expiry, when it is expired, voided or
+    not issued."""
+
+
 class NotFoundError(CreditApiError):
     pass
 
@@ -307,6 +327,11 @@ class ValidationError(CreditApiError):
     def field(self) -> str | None:
         value = self.extra.get("field")
         return value if isinstance(value, str) else None
+
+
+class ExpiryRefusedError(ValidationError):
+    """422: a grant's new expiry is not after now (`expiry_in_past`) or not after its
+    effective_at (`expiry_not_after_effective`)."""
 
 
 class UnauthorizedError(CreditApiError):
@@ -347,6 +372,10 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "grant_not_refundable": GrantNotRefundableError,
     "subscription_cancelled": SubscriptionCancelledError,
     "refund_exceeds_available": RefundExceedsAvailableError,
+    "void_exceeds_available": VoidExceedsAvailableError,
+    "grant_not_changeable": GrantNotChangeableError,
+    "expiry_in_past": ExpiryRefusedError,
+    "expiry_not_after_effective": ExpiryRefusedError,
     "not_found": NotFoundError,
     "validation_error": ValidationError,
     "unauthorized": UnauthorizedError,
@@ -1007,8 +1036,17 @@ class CreditClient:
     def void_grant(
         self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
     ) -> VoidOut:
+        """Void what is left of a grant, or exactly `body.amount` of what it has available
+        (the grant stays active)."""
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return self._send(_post(path, body, VoidOut, idempotency_key))
+
+    def change_grant_expiry(
+        self, grant_id: str, body: GrantExpiryIn, *, idempotency_key: str | None = None
+    ) -> GrantExpiryOut:
+        """Extend, shorten or remove (`body.expires_at` None) a grant's expiry."""
+        path = f"/v1/grants/{_segment(grant_id)}/expiry"
+        return self._send(_post(path, body, GrantExpiryOut, idempotency_key))
 
     def refund_grant(
         self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None
@@ -1404,6 +1442,12 @@ class AsyncCreditClient:
     ) -> VoidOut:
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return await self._send(_post(path, body, VoidOut, idempotency_key))
+
+    async def change_grant_expiry(
+        self, grant_id: str, body: GrantExpiryIn, *, idempotency_key: str | None = None
+    ) -> GrantExpiryOut:
+        path = f"/v1/grants/{_segment(grant_id)}/expiry"
+        return await self._send(_post(path, body, GrantExpiryOut, idempotency_key))
 
     async def refund_grant(
         self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None

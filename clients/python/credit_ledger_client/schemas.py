@@ -495,12 +495,30 @@ class GrantPage(Page):
 
 
 class VoidIn(Strict):
+    """A void of a grant: of all that is left of it (`amount` left out), or of exactly `amount`
+    of the credits it has available now (the grant stays active)."""
+
+    amount: AMOUNT | None = None
     reason: REASON | None = None
 
 
 class VoidOut(Out):
     grant_id: str
     voided: int
+
+
+class GrantExpiryIn(Strict):
+    """A grant's new expiry: `expires_at` (required; null: it never expires), after now and
+    after its effective_at."""
+
+    expires_at: TIME | None
+    reason: REASON | None = None
+
+
+class GrantExpiryOut(Out):
+    grant_id: str
+    expires_at: dt.datetime | None  # the new expiry (null: never)
+    previous_expires_at: dt.datetime | None
 
 
 class GrantRefundIn(Strict):
