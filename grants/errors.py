@@ -79,6 +79,13 @@ class OccurredAtOutOfRange(InvalidRequest):
     code = "occurred_at_out_of_range"
 
 
+class InvalidRolloverPolicy(InvalidRequest):
+    """A grant's rollover policy that cannot be carried out: max_credits below min_credits, a
+    negative bound, an expires_at not after the block's, a block that never expires."""
+
+    code = "invalid_rollover_policy"
+
+
 class ClockBackwards(CreditError):
     """A test clock moves forward only."""
 
@@ -100,6 +107,7 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     NotFound,
     InvalidRequest,
     OccurredAtOutOfRange,
+    InvalidRolloverPolicy,
     ClockBackwards,
     LedgerUnavailableError,
     GrantNotRefundable,

@@ -48,6 +48,7 @@ async def test_the_packaged_migrations_apply_once(
             "0009_finance",
             "0010_grant_refunds",
             "0011_events",
+            "0016_rollover",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -83,6 +84,7 @@ async def test_the_packaged_migrations_apply_once(
             "finance",
             "grant_refunds",
             "events",
+            "rollover",
         ]
         assert rows[0][3].tzinfo is not None
     finally:
