@@ -42,3 +42,12 @@ CREATE INDEX grants_source_grant_idx ON grants (source_grant_id)
     WHERE source_grant_id IS NOT NULL;
 -- The abandoned state (migration 0004's operators' way out) is reused for a rollover block
 -- the engine refused.
+
+-- The projection: a ROLLOVER transfer is an entry of kind 'rollover' on each block (amount
+-- negative on the source, positive on the rollover block); no consumption, so no rollup.
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_check;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind_check CHECK (kind IN (
+    'grant', 'debit', 'reserve', 'settle', 'release', 'timeout', 'expire', 'void', 'refund',
+    'refund_out', 'overdraft_draw', 'overdraft_repay', 'overdraft_limit', 'budget_usage',
+    'budget_limit', 'correction', 'rollover'
+));

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,9 +22,15 @@ from ledger.ids import system_account_id
 from ledger.repositories import grants as grant_rows
 from ledger.repositories.grants import GrantState, RolloverState
 from ledger.repositories.resources import ResourceKind
-from tests.integration.projection_support import clocked_plane, january_clock, own_pool
+from tests.integration.projection_support import (
+    assert_reconciled,
+    clocked_plane,
+    january_clock,
+    own_pool,
+)
 from wallets.catalog import Wallet
 from wallets.control import ControlPlane, GrantRequest, rollover_block_id, rollover_floor_id
+from wallets.projection import ProjectionFeed
 
 pytestmark = pytest.mark.anyio
 TENANT = 7
@@ -344,3 +351,45 @@ async def test_the_rollover_transfer_names_its_source(
         50,
         source,
     )
+
+
+async def test_the_projection_has_the_rollover_on_both_blocks_and_reconciles(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    wallet = await wallet_of(plane)
+    source = await issue(plane, clock, wallet, "g", 100, max_credits=50, min_credits=0)
+    floored = await issue(plane, clock, wallet, "f", 10, max_credits=30, min_credits=25)
+    await spend(plane, wallet, "d", 10)  # burn order: from one of them
+    clock.advance(3600)
+    held = await plane.service.reserve(
+        tenant=TENANT, key="r", amount=5, ledger=LEDGER, wallet_id=wallet.id, timeout_s=86_400
+    )
+    clock.advance(86_400 - 3600)
+    await plane.sweep(clock())
+    await plane.service.release(tenant=TENANT, key="x", reservation_id=held.reservation_id)
+    await plane.sweep(clock())
+    await spend(plane, wallet, "after", 7)
+    feed = ProjectionFeed(plane.service.ledger, plane.pool, clock_ns=clock)
+    await feed.catch_up()
+    async with plane.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT account_id, amount, code, operation_id FROM ledger_entries"
+            " WHERE kind = 'rollover' ORDER BY amount"
+        )
+        entries = [
+            (uuid.UUID(str(a)).int, int(n), c, uuid.UUID(str(o)).int)
+            for a, n, c, o in await cursor.fetchall()
+        ]
+        usage = await conn.execute(
+            "SELECT coalesce(sum(credits), 0) FROM usage_rollups WHERE grain = 'day'"
+        )
+        (used,) = await usage.fetchone() or (0,)
+    carried = {e[0]: e[1] for e in entries}
+    for src in (source, floored):
+        taken = -carried.get(src, 0)
+        if taken:
+            assert carried[rollover_block_id(src)] == taken
+    assert all(e[2] == TransferCode.ROLLOVER for e in entries)
+    assert {e[3] for e in entries} <= {source, floored}
+    assert int(used) == 10 + 7  # the rollover is no usage
+    await assert_reconciled(plane)
