@@ -51,3 +51,17 @@ ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind_check CHECK (kind 
     'refund_out', 'overdraft_draw', 'overdraft_repay', 'overdraft_limit', 'budget_usage',
     'budget_limit', 'correction', 'rollover'
 ));
+
+-- Finance (finance/README.md "Rollover"): a rollover is neither revenue nor breakage. Each
+-- block's journal of kind 'rollover' moves the value through 2190 (rollover clearing): the
+-- source's Dr 2100 / Cr 2190, its rollover block's Dr 2190 / Cr 2100; promotional blocks have
+-- memo rows 'rolled_over' (the source) and 'rolled_in' (the rollover block).
+ALTER TABLE finance_journals DROP CONSTRAINT finance_journals_kind_check;
+ALTER TABLE finance_journals ADD CONSTRAINT finance_journals_kind_check CHECK (kind IN (
+    'purchase', 'usage', 'breakage', 'refund', 'correction', 'rollover'
+));
+ALTER TABLE finance_memo DROP CONSTRAINT finance_memo_kind_check;
+ALTER TABLE finance_memo ADD CONSTRAINT finance_memo_kind_check CHECK (kind IN (
+    'granted', 'consumed', 'expired', 'voided', 'restored', 'refunded', 'rolled_over',
+    'rolled_in'
+));
