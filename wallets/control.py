@@ -202,6 +202,8 @@ class ControlPlane:
         )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        # The most rollovers one sweep carries out (the rest wait for the next, unswept).
+        self.rollover_batch = ROLLOVER_BATCH_MAX
         # Open reconciliation failures, as of this process's last pass (a metric).
         self.reconcile_failures_open = 0
 
@@ -856,7 +858,7 @@ class ControlPlane:
         (GrantService.sweep, which leaves a block alone while its rollover is not done), then
         the blocks that are done are 'expired' in Postgres, so that no later cache load brings
         them back."""
-        rolled = await self.roll_over_due(at_ns)
+        rolled = await self.roll_over_due(at_ns, limit=self.rollover_batch)
         report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():

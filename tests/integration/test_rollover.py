@@ -28,9 +28,10 @@ from tests.integration.projection_support import (
     january_clock,
     own_pool,
 )
-from wallets.catalog import Wallet
+from wallets.catalog import Catalog, Wallet
 from wallets.control import ControlPlane, GrantRequest, rollover_block_id, rollover_floor_id
 from wallets.projection import ProjectionFeed
+from wallets.service import CreditService
 
 pytestmark = pytest.mark.anyio
 TENANT = 7
@@ -255,8 +256,12 @@ async def test_two_sweeps_at_once_do_not_double(plane: ControlPlane, clock: Manu
     ]
     await spend(plane, wallet, "d", 100 + 60)  # left: 0, 40, 100, 100 (in burn order)
     clock.advance(86_400)
-    await asyncio.gather(*(plane.sweep(clock()) for _ in range(3)))
+    # Another process: its own cache and grant service, the same engine and database.
+    other = ControlPlane(plane.pool, CreditService(plane.service.ledger, Catalog(), clock_ns=clock))
+    await other.load()
+    await asyncio.gather(*(p.sweep(clock()) for p in (plane, other, plane, other)))
     await plane.sweep(clock())
+    await other.sweep(clock())
     taken = floor = 0
     async with plane.pool.connection() as conn:
         for source in sources:
@@ -393,3 +398,50 @@ async def test_the_projection_has_the_rollover_on_both_blocks_and_reconciles(
     assert {e[3] for e in entries} <= {source, floored}
     assert int(used) == 10 + 7  # the rollover is no usage
     await assert_reconciled(plane)
+
+
+async def test_one_sweep_rolls_over_a_bounded_number_and_leaves_the_rest_unswept(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    wallet = await wallet_of(plane)
+    sources = [await issue(plane, clock, wallet, f"g{i}", 10, max_credits=4) for i in range(3)]
+    clock.advance(86_400)
+    plane.rollover_batch = 2
+    report = await plane.sweep(clock())
+    assert len(report.rolled_over) == 2
+    waiting = [s for s in sources if s not in {r.source_id for r in report.rolled_over}]
+    assert len(waiting) == 1
+    assert await balance(plane, waiting[0]) == (10, 0, 0)  # not swept while its rollover waits
+    assert await breakage(plane) == 2 * 6
+    report = await plane.sweep(clock())
+    assert [r.source_id for r in report.rolled_over] == waiting
+    assert await breakage(plane) == 3 * 6
+    assert (await plane.sweep(clock())).rolled_over == []
+
+
+async def test_a_source_voided_between_the_rows_and_the_ledger_is_refused(
+    plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet = await wallet_of(plane)
+    source = await issue(plane, clock, wallet, "g", 100, max_credits=60)
+    clock.advance(86_400)
+
+    async def crash(*args: Any, **kw: Any) -> bool:
+        raise RuntimeError("crash before the ledger")
+
+    monkeypatch.setattr(plane, "_roll_over_ledger", crash)
+    await plane.sweep(clock())
+    monkeypatch.undo()
+    await plane.void_grant(source, tenant=TENANT, key="v", actor="a")
+    report = await plane.sweep(clock())
+    (rolled,) = report.rolled_over
+    assert rolled.refused
+    async with plane.pool.connection() as conn:
+        (block,) = await grant_rows.rollover_blocks(conn, source)
+        row = await grant_rows.get_grant(conn, source)
+    assert block.state is GrantState.ABANDONED
+    assert row is not None and row.rollover is not None
+    assert row.rollover.state is RolloverState.REFUSED
+    assert await balance(plane, source) == (100, 100, 0)  # all of it voided
+    assert await balance(plane, block.id) == (0, 0, 0)
+    assert (await plane.sweep(clock())).rolled_over == []
