@@ -112,6 +112,11 @@ async def _history(
     await svc.debit(tenant=TENANT, key="d1", amount=333, ledger=LEDGER, wallet_id=wallet)
     clock.advance(10 * 86_400)  # the source expires with 667 left: 500 roll over
     await plane.sweep(clock())
+    async with plane.pool.connection() as conn:  # finance goes by the value moved, not the row
+        await conn.execute(
+            "UPDATE grants SET consideration_minor = 1 WHERE id = %s",
+            (uuid.UUID(int=rollover_block_id(source)),),
+        )
     await svc.debit(tenant=TENANT, key="d2", amount=123, ledger=LEDGER, wallet_id=wallet)
     clock.advance(30 * 86_400)  # the rollover block expires with 377 left
     await plane.sweep(clock())
