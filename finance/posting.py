@@ -56,6 +56,8 @@ _MEMO_KINDS: dict[rec.Route, str] = {
     rec.Route.EXPIRE: "expired",
     rec.Route.VOID: "voided",
     rec.Route.REFUND: "refunded",
+    rec.Route.ROLLOVER_OUT: "rolled_over",
+    rec.Route.ROLLOVER_IN: "rolled_in",
 }
 # How far a usage refund's legs are looked for among its operation's legs (a refund has a
 # header and one leg per block it gives back to).
@@ -69,6 +71,8 @@ RUNTIME_ACTOR = "runtime"
 def route_of(entry: repo.BlockEntry) -> rec.Route:
     if entry.kind == "correction":
         return rec.Route.RESTORE if entry.amount > 0 else rec.Route.USAGE
+    if entry.kind == "rollover":
+        return rec.Route.ROLLOVER_IN if entry.amount > 0 else rec.Route.ROLLOVER_OUT
     return _ROUTES[entry.kind]
 
 
@@ -187,13 +191,42 @@ class _Context:
     journals: list[repo.Journal] = field(default_factory=list)
     memo: list[repo.MemoRow] = field(default_factory=list)
     changed: dict[int, repo.Block] = field(default_factory=dict)
+    # A rollover's transfer -> the value (in minor units) its source block gave up: its
+    # rollover block's consideration.
+    rolled: dict[int, int] = field(default_factory=dict)
+
+
+_BIRTHS = (rec.Route.GRANT, rec.Route.ROLLOVER_IN)
+
+
+def sources_first(entries: Sequence[repo.BlockEntry]) -> list[repo.BlockEntry]:
+    """The entries in their order, but a rollover's entry on its source block before the one
+    on its rollover block (same transfer, same engine time: the order between them is not
+    the query's), so that the value the source gives up is known when the new block is born."""
+    out = list(entries)
+    sources = {e.transfer_id: i for i, e in enumerate(out) if e.kind == "rollover" and e.amount < 0}
+    for i, e in enumerate(out):
+        j = sources.get(e.transfer_id) if e.kind == "rollover" and e.amount > 0 else None
+        if j is not None and j > i:
+            out[i], out[j] = out[j], out[i]
+            sources[e.transfer_id] = i
+    return out
 
 
 def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
     """Turns entries into journals and memo rows (pure, given the context)."""
-    for entry in entries:
+    for entry in sources_first(entries):
         route = route_of(entry)
         block = ctx.blocks.get(entry.block_id)
+        if route is rec.Route.ROLLOVER_IN and block is None:
+            block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
+            # Born with exactly the value its source gave up, whatever its grants row says
+            # (a source finance never saw gives nothing: then the row's).
+            moved = ctx.rolled.get(entry.transfer_id)
+            if moved is not None:
+                block = msgspec.structs.replace(block, consideration_minor=moved)
+            if block.consideration_minor and block.currency is None:
+                block = msgspec.structs.replace(block, consideration_minor=0)
         if block is None:
             if route is not rec.Route.GRANT:
                 _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
@@ -203,13 +236,18 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             terms = ctx.terms[block.block_id] = terms_of(block, ctx.functional_currency)
         credits = abs(entry.amount)
         refund = ctx.refunds.get(entry.operation_id) if route is rec.Route.REFUND else None
+        before = state_of(block) if route not in _BIRTHS else rec.State()
         drafts, state = rec.apply(
             terms,
-            state_of(block) if route is not rec.Route.GRANT else rec.State(),
+            before,
             route,
             credits,
             refund_minor=None if refund is None else refund[0],
         )
+        if route is rec.Route.ROLLOVER_OUT:
+            ctx.rolled[entry.transfer_id] = (
+                state.value_out_minor - before.value_out_minor if terms.paid else 0
+            )
         block = _with_state(block, state)
         ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block
         period, adjusts = booking(accounting_date(entry), ctx.last_closed)
@@ -262,6 +300,8 @@ def _who(
         return actor, reason or "usage refund"
     if route is rec.Route.EXPIRE:
         return SYSTEM_ACTOR, "expiry" if draft.credits else draft.reason
+    if route in (rec.Route.ROLLOVER_OUT, rec.Route.ROLLOVER_IN):
+        return SYSTEM_ACTOR, draft.reason
     return RUNTIME_ACTOR, entry.kind if draft.kind == "usage" else draft.reason
 
 

@@ -112,6 +112,13 @@ class ExpiryNotAfterEffective(InvalidRequest):
     code = "expiry_not_after_effective"
 
 
+class InvalidRolloverPolicy(InvalidRequest):
+    """A grant's rollover policy that cannot be carried out: max_credits below min_credits, a
+    negative bound, an expires_at not after the block's, a block that never expires."""
+
+    code = "invalid_rollover_policy"
+
+
 class ClockBackwards(CreditError):
     """A test clock moves forward only."""
 
@@ -133,6 +140,7 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     NotFound,
     InvalidRequest,
     OccurredAtOutOfRange,
+    InvalidRolloverPolicy,
     ClockBackwards,
     LedgerUnavailableError,
     GrantNotRefundable,

@@ -3,7 +3,9 @@ reconciliation of the projection against the engine, the finance poster, and the
 allocations.
 
 Invariants:
-- Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
+- Every tick is bounded and idempotent: a sweep first carries out the rollovers that are due
+  (at most ROLLOVER_BATCH_MAX; ledger/README.md "Rollover"), then moves what is available in
+  expired blocks
   (ids derived from the block's balances, so a repeated tick moves nothing twice);
   reconciliation finishes interrupted dual writes, which is idempotent by construction; a check
   of the projection only reads (it appends its run to `projection_checks`) and reads at most
@@ -112,6 +114,12 @@ class Jobs:
         # The service's clock: a sandbox's test clock moves expiries as it moves.
         report = await self.control.sweep(self.control.service.clock_ns())
         self.sweeps += 1
+        if report.rolled_over:
+            _logger.info(
+                "rollover: %d blocks, %d credits carried",
+                len(report.rolled_over),
+                sum(r.taken + r.floor for r in report.rolled_over),
+            )
         if report.swept:
             _logger.info(
                 "expiry sweep: %d blocks, %d credits",

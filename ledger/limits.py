@@ -222,6 +222,10 @@ assert USAGE_GROUP_BY_FIELDS_MAX * (len("dimension:") + DIMENSION_NAME_CHARS_MAX
 )
 assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension a spend carries
 
+# Rollover (wallets/control.py, ControlPlane.roll_over_due): the most blocks one pass rolls
+# over (each: two transactions and one engine round trip); the next tick goes on.
+ROLLOVER_BATCH_MAX = 100
+
 # Finance (finance/posting.py): the most projected entries one posting batch reads (one
 # transaction: its journals, lines, memo rows and block states).
 FINANCE_POST_ENTRIES_MAX = 20_000

@@ -37,16 +37,25 @@ from grants.errors import (
     GrantNotRefundable,
     IdempotencyConflict,
     InvalidRequest,
+    InvalidRolloverPolicy,
     LedgerUnavailableError,
     NotFound,
     RefundExceedsAvailable,
     VoidExceedsAvailable,
 )
-from grants.model import Category, Grant, Source
+from grants.model import (
+    Category,
+    Grant,
+    RolloverPolicy,
+    Source,
+    rollover_consideration,
+    rollover_split,
+)
 from grants.service import (
     GrantService,
     IssueResult,
     RefundResult,
+    RolloverResult,
     SweepReport,
     SweepResult,
     WalletAccounts,
@@ -74,6 +83,7 @@ from ledger.limits import (
     EXCHANGE_RATE_DIGITS_MAX,
     EXCHANGE_RATE_PLACES_MAX,
     MONEY_MINOR_MAX,
+    ROLLOVER_BATCH_MAX,
     U32_MAX,
 )
 from ledger.notify import CatalogChange, listen_catalog_changes
@@ -94,7 +104,7 @@ from ledger.repositories import (
     wallets,
 )
 from ledger.repositories.grant_refunds import RefundState
-from ledger.repositories.grants import GrantState
+from ledger.repositories.grants import GrantState, RolloverState
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.wallet_changes import ChangeState
 from ledger.settings import FUNCTIONAL_CURRENCY_DEFAULT
@@ -140,6 +150,9 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     source: Source = Source.ADMIN
     reason: str | None = None
     external_ref: str | None = None
+    # At the block's expiry, what of it rolls over into new blocks (ledger/README.md
+    # "Rollover"); the block must expire, before the policy's expires_at.
+    rollover: RolloverPolicy | None = None
 
 
 class GrantRefundResult(msgspec.Struct, frozen=True):
@@ -202,6 +215,8 @@ class ControlPlane:
         )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        # The most rollovers one sweep carries out (the rest wait for the next, unswept).
+        self.rollover_batch = ROLLOVER_BATCH_MAX
         # Open reconciliation failures, as of this process's last pass (a metric).
         self.reconcile_failures_open = 0
 
@@ -769,6 +784,14 @@ class ControlPlane:
                     expires_at=request.expires_at,
                     reason=request.reason,
                     external_ref=request.external_ref,
+                    rollover=None
+                    if request.rollover is None
+                    else grants.Rollover(
+                        max_credits=request.rollover.max_credits,
+                        min_credits=request.rollover.min_credits,
+                        expires_at=request.rollover.expires_at,
+                        state=RolloverState.DUE,
+                    ),
                 ),
             )
             await audit.append(
@@ -844,9 +867,12 @@ class ControlPlane:
         return msgspec.structs.replace(accounts, overdraft_limit=now.amount)
 
     async def sweep(self, at_ns: int) -> SweepReport:
-        """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are
-        'expired' in Postgres, so that no later cache load brings them back."""
+        """The rollovers that are due (`roll_over_due`), then the expiry and void sweeps
+        (GrantService.sweep, which leaves a block alone while its rollover is not done), then
+        the blocks that are done are 'expired' in Postgres, so that no later cache load brings
+        them back."""
         await self._refresh_expired(at_ns)
+        rolled = await self.roll_over_due(at_ns, limit=self.rollover_batch)
         report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():
@@ -854,7 +880,198 @@ class ControlPlane:
                     await grants.set_grant_state(
                         conn, grant_id, GrantState.EXPIRED, expected=[GrantState.ACTIVE]
                     )
-        return report
+        return msgspec.structs.replace(report, rolled_over=rolled)
+
+    async def roll_over_due(
+        self, at_ns: int, *, limit: int = ROLLOVER_BATCH_MAX
+    ) -> list[RolloverResult]:
+        """Carries out the rollover of (at most `limit`) blocks past their expiry at `at_ns`
+        whose rollover is not done, oldest expiry first (ledger/README.md "Rollover"). Each is
+        its own dual write: the new blocks' rows 'pending' with their amounts fixed (and the
+        source's rollover 'pending'), then the ledger, then the rows 'active' and the source's
+        rollover 'done'. A pass that finds one unfinished (a crash) finishes it; a block another
+        pass is deciding is skipped (its row lock), and the sweep leaves it alone meanwhile.
+        One block's failure is logged and never holds the others back."""
+        async with self.pool.connection() as conn:
+            due = await grants.rollovers_due(conn, datetime_of_ns(at_ns), limit=limit)
+        done: list[RolloverResult] = []
+        for source_id in due:
+            try:
+                result = await self._roll_over(source_id)
+            except (LedgerUnavailable, LedgerUnavailableError):
+                raise
+            except Exception:
+                _logger.exception("rollover of grant %s failed", id_text(source_id))
+                continue
+            if result is not None:
+                done.append(result)
+        return done
+
+    async def _roll_over(self, source_id: int) -> RolloverResult | None:
+        """One block's rollover, from wherever it stands; None when another pass holds it or
+        it is done."""
+        decided = await self._decide_rollover(source_id)
+        if decided is None:
+            return None
+        source, blocks, tenant, remaining = decided
+        carried = next((b for b in blocks if b.id == rollover_block_id(source.id)), None)
+        floor = next((b for b in blocks if b.id == rollover_floor_id(source.id)), None)
+        result = RolloverResult(
+            source.id,
+            remaining,
+            0 if carried is None else carried.amount,
+            0 if floor is None else floor.amount,
+            None if carried is None else carried.id,
+            None if floor is None else floor.id,
+        )
+        if source.rollover is not None and source.rollover.state is RolloverState.DONE:
+            return result  # nothing to carry: decided and done in one step
+        applied = await self._roll_over_ledger(source, carried, floor, tenant)
+        async with self.pool.connection() as conn, conn.transaction():
+            for block in blocks:
+                await grants.set_grant_state(
+                    conn,
+                    block.id,
+                    GrantState.ACTIVE if applied else GrantState.ABANDONED,
+                    expected=[GrantState.PENDING],
+                )
+            await grants.set_rollover_state(
+                conn,
+                source.id,
+                RolloverState.DONE if applied else RolloverState.REFUSED,
+                expected=[RolloverState.PENDING],
+            )
+        cached = self.catalog.grants.get(source.id)
+        if cached is not None:
+            self.catalog.put_grant(msgspec.structs.replace(cached, rollover_due=False))
+        if not applied:
+            _logger.error(
+                "rollover of grant %s refused: the block had less left than fixed",
+                id_text(source.id),
+            )
+        return msgspec.structs.replace(result, refused=not applied)
+
+    async def _roll_over_ledger(
+        self,
+        source: grants.Grant,
+        carried: grants.Grant | None,
+        floor: grants.Grant | None,
+        tenant: int,
+    ) -> bool:
+        """Step 2 of a rollover: the ledger (GrantService.roll_over). Idempotent."""
+        return await self.grant_service.roll_over(
+            _grant(source),
+            None if carried is None else _grant(carried),
+            None if floor is None else _grant(floor),
+            tenant=tenant,
+        )
+
+    async def _decide_rollover(
+        self, source_id: int
+    ) -> tuple[grants.Grant, list[grants.Grant], int, int] | None:
+        """Step 1 of a rollover, under the source's row lock (skipped when another pass holds
+        it): a block whose rollover is due gets its new blocks' rows, 'pending', with amounts
+        fixed from what the engine has available in it now (after its expiry nothing debits a
+        block, only releases give back to it: what comes back later is swept), and its rollover
+        'pending'; or 'done' at once when nothing is carried (or the block was voided). Returns
+        (the source, its new blocks, the tenant, what was left) for the ledger step; None when
+        there is nothing more to do."""
+        async with self.pool.connection() as conn, conn.transaction():
+            source = await grants.lock_rollover_source(conn, source_id)
+            if source is None or source.rollover is None:
+                return None
+            policy = source.rollover
+            if policy.state is RolloverState.PENDING:
+                found = await self.grant_service.balances(source.id)
+                assert found is not None  # its rows were written once it was on the ledger
+                rows = await grants.rollover_blocks(conn, source.id)
+                taken = sum(b.amount for b in rows if b.id == rollover_block_id(source.id))
+                return source, rows, found.tenant, taken
+            if policy.state is not RolloverState.DUE:
+                return None
+            found = await self.grant_service.balances(source.id)
+            if source.state is not GrantState.ACTIVE or found is None:
+                # Voided (its void took what was left) or never on the ledger: nothing rolls.
+                await grants.set_rollover_state(
+                    conn, source.id, RolloverState.DONE, expected=[RolloverState.DUE]
+                )
+                done = msgspec.structs.replace(
+                    source, rollover=msgspec.structs.replace(policy, state=RolloverState.DONE)
+                )
+                return done, [], 0 if found is None else found.tenant, 0
+            remaining = found.available
+            taken, floor = rollover_split(policy.max_credits, policy.min_credits, remaining)
+            assert source.expires_at is not None  # a policy needs an expiry (the schema's)
+            blocks: list[grants.Grant] = []
+            if taken:
+                credits_out = source.amount - found.posted
+                blocks.append(
+                    await grants.insert_grant(
+                        conn,
+                        grants.NewGrant(
+                            id=rollover_block_id(source.id),
+                            wallet_id=source.wallet_id,
+                            credit_type_id=source.credit_type_id,
+                            amount=taken,
+                            category=source.category,
+                            effective_at=source.expires_at,
+                            source=Source.ROLLOVER,
+                            actor=ROLLOVER_ACTOR,
+                            consideration_minor=rollover_consideration(
+                                source.consideration_minor, source.amount, credits_out, taken
+                            ),
+                            currency=source.currency,
+                            exchange_rate=source.exchange_rate,
+                            priority=source.priority,
+                            expires_at=policy.expires_at,
+                            reason=f"rollover of grant {id_text(source.id)}",
+                            source_grant_id=source.id,
+                        ),
+                    )
+                )
+            if floor:
+                blocks.append(
+                    await grants.insert_grant(
+                        conn,
+                        grants.NewGrant(
+                            id=rollover_floor_id(source.id),
+                            wallet_id=source.wallet_id,
+                            credit_type_id=source.credit_type_id,
+                            amount=floor,
+                            category=Category.PROMOTIONAL,
+                            effective_at=source.expires_at,
+                            source=Source.ROLLOVER,
+                            actor=ROLLOVER_ACTOR,
+                            priority=source.priority,
+                            expires_at=policy.expires_at,
+                            reason=f"rollover floor of grant {id_text(source.id)}",
+                            source_grant_id=source.id,
+                        ),
+                    )
+                )
+            state = RolloverState.PENDING if blocks else RolloverState.DONE
+            await grants.set_rollover_state(conn, source.id, state, expected=[RolloverState.DUE])
+            await audit.append(
+                conn,
+                actor=ROLLOVER_ACTOR,
+                action="grant.rollover",
+                object_type="grant",
+                object_id=source.id,
+                details={
+                    "remaining": str(remaining),
+                    "taken": str(taken),
+                    "floor": str(floor),
+                    "blocks": [id_text(b.id) for b in blocks],
+                },
+            )
+        if not blocks:
+            cached = self.catalog.grants.get(source.id)
+            if cached is not None:
+                self.catalog.put_grant(msgspec.structs.replace(cached, rollover_due=False))
+        source = msgspec.structs.replace(
+            source, rollover=msgspec.structs.replace(policy, state=state)
+        )
+        return source, blocks, found.tenant, remaining
 
     async def _refresh_expired(self, at_ns: int) -> None:
         """The cached blocks that are past their expiry at `at_ns`, read again from Postgres
@@ -1813,6 +2030,38 @@ def _validate_grant(request: GrantRequest) -> None:
         and request.expires_at <= request.effective_at
     ):
         raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+    if request.rollover is not None:
+        validate_rollover(request.rollover, request.expires_at)
+
+
+def validate_rollover(policy: RolloverPolicy, block_expires_at: dt.datetime | None) -> None:
+    """A rollover policy the service can carry out on a block expiring at `block_expires_at`
+    (else 422 invalid_rollover_policy, naming the field)."""
+    if block_expires_at is None:
+        raise InvalidRolloverPolicy(
+            "a block that never expires has nothing to roll over: give it an expires_at",
+            field="rollover",
+        )
+    for name in ("min_credits", "max_credits"):
+        value = getattr(policy, name)
+        if not 0 <= value <= AMOUNT_MAX_REQUEST:
+            raise InvalidRolloverPolicy(
+                f"rollover.{name} must be in 0..{AMOUNT_MAX_REQUEST}", field=f"rollover.{name}"
+            )
+    if policy.max_credits < policy.min_credits:
+        raise InvalidRolloverPolicy(
+            "rollover.max_credits must be at least rollover.min_credits",
+            field="rollover.max_credits",
+        )
+    try:
+        business_time_ns(policy.expires_at, "rollover.expires_at")
+    except InvalidRequest as error:
+        raise InvalidRolloverPolicy(str(error), field="rollover.expires_at") from None
+    if policy.expires_at <= block_expires_at:
+        raise InvalidRolloverPolicy(
+            "rollover.expires_at must be after the block's expires_at",
+            field="rollover.expires_at",
+        )
 
 
 def exchange_rate_of(request: GrantRequest, functional_currency: str) -> Decimal | None:
@@ -1913,6 +2162,19 @@ def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
     return ns
 
 
+ROLLOVER_ACTOR = "system"
+
+
+def rollover_block_id(source_id: int) -> int:
+    """The block a block's credits roll over into (its account id)."""
+    return derive_id("grant/rollover", source_id)
+
+
+def rollover_floor_id(source_id: int) -> int:
+    """The promotional block a rollover's floor adds beyond what was left."""
+    return derive_id("grant/rollover/floor", source_id)
+
+
 def _resource(r: resources.Resource, tenant: int) -> Resource:
     return Resource(r.id, r.customer_id, tenant, r.kind.value, r.parent_id, r.external_ref)
 
@@ -1945,4 +2207,6 @@ def _grant(g: grants.Grant) -> Grant:
         expires_at_ns=None if g.expires_at is None else ns_of_datetime(g.expires_at),
         consideration_minor=g.consideration_minor,
         currency=g.currency,
+        rollover_due=g.rollover is not None
+        and g.rollover.state in (RolloverState.DUE, RolloverState.PENDING),
     )

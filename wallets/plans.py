@@ -21,6 +21,8 @@ Invariants:
   expiry), or the old plan's voided from the period's newest block (a partial void, capped at
   what that block has left when the change is made). Prorated (the NEW plan's `prorate`): the
   difference times the fraction of the period left, rounded toward zero; else the whole.
+- A rule's rollover policy goes with each of its blocks (GrantRequest.rollover): at the block's
+  expiry, min(max, max(min, remaining)) credits roll into a block that lasts one more period.
 - A paused subscription gets nothing; on resume, periods that started while it was paused are
   skipped. A cancelled one gets nothing more; what it was given stays.
 - Before a change of plan, a pause or a cancellation, the subscription's due allocations are
@@ -44,7 +46,7 @@ from grants.errors import (
     NotFound,
     SubscriptionCancelled,
 )
-from grants.model import Category, Source
+from grants.model import Category, RolloverPolicy, Source
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns, ns_of_datetime
 from ledger.db import Connection
@@ -740,10 +742,7 @@ class PlanService:
                 reason=f"plan allocation, period {row.period_index}"
                 + ("" if row.seq == 0 else f", change {row.seq}"),
                 external_ref=id_text(row.id),
-                # TODO(lead): pass the rule's rollover policy once GrantRequest.rollover lands
-                # (the rollover helper): rollover=RolloverPolicy(min_credits=rule.rollover_min
-                # or 0, max_credits=rule.rollover_max, expires_at=<the next period's end>)
-                # when rule.rollover_max is not None.
+                rollover=_rollover(sub, rule, row),
             )
             issued, _ = await self.control.issue_grant(
                 request, tenant=SYSTEM_TENANT, key=grant_key(row.id), actor=ALLOCATION_ACTOR
@@ -831,6 +830,23 @@ async def _lock_live(conn: Connection, sub_id: int) -> Subscription:
     if locked.state == "cancelled":
         raise SubscriptionCancelled(f"subscription {id_text(sub_id)} is cancelled")
     return locked
+
+
+def _rollover(sub: Subscription, rule: PlanRule, row: Allocation) -> RolloverPolicy | None:
+    """The rule's rollover for the block of `row`: what rolls over lasts one more period (it
+    expires at the end of the period after the block's own expiry). None without a policy."""
+    if not rule.rollover_max:
+        return None
+    index = row.period_index + rule.expiry_periods + 1
+    try:
+        expires_at = period_start(sub.anchor_at, _unit(rule), rule.period_count, index)
+    except OverflowError:
+        return None
+    if ns_of_datetime(expires_at) > BUSINESS_TIME_NS_MAX:
+        return None
+    return RolloverPolicy(
+        max_credits=rule.rollover_max, min_credits=rule.rollover_min or 0, expires_at=expires_at
+    )
 
 
 def _due(sub: Subscription, at: dt.datetime) -> bool:

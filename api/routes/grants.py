@@ -42,7 +42,7 @@ from api.routes.shared import (
 )
 from api.services import Services
 from grants.errors import NotFound
-from grants.model import Category, Source
+from grants.model import Category, RolloverPolicy, Source
 from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
@@ -106,7 +106,13 @@ OPS = {
     "decimal string > 0 with at most 12 significant digits and 10 decimal places, kept as "
     "given and never changed; a paid block in the functional currency has 1 (another rate is "
     "422), one in another currency without it has none (null: unknown); a promotional block "
-    "takes none (422).",
+    "takes none (422). rollover: at the block's expiry, carried = min(max_credits, "
+    "max(min_credits, remaining)) credits go to new blocks (source rollover, source_grant_id "
+    "naming this block) expiring at rollover.expires_at: up to what was left moves at the "
+    "block's cost basis per credit, what min_credits adds beyond that is a promotional block; "
+    "the rest expires as usual. A policy with max_credits below min_credits, a negative bound, "
+    "an expires_at not after the block's, or on a block without expiry is 422 "
+    "invalid_rollover_policy.",
 )
 async def create_grant(request: Request[Any, Any, Any], state: State) -> Response[w.GrantOut]:
     principal = principal_of(request)
@@ -127,6 +133,13 @@ async def create_grant(request: Request[Any, Any, Any], state: State) -> Respons
         source=Source(data.source.value),
         reason=data.reason,
         external_ref=data.external_ref,
+        rollover=None
+        if data.rollover is None
+        else RolloverPolicy(
+            max_credits=data.rollover.max_credits,
+            min_credits=data.rollover.min_credits,
+            expires_at=data.rollover.expires_at,
+        ),
     )
     result, replayed = await services.control.issue_grant(
         grant_request, tenant=principal.tenant, key=key_of(request), actor=principal.name
@@ -157,8 +170,11 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     "receipt, source, reason, "
     "external_ref, actor, created_at) and its figures now, as a spend would find them: its "
     "state (upcoming, active, expired, voided) and granted = available + upcoming + held + "
-    "consumed + expired + voided + refunded + repaid. Past its expires_at, or once voided, "
-    "what is left of it is expired or voided at once, whether or not a sweep has moved it yet.",
+    "consumed + expired + voided + refunded + repaid + rolled_over. Past its expires_at, or "
+    "once voided, what is left of it is expired or voided at once, whether or not a sweep has "
+    "moved it yet; a rollover block names its source (source_grant_id), and a block with a "
+    "rollover policy says where its rollover stands (rollover.state: due, pending, done, "
+    "refused).",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
@@ -206,6 +222,15 @@ def _block_out(services: Services, row: grants.Grant, now: dt.datetime) -> w.Gra
         state=w.GrantState(grants.block_state(row, now)),
         actor=row.actor,
         created_at=row.created_at,
+        source_grant_id=None if row.source_grant_id is None else sid(row.source_grant_id),
+        rollover=None
+        if row.rollover is None
+        else w.RolloverOut(
+            max_credits=row.rollover.max_credits,
+            min_credits=row.rollover.min_credits,
+            expires_at=row.rollover.expires_at,
+            state=w.RolloverState(row.rollover.state.value),
+        ),
     )
 
 

@@ -105,7 +105,7 @@ def _rule_spec(services: Services, i: int, a: w.PlanAllocationIn) -> RuleSpec:
 def _rule_out(services: Services, r: PlanRule) -> w.PlanAllocationOut:
     rollover = None
     if r.rollover_max is not None:
-        rollover = w.RolloverOut(min_credits=r.rollover_min or 0, max_credits=r.rollover_max)
+        rollover = w.PlanRolloverOut(min_credits=r.rollover_min or 0, max_credits=r.rollover_max)
     return w.PlanAllocationOut(
         id=sid(r.id),
         credit_type=code_of(services, r.credit_type_id),

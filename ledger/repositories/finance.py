@@ -32,6 +32,7 @@ BLOCK_KINDS: Final = (
     "refund",
     "refund_out",
     "correction",
+    "rollover",
 )
 
 

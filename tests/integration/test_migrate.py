@@ -49,6 +49,7 @@ async def test_the_packaged_migrations_apply_once(
             "0010_grant_refunds",
             "0011_events",
             "0012_plans",
+            "0016_rollover",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -85,6 +86,7 @@ async def test_the_packaged_migrations_apply_once(
             "grant_refunds",
             "events",
             "plans",
+            "rollover",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

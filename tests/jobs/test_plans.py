@@ -25,7 +25,7 @@ from ledger.repositories.resources import ResourceKind
 from tests.integration.projection_support import plane_on
 from wallets.control import ControlPlane
 from wallets.plan_periods import PeriodUnit
-from wallets.plans import PlanService, RuleSpec
+from wallets.plans import PlanService, RolloverSpec, RuleSpec
 
 pytestmark = pytest.mark.anyio
 UTC = dt.UTC
@@ -373,3 +373,17 @@ async def test_pause_resume_and_cancel(world: World) -> None:
     at_ns = world.move_to(_d(3, 1))
     assert (await world.plans.allocate_due(at_ns)).planned == 0
     assert len(await world.rows(sub)) == 5
+
+
+async def test_a_rule_with_rollover_carries_what_is_left_one_more_period(world: World) -> None:
+    r = await world.resource()
+    plan = await world.plan(100, rollover=RolloverSpec(min_credits=10, max_credits=30))
+    sub = await world.subscribe(r, plan, JAN_31)
+    assert await world.available(r) == 100
+    at_ns = world.move_to(_d(3, 1))
+    await world.plans.allocate_due(at_ns)
+    report = await world.plane.sweep(at_ns)
+    # January's block: 30 of its 100 roll into a block to Mar 31; February's is whole.
+    assert [(x.taken, x.floor) for x in report.rolled_over] == [(30, 0)]
+    assert await world.available(r) == 130
+    assert len(await world.rows(sub)) == 2

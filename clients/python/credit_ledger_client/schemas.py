@@ -254,7 +254,7 @@ class GrantState(enum.StrEnum):
 
 class GrantBalanceOut(Out):
     """A block's figures now. They add up: granted = available + upcoming + held + consumed +
-    expired + voided + refunded + repaid."""
+    expired + voided + refunded + repaid + rolled_over."""
 
     grant_id: str
     state: GrantState
@@ -282,6 +282,10 @@ class GrantBalanceOut(Out):
         ),
     ]
     repaid: Annotated[int, msgspec.Meta(description="paid the wallet's overdraft back")]
+    rolled_over: Annotated[
+        int,
+        msgspec.Meta(description="moved into the block's rollover block at its expiry"),
+    ] = 0
 
 
 class WalletBalanceOut(Out):
@@ -337,6 +341,7 @@ class EntryType(enum.StrEnum):
     OVERDRAFT_REPAY = "overdraft_repay"
     OVERDRAFT_LIMIT = "overdraft_limit"
     CORRECTION = "correction"
+    ROLLOVER = "rollover"
 
 
 class AccountKind(enum.StrEnum):
@@ -415,6 +420,17 @@ class GrantSource(enum.StrEnum):
     ROLLOVER = "rollover"
 
 
+class RolloverIn(Strict):
+    """What of a block rolls over at its expiry: carried = min(max_credits, max(min_credits,
+    remaining)) credits, into new blocks (source `rollover`) that expire at `expires_at` (after
+    the block's own expires_at). Up to what was left moves out of the block, at its cost basis
+    per credit; what min_credits adds beyond that is a promotional block."""
+
+    max_credits: int
+    expires_at: TIME
+    min_credits: int = 0
+
+
 class GrantIn(Strict):
     wallet_id: ID
     amount: AMOUNT
@@ -428,6 +444,7 @@ class GrantIn(Strict):
     source: GrantSource = GrantSource.ADMIN
     reason: REASON | None = None
     external_ref: REF | None = None
+    rollover: RolloverIn | None = None
 
 
 class GrantOut(Out):
@@ -435,6 +452,20 @@ class GrantOut(Out):
     wallet_id: str
     amount: int
     repaid_overdraft: int
+
+
+class RolloverState(enum.StrEnum):
+    DUE = "due"  # not decided yet (the block has not expired, or the pass has not run)
+    PENDING = "pending"  # its new blocks are written, the ledger not yet moved
+    DONE = "done"
+    REFUSED = "refused"  # the block had less left than decided (voided meanwhile): nothing moved
+
+
+class RolloverOut(Out):
+    max_credits: int
+    min_credits: int
+    expires_at: dt.datetime
+    state: RolloverState
 
 
 class GrantBlockOut(Out):
@@ -461,6 +492,9 @@ class GrantBlockOut(Out):
     state: GrantState
     actor: str
     created_at: dt.datetime
+    # A rollover block's source block; the block's rollover policy and where it stands.
+    source_grant_id: str | None
+    rollover: RolloverOut | None
 
 
 class GrantDetailOut(GrantBlockOut):
@@ -478,6 +512,7 @@ class GrantDetailOut(GrantBlockOut):
     voided: int
     refunded: int
     repaid: int
+    rolled_over: int = 0
 
 
 class GrantQuery(ListQuery):
@@ -834,9 +869,9 @@ class PlanPeriod(enum.StrEnum):
 PERIOD_COUNT = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
-class RolloverIn(Strict):
+class PlanRolloverIn(Strict):
     """At the allocation's expiry, min(max_credits, max(min_credits, remaining)) roll over into
-    a new block; the rest expires."""
+    a new block that expires at the end of the next period; the rest expires."""
 
     max_credits: AMOUNT0
     min_credits: AMOUNT0 = 0
@@ -856,7 +891,7 @@ class PlanAllocationIn(Strict):
     currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
     priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
     expiry_periods: PERIOD_COUNT = 1
-    rollover: RolloverIn | None = None
+    rollover: PlanRolloverIn | None = None
 
 
 class PlanIn(Strict):
@@ -870,7 +905,7 @@ class PlanIn(Strict):
     prorate: bool = False
 
 
-class RolloverOut(Out):
+class PlanRolloverOut(Out):
     min_credits: int
     max_credits: int
 
@@ -886,7 +921,7 @@ class PlanAllocationOut(Out):
     currency: str | None
     priority: int
     expiry_periods: int
-    rollover: RolloverOut | None
+    rollover: PlanRolloverOut | None
 
 
 class PlanOut(Out):
