@@ -294,7 +294,7 @@ async def _change(world: World, sub: int, plan: int) -> list[repo.Allocation]:
     view, _ = await world.plans.change_plan(
         sub, plan_id=plan, actor="t", tenant=0, key=world.key("chg")
     )
-    return [r for r in view.allocations if r.kind == "change"]
+    return [r for r in view.allocations if r.seq == view.subscription.changes]
 
 
 async def test_an_upgrade_mid_period_prorated_and_not(world: World) -> None:
@@ -387,3 +387,44 @@ async def test_a_rule_with_rollover_carries_what_is_left_one_more_period(world: 
     assert [(x.taken, x.floor) for x in report.rolled_over] == [(30, 0)]
     assert await world.available(r) == 130
     assert len(await world.rows(sub)) == 2
+
+
+async def test_a_downgrade_not_prorated_voids_the_whole_difference_once(world: World) -> None:
+    big, small = await world.plan(400), await world.plan(100)
+    world.move_to(_d(3, 31))
+    r = await world.resource()
+    s = await world.subscribe(r, big, _d(3, 31))
+    at_ns = world.move_to(_d(4, 15))
+    (row,) = await _change(world, s, small)
+    assert (row.amount, row.voided, row.state) == (0, 300, "done")
+    assert await world.available(r) == 100
+    # The tick after it changes nothing; the next period is the small plan's.
+    assert (await world.plans.allocate_due(at_ns)).finished == 0
+    at_ns = world.move_to(_d(5, 1))
+    await world.plans.allocate_due(at_ns)
+    await world.plane.sweep(at_ns)
+    assert await world.available(r) == 100
+    # Back up in the same period: the difference is granted again.
+    (up,) = await _change(world, s, big)
+    assert (up.amount, up.voided) == (300, 0)
+    assert await world.available(r) == 400
+
+
+async def test_a_change_between_rules_of_other_periods_voids_one_and_grants_the_other(
+    world: World,
+) -> None:
+    monthly = await world.plan(300)
+    weekly = await world.plan(70, prorate=True, unit=PeriodUnit.WEEK)
+    world.move_to(_d(3, 31))
+    r = await world.resource()
+    s = await world.subscribe(r, monthly, _d(3, 31))
+    world.move_to(_d(4, 4))  # 26 of April's 30 days left; 3 of the week's 7
+    rows = await _change(world, s, weekly)
+    assert sorted((x.amount, x.voided) for x in rows) == [(0, 260), (30, 0)]
+    assert await world.available(r) == 300 - 260 + 30
+    weekly_row = next(x for x in rows if x.amount)
+    assert (weekly_row.period_start, weekly_row.expires_at) == (_d(3, 31), _d(4, 7))
+    at_ns = world.move_to(_d(4, 8))
+    report = await world.plans.allocate_due(at_ns)
+    assert report.finished == 1  # the week from Apr 7, once
+    assert (await world.plans.allocate_due(at_ns)).finished == 0
