@@ -7,7 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
+from credit_ledger_client import AsyncCreditClient, SubscriptionCancelledError
+from credit_ledger_client.schemas import (
+    Category,
+    ChangePlanIn,
+    PlanAllocationIn,
+    PlanIn,
+    PlanPeriod,
+    PlanRolloverIn,
+    SubscriptionIn,
+    SubscriptionState,
+)
 
 from tests.api.conftest import Api
 from tests.api.support import assert_problem, balance, created
@@ -139,3 +151,43 @@ async def test_bad_input_gets_clear_problems(clocked_api: Api) -> None:
     assert_problem(await api.post(f"{path}/pause", None, idem=None), "validation_error")
     listed = await api.get("/v1/plans?limit=1")
     assert listed.status_code == 200 and len(listed.json()["items"]) == 1
+
+
+async def test_the_python_client_drives_plans_and_subscriptions(clocked_api: Api) -> None:
+    api = clocked_api
+    code, resource = await _setup(api)
+    transport = httpx.ASGITransport(app=api.app)
+    client = AsyncCreditClient("http://testserver", api.keys["admin"], transport=transport)
+    try:
+        allocation = PlanAllocationIn(
+            credit_type=code,
+            amount=50,
+            period=PlanPeriod.WEEK,
+            category=Category.PROMOTIONAL,
+            rollover=PlanRolloverIn(max_credits=10),
+        )
+        plan = await client.create_plan(
+            PlanIn(code=f"weekly{api.seq}", name="Weekly", allocations=[allocation])
+        )
+        assert plan.allocations[0].rollover is not None
+        assert [p.id async for p in client.iter_plans()] == [plan.id]
+        sub = await client.subscribe(SubscriptionIn(resource_id=resource, plan_id=plan.id))
+        assert [a.amount for a in sub.allocations] == [50]
+        paused = await client.pause_subscription(sub.id, idempotency_key=f"p{api.seq}")
+        assert paused.state is SubscriptionState.PAUSED
+        again = await client.pause_subscription(sub.id, idempotency_key=f"p{api.seq}")
+        assert again == paused  # the replay answers what was done
+        await client.resume_subscription(sub.id)
+        other = await client.create_plan(
+            PlanIn(code=f"other{api.seq}", name="Other", allocations=[allocation])
+        )
+        moved = await client.change_plan(sub.id, ChangePlanIn(plan_id=other.id))
+        assert moved.plan_id == other.id
+        cancelled = await client.cancel_subscription(sub.id)
+        assert cancelled.state is SubscriptionState.CANCELLED
+        with pytest.raises(SubscriptionCancelledError):
+            await client.resume_subscription(sub.id)
+        assert (await client.get_subscription(sub.id)).state is SubscriptionState.CANCELLED
+        assert (await client.get_plan(plan.id)) == plan
+    finally:
+        await client.aclose()
