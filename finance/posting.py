@@ -111,6 +111,8 @@ def terms_of(block: repo.Block, functional_currency: str) -> rec.Terms:
         functional_consideration=(
             None
             if rate is None or block.currency is None
+            else Fraction(block.functional_consideration_minor)
+            if block.functional_consideration_minor is not None
             else functional_consideration(
                 block.consideration_minor, block.currency, rate, functional_currency
             )
@@ -191,9 +193,9 @@ class _Context:
     journals: list[repo.Journal] = field(default_factory=list)
     memo: list[repo.MemoRow] = field(default_factory=list)
     changed: dict[int, repo.Block] = field(default_factory=dict)
-    # A rollover's transfer -> the value (in minor units) its source block gave up: its
-    # rollover block's consideration.
-    rolled: dict[int, int] = field(default_factory=dict)
+    # A rollover's transfer -> the value (in minor units, and in the functional currency when
+    # known) its source block gave up: its rollover block's consideration.
+    rolled: dict[int, tuple[int, int | None]] = field(default_factory=dict)
 
 
 _BIRTHS = (rec.Route.GRANT, rec.Route.ROLLOVER_IN)
@@ -224,7 +226,9 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             # (a source finance never saw gives nothing: then the row's).
             moved = ctx.rolled.get(entry.transfer_id)
             if moved is not None:
-                block = msgspec.structs.replace(block, consideration_minor=moved)
+                block = msgspec.structs.replace(
+                    block, consideration_minor=moved[0], functional_consideration_minor=moved[1]
+                )
             if block.consideration_minor and block.currency is None:
                 block = msgspec.structs.replace(block, consideration_minor=0)
         if block is None:
@@ -245,8 +249,15 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             refund_minor=None if refund is None else refund[0],
         )
         if route is rec.Route.ROLLOVER_OUT:
+            functional = (
+                None
+                if state.functional_out_minor is None or before.functional_out_minor is None
+                else state.functional_out_minor - before.functional_out_minor
+            )
             ctx.rolled[entry.transfer_id] = (
-                state.value_out_minor - before.value_out_minor if terms.paid else 0
+                (state.value_out_minor - before.value_out_minor, functional)
+                if terms.paid
+                else (0, None)
             )
         block = _with_state(block, state)
         ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block

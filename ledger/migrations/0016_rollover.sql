@@ -65,3 +65,8 @@ ALTER TABLE finance_memo ADD CONSTRAINT finance_memo_kind_check CHECK (kind IN (
     'granted', 'consumed', 'expired', 'voided', 'restored', 'refunded', 'rolled_over',
     'rolled_in'
 ));
+-- A rollover block's consideration in the functional currency is what its source gave up
+-- there (its cumulative functional slice), not its consideration at the rate rounded anew: so
+-- the rollover's two journals net 2190 to zero in the functional currency too. NULL: derived
+-- from consideration_minor and the rate, as for every other block.
+ALTER TABLE finance_blocks ADD COLUMN functional_consideration_minor bigint;

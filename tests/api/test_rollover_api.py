@@ -55,6 +55,22 @@ async def test_a_grant_rolls_over_at_its_expiry(clocked_api: Api) -> None:
     assert rolled["effective_at"] == "2025-01-31T00:00:00Z"
     detail = (await api.get(f"/v1/grants/{rolled['id']}")).json()
     assert (detail["available"], detail["granted"]) == (40, 40)
+    # The wallet's statement: the source's 60 + 40 left `available` at its expiry, the 40 came
+    # back on the rollover block; every entry's figures follow from the one before.
+    r = await api.get(f"/v1/wallets/{world.wallet['id']}/entries")
+    assert r.status_code == 200, r.text
+    entries = r.json()["entries"]
+    assert [(e["type"], e["amount"], e["available_after"]) for e in entries] == [
+        ("grant", 10, 10),
+        ("grant", 100, 110),
+        ("expire", -100, 10),
+        ("rollover", 40, 50),
+    ]
+    (entry,) = [e for e in entries if e["type"] == "rollover"]
+    assert entry["amount"] == 40
+    assert entries[-1]["available_after"] == 10 + 40
+    wallet = (await api.get(f"/v1/wallets/{world.wallet['id']}")).json()
+    assert wallet["available"] == 10 + 40
 
 
 @pytest.mark.parametrize(

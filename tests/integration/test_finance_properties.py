@@ -1,7 +1,8 @@
 """Property tests of the finance subledger over random histories, on the embedded engine and
 Postgres: grants paid and promotional in several currencies, debits, reservations settled in
 part or not at all, timeouts, expiries, rollovers (with a max and a floor), voids, refunds in
-money, usage refunds (corrections) and month closes, under remote or proportional breakage. Whatever the history:
+money, usage refunds (corrections) and month closes, under remote or proportional breakage.
+Whatever the history:
 - every journal balances, and the rollforward's check is 0 in every month;
 - the blocks' remaining obligations (what the aging report buckets) add up to the closing
   deferred balance;

@@ -77,7 +77,13 @@ async def _journals(pool: db.Pool) -> list[tuple[str, int, str, int, int]]:
 
 
 async def _history(
-    plane: ControlPlane, clock: ManualClock, *, min_credits: int = 0, proportional: bool = False
+    plane: ControlPlane,
+    clock: ManualClock,
+    *,
+    min_credits: int = 0,
+    proportional: bool = False,
+    currency: str = "USD",
+    rate: str | None = None,
 ) -> tuple[int, list[tuple[str, int, str, int, int]]]:
     wallet = await _wallet(plane)
     if proportional:
@@ -97,7 +103,8 @@ async def _history(
             amount=1000,
             category=Category.PAID,
             consideration_minor=9999,
-            currency="USD",
+            currency=currency,
+            exchange_rate=rate,
             expires_at=now + dt.timedelta(days=10),
             rollover=RolloverPolicy(
                 max_credits=500, min_credits=min_credits, expires_at=now + dt.timedelta(days=40)
@@ -134,11 +141,16 @@ def _liability(rows: list[tuple[str, int, str, int, int]], block: int) -> tuple[
     return debit, credit
 
 
-@pytest.mark.parametrize("proportional", [False, True])
+@pytest.mark.parametrize(
+    ("proportional", "currency", "rate"),
+    [(False, "USD", None), (True, "USD", None), (False, "EUR", "1.0842"), (True, "JPY", "0.0067")],
+)
 async def test_source_and_rollover_block_post_exactly_what_was_paid(
-    plane: ControlPlane, clock: ManualClock, proportional: bool
+    plane: ControlPlane, clock: ManualClock, proportional: bool, currency: str, rate: str | None
 ) -> None:
-    source, rows = await _history(plane, clock, proportional=proportional)
+    source, rows = await _history(
+        plane, clock, proportional=proportional, currency=currency, rate=rate
+    )
     rolled = rollover_block_id(source)
     # value(333) = round(9999 x 333 / 1000) = 3330; value(833) = 8329: the slice is 4999.
     out = [r for r in rows if r[0] == "rollover" and r[1] == source]
@@ -152,10 +164,21 @@ async def test_source_and_rollover_block_post_exactly_what_was_paid(
     revenue = sum(c - d for _, _, a, d, c in rows if a in ("4000", "4050"))
     assert revenue == 9999
     assert sum(d - c for _, _, a, d, c in rows if a == "2190") == 0
+    async with plane.pool.connection() as conn:  # in the functional currency too
+        cursor = await conn.execute(
+            "SELECT l.account, j.block_id,"
+            " sum(l.functional_debit_minor - l.functional_credit_minor)"
+            " FROM finance_journals j JOIN finance_journal_lines l"
+            " ON l.journal_id = j.id AND l.posting_period = j.posting_period"
+            " GROUP BY l.account, j.block_id"
+        )
+        functional = {(a, uuid.UUID(str(b)).int): int(n) for a, b, n in await cursor.fetchall()}
+    assert sum(n for (a, _), n in functional.items() if a == "2190") == 0
+    assert functional[("2100", source)] == functional[("2100", rolled)] == 0
     async with plane.pool.connection() as conn:
         blocks = await repo.blocks(conn, {source, rolled})
         assert blocks[rolled].consideration_minor == 4999
-        assert (blocks[rolled].credits, blocks[rolled].currency) == (500, "USD")
+        assert (blocks[rolled].credits, blocks[rolled].currency) == (500, currency)
         assert blocks[source].credits_out == 1000 and blocks[rolled].credits_out == 500
         for period in await repo.active_periods(conn):
             assert await repo.unbalanced_journals(conn, period) == 0
