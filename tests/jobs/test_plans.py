@@ -46,6 +46,7 @@ class World:
     ledger: int
     customer_id: int
     tag: str
+    engine: EmbeddedEngine
     n: int = 0
 
     def key(self, name: str) -> str:
@@ -128,7 +129,7 @@ async def _world(pool: db.Pool, clock: ManualClock) -> AsyncIterator[World]:
             code=f"plans{n}", name="P", asset_scale=0, actor="t", tenant=0, key=f"p-ct-{n}"
         )
         cu, _ = await plane.create_customer(name="P", actor="t", tenant=0, key=f"p-cu-{n}")
-        yield World(plane, PlanService(plane), clock, ct.ledger, cu.id, n)
+        yield World(plane, PlanService(plane), clock, ct.ledger, cu.id, n, engine)
         await plane.service.ledger.close()
 
 
@@ -276,6 +277,28 @@ async def test_two_schedulers_at_once_double_nothing(world: World, pool: db.Pool
         indexes = [r.period_index for r in await world.rows(sub)]
         assert sorted(indexes) == list(range(21))
     assert len(await _plan_grants(world)) == 4 * 21
+
+
+async def test_two_jobs_processes_at_once_double_nothing(world: World, pool: db.Pool) -> None:
+    """Two schedulers each with its own control plane and cache (two processes), over one
+    database and engine, both believing they lead."""
+    plan = await world.plan(3, unit=PeriodUnit.DAY)
+    subs = [await world.subscribe(await world.resource(), plan, _d(1, 31)) for _ in range(5)]
+    world.move_to(_d(3, 2))  # 30 more days each
+    second = plane_on(pool, world.engine, world.clock)
+    await second.load()
+    first_jobs = Jobs(world.plane, JobSettings(), plans=world.plans)
+    second_jobs = Jobs(second, JobSettings())
+    first_jobs.leader = second_jobs.leader = True
+    await asyncio.gather(first_jobs.allocate_plans(), second_jobs.allocate_plans())
+    await asyncio.gather(first_jobs.allocate_plans(), second_jobs.allocate_plans())
+    for sub in subs:
+        assert sorted(r.period_index for r in await world.rows(sub)) == list(range(31))
+    assert len(await _plan_grants(world)) == 5 * 31
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT count(*) FROM events WHERE type = 'allocation.issued'")
+        assert await cursor.fetchone() == (5 * 31,)
+    await second.service.ledger.close()
 
 
 async def test_the_jobs_tick_runs_on_the_leader(world: World) -> None:
