@@ -8,6 +8,8 @@ import datetime as dt
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from ledger.repositories.grants import GrantCategory
+from ledger.repositories.plans import Allocation, PlanRule, Subscription
 from wallets.plan_periods import (
     PeriodUnit,
     first_index_from,
@@ -17,6 +19,7 @@ from wallets.plan_periods import (
     prorate,
     remaining_fraction_ns,
 )
+from wallets.plans import due_rows
 
 UTC = dt.UTC
 M = PeriodUnit.MONTH
@@ -131,3 +134,73 @@ def test_every_instant_is_in_exactly_one_period(
     assert period_index_at(anchor, unit, count, end) == index + 1
     assert first_index_from(anchor, unit, count, start) == index
     assert first_index_from(anchor, unit, count, at) == (index if at == start else index + 1)
+
+
+def _sub(anchor: dt.datetime) -> Subscription:
+    return Subscription(
+        id=1,
+        resource_id=2,
+        plan_id=3,
+        anchor_at=anchor,
+        allocate_from=anchor,
+        live_from=anchor,
+        state="active",
+        changes=0,
+        next_due_at=anchor,
+        created_at=anchor,
+        updated_at=anchor,
+        paused_at=None,
+        cancelled_at=None,
+    )
+
+
+def _rule(unit: PeriodUnit, count: int, rule_id: int = 9) -> PlanRule:
+    return PlanRule(
+        id=rule_id,
+        plan_id=3,
+        credit_type_id=1,
+        amount=100,
+        period_unit=unit.value,
+        period_count=count,
+        category=GrantCategory.PROMOTIONAL,
+        consideration_minor=0,
+        currency=None,
+        priority=0,
+        expiry_periods=1,
+        rollover_min=None,
+        rollover_max=None,
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    anchors,
+    units,
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=0, max_value=400 * 86_400),
+    st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=40),
+)
+def test_allocating_in_bounded_steps_gives_each_due_period_once(
+    anchor: dt.datetime, unit: PeriodUnit, count: int, late_s: int, rooms: list[int]
+) -> None:
+    """However the work is cut into bounded calls, the rows are the due periods, each once, in
+    order, each with its own dates; what is left is due at the next period's start."""
+    sub, rule = _sub(anchor), _rule(unit, count)
+    at = anchor + dt.timedelta(seconds=late_s)
+    expected = (period_index_at(anchor, unit, count, at) or 0) + 1
+    rows: list[Allocation] = []
+    last: dict[int, int] = {}
+    for room in rooms * 1000:  # 1000 calls of at least 1 row: more than 401 periods
+        batch, next_due = due_rows(sub, [rule], last, at, room)
+        rows += batch
+        if batch:
+            last[rule.id] = batch[-1].period_index
+        assert next_due is not None
+        if not batch:
+            assert next_due > at
+            break
+    assert [r.period_index for r in rows] == list(range(expected))
+    for r in rows:
+        assert (r.period_start, r.period_end) == period_bounds(anchor, unit, count, r.period_index)
+        assert r.effective_at == r.period_start and r.expires_at == r.period_end
+    assert len({r.id for r in rows}) == len(rows) == len({r.grant_id for r in rows})
