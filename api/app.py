@@ -44,6 +44,7 @@ from ledger.settings import FinanceSettings
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.dimensions import DimensionSets
+from wallets.plans import PlanService
 from wallets.projection import ProjectionFeed, ProjectionStatus
 from wallets.reconcile_projection import ProjectionCheck
 from wallets.service import CreditService
@@ -181,6 +182,7 @@ def build_services(
         projection_check=projection_check,
         keys=KeyCache(),
         metrics=metrics,
+        plans=PlanService(control),
         test_clock=test_clock,
     )
 

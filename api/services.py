@@ -16,6 +16,7 @@ from ledger.clock import TestClock
 from ledger.db import Pool
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
+from wallets.plans import PlanService
 from wallets.projection import ProjectionFeed, ProjectionStatus
 from wallets.reconcile_projection import ProjectionCheck
 from wallets.service import CreditService
@@ -39,6 +40,7 @@ class Services:
     projection_check: ProjectionCheck
     keys: KeyCache
     metrics: Metrics
+    plans: PlanService  # plans, subscriptions, and their allocations (the jobs issue them)
     # A sandbox's test clock (`serve --test-clock`), which every clock of the service reads;
     # None: the wall clock.
     test_clock: TestClock | None = None

@@ -234,7 +234,12 @@ async def _serve(
             app.on_shutdown.append(feeding.stop)
         if with_jobs:
             services = app.state.services
-            jobs = Jobs(services.control, JobSettings(), projection_check=services.projection_check)
+            jobs = Jobs(
+                services.control,
+                JobSettings(),
+                projection_check=services.projection_check,
+                plans=services.plans,
+            )
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
             app.on_shutdown.append(jobs.stop)
         server = Server(
@@ -409,7 +414,12 @@ async def _jobs(data_dir: Path | None) -> None:
         follower = asyncio.create_task(services.control.follow(rt.conninfo))
         click.echo(f"credit-ledger jobs: engine {rt.ledger.engine_name}", err=True)
         try:
-            jobs = Jobs(services.control, JobSettings(), projection_check=services.projection_check)
+            jobs = Jobs(
+                services.control,
+                JobSettings(),
+                projection_check=services.projection_check,
+                plans=services.plans,
+            )
             await jobs.run(rt.conninfo)
         finally:
             follower.cancel()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -55,6 +56,8 @@ _MEMO_KINDS: dict[rec.Route, str] = {
     rec.Route.EXPIRE: "expired",
     rec.Route.VOID: "voided",
     rec.Route.REFUND: "refunded",
+    rec.Route.ROLLOVER_OUT: "rolled_over",
+    rec.Route.ROLLOVER_IN: "rolled_in",
 }
 # How far a usage refund's legs are looked for among its operation's legs (a refund has a
 # header and one leg per block it gives back to).
@@ -68,6 +71,8 @@ RUNTIME_ACTOR = "runtime"
 def route_of(entry: repo.BlockEntry) -> rec.Route:
     if entry.kind == "correction":
         return rec.Route.RESTORE if entry.amount > 0 else rec.Route.USAGE
+    if entry.kind == "rollover":
+        return rec.Route.ROLLOVER_IN if entry.amount > 0 else rec.Route.ROLLOVER_OUT
     return _ROUTES[entry.kind]
 
 
@@ -106,6 +111,8 @@ def terms_of(block: repo.Block, functional_currency: str) -> rec.Terms:
         functional_consideration=(
             None
             if rate is None or block.currency is None
+            else Fraction(block.functional_consideration_minor)
+            if block.functional_consideration_minor is not None
             else functional_consideration(
                 block.consideration_minor, block.currency, rate, functional_currency
             )
@@ -186,13 +193,44 @@ class _Context:
     journals: list[repo.Journal] = field(default_factory=list)
     memo: list[repo.MemoRow] = field(default_factory=list)
     changed: dict[int, repo.Block] = field(default_factory=dict)
+    # A rollover's transfer -> the value (in minor units, and in the functional currency when
+    # known) its source block gave up: its rollover block's consideration.
+    rolled: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+
+
+_BIRTHS = (rec.Route.GRANT, rec.Route.ROLLOVER_IN)
+
+
+def sources_first(entries: Sequence[repo.BlockEntry]) -> list[repo.BlockEntry]:
+    """The entries in their order, but a rollover's entry on its source block before the one
+    on its rollover block (same transfer, same engine time: the order between them is not
+    the query's), so that the value the source gives up is known when the new block is born."""
+    out = list(entries)
+    sources = {e.transfer_id: i for i, e in enumerate(out) if e.kind == "rollover" and e.amount < 0}
+    for i, e in enumerate(out):
+        j = sources.get(e.transfer_id) if e.kind == "rollover" and e.amount > 0 else None
+        if j is not None and j > i:
+            out[i], out[j] = out[j], out[i]
+            sources[e.transfer_id] = i
+    return out
 
 
 def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
     """Turns entries into journals and memo rows (pure, given the context)."""
-    for entry in entries:
+    for entry in sources_first(entries):
         route = route_of(entry)
         block = ctx.blocks.get(entry.block_id)
+        if route is rec.Route.ROLLOVER_IN and block is None:
+            block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
+            # Born with exactly the value its source gave up, whatever its grants row says
+            # (a source finance never saw gives nothing: then the row's).
+            moved = ctx.rolled.get(entry.transfer_id)
+            if moved is not None:
+                block = msgspec.structs.replace(
+                    block, consideration_minor=moved[0], functional_consideration_minor=moved[1]
+                )
+            if block.consideration_minor and block.currency is None:
+                block = msgspec.structs.replace(block, consideration_minor=0)
         if block is None:
             if route is not rec.Route.GRANT:
                 _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
@@ -202,13 +240,25 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             terms = ctx.terms[block.block_id] = terms_of(block, ctx.functional_currency)
         credits = abs(entry.amount)
         refund = ctx.refunds.get(entry.operation_id) if route is rec.Route.REFUND else None
+        before = state_of(block) if route not in _BIRTHS else rec.State()
         drafts, state = rec.apply(
             terms,
-            state_of(block) if route is not rec.Route.GRANT else rec.State(),
+            before,
             route,
             credits,
             refund_minor=None if refund is None else refund[0],
         )
+        if route is rec.Route.ROLLOVER_OUT:
+            functional = (
+                None
+                if state.functional_out_minor is None or before.functional_out_minor is None
+                else state.functional_out_minor - before.functional_out_minor
+            )
+            ctx.rolled[entry.transfer_id] = (
+                (state.value_out_minor - before.value_out_minor, functional)
+                if terms.paid
+                else (0, None)
+            )
         block = _with_state(block, state)
         ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block
         period, adjusts = booking(accounting_date(entry), ctx.last_closed)
@@ -252,13 +302,17 @@ def _who(
         refund = ctx.refunds.get(entry.operation_id)
         return (refund[1], refund[2] or draft.reason) if refund else (SYSTEM_ACTOR, draft.reason)
     if route is rec.Route.VOID:
-        actor, reason = ctx.voids.get(entry.block_id, (SYSTEM_ACTOR, ""))
+        actor, reason = ctx.voids.get(entry.operation_id) or ctx.voids.get(
+            entry.block_id, (SYSTEM_ACTOR, "")
+        )
         return actor, reason or "void"
     if route is rec.Route.RESTORE and entry.kind == "refund":
         actor, reason = ctx.usage_refunds.get(entry.transfer_id, (SYSTEM_ACTOR, ""))
         return actor, reason or "usage refund"
     if route is rec.Route.EXPIRE:
         return SYSTEM_ACTOR, "expiry" if draft.credits else draft.reason
+    if route in (rec.Route.ROLLOVER_OUT, rec.Route.ROLLOVER_IN):
+        return SYSTEM_ACTOR, draft.reason
     return RUNTIME_ACTOR, entry.kind if draft.kind == "usage" else draft.reason
 
 
@@ -415,10 +469,7 @@ class Poster:
             policies=await repo.policies(conn) if fresh else [],
             last_closed=periods[-1].period_start if periods else None,
             refunds=await repo.refunds(conn, refund_ops),
-            voids={
-                block: (actor, reason)
-                for block, actor, reason, _ in await repo.audited(conn, "grant.void", voided)
-            },
+            voids=_voids(await repo.audited(conn, "grant.void", voided)),
             usage_refunds=_refund_legs(
                 await repo.audited(conn, "debit.refund", refunded_debits),
                 {e.transfer_id for e in entries if e.kind == "refund"},
@@ -427,6 +478,21 @@ class Poster:
             functional_currency=self.functional_currency,
             seq=seq,
         )
+
+
+def _voids(
+    audited: Sequence[tuple[int, str, str, dict[str, object]]],
+) -> dict[int, tuple[str, str]]:
+    """(actor, reason) of the voids: a void of part of a block by its operation (its audit
+    row's `void_id`: the transfer's `user_data_128`), a void of what is left by its block."""
+    found: dict[int, tuple[str, str]] = {}
+    for block, actor, reason, details in audited:
+        void_id = details.get("void_id")
+        if isinstance(void_id, str) and void_id:
+            found[uuid.UUID(void_id).int] = (actor, reason)
+        else:
+            found[block] = (actor, reason)
+    return found
 
 
 def _refund_legs(

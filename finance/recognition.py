@@ -31,6 +31,9 @@ CONTRACT_LIABILITY: Final = "2100"
 REVENUE_USAGE: Final = "4000"
 REVENUE_BREAKAGE: Final = "4050"
 CONTRA_REVENUE: Final = "4900"
+# Where a rollover's value passes from the source block's liability to its rollover block's:
+# each block's journal balances through it, and the two journals of a rollover net it to 0.
+ROLLOVER_CLEARING: Final = "2190"
 LIABILITY_TO_USAGE: Final = (CONTRACT_LIABILITY, REVENUE_USAGE)
 LIABILITY_TO_BREAKAGE: Final = (CONTRACT_LIABILITY, REVENUE_BREAKAGE)
 ACCOUNTS: Final = {
@@ -40,6 +43,7 @@ ACCOUNTS: Final = {
     REVENUE_USAGE: "Revenue, credit usage",
     REVENUE_BREAKAGE: "Revenue, breakage",
     CONTRA_REVENUE: "Contra revenue, refunds",
+    ROLLOVER_CLEARING: "Contract liability, rollover clearing",
 }
 
 
@@ -52,6 +56,8 @@ class Route(enum.StrEnum):
     EXPIRE = "expire"
     VOID = "void"
     REFUND = "refund"  # unused credits refunded in money
+    ROLLOVER_OUT = "rollover_out"  # moved to the block's rollover block at its expiry
+    ROLLOVER_IN = "rollover_in"  # a rollover block's funding: its consideration came with it
 
 
 class Terms(msgspec.Struct, frozen=True):
@@ -91,7 +97,7 @@ class Line(msgspec.Struct, frozen=True):
 class Draft(msgspec.Struct, frozen=True):
     """A journal to post: its kind, the credits behind it and its balanced lines."""
 
-    kind: str  # purchase | usage | breakage | refund | correction
+    kind: str  # purchase | usage | breakage | refund | correction | rollover
     credits: int
     lines: tuple[Line, ...]
     reason: str
@@ -169,6 +175,8 @@ def apply(
     assert credits > 0, credits
     if route is Route.GRANT:
         return _purchase(terms, credits), opening(terms)
+    if route is Route.ROLLOVER_IN:
+        return _rolled_in(terms, credits), opening(terms)
     used = {Route.USAGE: credits, Route.RESTORE: -credits}.get(route, 0)
     out = -credits if route is Route.RESTORE else credits
     new = _moved(terms, state, state.credits_out + out, state.credits_used + used)
@@ -192,6 +200,20 @@ def apply(
         f_accrual = None if f_accrual is None else 0
         drafts.append(
             _draft("breakage", credits, LIABILITY_TO_BREAKAGE, value, functional, route.value)
+        )
+    elif route is Route.ROLLOVER_OUT:
+        # Neither revenue nor breakage: the value of the credits taken, value(D2) - value(D1),
+        # leaves for the rollover block (born with exactly that consideration). What the
+        # proportional accrual had recognized beyond what is left is given back below.
+        drafts.append(
+            _draft(
+                "rollover",
+                credits,
+                (CONTRACT_LIABILITY, ROLLOVER_CLEARING),
+                value,
+                functional,
+                "rollover",
+            )
         )
     else:
         drafts.append(_refund(terms, credits, value, functional, refund_minor))
@@ -263,6 +285,28 @@ def _purchase(terms: Terms, credits: int) -> list[Draft]:
             terms.consideration_minor,
             functional,
             "purchase",
+        )
+    ]
+
+
+def _rolled_in(terms: Terms, credits: int) -> list[Draft]:
+    """A rollover block's funding: Dr 2190 / Cr 2100 its consideration, the value its source
+    gave up (the source's journal credits 2190 the same amount)."""
+    if not terms.paid or terms.consideration_minor == 0:
+        return []
+    functional = (
+        None
+        if terms.functional_consideration is None
+        else round_half_away(terms.functional_consideration)
+    )
+    return [
+        _draft(
+            "rollover",
+            credits,
+            (ROLLOVER_CLEARING, CONTRACT_LIABILITY),
+            terms.consideration_minor,
+            functional,
+            "rollover",
         )
     ]
 

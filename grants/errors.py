@@ -70,6 +70,26 @@ class TooManyThresholds(CreditError):
     code = "too_many_thresholds"
 
 
+class SubscriptionCancelled(CreditError):
+    """A change of a cancelled subscription: it gets no further allocation, nor a new plan."""
+
+    code = "subscription_cancelled"
+
+
+class VoidExceedsAvailable(CreditError):
+    """A void of part of a block asks for more credits than it has available now (`available`:
+    what it has, reservations' holds excepted). Nothing moved."""
+
+    code = "void_exceeds_available"
+
+
+class GrantNotChangeable(CreditError):
+    """A change of a block that is no longer in force (expired, voided, or never issued): a
+    void of part of it, or a change of its expiry."""
+
+    code = "grant_not_changeable"
+
+
 class NotFound(CreditError):
     code = "not_found"
 
@@ -83,6 +103,26 @@ class OccurredAtOutOfRange(InvalidRequest):
     (ledger.limits.OCCURRED_AT_AGE_S_MAX)."""
 
     code = "occurred_at_out_of_range"
+
+
+class ExpiryInPast(InvalidRequest):
+    """A new expiry of a block at or before now (the service's clock): credits would expire
+    that a spend made before the change could have used."""
+
+    code = "expiry_in_past"
+
+
+class ExpiryNotAfterEffective(InvalidRequest):
+    """A new expiry of a block at or before its effective time."""
+
+    code = "expiry_not_after_effective"
+
+
+class InvalidRolloverPolicy(InvalidRequest):
+    """A grant's rollover policy that cannot be carried out: max_credits below min_credits, a
+    negative bound, an expires_at not after the block's, a block that never expires."""
+
+    code = "invalid_rollover_policy"
 
 
 class ClockBackwards(CreditError):
@@ -106,10 +146,16 @@ ALL_ERRORS: tuple[type[CreditError], ...] = (
     NotFound,
     InvalidRequest,
     OccurredAtOutOfRange,
+    InvalidRolloverPolicy,
     ClockBackwards,
     LedgerUnavailableError,
     GrantNotRefundable,
     RefundExceedsAvailable,
+    SubscriptionCancelled,
+    VoidExceedsAvailable,
+    GrantNotChangeable,
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
 )
 
 

@@ -96,11 +96,34 @@ class SweepResult(msgspec.Struct, frozen=True):
     reason: str  # "expired" | "voided"
 
 
+class RolloverResult(msgspec.Struct, frozen=True):
+    """A block's rollover, carried out: what was left of it (available at the time its amounts
+    were fixed), what moved out of it into `carried_id`, what the floor added in `floor_id`."""
+
+    source_id: int
+    remaining: int
+    taken: int
+    floor: int
+    carried_id: int | None = None
+    floor_id: int | None = None
+    refused: bool = False  # the engine found less left than fixed: nothing moved
+
+
 class SweepReport(msgspec.Struct, frozen=True):
     swept: list[SweepResult]
     # Blocks with nothing left and nothing held: nothing can come back to them, so they
     # leave the cache and are 'expired' (or stay 'voided') for good.
     finished: list[int]
+    # Rollovers carried out before the sweep (ControlPlane.sweep).
+    rolled_over: list[RolloverResult] = []
+
+
+class BlockBalances(msgspec.Struct, frozen=True):
+    """A block's balances on the engine, as a rollover reads them."""
+
+    available: int  # posted balance less what reservations hold
+    posted: int  # credits_posted - debits_posted
+    tenant: int
 
 
 class RefundResult(msgspec.Struct, frozen=True):
@@ -231,6 +254,37 @@ class GrantService:
         (moved,) = await self.ledger.lookup_transfers([sweep.id])
         return SweepResult(grant_id, moved.amount, "voided")
 
+    async def void_part(
+        self, grant: Grant, *, operation_id: int, credits: int, tenant: int
+    ) -> bool:
+        """A void of part of a block: takes exactly `credits` of what it has available to the
+        ledger's voided account, in one transfer (`GRANT_VOID`; id and `user_data_128`: the
+        operation, never the block's id, which only sweeps carry; `user_data_64` 0: it is dated
+        by the engine's time), never a balancing one, so the engine's balance constraint, not a
+        read, keeps it from overdrawing the block. The block stays in force. True once applied
+        (now, or by an earlier attempt: `exists`); False when the engine refused it because the
+        block has less available than that (nothing moved; the same operation stays refused)."""
+        if not 1 <= credits <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest("amount out of range", field="amount")
+        transfer = Transfer(
+            id=operation_id,
+            debit_account_id=grant.id,
+            credit_account_id=system_account_id(grant.ledger, AccountCode.VOIDED),
+            amount=credits,
+            user_data_128=operation_id,
+            user_data_64=0,
+            user_data_32=tenant,
+            ledger=grant.ledger,
+            code=TransferCode.GRANT_VOID,
+            flags=TransferFlags.NONE,
+        )
+        (result,) = await self.ledger.create_transfers([transfer])
+        if result.status in (S.CREATED, S.EXISTS):
+            return True
+        if result.status in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED):
+            return False
+        raise IdempotencyConflict(f"grant void refused: {result.status.name}")
+
     async def left(self, grant_id: int) -> tuple[int, int] | None:
         """What is left of a block, not held by reservations, as the engine has it now, and
         the block's tenant (its account's `user_data_32`); None without an account."""
@@ -239,6 +293,96 @@ class GrantService:
             return None
         a = accounts[0]
         return max(0, a.credits_posted - a.debits_posted - a.debits_pending), a.user_data_32
+
+    async def balances(self, grant_id: int) -> BlockBalances | None:
+        """The block's balances now; None without an account."""
+        accounts = await self.ledger.lookup_accounts([grant_id])
+        if not accounts or accounts[0].code != AccountCode.GRANT:
+            return None
+        a = accounts[0]
+        posted = a.credits_posted - a.debits_posted
+        return BlockBalances(max(0, posted - a.debits_pending), posted, a.user_data_32)
+
+    async def roll_over(
+        self,
+        source: Grant,
+        carried: Grant | None,
+        floor: Grant | None,
+        *,
+        tenant: int,
+    ) -> bool:
+        """The ledger side of a rollover (ledger/README.md "Rollover"): the new blocks'
+        accounts, then one linked chain: `carried.amount` from the source to the carried block
+        (ROLLOVER, exact, never balancing) and the floor's funding from the promotional issuer
+        (GRANT_FUNDING). Ids derive from the source, so a retry answers `exists`. True once
+        applied (now or before); False when the engine refused it because the source has less
+        left than that (it was voided meanwhile: nothing moved, and never will)."""
+        blocks = [b for b in (carried, floor) if b is not None]
+        if not blocks:
+            return True
+        created = await self.ledger.create_accounts(
+            [
+                Account(
+                    id=b.id,
+                    ledger=b.ledger,
+                    code=AccountCode.GRANT,
+                    user_data_128=b.wallet_id,
+                    user_data_64=b.effective_at_ns,
+                    user_data_32=tenant,
+                    flags=AccountFlags(account_flags(AccountCode.GRANT)),
+                )
+                for b in blocks
+            ]
+        )
+        if any(
+            c.status not in (CreateAccountStatus.CREATED, CreateAccountStatus.EXISTS)
+            for c in created
+        ):
+            raise AssertionError(f"rollover accounts refused: {[c.status.name for c in created]}")
+        chain: list[Transfer] = []
+        if carried is not None:
+            chain.append(
+                Transfer(
+                    id=rollover_transfer_id(source.id),
+                    debit_account_id=source.id,
+                    credit_account_id=carried.id,
+                    amount=carried.amount,
+                    user_data_128=source.id,
+                    user_data_64=carried.effective_at_ns,
+                    user_data_32=tenant,
+                    ledger=source.ledger,
+                    code=TransferCode.ROLLOVER,
+                    flags=TransferFlags.NONE,
+                )
+            )
+        if floor is not None:
+            chain.append(
+                Transfer(
+                    id=rollover_floor_transfer_id(source.id),
+                    debit_account_id=system_account_id(
+                        floor.ledger, AccountCode.ISSUANCE_PROMOTIONAL
+                    ),
+                    credit_account_id=floor.id,
+                    amount=floor.amount,
+                    user_data_128=floor.id,
+                    user_data_64=floor.effective_at_ns,
+                    user_data_32=tenant,
+                    ledger=floor.ledger,
+                    code=TransferCode.GRANT_FUNDING,
+                    flags=TransferFlags.NONE,
+                )
+            )
+        for t in chain[:-1]:
+            t.flags = LINKED
+        results = await self.ledger.create_transfers(chain)
+        statuses = [r.status for r in results]
+        if all(s in (S.CREATED, S.EXISTS) for s in statuses):
+            for b in blocks:
+                self.cache.put_grant(b)
+            return True
+        if carried is not None and statuses[0] in (S.EXCEEDS_CREDITS, S.ID_ALREADY_FAILED):
+            return False
+        raise AssertionError(f"rollover refused: {[s.name for s in statuses]}")
 
     async def refund_out(
         self, grant: Grant, *, operation_id: int, credits: int, effective_at_ns: int, tenant: int
@@ -286,7 +430,9 @@ class GrantService:
         and of every voided block to voided. Credits still held stay held; what comes back
         later is swept again. Each sweep's id derives from the block's balances, so a repeated
         sweep of an unchanged block is `exists`, never a second movement."""
-        expired = [g for g in self.cache.grants.values() if g.expired(at_ns)]
+        # A block whose rollover is not done yet is left alone: its rollover goes first
+        # (ControlPlane.sweep), then what it did not carry is swept.
+        expired = [g for g in self.cache.grants.values() if g.expired(at_ns) and not g.rollover_due]
         candidates = [*expired, *self.voided.values()]
         if not candidates:
             return SweepReport([], [])
@@ -436,7 +582,9 @@ class GrantService:
 
     async def _finished_blocks(self, accounts: list[int]) -> dict[int, Transfer]:
         """Among `accounts`, the grant accounts the sweep has finished: block -> its last
-        sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry)."""
+        sweep (`EXPIRE` or `GRANT_VOID`, which carries the block's expiry). A sweep names its
+        block in `user_data_128`; a void of part of a block (`void_part`) names its operation,
+        and is no sweep."""
         found: dict[int, Transfer] = {}
         for account in await self.ledger.lookup_accounts(accounts) if accounts else []:
             if account.code != AccountCode.GRANT:
@@ -445,7 +593,7 @@ class GrantService:
                 sweeps = await self.ledger.get_account_transfers(
                     AccountFilter(
                         account_id=account.id,
-                        user_data_128=0,
+                        user_data_128=account.id,
                         user_data_64=0,
                         user_data_32=0,
                         code=code,
@@ -487,6 +635,16 @@ class GrantService:
             if t.id and t.code == TransferCode.USAGE_REFUND
         ]
         return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
+
+
+def rollover_transfer_id(source_id: int) -> int:
+    """The id of the ROLLOVER transfer out of a block (one per block, ever)."""
+    return derive_id("grant/rollover/transfer", source_id)
+
+
+def rollover_floor_transfer_id(source_id: int) -> int:
+    """The id of the funding transfer of a block's rollover floor."""
+    return derive_id("grant/rollover/floor-transfer", source_id)
 
 
 def _resweep(op: Operation, index: int, last_sweep: Transfer, amount: int) -> Transfer:

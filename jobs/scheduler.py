@@ -1,10 +1,12 @@
 """Background jobs on APScheduler 3: the expiry sweep, reconciliation of the dual writes,
 reconciliation of the projection against the engine, the finance poster, the alerts deriver
-(with the automatic top-ups), the scan for blocks about to expire, and the webhooks' fan-out and
-delivery (wallets/webhook_delivery.py).
+(with the automatic top-ups), the scan for blocks about to expire, the webhooks' fan-out and
+delivery (wallets/webhook_delivery.py), and the plans' allocations.
 
 Invariants:
-- Every tick is bounded and idempotent: a sweep moves what is available in expired blocks
+- Every tick is bounded and idempotent: a sweep first carries out the rollovers that are due
+  (at most ROLLOVER_BATCH_MAX; ledger/README.md "Rollover"), then moves what is available in
+  expired blocks
   (ids derived from the block's balances, so a repeated tick moves nothing twice);
   reconciliation finishes interrupted dual writes, which is idempotent by construction; a check
   of the projection only reads (it appends its run to `projection_checks`) and reads at most
@@ -31,9 +33,14 @@ from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns
 from ledger.db import DatabaseSettings, connection_kwargs, resolve_conninfo
 from ledger.ids import derive_id
-from ledger.limits import ALERTS_BATCHES_PER_TICK, FINANCE_POST_BATCHES_PER_TICK
+from ledger.limits import (
+    ALERTS_BATCHES_PER_TICK,
+    FINANCE_POST_BATCHES_PER_TICK,
+    PLAN_ALLOCATIONS_PER_TICK,
+)
 from wallets.alerts import Alerts
 from wallets.control import ControlPlane
+from wallets.plans import PlanService
 from wallets.reconcile_projection import ProjectionCheck
 from wallets.webhook_delivery import Deliverer
 
@@ -64,12 +71,16 @@ class JobSettings:
     # (the sending runs on in tasks bounded per endpoint), so both run often.
     webhook_dispatch_interval_s: float = 1.0
     webhook_deliver_interval_s: float = 1.0
+    # The plans' allocations (wallets/plans.py): a period's credits arrive within this of its
+    # start, each tick issuing at most PLAN_ALLOCATIONS_PER_TICK.
+    plan_allocation_interval_s: float = 30.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
 
     def __post_init__(self) -> None:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
         assert self.projection_check_interval_s > 0 and self.finance_post_interval_s > 0
+        assert self.plan_allocation_interval_s > 0
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
         assert self.alerts_interval_s > 0 and self.expiring_scan_interval_s > 0
         assert self.webhook_dispatch_interval_s > 0 and self.webhook_deliver_interval_s > 0
@@ -85,6 +96,7 @@ class Jobs:
         poster: Poster | None = None,
         alerts: Alerts | None = None,
         webhooks: Deliverer | None = None,
+        plans: PlanService | None = None,
     ) -> None:
         self.control = control
         self.settings = settings
@@ -104,6 +116,8 @@ class Jobs:
         self.webhooks = webhooks or Deliverer(control.pool)
         self.webhook_dispatches = 0
         self.webhook_deliveries = 0
+        self.plans = plans or PlanService(control)
+        self.plan_allocations = 0
         self.finance_posts = 0
         self.sweeps = 0
         self.reconciles = 0
@@ -126,6 +140,12 @@ class Jobs:
         # The service's clock: a sandbox's test clock moves expiries as it moves.
         report = await self.control.sweep(self.control.service.clock_ns())
         self.sweeps += 1
+        if report.rolled_over:
+            _logger.info(
+                "rollover: %d blocks, %d credits carried",
+                len(report.rolled_over),
+                sum(r.taken + r.floor for r in report.rolled_over),
+            )
         if report.swept:
             _logger.info(
                 "expiry sweep: %d blocks, %d credits",
@@ -204,6 +224,21 @@ class Jobs:
         await self.webhooks.start(datetime_of_ns(self.control.service.clock_ns()))
         self.webhook_deliveries += 1
 
+    async def allocate_plans(self) -> None:
+        """The leader issues the plans' allocations due by the service's clock (a bounded
+        batch; the next tick goes on). Safe beside another scheduler: rows are claimed with
+        SKIP LOCKED and keyed by (subscription, rule, period)."""
+        if not self.leader:
+            return
+        report = await self.plans.allocate_due(
+            self.control.service.clock_ns(), PLAN_ALLOCATIONS_PER_TICK
+        )
+        self.plan_allocations += 1
+        if report.finished:
+            _logger.info("plans: %d allocations finished", report.finished)
+        if report.failed:
+            _logger.warning("plans: %d allocations not finished", len(report.failed))
+
     def scheduler(self) -> AsyncIOScheduler:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
@@ -268,6 +303,13 @@ class Jobs:
             "interval",
             seconds=self.settings.webhook_deliver_interval_s,
             id="webhook-deliver",
+            **options,
+        )
+        scheduler.add_job(
+            self.allocate_plans,
+            "interval",
+            seconds=self.settings.plan_allocation_interval_s,
+            id="plan-allocations",
             **options,
         )
         return scheduler

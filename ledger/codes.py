@@ -109,6 +109,9 @@ class TransferCode(enum.IntEnum):
     # timeout has passed by the wall clock but no transfer since has shown the engine's clock
     # past it (ledger/README.md, "The projection"). Bookkeeping: no entry.
     PROJECTION_TICK = 22
+    # Source block -> rollover block, exact amount, posted: what rolls over at the source's
+    # expiry (ledger/README.md "Rollover"). user_data_128 = the source block.
+    ROLLOVER = 23
 
 
 SYSTEM_ACCOUNT_CODES: Final[frozenset[AccountCode]] = frozenset(

@@ -222,6 +222,10 @@ assert USAGE_GROUP_BY_FIELDS_MAX * (len("dimension:") + DIMENSION_NAME_CHARS_MAX
 )
 assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension a spend carries
 
+# Rollover (wallets/control.py, ControlPlane.roll_over_due): the most blocks one pass rolls
+# over (each: two transactions and one engine round trip); the next tick goes on.
+ROLLOVER_BATCH_MAX = 100
+
 # Finance (finance/posting.py): the most projected entries one posting batch reads (one
 # transaction: its journals, lines, memo rows and block states).
 FINANCE_POST_ENTRIES_MAX = 20_000
@@ -290,3 +294,14 @@ assert 1 < WEBHOOK_ATTEMPTS_MAX <= 16 and 0 < WEBHOOK_RETRY_BASE_S <= WEBHOOK_RE
 assert 24 <= WEBHOOK_SECRET_BYTES <= 64
 assert WEBHOOK_REPLAY_EVENTS_MAX <= LIST_PAGE_ROWS_MAX
 assert WEBHOOK_DISPATCH_EVENTS_MAX * WEBHOOK_ENDPOINTS_MAX <= 100_000  # one fan-out's rows
+# Plans (wallets/plans.py): allocation rules in one plan (one per credit type at most); the
+# most allocations one tick of the job issues (the next tick goes on); the most an admin change
+# of a subscription (change of plan, pause, cancel) catches up on before it applies (a
+# subscription further behind than that is refused until the job has caught up); the latest
+# allocations a subscription's answer shows.
+PLAN_RULES_MAX = 16
+PLAN_ALLOCATIONS_PER_TICK = 500
+PLAN_CATCH_UP_ALLOCATIONS_MAX = 1000
+SUBSCRIPTION_ALLOCATIONS_SHOWN_MAX = 100
+assert 1 <= PLAN_ALLOCATIONS_PER_TICK <= PLAN_CATCH_UP_ALLOCATIONS_MAX <= LIST_PAGE_ROWS_MAX
+assert SUBSCRIPTION_ALLOCATIONS_SHOWN_MAX <= LIST_PAGE_ROWS_MAX

@@ -31,18 +31,31 @@ import msgspec
 
 from grants.errors import (
     Conflict,
+    ExpiryInPast,
+    ExpiryNotAfterEffective,
+    GrantNotChangeable,
     GrantNotRefundable,
     IdempotencyConflict,
     InvalidRequest,
+    InvalidRolloverPolicy,
     LedgerUnavailableError,
     NotFound,
     RefundExceedsAvailable,
+    VoidExceedsAvailable,
 )
-from grants.model import Category, Grant, Source
+from grants.model import (
+    Category,
+    Grant,
+    RolloverPolicy,
+    Source,
+    rollover_consideration,
+    rollover_split,
+)
 from grants.service import (
     GrantService,
     IssueResult,
     RefundResult,
+    RolloverResult,
     SweepReport,
     SweepResult,
     WalletAccounts,
@@ -70,6 +83,7 @@ from ledger.limits import (
     EXCHANGE_RATE_DIGITS_MAX,
     EXCHANGE_RATE_PLACES_MAX,
     MONEY_MINOR_MAX,
+    ROLLOVER_BATCH_MAX,
     U32_MAX,
 )
 from ledger.notify import CatalogChange, listen_catalog_changes
@@ -79,6 +93,7 @@ from ledger.repositories import (
     catalog,
     credit_types,
     customers,
+    finance,
     grant_refunds,
     grants,
     idempotency,
@@ -89,7 +104,7 @@ from ledger.repositories import (
     wallets,
 )
 from ledger.repositories.grant_refunds import RefundState
-from ledger.repositories.grants import GrantState
+from ledger.repositories.grants import GrantState, RolloverState
 from ledger.repositories.resources import ResourceKind
 from ledger.repositories.wallet_changes import ChangeState
 from ledger.settings import FUNCTIONAL_CURRENCY_DEFAULT
@@ -135,6 +150,9 @@ class GrantRequest(msgspec.Struct, frozen=True, kw_only=True):
     source: Source = Source.ADMIN
     reason: str | None = None
     external_ref: str | None = None
+    # At the block's expiry, what of it rolls over into new blocks (ledger/README.md
+    # "Rollover"); the block must expire, before the policy's expires_at.
+    rollover: RolloverPolicy | None = None
 
 
 class GrantRefundResult(msgspec.Struct, frozen=True):
@@ -145,6 +163,14 @@ class GrantRefundResult(msgspec.Struct, frozen=True):
     credits: int
     refund_minor: int
     currency: str
+
+
+class GrantExpiryResult(msgspec.Struct, frozen=True):
+    """A change of a block's expiry, applied."""
+
+    grant_id: int
+    expires_at: dt.datetime | None  # the new expiry (None: never)
+    previous_expires_at: dt.datetime | None
 
 
 class ReconcileFailure(msgspec.Struct, frozen=True):
@@ -189,6 +215,8 @@ class ControlPlane:
         )
         self.catalog: Catalog = service.catalog
         self.reloads = 0
+        # The most rollovers one sweep carries out (the rest wait for the next, unswept).
+        self.rollover_batch = ROLLOVER_BATCH_MAX
         # Open reconciliation failures, as of this process's last pass (a metric).
         self.reconcile_failures_open = 0
 
@@ -756,6 +784,14 @@ class ControlPlane:
                     expires_at=request.expires_at,
                     reason=request.reason,
                     external_ref=request.external_ref,
+                    rollover=None
+                    if request.rollover is None
+                    else grants.Rollover(
+                        max_credits=request.rollover.max_credits,
+                        min_credits=request.rollover.min_credits,
+                        expires_at=request.rollover.expires_at,
+                        state=RolloverState.DUE,
+                    ),
                 ),
             )
             await audit.append(
@@ -831,8 +867,12 @@ class ControlPlane:
         return msgspec.structs.replace(accounts, overdraft_limit=now.amount)
 
     async def sweep(self, at_ns: int) -> SweepReport:
-        """Expiry and void sweeps (GrantService.sweep), then the blocks that are done are
-        'expired' in Postgres, so that no later cache load brings them back."""
+        """The rollovers that are due (`roll_over_due`), then the expiry and void sweeps
+        (GrantService.sweep, which leaves a block alone while its rollover is not done), then
+        the blocks that are done are 'expired' in Postgres, so that no later cache load brings
+        them back."""
+        await self._refresh_expired(at_ns)
+        rolled = await self.roll_over_due(at_ns, limit=self.rollover_batch)
         report = await self.grant_service.sweep(at_ns)
         if report.finished:
             async with self.pool.connection() as conn, conn.transaction():
@@ -840,7 +880,215 @@ class ControlPlane:
                     await grants.set_grant_state(
                         conn, grant_id, GrantState.EXPIRED, expected=[GrantState.ACTIVE]
                     )
-        return report
+        return msgspec.structs.replace(report, rolled_over=rolled)
+
+    async def roll_over_due(
+        self, at_ns: int, *, limit: int = ROLLOVER_BATCH_MAX
+    ) -> list[RolloverResult]:
+        """Carries out the rollover of (at most `limit`) blocks past their expiry at `at_ns`
+        whose rollover is not done, oldest expiry first (ledger/README.md "Rollover"). Each is
+        its own dual write: the new blocks' rows 'pending' with their amounts fixed (and the
+        source's rollover 'pending'), then the ledger, then the rows 'active' and the source's
+        rollover 'done'. A pass that finds one unfinished (a crash) finishes it; a block another
+        pass is deciding is skipped (its row lock), and the sweep leaves it alone meanwhile.
+        One block's failure is logged and never holds the others back."""
+        async with self.pool.connection() as conn:
+            due = await grants.rollovers_due(conn, datetime_of_ns(at_ns), limit=limit)
+        done: list[RolloverResult] = []
+        for source_id in due:
+            try:
+                result = await self._roll_over(source_id)
+            except (LedgerUnavailable, LedgerUnavailableError):
+                raise
+            except Exception:
+                _logger.exception("rollover of grant %s failed", id_text(source_id))
+                continue
+            if result is not None:
+                done.append(result)
+        return done
+
+    async def _roll_over(self, source_id: int) -> RolloverResult | None:
+        """One block's rollover, from wherever it stands; None when another pass holds it or
+        it is done."""
+        decided = await self._decide_rollover(source_id)
+        if decided is None:
+            return None
+        source, blocks, tenant, remaining = decided
+        carried = next((b for b in blocks if b.id == rollover_block_id(source.id)), None)
+        floor = next((b for b in blocks if b.id == rollover_floor_id(source.id)), None)
+        result = RolloverResult(
+            source.id,
+            remaining,
+            0 if carried is None else carried.amount,
+            0 if floor is None else floor.amount,
+            None if carried is None else carried.id,
+            None if floor is None else floor.id,
+        )
+        if source.rollover is not None and source.rollover.state is RolloverState.DONE:
+            return result  # nothing to carry: decided and done in one step
+        applied = await self._roll_over_ledger(source, carried, floor, tenant)
+        async with self.pool.connection() as conn, conn.transaction():
+            for block in blocks:
+                await grants.set_grant_state(
+                    conn,
+                    block.id,
+                    GrantState.ACTIVE if applied else GrantState.ABANDONED,
+                    expected=[GrantState.PENDING],
+                )
+            await grants.set_rollover_state(
+                conn,
+                source.id,
+                RolloverState.DONE if applied else RolloverState.REFUSED,
+                expected=[RolloverState.PENDING],
+            )
+        cached = self.catalog.grants.get(source.id)
+        if cached is not None:
+            self.catalog.put_grant(msgspec.structs.replace(cached, rollover_due=False))
+        if not applied:
+            _logger.error(
+                "rollover of grant %s refused: the block had less left than fixed",
+                id_text(source.id),
+            )
+        return msgspec.structs.replace(result, refused=not applied)
+
+    async def _roll_over_ledger(
+        self,
+        source: grants.Grant,
+        carried: grants.Grant | None,
+        floor: grants.Grant | None,
+        tenant: int,
+    ) -> bool:
+        """Step 2 of a rollover: the ledger (GrantService.roll_over). Idempotent."""
+        return await self.grant_service.roll_over(
+            _grant(source),
+            None if carried is None else _grant(carried),
+            None if floor is None else _grant(floor),
+            tenant=tenant,
+        )
+
+    async def _decide_rollover(
+        self, source_id: int
+    ) -> tuple[grants.Grant, list[grants.Grant], int, int] | None:
+        """Step 1 of a rollover, under the source's row lock (skipped when another pass holds
+        it): a block whose rollover is due gets its new blocks' rows, 'pending', with amounts
+        fixed from what the engine has available in it now (after its expiry nothing debits a
+        block, only releases give back to it: what comes back later is swept), and its rollover
+        'pending'; or 'done' at once when nothing is carried (or the block was voided). Returns
+        (the source, its new blocks, the tenant, what was left) for the ledger step; None when
+        there is nothing more to do."""
+        async with self.pool.connection() as conn, conn.transaction():
+            source = await grants.lock_rollover_source(conn, source_id)
+            if source is None or source.rollover is None:
+                return None
+            policy = source.rollover
+            if policy.state is RolloverState.PENDING:
+                found = await self.grant_service.balances(source.id)
+                assert found is not None  # its rows were written once it was on the ledger
+                rows = await grants.rollover_blocks(conn, source.id)
+                taken = sum(b.amount for b in rows if b.id == rollover_block_id(source.id))
+                return source, rows, found.tenant, taken
+            if policy.state is not RolloverState.DUE:
+                return None
+            found = await self.grant_service.balances(source.id)
+            if source.state is not GrantState.ACTIVE or found is None:
+                # Voided (its void took what was left) or never on the ledger: nothing rolls.
+                await grants.set_rollover_state(
+                    conn, source.id, RolloverState.DONE, expected=[RolloverState.DUE]
+                )
+                done = msgspec.structs.replace(
+                    source, rollover=msgspec.structs.replace(policy, state=RolloverState.DONE)
+                )
+                return done, [], 0 if found is None else found.tenant, 0
+            remaining = found.available
+            taken, floor = rollover_split(policy.max_credits, policy.min_credits, remaining)
+            assert source.expires_at is not None  # a policy needs an expiry (the schema's)
+            blocks: list[grants.Grant] = []
+            if taken:
+                credits_out = source.amount - found.posted
+                blocks.append(
+                    await grants.insert_grant(
+                        conn,
+                        grants.NewGrant(
+                            id=rollover_block_id(source.id),
+                            wallet_id=source.wallet_id,
+                            credit_type_id=source.credit_type_id,
+                            amount=taken,
+                            category=source.category,
+                            effective_at=source.expires_at,
+                            source=Source.ROLLOVER,
+                            actor=ROLLOVER_ACTOR,
+                            consideration_minor=rollover_consideration(
+                                source.consideration_minor, source.amount, credits_out, taken
+                            ),
+                            currency=source.currency,
+                            exchange_rate=source.exchange_rate,
+                            priority=source.priority,
+                            expires_at=policy.expires_at,
+                            reason=f"rollover of grant {id_text(source.id)}",
+                            source_grant_id=source.id,
+                        ),
+                    )
+                )
+            if floor:
+                blocks.append(
+                    await grants.insert_grant(
+                        conn,
+                        grants.NewGrant(
+                            id=rollover_floor_id(source.id),
+                            wallet_id=source.wallet_id,
+                            credit_type_id=source.credit_type_id,
+                            amount=floor,
+                            category=Category.PROMOTIONAL,
+                            effective_at=source.expires_at,
+                            source=Source.ROLLOVER,
+                            actor=ROLLOVER_ACTOR,
+                            priority=source.priority,
+                            expires_at=policy.expires_at,
+                            reason=f"rollover floor of grant {id_text(source.id)}",
+                            source_grant_id=source.id,
+                        ),
+                    )
+                )
+            state = RolloverState.PENDING if blocks else RolloverState.DONE
+            await grants.set_rollover_state(conn, source.id, state, expected=[RolloverState.DUE])
+            await audit.append(
+                conn,
+                actor=ROLLOVER_ACTOR,
+                action="grant.rollover",
+                object_type="grant",
+                object_id=source.id,
+                details={
+                    "remaining": str(remaining),
+                    "taken": str(taken),
+                    "floor": str(floor),
+                    "blocks": [id_text(b.id) for b in blocks],
+                },
+            )
+        if not blocks:
+            cached = self.catalog.grants.get(source.id)
+            if cached is not None:
+                self.catalog.put_grant(msgspec.structs.replace(cached, rollover_due=False))
+        source = msgspec.structs.replace(
+            source, rollover=msgspec.structs.replace(policy, state=state)
+        )
+        return source, blocks, found.tenant, remaining
+
+    async def _refresh_expired(self, at_ns: int) -> None:
+        """The cached blocks that are past their expiry at `at_ns`, read again from Postgres
+        before the sweep moves them: an expiry changed in another process
+        (`change_grant_expiry`) whose notification has not arrived yet must not have a block
+        swept at its old expiry. Only those blocks: few, and one query."""
+        due = {g.id: g for g in self.catalog.grants.values() if g.expired(at_ns)}
+        if not due:
+            return
+        async with self.pool.connection() as conn:
+            rows = await grants.get_grants(conn, list(due))
+        for row in rows:
+            fresh = _grant(row)
+            cached = self.catalog.grants.get(row.id)
+            # Unless a notification put a newer row meanwhile (then the cache is right).
+            if row.state is GrantState.ACTIVE and cached is due[row.id] and cached != fresh:
+                self.catalog.put_grant(fresh)
 
     async def advance_to(self, at_ns: int) -> SweepReport:
         """What the clock's reaching `at_ns` brings, done before this returns (a test clock's
@@ -853,9 +1101,22 @@ class ControlPlane:
         return await self.sweep(at_ns)
 
     async def void_grant(
-        self, grant_id: int, *, tenant: int, key: str, actor: str, reason: str | None = None
+        self,
+        grant_id: int,
+        *,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+        amount: int | None = None,
     ) -> tuple[SweepResult, bool]:
-        """Voids what is left of a block, once per key; later returns are voided by sweeps."""
+        """Voids what is left of a block, once per key; later returns are voided by sweeps.
+        With an `amount`: voids exactly that many of the credits the block has available now
+        (`_void_part`), and the block stays in force."""
+        if amount is not None:
+            return await self._void_part(
+                grant_id, amount=amount, tenant=tenant, key=key, actor=actor, reason=reason
+            )
 
         async def first(conn: Connection) -> None:
             row = await grants.set_grant_state(
@@ -888,6 +1149,167 @@ class ControlPlane:
             first=first,
             then=then,
             result_type=SweepResult,
+        )
+
+    async def _void_part(
+        self, grant_id: int, *, amount: int, tenant: int, key: str, actor: str, reason: str | None
+    ) -> tuple[SweepResult, bool]:
+        """A void of `amount` credits of a block, once per key: checked against what the block
+        has available (409 void_exceeds_available, with `available`) and audited in the
+        claiming transaction, then one `GRANT_VOID` transfer of exactly `amount` (its id derived
+        from the key) that the engine refuses, moving nothing, should a debit have taken the
+        credits in between: the engine's balance constraint keeps the block from being
+        overdrawn, not the read. The block stays 'active'. No row of its own: the transfer is
+        the record (the projection's `void` entry, finance's breakage)."""
+        if not 1 <= amount <= AMOUNT_MAX_REQUEST:
+            raise InvalidRequest(f"amount must be in 1..{AMOUNT_MAX_REQUEST}", field="amount")
+        void_id = derive_id("grant/void-part", tenant, key)
+
+        async def first(conn: Connection) -> None:
+            row = await grants.get_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            _changeable(row, datetime_of_ns(self.service.clock_ns()), "voided in part")
+            found = await self.grant_service.left(grant_id)
+            available = 0 if found is None else found[0]
+            if amount > available:
+                raise VoidExceedsAvailable(
+                    f"grant {id_text(grant_id)} has {available} credits available to void, "
+                    f"fewer than {amount}",
+                    field="amount",
+                    available=available,
+                )
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.void",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={"void_id": id_text(void_id), "amount": str(amount)},
+            )
+
+        async def then() -> SweepResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+            assert row is not None
+            found = await self.grant_service.left(grant_id)
+            applied = found is not None and await self.grant_service.void_part(
+                _grant(row), operation_id=void_id, credits=amount, tenant=found[1]
+            )
+            if not applied:
+                available = 0 if found is None else found[0]
+                raise VoidExceedsAvailable(
+                    f"void of grant {id_text(grant_id)} refused: the block had fewer than "
+                    f"{amount} credits available when the void reached the ledger",
+                    field="amount",
+                    available=available,
+                )
+            return SweepResult(grant_id, amount, "voided")
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.void",
+            request={"grant_id": str(grant_id), "reason": reason, "amount": str(amount)},
+            first=first,
+            then=then,
+            result_type=SweepResult,
+        )
+
+    async def change_grant_expiry(
+        self,
+        grant_id: int,
+        *,
+        expires_at: dt.datetime | None,
+        tenant: int,
+        key: str,
+        actor: str,
+        reason: str | None = None,
+    ) -> tuple[GrantExpiryResult, bool]:
+        """Extends, shortens or removes (None) the expiry of a block in force, once per key.
+        Returns (outcome, replayed).
+
+        Refused: a block expired by the service's clock, voided or not issued (409
+        grant_not_changeable); a new expiry at or before now (422 expiry_in_past: the change
+        never reaches into the past, so the block's history reads the same under either
+        expiry), or at or before its effective time (422 expiry_not_after_effective).
+
+        Where the expiry lives, all changed in one transaction under the grant's row lock: the
+        grants row (every process's cache learns it through grants_notify: burn order, the spend
+        path, the sweep), finance_blocks (the aging report; taken under finance's state lock so
+        that a poster batch cannot insert the block with the old one), the audit log (old and
+        new). The engine holds no expiry on the block's account (its user_data_64 is the
+        effective time): only sweeps carry one, written when they run, so they carry the new
+        one. Then this process's cache (a replay does it again: idempotent)."""
+        business_time_ns(expires_at, "expires_at")
+        change_id = derive_id("grant/expiry", tenant, key)
+        previous: list[dt.datetime | None] = []
+
+        async def first(conn: Connection) -> None:
+            row = await grants.lock_grant(conn, grant_id)
+            if row is None:
+                raise NotFound(f"grant {id_text(grant_id)} not found")
+            now = datetime_of_ns(self.service.clock_ns())
+            _changeable(row, now, "given a new expiry")
+            if expires_at is not None and expires_at <= row.effective_at:
+                raise ExpiryNotAfterEffective(
+                    f"expires_at must be after the grant's effective_at "
+                    f"({row.effective_at.isoformat()})",
+                    field="expires_at",
+                )
+            if expires_at is not None and expires_at <= now:
+                raise ExpiryInPast(
+                    f"expires_at must be after now ({now.isoformat()})", field="expires_at"
+                )
+            await finance.lock_state(conn)
+            changed = await grants.set_grant_expiry(conn, grant_id, expires_at)
+            assert changed is not None  # locked, and active (_changeable)
+            await finance.set_block_expiry(conn, grant_id, expires_at)
+            await audit.append(
+                conn,
+                actor=actor,
+                action="grant.expiry",
+                object_type="grant",
+                object_id=grant_id,
+                reason=reason,
+                details={
+                    "change_id": id_text(change_id),
+                    "previous_expires_at": _iso(row.expires_at),
+                    "expires_at": _iso(expires_at),
+                },
+            )
+            previous.append(row.expires_at)
+
+        async def then() -> GrantExpiryResult:
+            async with self.pool.connection() as conn:
+                row = await grants.get_grant(conn, grant_id)
+                if not previous:  # an earlier attempt claimed the key: its audit row says
+                    entries = await audit.list_for_object(conn, "grant", grant_id)
+                    details = next(
+                        (
+                            e.details
+                            for e in entries
+                            if e.action == "grant.expiry"
+                            and e.details.get("change_id") == id_text(change_id)
+                        ),
+                        {},
+                    )
+                    was = details.get("previous_expires_at")
+                    previous.append(None if was is None else dt.datetime.fromisoformat(was))
+            assert row is not None
+            if row.state is GrantState.ACTIVE:  # the row as it is now: right to cache
+                self.catalog.put_grant(_grant(row))
+            return GrantExpiryResult(grant_id, expires_at, previous[0])
+
+        return await self._once(
+            tenant=tenant,
+            key=key,
+            operation="grant.expiry",
+            request={"grant_id": str(grant_id), "expires_at": _iso(expires_at), "reason": reason},
+            first=first,
+            then=then,
+            result_type=GrantExpiryResult,
         )
 
     async def refund_grant(
@@ -1608,6 +2030,38 @@ def _validate_grant(request: GrantRequest) -> None:
         and request.expires_at <= request.effective_at
     ):
         raise InvalidRequest("expires_at must be after effective_at", field="expires_at")
+    if request.rollover is not None:
+        validate_rollover(request.rollover, request.expires_at)
+
+
+def validate_rollover(policy: RolloverPolicy, block_expires_at: dt.datetime | None) -> None:
+    """A rollover policy the service can carry out on a block expiring at `block_expires_at`
+    (else 422 invalid_rollover_policy, naming the field)."""
+    if block_expires_at is None:
+        raise InvalidRolloverPolicy(
+            "a block that never expires has nothing to roll over: give it an expires_at",
+            field="rollover",
+        )
+    for name in ("min_credits", "max_credits"):
+        value = getattr(policy, name)
+        if not 0 <= value <= AMOUNT_MAX_REQUEST:
+            raise InvalidRolloverPolicy(
+                f"rollover.{name} must be in 0..{AMOUNT_MAX_REQUEST}", field=f"rollover.{name}"
+            )
+    if policy.max_credits < policy.min_credits:
+        raise InvalidRolloverPolicy(
+            "rollover.max_credits must be at least rollover.min_credits",
+            field="rollover.max_credits",
+        )
+    try:
+        business_time_ns(policy.expires_at, "rollover.expires_at")
+    except InvalidRequest as error:
+        raise InvalidRolloverPolicy(str(error), field="rollover.expires_at") from None
+    if policy.expires_at <= block_expires_at:
+        raise InvalidRolloverPolicy(
+            "rollover.expires_at must be after the block's expires_at",
+            field="rollover.expires_at",
+        )
 
 
 def exchange_rate_of(request: GrantRequest, functional_currency: str) -> Decimal | None:
@@ -1676,6 +2130,22 @@ def _refundable(row: grants.Grant, now: dt.datetime) -> None:
         )
 
 
+def _iso(at: dt.datetime | None) -> str | None:
+    return None if at is None else at.astimezone(dt.UTC).isoformat()
+
+
+def _changeable(row: grants.Grant, now: dt.datetime, what: str) -> None:
+    """Refuses (409 grant_not_changeable) a change of a block that is not in force at `now`:
+    expired (by its expiry, swept or not), voided, or not issued (pending, abandoned)."""
+    state = grants.block_state(row, now) if row.state is GrantState.ACTIVE else row.state.value
+    if state not in ("active", "upcoming"):
+        raise GrantNotChangeable(
+            f"grant {id_text(row.id)} is {state}: only an issued block that has neither "
+            f"expired nor been voided can be {what}",
+            state=state,
+        )
+
+
 def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
     """A business time as ns since the epoch, if the engine can record it (else 422)."""
     if at is None:
@@ -1690,6 +2160,19 @@ def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
             field=field,
         )
     return ns
+
+
+ROLLOVER_ACTOR = "system"
+
+
+def rollover_block_id(source_id: int) -> int:
+    """The block a block's credits roll over into (its account id)."""
+    return derive_id("grant/rollover", source_id)
+
+
+def rollover_floor_id(source_id: int) -> int:
+    """The promotional block a rollover's floor adds beyond what was left."""
+    return derive_id("grant/rollover/floor", source_id)
 
 
 def _resource(r: resources.Resource, tenant: int) -> Resource:
@@ -1724,4 +2207,6 @@ def _grant(g: grants.Grant) -> Grant:
         expires_at_ns=None if g.expires_at is None else ns_of_datetime(g.expires_at),
         consideration_minor=g.consideration_minor,
         currency=g.currency,
+        rollover_due=g.rollover is not None
+        and g.rollover.state in (RolloverState.DUE, RolloverState.PENDING),
     )

@@ -62,6 +62,8 @@ POSTED_KINDS: Final[dict[int, str]] = {
     TransferCode.OVERDRAFT_REPAY: "overdraft_repay",
     TransferCode.BUDGET_LIMIT: "budget_limit",
     TransferCode.BUDGET_SPEND: "budget_usage",
+    # Source block -> its rollover block: an entry on each (-, +), no consumption.
+    TransferCode.ROLLOVER: "rollover",
 }
 NS_PER_HOUR: Final = 3600 * NS_PER_S
 NS_PER_DAY: Final = 24 * NS_PER_HOUR

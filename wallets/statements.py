@@ -82,6 +82,9 @@ class EntryType(enum.StrEnum):
     OVERDRAFT_REPAY = "overdraft_repay"  # a new block paid back what the overdraft lent
     OVERDRAFT_LIMIT = "overdraft_limit"  # the overdraft's limit was set (or changed)
     CORRECTION = "correction"
+    # Credits rolled over from an expired block into its rollover block (shown on the new
+    # block, +: the source's were already out of `available` from its expiry).
+    ROLLOVER = "rollover"
 
 
 class GrantBalance(msgspec.Struct, frozen=True):
@@ -96,6 +99,7 @@ class GrantBalance(msgspec.Struct, frozen=True):
     voided: int  # swept by a void, or come back to the block since it was voided
     refunded: int  # unused credits refunded in money
     repaid: int  # went to the wallet's overdraft deficit
+    rolled_over: int = 0  # moved into its rollover block at its expiry
 
 
 class WalletBalance(msgspec.Struct, frozen=True):
@@ -183,6 +187,7 @@ _TYPES: dict[int, EntryType] = {
     TransferCode.OVERDRAFT_DRAW: EntryType.OVERDRAFT_DRAW,
     TransferCode.OVERDRAFT_REPAY: EntryType.OVERDRAFT_REPAY,
     TransferCode.OVERDRAFT_LIMIT: EntryType.OVERDRAFT_LIMIT,
+    TransferCode.ROLLOVER: EntryType.ROLLOVER,
 }
 
 
@@ -231,6 +236,9 @@ def block_of(account: Account, transfers: Iterable[Transfer], catalog: Catalog) 
         for t in transfers
         if t.debit_account_id == account.id
         and t.code in (TransferCode.EXPIRE, TransferCode.GRANT_VOID)
+        # A sweep names its block; a void of part of a block names its operation and leaves
+        # the block in force (ControlPlane.void_grant with an amount).
+        and t.user_data_128 == account.id
     ]
     voided_at = next((t.timestamp for t in sweeps if t.code == TransferCode.GRANT_VOID), None)
     grant = catalog.grants.get(account.id)
@@ -244,7 +252,15 @@ def block_of(account: Account, transfers: Iterable[Transfer], catalog: Catalog) 
 def grant_balance(account: Account, transfers: list[Transfer], state: BlockState) -> GrantBalance:
     """A block's figures: the movements summed by kind, and what is left of it (its posted
     balance less what is held) put where its state says."""
-    sums = {"granted": 0, "consumed": 0, "expired": 0, "voided": 0, "refunded": 0, "repaid": 0}
+    sums = {
+        "granted": 0,
+        "consumed": 0,
+        "expired": 0,
+        "voided": 0,
+        "refunded": 0,
+        "repaid": 0,
+        "rolled_over": 0,
+    }
     for t in transfers:
         kind = entry_type(t)
         credit = t.credit_account_id == account.id
@@ -262,6 +278,8 @@ def grant_balance(account: Account, transfers: list[Transfer], state: BlockState
             sums["refunded"] += t.amount
         elif kind is EntryType.OVERDRAFT_REPAY:
             sums["repaid"] += t.amount
+        elif kind is EntryType.ROLLOVER:
+            sums["granted" if credit else "rolled_over"] += t.amount
     left = account.credits_posted - account.debits_posted - account.debits_pending
     if state is BlockState.EXPIRED:
         sums["expired"] += left
@@ -565,6 +583,8 @@ class _Timeline:
         self._move(credit, t.amount, t)
         if kind in (EntryType.EXPIRE, EntryType.VOID) and self._counted_out(debit, t):
             return debit, None, 0
+        if kind is EntryType.ROLLOVER:  # the source's credits were counted out at its expiry
+            return credit, kind, t.amount
         return (debit, kind, -t.amount) if debit in self.kind else (credit, kind, t.amount)
 
     def _hold(self, leg: Transfer, sign: int) -> int:

@@ -12,6 +12,8 @@ ids, calls the service, and shapes the answer. One module per part of the API:
 - `usage`: cost attribution, read from the projection's usage rollups (JSON or CSV).
 - `finance`: the finance reports (JSON or CSV), periods (list, close, lock), breakage policies.
 - `health`: liveness and readiness.
+- `plans`: plans (recurring allocations) and subscriptions: subscribe, change plan, pause,
+  resume, cancel.
 - `clock`: a sandbox's test clock (`serve --test-clock`): read it, advance it.
 - `webhooks`: webhook endpoints, their delivery log and replays; the outbox of events.
 """
@@ -26,6 +28,7 @@ from api.routes import (
     finance,
     grants,
     health,
+    plans,
     prices,
     spending,
     usage,
@@ -39,6 +42,7 @@ ROUTES = [
     *grants.ROUTES,
     *budgets.ROUTES,
     *alerts.ROUTES,
+    *plans.ROUTES,
     *prices.ROUTES,
     *usage.ROUTES,
     *finance.ROUTES,

@@ -7,8 +7,10 @@ makes happen what the time that passed brings: the engine releases every reserva
 timeout it passed (its pulse, which runs before any request it serves), and the expiry sweep
 runs for every block whose `expires_at` it passed (each sweep dated at the block's expiry, as
 the periodic sweep dates it, so one sweep at the end of a long jump books what sweeps along the
-way would have). Budget periods and a grant's effective time need nothing run: every spend
-takes them from the clock. The projection follows on its own, as it follows every transfer.
+way would have). Before the sweep, the plans' allocations due by the instant reached are
+issued (each period once, dated at its own start, wallets/plans.py). Budget periods and a
+grant's effective time need nothing run: every spend takes them from the clock. The projection
+follows on its own, as it follows every transfer.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ async def advance_test_clock(request: Request[Any, Any, Any], state: State) -> w
         reached_ns = clock.advance_to(target_ns)
     except ValueError as error:  # another advance went further meanwhile
         raise ClockBackwards(str(error), now=rfc3339_of_ns(clock())) from None
+    # The plans' allocations of every period that started, each dated at its own start, then
+    # the sweeps (an allocation whose period the jump passed expires in the same advance).
+    await services.plans.allocate_all_due(reached_ns)
     report = await services.control.advance_to(reached_ns)
     return w.ClockOut(now=rfc3339_of_ns(reached_ns), swept_blocks=len(report.swept))
 

@@ -1,4 +1,5 @@
-"""The credit-block routes: issue, read, void, refund in money; and usage refunds of a debit."""
+"""The credit-block routes: issue, read, void (all or part), change of expiry, refund in money;
+and usage refunds of a debit."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from api.routes.shared import (
 )
 from api.services import Services
 from grants.errors import NotFound
-from grants.model import Category, Source
+from grants.model import Category, RolloverPolicy, Source
 from ledger.clock import datetime_of_ns
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import leg_id
@@ -64,7 +65,19 @@ OPS = {
     ),
     "get_grant": operation(*READ_PROBLEMS, idempotent=False),
     "list_grants": operation(*LIST_PROBLEMS, idempotent=False, query=w.GrantQuery),
-    "void_grant": operation(*ADMIN_PROBLEMS, example={"reason": "chargeback"}),
+    "void_grant": operation(
+        *ADMIN_PROBLEMS,
+        "void_exceeds_available",
+        "grant_not_changeable",
+        example={"amount": 300, "reason": "chargeback"},
+    ),
+    "change_grant_expiry": operation(
+        *ADMIN_PROBLEMS,
+        "grant_not_changeable",
+        "expiry_in_past",
+        "expiry_not_after_effective",
+        example={"expires_at": "2027-06-30T00:00:00Z", "reason": "extended as a courtesy"},
+    ),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
     "refund_grant": operation(
         *ADMIN_PROBLEMS,
@@ -93,7 +106,13 @@ OPS = {
     "decimal string > 0 with at most 12 significant digits and 10 decimal places, kept as "
     "given and never changed; a paid block in the functional currency has 1 (another rate is "
     "422), one in another currency without it has none (null: unknown); a promotional block "
-    "takes none (422).",
+    "takes none (422). rollover: at the block's expiry, carried = min(max_credits, "
+    "max(min_credits, remaining)) credits go to new blocks (source rollover, source_grant_id "
+    "naming this block) expiring at rollover.expires_at: up to what was left moves at the "
+    "block's cost basis per credit, what min_credits adds beyond that is a promotional block; "
+    "the rest expires as usual. A policy with max_credits below min_credits, a negative bound, "
+    "an expires_at not after the block's, or on a block without expiry is 422 "
+    "invalid_rollover_policy.",
 )
 async def create_grant(request: Request[Any, Any, Any], state: State) -> Response[w.GrantOut]:
     principal = principal_of(request)
@@ -114,6 +133,13 @@ async def create_grant(request: Request[Any, Any, Any], state: State) -> Respons
         source=Source(data.source.value),
         reason=data.reason,
         external_ref=data.external_ref,
+        rollover=None
+        if data.rollover is None
+        else RolloverPolicy(
+            max_credits=data.rollover.max_credits,
+            min_credits=data.rollover.min_credits,
+            expires_at=data.rollover.expires_at,
+        ),
     )
     result, replayed = await services.control.issue_grant(
         grant_request, tenant=principal.tenant, key=key_of(request), actor=principal.name
@@ -144,8 +170,11 @@ async def _grant_customer(services: Services, grant_id: int) -> int | None:
     "receipt, source, reason, "
     "external_ref, actor, created_at) and its figures now, as a spend would find them: its "
     "state (upcoming, active, expired, voided) and granted = available + upcoming + held + "
-    "consumed + expired + voided + refunded + repaid. Past its expires_at, or once voided, "
-    "what is left of it is expired or voided at once, whether or not a sweep has moved it yet.",
+    "consumed + expired + voided + refunded + repaid + rolled_over. Past its expires_at, or "
+    "once voided, what is left of it is expired or voided at once, whether or not a sweep has "
+    "moved it yet; a rollover block names its source (source_grant_id), and a block with a "
+    "rollover policy says where its rollover stands (rollover.state: due, pending, done, "
+    "refused).",
 )
 async def get_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
@@ -193,6 +222,15 @@ def _block_out(services: Services, row: grants.Grant, now: dt.datetime) -> w.Gra
         state=w.GrantState(grants.block_state(row, now)),
         actor=row.actor,
         created_at=row.created_at,
+        source_grant_id=None if row.source_grant_id is None else sid(row.source_grant_id),
+        rollover=None
+        if row.rollover is None
+        else w.RolloverOut(
+            max_credits=row.rollover.max_credits,
+            min_credits=row.rollover.min_credits,
+            expires_at=row.rollover.expires_at,
+            state=w.RolloverState(row.rollover.state.value),
+        ),
     )
 
 
@@ -237,7 +275,13 @@ async def list_grants(request: Request[Any, Any, Any], state: State) -> w.GrantP
     status_code=200,
     tags=["grants"],
     description="Void what is left of a grant; credits held by reservations stay held and "
-    "are voided when they come back. The body (a reason) may be left out.",
+    "are voided when they come back; the grant is voided. The body may be left out. With an "
+    "`amount`: void exactly that many of the credits the grant has available now (credits "
+    "held by reservations are not), and the grant stays active with the rest: more than is "
+    "available is 409 void_exceeds_available with the `available` credits, and nothing moves "
+    "(a spend that takes the credits first makes the void refused, never the block "
+    "overdrawn). An expired, voided or not yet issued grant is 409 grant_not_changeable. "
+    "Finance books a void of a paid grant as breakage when it happens. Audited.",
 )
 async def void_grant(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
@@ -249,9 +293,53 @@ async def void_grant(
     gid = parse_id(grant_id, "grant_id")
     own(principal, await _grant_customer(services, gid), "grant")
     result, replayed = await services.control.void_grant(
-        gid, tenant=principal.tenant, key=key_of(request), actor=principal.name, reason=data.reason
+        gid,
+        tenant=principal.tenant,
+        key=key_of(request),
+        actor=principal.name,
+        reason=data.reason,
+        amount=data.amount,
     )
     return reply(w.VoidOut(grant_id=grant_id, voided=result.amount), replayed)
+
+
+@post(
+    "/v1/grants/{grant_id:str}/expiry",
+    operation_class=OPS["change_grant_expiry"],
+    dependencies=documented_body(w.GrantExpiryIn),
+    opt={"scopes": {"admin"}},
+    status_code=200,
+    tags=["grants"],
+    description="Change a grant's expiry: extend it, shorten it, or remove it (`expires_at` "
+    "null: it never expires). The new expiry must be after now (the service's clock: a "
+    "sandbox's test clock) and after the grant's effective_at (422 expiry_in_past, "
+    "expiry_not_after_effective); an expired, voided or not yet issued grant is 409 "
+    "grant_not_changeable. From then on spends, burn order, the expiry sweep and finance "
+    "(its breakage date, the aging report) go by the new expiry. Audited with the old and "
+    "the new expiry; the answer names both.",
+)
+async def change_grant_expiry(
+    request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]
+) -> Response[w.GrantExpiryOut]:
+    principal = principal_of(request)
+    data = await strict_body(request, w.GrantExpiryIn)
+    services = services_of(state)
+    gid = parse_id(grant_id, "grant_id")
+    own(principal, await _grant_customer(services, gid), "grant")
+    result, replayed = await services.control.change_grant_expiry(
+        gid,
+        expires_at=data.expires_at,
+        tenant=principal.tenant,
+        key=key_of(request),
+        actor=principal.name,
+        reason=data.reason,
+    )
+    body = w.GrantExpiryOut(
+        grant_id=grant_id,
+        expires_at=result.expires_at,
+        previous_expires_at=result.previous_expires_at,
+    )
+    return reply(body, replayed)
 
 
 @post(
@@ -344,6 +432,7 @@ ROUTES = [
     get_grant,
     list_grants,
     void_grant,
+    change_grant_expiry,
     refund_grant,
     refund,
 ]

@@ -185,4 +185,5 @@ def grant_balance_out(g: Any) -> w.GrantBalanceOut:
         voided=g.voided,
         refunded=g.refunded,
         repaid=g.repaid,
+        rolled_over=g.rolled_over,
     )

@@ -32,6 +32,7 @@ BLOCK_KINDS: Final = (
     "refund",
     "refund_out",
     "correction",
+    "rollover",
 )
 
 
@@ -99,6 +100,9 @@ class Block(msgspec.Struct, frozen=True):
     accrued_minor: int
     functional_accrued_minor: int | None
     granted_period: dt.date
+    # C in the functional currency when it is not C at the rate of receipt, rounded: a rollover
+    # block's is what its source gave up (migration 0015). None: derived from C and the rate.
+    functional_consideration_minor: int | None = None
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -334,7 +338,7 @@ _BLOCK_COLUMNS: Final = (
     "block_id, customer_id, wallet_id, resource_id, credit_type_id, category, currency, credits,"
     " consideration_minor, exchange_rate, effective_at, expires_at, method, rate, credits_out,"
     " credits_used, value_out_minor, functional_out_minor, accrued_minor,"
-    " functional_accrued_minor, granted_period"
+    " functional_accrued_minor, granted_period, functional_consideration_minor"
 )
 
 
@@ -370,6 +374,7 @@ def _block(r: tuple[Any, ...]) -> Block:
         int(r[18]),
         _int_or_none(r[19]),
         r[20],
+        _int_or_none(r[21]),
     )
 
 
@@ -400,12 +405,13 @@ async def save_blocks(conn: Connection, rows: Sequence[Block]) -> None:
             b.accrued_minor,
             b.functional_accrued_minor,
             b.granted_period,
+            b.functional_consideration_minor,
         )
         for b in rows
     ]
     async with conn.cursor() as cursor:
         await cursor.executemany(
-            f"INSERT INTO finance_blocks ({_BLOCK_COLUMNS}) VALUES ({', '.join(['%s'] * 21)})"
+            f"INSERT INTO finance_blocks ({_BLOCK_COLUMNS}) VALUES ({', '.join(['%s'] * 22)})"
             " ON CONFLICT (block_id) DO UPDATE SET credits_out = excluded.credits_out,"
             " credits_used = excluded.credits_used, value_out_minor = excluded.value_out_minor,"
             " functional_out_minor = excluded.functional_out_minor,"
@@ -413,6 +419,19 @@ async def save_blocks(conn: Connection, rows: Sequence[Block]) -> None:
             " functional_accrued_minor = excluded.functional_accrued_minor",
             values,
         )
+
+
+async def set_block_expiry(conn: Connection, block_id: int, expires_at: dt.datetime | None) -> bool:
+    """A block's new expiry (a change of its grant's, in the same transaction): the aging
+    report reads it. Take `lock_state` first, so that a poster batch that has read the grant's
+    old row cannot insert the block after this. Closed periods' snapshots
+    (finance_period_blocks) keep the expiry they were closed with. False: finance has not met
+    the block yet (it reads the grant's row when it does)."""
+    cursor = await conn.execute(
+        "UPDATE finance_blocks SET expires_at = %s WHERE block_id = %s",
+        (expires_at, _uuid(block_id)),
+    )
+    return cursor.rowcount > 0
 
 
 # -- journals --------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from ledger.repositories._rows import (
 _COLUMNS: Final = (
     "id, wallet_id, credit_type_id, amount, category, consideration_minor, currency, priority,"
     " effective_at, expires_at, source, reason, actor, external_ref, state, created_at,"
-    " exchange_rate"
+    " exchange_rate, rollover_max, rollover_min, rollover_expires_at, rollover_state,"
+    " source_grant_id"
 )
 
 
@@ -48,6 +49,22 @@ class GrantSource(enum.StrEnum):
     PURCHASE = "purchase"
     PLAN_ALLOCATION = "plan_allocation"
     ROLLOVER = "rollover"
+
+
+class RolloverState(enum.StrEnum):
+    DUE = "due"  # the block has a policy; its rollover has not been decided
+    PENDING = "pending"  # the new blocks' rows are written, their amounts fixed
+    DONE = "done"  # the ledger moved and the new blocks are active (or nothing was carried)
+    REFUSED = "refused"  # the engine found less left than fixed: the new rows are abandoned
+
+
+class Rollover(msgspec.Struct, frozen=True, kw_only=True):
+    """A block's rollover policy as stored, and where its rollover stands."""
+
+    max_credits: int
+    min_credits: int
+    expires_at: datetime
+    state: RolloverState
 
 
 class GrantState(enum.StrEnum):
@@ -79,6 +96,8 @@ class Grant(msgspec.Struct, frozen=True, kw_only=True):
     external_ref: str | None
     state: GrantState
     created_at: datetime
+    rollover: Rollover | None = None
+    source_grant_id: int | None = None  # a rollover block's source block
 
 
 class NewGrant(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +119,8 @@ class NewGrant(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None = None
     external_ref: str | None = None
     state: GrantState = GrantState.PENDING
+    rollover: Rollover | None = None
+    source_grant_id: int | None = None
 
 
 def _row(row: tuple[Any, ...]) -> Grant:
@@ -121,6 +142,15 @@ def _row(row: tuple[Any, ...]) -> Grant:
         state=GrantState(row[14]),
         created_at=row[15],
         exchange_rate=row[16],
+        rollover=None
+        if row[17] is None
+        else Rollover(
+            max_credits=from_amount(row[17]),
+            min_credits=from_amount(row[18]),
+            expires_at=row[19],
+            state=RolloverState(row[20]),
+        ),
+        source_grant_id=None if row[21] is None else from_uuid(row[21]),
     )
 
 
@@ -128,8 +158,10 @@ async def insert_grant(conn: Connection, grant: NewGrant) -> Grant:
     cursor = await conn.execute(
         "INSERT INTO grants (id, wallet_id, credit_type_id, amount, category,"
         " consideration_minor, currency, priority, effective_at, expires_at, source, reason,"
-        " actor, external_ref, state, exchange_rate)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " actor, external_ref, state, exchange_rate, rollover_max, rollover_min,"
+        " rollover_expires_at, rollover_state, source_grant_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s, %s, %s, %s)"
         f" RETURNING {_COLUMNS}",
         (
             to_uuid(grant.id),
@@ -148,6 +180,11 @@ async def insert_grant(conn: Connection, grant: NewGrant) -> Grant:
             grant.external_ref,
             grant.state.value,
             grant.exchange_rate,
+            None if grant.rollover is None else to_amount(grant.rollover.max_credits),
+            None if grant.rollover is None else to_amount(grant.rollover.min_credits),
+            None if grant.rollover is None else grant.rollover.expires_at,
+            None if grant.rollover is None else grant.rollover.state.value,
+            to_uuid_or_none(grant.source_grant_id),
         ),
     )
     row = await cursor.fetchone()
@@ -159,6 +196,16 @@ async def get_grant(conn: Connection, id: int) -> Grant | None:
     cursor = await conn.execute(f"SELECT {_COLUMNS} FROM grants WHERE id = %s", (to_uuid(id),))
     row = await cursor.fetchone()
     return None if row is None else _row(row)
+
+
+async def get_grants(conn: Connection, ids: Collection[int]) -> list[Grant]:
+    """The grants with these ids (those that exist), by id."""
+    if not ids:
+        return []
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = ANY(%s) ORDER BY id", (uuids(ids),)
+    )
+    return [_row(row) for row in await cursor.fetchall()]
 
 
 async def list_grants_for_wallets(
@@ -274,6 +321,27 @@ async def set_grant_state(
     return None if row is None else _row(row)
 
 
+async def lock_grant(conn: Connection, id: int) -> Grant | None:
+    """The grant, row-locked until the transaction ends (changes of one grant, one at a time)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = %s FOR UPDATE", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def set_grant_expiry(conn: Connection, id: int, expires_at: datetime | None) -> Grant | None:
+    """A new expiry (None: never) of an active grant; None when it is not active. The schema
+    still requires it after effective_at. Every process learns it through grants_notify."""
+    cursor = await conn.execute(
+        f"UPDATE grants SET expires_at = %s WHERE id = %s AND state = 'active'"
+        f" RETURNING {_COLUMNS}",
+        (expires_at, to_uuid(id)),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
 async def list_expired_active_grants(
     conn: Connection, at: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
 ) -> list[Grant]:
@@ -291,13 +359,14 @@ async def list_pending_grants(
     conn: Connection, created_before: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
 ) -> list[Grant]:
     """Grants still 'pending' that were created before `created_before`, oldest first: the
-    dual writes that reconciliation must finish (or undo). Those whose last attempt failed come
+    dual writes that reconciliation must finish (or undo). Rollover blocks are not among
+    them: the rollover pass finishes those (`rollovers_due`). Those whose last attempt failed come
     after all the others, so that a row that cannot be finished never holds the rest back."""
     columns = ", ".join(f"g.{c.strip()}" for c in _COLUMNS.split(","))
     cursor = await conn.execute(
         f"SELECT {columns} FROM grants g LEFT JOIN reconcile_failures f"
         " ON f.kind = 'grant' AND f.object_id = g.id::text AND f.resolved_at IS NULL"
-        " WHERE g.state = 'pending' AND g.created_at < %s"
+        " WHERE g.state = 'pending' AND g.created_at < %s AND g.source_grant_id IS NULL"
         " ORDER BY (f.kind IS NOT NULL), g.created_at, g.id LIMIT %s",
         (created_before, page_limit(limit)),
     )
@@ -316,5 +385,48 @@ async def list_grants_in_states(conn: Connection, states: Collection[GrantState]
     cursor = await conn.execute(
         f"SELECT {_COLUMNS} FROM grants WHERE state = ANY(%s) ORDER BY id",
         ([s.value for s in states],),
+    )
+    return [_row(row) for row in await cursor.fetchall()]
+
+
+async def rollovers_due(
+    conn: Connection, at: datetime, *, limit: int = ROWS_PER_PAGE_DEFAULT
+) -> list[int]:
+    """Blocks past their expiry (at `at`) whose rollover is not done, oldest expiry first."""
+    cursor = await conn.execute(
+        "SELECT id FROM grants WHERE rollover_state IN ('due', 'pending')"
+        " AND expires_at <= %s AND state IN ('active', 'voided')"
+        " ORDER BY expires_at, id LIMIT %s",
+        (at, page_limit(limit)),
+    )
+    return [from_uuid(row[0]) for row in await cursor.fetchall()]
+
+
+async def lock_rollover_source(conn: Connection, id: int) -> Grant | None:
+    """The block, locked for its rollover, unless another transaction holds it (None then, as
+    for no such block): two passes never decide one block's rollover at once."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE id = %s FOR UPDATE SKIP LOCKED", (to_uuid(id),)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _row(row)
+
+
+async def set_rollover_state(
+    conn: Connection, id: int, state: RolloverState, *, expected: Collection[RolloverState]
+) -> bool:
+    """Compare-and-set of a block's rollover state; whether it changed."""
+    cursor = await conn.execute(
+        "UPDATE grants SET rollover_state = %s WHERE id = %s AND rollover_state = ANY(%s)",
+        (state.value, to_uuid(id), [s.value for s in expected]),
+    )
+    return cursor.rowcount == 1
+
+
+async def rollover_blocks(conn: Connection, source_id: int) -> list[Grant]:
+    """The blocks a block rolled over into (at most two: the carried one and the floor)."""
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS} FROM grants WHERE source_grant_id = %s ORDER BY id",
+        (to_uuid(source_id),),
     )
     return [_row(row) for row in await cursor.fetchall()]

@@ -135,6 +135,9 @@ async def test_grants_are_issued_read_and_voided(api: Api) -> None:
         "voided": 0,
         "refunded": 0,
         "repaid": 0,
+        "rolled_over": 0,
+        "source_grant_id": None,
+        "rollover": None,
     }
     r = await api.post(f"/v1/grants/{promo['id']}/void", {"reason": "abuse"})
     assert r.status_code == 200, r.text

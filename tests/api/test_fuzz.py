@@ -96,6 +96,15 @@ def _seed(served: Served) -> dict[str, list[Any]]:
         spend = {"resource_id": agent["id"], "credit_type": "fuzz", "amount": 5}
         reservation = _made(client, "/v1/reservations", spend)
         debit = _made(client, "/v1/debits", spend)
+        allocation = {"credit_type": "fuzz", "amount": 100, "period": "month",
+                      "category": "promotional"}  # fmt: skip
+        plans = [
+            _made(client, "/v1/plans", {"code": code, "name": code, "allocations": [allocation]})
+            for code in ("fuzz_basic", "fuzz_pro")
+        ]
+        subscription = _made(
+            client, "/v1/subscriptions", {"resource_id": agent["id"], "plan_id": plans[0]["id"]}
+        )
     resources = [team["id"], agent["id"]]
     return {
         "customer_id": [customer["id"]],
@@ -106,6 +115,8 @@ def _seed(served: Served) -> dict[str, list[Any]]:
         "budget_id": [budget["id"]],
         "reservation_id": [reservation["id"]],
         "debit_id": [debit["id"]],
+        "plan_id": [p["id"] for p in plans],
+        "subscription_id": [subscription["id"]],
         "code": ["fuzz"],
         "credit_type": ["fuzz"],
         "feature": ["chat"],

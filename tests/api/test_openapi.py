@@ -32,7 +32,17 @@ NO_IDEMPOTENCY_KEY = {
     ("POST", "/v1/test-clock/advance"),
 }
 # POSTs without a body: the path says it all.
-NO_BODY = ("/release", "/close", "/lock", "/rotate-secret", "/disable", "/enable")
+NO_BODY = (
+    "/release",
+    "/close",
+    "/lock",
+    "/rotate-secret",
+    "/disable",
+    "/enable",
+    "/pause",
+    "/resume",
+    "/cancel",
+)
 WRITES = ("POST", "PATCH", "DELETE")
 UNAUTHENTICATED = {"/healthz", "/readyz", "/metrics"}
 

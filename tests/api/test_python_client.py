@@ -23,7 +23,9 @@ from credit_ledger_client import (
     BudgetExceededError,
     CreditApiError,
     CreditClient,
+    ExpiryRefusedError,
     ForbiddenError,
+    GrantNotChangeableError,
     GrantNotRefundableError,
     IdempotencyConflictError,
     InsufficientCreditsError,
@@ -40,6 +42,7 @@ from credit_ledger_client import (
     UnauthorizedError,
     UnexpectedResponseError,
     ValidationError,
+    VoidExceedsAvailableError,
 )
 from credit_ledger_client.schemas import (
     AccountKind,
@@ -658,6 +661,10 @@ CODES = {
     "idempotency_conflict": (409, IdempotencyConflictError),
     "grant_not_refundable": (409, GrantNotRefundableError),
     "refund_exceeds_available": (409, RefundExceedsAvailableError),
+    "void_exceeds_available": (409, VoidExceedsAvailableError),
+    "grant_not_changeable": (409, GrantNotChangeableError),
+    "expiry_in_past": (422, ExpiryRefusedError),
+    "expiry_not_after_effective": (422, ExpiryRefusedError),
     "not_found": (404, NotFoundError),
     "validation_error": (422, ValidationError),
     "unauthorized": (401, UnauthorizedError),

@@ -1,7 +1,8 @@
 """Property tests of the finance subledger over random histories, on the embedded engine and
 Postgres: grants paid and promotional in several currencies, debits, reservations settled in
-part or not at all, timeouts, expiries, voids, refunds in money, usage refunds (corrections)
-and month closes, under remote or proportional breakage. Whatever the history:
+part or not at all, timeouts, expiries, rollovers (with a max and a floor), voids, refunds in
+money, usage refunds (corrections) and month closes, under remote or proportional breakage.
+Whatever the history:
 - every journal balances, and the rollforward's check is 0 in every month;
 - the blocks' remaining obligations (what the aging report buckets) add up to the closing
   deferred balance;
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from finance import balances, periods
 from finance.posting import Poster
 from grants.errors import CreditError
-from grants.model import Category
+from grants.model import Category, RolloverPolicy
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.embedded import EmbeddedEngine
@@ -49,6 +50,8 @@ grants = st.tuples(
     st.integers(1, 500),  # credits
     st.integers(0, 99_999),  # consideration
     st.sampled_from([None, 1, 5, 20, 45, 400]),  # days to expiry
+    # A rollover policy (max, min) for a block that expires: into a block living 30 days more.
+    st.sampled_from([None, None, (50, 0), (500, 100), (30, 30)]),
 )
 debits = st.tuples(st.just("debit"), st.integers(1, 300))
 steps = st.lists(
@@ -98,9 +101,17 @@ class World:
         except CreditError:
             pass  # not enough credits, nothing to refund: business outcomes, nothing moved
 
-    async def grant(self, currency: str, credits: int, paid: int, days: int | None) -> None:
+    async def grant(
+        self,
+        currency: str,
+        credits: int,
+        paid: int,
+        days: int | None,
+        rollover: tuple[int, int] | None = None,
+    ) -> None:
         now = datetime_of_ns(self.clock())
         promo = currency == "promo"
+        expires_at = None if days is None else now + dt.timedelta(days=days)
         request = GrantRequest(
             wallet_id=self.wallet_id,
             amount=credits,
@@ -108,7 +119,14 @@ class World:
             consideration_minor=0 if promo else paid,
             currency=None if promo else currency,
             exchange_rate=None if promo else CURRENCIES[currency],
-            expires_at=None if days is None else now + dt.timedelta(days=days),
+            expires_at=expires_at,
+            rollover=None
+            if rollover is None or expires_at is None
+            else RolloverPolicy(
+                max_credits=rollover[0],
+                min_credits=rollover[1],
+                expires_at=expires_at + dt.timedelta(days=30),
+            ),
         )
         result, _ = await self.plane.issue_grant(
             request, tenant=TENANT, key=self.key("g"), actor="prop"
@@ -229,7 +247,9 @@ async def _check(world: World) -> None:
                    (SELECT coalesce(sum(l.debit_minor - l.credit_minor), 0)
                     FROM finance_journals j JOIN finance_journal_lines l
                       ON l.journal_id = j.id AND l.posting_period = j.posting_period
-                    WHERE j.block_id = fb.block_id AND l.account = '2100' AND j.kind <> 'purchase')
+                    WHERE j.block_id = fb.block_id AND l.account = '2100' AND j.kind <> 'purchase'
+                      -- a rollover block's birth is its purchase
+                      AND NOT (j.kind = 'rollover' AND l.credit_minor > 0))
             FROM finance_blocks fb WHERE fb.category = 'paid'
             """
         )
@@ -276,8 +296,16 @@ async def _scenario(history: list[Step], breakage: str, url: str) -> None:
             opening: list[Step] = [
                 ("grant", "USD", 300, 10_000, 20),
                 ("grant", "EUR", 50, 777, None),
+                ("grant", "JPY", 90, 4_321, 5, (40, 10)),
             ]
-            for step in [*opening, *history, ("wait", 40 * 86_400), ("close",)]:
+            # Long enough for the rollover blocks of the last expiries to expire too.
+            for step in [
+                *opening,
+                *history,
+                ("wait", 40 * 86_400),
+                ("wait", 40 * 86_400),
+                ("close",),
+            ]:
                 await world.run(step)
                 async with pool.connection() as conn:
                     for p in await repo.periods(conn):

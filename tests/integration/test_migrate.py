@@ -48,8 +48,10 @@ async def test_the_packaged_migrations_apply_once(
             "0009_finance",
             "0010_grant_refunds",
             "0011_events",
+            "0012_plans",
             "0013_webhooks",
             "0014_alerts",
+            "0015_rollover",
         ]
         assert await migrate(pool) == []
         tables = await _tables(pool)
@@ -88,8 +90,10 @@ async def test_the_packaged_migrations_apply_once(
             "finance",
             "grant_refunds",
             "events",
+            "plans",
             "webhooks",
             "alerts",
+            "rollover",
         ]
         assert rows[0][3].tzinfo is not None
     finally:

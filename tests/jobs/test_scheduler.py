@@ -81,6 +81,7 @@ async def test_ticks_never_overlap_and_coalesce(plane: ControlPlane) -> None:
         "grant-expiring",
         "webhook-dispatch",
         "webhook-deliver",
+        "plan-allocations",
     }
     for job in jobs.values():
         assert (job.coalesce, job.max_instances, job.misfire_grace_time) == (True, 1, 30)

@@ -163,6 +163,7 @@ def test_values_are_stable() -> None:
         "CONTROL_CAP": 20,
         "RESERVATION_MARKER": 21,
         "PROJECTION_TICK": 22,
+        "ROLLOVER": 23,
     }
 
 

@@ -10,7 +10,7 @@ from credit_ledger_client import schemas
 
 from ledger import limits
 from ledger.repositories import budgets, grants, resources, wallets
-from wallets import statements
+from wallets import plan_periods, statements
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,7 @@ from wallets import statements
         (schemas.Period, budgets.BudgetPeriod),
         (schemas.EntryType, statements.EntryType),
         (schemas.GrantState, statements.BlockState),
+        (schemas.PlanPeriod, plan_periods.PeriodUnit),
     ],
 )
 def test_wire_and_catalog_enums_agree(wire: type[enum.Enum], catalog: type[enum.Enum]) -> None:

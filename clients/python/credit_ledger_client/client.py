@@ -51,6 +51,7 @@ from credit_ledger_client.schemas import (
     BudgetPatchIn,
     BudgetQuery,
     BudgetThresholdIn,
+    ChangePlanIn,
     CheckOut,
     ClockAdvanceIn,
     ClockOut,
@@ -71,6 +72,8 @@ from credit_ledger_client.schemas import (
     FundingOut,
     GrantBlockOut,
     GrantDetailOut,
+    GrantExpiryIn,
+    GrantExpiryOut,
     GrantIn,
     GrantOut,
     GrantPage,
@@ -82,6 +85,10 @@ from credit_ledger_client.schemas import (
     Page,
     PeriodList,
     PeriodOut,
+    PlanIn,
+    PlanOut,
+    PlanPage,
+    PlanQuery,
     PriceAtQuery,
     PriceIn,
     PriceOut,
@@ -105,6 +112,8 @@ from credit_ledger_client.schemas import (
     SettleIn,
     SettleOut,
     SpendIn,
+    SubscriptionIn,
+    SubscriptionOut,
     ThresholdList,
     ThresholdOut,
     TopUpOut,
@@ -143,7 +152,9 @@ __all__ = [
     "ConflictError",
     "CreditApiError",
     "CreditClient",
+    "ExpiryRefusedError",
     "ForbiddenError",
+    "GrantNotChangeableError",
     "GrantNotRefundableError",
     "IdempotencyConflictError",
     "InsufficientCreditsError",
@@ -162,10 +173,12 @@ __all__ = [
     "ServiceUnreachableError",
     "SpendKeywords",
     "SpendRefusedError",
+    "SubscriptionCancelledError",
     "TooManyThresholdsError",
     "UnauthorizedError",
     "UnexpectedResponseError",
     "ValidationError",
+    "VoidExceedsAvailableError",
 ]
 
 T = TypeVar("T")
@@ -303,6 +316,25 @@ class TooManyThresholdsError(ConflictError):
     """409: the wallet or budget already has as many thresholds as it may have."""
 
 
+class SubscriptionCancelledError(ConflictError):
+    """409: a change of a cancelled subscription (it gets no further allocation)."""
+
+
+class VoidExceedsAvailableError(ConflictError):
+    """409: a void of part of a grant of more credits than it has available; `available` is
+    what it has (nothing was voided)."""
+
+    @property
+    def available(self) -> int | None:
+        value = self.extra.get("available")
+        return value if isinstance(value, int) else None
+
+
+class GrantNotChangeableError(ConflictError):
+    """409: a void of part of a grant, or a change of its expiry, when it is expired, voided or
+    not issued."""
+
+
 class NotFoundError(CreditApiError):
     pass
 
@@ -320,6 +352,11 @@ class ValidationError(CreditApiError):
     def field(self) -> str | None:
         value = self.extra.get("field")
         return value if isinstance(value, str) else None
+
+
+class ExpiryRefusedError(ValidationError):
+    """422: a grant's new expiry is not after now (`expiry_in_past`) or not after its
+    effective_at (`expiry_not_after_effective`)."""
 
 
 class UnauthorizedError(CreditApiError):
@@ -358,8 +395,13 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "idempotency_conflict": IdempotencyConflictError,
     "conflict": ConflictError,
     "grant_not_refundable": GrantNotRefundableError,
+    "subscription_cancelled": SubscriptionCancelledError,
     "refund_exceeds_available": RefundExceedsAvailableError,
     "too_many_thresholds": TooManyThresholdsError,
+    "void_exceeds_available": VoidExceedsAvailableError,
+    "grant_not_changeable": GrantNotChangeableError,
+    "expiry_in_past": ExpiryRefusedError,
+    "expiry_not_after_effective": ExpiryRefusedError,
     "not_found": NotFoundError,
     "validation_error": ValidationError,
     "unauthorized": UnauthorizedError,
@@ -1024,8 +1066,17 @@ class CreditClient:
     def void_grant(
         self, grant_id: str, body: VoidIn | None = None, *, idempotency_key: str | None = None
     ) -> VoidOut:
+        """Void what is left of a grant, or exactly `body.amount` of what it has available
+        (the grant stays active)."""
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return self._send(_post(path, body, VoidOut, idempotency_key))
+
+    def change_grant_expiry(
+        self, grant_id: str, body: GrantExpiryIn, *, idempotency_key: str | None = None
+    ) -> GrantExpiryOut:
+        """Extend, shorten or remove (`body.expires_at` None) a grant's expiry."""
+        path = f"/v1/grants/{_segment(grant_id)}/expiry"
+        return self._send(_post(path, body, GrantExpiryOut, idempotency_key))
 
     def refund_grant(
         self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None
@@ -1269,6 +1320,52 @@ class CreditClient:
         """The price of a feature in force now (or at `query.at`)."""
         return self._send(_get("/v1/prices/current", PriceOut, _params(query)))
 
+    # -- plans and subscriptions
+
+    def create_plan(self, body: PlanIn, *, idempotency_key: str | None = None) -> PlanOut:
+        return self._send(_post("/v1/plans", body, PlanOut, idempotency_key))
+
+    def get_plan(self, plan_id: str) -> PlanOut:
+        return self._send(_get(f"/v1/plans/{_segment(plan_id)}", PlanOut))
+
+    def list_plans(self, query: PlanQuery | None = None) -> PlanPage:
+        return self._send(_list("/v1/plans", query or PlanQuery(), PlanPage))
+
+    def iter_plans(self, query: PlanQuery | None = None) -> Iterator[PlanOut]:
+        return _iterate(self.list_plans, query or PlanQuery())
+
+    def subscribe(
+        self, body: SubscriptionIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        return self._send(_post("/v1/subscriptions", body, SubscriptionOut, idempotency_key))
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        return self._send(_get(f"/v1/subscriptions/{_segment(subscription_id)}", SubscriptionOut))
+
+    def change_plan(
+        self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/change-plan"
+        return self._send(_post(path, body, SubscriptionOut, idempotency_key))
+
+    def pause_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/pause"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    def resume_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/resume"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    def cancel_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/cancel"
+        return self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
     # -- lists: a page, or every item following the cursor
 
     def list_customers(self, query: CustomerQuery | None = None) -> CustomerPage:
@@ -1490,6 +1587,12 @@ class AsyncCreditClient:
     ) -> VoidOut:
         path = f"/v1/grants/{_segment(grant_id)}/void"
         return await self._send(_post(path, body, VoidOut, idempotency_key))
+
+    async def change_grant_expiry(
+        self, grant_id: str, body: GrantExpiryIn, *, idempotency_key: str | None = None
+    ) -> GrantExpiryOut:
+        path = f"/v1/grants/{_segment(grant_id)}/expiry"
+        return await self._send(_post(path, body, GrantExpiryOut, idempotency_key))
 
     async def refund_grant(
         self, grant_id: str, body: GrantRefundIn, *, idempotency_key: str | None = None
@@ -1730,6 +1833,53 @@ class AsyncCreditClient:
     async def current_price(self, query: PriceAtQuery) -> PriceOut:
         """The price of a feature in force now (or at `query.at`)."""
         return await self._send(_get("/v1/prices/current", PriceOut, _params(query)))
+
+    # -- plans and subscriptions
+
+    async def create_plan(self, body: PlanIn, *, idempotency_key: str | None = None) -> PlanOut:
+        return await self._send(_post("/v1/plans", body, PlanOut, idempotency_key))
+
+    async def get_plan(self, plan_id: str) -> PlanOut:
+        return await self._send(_get(f"/v1/plans/{_segment(plan_id)}", PlanOut))
+
+    async def list_plans(self, query: PlanQuery | None = None) -> PlanPage:
+        return await self._send(_list("/v1/plans", query or PlanQuery(), PlanPage))
+
+    def iter_plans(self, query: PlanQuery | None = None) -> AsyncIterator[PlanOut]:
+        return _aiterate(self.list_plans, query or PlanQuery())
+
+    async def subscribe(
+        self, body: SubscriptionIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        return await self._send(_post("/v1/subscriptions", body, SubscriptionOut, idempotency_key))
+
+    async def get_subscription(self, subscription_id: str) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}"
+        return await self._send(_get(path, SubscriptionOut))
+
+    async def change_plan(
+        self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/change-plan"
+        return await self._send(_post(path, body, SubscriptionOut, idempotency_key))
+
+    async def pause_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/pause"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    async def resume_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/resume"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
+
+    async def cancel_subscription(
+        self, subscription_id: str, *, idempotency_key: str | None = None
+    ) -> SubscriptionOut:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/cancel"
+        return await self._send(_post(path, None, SubscriptionOut, idempotency_key))
 
     # -- lists: a page, or every item following the cursor
 

@@ -254,7 +254,7 @@ class GrantState(enum.StrEnum):
 
 class GrantBalanceOut(Out):
     """A block's figures now. They add up: granted = available + upcoming + held + consumed +
-    expired + voided + refunded + repaid."""
+    expired + voided + refunded + repaid + rolled_over."""
 
     grant_id: str
     state: GrantState
@@ -282,6 +282,10 @@ class GrantBalanceOut(Out):
         ),
     ]
     repaid: Annotated[int, msgspec.Meta(description="paid the wallet's overdraft back")]
+    rolled_over: Annotated[
+        int,
+        msgspec.Meta(description="moved into the block's rollover block at its expiry"),
+    ] = 0
 
 
 class WalletBalanceOut(Out):
@@ -337,6 +341,7 @@ class EntryType(enum.StrEnum):
     OVERDRAFT_REPAY = "overdraft_repay"
     OVERDRAFT_LIMIT = "overdraft_limit"
     CORRECTION = "correction"
+    ROLLOVER = "rollover"
 
 
 class AccountKind(enum.StrEnum):
@@ -415,6 +420,17 @@ class GrantSource(enum.StrEnum):
     ROLLOVER = "rollover"
 
 
+class RolloverIn(Strict):
+    """What of a block rolls over at its expiry: carried = min(max_credits, max(min_credits,
+    remaining)) credits, into new blocks (source `rollover`) that expire at `expires_at` (after
+    the block's own expires_at). Up to what was left moves out of the block, at its cost basis
+    per credit; what min_credits adds beyond that is a promotional block."""
+
+    max_credits: int
+    expires_at: TIME
+    min_credits: int = 0
+
+
 class GrantIn(Strict):
     wallet_id: ID
     amount: AMOUNT
@@ -428,6 +444,7 @@ class GrantIn(Strict):
     source: GrantSource = GrantSource.ADMIN
     reason: REASON | None = None
     external_ref: REF | None = None
+    rollover: RolloverIn | None = None
 
 
 class GrantOut(Out):
@@ -435,6 +452,20 @@ class GrantOut(Out):
     wallet_id: str
     amount: int
     repaid_overdraft: int
+
+
+class RolloverState(enum.StrEnum):
+    DUE = "due"  # not decided yet (the block has not expired, or the pass has not run)
+    PENDING = "pending"  # its new blocks are written, the ledger not yet moved
+    DONE = "done"
+    REFUSED = "refused"  # the block had less left than decided (voided meanwhile): nothing moved
+
+
+class RolloverOut(Out):
+    max_credits: int
+    min_credits: int
+    expires_at: dt.datetime
+    state: RolloverState
 
 
 class GrantBlockOut(Out):
@@ -461,6 +492,9 @@ class GrantBlockOut(Out):
     state: GrantState
     actor: str
     created_at: dt.datetime
+    # A rollover block's source block; the block's rollover policy and where it stands.
+    source_grant_id: str | None
+    rollover: RolloverOut | None
 
 
 class GrantDetailOut(GrantBlockOut):
@@ -478,6 +512,7 @@ class GrantDetailOut(GrantBlockOut):
     voided: int
     refunded: int
     repaid: int
+    rolled_over: int = 0
 
 
 class GrantQuery(ListQuery):
@@ -495,12 +530,30 @@ class GrantPage(Page):
 
 
 class VoidIn(Strict):
+    """A void of a grant: of all that is left of it (`amount` left out), or of exactly `amount`
+    of the credits it has available now (the grant stays active)."""
+
+    amount: AMOUNT | None = None
     reason: REASON | None = None
 
 
 class VoidOut(Out):
     grant_id: str
     voided: int
+
+
+class GrantExpiryIn(Strict):
+    """A grant's new expiry: `expires_at` (required; null: it never expires), after now and
+    after its effective_at."""
+
+    expires_at: TIME | None
+    reason: REASON | None = None
+
+
+class GrantExpiryOut(Out):
+    grant_id: str
+    expires_at: dt.datetime | None  # the new expiry (null: never)
+    previous_expires_at: dt.datetime | None
 
 
 class GrantRefundIn(Strict):
@@ -798,6 +851,150 @@ class PriceQuery(ListQuery):
 
 class PricePage(Page):
     items: list[PriceOut]
+
+
+# -- plans and subscriptions ----------------------------------------------------------------------
+
+
+class PlanPeriod(enum.StrEnum):
+    """The unit of a plan's allocation period; months and years keep the subscription's day
+    (the last day of a shorter month)."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+PERIOD_COUNT = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class PlanRolloverIn(Strict):
+    """At the allocation's expiry, min(max_credits, max(min_credits, remaining)) roll over into
+    a new block that expires at the end of the next period; the rest expires."""
+
+    max_credits: AMOUNT0
+    min_credits: AMOUNT0 = 0
+
+
+class PlanAllocationIn(Strict):
+    """`amount` credits every `period_count` `period`s, expiring at the end of `expiry_periods`
+    periods (1: its own period's end). A paid allocation has a `currency`, and its
+    `consideration_minor` is what one allocation costs (its cost basis)."""
+
+    credit_type: CODE
+    amount: AMOUNT
+    period: PlanPeriod
+    category: Category
+    period_count: PERIOD_COUNT = 1
+    consideration_minor: AMOUNT0 = 0
+    currency: Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)] | None = None
+    priority: Annotated[int, msgspec.Meta(ge=-1000, le=1000)] = 0
+    expiry_periods: PERIOD_COUNT = 1
+    rollover: PlanRolloverIn | None = None
+
+
+class PlanIn(Strict):
+    """A plan: one allocation per credit type. `prorate`: a change of plan to this one in the
+    middle of a period grants or voids the difference times the fraction of the period left
+    (else the whole difference)."""
+
+    code: CODE
+    name: NAME
+    allocations: Annotated[list[PlanAllocationIn], msgspec.Meta(min_length=1, max_length=16)]
+    prorate: bool = False
+
+
+class PlanRolloverOut(Out):
+    min_credits: int
+    max_credits: int
+
+
+class PlanAllocationOut(Out):
+    id: str
+    credit_type: str
+    amount: int
+    period: PlanPeriod
+    period_count: int
+    category: Category
+    consideration_minor: int
+    currency: str | None
+    priority: int
+    expiry_periods: int
+    rollover: PlanRolloverOut | None
+
+
+class PlanOut(Out):
+    id: str
+    code: str
+    name: str
+    prorate: bool
+    allocations: list[PlanAllocationOut]
+    created_at: dt.datetime
+
+
+class PlanQuery(ListQuery):
+    pass
+
+
+class PlanPage(Page):
+    items: list[PlanOut]
+
+
+class SubscriptionState(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+
+
+class SubscriptionIn(Strict):
+    """`start` (default now) anchors every period: a start on the 31st renews on the last day
+    of shorter months."""
+
+    resource_id: ID
+    plan_id: ID
+    start: TIME | None = None
+
+
+class ChangePlanIn(Strict):
+    plan_id: ID
+
+
+class AllocationOut(Out):
+    """One allocation of a subscription: `kind` period (the period's own, seq 0) or change
+    (the adjustment of the seq-th change of plan: `amount` granted, or `voided` from the
+    block `void_grant_id`). `state` pending until its block is issued."""
+
+    id: str
+    credit_type: str
+    plan_allocation_id: str
+    kind: str
+    period_index: int
+    seq: int
+    period_start: dt.datetime
+    period_end: dt.datetime
+    effective_at: dt.datetime
+    expires_at: dt.datetime
+    amount: int
+    grant_id: str | None
+    voided: int
+    void_grant_id: str | None
+    state: str
+
+
+class SubscriptionOut(Out):
+    id: str
+    resource_id: str
+    plan_id: str
+    state: SubscriptionState
+    start: dt.datetime
+    created_at: dt.datetime
+    paused_at: dt.datetime | None
+    cancelled_at: dt.datetime | None
+    # The start of the next period to allocate (null: none, paused or cancelled).
+    next_allocation_at: dt.datetime | None
+    # The latest allocations (at most 100), oldest first.
+    allocations: list[AllocationOut] = []
 
 
 class PriceAtQuery(Strict):
