@@ -35,7 +35,13 @@ from typing import Any, Final
 
 import msgspec
 
-from grants.errors import CreditError, InvalidRequest, NotFound, TooManyThresholds
+from grants.errors import (
+    CreditError,
+    InvalidRequest,
+    LedgerUnavailableError,
+    NotFound,
+    TooManyThresholds,
+)
 from grants.model import Category
 from ledger.client import LedgerUnavailable
 from ledger.clock import datetime_of_ns
@@ -579,10 +585,14 @@ class Alerts:
         for top_up in ids:
             try:
                 issued += await self._issue(top_up)
-            except (CreditError, LedgerUnavailable) as error:
-                # Left pending: the next tick tries again (an engine that did not answer); a
-                # refusal stays in the log until an operator sees to it. The others go on.
-                _logger.error("top-up %s not issued: %s", id_text(top_up), error)
+            except (LedgerUnavailable, LedgerUnavailableError) as error:  # the next tick retries
+                _logger.warning("top-up %s not issued yet: %s", id_text(top_up), error)
+            except CreditError as error:
+                # A refusal is for good (the same key gets the same answer): recorded, so that
+                # it is not tried again every tick and the wallet's top-ups show why.
+                _logger.error("top-up %s refused: %s", id_text(top_up), error)
+                async with self.pool.connection() as conn:
+                    await repo.mark_refused(conn, top_up, f"{error.code}: {error}")
         return issued
 
     async def _issue(self, id_: int) -> int:
@@ -596,6 +606,12 @@ class Alerts:
             return 0
         self._at(FAULT_BEFORE_GRANT)
         tenant = self.control.catalog.resources[wallet.resource_id].tenant
+        # A block lives `expires_in_days` from its crossing; one issued late (the service was
+        # down) lives as long from now, never born expired.
+        now = datetime_of_ns(self.control.service.clock_ns())
+        expires_at = top_up.expires_at
+        if expires_at is not None and expires_at <= now:
+            expires_at = now + (expires_at - top_up.crossed_at)
         result, _ = await self.control.issue_grant(
             GrantRequest(
                 wallet_id=top_up.wallet_id,
@@ -604,7 +620,7 @@ class Alerts:
                 consideration_minor=top_up.consideration_minor,
                 currency=top_up.currency,
                 priority=top_up.priority,
-                expires_at=top_up.expires_at,
+                expires_at=expires_at,
                 source=GrantSource.PURCHASE,
                 reason="automatic top-up",
                 external_ref=id_text(top_up.id),

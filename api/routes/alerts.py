@@ -349,6 +349,7 @@ def _top_up_out(row: alert_rows.TopUp) -> w.TopUpOut:
         crossed_at=row.crossed_at,
         expires_at=row.expires_at,
         issued_at=row.issued_at,
+        refusal=row.refusal,
     )
 
 
@@ -358,7 +359,8 @@ def _top_up_out(row: alert_rows.TopUp) -> w.TopUpOut:
     opt={"scopes": ADMIN},
     tags=["alerts"],
     description="The wallet's automatic top-ups, oldest first, a page at a time: `pending` "
-    "(its grant being issued), `issued` (with its grant), `capped` (past the day's maximum).",
+    "(its grant being issued), `issued` (with its grant), `capped` (past the day's maximum), "
+    "`refused` (its grant was refused: `refusal` says why).",
 )
 async def list_top_ups(
     request: Request[Any, Any, Any], state: State, wallet_id: FromPath[str]

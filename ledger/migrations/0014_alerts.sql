@@ -103,13 +103,15 @@ CREATE TABLE top_up_rules (
 -- One row per crossing of a rule: 'pending' (written by the deriver in its transaction), then
 -- 'issued' with its grant (issued through the control plane, key derived from the top-up's id,
 -- and `top_up.issued` emitted in the transaction that records it), or 'capped' at once when the
--- wallet's UTC day already has `daily_max` top-ups (no grant). Terms are copied from the rule
+-- wallet's UTC day already has `daily_max` top-ups (no grant), or 'refused' (with `refusal`)
+-- when the control plane refuses its grant (the wallet's catalog changed under it). Terms are copied from the rule
 -- at the crossing. Never deleted.
 CREATE TABLE top_ups (
     id                  uuid          PRIMARY KEY,
     wallet_id           uuid          NOT NULL REFERENCES wallets (id),
     crossing            bigint        NOT NULL CHECK (crossing > 0),
-    state               text          NOT NULL CHECK (state IN ('pending', 'issued', 'capped')),
+    state               text          NOT NULL
+        CHECK (state IN ('pending', 'issued', 'capped', 'refused')),
     threshold           numeric(40,0) NOT NULL,
     amount              numeric(40,0) NOT NULL CHECK (amount > 0),
     consideration_minor bigint        NOT NULL,
@@ -122,8 +124,10 @@ CREATE TABLE top_ups (
     grant_id            uuid,
     created_at          timestamptz   NOT NULL DEFAULT now(),
     issued_at           timestamptz,
+    refusal             text,
     UNIQUE (wallet_id, crossing),
-    CHECK ((state = 'issued') = (grant_id IS NOT NULL))
+    CHECK ((state = 'issued') = (grant_id IS NOT NULL)),
+    CHECK ((state = 'refused') = (refusal IS NOT NULL))
 );
 CREATE INDEX top_ups_pending_idx ON top_ups (created_at) WHERE state = 'pending';
 CREATE INDEX top_ups_wallet_day_idx ON top_ups (wallet_id, day);

@@ -103,7 +103,7 @@ class TopUp(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     wallet_id: int
     crossing: int
-    state: str  # pending | issued | capped
+    state: str  # pending | issued | capped | refused
     threshold: int
     amount: int
     consideration_minor: int
@@ -116,6 +116,7 @@ class TopUp(msgspec.Struct, frozen=True, kw_only=True):
     grant_id: int | None = None
     created_at: dt.datetime | None = None
     issued_at: dt.datetime | None = None
+    refusal: str | None = None
 
 
 class ExpiringBlock(msgspec.Struct, frozen=True):
@@ -594,7 +595,7 @@ async def top_ups_on(conn: Connection, wallet_id: int, day: dt.date) -> int:
 
 _TOP_UP_COLUMNS: Final = (
     "id, wallet_id, crossing, state, threshold, amount, consideration_minor, currency, priority,"
-    " expires_at, crossed_at, day, transfer_id, grant_id, created_at, issued_at"
+    " expires_at, crossed_at, day, transfer_id, grant_id, created_at, issued_at, refusal"
 )
 
 
@@ -616,6 +617,7 @@ def _top_up(r: tuple[Any, ...]) -> TopUp:
         grant_id=from_uuid_or_none(r[13]),
         created_at=r[14],
         issued_at=r[15],
+        refusal=r[16],
     )
 
 
@@ -656,6 +658,14 @@ async def mark_issued(conn: Connection, id_: int, grant_id: int) -> bool:
         "UPDATE top_ups SET state = 'issued', grant_id = %s, issued_at = now()"
         " WHERE id = %s AND state = 'pending'",
         (to_uuid(grant_id), to_uuid(id_)),
+    )
+    return cursor.rowcount == 1
+
+
+async def mark_refused(conn: Connection, id_: int, refusal: str) -> bool:
+    cursor = await conn.execute(
+        "UPDATE top_ups SET state = 'refused', refusal = %s WHERE id = %s AND state = 'pending'",
+        (refusal, to_uuid(id_)),
     )
     return cursor.rowcount == 1
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from grants.errors import InvalidRequest
 from grants.model import Category
 from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
@@ -348,6 +349,50 @@ async def test_a_crash_between_the_top_up_and_its_grant(world: World, point: str
             (_uuid(world.wallet.id),),
         )
         assert await cursor.fetchone() == (1,)
+
+
+async def test_a_top_up_issued_late_lives_its_days_from_its_issue(world: World) -> None:
+    await _rule(world, expires_in_days=1)
+    await world.grant(150)
+    await world.debit(100)
+    await world.feed.catch_up()
+    world.alerts.fault = _raise_at(FAULT_BEFORE_GRANT)
+    with pytest.raises(RuntimeError):
+        await world.alerts.tick(batches_max=10)
+    world.alerts.fault = None
+    world.clock.advance(3 * 86_400)  # the service was down past the crossing's expiry
+    await world.derive()
+    (top_up,) = await world.top_ups()
+    assert top_up.state == "issued" and top_up.grant_id is not None
+    async with world.plane.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT expires_at FROM grants WHERE id = %s", (_uuid(top_up.grant_id),)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    assert row[0] == datetime_of_ns(world.clock()) + dt.timedelta(days=1)
+
+
+async def test_a_refused_top_up_is_recorded_and_not_tried_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _rule(world)
+    await world.grant(150)
+    await world.debit(100)
+    calls = 0
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise InvalidRequest("the wallet's credit type changed", field="wallet_id")
+
+    monkeypatch.setattr(world.plane, "issue_grant", refuse)
+    await world.derive()
+    await world.derive()
+    (top_up,) = await world.top_ups()
+    assert top_up.state == "refused" and calls == 1
+    assert top_up.refusal == "validation_error: the wallet's credit type changed"
+    assert await world.events("top_up.issued") == []
 
 
 async def test_two_ticks_at_once_double_nothing(world: World) -> None:

@@ -1340,7 +1340,8 @@ class TopUpRuleOut(Out):
 
 class TopUpOut(Out):
     """One crossing of a wallet's rule: `pending` (its grant being issued), `issued` (with
-    `grant_id`), or `capped` (the day's maximum was reached: no grant)."""
+    `grant_id`), `capped` (the day's maximum was reached: no grant), or `refused` (the grant was
+    refused, for good: `refusal` says why)."""
 
     id: str
     wallet_id: str
@@ -1354,6 +1355,7 @@ class TopUpOut(Out):
     grant_id: str | None = None
     expires_at: dt.datetime | None = None
     issued_at: dt.datetime | None = None
+    refusal: str | None = None
 
 
 class TopUpPage(Page):
