@@ -1233,7 +1233,9 @@ class ControlPlane:
         Refused: a block expired by the service's clock, voided or not issued (409
         grant_not_changeable); a new expiry at or before now (422 expiry_in_past: the change
         never reaches into the past, so the block's history reads the same under either
-        expiry), or at or before its effective time (422 expiry_not_after_effective).
+        expiry), or at or before its effective time (422 expiry_not_after_effective); on a
+        block with a rollover policy, none or one at or after the rollover's expires_at (422
+        invalid_rollover_policy).
 
         Where the expiry lives, all changed in one transaction under the grant's row lock: the
         grants row (every process's cache learns it through grants_notify: burn order, the spend
@@ -1261,6 +1263,14 @@ class ControlPlane:
             if expires_at is not None and expires_at <= now:
                 raise ExpiryInPast(
                     f"expires_at must be after now ({now.isoformat()})", field="expires_at"
+                )
+            if row.rollover is not None and (
+                expires_at is None or expires_at >= row.rollover.expires_at
+            ):
+                raise InvalidRolloverPolicy(
+                    "the block rolls over: its expires_at must stay before its rollover's "
+                    f"expires_at ({row.rollover.expires_at.isoformat()})",
+                    field="expires_at",
                 )
             await finance.lock_state(conn)
             changed = await grants.set_grant_expiry(conn, grant_id, expires_at)

@@ -76,6 +76,7 @@ OPS = {
         "grant_not_changeable",
         "expiry_in_past",
         "expiry_not_after_effective",
+        "invalid_rollover_policy",
         example={"expires_at": "2027-06-30T00:00:00Z", "reason": "extended as a courtesy"},
     ),
     "refund": operation(*ADMIN_PROBLEMS, example={"amount": 40, "reason": "a wrong answer"}),
@@ -313,8 +314,10 @@ async def void_grant(
     description="Change a grant's expiry: extend it, shorten it, or remove it (`expires_at` "
     "null: it never expires). The new expiry must be after now (the service's clock: a "
     "sandbox's test clock) and after the grant's effective_at (422 expiry_in_past, "
-    "expiry_not_after_effective); an expired, voided or not yet issued grant is 409 "
-    "grant_not_changeable. From then on spends, burn order, the expiry sweep and finance "
+    "expiry_not_after_effective); a grant with a rollover policy keeps an expiry before its "
+    "rollover's expires_at (422 invalid_rollover_policy); an expired, voided or not yet "
+    "issued grant is 409 grant_not_changeable. From then on spends, burn order, the expiry "
+    "sweep and finance "
     "(its breakage date, the aging report) go by the new expiry. Audited with the old and "
     "the new expiry; the answer names both.",
 )

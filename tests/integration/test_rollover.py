@@ -445,3 +445,25 @@ async def test_a_source_voided_between_the_rows_and_the_ledger_is_refused(
     assert await balance(plane, source) == (100, 100, 0)  # all of it voided
     assert await balance(plane, block.id) == (0, 0, 0)
     assert (await plane.sweep(clock())).rolled_over == []
+
+
+@pytest.mark.parametrize("days", [None, 31, 40])
+async def test_an_expiry_change_past_the_rollover_is_refused_not_a_500(
+    plane: ControlPlane, clock: ManualClock, days: int | None
+) -> None:
+    """A block with a rollover policy keeps an expiry before its rollover's expires_at (the
+    schema's check): a change to none, or to at or after it, is a 422, not a database error."""
+    wallet = await wallet_of(plane)
+    source = await issue(plane, clock, wallet, "g", 100, max_credits=50)
+    new = None if days is None else now_of(clock) + dt.timedelta(days=days)
+    with pytest.raises(InvalidRolloverPolicy):
+        await plane.change_grant_expiry(source, expires_at=new, tenant=TENANT, key="x", actor="a")
+    async with plane.pool.connection() as conn:
+        row = await grant_rows.get_grant(conn, source)
+    assert row is not None and row.expires_at == now_of(clock) + dt.timedelta(days=1)
+    # A change within it still goes through.
+    later = now_of(clock) + dt.timedelta(days=2)
+    result, _ = await plane.change_grant_expiry(
+        source, expires_at=later, tenant=TENANT, key="y", actor="a"
+    )
+    assert result.expires_at == later
