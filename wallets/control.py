@@ -1093,12 +1093,22 @@ class ControlPlane:
     async def advance_to(self, at_ns: int) -> SweepReport:
         """What the clock's reaching `at_ns` brings, done before this returns (a test clock's
         advance, api.routes.clock): the engine releases every reservation whose timeout passed
-        (it pulses before any request, so a read is enough), then the expiry sweep runs."""
+        (it pulses before any request, so a read is enough), then the expiry sweep runs. Every
+        rollover due goes first, batch after batch (a sweep carries out one batch, and leaves
+        the blocks whose rollover waits unswept): each result is a block whose rollover is no
+        longer due, so the rounds end; one that fails is logged and left to the jobs' sweep."""
         try:
             await self.service.ledger.lookup_accounts([1])
         except LedgerUnavailable as error:
             raise LedgerUnavailableError(str(error)) from None
-        return await self.sweep(at_ns)
+        rolled: list[RolloverResult] = []
+        while True:
+            batch = await self.roll_over_due(at_ns, limit=self.rollover_batch)
+            rolled += batch
+            if len(batch) < self.rollover_batch:
+                break
+        report = await self.sweep(at_ns)
+        return msgspec.structs.replace(report, rolled_over=rolled + report.rolled_over)
 
     async def void_grant(
         self,

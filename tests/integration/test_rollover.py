@@ -419,6 +419,22 @@ async def test_one_sweep_rolls_over_a_bounded_number_and_leaves_the_rest_unswept
     assert (await plane.sweep(clock())).rolled_over == []
 
 
+async def test_an_advance_of_the_test_clock_rolls_over_and_sweeps_every_due_block(
+    plane: ControlPlane, clock: ManualClock
+) -> None:
+    """advance_to (a test clock's advance) is done when it returns, however many rollovers
+    are due: not one batch of them, the rest left unrolled and unswept."""
+    wallet = await wallet_of(plane)
+    sources = [await issue(plane, clock, wallet, f"g{i}", 10, max_credits=4) for i in range(5)]
+    clock.advance(86_400)
+    plane.rollover_batch = 2
+    report = await plane.advance_to(clock())
+    assert sorted(r.source_id for r in report.rolled_over) == sorted(sources)
+    for source in sources:
+        assert await balance(plane, source) == (10, 10, 0)
+    assert await breakage(plane) == 5 * 6
+
+
 async def test_a_source_voided_between_the_rows_and_the_ledger_is_refused(
     plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
