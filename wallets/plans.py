@@ -479,16 +479,18 @@ class PlanService:
             blocks = await repo.blocks_at(conn, sub.id, ledger, at)
             had = o is not None and await _allocated_at(conn, sub, o, at)
             entitled = n is not None and _entitled(sub, n, at)
+            made: list[Allocation | None] = []
             if o is not None and n is not None and _same_period(o, n):
                 if not (had or entitled):
                     continue
                 delta = n.amount - (o.amount if had else 0)
-                rows.append(await self._change_row(sub, n, at, seq, delta, new, blocks))
-                continue
-            if o is not None and had:
-                rows.append(await self._change_row(sub, o, at, seq, -o.amount, new, blocks))
-            if n is not None and entitled:
-                rows.append(await self._change_row(sub, n, at, seq, n.amount, new, blocks))
+                made.append(await self._change_row(sub, n, at, seq, delta, new, blocks))
+            else:
+                if o is not None and had:
+                    made.append(await self._change_row(sub, o, at, seq, -o.amount, new, blocks))
+                if n is not None and entitled:
+                    made.append(await self._change_row(sub, n, at, seq, n.amount, new, blocks))
+            rows += [row for row in made if row is not None]
         return rows
 
     async def _change_row(
@@ -500,15 +502,22 @@ class PlanService:
         delta: int,
         new: PlanView,
         blocks: list[Allocation],
-    ) -> Allocation:
+    ) -> Allocation | None:
         """One adjustment: `delta` credits of `rule`'s current period (prorated by what is left
-        of it when the new plan says so), granted when positive, voided when negative."""
+        of it when the new plan says so), granted when positive, voided when negative. None
+        when the rule's block could not be issued (it would expire past the times the ledger
+        holds): as for its regular allocations (`_row_or_none`), nothing."""
         found = remaining_fraction_ns(sub.anchor_at, _unit(rule), rule.period_count, at)
         assert found is not None  # at >= the anchor
         index, left_ns, length_ns = found
         if new.plan.prorate:
             delta = prorate(delta, left_ns, length_ns)
-        row = allocation_row(sub, rule, index, seq=seq, effective_at=at)
+        try:
+            row = allocation_row(sub, rule, index, seq=seq, effective_at=at)
+        except OverflowError:
+            return None
+        if delta > 0 and ns_of_datetime(row.expires_at) > BUSINESS_TIME_NS_MAX:
+            return None
         if delta > 0:
             return msgspec.structs.replace(
                 row,

@@ -451,3 +451,26 @@ async def test_a_change_between_rules_of_other_periods_voids_one_and_grants_the_
     report = await world.plans.allocate_due(at_ns)
     assert report.finished == 1  # the week from Apr 7, once
     assert (await world.plans.allocate_due(at_ns)).finished == 0
+
+
+@pytest.mark.parametrize("period_count", [1, 10])
+async def test_a_change_to_a_rule_whose_blocks_outlive_the_ledger_grants_nothing(
+    world: World, period_count: int
+) -> None:
+    """A rule whose block would expire past the times the ledger holds (year 2554; past year
+    9999 with 10-year periods) gets no allocation (`_row_or_none`): a change of plan to it
+    neither answers 500 (OverflowError) nor leaves a row pending for ever that no tick can
+    issue, which would refuse every later change, pause or cancellation (409)."""
+    monthly = await world.plan(300)
+    forever = await world.plan(
+        70, unit=PeriodUnit.YEAR, period_count=period_count, expiry_periods=1000
+    )
+    world.move_to(_d(3, 31))
+    r = await world.resource()
+    s = await world.subscribe(r, monthly, _d(3, 31))
+    world.move_to(_d(4, 15))
+    rows = await _change(world, s, forever)
+    assert [(x.amount, x.voided) for x in rows] == [(0, 300)]
+    assert all(x.state == "done" for x in await world.rows(s))
+    view, _ = await world.plans.cancel(s, actor="t", tenant=0, key=world.key("cancel"))
+    assert view.subscription.state == "cancelled"
