@@ -843,8 +843,10 @@ async def _lock_live(conn: Connection, sub_id: int) -> Subscription:
 
 def _rollover(sub: Subscription, rule: PlanRule, row: Allocation) -> RolloverPolicy | None:
     """The rule's rollover for the block of `row`: what rolls over lasts one more period (it
-    expires at the end of the period after the block's own expiry). None without a policy."""
-    if not rule.rollover_max:
+    expires at the end of the period after the block's own expiry). None without a policy, and
+    for a change of plan's block: a period rolls over once, from its own block, with the rule's
+    floor and cap once (a second block with its own would give the floor twice)."""
+    if not rule.rollover_max or row.seq != 0:
         return None
     index = row.period_index + rule.expiry_periods + 1
     try:

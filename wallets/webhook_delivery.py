@@ -37,6 +37,7 @@ from ledger.limits import (
     WEBHOOK_ATTEMPTS_MAX,
     WEBHOOK_DELIVERIES_PER_TICK_MAX,
     WEBHOOK_DISPATCH_EVENTS_MAX,
+    WEBHOOK_ENDPOINTS_MAX,
     WEBHOOK_ERROR_CHARS_MAX,
     WEBHOOK_LEASE_S,
     WEBHOOK_REQUEST_TIMEOUT_S,
@@ -117,7 +118,11 @@ class Deliverer:
             self._client = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout_s),
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=WEBHOOK_DELIVERIES_PER_TICK_MAX),
+                # Room for every endpoint's requests in flight at once: dead endpoints holding
+                # their connections never leave a live one waiting for the pool.
+                limits=httpx.Limits(
+                    max_connections=WEBHOOK_ENDPOINTS_MAX * WEBHOOK_REQUESTS_PER_ENDPOINT_MAX
+                ),
             )
         return self._client
 

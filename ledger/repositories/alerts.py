@@ -586,7 +586,8 @@ async def save_rule_marks(conn: Connection, rows: Sequence[Rule]) -> None:
 async def top_ups_on(conn: Connection, wallet_id: int, day: dt.date) -> int:
     """How many top-ups (pending or issued: capped ones issue nothing) the wallet has on `day`."""
     cursor = await conn.execute(
-        "SELECT count(*) FROM top_ups WHERE wallet_id = %s AND day = %s AND state <> 'capped'",
+        "SELECT count(*) FROM top_ups WHERE wallet_id = %s AND day = %s"
+        " AND state IN ('pending', 'issued')",
         (to_uuid(wallet_id), day),
     )
     row = await cursor.fetchone()

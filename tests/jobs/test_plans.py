@@ -412,6 +412,25 @@ async def test_a_rule_with_rollover_carries_what_is_left_one_more_period(world: 
     assert len(await world.rows(sub)) == 2
 
 
+async def test_an_upgrade_mid_period_rolls_the_period_over_once(world: World) -> None:
+    """The change's block carries no rollover: the floor and the cap apply once a period."""
+    spec = RolloverSpec(min_credits=40, max_credits=50)
+    small = await world.plan(100, rollover=spec)
+    big = await world.plan(400, rollover=spec)
+    world.move_to(_d(3, 31))
+    r = await world.resource()
+    s = await world.subscribe(r, small, _d(3, 31))
+    world.move_to(_d(4, 15))
+    (up,) = await _change(world, s, big)
+    assert up.amount == 300 and await world.available(r) == 400
+    at_ns = world.move_to(_d(5, 1))
+    await world.plans.allocate_due(at_ns)
+    report = await world.plane.sweep(at_ns)
+    # April's own block (100 left) carries 50; the change's 300 expire at Apr 30.
+    assert [(x.taken, x.floor) for x in report.rolled_over] == [(50, 0)]
+    assert await world.available(r) == 400 + 50
+
+
 async def test_a_downgrade_not_prorated_voids_the_whole_difference_once(world: World) -> None:
     big, small = await world.plan(400), await world.plan(100)
     world.move_to(_d(3, 31))
