@@ -2022,6 +2022,8 @@ def _validate_grant(request: GrantRequest) -> None:
         raise InvalidRequest(
             f"consideration_minor must be in 0..{MONEY_MINOR_MAX}", field="consideration_minor"
         )
+    if request.consideration_minor and not request.currency:
+        raise InvalidRequest("a consideration needs its currency", field="currency")
     for name in ("effective_at", "expires_at"):
         business_time_ns(getattr(request, name), name)
     if (
