@@ -1123,7 +1123,14 @@ class ControlPlane:
                 conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
             )
             if row is None:
-                raise NotFound(f"active grant {id_text(grant_id)} not found")
+                existing = await grants.get_grant(conn, grant_id)
+                if existing is None:
+                    raise NotFound(f"grant {id_text(grant_id)} not found")
+                raise GrantNotChangeable(  # voided, swept, or not issued: as a void of part
+                    f"grant {id_text(grant_id)} is {existing.state.value}: only an issued block "
+                    "that has neither expired nor been voided can be voided",
+                    state=existing.state.value,
+                )
             await audit.append(
                 conn,
                 actor=actor,

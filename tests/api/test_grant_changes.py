@@ -57,6 +57,10 @@ async def test_a_void_of_part_of_a_grant_and_its_refusals(api: Api) -> None:
     assert (await _grant(api, grant))["state"] == "voided"
     r = await api.post(f"/v1/grants/{grant}/void", {"amount": 1})
     assert_problem(r, "grant_not_changeable", state="voided")
+    # Voiding all of it again (another key) is the same refusal, not a 404 for a grant that is
+    # there to read.
+    r = await api.post(f"/v1/grants/{grant}/void", None)
+    assert_problem(r, "grant_not_changeable", state="voided")
 
 
 async def test_a_new_expiry_through_the_api_on_a_test_clock(clocked_api: Api) -> None:
