@@ -1269,6 +1269,14 @@ class ControlPlane:
                 raise ExpiryInPast(
                     f"expires_at must be after now ({now.isoformat()})", field="expires_at"
                 )
+            if row.rollover is not None and (
+                expires_at is None or expires_at >= row.rollover.expires_at
+            ):
+                raise InvalidRolloverPolicy(
+                    "the grant rolls over into a block expiring at "
+                    f"{row.rollover.expires_at.isoformat()}: its new expiry must be before that",
+                    field="expires_at",
+                )
             await finance.lock_state(conn)
             changed = await grants.set_grant_expiry(conn, grant_id, expires_at)
             assert changed is not None  # locked, and active (_changeable)
