@@ -18,10 +18,12 @@ from grants.model import Category
 from jobs.scheduler import Jobs, JobSettings
 from ledger import db
 from ledger.clock import ManualClock, ns_of_datetime
+from ledger.codes import TransferCode
 from ledger.embedded import EmbeddedEngine
 from ledger.repositories import events
 from ledger.repositories import plans as repo
 from ledger.repositories.resources import ResourceKind
+from ledger.types import AccountFilter, AccountFilterFlags
 from tests.integration.projection_support import plane_on
 from wallets.control import ControlPlane
 from wallets.plan_periods import PeriodUnit
@@ -451,3 +453,35 @@ async def test_a_change_between_rules_of_other_periods_voids_one_and_grants_the_
     report = await world.plans.allocate_due(at_ns)
     assert report.finished == 1  # the week from Apr 7, once
     assert (await world.plans.allocate_due(at_ns)).finished == 0
+
+
+async def test_a_change_between_rules_of_other_periods_grants_before_it_voids(
+    world: World,
+) -> None:
+    """The new rule's block is issued before the old rule's part is voided, so that the
+    wallet's available credits never dip through zero on the way (a dip is a crossing to the
+    alerts: balance.low, balance.depleted, an automatic top-up charged for nothing). Rows of one
+    change are written in one transaction: their order must not be left to their ids."""
+    monthly = await world.plan(300)
+    weekly = await world.plan(70, unit=PeriodUnit.WEEK)
+    world.move_to(_d(3, 31))
+    subs = []
+    for _ in range(8):  # each change's two rows have ids of their own: 8 draws
+        r = await world.resource()
+        subs.append((r, await world.subscribe(r, monthly, _d(3, 31))))
+    world.move_to(_d(4, 4))
+    for r, s in subs:
+        rows = await _change(world, s, weekly)
+        granted = next(x for x in rows if x.amount)
+        voided = next(x for x in rows if x.voided)
+        assert granted.grant_id is not None and voided.void_grant_id is not None
+        (account,) = await world.plane.service.ledger.lookup_accounts([granted.grant_id])
+        voids = await world.plane.service.ledger.get_account_transfers(
+            AccountFilter(
+                account_id=voided.void_grant_id, user_data_128=0, user_data_64=0,
+                user_data_32=0, code=TransferCode.GRANT_VOID, timestamp_min=0, timestamp_max=0,
+                limit=10, flags=AccountFilterFlags.DEBITS,
+            )
+        )  # fmt: skip
+        assert [t.amount for t in voids] == [300]
+        assert account.timestamp < voids[0].timestamp, (r, account.timestamp, voids)
