@@ -9,7 +9,10 @@ Scenarios: single debits on one hot wallet (64 connections); reserve-then-settle
 hot wallet (64 connections, each alternating reserve and settle); batch ingestion
 (POST /v1/debits/batch of 500 debits each, 8 connections); and check, then reserve, at exactly
 500 requests/s from an open-loop generator (`bench.paced`: latency counted from when each
-request was due, so a stall cannot hide by slowing the load).
+request was due, so a stall cannot hide by slowing the load). `--dead-endpoints N` registers N
+webhook endpoints that never answer first: every event (each unsettled reservation of the
+paced scenario times out: `reservation.timed_out`) is then sent to each and waits out its
+timeout, while the scenarios run.
 
 Needs `wrk` on PATH (Debian: apt-get install wrk).
 """
@@ -161,6 +164,23 @@ def _setup(url: str, key: str) -> tuple[str, str]:
     return code, resource["id"]
 
 
+def _dead_endpoints(stack: contextlib.ExitStack, url: str, key: str, count: int) -> None:
+    """`count` webhook endpoints, every event type, at an address that accepts connections (the
+    kernel's backlog) and never answers: each delivery waits out its timeout, then its retries."""
+    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/dead"
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        for _ in range(count):
+            r = client.post(
+                "/v1/webhook-endpoints",
+                json={"url": dead, "description": "bench: never answers"},
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+            )
+            r.raise_for_status()
+
+
 def _wrk(url: str, lua: str, connections: int, seconds: int) -> dict[str, str]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
@@ -192,6 +212,13 @@ def main() -> None:
         help="run only this scenario (repeatable); default: all",
     )
     parser.add_argument(
+        "--dead-endpoints",
+        type=int,
+        default=0,
+        help="register this many webhook endpoints that never answer (every event type) "
+        "before the scenarios: the hot path must not notice them",
+    )
+    parser.add_argument(
         "--serve-arg",
         action="append",
         default=[],
@@ -208,7 +235,13 @@ def main() -> None:
             else stack.enter_context(_local_service(args.serve_arg))
         )
         code, resource = _setup(url, key)
-        print(f"service {url}; wrk, 2 threads; {args.seconds} s per scenario", flush=True)
+        if args.dead_endpoints:
+            _dead_endpoints(stack, url, key, args.dead_endpoints)
+        print(
+            f"service {url}; wrk, 2 threads; {args.seconds} s per scenario"
+            + (f"; {args.dead_endpoints} dead webhook endpoints" if args.dead_endpoints else ""),
+            flush=True,
+        )
         for script, (name, connections, per_request) in SATURATING.items():
             if script not in only:
                 continue

@@ -55,6 +55,12 @@ def rfc3339_of_ns(ns: int) -> str:
     return f"{at:%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
 
 
+def rfc3339_of(at: dt.datetime) -> str:
+    """RFC 3339 text of an aware datetime in UTC, spelled as the API writes times
+    (`2025-01-31T00:00:00Z`, microseconds when there are some): for the times in events' data."""
+    return at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def datetime_of_ns(ns: int) -> dt.datetime:
     """An aware UTC datetime from ns since the epoch (microsecond precision, as Postgres keeps)."""
     return dt.datetime.fromtimestamp(ns // 1_000_000_000, tz=dt.UTC) + dt.timedelta(

@@ -44,7 +44,7 @@ from grants.errors import (
 )
 from grants.model import Category
 from ledger.client import LedgerUnavailable
-from ledger.clock import datetime_of_ns
+from ledger.clock import datetime_of_ns, rfc3339_of
 from ledger.db import Connection
 from ledger.ids import budget_account_id, derive_id, id_text
 from ledger.limits import (
@@ -284,7 +284,7 @@ def _evaluate_budget(
     used = period.credit_limit - period.balance
     common = {
         "budget_id": id_text(period.budget_id),
-        "period_start": datetime_of_ns(period.period_start_ns).isoformat(),
+        "period_start": rfc3339_of(datetime_of_ns(period.period_start_ns)),
         "cap": str(period.credit_limit),
         "used": str(used),
         "transfer_id": id_text(last.transfer_id),
@@ -648,7 +648,7 @@ class Alerts:
                     "consideration_minor": str(top_up.consideration_minor),
                     "currency": top_up.currency,
                     "threshold": str(top_up.threshold),
-                    "crossed_at": top_up.crossed_at.isoformat(),
+                    "crossed_at": rfc3339_of(top_up.crossed_at),
                 },
                 customer_id=owner[1] if owner else None,
                 wallet_id=top_up.wallet_id,
@@ -695,7 +695,7 @@ class Alerts:
                     data={
                         "grant_id": id_text(block.grant_id),
                         "wallet_id": id_text(block.wallet_id),
-                        "expires_at": block.expires_at.isoformat(),
+                        "expires_at": rfc3339_of(block.expires_at),
                         "credits": str(block.credits),
                     },
                     customer_id=owner[1] if owner else None,

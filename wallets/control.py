@@ -1133,7 +1133,14 @@ class ControlPlane:
                 conn, grant_id, GrantState.VOIDED, expected=[GrantState.ACTIVE]
             )
             if row is None:
-                raise NotFound(f"active grant {id_text(grant_id)} not found")
+                existing = await grants.get_grant(conn, grant_id)
+                if existing is None:
+                    raise NotFound(f"grant {id_text(grant_id)} not found")
+                raise GrantNotChangeable(  # voided, swept, or not issued: as a void of part
+                    f"grant {id_text(grant_id)} is {existing.state.value}: only an issued block "
+                    "that has neither expired nor been voided can be voided",
+                    state=existing.state.value,
+                )
             await audit.append(
                 conn,
                 actor=actor,
@@ -1278,8 +1285,8 @@ class ControlPlane:
                 expires_at is None or expires_at >= row.rollover.expires_at
             ):
                 raise InvalidRolloverPolicy(
-                    "the block rolls over: its expires_at must stay before its rollover's "
-                    f"expires_at ({row.rollover.expires_at.isoformat()})",
+                    "the grant rolls over into a block expiring at "
+                    f"{row.rollover.expires_at.isoformat()}: its new expiry must be before that",
                     field="expires_at",
                 )
             await finance.lock_state(conn)
@@ -2042,6 +2049,8 @@ def _validate_grant(request: GrantRequest) -> None:
         raise InvalidRequest(
             f"consideration_minor must be in 0..{MONEY_MINOR_MAX}", field="consideration_minor"
         )
+    if request.consideration_minor and not request.currency:
+        raise InvalidRequest("a consideration needs its currency", field="currency")
     for name in ("effective_at", "expires_at"):
         business_time_ns(getattr(request, name), name)
     if (

@@ -48,7 +48,7 @@ from grants.errors import (
 )
 from grants.model import Category, RolloverPolicy, Source
 from ledger.client import LedgerUnavailable
-from ledger.clock import datetime_of_ns, ns_of_datetime
+from ledger.clock import datetime_of_ns, ns_of_datetime, rfc3339_of
 from ledger.db import Connection
 from ledger.ids import derive_id, id_text, operation_id
 from ledger.limits import (
@@ -799,9 +799,9 @@ class PlanService:
                 "kind": row.kind,
                 "amount": str(row.amount),
                 "period_index": row.period_index,
-                "period_start": row.period_start.isoformat(),
-                "period_end": row.period_end.isoformat(),
-                "expires_at": row.expires_at.isoformat(),
+                "period_start": rfc3339_of(row.period_start),
+                "period_end": rfc3339_of(row.period_end),
+                "expires_at": rfc3339_of(row.expires_at),
             },
         )
 

@@ -72,12 +72,14 @@ async def get_test_clock(state: State) -> w.ClockOut:
     tags=["test clock"],
     description="Moves a sandbox's test clock forward, to `to` or by `seconds` (exactly one; "
     "at most 400 days at once), for the service and its engine alike. Before it answers, the "
-    "engine has released every reservation whose timeout passed and the expiry sweep has run "
-    "for every block whose expires_at passed (dated at each block's expiry); budget periods "
-    "roll over by themselves. 409 test_clock_backwards for an instant before the clock's; 404 "
-    "not_found on an instance that runs on the wall clock. No Idempotency-Key: advancing "
-    "`to` an instant the clock has reached changes nothing, while `seconds` moves it again on "
-    "every call.",
+    "engine has released every reservation whose timeout passed, the plans' allocations of "
+    "every period that started are issued (each dated at its period's start), and the expiry "
+    "sweep has run for every block whose expires_at passed (dated at each block's expiry), "
+    "its rollover made first; budget periods roll over by themselves. `swept_blocks`: the "
+    "blocks the sweep expired credits of. 409 test_clock_backwards for an instant before the "
+    "clock's; 404 not_found on an instance that runs on the wall clock. No Idempotency-Key: "
+    "advancing `to` an instant the clock has reached changes nothing, while `seconds` moves "
+    "it again on every call.",
 )
 async def advance_test_clock(request: Request[Any, Any, Any], state: State) -> w.ClockOut:
     services = services_of(state)

@@ -314,12 +314,11 @@ async def void_grant(
     description="Change a grant's expiry: extend it, shorten it, or remove it (`expires_at` "
     "null: it never expires). The new expiry must be after now (the service's clock: a "
     "sandbox's test clock) and after the grant's effective_at (422 expiry_in_past, "
-    "expiry_not_after_effective); a grant with a rollover policy keeps an expiry before its "
-    "rollover's expires_at (422 invalid_rollover_policy); an expired, voided or not yet "
-    "issued grant is 409 grant_not_changeable. From then on spends, burn order, the expiry "
-    "sweep and finance "
-    "(its breakage date, the aging report) go by the new expiry. Audited with the old and "
-    "the new expiry; the answer names both.",
+    "expiry_not_after_effective); a grant with a rollover keeps an expiry before its "
+    "rollover's expires_at (422 invalid_rollover_policy, null too); an expired, voided or not "
+    "yet issued grant is 409 grant_not_changeable. From then on spends, burn order, the "
+    "expiry sweep and finance (its breakage date, the aging report) go by the new expiry. "
+    "Audited with the old and the new expiry; the answer names both.",
 )
 async def change_grant_expiry(
     request: Request[Any, Any, Any], state: State, grant_id: FromPath[str]

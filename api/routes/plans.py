@@ -255,9 +255,10 @@ async def _own_subscription(services: Services, principal: Principal, text: str)
     tags=["plans"],
     description="Subscribe a resource to a plan from `start` (default now; it anchors every "
     "period). The resource gets a wallet (hard limit) for each credit type of the plan it has "
-    "none for. The periods already started are allocated before the answer (a start in the "
-    "past allocates each of them, with its own dates); later ones by the jobs' tick, within "
-    "30 s of their start. Audited.",
+    "none for. The periods already started are allocated before the answer, at most 1000 of "
+    "them (a start in the past allocates each of them, with its own dates; further behind, "
+    "the jobs' tick issues the rest, `next_allocation_at` says where it stands); later ones "
+    "by the jobs' tick, within 30 s of their start. Audited.",
 )
 async def subscribe(request: Request[Any, Any, Any], state: State) -> Response[w.SubscriptionOut]:
     principal = principal_of(request)

@@ -387,13 +387,14 @@ async def lock_pending(
     conn: Connection, *, skip: list[int], only_subscription: int | None = None
 ) -> Allocation | None:
     """The oldest pending allocation not in `skip`, locked; one another transaction holds is
-    skipped (it is finishing it)."""
+    skipped (it is finishing it). Of the rows written together (a change of plan's), those
+    that grant come before those that void, so that the wallet never dips on the way."""
     clause = "" if only_subscription is None else " AND subscription_id = %s"
     extra: tuple[Any, ...] = () if only_subscription is None else (to_uuid(only_subscription),)
     cursor = await conn.execute(
         f"SELECT {_ALLOCATION_COLUMNS} FROM plan_allocations"
         f" WHERE state = 'pending' AND NOT (id = ANY(%s)){clause}"
-        " ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        " ORDER BY created_at, amount = 0, id LIMIT 1 FOR UPDATE SKIP LOCKED",
         ([to_uuid(i) for i in skip], *extra),
     )
     row = await cursor.fetchone()

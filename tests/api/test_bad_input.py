@@ -586,3 +586,21 @@ async def test_a_pattern_refused_is_said_in_words(api: Api) -> None:
     ):
         problem = assert_problem(await _post(api, path, body), "validation_error")
         assert words in problem["detail"] and "regex" not in problem["detail"], problem
+
+
+async def test_a_consideration_without_its_currency_is_named_not_a_constraint(
+    api: Api, pool: db.Pool
+) -> None:
+    """A promotional grant with a consideration but no currency is refused before anything is
+    written, naming `currency` in words, not with the name of a database constraint."""
+    world = await make_world(api, granted=10)
+    body = {
+        "wallet_id": world.wallet["id"],
+        "amount": 5,
+        "category": "promotional",
+        "consideration_minor": 5,
+    }
+    async with Unchanged(api, pool, world):
+        problem = assert_problem(await _post(api, "/v1/grants", body), "validation_error")
+    assert problem.get("field") == "currency", problem
+    assert "constraint" not in problem and "constraint" not in problem["detail"], problem

@@ -57,6 +57,10 @@ async def test_a_void_of_part_of_a_grant_and_its_refusals(api: Api) -> None:
     assert (await _grant(api, grant))["state"] == "voided"
     r = await api.post(f"/v1/grants/{grant}/void", {"amount": 1})
     assert_problem(r, "grant_not_changeable", state="voided")
+    # Voiding all of it again (another key) is the same refusal, not a 404 for a grant that is
+    # there to read.
+    r = await api.post(f"/v1/grants/{grant}/void", None)
+    assert_problem(r, "grant_not_changeable", state="voided")
 
 
 async def test_a_new_expiry_through_the_api_on_a_test_clock(clocked_api: Api) -> None:
@@ -110,6 +114,37 @@ async def test_a_new_expiry_through_the_api_on_a_test_clock(clocked_api: Api) ->
     assert_problem(r, "grant_not_changeable", state="expired")
     r = await api.post(path, {"expires_at": None}, key="runtime")
     assert r.status_code == 403
+
+
+async def test_a_new_expiry_the_rollover_policy_cannot_follow_is_refused_in_words(
+    clocked_api: Api,
+) -> None:
+    """A grant that rolls over into a block expiring at R cannot be given an expiry at or after
+    R, nor none at all: 422 invalid_rollover_policy naming expires_at, not a database
+    constraint's name; the grant keeps its expiry. One before R is taken."""
+    api = clocked_api  # 2025-01-01T00:00:00Z
+    world = await make_world(api, granted=10)
+    grant = await created(
+        api,
+        "/v1/grants",
+        {
+            "wallet_id": world.wallet["id"],
+            "amount": 100,
+            "category": "paid",
+            "consideration_minor": 1000,
+            "currency": "USD",
+            "expires_at": "2025-02-01T00:00:00Z",
+            "rollover": {"max_credits": 40, "expires_at": "2025-03-01T00:00:00Z"},
+        },
+    )
+    path = f"/v1/grants/{grant['id']}/expiry"
+    for expires_at in ("2025-03-01T00:00:00Z", "2025-04-01T00:00:00Z", None):
+        r = await api.post(path, {"expires_at": expires_at})
+        problem = assert_problem(r, "invalid_rollover_policy", field="expires_at")
+        assert "constraint" not in problem and "constraint" not in problem["detail"], problem
+    assert (await _grant(api, grant["id"]))["expires_at"] == "2025-02-01T00:00:00Z"
+    r = await api.post(path, {"expires_at": "2025-02-15T00:00:00Z"})
+    assert r.status_code == 200, r.text
 
 
 async def test_the_python_client_voids_part_and_changes_the_expiry(api: Api) -> None:

@@ -498,3 +498,38 @@ async def test_the_daily_cap_starts_again_the_next_day(world: World) -> None:
     await world.debit(100)  # 80: the next day's first
     await world.derive()
     assert [t.state for t in await world.top_ups()] == ["issued", "capped", "issued"]
+
+
+async def test_times_in_event_data_are_spelled_as_the_api_spells_them(world: World) -> None:
+    """RFC 3339 in UTC with `Z`, as every time the API writes (`2025-01-10T00:00:00Z`), so that a
+    receiver can compare an event's `expires_at` with the grant's: never `+00:00`."""
+    budget, _ = await world.plane.create_budget(
+        resource_id=world.resource,
+        ledger=LEDGER,
+        period=Period.DAY,
+        cap=400,
+        actor="a",
+        tenant=TENANT,
+        key="bd-z",
+    )
+    await _threshold(world, budget_id=budget.id, percent=50)
+    await _rule(world)
+    now = datetime_of_ns(world.clock())
+    await world.grant(300, expires_at=now + dt.timedelta(days=5))
+    await world.derive()
+    await world.debit(250)  # below the rule's 100, and past half of the cap
+    await world.derive()
+    assert await world.alerts.scan_expiring(world.clock()) >= 1
+    times = [
+        d[name]
+        for type_, name in (
+            ("grant.expiring", "expires_at"),
+            ("top_up.issued", "crossed_at"),
+            ("budget.threshold_reached", "period_start"),
+        )
+        for _, d in await world.events(type_)
+    ]
+    assert len(times) >= 3
+    for text in times:
+        assert text.endswith("Z") and "+00:00" not in text, times
+        assert dt.datetime.fromisoformat(text).utcoffset() == dt.timedelta(0), times

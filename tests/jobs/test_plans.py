@@ -18,10 +18,12 @@ from grants.model import Category
 from jobs.scheduler import Jobs, JobSettings
 from ledger import db
 from ledger.clock import ManualClock, ns_of_datetime
+from ledger.codes import TransferCode
 from ledger.embedded import EmbeddedEngine
 from ledger.repositories import events
 from ledger.repositories import plans as repo
 from ledger.repositories.resources import ResourceKind
+from ledger.types import AccountFilter, AccountFilterFlags
 from tests.integration.projection_support import plane_on
 from wallets.control import ControlPlane
 from wallets.plan_periods import PeriodUnit
@@ -191,7 +193,7 @@ async def test_a_late_allocation_happens_once_per_period_with_its_own_dates(
         event = await events.get_event(
             conn, events.event_id("allocation.issued", repo_id(await world.rows(sub), 2))
         )
-    assert event is not None and event.data["period_start"] == _d(3, 31).isoformat()
+    assert event is not None and event.data["period_start"] == "2025-03-31T10:00:00Z"
     assert event.data["amount"] == "100"
 
 
@@ -493,3 +495,35 @@ async def test_a_change_to_a_rule_whose_blocks_outlive_the_ledger_grants_nothing
     assert all(x.state == "done" for x in await world.rows(s))
     view, _ = await world.plans.cancel(s, actor="t", tenant=0, key=world.key("cancel"))
     assert view.subscription.state == "cancelled"
+
+
+async def test_a_change_between_rules_of_other_periods_grants_before_it_voids(
+    world: World,
+) -> None:
+    """The new rule's block is issued before the old rule's part is voided, so that the
+    wallet's available credits never dip through zero on the way (a dip is a crossing to the
+    alerts: balance.low, balance.depleted, an automatic top-up charged for nothing). Rows of one
+    change are written in one transaction: their order must not be left to their ids."""
+    monthly = await world.plan(300)
+    weekly = await world.plan(70, unit=PeriodUnit.WEEK)
+    world.move_to(_d(3, 31))
+    subs = []
+    for _ in range(8):  # each change's two rows have ids of their own: 8 draws
+        r = await world.resource()
+        subs.append((r, await world.subscribe(r, monthly, _d(3, 31))))
+    world.move_to(_d(4, 4))
+    for r, s in subs:
+        rows = await _change(world, s, weekly)
+        granted = next(x for x in rows if x.amount)
+        voided = next(x for x in rows if x.voided)
+        assert granted.grant_id is not None and voided.void_grant_id is not None
+        (account,) = await world.plane.service.ledger.lookup_accounts([granted.grant_id])
+        voids = await world.plane.service.ledger.get_account_transfers(
+            AccountFilter(
+                account_id=voided.void_grant_id, user_data_128=0, user_data_64=0,
+                user_data_32=0, code=TransferCode.GRANT_VOID, timestamp_min=0, timestamp_max=0,
+                limit=10, flags=AccountFilterFlags.DEBITS,
+            )
+        )  # fmt: skip
+        assert [t.amount for t in voids] == [300]
+        assert account.timestamp < voids[0].timestamp, (r, account.timestamp, voids)
