@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from clocked_fixtures stand again as parameters
 """Alerts derived from the projection, and automatic top-ups (wallets/alerts.py): each event
 once per crossing, a burst of crossing debits issues one top-up, ticks bounded, repeatable,
 crash-safe and safe to run twice at once. The projection feed runs in the test."""
@@ -6,20 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from grants.errors import InvalidRequest
 from grants.model import Category
-from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.ids import id_text
 from ledger.repositories import alerts as repo
 from ledger.repositories.grants import GrantSource
 from ledger.repositories.resources import ResourceKind
-from tests.integration.projection_support import clocked_plane, january_clock, own_pool
+from tests.integration.clocked_fixtures import clock, plane, pool  # noqa: F401
 from wallets.alerts import (
     FAULT_AFTER_GRANT,
     FAULT_BEFORE_COMMIT,
@@ -35,23 +35,6 @@ from wallets.projection import ProjectionFeed
 pytestmark = pytest.mark.anyio
 TENANT = 7
 LEDGER = 400
-
-
-@pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
-        yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return january_clock()
-
-
-@pytest.fixture
-async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    async for made in clocked_plane(pool, clock):
-        yield made
 
 
 class World:

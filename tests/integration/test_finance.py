@@ -1,10 +1,10 @@
+# ruff: noqa: F811 - the fixtures imported from clocked_fixtures stand again as parameters
 """The poster turns the projection into journals (finance/posting.py), and periods close on
 them (finance/periods.py): over the projection's mixed history, on the embedded engine."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -15,34 +15,15 @@ from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.ids import operation_id
 from ledger.repositories import finance as repo
+from tests.integration.clocked_fixtures import clock, plane, pool  # noqa: F401
 from tests.integration.projection_support import (
     JANUARY_10,
     check_of,
-    clocked_plane,
-    january_clock,
     mixed_history,
-    own_pool,
 )
 from wallets.control import ControlPlane, GrantRequest
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
-        yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return january_clock()
-
-
-@pytest.fixture
-async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    async for made in clocked_plane(pool, clock):
-        yield made
 
 
 async def _journals(pool: db.Pool) -> list[tuple[object, ...]]:

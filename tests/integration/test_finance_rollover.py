@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from clocked_fixtures stand again as parameters
 """A rollover in the books (finance/README.md "Rollover"): neither revenue nor breakage; the
 source block's slice leaves at value(D2) - value(D1) and its rollover block is born with
 exactly that consideration, so the two post exactly what was paid in total."""
@@ -6,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 
 import pytest
@@ -18,11 +18,9 @@ from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.repositories import finance as repo
 from ledger.repositories.resources import ResourceKind
+from tests.integration.clocked_fixtures import clock, plane, pool  # noqa: F401
 from tests.integration.projection_support import (
     assert_reconciled,
-    clocked_plane,
-    january_clock,
-    own_pool,
 )
 from wallets.control import ControlPlane, GrantRequest, rollover_block_id, rollover_floor_id
 from wallets.projection import ProjectionFeed
@@ -30,23 +28,6 @@ from wallets.projection import ProjectionFeed
 pytestmark = pytest.mark.anyio
 TENANT = 7
 LEDGER = 420
-
-
-@pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
-        yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return january_clock()
-
-
-@pytest.fixture
-async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    async for made in clocked_plane(pool, clock):
-        yield made
 
 
 async def _wallet(plane: ControlPlane) -> int:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from clocked_fixtures stand again as parameters
 """Rollover of a credit block at its expiry (ledger/README.md "Rollover"): the arithmetic with
 min and max, nothing that rolls over is swept to breakage, a crash between the rows and the
 ledger finished once by the next sweep, two sweeps at once, a reservation held across expiry."""
@@ -7,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -15,18 +15,15 @@ import pytest
 from grants.errors import InvalidRolloverPolicy
 from grants.model import Category, RolloverPolicy
 from grants.service import SweepReport, rollover_transfer_id
-from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.codes import AccountCode, TransferCode
 from ledger.ids import system_account_id
 from ledger.repositories import grants as grant_rows
 from ledger.repositories.grants import GrantState, RolloverState
 from ledger.repositories.resources import ResourceKind
+from tests.integration.clocked_fixtures import clock, plane, pool  # noqa: F401
 from tests.integration.projection_support import (
     assert_reconciled,
-    clocked_plane,
-    january_clock,
-    own_pool,
 )
 from wallets.catalog import Catalog, Wallet
 from wallets.control import ControlPlane, GrantRequest, rollover_block_id, rollover_floor_id
@@ -36,23 +33,6 @@ from wallets.service import CreditService
 pytestmark = pytest.mark.anyio
 TENANT = 7
 LEDGER = 410
-
-
-@pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
-        yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return january_clock()
-
-
-@pytest.fixture
-async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    async for made in clocked_plane(pool, clock):
-        yield made
 
 
 async def wallet_of(plane: ControlPlane) -> Wallet:

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the fixtures imported from clocked_fixtures stand again as parameters
 """The alerts ticks in the scheduler: only the leader derives and scans; two schedulers'
 ticks at once write each event once."""
 
@@ -5,38 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from grants.model import Category
 from jobs.scheduler import Jobs, JobSettings
-from ledger import db
 from ledger.clock import ManualClock, datetime_of_ns
 from ledger.repositories.resources import ResourceKind
-from tests.integration.projection_support import clocked_plane, january_clock, own_pool
+from tests.integration.clocked_fixtures import clock, plane, pool  # noqa: F401
 from wallets.alerts import Alerts, create_threshold
 from wallets.control import ControlPlane, GrantRequest
 from wallets.projection import ProjectionFeed
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def pool(fresh_db_url: Callable[..., str], template_db: str) -> AsyncIterator[db.Pool]:
-    async for made in own_pool(fresh_db_url, template_db):
-        yield made
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return january_clock()
-
-
-@pytest.fixture
-async def plane(pool: db.Pool, clock: ManualClock) -> AsyncIterator[ControlPlane]:
-    async for made in clocked_plane(pool, clock):
-        yield made
 
 
 async def _types(plane: ControlPlane) -> list[str]:
