@@ -249,69 +249,19 @@ class Jobs:
             "max_instances": 1,
             "misfire_grace_time": self.settings.misfire_grace_time_s,
         }
-        scheduler.add_job(
-            self.sweep,
-            "interval",
-            seconds=self.settings.sweep_interval_s,
-            id="expiry-sweep",
-            **options,
-        )
-        scheduler.add_job(
-            self.reconcile,
-            "interval",
-            seconds=self.settings.reconcile_interval_s,
-            id="reconcile",
-            **options,
-        )
-        scheduler.add_job(
-            self.check_projection,
-            "interval",
-            seconds=self.settings.projection_check_interval_s,
-            id="projection-check",
-            **options,
-        )
-        scheduler.add_job(
-            self.post_finance,
-            "interval",
-            seconds=self.settings.finance_post_interval_s,
-            id="finance-post",
-            **options,
-        )
-        scheduler.add_job(
-            self.derive_alerts,
-            "interval",
-            seconds=self.settings.alerts_interval_s,
-            id="alerts",
-            **options,
-        )
-        scheduler.add_job(
-            self.scan_expiring,
-            "interval",
-            seconds=self.settings.expiring_scan_interval_s,
-            id="grant-expiring",
-            **options,
-        )
-        scheduler.add_job(
-            self.dispatch_webhooks,
-            "interval",
-            seconds=self.settings.webhook_dispatch_interval_s,
-            id="webhook-dispatch",
-            **options,
-        )
-        scheduler.add_job(
-            self.deliver_webhooks,
-            "interval",
-            seconds=self.settings.webhook_deliver_interval_s,
-            id="webhook-deliver",
-            **options,
-        )
-        scheduler.add_job(
-            self.allocate_plans,
-            "interval",
-            seconds=self.settings.plan_allocation_interval_s,
-            id="plan-allocations",
-            **options,
-        )
+        ticks = [
+            ("expiry-sweep", self.sweep, self.settings.sweep_interval_s),
+            ("reconcile", self.reconcile, self.settings.reconcile_interval_s),
+            ("projection-check", self.check_projection, self.settings.projection_check_interval_s),
+            ("finance-post", self.post_finance, self.settings.finance_post_interval_s),
+            ("alerts", self.derive_alerts, self.settings.alerts_interval_s),
+            ("grant-expiring", self.scan_expiring, self.settings.expiring_scan_interval_s),
+            ("webhook-dispatch", self.dispatch_webhooks, self.settings.webhook_dispatch_interval_s),
+            ("webhook-deliver", self.deliver_webhooks, self.settings.webhook_deliver_interval_s),
+            ("plan-allocations", self.allocate_plans, self.settings.plan_allocation_interval_s),
+        ]
+        for id_, tick, interval_s in ticks:
+            scheduler.add_job(tick, "interval", seconds=interval_s, id=id_, **options)
         return scheduler
 
     async def run(self, database: DatabaseSettings | str) -> None:
