@@ -25,6 +25,8 @@ Invariants:
   expiry, min(max, max(min, remaining)) credits roll into a block that lasts one more period.
 - A paused subscription gets nothing; on resume, periods that started while it was paused are
   skipped. A cancelled one gets nothing more; what it was given stays.
+- A resource has at most one live (active or paused) subscription of a plan (a unique index):
+  a second, by subscribe or by a change of plan, is AlreadySubscribed naming the live one.
 - Before a change of plan, a pause or a cancellation, the subscription's due allocations are
   issued first, so that the change applies to the periods as they stand.
 """
