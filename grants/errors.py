@@ -76,6 +76,14 @@ class SubscriptionCancelled(CreditError):
     code = "subscription_cancelled"
 
 
+class AlreadySubscribed(CreditError):
+    """A second live (active or paused) subscription of one plan on one resource, by subscribe
+    or by a change of plan: it would allocate the same credits twice. `subscription_id`: the
+    live one."""
+
+    code = "already_subscribed"
+
+
 class VoidExceedsAvailable(CreditError):
     """A void of part of a block asks for more credits than it has available now (`available`:
     what it has, reservations' holds excepted). Nothing moved."""

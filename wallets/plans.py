@@ -25,6 +25,8 @@ Invariants:
   expiry, min(max, max(min, remaining)) credits roll into a block that lasts one more period.
 - A paused subscription gets nothing; on resume, periods that started while it was paused are
   skipped. A cancelled one gets nothing more; what it was given stays.
+- A resource has at most one live (active or paused) subscription of a plan (a unique index):
+  a second, by subscribe or by a change of plan, is AlreadySubscribed naming the live one.
 - Before a change of plan, a pause or a cancellation, the subscription's due allocations are
   issued first, so that the change applies to the periods as they stand.
 """
@@ -33,11 +35,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
+import psycopg
 
 from grants.errors import (
+    AlreadySubscribed,
     Conflict,
     CreditError,
     IdempotencyConflict,
@@ -329,7 +333,7 @@ class PlanService:
         await self._ensure_wallets(resource_id, view.rules, sub_id, actor)
 
         async def first(conn: Connection) -> None:
-            await repo.insert_subscription(
+            inserted = await repo.insert_subscription(
                 conn,
                 id=sub_id,
                 resource_id=resource_id,
@@ -337,6 +341,8 @@ class PlanService:
                 anchor_at=anchor,
                 next_due_at=anchor,
             )
+            if not inserted:
+                await _refuse_second(conn, resource_id, plan_id)
             await audit.append(
                 conn,
                 actor=actor,
@@ -381,8 +387,10 @@ class PlanService:
                     tenant=tenant,
                     key=f"plan-wallet/{id_text(sub_id)}/{rule.credit_type_id}",
                 )
-            except Conflict:
-                pass  # created meanwhile by another request: it is there, which is all we need
+            except (Conflict, psycopg.errors.UniqueViolation):
+                # Created meanwhile by another request (its key is another subscription's):
+                # it is there, which is all we need.
+                pass
 
     async def get_subscription(self, sub_id: int) -> SubscriptionView:
         async with self.pool.connection() as conn:
@@ -421,13 +429,15 @@ class PlanService:
                 rows = await self._adjustments(conn, locked, old_rules, new, at, seq)
             for row in rows:
                 await repo.insert_allocation(conn, row)
-            moved = await repo.update_subscription(
+            moved = await repo.move_to_plan(
                 conn,
                 sub_id,
                 plan_id=plan_id,
                 allocate_from=max(locked.allocate_from, at),
                 changes=seq,
             )
+            if moved is None:
+                await _refuse_second(conn, locked.resource_id, plan_id)
             await self._reschedule(conn, moved, new.rules)
             await audit.append(
                 conn,
@@ -814,6 +824,30 @@ async def list_plan_views(
     return [PlanView(plan=p, rules=await repo.rules_of(conn, p.id)) for p in rows], more
 
 
+async def list_subscription_views(
+    conn: Connection,
+    *,
+    resource_id: int | None,
+    plan_id: int | None,
+    state: str | None,
+    customer_id: int | None,
+    after: Keyset | None,
+    limit: int,
+) -> tuple[list[SubscriptionView], bool]:
+    """A page of subscriptions (without their allocations) with every filter given, in
+    (created_at, id) order, and whether more follow."""
+    rows, more = await repo.list_subscriptions(
+        conn,
+        resource_id=resource_id,
+        plan_id=plan_id,
+        state=state,
+        customer_id=customer_id,
+        after=after,
+        limit=limit,
+    )
+    return [SubscriptionView(subscription=s) for s in rows], more
+
+
 def _rule_row(plan_id: int, rule: RuleSpec) -> PlanRule:
     return PlanRule(
         id=derive_id("plan-rule", plan_id, rule.ledger),
@@ -829,6 +863,17 @@ def _rule_row(plan_id: int, rule: RuleSpec) -> PlanRule:
         expiry_periods=rule.expiry_periods,
         rollover_min=None if rule.rollover is None else rule.rollover.min_credits,
         rollover_max=None if rule.rollover is None else rule.rollover.max_credits,
+    )
+
+
+async def _refuse_second(conn: Connection, resource_id: int, plan_id: int) -> NoReturn:
+    """409 already_subscribed, naming the resource's live subscription of the plan (the unique
+    index refused a second one: it is there, committed by whoever won)."""
+    live = await repo.live_subscription(conn, resource_id, plan_id)
+    raise AlreadySubscribed(
+        f"resource {id_text(resource_id)} has a live subscription of plan {id_text(plan_id)}",
+        field="plan_id",
+        subscription_id=None if live is None else live.id,
     )
 
 

@@ -14,12 +14,14 @@ from litestar.params import FromPath
 from api.auth import READ_SCOPES, Principal
 from api.common import code_of, own, parse_id, resource_customer, sid
 from api.openapi import COMMON, operation
+from api.paging import customer_filter
 from api.routes.shared import (
     ADMIN_PROBLEMS,
     EXAMPLE_ID,
     LIST_PROBLEMS,
     READ_PROBLEMS,
     documented_body,
+    id_or_none,
     key_of,
     principal_of,
     query_of,
@@ -33,9 +35,16 @@ from grants.errors import NotFound
 from grants.model import Category
 from ledger.repositories.plans import Allocation, PlanRule
 from wallets.plan_periods import PeriodUnit
-from wallets.plans import PlanView, RolloverSpec, RuleSpec, SubscriptionView, list_plan_views
+from wallets.plans import (
+    PlanView,
+    RolloverSpec,
+    RuleSpec,
+    SubscriptionView,
+    list_plan_views,
+    list_subscription_views,
+)
 
-_CHANGE_PROBLEMS = (*ADMIN_PROBLEMS, "subscription_cancelled")
+_CHANGE_PROBLEMS = (*ADMIN_PROBLEMS, "subscription_cancelled", "already_subscribed")
 _NO_BODY_PROBLEMS = (*COMMON, "validation_error", "idempotency_conflict", "conflict", "not_found",
                      "subscription_cancelled", "ledger_unavailable")  # fmt: skip
 OPS = {
@@ -62,6 +71,7 @@ OPS = {
     "list_plans": operation(*LIST_PROBLEMS, idempotent=False, query=w.PlanQuery),
     "subscribe": operation(
         *ADMIN_PROBLEMS,
+        "already_subscribed",
         example={
             "resource_id": EXAMPLE_ID,
             "plan_id": EXAMPLE_ID,
@@ -69,6 +79,7 @@ OPS = {
         },
     ),
     "get_subscription": operation(*READ_PROBLEMS, idempotent=False),
+    "list_subscriptions": operation(*LIST_PROBLEMS, idempotent=False, query=w.SubscriptionQuery),
     "change_plan": operation(*_CHANGE_PROBLEMS, example={"plan_id": EXAMPLE_ID}),
     "pause_subscription": operation(*_NO_BODY_PROBLEMS),
     "resume_subscription": operation(*_NO_BODY_PROBLEMS),
@@ -258,7 +269,9 @@ async def _own_subscription(services: Services, principal: Principal, text: str)
     "none for. The periods already started are allocated before the answer, at most 1000 of "
     "them (a start in the past allocates each of them, with its own dates; further behind, "
     "the jobs' tick issues the rest, `next_allocation_at` says where it stands); later ones "
-    "by the jobs' tick, within 30 s of their start. Audited.",
+    "by the jobs' tick, within 30 s of their start. A resource has at most one live (active "
+    "or paused) subscription of a plan: a second is 409 already_subscribed with the live "
+    "one's `subscription_id` (cancel it first, or change its plan). Audited.",
 )
 async def subscribe(request: Request[Any, Any, Any], state: State) -> Response[w.SubscriptionOut]:
     principal = principal_of(request)
@@ -294,6 +307,37 @@ async def get_subscription(
     return _subscription_out(services, await services.plans.get_subscription(sub_id))
 
 
+@get(
+    "/v1/subscriptions",
+    operation_class=OPS["list_subscriptions"],
+    opt={"scopes": READ_SCOPES},
+    tags=["plans"],
+    description="Subscriptions, oldest first, a page at a time, with every filter given: "
+    "`resource_id`, `plan_id`, `state` (active, paused, cancelled). Without their allocations "
+    "(`allocations` is empty: GET /v1/subscriptions/{id} reads them). A key bound to a "
+    "customer lists only that customer's.",
+)
+async def list_subscriptions(request: Request[Any, Any, Any], state: State) -> w.SubscriptionPage:
+    principal = principal_of(request)
+    query = query_of(request, w.SubscriptionQuery)
+    services = services_of(state)
+    views, cursor = await read_page(
+        services,
+        "subscriptions",
+        query,
+        list_subscription_views,
+        lambda: {
+            "resource_id": id_or_none(query.resource_id, "resource_id"),
+            "plan_id": id_or_none(query.plan_id, "plan_id"),
+            "state": query.state.value if query.state else None,
+            "customer_id": customer_filter(principal, None),
+        },
+        lambda v: (v.subscription.created_at, v.subscription.id),
+    )
+    items = [_subscription_out(services, v) for v in views]
+    return w.SubscriptionPage(items=items, next_cursor=cursor)
+
+
 @post(
     "/v1/subscriptions/{subscription_id:str}/change-plan",
     operation_class=OPS["change_plan"],
@@ -306,7 +350,9 @@ async def get_subscription(
     "now, with the period's expiry) or voided from the period's newest block (at most what it "
     "has left), per credit type: the whole difference, or, when the NEW plan has `prorate`, "
     "the difference times the fraction of the period left. 409 conflict for the plan it is on, "
-    "409 subscription_cancelled once cancelled. Audited.",
+    "409 subscription_cancelled once cancelled, 409 already_subscribed (with its "
+    "`subscription_id`) when the resource has another live subscription of the new plan. "
+    "Audited.",
 )
 async def change_plan(
     request: Request[Any, Any, Any], state: State, subscription_id: FromPath[str]
@@ -391,6 +437,7 @@ ROUTES = [
     list_plans,
     get_plan,
     subscribe,
+    list_subscriptions,
     get_subscription,
     change_plan,
     pause_subscription,

@@ -83,8 +83,16 @@ CREATE TABLE subscriptions (
     CHECK ((state = 'paused') = (paused_at IS NOT NULL)),
     CHECK ((state = 'cancelled') = (cancelled_at IS NOT NULL))
 );
-CREATE INDEX subscriptions_resource_idx ON subscriptions (resource_id);
+-- One live (active or paused) subscription of a plan per resource: a second would allocate
+-- the same credits twice. Refused as 409 already_subscribed (wallets/plans.py), on subscribe
+-- and on a change of plan; a cancelled one blocks nothing.
+CREATE UNIQUE INDEX subscriptions_one_live_per_plan_idx ON subscriptions (resource_id, plan_id)
+    WHERE state <> 'cancelled';
 CREATE INDEX subscriptions_due_idx ON subscriptions (next_due_at) WHERE state = 'active';
+-- GET /v1/subscriptions, in (created_at, id) order: all, of a resource, of a plan.
+CREATE INDEX subscriptions_created_at_idx ON subscriptions (created_at, id);
+CREATE INDEX subscriptions_resource_created_at_idx ON subscriptions (resource_id, created_at, id);
+CREATE INDEX subscriptions_plan_created_at_idx ON subscriptions (plan_id, created_at, id);
 
 CREATE TABLE plan_allocations (
     id               uuid        PRIMARY KEY,

@@ -6,6 +6,9 @@ Invariants (enforced by the schema):
   has seq 0, the adjustments of a change of plan seq = that change's number. A row is written
   'pending' with its derived grant id before anything reaches the ledger, and turns 'done'
   once it has (wallets/plans.py).
+- At most one live (active or paused) subscription of a plan per resource (the partial unique
+  index subscriptions_one_live_per_plan_idx): `insert_subscription` and `move_to_plan` answer
+  False / None instead of a second one, whoever wins a race.
 - The job reads active subscriptions by `next_due_at`, locked with SKIP LOCKED, and pending
   allocations the same way: two schedulers share the work instead of doing it twice.
 """
@@ -16,16 +19,19 @@ from datetime import datetime
 from typing import Any, Final
 
 import msgspec
+import psycopg
 
 from ledger.db import Connection
 from ledger.repositories._rows import (
     ROWS_PER_PAGE_DEFAULT,
     Keyset,
+    equal,
     fetch_page,
     from_amount,
     from_uuid,
     from_uuid_or_none,
     page_limit,
+    resource_of_customer,
     to_amount,
     to_uuid,
     to_uuid_or_none,
@@ -262,13 +268,68 @@ async def insert_subscription(
     plan_id: int,
     anchor_at: datetime,
     next_due_at: datetime | None,
-) -> None:
-    await conn.execute(
+) -> bool:
+    """Writes the subscription; False (nothing written) when the resource has a live one of
+    that plan (see `live_subscription`)."""
+    cursor = await conn.execute(
         "INSERT INTO subscriptions (id, resource_id, plan_id, anchor_at, allocate_from,"
-        " live_from, next_due_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        " live_from, next_due_at) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (resource_id, plan_id) WHERE state <> 'cancelled' DO NOTHING",
         (to_uuid(id), to_uuid(resource_id), to_uuid(plan_id), anchor_at, anchor_at, anchor_at,
          next_due_at),
     )  # fmt: skip
+    return cursor.rowcount == 1
+
+
+async def live_subscription(
+    conn: Connection, resource_id: int, plan_id: int
+) -> Subscription | None:
+    """The resource's live (active or paused) subscription of the plan, if any."""
+    cursor = await conn.execute(
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+        " WHERE resource_id = %s AND plan_id = %s AND state <> 'cancelled'",
+        (to_uuid(resource_id), to_uuid(plan_id)),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else _subscription(row)
+
+
+async def move_to_plan(
+    conn: Connection, id: int, *, plan_id: int, allocate_from: datetime, changes: int
+) -> Subscription | None:
+    """The subscription on `plan_id` (with its `allocate_from` and `changes`); None, nothing
+    changed, when the resource has another live subscription of that plan. A savepoint keeps
+    the caller's transaction usable after the unique index refuses it."""
+    try:
+        async with conn.transaction():
+            return await update_subscription(
+                conn, id, plan_id=plan_id, allocate_from=allocate_from, changes=changes
+            )
+    except psycopg.errors.UniqueViolation as error:
+        if error.diag.constraint_name != "subscriptions_one_live_per_plan_idx":
+            raise
+        return None
+
+
+async def list_subscriptions(
+    conn: Connection,
+    *,
+    resource_id: int | None = None,
+    plan_id: int | None = None,
+    state: str | None = None,
+    customer_id: int | None = None,
+    after: Keyset | None = None,
+    limit: int = ROWS_PER_PAGE_DEFAULT,
+) -> tuple[list[Subscription], bool]:
+    """A page of subscriptions with every filter given, in (created_at, id) order, and whether
+    more follow. `customer_id`: those of that customer's resources."""
+    conditions = equal(
+        resource_id=to_uuid_or_none(resource_id), plan_id=to_uuid_or_none(plan_id), state=state
+    )
+    if customer_id is not None:
+        conditions.append(resource_of_customer(customer_id))
+    select = f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+    return await fetch_page(conn, select, conditions, _subscription, after=after, limit=limit)
 
 
 async def get_subscription(conn: Connection, id: int) -> Subscription | None:

@@ -4,12 +4,18 @@ grants the prorated difference, and bad input gets clear problems."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from credit_ledger_client import AsyncCreditClient, SubscriptionCancelledError
+from credit_ledger_client import (
+    AlreadySubscribedError,
+    AsyncCreditClient,
+    SubscriptionCancelledError,
+)
 from credit_ledger_client.schemas import (
     Category,
     ChangePlanIn,
@@ -18,11 +24,13 @@ from credit_ledger_client.schemas import (
     PlanPeriod,
     PlanRolloverIn,
     SubscriptionIn,
+    SubscriptionQuery,
     SubscriptionState,
 )
 
+from ledger import db
 from tests.api.conftest import Api
-from tests.api.support import assert_problem, balance, created
+from tests.api.support import assert_problem, balance, bound_key, created
 
 pytestmark = pytest.mark.anyio
 
@@ -173,6 +181,12 @@ async def test_the_python_client_drives_plans_and_subscriptions(clocked_api: Api
         assert [p.id async for p in client.iter_plans()] == [plan.id]
         sub = await client.subscribe(SubscriptionIn(resource_id=resource, plan_id=plan.id))
         assert [a.amount for a in sub.allocations] == [50]
+        with pytest.raises(AlreadySubscribedError) as caught:
+            await client.subscribe(SubscriptionIn(resource_id=resource, plan_id=plan.id))
+        assert caught.value.subscription_id == sub.id
+        query = SubscriptionQuery(resource_id=resource, state=SubscriptionState.ACTIVE, limit=1)
+        assert [s.id async for s in client.iter_subscriptions(query)] == [sub.id]
+        assert (await client.list_subscriptions(query)).items[0].allocations == []
         paused = await client.pause_subscription(sub.id, idempotency_key=f"p{api.seq}")
         assert paused.state is SubscriptionState.PAUSED
         again = await client.pause_subscription(sub.id, idempotency_key=f"p{api.seq}")
@@ -191,3 +205,139 @@ async def test_the_python_client_drives_plans_and_subscriptions(clocked_api: Api
         assert (await client.get_plan(plan.id)) == plan
     finally:
         await client.aclose()
+
+
+async def _ids(api: Api, query: str = "", key: str = "admin") -> list[str]:
+    """Every subscription the list gives (following its cursor), in its order."""
+    found: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = f"/v1/subscriptions?limit=2{query}" + (f"&cursor={cursor}" if cursor else "")
+        r = await api.get(page, key)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["items"]) <= 2 and all(i["allocations"] == [] for i in body["items"])
+        found += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return found
+
+
+async def test_subscriptions_are_listed_with_each_filter_and_a_bound_keys_view(
+    clocked_api: Api, pool: db.Pool
+) -> None:
+    api = clocked_api
+    code, r1 = await _setup(api)
+    other = await created(api, "/v1/customers", {"name": "Other"})
+    r2 = (
+        await created(api, "/v1/resources", {"customer_id": other["id"], "kind": "subscription"})
+    )["id"]
+    a = await created(api, "/v1/plans", _plan(code, f"la{api.seq}", 10))
+    b = await created(api, "/v1/plans", _plan(code, f"lb{api.seq}", 20))
+    s1 = await created(api, "/v1/subscriptions", {"resource_id": r1, "plan_id": a["id"]})
+    s2 = await created(api, "/v1/subscriptions", {"resource_id": r1, "plan_id": b["id"]})
+    s3 = await created(api, "/v1/subscriptions", {"resource_id": r2, "plan_id": a["id"]})
+    assert (await api.post(f"/v1/subscriptions/{s2['id']}/cancel", None)).status_code == 200
+    assert (await api.post(f"/v1/subscriptions/{s3['id']}/pause", None)).status_code == 200
+
+    everything = [s1["id"], s2["id"], s3["id"]]
+    assert await _ids(api) == everything  # two pages of two
+    assert await _ids(api, f"&resource_id={r1}") == [s1["id"], s2["id"]]
+    assert await _ids(api, f"&plan_id={a['id']}") == [s1["id"], s3["id"]]
+    assert await _ids(api, "&state=active") == [s1["id"]]
+    assert await _ids(api, "&state=paused") == [s3["id"]]
+    assert await _ids(api, "&state=cancelled") == [s2["id"]]
+    assert await _ids(api, f"&resource_id={r1}&plan_id={a['id']}&state=active") == [s1["id"]]
+    assert await _ids(api, f"&resource_id={r2}&state=active") == []
+    r = await api.get("/v1/subscriptions?limit=1")
+    (first,) = r.json()["items"]
+    assert first["plan_id"] == a["id"] and first["state"] == "active"
+    assert first["next_allocation_at"] is not None
+    assert_problem(await api.get("/v1/subscriptions?state=gone"), "validation_error", field="state")
+    assert_problem(
+        await api.get("/v1/subscriptions?resource_id=x"), "validation_error", field="resource_id"
+    )
+    assert_problem(await api.get("/v1/subscriptions?cursor=abc"), "validation_error")
+    assert_problem(await api.get("/v1/subscriptions?nope=1"), "validation_error")
+
+    # A key bound to r2's customer lists only its subscriptions, as it reads only them.
+    api.keys["mine"] = await bound_key(pool, other["id"], ["admin"])
+    deadline_s = time.monotonic() + 10.0
+    while (await api.get("/v1/subscriptions", "mine")).status_code == 401:
+        assert time.monotonic() < deadline_s, "the app never learned of the key"
+        await asyncio.sleep(0.01)
+    assert await _ids(api, key="mine") == [s3["id"]]
+    assert await _ids(api, f"&resource_id={r1}", key="mine") == []
+    assert await _ids(api, f"&plan_id={a['id']}", key="mine") == [s3["id"]]
+    assert_problem(await api.get(f"/v1/subscriptions/{s1['id']}", "mine"), "not_found")
+
+
+async def test_a_plan_is_subscribed_once_per_resource_while_live(clocked_api: Api) -> None:
+    api = clocked_api
+    code, resource = await _setup(api)
+    a = await created(api, "/v1/plans", _plan(code, f"da{api.seq}", 10))
+    b = await created(api, "/v1/plans", _plan(code, f"db{api.seq}", 20))
+    on_a = {"resource_id": resource, "plan_id": a["id"]}
+    first = await api.post("/v1/subscriptions", on_a, idem=api.k("first"))
+    assert first.status_code == 201, first.text
+    s1 = first.json()["id"]
+    wallet = await _wallet(api, resource)
+    assert (await balance(api, wallet))[0] == 10
+
+    # A second subscription of the plan is refused, naming the live one; nothing is granted.
+    assert_problem(
+        await api.post("/v1/subscriptions", on_a),
+        "already_subscribed",
+        subscription_id=s1,
+        field="plan_id",
+    )
+    # The first key replayed answers what it did, not a refusal.
+    again = await api.post("/v1/subscriptions", on_a, idem=api.k("first"))
+    assert again.status_code == 201, again.text
+    assert again.headers.get("Idempotency-Hit") == "true" and again.json()["id"] == s1
+    assert (await balance(api, wallet))[0] == 10
+
+    # Another plan is fine; a change of it onto the live plan is refused, and changes nothing.
+    s2 = (await created(api, "/v1/subscriptions", {"resource_id": resource, "plan_id": b["id"]}))[
+        "id"
+    ]
+    assert (await balance(api, wallet))[0] == 30
+    change = {"plan_id": a["id"]}
+    assert_problem(
+        await api.post(f"/v1/subscriptions/{s2}/change-plan", change),
+        "already_subscribed",
+        subscription_id=s1,
+    )
+    got = (await api.get(f"/v1/subscriptions/{s2}")).json()
+    assert got["plan_id"] == b["id"] and [x["kind"] for x in got["allocations"]] == ["period"]
+    assert (await balance(api, wallet))[0] == 30
+
+    # Paused is live too; cancelled is not: then the plan can be subscribed again.
+    assert (await api.post(f"/v1/subscriptions/{s1}/pause", None)).status_code == 200
+    assert_problem(await api.post("/v1/subscriptions", on_a), "already_subscribed")
+    assert (await api.post(f"/v1/subscriptions/{s1}/cancel", None)).status_code == 200
+    s3 = (await created(api, "/v1/subscriptions", on_a))["id"]
+    assert s3 != s1
+    assert_problem(
+        await api.post(f"/v1/subscriptions/{s2}/change-plan", change),
+        "already_subscribed",
+        subscription_id=s3,
+    )
+    # With s3 cancelled, s2 may move onto the plan.
+    assert (await api.post(f"/v1/subscriptions/{s3}/cancel", None)).status_code == 200
+    moved = await api.post(f"/v1/subscriptions/{s2}/change-plan", change)
+    assert moved.status_code == 200 and moved.json()["plan_id"] == a["id"], moved.text
+
+
+async def test_two_subscribes_at_once_make_one_subscription(clocked_api: Api) -> None:
+    api = clocked_api
+    code, resource = await _setup(api)
+    plan = await created(api, "/v1/plans", _plan(code, f"race{api.seq}", 10))
+    body = {"resource_id": resource, "plan_id": plan["id"]}
+    answers = await asyncio.gather(*(api.post("/v1/subscriptions", body) for _ in range(3)))
+    assert sorted(r.status_code for r in answers) == [201, 409, 409], [r.text for r in answers]
+    (won,) = [r.json()["id"] for r in answers if r.status_code == 201]
+    for r in answers:
+        if r.status_code == 409:
+            assert_problem(r, "already_subscribed", subscription_id=won)
+    assert (await balance(api, await _wallet(api, resource)))[0] == 10

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from credit_ledger_client import (
     ERRORS_BY_CODE,
+    AlreadySubscribedError,
     AsyncCreditClient,
     BudgetExceededError,
     CreditApiError,
@@ -662,6 +663,7 @@ CODES = {
     "grant_not_refundable": (409, GrantNotRefundableError),
     "refund_exceeds_available": (409, RefundExceedsAvailableError),
     "void_exceeds_available": (409, VoidExceedsAvailableError),
+    "already_subscribed": (409, AlreadySubscribedError),
     "grant_not_changeable": (409, GrantNotChangeableError),
     "expiry_in_past": (422, ExpiryRefusedError),
     "expiry_not_after_effective": (422, ExpiryRefusedError),

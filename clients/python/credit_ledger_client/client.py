@@ -114,6 +114,8 @@ from credit_ledger_client.schemas import (
     SpendIn,
     SubscriptionIn,
     SubscriptionOut,
+    SubscriptionPage,
+    SubscriptionQuery,
     ThresholdList,
     ThresholdOut,
     TopUpOut,
@@ -146,6 +148,7 @@ from credit_ledger_client.schemas import (
 
 __all__ = [
     "ERRORS_BY_CODE",
+    "AlreadySubscribedError",
     "AsyncCreditClient",
     "AsyncReservationScope",
     "BudgetExceededError",
@@ -320,6 +323,17 @@ class SubscriptionCancelledError(ConflictError):
     """409: a change of a cancelled subscription (it gets no further allocation)."""
 
 
+class AlreadySubscribedError(ConflictError):
+    """409: a second live (active or paused) subscription of one plan on one resource, by
+    subscribe or change_plan; `subscription_id` is the live one (absent on the replay of a
+    stored refusal)."""
+
+    @property
+    def subscription_id(self) -> str | None:
+        value = self.extra.get("subscription_id")
+        return value if isinstance(value, str) else None
+
+
 class VoidExceedsAvailableError(ConflictError):
     """409: a void of part of a grant of more credits than it has available; `available` is
     what it has (nothing was voided)."""
@@ -396,6 +410,7 @@ ERRORS_BY_CODE: dict[str, type[CreditApiError]] = {
     "conflict": ConflictError,
     "grant_not_refundable": GrantNotRefundableError,
     "subscription_cancelled": SubscriptionCancelledError,
+    "already_subscribed": AlreadySubscribedError,
     "refund_exceeds_available": RefundExceedsAvailableError,
     "too_many_thresholds": TooManyThresholdsError,
     "void_exceeds_available": VoidExceedsAvailableError,
@@ -1342,6 +1357,17 @@ class CreditClient:
     def get_subscription(self, subscription_id: str) -> SubscriptionOut:
         return self._send(_get(f"/v1/subscriptions/{_segment(subscription_id)}", SubscriptionOut))
 
+    def list_subscriptions(self, query: SubscriptionQuery | None = None) -> SubscriptionPage:
+        """A page of subscriptions (GET /v1/subscriptions), without their allocations."""
+        return self._send(
+            _list("/v1/subscriptions", query or SubscriptionQuery(), SubscriptionPage)
+        )
+
+    def iter_subscriptions(
+        self, query: SubscriptionQuery | None = None
+    ) -> Iterator[SubscriptionOut]:
+        return _iterate(self.list_subscriptions, query or SubscriptionQuery())
+
     def change_plan(
         self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None
     ) -> SubscriptionOut:
@@ -1856,6 +1882,17 @@ class AsyncCreditClient:
     async def get_subscription(self, subscription_id: str) -> SubscriptionOut:
         path = f"/v1/subscriptions/{_segment(subscription_id)}"
         return await self._send(_get(path, SubscriptionOut))
+
+    async def list_subscriptions(self, query: SubscriptionQuery | None = None) -> SubscriptionPage:
+        """A page of subscriptions (GET /v1/subscriptions), without their allocations."""
+        return await self._send(
+            _list("/v1/subscriptions", query or SubscriptionQuery(), SubscriptionPage)
+        )
+
+    def iter_subscriptions(
+        self, query: SubscriptionQuery | None = None
+    ) -> AsyncIterator[SubscriptionOut]:
+        return _aiterate(self.list_subscriptions, query or SubscriptionQuery())
 
     async def change_plan(
         self, subscription_id: str, body: ChangePlanIn, *, idempotency_key: str | None = None

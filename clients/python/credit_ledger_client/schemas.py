@@ -997,6 +997,20 @@ class SubscriptionOut(Out):
     allocations: list[AllocationOut] = []
 
 
+class SubscriptionQuery(ListQuery):
+    """Every filter given: the subscriptions of `resource_id`, of `plan_id`, in `state`."""
+
+    resource_id: ID | None = None
+    plan_id: ID | None = None
+    state: SubscriptionState | None = None
+
+
+class SubscriptionPage(Page):
+    """Subscriptions without their allocations (`allocations` is empty: GET one for them)."""
+
+    items: list[SubscriptionOut]
+
+
 class PriceAtQuery(Strict):
     """The price in force at `at` (default now)."""
 
