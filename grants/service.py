@@ -343,7 +343,7 @@ class GrantService:
         if carried is not None:
             chain.append(
                 Transfer(
-                    id=rollover_transfer_id(source.id),
+                    id=rollover_transfer_id(carried.id),
                     debit_account_id=source.id,
                     credit_account_id=carried.id,
                     amount=carried.amount,
@@ -358,7 +358,7 @@ class GrantService:
         if floor is not None:
             chain.append(
                 Transfer(
-                    id=rollover_floor_transfer_id(source.id),
+                    id=rollover_floor_transfer_id(floor.id),
                     debit_account_id=system_account_id(
                         floor.ledger, AccountCode.ISSUANCE_PROMOTIONAL
                     ),
@@ -637,14 +637,15 @@ class GrantService:
         return RefundResult(op.id, debit_id, sum(a for _, a in restored), restored, True)
 
 
-def rollover_transfer_id(source_id: int) -> int:
-    """The id of the ROLLOVER transfer out of a block (one per block, ever)."""
-    return derive_id("grant/rollover/transfer", source_id)
+def rollover_transfer_id(carried_id: int) -> int:
+    """The id of the ROLLOVER transfer into a rollover block (one per attempt: each attempt has
+    blocks of its own, and a refused transfer's id is never usable again)."""
+    return derive_id("grant/rollover/transfer", carried_id)
 
 
-def rollover_floor_transfer_id(source_id: int) -> int:
-    """The id of the funding transfer of a block's rollover floor."""
-    return derive_id("grant/rollover/floor-transfer", source_id)
+def rollover_floor_transfer_id(floor_id: int) -> int:
+    """The id of the funding transfer of a rollover's floor block."""
+    return derive_id("grant/rollover/floor-transfer", floor_id)
 
 
 def _resweep(op: Operation, index: int, last_sweep: Transfer, amount: int) -> Transfer:

@@ -225,6 +225,10 @@ assert USAGE_DIMENSION_FILTERS_MAX >= DIMENSIONS_MAX  # one filter per dimension
 # Rollover (wallets/control.py, ControlPlane.roll_over_due): the most blocks one pass rolls
 # over (each: two transactions and one engine round trip); the next tick goes on.
 ROLLOVER_BATCH_MAX = 100
+# Attempts of one block's rollover: an attempt the engine refuses (a spend dated before the
+# expiry took credits between the decision and the transfer) is decided again, with ids of its
+# own, up to this many times; then the rollover is 'refused' and the block expires as usual.
+ROLLOVER_ATTEMPTS_MAX = 3
 
 # Finance (finance/posting.py): the most projected entries one posting batch reads (one
 # transaction: its journals, lines, memo rows and block states).

@@ -83,6 +83,7 @@ from ledger.limits import (
     EXCHANGE_RATE_DIGITS_MAX,
     EXCHANGE_RATE_PLACES_MAX,
     MONEY_MINOR_MAX,
+    ROLLOVER_ATTEMPTS_MAX,
     ROLLOVER_BATCH_MAX,
     U32_MAX,
 )
@@ -914,8 +915,9 @@ class ControlPlane:
         if decided is None:
             return None
         source, blocks, tenant, remaining = decided
-        carried = next((b for b in blocks if b.id == rollover_block_id(source.id)), None)
-        floor = next((b for b in blocks if b.id == rollover_floor_id(source.id)), None)
+        attempt = 0 if source.rollover is None else source.rollover.attempt
+        carried = next((b for b in blocks if b.id == rollover_block_id(source.id, attempt)), None)
+        floor = next((b for b in blocks if b.id == rollover_floor_id(source.id, attempt)), None)
         result = RolloverResult(
             source.id,
             remaining,
@@ -927,6 +929,7 @@ class ControlPlane:
         if source.rollover is not None and source.rollover.state is RolloverState.DONE:
             return result  # nothing to carry: decided and done in one step
         applied = await self._roll_over_ledger(source, carried, floor, tenant)
+        retried = False
         async with self.pool.connection() as conn, conn.transaction():
             for block in blocks:
                 await grants.set_grant_state(
@@ -935,12 +938,24 @@ class ControlPlane:
                     GrantState.ACTIVE if applied else GrantState.ABANDONED,
                     expected=[GrantState.PENDING],
                 )
-            await grants.set_rollover_state(
-                conn,
-                source.id,
-                RolloverState.DONE if applied else RolloverState.REFUSED,
-                expected=[RolloverState.PENDING],
+            if not applied and attempt + 1 < ROLLOVER_ATTEMPTS_MAX:
+                # Refused: the block has less than was fixed (a spend dated before its expiry
+                # drew on it in between, or a void took it). Decided again, with fresh ids.
+                retried = await grants.retry_rollover(conn, source.id)
+            if not retried:
+                await grants.set_rollover_state(
+                    conn,
+                    source.id,
+                    RolloverState.DONE if applied else RolloverState.REFUSED,
+                    expected=[RolloverState.PENDING],
+                )
+        if retried:
+            _logger.warning(
+                "rollover of grant %s refused by the engine (attempt %d): decided again",
+                id_text(source.id),
+                attempt,
             )
+            return await self._roll_over(source.id)
         cached = self.catalog.grants.get(source.id)
         if cached is not None:
             self.catalog.put_grant(msgspec.structs.replace(cached, rollover_due=False))
@@ -984,8 +999,12 @@ class ControlPlane:
             if policy.state is RolloverState.PENDING:
                 found = await self.grant_service.balances(source.id)
                 assert found is not None  # its rows were written once it was on the ledger
-                rows = await grants.rollover_blocks(conn, source.id)
-                taken = sum(b.amount for b in rows if b.id == rollover_block_id(source.id))
+                ids = (
+                    rollover_block_id(source.id, policy.attempt),
+                    rollover_floor_id(source.id, policy.attempt),
+                )
+                rows = [b for b in await grants.rollover_blocks(conn, source.id) if b.id in ids]
+                taken = sum(b.amount for b in rows if b.id == ids[0])
                 return source, rows, found.tenant, taken
             if policy.state is not RolloverState.DUE:
                 return None
@@ -1009,7 +1028,7 @@ class ControlPlane:
                     await grants.insert_grant(
                         conn,
                         grants.NewGrant(
-                            id=rollover_block_id(source.id),
+                            id=rollover_block_id(source.id, policy.attempt),
                             wallet_id=source.wallet_id,
                             credit_type_id=source.credit_type_id,
                             amount=taken,
@@ -1034,7 +1053,7 @@ class ControlPlane:
                     await grants.insert_grant(
                         conn,
                         grants.NewGrant(
-                            id=rollover_floor_id(source.id),
+                            id=rollover_floor_id(source.id, policy.attempt),
                             wallet_id=source.wallet_id,
                             credit_type_id=source.credit_type_id,
                             amount=floor,
@@ -2194,14 +2213,19 @@ def business_time_ns(at: dt.datetime | None, field: str) -> int | None:
 ROLLOVER_ACTOR = "system"
 
 
-def rollover_block_id(source_id: int) -> int:
-    """The block a block's credits roll over into (its account id)."""
-    return derive_id("grant/rollover", source_id)
+def rollover_block_id(source_id: int, attempt: int = 0) -> int:
+    """The block a block's credits roll over into (its account id), in the rollover's
+    `attempt`-th attempt (ledger/README.md "Rollover")."""
+    if attempt == 0:
+        return derive_id("grant/rollover", source_id)
+    return derive_id("grant/rollover", source_id, attempt)
 
 
-def rollover_floor_id(source_id: int) -> int:
-    """The promotional block a rollover's floor adds beyond what was left."""
-    return derive_id("grant/rollover/floor", source_id)
+def rollover_floor_id(source_id: int, attempt: int = 0) -> int:
+    """The promotional block a rollover's floor adds beyond what was left (per attempt)."""
+    if attempt == 0:
+        return derive_id("grant/rollover/floor", source_id)
+    return derive_id("grant/rollover/floor", source_id, attempt)
 
 
 def _resource(r: resources.Resource, tenant: int) -> Resource:

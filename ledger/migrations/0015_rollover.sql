@@ -20,6 +20,10 @@ ALTER TABLE grants
     ADD COLUMN rollover_expires_at timestamptz,
     ADD COLUMN rollover_state      text
         CHECK (rollover_state IN ('due', 'pending', 'done', 'refused')),
+    -- Which attempt of the rollover stands: the engine refused an attempt's transfer (a spend
+    -- dated before the expiry took credits in between) -> its rows 'abandoned', the next
+    -- attempt decided again with ids of its own (a refused transfer id is never usable again).
+    ADD COLUMN rollover_attempt    smallint NOT NULL DEFAULT 0 CHECK (rollover_attempt >= 0),
     ADD COLUMN source_grant_id     uuid REFERENCES grants (id);
 ALTER TABLE grants ADD CONSTRAINT grants_rollover_policy_check CHECK (
     (rollover_max IS NULL) = (rollover_min IS NULL)

@@ -35,7 +35,7 @@ _COLUMNS: Final = (
     "id, wallet_id, credit_type_id, amount, category, consideration_minor, currency, priority,"
     " effective_at, expires_at, source, reason, actor, external_ref, state, created_at,"
     " exchange_rate, rollover_max, rollover_min, rollover_expires_at, rollover_state,"
-    " source_grant_id"
+    " source_grant_id, rollover_attempt"
 )
 
 
@@ -65,6 +65,7 @@ class Rollover(msgspec.Struct, frozen=True, kw_only=True):
     min_credits: int
     expires_at: datetime
     state: RolloverState
+    attempt: int = 0  # which attempt stands (an attempt the engine refused is followed by one)
 
 
 class GrantState(enum.StrEnum):
@@ -149,6 +150,7 @@ def _row(row: tuple[Any, ...]) -> Grant:
             min_credits=from_amount(row[18]),
             expires_at=row[19],
             state=RolloverState(row[20]),
+            attempt=int(row[22]),
         ),
         source_grant_id=None if row[21] is None else from_uuid(row[21]),
     )
@@ -423,8 +425,20 @@ async def set_rollover_state(
     return cursor.rowcount == 1
 
 
+async def retry_rollover(conn: Connection, id: int) -> bool:
+    """A pending rollover the engine refused goes back to 'due' as its next attempt (the caller
+    abandons the refused attempt's rows in the same transaction); whether it did."""
+    cursor = await conn.execute(
+        "UPDATE grants SET rollover_state = 'due', rollover_attempt = rollover_attempt + 1"
+        " WHERE id = %s AND rollover_state = 'pending'",
+        (to_uuid(id),),
+    )
+    return cursor.rowcount == 1
+
+
 async def rollover_blocks(conn: Connection, source_id: int) -> list[Grant]:
-    """The blocks a block rolled over into (at most two: the carried one and the floor)."""
+    """The blocks a block rolled over into (the carried one and the floor of each attempt; those
+    of a refused attempt are 'abandoned')."""
     cursor = await conn.execute(
         f"SELECT {_COLUMNS} FROM grants WHERE source_grant_id = %s ORDER BY id",
         (to_uuid(source_id),),

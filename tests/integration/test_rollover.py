@@ -328,7 +328,9 @@ async def test_the_rollover_transfer_names_its_source(
     source = await issue(plane, clock, wallet, "g", 100, max_credits=50)
     clock.advance(86_400)
     await plane.sweep(clock())
-    (t,) = await plane.service.ledger.lookup_transfers([rollover_transfer_id(source)])
+    (t,) = await plane.service.ledger.lookup_transfers(
+        [rollover_transfer_id(rollover_block_id(source))]
+    )
     assert t.code == TransferCode.ROLLOVER
     assert (t.debit_account_id, t.credit_account_id, t.amount, t.user_data_128) == (
         source,
@@ -415,32 +417,83 @@ async def test_an_advance_of_the_test_clock_rolls_over_and_sweeps_every_due_bloc
     assert await breakage(plane) == 5 * 6
 
 
-async def test_a_source_voided_between_the_rows_and_the_ledger_is_refused(
+async def _crash_before_the_ledger(
     plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wallet = await wallet_of(plane)
-    source = await issue(plane, clock, wallet, "g", 100, max_credits=60)
-    clock.advance(86_400)
+    """A sweep that decides the rollovers due (their rows 'pending', amounts fixed) and stops
+    before the ledger."""
 
     async def crash(*args: Any, **kw: Any) -> bool:
         raise RuntimeError("crash before the ledger")
 
     monkeypatch.setattr(plane, "_roll_over_ledger", crash)
-    await plane.sweep(clock())
+    await plane.sweep(clock())  # a block's failure is logged; the pass goes on
     monkeypatch.undo()
+
+
+async def test_a_source_voided_between_the_rows_and_the_ledger_rolls_nothing(
+    plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wallet = await wallet_of(plane)
+    source = await issue(plane, clock, wallet, "g", 100, max_credits=60)
+    clock.advance(86_400)
+    await _crash_before_the_ledger(plane, clock, monkeypatch)
     await plane.void_grant(source, tenant=TENANT, key="v", actor="a")
     report = await plane.sweep(clock())
+    # The engine refused the fixed amounts; decided again, a voided block rolls nothing.
     (rolled,) = report.rolled_over
-    assert rolled.refused
+    assert not rolled.refused and (rolled.taken, rolled.floor) == (0, 0)
     async with plane.pool.connection() as conn:
         (block,) = await grant_rows.rollover_blocks(conn, source)
         row = await grant_rows.get_grant(conn, source)
     assert block.state is GrantState.ABANDONED
     assert row is not None and row.rollover is not None
-    assert row.rollover.state is RolloverState.REFUSED
+    assert row.rollover.state is RolloverState.DONE and row.rollover.attempt == 1
     assert await balance(plane, source) == (100, 100, 0)  # all of it voided
     assert await balance(plane, block.id) == (0, 0, 0)
     assert (await plane.sweep(clock())).rolled_over == []
+
+
+async def test_a_late_spend_between_the_decision_and_the_ledger_is_decided_again(
+    plane: ControlPlane, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spend dated before the block's expiry reaches the engine after the rollover's amounts
+    were fixed: the engine refuses the fixed transfer (and its id for good), and the rollover is
+    decided again from what is left, with blocks and transfer ids of its own."""
+    wallet = await wallet_of(plane)
+    source = await issue(plane, clock, wallet, "g", 100, max_credits=80)
+    expiry_ns = clock() + 86_400 * 1_000_000_000
+    clock.advance(86_400 + 60)
+    await _crash_before_the_ledger(plane, clock, monkeypatch)
+    async with plane.pool.connection() as conn:
+        (fixed,) = await grant_rows.rollover_blocks(conn, source)
+    assert (fixed.id, fixed.amount) == (rollover_block_id(source), 80)
+    await plane.service.debit(
+        tenant=TENANT,
+        key="late",
+        amount=30,
+        ledger=LEDGER,
+        wallet_id=wallet.id,
+        occurred_at_ns=expiry_ns - 1_000_000_000,
+    )
+    report = await plane.sweep(clock())
+    (rolled,) = report.rolled_over
+    assert not rolled.refused and (rolled.remaining, rolled.taken) == (70, 70)
+    assert rolled.carried_id == rollover_block_id(source, 1)
+    async with plane.pool.connection() as conn:
+        blocks = {b.id: b for b in await grant_rows.rollover_blocks(conn, source)}
+        row = await grant_rows.get_grant(conn, source)
+    assert blocks[fixed.id].state is GrantState.ABANDONED
+    assert blocks[rollover_block_id(source, 1)].state is GrantState.ACTIVE
+    assert blocks[rollover_block_id(source, 1)].amount == 70
+    assert row is not None and row.rollover is not None
+    assert (row.rollover.state, row.rollover.attempt) == (RolloverState.DONE, 1)
+    assert await balance(plane, rollover_block_id(source, 1)) == (70, 0, 0)
+    assert await balance(plane, source) == (100, 100, 0)  # 30 spent, 70 rolled, none expired
+    assert await breakage(plane) == 0
+    # The abandoned attempt's block (an account with nothing on it) is the catalog's too.
+    await ProjectionFeed(plane.service.ledger, plane.pool, clock_ns=clock).catch_up()
+    await assert_reconciled(plane)
 
 
 @pytest.mark.parametrize("days", [None, 31, 40])
