@@ -1,12 +1,16 @@
 """The embedded engine: TigerBeetle's state machine in-process, durable, behind the client API.
 
-`EmbeddedEngine` owns one `StateMachine` and, when it has a data directory, one `Journal`.
+`EmbeddedEngine` owns one `StateMachine` and, when it has a data directory, one `Journal` and
+one `HistoryStore` (the transfers older than the last checkpoint, on disk).
 `client_sync()` and `client_async()` hand out objects with exactly the methods, argument types
 and return types of `tigerbeetle.ClientSync` / `tigerbeetle.ClientAsync`.
 
 Invariants:
 - Requests are applied one at a time under `_lock`, in the order they are journaled; replaying
-  the journal therefore rebuilds the same state.
+  the journal after the store's checkpoint therefore rebuilds the same state.
+- Every 32 MiB of journal (`snapshot_bytes`) the newest layer of transfers is frozen and written
+  to the store by the journal's checkpoint thread; the segments before it go once it is durable.
+  A data directory written before the store (snapshot files) is upgraded into one on open.
 - A request is answered only once its record, and every record before it, is durable. A read is
   answered only once every record it might have observed is durable, so no caller ever sees
   state that a crash could take back.
@@ -21,14 +25,20 @@ from __future__ import annotations
 import marshal
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
 from ledger.clock import business_clock, wall_clock_ns
 from ledger.embedded.journal import Journal
 from ledger.embedded.state import AccountTuple, StateMachine, TransferTuple
-from ledger.limits import BATCH_EVENTS_MAX, JOURNAL_SNAPSHOT_BYTES_DEFAULT
+from ledger.embedded.store import DIRECTORY as STORE_DIRECTORY
+from ledger.embedded.store import Checkpoint, HistoryStore
+from ledger.limits import (
+    BATCH_EVENTS_MAX,
+    ENGINE_CACHE_BYTES_DEFAULT,
+    JOURNAL_SNAPSHOT_BYTES_DEFAULT,
+)
 from ledger.types import (
     Account,
     AccountBalance,
@@ -111,6 +121,7 @@ class EmbeddedEngine:
         clock_ns: Callable[[], int] | None = None,
         fsync: bool = True,
         snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
+        cache_bytes: int = ENGINE_CACHE_BYTES_DEFAULT,
     ) -> None:
         assert snapshot_bytes > 0
         # By default the clock the data directory runs on: its test clock if it has one (a
@@ -122,29 +133,47 @@ class EmbeddedEngine:
         self._snapshot_bytes = snapshot_bytes
         self._closed = False
         self.journal: Journal | None = None
+        self.store: HistoryStore | None = None
+        self._checkpoint_due: Checkpoint | None = None  # one that failed, to write again
         self.torn_bytes = 0
         self.replayed_records = 0
+        self.upgraded = False  # from a data directory of format 1 (snapshots, no store)
         if data_dir is None:
             self.state = StateMachine()
             return
         journal = Journal(data_dir, fsync=fsync)
+        store: HistoryStore | None = None
         try:
-            recovered = journal.recover()
-            state = (
-                StateMachine()
-                if recovered.snapshot is None
-                else StateMachine.from_export(decode_snapshot(recovered.snapshot))
-            )
+            store_path = Path(data_dir) / STORE_DIRECTORY
+            legacy = not store_path.exists()  # written by the engine before the store, or new
+            store = HistoryStore(store_path, fsync=fsync, cache_bytes=cache_bytes)
+            state, record = StateMachine.from_store(store)
+            if record is None:
+                # No checkpoint yet: a new data directory, or one of format 1, whose newest
+                # snapshot (if any) and journal are replayed into memory, then checkpointed.
+                recovered = journal.recover()
+                if recovered.snapshot is not None:
+                    state = StateMachine.from_export(decode_snapshot(recovered.snapshot), store)
+                self.upgraded = legacy and (
+                    recovered.snapshot is not None or bool(recovered.records)
+                )
+            else:
+                recovered = journal.recover(record)
             for payload in recovered.records:
                 _apply_record(state, payload)
             journal.start()
         except BaseException:
             journal.close()
+            if store is not None:
+                store.close()
             raise
         self.state = state
         self.journal = journal
+        self.store = store
         self.torn_bytes = recovered.torn_bytes
         self.replayed_records = len(recovered.records)
+        if self.upgraded:
+            self.snapshot()
 
     # -------------------------------------------------------------------------------------
     # Clients.
@@ -162,6 +191,8 @@ class EmbeddedEngine:
             self._closed = True
         if self.journal is not None:
             self.journal.close()
+        if self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> EmbeddedEngine:
         return self
@@ -190,6 +221,7 @@ class EmbeddedEngine:
         )
         with self._lock:
             self._check_open()
+            self.state.settle()
             self._pulse()
             timestamp = self.state.prepare(len(events), self._clock_ns())
             results = create(timestamp, events)
@@ -204,6 +236,7 @@ class EmbeddedEngine:
         """A read's rows as the state machine's tuples (`argument` from `read_argument`)."""
         with self._lock:
             self._check_open()
+            self.state.settle()
             self._pulse()
             rows = getattr(self.state, operation)(argument)
             position = self.journal.appended if self.journal is not None else 0
@@ -225,17 +258,48 @@ class EmbeddedEngine:
             return 0
         position = journal.append(marshal.dumps((operation, timestamp, events)))
         if journal.segment_bytes >= self._snapshot_bytes:
-            journal.rotate(_snapshot_pieces(self.state.export()), position)
+            self._checkpoint(journal, position)
         return position
 
+    def _checkpoint(self, journal: Journal, position: int) -> None:
+        """Has the journal's thread write the newest layer of transfers, and the live state, to
+        the store as of `position` records; the journal then drops what came before. Called
+        under the lock, after the record at `position` - 1 was applied."""
+        journal.wait_snapshot(raise_error=False)
+        state = self.state
+        state.settle()
+        store = self.store
+        assert store is not None
+        checkpoint = self._checkpoint_due
+        if checkpoint is None:
+            checkpoint = state.freeze(position)
+        elif state.frozen is None:  # the one that failed was written after all
+            checkpoint = None
+        if checkpoint is None:
+            self._checkpoint_due = None
+            checkpoint = state.freeze(position)
+
+        def write(checkpoint: Checkpoint = checkpoint) -> None:
+            try:
+                store.write(checkpoint)
+            except BaseException:
+                self._checkpoint_due = checkpoint  # written again at the next rotation
+                raise
+            self._checkpoint_due = None
+            state.written()
+
+        journal.rotate(write, position, keep_from=checkpoint.record)
+
     def snapshot(self) -> None:
-        """Writes a snapshot now, and waits for it (start-up then replays nothing before it)."""
+        """Checkpoints now, and waits for it (start-up then replays nothing before it)."""
         with self._lock:
             self._check_open()
             if self.journal is None:
                 return
-            self.journal.rotate(_snapshot_pieces(self.state.export()), self.journal.appended)
+            self._checkpoint(self.journal, self.journal.appended)
         self.journal.wait_snapshot()
+        with self._lock:
+            self.state.settle()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -267,29 +331,10 @@ def _apply_record(state: StateMachine, payload: bytes) -> None:
 # Conversions between TigerBeetle's dataclasses and the state machine's tuples.
 
 
-# A snapshot body in pieces: the magic, then [u64 length][marshal] pieces: first the export's
-# small parts and the counts, then the transfers and the history, SNAPSHOT_PIECE_ITEMS at a time
-# (marshalling one piece holds the interpreter for a few ms; the whole state, for up to a second).
+# A snapshot body of format 1 in pieces: the magic, then [u64 length][marshal] pieces: first the
+# export's small parts and the counts, then the transfers and the history. Read to upgrade a data
+# directory; no longer written.
 _PIECES_MAGIC = b"PIECES02"
-SNAPSHOT_PIECE_ITEMS = 20_000
-
-
-def _snapshot_pieces(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
-    """What the journal's snapshot thread writes, from `export` (a copy of the state)."""
-    version, commit_ts, prepare_ts, accounts, transfers, pending, orphans, history = export
-
-    def pieces() -> Iterator[bytes]:
-        yield _PIECES_MAGIC
-        head = (version, commit_ts, prepare_ts, accounts, pending, orphans)
-        for part in (head, len(transfers), len(history)):
-            data = marshal.dumps(part)
-            yield len(data).to_bytes(8, "little") + data
-        for items in (transfers, history):
-            for start in range(0, len(items), SNAPSHOT_PIECE_ITEMS):
-                data = marshal.dumps(items[start : start + SNAPSHOT_PIECE_ITEMS])
-                yield len(data).to_bytes(8, "little") + data
-
-    return pieces
 
 
 def decode_snapshot(body: bytes) -> tuple[Any, ...]:

@@ -1,4 +1,4 @@
-"""The embedded engine's durable log: an append-only journal with group commit, and snapshots.
+"""The embedded engine's durable log: an append-only journal with group commit, and checkpoints.
 
 Invariants:
 - A record is acknowledged only after the bytes of that record, and of every record before it,
@@ -7,16 +7,15 @@ Invariants:
   its checksum at the end of the newest segment is a torn write of an unacknowledged request:
   it is cut off, never half-applied. The same damage anywhere else is corruption and stops the
   engine with a clear error.
-- Records are numbered from 0. Segment `journal-<n>.log` starts with record n. A snapshot
-  `snapshot-<n>.bin` holds the state after records 0..n-1; it is written to a temporary file,
-  synced and renamed into place, and only then are the segments and snapshots it replaces
-  removed. So at every instant the newest complete snapshot plus the segments from its number on
-  rebuild the state.
-- A snapshot is written by a thread of its own, from a copy of the state taken at the rotation,
-  in pieces with a pause between them for the request thread (the whole state written at once,
-  under the engine's lock, had stopped every request for up to a second). One at a time: a
-  rotation first waits for the snapshot before it. If writing one fails, the segments it would
-  have replaced stay, and the next rotation tries again.
+- Records are numbered from 0. Segment `journal-<n>.log` starts with record n. A checkpoint at
+  record n (the engine's history store, `ledger/embedded/store.py`) holds the state after
+  records 0..n-1; only once it is durable are the segments before n removed (and the snapshot
+  files of format 1, `snapshot-<n>.bin`, which an engine before the store wrote and which
+  `recover` still reads to upgrade a data directory). So at every instant the newest durable
+  checkpoint plus the segments from its number on rebuild the state.
+- A checkpoint is written by a thread of its own while requests go on. One at a time: a
+  rotation first waits for the checkpoint before it. If one fails, the segments it would have
+  replaced stay.
 - One process at a time: the data directory is locked with `flock` for the engine's lifetime.
 """
 
@@ -28,7 +27,6 @@ import logging
 import os
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -92,9 +90,14 @@ class Journal:
     # -------------------------------------------------------------------------------------
     # Recovery.
 
-    def recover(self) -> Recovered:
-        """Reads the newest valid snapshot and the records after it; cuts a torn tail."""
-        snapshot, start = self._newest_snapshot()
+    def recover(self, start: int | None = None) -> Recovered:
+        """Reads the records from `start` on (from the history store's checkpoint), or, when
+        there is none yet, the newest valid snapshot of format 1 and the records after it;
+        cuts a torn tail."""
+        if start is None:
+            snapshot, start = self._newest_snapshot()
+        else:
+            snapshot = None
         segments = sorted(self._segments())
         records: list[bytes] = []
         torn = 0
@@ -186,13 +189,16 @@ class Journal:
             self._waiters.append((position, loop, future))
         await future
 
-    def rotate(self, snapshot: Callable[[], Iterator[bytes]], record_number: int) -> None:
-        """Starts a new segment at `record_number`, then has the snapshot thread write the
-        snapshot of the state after the records before it: `snapshot()` yields its body in
-        pieces, from a copy of the state (the caller's lock is not held while it runs). Old
-        segments and snapshots are removed once the snapshot is durable."""
+    def rotate(
+        self, checkpoint: Callable[[], None], record_number: int, keep_from: int | None = None
+    ) -> None:
+        """Starts a new segment at `record_number`, then has the checkpoint thread run
+        `checkpoint()`, which makes the state after the records before `keep_from` (by default
+        `record_number`) durable elsewhere (the caller's lock is not held while it runs). The
+        segments before `keep_from`, and snapshots of format 1, are removed once it returns."""
         self.wait_snapshot(raise_error=False)
         assert record_number == self._appended
+        keep = record_number if keep_from is None else keep_from
         with self._cond:
             self._queue.append(b"")  # marker: the writer switches segments here
             self._rotate_to = record_number
@@ -200,9 +206,9 @@ class Journal:
         self.wait_rotated()
         self._snapshot_error = None
         thread = threading.Thread(
-            target=self._write_snapshot,
-            args=(snapshot, record_number),
-            name="journal-snapshot",
+            target=self._checkpoint,
+            args=(checkpoint, keep),
+            name="journal-checkpoint",
             daemon=True,
         )
         self._snapshot_thread = thread
@@ -217,27 +223,11 @@ class Journal:
         if raise_error and self._snapshot_error is not None:
             raise self._snapshot_error
 
-    def _write_snapshot(self, snapshot: Callable[[], Iterator[bytes]], record_number: int) -> None:
-        path = self.dir / f"snapshot-{record_number:020d}.bin"
-        tmp = path.with_suffix(".tmp")
+    def _checkpoint(self, checkpoint: Callable[[], None], record_number: int) -> None:
         try:
-            crc = 0
-            with open(tmp, "wb") as f:
-                f.write(_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, record_number, 0))
-                for piece in snapshot():
-                    f.write(piece)
-                    crc = zlib.crc32(piece, crc)
-                    time.sleep(0)  # the request thread runs between pieces
-                f.seek(0)
-                f.write(_SNAPSHOT_HEADER.pack(_SNAPSHOT_MAGIC, record_number, crc))
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-            self._sync_dir()
+            checkpoint()
             for old in self.dir.glob("snapshot-*.bin"):
-                if old != path:
-                    old.unlink()
+                old.unlink()
             for first, seg in list(self._segments()):
                 if first < record_number:
                     seg.unlink()
@@ -245,9 +235,8 @@ class Journal:
         except BaseException as error:  # the old segments stay: nothing is lost
             self._snapshot_error = error
             _logger.exception(
-                "writing snapshot %d failed; the journal keeps its segments", record_number
+                "checkpoint at record %d failed; the journal keeps its segments", record_number
             )
-            tmp.unlink(missing_ok=True)
 
     def wait_rotated(self) -> None:
         with self._cond:

@@ -25,12 +25,20 @@ stored transfer is a tuple (it never changes once created).
 from __future__ import annotations
 
 import heapq
+import itertools
 import struct
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ledger.limits import BATCH_EVENTS_MAX, TIMESTAMP_MAX, TIMESTAMP_MIN, U128_MAX
+from ledger.embedded.store import Checkpoint, HistoryStore, Layer
+from ledger.limits import (
+    BATCH_EVENTS_MAX,
+    CACHE_TRANSFERS_MAX,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
+    U128_MAX,
+)
 from ledger.types import CreateAccountStatus as A
 from ledger.types import CreateTransferStatus as T
 
@@ -90,30 +98,55 @@ _A_CREATED = A.CREATED
 class StateMachine:
     """The ledger's state and TigerBeetle's rules for changing it."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: HistoryStore | None = None) -> None:
         self.accounts: dict[int, list[int]] = {}
-        # Accounts and transfers in timestamp order, for query_accounts / query_transfers.
+        # Accounts in timestamp order, for query_accounts.
         self.account_log: list[list[int]] = []
         self.account_log_ts: list[int] = []
-        self.transfers: dict[int, TransferTuple] = {}
-        self.transfer_log: list[TransferTuple] = []
-        self.transfer_log_ts: list[int] = []
-        # Transfers of each account, in timestamp order, for get_account_transfers.
-        self.account_transfers: dict[int, list[TransferTuple]] = {}
-        # Status of every pending transfer, by its id.
-        self.pending_status: dict[int, int] = {}
+        # Transfers live in layers, oldest first: the store (on disk, when there is one), the
+        # layer a checkpoint is writing to it (`frozen`), and the newest layer (`mem`), whose
+        # parts the attributes below name.
+        self.store = store
+        self.frozen: Layer | None = None
+        self._frozen_written = False
+        self._bind(Layer())
+        # Pending transfers whose status is still pending, by id: live state, always whole.
+        self.live: dict[int, TransferTuple] = {}
+        # What was read from the store for the requests at hand (transfers by id, final
+        # statuses by id, ids that failed): emptied when it grows past CACHE_TRANSFERS_MAX.
+        self.cache: dict[int, TransferTuple] = {}
+        self.status_cache: dict[int, int] = {}
+        self.orphan_cache: set[int] = set()
         # (expires_at, timestamp, id) of pending transfers with a timeout. Entries of posted,
         # voided or rolled-back transfers stay until they reach the top and are skipped.
         self.expiry_heap: list[tuple[int, int, int]] = []
-        # Ids of transfers that failed with a transient status (`id_already_failed`).
-        self.orphans: set[int] = set()
-        # Balances after each transfer touching a history account, by transfer timestamp:
-        # (dr_id, dr dp, dpo, cp, cpo, cr_id, cr dp, dpo, cp, cpo).
-        self.history: dict[int, tuple[int, ...]] = {}
         self.account_timestamps: set[int] = set()
+        self.last_transfer_ts = 0  # of the newest transfer in any layer
+        self._last_ts_before_mem = 0
         self.commit_timestamp = 0
         self.prepare_timestamp = 0
         self._undo: list[tuple[Any, ...]] | None = None
+
+    def _bind(self, layer: Layer) -> None:
+        """Makes `layer` the newest: the hot path reaches its parts as attributes."""
+        self.mem = layer
+        self.transfers = layer.transfers
+        self.transfer_log = layer.log
+        self.transfer_log_ts = layer.log_ts
+        # Transfers of each account, in timestamp order, for get_account_transfers.
+        self.account_transfers = layer.by_account
+        # Balances after each transfer touching a history account, by transfer timestamp:
+        # (dr_id, dr dp, dpo, cp, cpo, cr_id, cr dp, dpo, cp, cpo).
+        self.history = layer.history
+        # Pending transfers posted, voided or expired in this layer: id -> (status, timestamp).
+        self.finished = layer.finished
+        # Ids of transfers that failed with a transient status (`id_already_failed`).
+        self.orphans = layer.orphans
+
+    @property
+    def cold(self) -> bool:
+        """Whether some transfers are outside the newest layer."""
+        return self.frozen is not None or self.store is not None
 
     # ---------------------------------------------------------------------------------------
     # Timestamps.
@@ -128,16 +161,14 @@ class StateMachine:
 
     def pulse_needed(self, timestamp: int) -> bool:
         heap = self.expiry_heap
+        live = self.live
         while heap:
             _, ts, tid = heap[0]
-            if self.pending_status.get(tid) == PENDING and self._transfer_ts(tid) == ts:
+            t = live.get(tid)
+            if t is not None and t[12] == ts:
                 return heap[0][0] <= timestamp
             heapq.heappop(heap)
         return False
-
-    def _transfer_ts(self, tid: int) -> int:
-        t = self.transfers.get(tid)
-        return -1 if t is None else t[12]
 
     # ---------------------------------------------------------------------------------------
     # create_accounts / create_transfers: the batch driver with linked chains.
@@ -146,7 +177,111 @@ class StateMachine:
         return self._execute(timestamp, events, self._create_account, A, False)
 
     def create_transfers(self, timestamp: int, events: Sequence[TransferTuple]) -> list[Any]:
+        if self.cold:
+            self._prefetch(events)
         return self._execute(timestamp, events, self._create_transfer, T, True)
+
+    # ---------------------------------------------------------------------------------------
+    # Layers: what is older than the newest layer, read ahead of a request (TigerBeetle's
+    # prefetch), so that the request itself runs in memory.
+
+    def _get(self, tid: int) -> TransferTuple | None:
+        """The transfer `tid`, from memory: every layer, and what was read ahead."""
+        t = self.transfers.get(tid)
+        if t is None:
+            frozen = self.frozen
+            if frozen is not None:
+                t = frozen.transfers.get(tid)
+            if t is None:
+                t = self.cache.get(tid)
+        return t
+
+    def _is_orphan(self, tid: int) -> bool:
+        if tid in self.orphans or tid in self.orphan_cache:
+            return True
+        frozen = self.frozen
+        return frozen is not None and tid in frozen.orphans
+
+    def _final_status(self, tid: int) -> int:
+        """The status of pending transfer `tid`, which is not pending any more."""
+        done = self.finished.get(tid)
+        if done is None and self.frozen is not None:
+            done = self.frozen.finished.get(tid)
+        if done is not None:
+            return done[0]
+        return self.status_cache[tid]
+
+    def _prefetch(self, events: Sequence[TransferTuple]) -> None:
+        """Reads what `events` may need from the store: the transfers of their ids and
+        pending ids, whether their ids failed before, and the statuses of their pending
+        transfers."""
+        store = self.store
+        if len(self.cache) > CACHE_TRANSFERS_MAX:
+            self.cache.clear()
+            self.status_cache.clear()
+            self.orphan_cache.clear()
+        if store is None:
+            return
+        live = self.live
+        want: set[int] = set()
+        for e in events:
+            for tid in (e[0], e[4]):
+                if tid and tid not in live and self._get(tid) is None and not self._is_orphan(tid):
+                    want.add(tid)
+        if want:
+            found, orphans = store.find(list(want))
+            self.cache.update(found)
+            self.orphan_cache |= orphans
+        stamps: dict[int, int] = {}
+        for e in events:
+            pid = e[4]
+            if (
+                not pid
+                or pid in live
+                or pid in self.status_cache
+                or not e[11] & (TF_POST | TF_VOID)
+            ):
+                continue
+            if pid in self.finished or (self.frozen is not None and pid in self.frozen.finished):
+                continue
+            p = self._get(pid)
+            if p is not None and p[11] & TF_PENDING:
+                stamps[p[12]] = pid
+        if stamps:
+            for ts, status in store.statuses(list(stamps)).items():
+                self.status_cache[stamps[ts]] = status
+
+    def freeze(self, record: int) -> Checkpoint:
+        """Starts a new newest layer; the one before is what a checkpoint at `record` (the
+        number of journal records applied) writes to the store, with the live state."""
+        assert self.store is not None and self.frozen is None and self._undo is None
+        layer = self.mem
+        self.frozen = layer
+        self._frozen_written = False
+        self._bind(Layer())
+        self._last_ts_before_mem = self.last_transfer_ts
+        return Checkpoint(
+            layer=layer,
+            record=record,
+            commit_timestamp=self.commit_timestamp,
+            prepare_timestamp=self.prepare_timestamp,
+            last_transfer_ts=self.last_transfer_ts,
+            accounts=[list(a) for a in self.account_log],
+            pending=list(self.live.values()),
+        )
+
+    def written(self) -> None:
+        """The frozen layer is in the store (called from the checkpoint's thread)."""
+        self._frozen_written = True
+
+    def settle(self) -> None:
+        """Lets go of the frozen layer once the store has it (called before each request)."""
+        frozen = self.frozen
+        if frozen is not None and self._frozen_written:
+            assert self.store is not None
+            if frozen.log_ts:
+                self.store.visible_ts = frozen.log_ts[-1]
+            self.frozen = None
 
     def _execute(
         self, timestamp: int, events: Sequence[Any], create: Any, statuses: Any, transfers: bool
@@ -301,9 +436,14 @@ class StateMachine:
         return A.EXISTS, e[_TS]
 
     def _transfer_at(self, timestamp: int) -> bool:
-        log_ts = self.transfer_log_ts
-        i = bisect_left(log_ts, timestamp)
-        return i < len(log_ts) and log_ts[i] == timestamp
+        layers = [self.transfer_log_ts]
+        if self.frozen is not None:
+            layers.append(self.frozen.log_ts)
+        for log_ts in layers:
+            i = bisect_left(log_ts, timestamp)
+            if i < len(log_ts) and log_ts[i] == timestamp:
+                return True
+        return self.store is not None and self.store.has_transfer_at(timestamp)
 
     # ---------------------------------------------------------------------------------------
     # create_transfer.
@@ -317,9 +457,11 @@ class StateMachine:
         if tid == U128_MAX:
             return T.ID_MUST_NOT_BE_INT_MAX, ts_event
         e = self.transfers.get(tid)
+        if e is None and self.cold:
+            e = self._get(tid)
         if e is not None:
             return self._transfer_exists(t, e, ts_event)
-        if tid in self.orphans:
+        if tid in self.orphans or (self.cold and self._is_orphan(tid)):
             return T.ID_ALREADY_FAILED, ts_event
         if flags & (TF_POST | TF_VOID):
             return self._post_or_void(ts_event, t)
@@ -403,11 +545,11 @@ class StateMachine:
         # From here on the transfer succeeds.
         stored = (tid, dr_id, cr_id, amount, 0, t[5], t[6], t[7], timeout, ledger, code, flags, ts)
         if self._undo is not None:
-            self._remember(stored, dr, cr, 0)
+            self._remember(stored, dr, cr, None)
         if pending:
             dr[_DP] += amount
             cr[_CP] += amount
-            self.pending_status[tid] = PENDING
+            self.live[tid] = stored
             if timeout:
                 heapq.heappush(self.expiry_heap, (ts + timeout * NS_PER_S, ts, tid))
         else:
@@ -425,6 +567,7 @@ class StateMachine:
         self.transfers[stored[0]] = stored
         self.transfer_log.append(stored)
         self.transfer_log_ts.append(ts)
+        self.last_transfer_ts = ts
         account_transfers = self.account_transfers
         xs = account_transfers.get(dr[_ID])
         if xs is None:
@@ -451,9 +594,7 @@ class StateMachine:
             )
         self.commit_timestamp = ts
 
-    def _remember(
-        self, stored: TransferTuple, dr: list[int], cr: list[int], pending_id: int
-    ) -> None:
+    def _remember(self, stored: TransferTuple, dr: list[int], cr: list[int], pending: Any) -> None:
         """Records what a transfer of an open chain is about to change, to undo it."""
         assert self._undo is not None
         self._undo.append(
@@ -466,19 +607,19 @@ class StateMachine:
                 cr,
                 cr[1:5],
                 cr[_FLAGS],
-                pending_id,
+                pending,
                 self.commit_timestamp,
             )
         )
 
     def _undo_transfer(self, entry: tuple[Any, ...]) -> None:
-        _, stored, dr, dr_balances, dr_flags, cr, cr_balances, cr_flags, pending_id, commit_ts = (
-            entry
-        )
+        _, stored, dr, dr_balances, dr_flags, cr, cr_balances, cr_flags, pending, commit_ts = entry
         tid = stored[0]
         del self.transfers[tid]
         self.transfer_log.pop()
         self.transfer_log_ts.pop()
+        log_ts = self.transfer_log_ts
+        self.last_transfer_ts = log_ts[-1] if log_ts else self._last_ts_before_mem
         self.account_transfers[dr[_ID]].pop()
         self.account_transfers[cr[_ID]].pop()
         self.history.pop(stored[12], None)
@@ -487,16 +628,15 @@ class StateMachine:
         cr[1:5] = cr_balances
         cr[_FLAGS] = cr_flags
         if stored[11] & TF_PENDING:
-            del self.pending_status[tid]
-        if pending_id:
-            self.pending_status[pending_id] = PENDING
+            del self.live[tid]
+        if pending:
+            del self.finished[pending[0]]
+            self.live[pending[0]] = pending
         self.commit_timestamp = commit_ts
 
     def _check_imported_transfer(self, t: TransferTuple, dr: list[int], cr: list[int]) -> Any:
         ts = t[12]
-        if (self.transfer_log_ts and ts <= self.transfer_log_ts[-1]) or (
-            ts in self.account_timestamps
-        ):
+        if ts <= self.last_transfer_ts or ts in self.account_timestamps:
             return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS
         if ts <= dr[_TS]:
             return T.IMPORTED_EVENT_TIMESTAMP_MUST_POSTDATE_DEBIT_ACCOUNT
@@ -517,7 +657,9 @@ class StateMachine:
         if t[8] != e[8]:
             return T.EXISTS_WITH_DIFFERENT_TIMEOUT, ts_event
         if flags & (TF_POST | TF_VOID):
-            return self._post_or_void_exists(t, e, self.transfers[t[4]], ts_event)
+            p = self._get(t[4])
+            assert p is not None
+            return self._post_or_void_exists(t, e, p, ts_event)
         if t[1] != e[1]:
             return T.EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID, ts_event
         if t[2] != e[2]:
@@ -589,7 +731,9 @@ class StateMachine:
             return T.PENDING_ID_MUST_BE_DIFFERENT, ts_event
         if timeout != 0:
             return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, ts_event
-        p = self.transfers.get(pending_id)
+        p = self.live.get(pending_id)
+        if p is None:
+            p = self._get(pending_id)
         if p is None:
             return T.PENDING_TRANSFER_NOT_FOUND, ts_event
         if not p[11] & TF_PENDING:
@@ -613,7 +757,7 @@ class StateMachine:
             return T.EXCEEDS_PENDING_TRANSFER_AMOUNT, ts_event
         if void and amount < p_amount:
             return T.PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT, ts_event
-        status = self.pending_status[pending_id]
+        status = PENDING if pending_id in self.live else self._final_status(pending_id)
         if status == POSTED:
             return T.PENDING_TRANSFER_ALREADY_POSTED, ts_event
         if status == VOIDED:
@@ -624,9 +768,7 @@ class StateMachine:
             return T.PENDING_TRANSFER_EXPIRED, ts_event
         ts = ts_event
         if flags & TF_IMPORTED:
-            if (self.transfer_log_ts and t[12] <= self.transfer_log_ts[-1]) or (
-                t[12] in self.account_timestamps
-            ):
+            if t[12] <= self.last_transfer_ts or t[12] in self.account_timestamps:
                 return T.IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS, ts_event
             ts = t[12]
         if not void:
@@ -652,8 +794,9 @@ class StateMachine:
             ts,
         )
         if self._undo is not None:
-            self._remember(stored, dr, cr, pending_id)
-        self.pending_status[pending_id] = POSTED if post else VOIDED
+            self._remember(stored, dr, cr, p)
+        del self.live[pending_id]
+        self.finished[pending_id] = (POSTED if post else VOIDED, p[12])
         dr[_DP] -= p_amount
         cr[_CP] -= p_amount
         if post:
@@ -679,15 +822,17 @@ class StateMachine:
         """
         due: list[TransferTuple] = []
         heap = self.expiry_heap
+        live = self.live
         while heap and len(due) < BATCH_EVENTS_MAX:
             expires_at, ts, tid = heap[0]
-            if self.pending_status.get(tid) != PENDING or self._transfer_ts(tid) != ts:
+            t = live.get(tid)
+            if t is None or t[12] != ts:
                 heapq.heappop(heap)
                 continue
             if expires_at > timestamp:
                 break
             heapq.heappop(heap)
-            due.append(self.transfers[tid])
+            due.append(t)
         base = timestamp - len(due)
         for index, p in enumerate(due):
             assert base + index + 1 > self.commit_timestamp
@@ -699,7 +844,8 @@ class StateMachine:
                 dr[_FLAGS] &= ~AF_CLOSED
             if p[11] & TF_CLOSING_CREDIT:
                 cr[_FLAGS] &= ~AF_CLOSED
-            self.pending_status[p[0]] = EXPIRED
+            del live[p[0]]
+            self.finished[p[0]] = (EXPIRED, p[12])
             self.commit_timestamp = base + index + 1
         return len(due)
 
@@ -711,8 +857,25 @@ class StateMachine:
         return [accounts[i] for i in ids if i in accounts]
 
     def lookup_transfers(self, ids: Iterable[int]) -> list[TransferTuple]:
-        transfers = self.transfers
-        return [transfers[i] for i in ids if i in transfers]
+        ids = list(ids)
+        if not self.cold:
+            transfers = self.transfers
+            return [transfers[i] for i in ids if i in transfers]
+        found: dict[int, TransferTuple] = {}
+        missing: list[int] = []
+        for i in ids:
+            t = self._get(i)
+            if t is None:
+                missing.append(i)
+            else:
+                found[i] = t
+        if missing and self.store is not None:
+            found.update(self.store.find(missing)[0])
+        return [found[i] for i in ids if i in found]
+
+    def _layers(self) -> list[Layer]:
+        """The layers in memory, oldest first."""
+        return [self.mem] if self.frozen is None else [self.frozen, self.mem]
 
     def get_account_transfers(self, f: tuple[int, ...]) -> list[TransferTuple]:
         """`f` is an AccountFilter as a tuple: (account_id, user_data_128, user_data_64,
@@ -721,13 +884,9 @@ class StateMachine:
         if not _account_filter_valid(f):
             return []
         debits, credits, reversed_ = flags & 1, flags & 2, flags & 4
-        xs = self.account_transfers.get(account_id, [])
-        lo, hi = _timestamp_slice(xs, ts_min, ts_max)
-        indexes = range(hi - 1, lo - 1, -1) if reversed_ else range(lo, hi)
         out: list[TransferTuple] = []
         limit = min(limit, BATCH_EVENTS_MAX)
-        for i in indexes:
-            t = xs[i]
+        for t in self._account_candidates(account_id, ts_min, ts_max, bool(reversed_)):
             if not ((debits and t[1] == account_id) or (credits and t[2] == account_id)):
                 continue
             if (u128 and t[5] != u128) or (u64 and t[6] != u64) or (u32 and t[7] != u32):
@@ -739,15 +898,49 @@ class StateMachine:
                 break
         return out
 
+    def _account_candidates(
+        self, account_id: int, ts_min: int, ts_max: int, reverse: bool
+    ) -> Iterator[TransferTuple]:
+        """The transfers of an account in [ts_min, ts_max] (0: open), in timestamp order,
+        from the store and then each layer (or the other way round)."""
+        parts: list[Iterator[TransferTuple]] = []
+        for layer in self._layers():
+            xs = layer.by_account.get(account_id, [])
+            lo, hi = _timestamp_slice(xs, ts_min, ts_max)
+            parts.append(
+                iter(xs[i] for i in (range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)))
+            )
+        if self.store is not None:
+            parts.insert(
+                0,
+                self.store.transfers_listed(b"A", account_id, ts_min, ts_max or _TS_OPEN, reverse),
+            )
+        if reverse:
+            parts.reverse()
+        return itertools.chain.from_iterable(parts)
+
     def get_account_balances(self, f: tuple[int, ...]) -> list[tuple[int, int, int, int, int]]:
         """Balances of a history account after each transfer that matches the filter:
         (debits_pending, debits_posted, credits_pending, credits_posted, timestamp)."""
         account = self.accounts.get(f[0])
         if account is None or not account[_FLAGS] & AF_HISTORY:
             return []
+        transfers = self.get_account_transfers(f)
+        history: dict[int, tuple[int, ...]] = {}
+        missing: list[int] = []
+        for t in transfers:
+            for layer in self._layers():
+                h = layer.history.get(t[12])
+                if h is not None:
+                    history[t[12]] = h
+                    break
+            else:
+                missing.append(t[12])
+        if missing and self.store is not None:
+            history.update(self.store.history(missing))
         out = []
-        for t in self.get_account_transfers(f):
-            h = self.history[t[12]]
+        for t in transfers:
+            h = history[t[12]]
             side = h[1:5] if h[0] == f[0] else h[6:10]
             out.append((side[0], side[1], side[2], side[3], t[12]))
         return out
@@ -755,58 +948,57 @@ class StateMachine:
     def query_accounts(self, f: tuple[int, ...]) -> list[list[int]]:
         """`f` is a QueryFilter as a tuple: (user_data_128, user_data_64, user_data_32, ledger,
         code, timestamp_min, timestamp_max, limit, flags)."""
-        return self._query(self.account_log, self.account_log_ts, f, (5, 6, 7, 8, 9))
-
-    def query_transfers(self, f: tuple[int, ...]) -> list[TransferTuple]:
-        return self._query(self.transfer_log, self.transfer_log_ts, f, (5, 6, 7, 9, 10))
-
-    @staticmethod
-    def _query(
-        log: list[Any], log_ts: list[int], f: tuple[int, ...], fields: tuple[int, ...]
-    ) -> list[Any]:
-        u128, u64, u32, ledger, code, ts_min, ts_max, limit, flags = f
         if not _query_filter_valid(f):
             return []
-        lo = bisect_left(log_ts, ts_min) if ts_min else 0
-        hi = bisect_right(log_ts, ts_max) if ts_max else len(log_ts)
-        indexes = range(hi - 1, lo - 1, -1) if flags & 1 else range(lo, hi)
-        wanted = [(i, v) for i, v in zip(fields, (u128, u64, u32, ledger, code), strict=True) if v]
-        limit = min(limit, BATCH_EVENTS_MAX)
-        out: list[Any] = []
-        for i in indexes:
-            x = log[i]
-            for field, value in wanted:
-                if x[field] != value:
-                    break
-            else:
-                out.append(x)
-                if len(out) >= limit:
-                    break
-        return out
+        return _query(_log_candidates(self.account_log, self.account_log_ts, f), f, (5, 6, 7, 8, 9))
+
+    def query_transfers(self, f: tuple[int, ...]) -> list[TransferTuple]:
+        if not _query_filter_valid(f):
+            return []
+        u128, ts_min, ts_max, reverse = f[0], f[5], f[6], bool(f[8] & 1)
+        parts = [_log_candidates(layer.log, layer.log_ts, f) for layer in self._layers()]
+        store = self.store
+        if store is not None:
+            parts.insert(
+                0,
+                store.transfers_listed(b"U", u128, ts_min, ts_max or _TS_OPEN, reverse)
+                if u128
+                else store.scan(ts_min, ts_max or _TS_OPEN, reverse),
+            )
+        if reverse:
+            parts.reverse()
+        return _query(itertools.chain.from_iterable(parts), f, (5, 6, 7, 9, 10))
 
     # ---------------------------------------------------------------------------------------
-    # Snapshots and canonical form.
+    # The whole history (for tests, tools and the upgrade from snapshots).
 
-    def export(self) -> tuple[Any, ...]:
-        """Everything needed to rebuild this state, as plain lists and tuples (marshal-able).
-        Indexes (per-account transfers, logs' timestamps, the expiry heap, account timestamps)
-        are derived, so they are rebuilt on import rather than stored."""
-        return (
-            1,
-            self.commit_timestamp,
-            self.prepare_timestamp,
-            [list(a) for a in self.account_log],
-            list(self.transfer_log),  # a copy: the snapshot is written while requests go on
-            sorted(self.pending_status.items()),
-            sorted(self.orphans),
-            sorted(self.history.items()),
-        )
+    def all_transfers(self) -> Iterator[TransferTuple]:
+        """Every transfer, in timestamp order."""
+        if self.store is not None:
+            yield from self.store.scan(0, _TS_OPEN, False)
+        for layer in self._layers():
+            yield from layer.log
+
+    def status_of(self, tid: int) -> int:
+        """The status of pending transfer `tid` (which must exist)."""
+        if tid in self.live:
+            return PENDING
+        for layer in reversed(self._layers()):
+            if tid in layer.finished:
+                return layer.finished[tid][0]
+        if tid not in self.status_cache:
+            p = self._get(tid) or self.lookup_transfers([tid])[0]
+            assert self.store is not None
+            self.status_cache[tid] = self.store.statuses([p[12]])[p[12]]
+        return self.status_cache[tid]
 
     @classmethod
-    def from_export(cls, data: tuple[Any, ...]) -> StateMachine:
+    def from_export(cls, data: tuple[Any, ...], store: HistoryStore | None = None) -> StateMachine:
+        """The state a snapshot of format 1 (the engine before the store) holds, all of its
+        transfers in the newest layer (the upgrade then checkpoints it into `store`)."""
         version, commit_ts, prepare_ts, accounts, transfers, pending, orphans, history = data
         assert version == 1
-        sm = cls()
+        sm = cls(store)
         sm.commit_timestamp = commit_ts
         sm.prepare_timestamp = prepare_ts
         for a in accounts:
@@ -814,7 +1006,7 @@ class StateMachine:
             sm.account_log.append(a)
             sm.account_log_ts.append(a[_TS])
             sm.account_timestamps.add(a[_TS])
-        sm.pending_status = dict(pending)
+        statuses = dict(pending)
         for t in transfers:
             t = tuple(t)
             sm.transfers[t[0]] = t
@@ -822,27 +1014,67 @@ class StateMachine:
             sm.transfer_log_ts.append(t[12])
             sm.account_transfers.setdefault(t[1], []).append(t)
             sm.account_transfers.setdefault(t[2], []).append(t)
-            if t[11] & TF_PENDING and t[8] and sm.pending_status.get(t[0]) == PENDING:
-                sm.expiry_heap.append((t[12] + t[8] * NS_PER_S, t[12], t[0]))
+            if t[11] & TF_PENDING:
+                status = statuses[t[0]]
+                if status == PENDING:
+                    sm.live[t[0]] = t
+                    if t[8]:
+                        sm.expiry_heap.append((t[12] + t[8] * NS_PER_S, t[12], t[0]))
+                else:
+                    sm.finished[t[0]] = (status, t[12])
         heapq.heapify(sm.expiry_heap)
-        sm.orphans = set(orphans)
-        sm.history = {ts: tuple(h) for ts, h in history}
+        sm.last_transfer_ts = sm.transfer_log_ts[-1] if sm.transfer_log_ts else 0
+        sm.orphans.update(orphans)
+        sm.history.update((ts, tuple(h)) for ts, h in history)
         return sm
 
+    @classmethod
+    def from_store(cls, store: HistoryStore) -> tuple[StateMachine, int | None]:
+        """The state of the store's newest checkpoint, and the number of journal records it
+        holds (None for a store never written)."""
+        sm = cls(store)
+        loaded = store.load()
+        if loaded is None:
+            return sm, None
+        sm.commit_timestamp = loaded.commit_timestamp
+        sm.prepare_timestamp = loaded.prepare_timestamp
+        sm.last_transfer_ts = sm._last_ts_before_mem = loaded.last_transfer_ts
+        for a in loaded.accounts:
+            sm.accounts[a[0]] = a
+            sm.account_log.append(a)
+            sm.account_log_ts.append(a[_TS])
+            sm.account_timestamps.add(a[_TS])
+        for t in loaded.pending:
+            sm.live[t[0]] = t
+            if t[8]:
+                sm.expiry_heap.append((t[12] + t[8] * NS_PER_S, t[12], t[0]))
+        heapq.heapify(sm.expiry_heap)
+        return sm, loaded.record
+
     def canonical_bytes(self) -> bytes:
-        """A byte-exact, order-independent image of the state: equal states, equal bytes."""
+        """A byte-exact, order-independent image of the state: equal states, equal bytes,
+        however the transfers are spread over the store and the layers."""
         out = bytearray()
         pack = struct.Struct("<QQ").pack
         out += pack(self.commit_timestamp, self.prepare_timestamp)
         for a in sorted(self.accounts.values(), key=lambda a: a[_TS]):
             out += _ints(a)
-        for t in self.transfer_log:
+        statuses: list[tuple[int, int]] = []
+        for t in self.all_transfers():
             out += _ints(t)
-        for tid, status in sorted(self.pending_status.items()):
+            if t[11] & TF_PENDING:
+                statuses.append((t[0], self.status_of(t[0])))
+        for tid, status in sorted(statuses):
             out += _ints((tid, status))
-        for tid in sorted(self.orphans):
+        orphans = set(self.orphan_cache if self.store is None else self.store.orphan_ids())
+        for layer in self._layers():
+            orphans |= layer.orphans
+        for tid in sorted(orphans):
             out += _ints((tid,))
-        for ts, h in sorted(self.history.items()):
+        history = dict(self.store.all_history()) if self.store is not None else {}
+        for layer in self._layers():
+            history.update(layer.history)
+        for ts, h in sorted(history.items()):
             out += _ints((ts, *h))
         return bytes(out)
 
@@ -884,3 +1116,30 @@ def _account_filter_valid(f: tuple[int, ...]) -> bool:
 def _query_filter_valid(f: tuple[int, ...]) -> bool:
     _, _, _, _, _, ts_min, ts_max, limit, flags = f
     return _timestamps_valid(ts_min, ts_max) and limit != 0 and not flags & ~1
+
+
+_TS_OPEN = (1 << 64) - 1  # a timestamp_max of 0: no bound
+
+
+def _log_candidates(log: list[Any], log_ts: list[int], f: tuple[int, ...]) -> Iterator[Any]:
+    ts_min, ts_max, reverse = f[5], f[6], f[8] & 1
+    lo = bisect_left(log_ts, ts_min) if ts_min else 0
+    hi = bisect_right(log_ts, ts_max) if ts_max else len(log_ts)
+    return iter(log[i] for i in (range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)))
+
+
+def _query(candidates: Iterable[Any], f: tuple[int, ...], fields: tuple[int, ...]) -> list[Any]:
+    """The first `limit` of `candidates` (in the filter's order) that match the filter."""
+    u128, u64, u32, ledger, code, _, _, limit, _ = f
+    wanted = [(i, v) for i, v in zip(fields, (u128, u64, u32, ledger, code), strict=True) if v]
+    limit = min(limit, BATCH_EVENTS_MAX)
+    out: list[Any] = []
+    for x in candidates:
+        for field, value in wanted:
+            if x[field] != value:
+                break
+        else:
+            out.append(x)
+            if len(out) >= limit:
+                break
+    return out

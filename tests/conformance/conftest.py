@@ -4,6 +4,9 @@ Every test runs once per engine:
 
 - `embedded`, always: the in-process engine of `ledger.embedded`, fresh and in memory for each
   test, on a `ManualClock` so that timeouts expire without sleeping.
+- `embedded-disk`, always: the same engine with a data directory that checkpoints after every
+  few hundred bytes of journal, so that almost all of a test's history is read back from the
+  history store (and from a layer being checkpointed), not from memory.
 - `cluster`, only when `TB_ADDRESSES` is set (cluster id from `TB_CLUSTER_ID`, default 0): a real
   TigerBeetle cluster. Its state outlives the test, so tests use fresh ids (`tigerbeetle.id()`), a
   random ledger each (`ledger_id`), and never assume an empty database.
@@ -39,7 +42,9 @@ def _cluster_id() -> int:
     return int(os.environ.get(TB_CLUSTER_ID_ENV, "0"))
 
 
-ENGINE_NAMES: list[str] = ["embedded"] + (["cluster"] if _cluster_addresses() else [])
+ENGINE_NAMES: list[str] = ["embedded", "embedded-disk"] + (
+    ["cluster"] if _cluster_addresses() else []
+)
 
 
 def _embedded_import_problem() -> str | None:
@@ -101,12 +106,18 @@ class Engine:
 class EmbeddedEngineUnderTest(Engine):
     name = "embedded"
 
-    def __init__(self, start_ns: int | None = None) -> None:
+    def __init__(self, start_ns: int | None = None, data_dir: str | None = None) -> None:
         from ledger.clock import ManualClock
         from ledger.embedded import EmbeddedEngine
 
         self.clock = ManualClock() if start_ns is None else ManualClock(start_ns=start_ns)
-        self.engine = EmbeddedEngine(data_dir=None, clock_ns=self.clock)
+        self.engine = (
+            EmbeddedEngine(data_dir=None, clock_ns=self.clock)
+            if data_dir is None
+            else EmbeddedEngine(
+                data_dir, clock_ns=self.clock, fsync=False, snapshot_bytes=DISK_CHECKPOINT_BYTES
+            )
+        )
         self._client_sync: Any = None
         self._clients_sync: list[Any] = []
         self._clients_async: list[Any] = []
@@ -205,6 +216,10 @@ class ClusterEngineUnderTest(Engine):
         pass
 
 
+# The embedded-disk engine checkpoints once its journal segment passes this many bytes: about
+# every other request.
+DISK_CHECKPOINT_BYTES = 600
+
 # TigerBeetle clients retry forever; an unreachable cluster would hang the suite instead of
 # failing it.
 CLUSTER_REACHABLE_DEADLINE_S = 15.0
@@ -253,6 +268,10 @@ def engine(engine_name: str, request: pytest.FixtureRequest) -> Iterator[Engine]
     under_test: Engine
     if engine_name == "embedded":
         under_test = EmbeddedEngineUnderTest()
+    elif engine_name == "embedded-disk":
+        directory = request.getfixturevalue("tmp_path") / "engine"
+        under_test = EmbeddedEngineUnderTest(data_dir=str(directory))
+        under_test.name = "embedded-disk"
     else:
         assert engine_name == "cluster"
         under_test = ClusterEngineUnderTest(request.getfixturevalue("cluster_session"))

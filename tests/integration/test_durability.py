@@ -11,15 +11,14 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
-from ledger.embedded import engine as engine_module
 from ledger.embedded import journal as journal_module
+from ledger.embedded import store as store_module
 from ledger.types import Account, CreateTransferStatus, Transfer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,71 +97,89 @@ def test_damage_before_the_end_is_corruption_not_a_torn_write(tmp_path: Path) ->
         EmbeddedEngine(tmp_path)
 
 
-def test_snapshots_bound_the_replay_and_keep_the_state(tmp_path: Path) -> None:
+def test_checkpoints_bound_the_replay_and_keep_the_state(tmp_path: Path) -> None:
     with EmbeddedEngine(tmp_path, snapshot_bytes=2048) as engine:
         _fill(engine, 200)
         image = engine.state.canonical_bytes()
-    assert len(list(tmp_path.glob("snapshot-*.bin"))) == 1
+        assert engine.store is not None
+        in_store = engine.store.count()
+        in_memory = len(engine.state.transfer_log)
+    assert in_store > 150 and in_store + in_memory == 200  # history is on disk, not in memory
+    assert not list(tmp_path.glob("snapshot-*.bin"))
     assert len(_segments(tmp_path)) == 1
     with EmbeddedEngine(tmp_path) as engine:
         assert engine.replayed_records < 30
+        assert len(engine.state.transfer_log) == engine.replayed_records
         assert engine.state.canonical_bytes() == image
 
 
-def test_a_snapshot_in_many_pieces_keeps_the_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(engine_module, "SNAPSHOT_PIECE_ITEMS", 7)
+def test_a_checkpoint_leaves_nothing_to_replay(tmp_path: Path) -> None:
     with EmbeddedEngine(tmp_path) as engine:
         _fill(engine, 50)
         engine.snapshot()
         image = engine.state.canonical_bytes()
-    body = next(tmp_path.glob("snapshot-*.bin")).read_bytes()
-    assert body.count(b"PIECES02") == 1 and len(body) > 50 * 40
+        assert engine.state.frozen is None and engine.state.transfer_log == []
     with EmbeddedEngine(tmp_path) as engine:
-        assert engine.replayed_records == 0
+        assert engine.replayed_records == 0 and not engine.upgraded
         assert engine.state.canonical_bytes() == image
 
 
-def test_a_snapshot_of_the_older_single_piece_format_still_loads(tmp_path: Path) -> None:
-    with EmbeddedEngine(tmp_path) as engine:
-        _fill(engine, 10)
-        image = engine.state.canonical_bytes()
-        export = marshal.dumps(engine.state.export())
-        records = engine.journal.appended if engine.journal else 0
+def _format_1_export(state: Any) -> tuple[Any, ...]:
+    """The state as the engine before the history store exported it into its snapshots."""
+    transfers = list(state.all_transfers())
+    statuses = sorted((t[0], state.status_of(t[0])) for t in transfers if t[11] & 2)
+    orphans = sorted(state.orphans | state.orphan_cache)
+    history = sorted(state.history.items())
+    accounts = [list(a) for a in state.account_log]
+    return (
+        1,
+        state.commit_timestamp,
+        state.prepare_timestamp,
+        accounts,
+        transfers,
+        statuses,
+        orphans,
+        history,
+    )
+
+
+def test_a_snapshot_of_format_1_is_upgraded_into_the_store(tmp_path: Path) -> None:
+    with EmbeddedEngine(None) as memory:
+        _fill(memory, 10)
+        image = memory.state.canonical_bytes()
+        export = marshal.dumps(_format_1_export(memory.state))
+    records = 2  # the snapshot stands for two records; none follow it
     header = journal_module._SNAPSHOT_HEADER.pack(
         journal_module._SNAPSHOT_MAGIC, records, zlib.crc32(export)
     )
     (tmp_path / f"snapshot-{records:020d}.bin").write_bytes(header + export)
-    for segment in _segments(tmp_path):
-        segment.unlink()
     with EmbeddedEngine(tmp_path) as engine:
-        assert engine.replayed_records == 0
+        assert engine.upgraded and engine.replayed_records == 0
+        assert engine.state.canonical_bytes() == image
+        assert engine.store is not None and engine.store.count() == 10
+    assert not list(tmp_path.glob("snapshot-*.bin"))  # the store holds it now
+    with EmbeddedEngine(tmp_path) as engine:
+        assert not engine.upgraded
         assert engine.state.canonical_bytes() == image
 
 
-def test_requests_go_on_while_a_snapshot_is_written(
+def test_requests_go_on_while_a_checkpoint_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The snapshot thread writes from a copy; the engine answers meanwhile, and what it does
-    meanwhile is in the new segment, not in the snapshot."""
+    """The checkpoint thread writes a frozen layer; the engine answers meanwhile, from it and
+    from its new layer, and what it does meanwhile is in the new segment."""
     release = threading.Event()
     started = threading.Event()
-    real = engine_module._snapshot_pieces
+    real = store_module.HistoryStore.write
 
-    def slow(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
-        pieces = real(export)
+    def slow(self: Any, checkpoint: Any) -> None:
+        started.set()
+        assert release.wait(30)
+        real(self, checkpoint)
 
-        def gated() -> Iterator[bytes]:
-            started.set()
-            assert release.wait(30)
-            yield from pieces()
-
-        return gated
-
-    monkeypatch.setattr(engine_module, "_snapshot_pieces", slow)
+    monkeypatch.setattr(store_module.HistoryStore, "write", slow)
     with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
-        _fill(engine, 20)  # one rotation (at ~14 records), whose snapshot now waits
+        _fill(engine, 20)  # one rotation (at ~14 records), whose checkpoint now waits
         assert started.wait(10)
         client = engine.client_sync()
         more = [
@@ -172,30 +189,27 @@ def test_requests_go_on_while_a_snapshot_is_written(
             for i in range(3)
         ]
         assert {r.status for r in client.create_transfers(more)} == {CreateTransferStatus.CREATED}
-        assert not list(tmp_path.glob("snapshot-*.bin"))  # still being written
+        assert engine.state.frozen is not None
+        assert len(client.lookup_transfers([100, 101, 119, 900])) == 4  # both layers answer
         release.set()
         engine.journal.wait_snapshot()  # type: ignore[union-attr]
         image = engine.state.canonical_bytes()
-    assert len(list(tmp_path.glob("snapshot-*.bin"))) == 1
     with EmbeddedEngine(tmp_path) as engine:
         assert engine.state.canonical_bytes() == image
 
 
-def test_a_failed_snapshot_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(export: tuple[Any, ...]) -> Callable[[], Iterator[bytes]]:
-        def pieces() -> Iterator[bytes]:
-            yield b"PIECES02"
-            raise OSError(28, "No space left on device")
+def test_a_failed_checkpoint_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: Any, checkpoint: Any) -> None:
+        raise OSError(28, "No space left on device")
 
-        return pieces
-
-    monkeypatch.setattr(engine_module, "_snapshot_pieces", broken)
+    monkeypatch.setattr(store_module.HistoryStore, "write", broken)
     with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
         _fill(engine, 30)
         image = engine.state.canonical_bytes()
-    assert not list(tmp_path.glob("snapshot-*"))
     assert len(_segments(tmp_path)) > 1  # every rotation kept the segments before it
-    with EmbeddedEngine(tmp_path) as engine:
+    monkeypatch.undo()
+    with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
+        assert engine.replayed_records > 30
         assert engine.state.canonical_bytes() == image
 
 

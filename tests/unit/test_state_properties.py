@@ -104,11 +104,11 @@ def transfer_events(draw: st.DrawFn, next_id: list[int], pendings: list[int]) ->
 def _check_invariants(state: StateMachine) -> None:
     sums: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     expected: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    for t in state.transfer_log:
+    for t in state.all_transfers():
         tid, dr, cr, amount, *_ = t
         flags = t[11]
         if flags & TransferFlags.PENDING:
-            if state.pending_status[tid] == PENDING:
+            if state.status_of(tid) == PENDING:
                 expected[dr][0] += amount
                 expected[cr][2] += amount
         else:

@@ -1,0 +1,359 @@
+"""The embedded engine's history on disk: RocksDB (through `rocksdict`), one per data directory.
+
+The state machine keeps its live state in memory (accounts, pending transfers, the transfers of
+the last checkpoint interval); everything older lives here, written one checkpoint at a time and
+read through RocksDB's bounded block cache. Invariants:
+
+- The store holds the state after journal records 0..`record`-1, whole or not at all: a
+  checkpoint is one `WriteBatch`, written with `sync` (RocksDB's own log makes it atomic and
+  durable). Only once it is written does the journal drop the segments before `record`.
+- Keys are big-endian, so the byte order of keys is the numeric order of what they hold:
+    T ts                     -> marshal(transfer tuple)           every transfer, by timestamp
+    I id                     -> ts (8 bytes), or b"" for an id that failed transiently
+    A account_id last_ts     -> marshal([ts, ...])  the account's transfers of one checkpoint,
+                                at most CHUNK of them, keyed by the last one's timestamp
+    U user_data_128 last_ts  -> marshal([ts, ...])  the same per user_data_128 (non-zero)
+    H ts                     -> marshal(balances)   history accounts' balances after ts
+    S ts                     -> status (1 byte)     a pending transfer's final status
+    M state / accounts / pending                    the checkpoint's live state
+- A store only grows; a checkpoint never rewrites what an earlier one wrote (but the M keys).
+- Reads never see past `visible_ts`: the engine moves it once the layer a checkpoint wrote has
+  left its memory, so a transfer is never read twice (from memory and from here).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
+
+# The store's format. 1 was the snapshot files of the engine before this store (still read, to
+# upgrade a data directory); 2 is this layout.
+FORMAT = 2
+DIRECTORY = "history"
+CHUNK = 1024  # timestamps per A / U value
+_STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
+_U64 = 8
+_U128 = 16
+_TS_MAX = (1 << 64) - 1
+
+
+class StoreFormatError(RuntimeError):
+    """The history store was written by a format this code does not read."""
+
+
+def _ts8(ts: int) -> bytes:
+    return ts.to_bytes(_U64, "big")
+
+
+def _id16(value: int) -> bytes:
+    return value.to_bytes(_U128, "big")
+
+
+@dataclass
+class Layer:
+    """Transfers (and what they changed) since a checkpoint, in memory: the state machine's
+    newest layer, and, while a checkpoint writes it, the layer before it."""
+
+    transfers: dict[int, Any] = field(default_factory=dict)  # by id
+    log: list[Any] = field(default_factory=list)  # in timestamp order
+    log_ts: list[int] = field(default_factory=list)
+    by_account: dict[int, list[Any]] = field(default_factory=dict)  # in timestamp order
+    history: dict[int, tuple[int, ...]] = field(default_factory=dict)  # by timestamp
+    finished: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (status, ts)
+    orphans: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint writes: a frozen layer, and the live state after `record` records."""
+
+    layer: Layer
+    record: int
+    commit_timestamp: int
+    prepare_timestamp: int
+    last_transfer_ts: int
+    accounts: list[list[int]]
+    pending: list[Any]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    record: int
+    commit_timestamp: int
+    prepare_timestamp: int
+    last_transfer_ts: int
+    accounts: list[list[int]]
+    pending: list[Any]
+
+
+class HistoryStore:
+    """The RocksDB database of one data directory."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, fsync: bool = True, cache_bytes: int
+    ) -> None:
+        self.path = Path(path)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_compression_type(DBCompressionType.lz4())
+        options.set_write_buffer_size(min(64 << 20, max(4 << 20, cache_bytes // 2)))
+        options.set_max_open_files(256)
+        options.increase_parallelism(2)
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        # Filters and indexes live in the cache too, so memory stays bounded by its size
+        # however many files the history takes.
+        table.set_block_cache(Cache(cache_bytes))
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_block_based_table_factory(table)
+        self._db = Rdict(str(self.path), options)
+        self._write_options = WriteOptions()
+        self._write_options.sync = fsync
+        self.visible_ts = 0  # reads see transfers up to here (the engine moves it)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _many(self, keys: list[bytes]) -> list[bytes | None]:
+        """One multi-get (RocksDB's MultiGet: one call, the GIL released while it reads)."""
+        found = cast(list[bytes | None], self._db.get(cast(list[Any], keys)))
+        return found
+
+    def _one(self, key: bytes) -> bytes:
+        value = self._db.get(key)
+        if value is None:
+            raise StoreFormatError(f"{self.path} lacks {key!r}: not a whole checkpoint")
+        found: bytes = value
+        return found
+
+    # -------------------------------------------------------------------------------------
+    # Checkpoints.
+
+    def load(self) -> Loaded | None:
+        """The live state of the newest checkpoint, or None for a store never written."""
+        raw = self._db.get(_STATE)
+        if raw is None:
+            return None
+        state = marshal.loads(raw)
+        if state[0] != FORMAT:
+            raise StoreFormatError(
+                f"{self.path} holds history format {state[0]}; this version reads {FORMAT}"
+            )
+        _, record, commit_ts, prepare_ts, last_ts = state
+        accounts = marshal.loads(self._one(_ACCOUNTS))
+        pending = [tuple(t) for t in marshal.loads(self._one(_PENDING))]
+        self.visible_ts = last_ts
+        return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending)
+
+    def write(self, checkpoint: Checkpoint) -> None:
+        """Writes a checkpoint, atomically and durably."""
+        layer = checkpoint.layer
+        batch = WriteBatch(raw_mode=True)
+        put = batch.put
+        dumps = marshal.dumps
+        for t in layer.log:
+            ts8 = _ts8(t[12])
+            put(b"T" + ts8, dumps(t))
+            put(b"I" + _id16(t[0]), ts8)
+        for account_id, transfers in layer.by_account.items():
+            _put_chunks(put, b"A" + _id16(account_id), [t[12] for t in transfers])
+        by_user_data: dict[int, list[int]] = {}
+        for t in layer.log:
+            if t[5]:
+                by_user_data.setdefault(t[5], []).append(t[12])
+        for user_data, stamps in by_user_data.items():
+            _put_chunks(put, b"U" + _id16(user_data), stamps)
+        for ts, balances in layer.history.items():
+            put(b"H" + _ts8(ts), dumps(balances))
+        for status, ts in layer.finished.values():
+            put(b"S" + _ts8(ts), bytes((status,)))
+        for tid in layer.orphans:
+            put(b"I" + _id16(tid), b"")
+        put(_ACCOUNTS, dumps(checkpoint.accounts))
+        put(_PENDING, dumps(checkpoint.pending))
+        state = (
+            FORMAT,
+            checkpoint.record,
+            checkpoint.commit_timestamp,
+            checkpoint.prepare_timestamp,
+            checkpoint.last_transfer_ts,
+        )
+        put(_STATE, dumps(state))
+        self._db.write(batch, self._write_options)
+
+    # -------------------------------------------------------------------------------------
+    # Point reads.
+
+    def find(self, ids: list[int]) -> tuple[dict[int, Any], set[int]]:
+        """The stored transfers of `ids` (by id), and which of `ids` failed transiently."""
+        if not ids:
+            return {}, set()
+        found = self._many([b"I" + _id16(i) for i in ids])
+        stamps: list[bytes] = []
+        owners: list[int] = []
+        orphans: set[int] = set()
+        visible = self.visible_ts
+        for tid, value in zip(ids, found, strict=True):
+            if value is None:
+                continue
+            if value == b"":
+                orphans.add(tid)
+            elif int.from_bytes(value, "big") <= visible:
+                stamps.append(b"T" + value)
+                owners.append(tid)
+        transfers: dict[int, Any] = {}
+        if stamps:
+            for tid, raw in zip(owners, self._many(stamps), strict=True):
+                transfers[tid] = marshal.loads(cast(bytes, raw))
+        return transfers, orphans
+
+    def at(self, stamps: list[int]) -> list[Any]:
+        """The transfers at these timestamps (each must exist), in the same order."""
+        if not stamps:
+            return []
+        loads = marshal.loads
+        return [loads(cast(bytes, raw)) for raw in self._many([b"T" + _ts8(ts) for ts in stamps])]
+
+    def has_transfer_at(self, ts: int) -> bool:
+        return ts <= self.visible_ts and self._db.get(b"T" + _ts8(ts)) is not None
+
+    def statuses(self, stamps: list[int]) -> dict[int, int]:
+        """The final statuses of pending transfers (by their timestamp) that have one."""
+        if not stamps:
+            return {}
+        found = self._many([b"S" + _ts8(ts) for ts in stamps])
+        return {ts: raw[0] for ts, raw in zip(stamps, found, strict=True) if raw is not None}
+
+    def history(self, stamps: list[int]) -> dict[int, tuple[int, ...]]:
+        if not stamps:
+            return {}
+        found = self._many([b"H" + _ts8(ts) for ts in stamps])
+        return {
+            ts: tuple(marshal.loads(raw))
+            for ts, raw in zip(stamps, found, strict=True)
+            if raw is not None
+        }
+
+    # -------------------------------------------------------------------------------------
+    # Scans, in timestamp order, never past `visible_ts`.
+
+    def scan(self, ts_min: int, ts_max: int, reverse: bool) -> Iterator[Any]:
+        """Every transfer with ts_min <= timestamp <= ts_max, by timestamp."""
+        ts_max = min(ts_max, self.visible_ts)
+        if ts_min > ts_max:
+            return
+        # Bounds are checked here: rocksdict encodes ReadOptions' bounds as it encodes keys
+        # outside raw mode, so they do not bound raw keys.
+        low, high = b"T" + _ts8(ts_min), b"T" + _ts8(ts_max)
+        it = self._db.iter()
+        loads = marshal.loads
+        if reverse:
+            it.seek_for_prev(high)
+            while it.valid() and it.key() >= low:
+                yield loads(it.value())
+                it.prev()
+        else:
+            it.seek(low)
+            while it.valid() and it.key() <= high:
+                yield loads(it.value())
+                it.next()
+
+    def stamps(
+        self, prefix: bytes, key: int, ts_min: int, ts_max: int, reverse: bool
+    ) -> Iterator[int]:
+        """The timestamps listed under A or U `key`, within [ts_min, ts_max], in order, read
+        a chunk at a time as the caller goes on."""
+        ts_max = min(ts_max, self.visible_ts)
+        if ts_min > ts_max:
+            return
+        head = prefix + _id16(key)
+        size = len(head) + _U64
+        it = self._db.iter()
+        loads = marshal.loads
+
+        def mine() -> bool:
+            if not it.valid():
+                return False
+            k = it.key()
+            return len(k) == size and k.startswith(head)
+
+        # Chunks are keyed by their last timestamp and never overlap: the first chunk at or
+        # past a timestamp is the only one that can hold it.
+        if reverse:
+            it.seek(head + _ts8(ts_max))
+            if not mine():
+                it.seek_for_prev(head + b"\xff" * _U64)
+            while mine():
+                chunk = loads(it.value())
+                if chunk[-1] < ts_min:
+                    return
+                for ts in reversed(chunk):
+                    if ts_min <= ts <= ts_max:
+                        yield ts
+                it.prev()
+        else:
+            it.seek(head + _ts8(ts_min))
+            while mine():
+                chunk = loads(it.value())
+                if chunk[0] > ts_max:
+                    return
+                for ts in chunk:
+                    if ts_min <= ts <= ts_max:
+                        yield ts
+                it.next()
+
+    def transfers_listed(
+        self, prefix: bytes, key: int, ts_min: int, ts_max: int, reverse: bool
+    ) -> Iterator[Any]:
+        """The transfers whose timestamps `stamps` lists, read 256 at a time."""
+        pending: list[int] = []
+        for ts in self.stamps(prefix, key, ts_min, ts_max, reverse):
+            pending.append(ts)
+            if len(pending) >= 256:
+                yield from self.at(pending)
+                pending = []
+        yield from self.at(pending)
+
+    def count(self) -> int:
+        """Transfers in the store (a scan: for tests and tools)."""
+        return sum(1 for _ in self.scan(0, _TS_MAX, False))
+
+    def _prefixed(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        it = self._db.iter()
+        it.seek(prefix)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                return
+            yield key, it.value()
+            it.next()
+
+    def orphan_ids(self) -> set[int]:
+        return {int.from_bytes(k[1:], "big") for k, v in self._prefixed(b"I") if v == b""}
+
+    def all_history(self) -> Iterator[tuple[int, tuple[int, ...]]]:
+        for key, value in self._prefixed(b"H"):
+            ts = int.from_bytes(key[1:], "big")
+            if ts <= self.visible_ts:
+                yield ts, tuple(marshal.loads(value))
+
+
+def _put_chunks(put: Any, head: bytes, stamps: list[int]) -> None:
+    for start in range(0, len(stamps), CHUNK):
+        chunk = stamps[start : start + CHUNK]
+        put(head + _ts8(chunk[-1]), marshal.dumps(chunk))

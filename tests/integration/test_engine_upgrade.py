@@ -1,0 +1,138 @@
+"""A data directory written by the engine before the history store (format 1: a snapshot and a
+journal tail, written by commit 92b27bc with tests/fixtures/make_engine_format_1.py) opens,
+answers every read as that engine did, and is upgraded into the store on the way."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ledger.clock import ManualClock
+from ledger.embedded import EmbeddedEngine
+from ledger.types import (
+    AccountFilter,
+    AccountFilterFlags,
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+    TransferFlags,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BOTH = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+TRANSFER_FIELDS = (
+    *("id", "debit_account_id", "credit_account_id", "amount", "pending_id", "user_data_128"),
+    *("user_data_64", "user_data_32", "timeout", "ledger", "code", "flags", "timestamp"),
+)
+ACCOUNT_FIELDS = (
+    *("id", "debits_pending", "debits_posted", "credits_pending", "credits_posted"),
+    *("timestamp", "flags"),
+)
+
+
+def _account_filter(**fields: Any) -> AccountFilter:
+    base = dict(user_data_128=0, user_data_64=0, user_data_32=0, code=0)
+    base.update(timestamp_min=0, timestamp_max=0)
+    base.update(fields)
+    return AccountFilter(**base)
+
+
+def _query_filter(**fields: Any) -> QueryFilter:
+    base = dict(user_data_128=0, user_data_64=0, user_data_32=0, ledger=0, code=0)
+    base.update(timestamp_min=0, timestamp_max=0, flags=0)
+    base.update(fields)
+    return QueryFilter(**base)
+
+
+def _rows(transfers: list[Any]) -> list[list[int]]:
+    return [[int(getattr(t, name)) for name in TRANSFER_FIELDS] for t in transfers]
+
+
+def _reads(client: Any, max_id: int) -> dict[str, Any]:
+    return {
+        "accounts": [
+            [int(getattr(a, name)) for name in ACCOUNT_FIELDS]
+            for a in client.lookup_accounts([1, 2, 3])
+        ],
+        "lookup": _rows(client.lookup_transfers(list(range(1000, max_id + 2)))),
+        "account_1": _rows(
+            client.get_account_transfers(_account_filter(account_id=1, limit=8189, flags=BOTH))
+        ),
+        "account_2_reversed_code_1": _rows(
+            client.get_account_transfers(
+                _account_filter(
+                    account_id=2, code=2, limit=5, flags=BOTH | AccountFilterFlags.REVERSED
+                )
+            )
+        ),
+        "balances_2": [
+            [b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted, b.timestamp]
+            for b in client.get_account_balances(
+                _account_filter(account_id=2, limit=8189, flags=BOTH)
+            )
+        ],
+        "query_u128_3": _rows(client.query_transfers(_query_filter(user_data_128=3, limit=8189))),
+        "query_code_9_reversed": _rows(
+            client.query_transfers(_query_filter(code=9, limit=10, flags=QueryFilterFlags.REVERSED))
+        ),
+    }
+
+
+def test_a_format_1_directory_is_upgraded_and_reads_as_before(tmp_path: Path) -> None:
+    expected = json.loads((FIXTURES / "engine-format-1.json").read_text())
+    directory = tmp_path / "data"
+    shutil.copytree(FIXTURES / "engine-format-1", directory)
+    assert list(directory.glob("snapshot-*.bin"))  # format 1: a snapshot and a journal tail
+    clock = ManualClock(start_ns=expected["clock_ns"])
+    with EmbeddedEngine(directory, clock_ns=clock) as engine:
+        assert engine.upgraded and engine.replayed_records > 0
+        assert engine.store is not None and engine.store.count() == len(expected["lookup"])
+        reads = _reads(engine.client_sync(), expected["max_id"])
+    for name, rows in reads.items():
+        assert rows == expected[name], name
+    assert not list(directory.glob("snapshot-*.bin"))
+    assert len(list(directory.glob("journal-*.log"))) == 1
+
+    # Opened again, it is a directory of the store's format: nothing to upgrade or replay, and
+    # ids of every age keep their meaning.
+    with EmbeddedEngine(directory, clock_ns=clock) as engine:
+        assert not engine.upgraded and engine.replayed_records == 0
+        client = engine.client_sync()
+        assert _reads(client, expected["max_id"]) == reads
+        first = expected["lookup"][0]
+        again = Transfer(
+            id=first[0],
+            debit_account_id=first[1],
+            credit_account_id=first[2],
+            amount=first[3],
+            user_data_128=first[5],
+            user_data_64=first[6],
+            user_data_32=first[7],
+            ledger=first[9],
+            code=first[10],
+        )
+        orphan = 1008  # its first use exceeded the debit account's credits
+        voided = next(t for t in expected["lookup"] if t[11] & TransferFlags.VOID_PENDING_TRANSFER)
+        post = Transfer(
+            id=expected["max_id"] + 10,
+            pending_id=voided[4],
+            amount=2**128 - 1,
+            flags=TransferFlags.POST_PENDING_TRANSFER,
+        )
+        results = client.create_transfers(
+            [
+                again,
+                Transfer(
+                    id=orphan, debit_account_id=1, credit_account_id=2, amount=1, ledger=7, code=1
+                ),
+                post,
+            ]
+        )
+        assert [r.status for r in results] == [
+            CreateTransferStatus.EXISTS,
+            CreateTransferStatus.ID_ALREADY_FAILED,
+            CreateTransferStatus.PENDING_TRANSFER_ALREADY_VOIDED,
+        ]
