@@ -55,6 +55,9 @@ JOURNAL_RECORD_BYTES_MAX = 16 * 1024 * 1024
 # The history store's block cache (RocksDB's: data blocks, indexes and bloom filters), the bound
 # on the memory the engine's history takes whatever its size.
 ENGINE_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024
+# The history store's filter of ids (a Bloom filter, ledger/embedded/store.py): 2^28 bits, 32
+# MiB of memory, known to be new for about 99 % of new ids up to 20 million ids in the store.
+ID_FILTER_BITS_LOG2_DEFAULT = 28
 # Transfers read ahead from the history store and kept for the requests after: emptied past
 # this many (a batch reads at most 2 * BATCH_EVENTS_MAX).
 CACHE_TRANSFERS_MAX = 65_536

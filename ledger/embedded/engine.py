@@ -37,6 +37,7 @@ from ledger.embedded.store import Checkpoint, HistoryStore
 from ledger.limits import (
     BATCH_EVENTS_MAX,
     ENGINE_CACHE_BYTES_DEFAULT,
+    ID_FILTER_BITS_LOG2_DEFAULT,
     JOURNAL_SNAPSHOT_BYTES_DEFAULT,
 )
 from ledger.types import (
@@ -122,6 +123,7 @@ class EmbeddedEngine:
         fsync: bool = True,
         snapshot_bytes: int = JOURNAL_SNAPSHOT_BYTES_DEFAULT,
         cache_bytes: int = ENGINE_CACHE_BYTES_DEFAULT,
+        id_filter_bits_log2: int = ID_FILTER_BITS_LOG2_DEFAULT,
     ) -> None:
         assert snapshot_bytes > 0
         # By default the clock the data directory runs on: its test clock if it has one (a
@@ -146,7 +148,12 @@ class EmbeddedEngine:
         try:
             store_path = Path(data_dir) / STORE_DIRECTORY
             legacy = not store_path.exists()  # written by the engine before the store, or new
-            store = HistoryStore(store_path, fsync=fsync, cache_bytes=cache_bytes)
+            store = HistoryStore(
+                store_path,
+                fsync=fsync,
+                cache_bytes=cache_bytes,
+                filter_bits_log2=id_filter_bits_log2,
+            )
             state, record = StateMachine.from_store(store)
             if record is None:
                 # No checkpoint yet: a new data directory, or one of format 1, whose newest

@@ -223,10 +223,17 @@ class StateMachine:
         if store is None:
             return
         live = self.live
+        may_contain = store.ids.may_contain
         want: set[int] = set()
         for e in events:
             for tid in (e[0], e[4]):
-                if tid and tid not in live and self._get(tid) is None and not self._is_orphan(tid):
+                if (
+                    tid
+                    and tid not in live
+                    and may_contain(tid)
+                    and self._get(tid) is None
+                    and not self._is_orphan(tid)
+                ):
                     want.add(tid)
         if want:
             found, orphans = store.find(list(want))

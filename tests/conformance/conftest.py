@@ -115,7 +115,11 @@ class EmbeddedEngineUnderTest(Engine):
             EmbeddedEngine(data_dir=None, clock_ns=self.clock)
             if data_dir is None
             else EmbeddedEngine(
-                data_dir, clock_ns=self.clock, fsync=False, snapshot_bytes=DISK_CHECKPOINT_BYTES
+                data_dir,
+                clock_ns=self.clock,
+                fsync=False,
+                snapshot_bytes=DISK_CHECKPOINT_BYTES,
+                id_filter_bits_log2=16,  # small: it is saved at every checkpoint
             )
         )
         self._client_sync: Any = None
