@@ -1,7 +1,8 @@
 """A child process for the crash test: applies requests from several threads, forever.
 
 Prints `S <id>` before submitting a linked pair of transfers and `A <id>` once the engine has
-acknowledged it; the parent kills it with SIGKILL at a random moment.
+acknowledged it; the parent kills it with SIGKILL at a random moment (often while a checkpoint
+is being written).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from ledger.embedded import EmbeddedEngine
 from ledger.types import Account, AccountFlags, CreateTransferStatus, Transfer, TransferFlags
 
 THREADS = 4
+# A checkpoint every few dozen requests, and a history store whose cache (256 KiB) the history
+# soon outgrows: kills land in checkpoints too, and reads after a restart come from disk.
+SMALL = {"snapshot_bytes": 8192, "cache_bytes": 256 * 1024, "id_filter_bits_log2": 16}
 
 
 def main(data_dir: str, first_id: int) -> None:
-    engine = EmbeddedEngine(data_dir)
+    engine = EmbeddedEngine(data_dir, **SMALL)
     client = engine.client_sync()
     client.create_accounts(
         [

@@ -20,6 +20,7 @@ from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
 from ledger.embedded import journal as journal_module
 from ledger.embedded import store as store_module
 from ledger.types import Account, CreateTransferStatus, Transfer
+from tests.integration import crash_child
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,6 +241,7 @@ def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     acknowledged: set[int] = set()
     submitted: set[int] = set()
+    stored = 0
     for round_ in range(10):
         first_id = 1_000_000 * (round_ + 1)
         child = subprocess.Popen(
@@ -270,18 +272,24 @@ def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
         for line in rest.splitlines():
             kind, tid = line.split()
             (acknowledged if kind == "A" else submitted).add(int(tid))
-        with EmbeddedEngine(tmp_path) as engine:
+        with EmbeddedEngine(tmp_path, **crash_child.SMALL) as engine:
             client = engine.client_sync()
-            present = set(engine.state.transfers)
+            present = {t[0] for t in engine.state.all_transfers()}
             heads = {tid for tid in present if tid % 2 == 0}
             # Every acknowledged pair is there, whole; nothing is there that was not submitted.
             assert acknowledged <= heads
             assert heads <= submitted
             assert all(tid + 1 in present for tid in heads)
+            # And each answers a lookup by id, however old (most are read from the store).
+            found = {t.id for t in client.lookup_transfers(sorted(acknowledged)[-8000:])}
+            assert found == set(sorted(acknowledged)[-8000:])
             a1, a2, a3 = client.lookup_accounts([1, 2, 3])
             assert a1.debits_posted == 3 * len(heads)
             assert a2.credits_posted == 3 * len(heads) and a2.debits_posted == len(heads)
             assert a3.credits_posted == len(heads)
+            assert engine.store is not None
+            stored = engine.store.count()
+    assert stored > 1000  # the history the last rounds read was mostly on disk
 
 
 def test_concurrent_async_callers_share_syncs_and_all_survive(tmp_path: Path) -> None:
