@@ -186,14 +186,17 @@ class StateMachine:
     # prefetch), so that the request itself runs in memory.
 
     def _get(self, tid: int) -> TransferTuple | None:
-        """The transfer `tid`, from memory: every layer, and what was read ahead."""
+        """The transfer `tid`, from memory: every layer, the live pending transfers (however
+        old), and what was read ahead."""
         t = self.transfers.get(tid)
         if t is None:
             frozen = self.frozen
             if frozen is not None:
                 t = frozen.transfers.get(tid)
             if t is None:
-                t = self.cache.get(tid)
+                t = self.live.get(tid)
+                if t is None:
+                    t = self.cache.get(tid)
         return t
 
     def _is_orphan(self, tid: int) -> bool:
@@ -914,9 +917,7 @@ class StateMachine:
         for layer in self._layers():
             xs = layer.by_account.get(account_id, [])
             lo, hi = _timestamp_slice(xs, ts_min, ts_max)
-            parts.append(
-                iter(xs[i] for i in (range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)))
-            )
+            parts.append(_slice(xs, lo, hi, reverse))
         if self.store is not None:
             parts.insert(
                 0,
@@ -1132,7 +1133,14 @@ def _log_candidates(log: list[Any], log_ts: list[int], f: tuple[int, ...]) -> It
     ts_min, ts_max, reverse = f[5], f[6], f[8] & 1
     lo = bisect_left(log_ts, ts_min) if ts_min else 0
     hi = bisect_right(log_ts, ts_max) if ts_max else len(log_ts)
-    return iter(log[i] for i in (range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)))
+    return _slice(log, lo, hi, bool(reverse))
+
+
+def _slice(xs: list[Any], lo: int, hi: int, reverse: bool) -> Iterator[Any]:
+    """xs[lo:hi], lazily, backwards if `reverse` (a function, so that each call has its own
+    `xs`: a generator expression in a loop would read the loop's last one)."""
+    for i in range(hi - 1, lo - 1, -1) if reverse else range(lo, hi):
+        yield xs[i]
 
 
 def _query(candidates: Iterable[Any], f: tuple[int, ...], fields: tuple[int, ...]) -> list[Any]:

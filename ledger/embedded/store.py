@@ -8,8 +8,10 @@ read through RocksDB's bounded block cache. Invariants:
   checkpoint is one `WriteBatch`, written with `sync` (RocksDB's own log makes it atomic and
   durable). Only once it is written does the journal drop the segments before `record`.
 - Keys are big-endian, so the byte order of keys is the numeric order of what they hold:
-    T ts                     -> marshal(transfer tuple)           every transfer, by timestamp
-    I id                     -> ts (8 bytes), or b"" for an id that failed transiently
+    T first_ts               -> marshal([transfer, ...])  a page: up to PAGE transfers in
+                                timestamp order, all of one checkpoint, keyed by the first
+    I id                     -> the page's first_ts (8 bytes) and the index in it (1 byte),
+                                or b"" for an id that failed transiently
     A account_id last_ts     -> marshal([ts, ...])  the account's transfers of one checkpoint,
                                 at most CHUNK of them, keyed by the last one's timestamp
     U user_data_128 last_ts  -> marshal([ts, ...])  the same per user_data_128 (non-zero)
@@ -26,7 +28,9 @@ from __future__ import annotations
 import marshal
 import os
 import struct
+import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +53,13 @@ from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 FORMAT = 2
 DIRECTORY = "history"
 CHUNK = 1024  # timestamps per A / U value
+PAGE = 64  # transfers per T value
+WRITE_SLICE = 2048  # transfers a checkpoint handles between two pauses for the requests
 _STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
 _U64 = 8
 _U128 = 16
 _TS_MAX = (1 << 64) - 1
+_INDEX = [bytes((i,)) for i in range(256)]
 
 
 class StoreFormatError(RuntimeError):
@@ -107,8 +114,8 @@ class Loaded:
 class IdFilter:
     """A Bloom filter of every id the store holds (transfers', and those that failed), of a
     fixed size: "no" is certain, so a new id (nearly every id a request names) is known to be
-    new without a read of the store. Three probes from one multiply-shift hash; with 2^28 bits
-    (32 MiB), 20 million ids answer "maybe" for about 1 % of new ids, 50 million for 7 %: past
+    new without a read of the store. Two probes from one multiply-shift hash; with 2^28 bits
+    (32 MiB), 20 million ids answer "maybe" for about 2 % of new ids, 50 million for 10 %: past
     that the store answers more often, never wrongly.
 
     Its file is written, with the ids of a checkpoint added, before that checkpoint's batch: a
@@ -123,26 +130,24 @@ class IdFilter:
         self.bits = bytearray(1 << (bits_log2 - 3))
         self.shift1 = 128 - bits_log2
         self.shift2 = 128 - 2 * bits_log2
-        self.shift3 = 128 - 3 * bits_log2
         self.mask = (1 << bits_log2) - 1
 
     def add(self, ids: Iterable[int]) -> None:
-        bits, mask, s1, s2, s3 = self.bits, self.mask, self.shift1, self.shift2, self.shift3
+        bits, mask, s1, s2 = self.bits, self.mask, self.shift1, self.shift2
         for tid in ids:
             h = (tid * _MIX) & _M128
-            for b in (h >> s1, (h >> s2) & mask, (h >> s3) & mask):
-                bits[b >> 3] |= 1 << (b & 7)
+            b = h >> s1
+            bits[b >> 3] |= 1 << (b & 7)
+            b = (h >> s2) & mask
+            bits[b >> 3] |= 1 << (b & 7)
 
     def may_contain(self, tid: int) -> bool:
         h = (tid * _MIX) & _M128
-        bits, mask = self.bits, self.mask
+        bits = self.bits
         b = h >> self.shift1
         if not bits[b >> 3] >> (b & 7) & 1:
             return False
-        b = (h >> self.shift2) & mask
-        if not bits[b >> 3] >> (b & 7) & 1:
-            return False
-        b = (h >> self.shift3) & mask
+        b = (h >> self.shift2) & self.mask
         return bool(bits[b >> 3] >> (b & 7) & 1)
 
     def save(self, path: Path, *, fsync: bool) -> None:
@@ -255,26 +260,38 @@ class HistoryStore:
         return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending)
 
     def write(self, checkpoint: Checkpoint) -> None:
-        """Writes a checkpoint, atomically and durably (its ids into the filter first)."""
+        """Writes a checkpoint, atomically and durably (its ids into the filter first).
+
+        It runs beside the engine's requests: the Python half of the work goes in slices of
+        WRITE_SLICE items with a pause between them, so that requests waiting for the GIL get
+        it after one slice, not after a switch interval of 5 ms each."""
         layer = checkpoint.layer
-        self.ids.add(t[0] for t in layer.log)
+        log = layer.log
+        for start in range(0, len(log), WRITE_SLICE):
+            self.ids.add(t[0] for t in log[start : start + WRITE_SLICE])
+            time.sleep(0)
         self.ids.add(layer.orphans)
         self.ids.save(self._filter_path, fsync=self._fsync)
         batch = WriteBatch(raw_mode=True)
         put = batch.put
         dumps = marshal.dumps
-        for t in layer.log:
-            ts8 = _ts8(t[12])
-            put(b"T" + ts8, dumps(t))
-            put(b"I" + _id16(t[0]), ts8)
+        by_user_data: dict[int, list[int]] = {}
+        for start in range(0, len(log), PAGE):
+            page = log[start : start + PAGE]
+            first = _ts8(page[0][12])
+            put(b"T" + first, dumps(page))
+            for index, t in enumerate(page):
+                put(b"I" + _id16(t[0]), first + _INDEX[index])
+                if t[5]:
+                    by_user_data.setdefault(t[5], []).append(t[12])
+            if start % WRITE_SLICE == 0:
+                time.sleep(0)
         for account_id, transfers in layer.by_account.items():
             _put_chunks(put, b"A" + _id16(account_id), [t[12] for t in transfers])
-        by_user_data: dict[int, list[int]] = {}
-        for t in layer.log:
-            if t[5]:
-                by_user_data.setdefault(t[5], []).append(t[12])
+        time.sleep(0)
         for user_data, stamps in by_user_data.items():
             _put_chunks(put, b"U" + _id16(user_data), stamps)
+        time.sleep(0)
         for ts, balances in layer.history.items():
             put(b"H" + _ts8(ts), dumps(balances))
         for status, ts in layer.finished.values():
@@ -303,8 +320,7 @@ class HistoryStore:
         if not ids:
             return {}, set()
         found = self._many([b"I" + _id16(i) for i in ids])
-        stamps: list[bytes] = []
-        owners: list[int] = []
+        places: list[tuple[int, bytes, int]] = []
         orphans: set[int] = set()
         visible = self.visible_ts
         for tid, value in zip(ids, found, strict=True):
@@ -312,24 +328,28 @@ class HistoryStore:
                 continue
             if value == b"":
                 orphans.add(tid)
-            elif int.from_bytes(value, "big") <= visible:
-                stamps.append(b"T" + value)
-                owners.append(tid)
+            elif int.from_bytes(value[:8], "big") <= visible:
+                places.append((tid, b"T" + value[:8], value[8]))
         transfers: dict[int, Any] = {}
-        if stamps:
-            for tid, raw in zip(owners, self._many(stamps), strict=True):
-                transfers[tid] = marshal.loads(cast(bytes, raw))
+        if places:
+            keys = list({key for _, key, _ in places})
+            pages = {
+                key: marshal.loads(cast(bytes, raw))
+                for key, raw in zip(keys, self._many(keys), strict=True)
+            }
+            for tid, key, index in places:
+                transfers[tid] = pages[key][index]
         return transfers, orphans
 
     def at(self, stamps: list[int]) -> list[Any]:
         """The transfers at these timestamps (each must exist), in the same order."""
-        if not stamps:
-            return []
-        loads = marshal.loads
-        return [loads(cast(bytes, raw)) for raw in self._many([b"T" + _ts8(ts) for ts in stamps])]
+        pages = _PageCursor(self._db)
+        return [pages.transfer_at(ts) for ts in stamps]
 
     def has_transfer_at(self, ts: int) -> bool:
-        return ts <= self.visible_ts and self._db.get(b"T" + _ts8(ts)) is not None
+        if ts > self.visible_ts:
+            return False
+        return _PageCursor(self._db).find(ts) is not None
 
     def statuses(self, stamps: list[int]) -> dict[int, int]:
         """The final statuses of pending transfers (by their timestamp) that have one."""
@@ -352,24 +372,33 @@ class HistoryStore:
     # Scans, in timestamp order, never past `visible_ts`.
 
     def scan(self, ts_min: int, ts_max: int, reverse: bool) -> Iterator[Any]:
-        """Every transfer with ts_min <= timestamp <= ts_max, by timestamp."""
+        """Every transfer with ts_min <= timestamp <= ts_max, by timestamp, a page at a time."""
         ts_max = min(ts_max, self.visible_ts)
         if ts_min > ts_max:
             return
-        # Bounds are checked here: rocksdict encodes ReadOptions' bounds as it encodes keys
-        # outside raw mode, so they do not bound raw keys.
-        low, high = b"T" + _ts8(ts_min), b"T" + _ts8(ts_max)
         it = self._db.iter()
         loads = marshal.loads
         if reverse:
-            it.seek_for_prev(high)
-            while it.valid() and it.key() >= low:
-                yield loads(it.value())
+            it.seek_for_prev(b"T" + _ts8(ts_max))
+            while it.valid() and it.key()[:1] == b"T":
+                page = loads(it.value())
+                if page[-1][12] < ts_min:
+                    return
+                for t in reversed(page):
+                    if ts_min <= t[12] <= ts_max:
+                        yield t
                 it.prev()
         else:
-            it.seek(low)
-            while it.valid() and it.key() <= high:
-                yield loads(it.value())
+            it.seek_for_prev(b"T" + _ts8(ts_min))  # the page that may hold ts_min
+            if not it.valid() or it.key()[:1] != b"T":
+                it.seek(b"T")
+            while it.valid() and it.key()[:1] == b"T":
+                page = loads(it.value())
+                if page[0][12] > ts_max:
+                    return
+                for t in page:
+                    if ts_min <= t[12] <= ts_max:
+                        yield t
                 it.next()
 
     def stamps(
@@ -450,6 +479,35 @@ class HistoryStore:
             ts = int.from_bytes(key[1:], "big")
             if ts <= self.visible_ts:
                 yield ts, tuple(marshal.loads(value))
+
+
+class _PageCursor:
+    """Finds transfers by timestamp, keeping the last page read (lists of timestamps mostly
+    come in order, many to a page)."""
+
+    def __init__(self, db: Rdict) -> None:
+        self._it = db.iter()
+        self._page: list[Any] = []
+
+    def find(self, ts: int) -> Any | None:
+        page = self._page
+        if not page or not page[0][12] <= ts <= page[-1][12]:
+            it = self._it
+            it.seek_for_prev(b"T" + _ts8(ts))
+            if not it.valid() or it.key()[:1] != b"T":
+                return None
+            page = self._page = marshal.loads(it.value())
+        i = bisect_left(page, ts, key=_stamp)
+        return page[i] if i < len(page) and page[i][12] == ts else None
+
+    def transfer_at(self, ts: int) -> Any:
+        t = self.find(ts)
+        assert t is not None, f"no transfer at {ts} in the store"
+        return t
+
+
+def _stamp(t: Any) -> int:
+    return int(t[12])
 
 
 def _put_chunks(put: Any, head: bytes, stamps: list[int]) -> None:
