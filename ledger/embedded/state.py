@@ -228,15 +228,17 @@ class StateMachine:
         live = self.live
         may_contain = store.ids.may_contain
         want: set[int] = set()
+        cache = self.cache
         for e in events:
             for tid in (e[0], e[4]):
-                if (
-                    tid
-                    and tid not in live
-                    and may_contain(tid)
-                    and self._get(tid) is None
-                    and not self._is_orphan(tid)
-                ):
+                if not tid:
+                    continue
+                t = live.get(tid)
+                if t is not None:
+                    # An earlier event of this request may post or void it (it then leaves
+                    # `live`): it stays at hand for the events after it.
+                    cache[tid] = t
+                elif may_contain(tid) and self._get(tid) is None and not self._is_orphan(tid):
                     want.add(tid)
         if want:
             found, orphans = store.find(list(want))

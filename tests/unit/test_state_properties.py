@@ -139,7 +139,9 @@ def _check_invariants(state: StateMachine) -> None:
 def test_random_sequences_keep_the_books_balanced(tmp_path_factory, data: st.DataObject) -> None:
     clock = ManualClock()
     directory = tmp_path_factory.mktemp("journal")
-    engine = EmbeddedEngine(directory, clock_ns=clock, fsync=False, snapshot_bytes=4096)
+    engine = EmbeddedEngine(
+        directory, clock_ns=clock, fsync=False, snapshot_bytes=4096, id_filter_bits_log2=16
+    )
     client = engine.client_sync()
     funding = [
         Transfer(
@@ -165,7 +167,7 @@ def test_random_sequences_keep_the_books_balanced(tmp_path_factory, data: st.Dat
     image = engine.state.canonical_bytes()
     engine.close()
     # Replaying the journal (and snapshots) reproduces the same state, byte for byte.
-    reopened = EmbeddedEngine(directory, clock_ns=clock, fsync=False)
+    reopened = EmbeddedEngine(directory, clock_ns=clock, fsync=False, id_filter_bits_log2=16)
     try:
         assert reopened.state.canonical_bytes() == image
     finally:
