@@ -20,6 +20,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -55,14 +56,19 @@ def _p(values: list[float], q: int) -> float:
     )
 
 
+def _random_id() -> int:
+    return random.getrandbits(127) + 1
+
+
 class Filler:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, random_ids: bool) -> None:
         self.ledger = ledger
         self.base = new_id()
+        self.new_id = _random_id if random_ids else new_id
 
     def transfer(self, i: int) -> Transfer:
         return Transfer(
-            id=new_id(),
+            id=self.new_id(),
             debit_account_id=self.base + (i % ACCOUNTS),
             credit_account_id=self.base + ((i + 1) % ACCOUNTS),
             amount=1,
@@ -102,12 +108,12 @@ class Filler:
         return time.perf_counter() - start, latencies
 
 
-async def _fill(directory: Path, transfers: int) -> dict[str, Any]:
+async def _fill(directory: Path, transfers: int, random_ids: bool) -> dict[str, Any]:
     from ledger.embedded import EmbeddedEngine
 
     engine = EmbeddedEngine(directory, fsync=True)
     ledger = open_ledger(LedgerSettings(), engine=engine)
-    filler = Filler(ledger)
+    filler = Filler(ledger, random_ids)
     await filler.setup()
     full = -(-transfers // BATCH_EVENTS_MAX)
     start = time.perf_counter()
@@ -154,12 +160,13 @@ async def _start(directory: Path) -> dict[str, Any]:
     return {"start_s": ready_s, "start_rss_mib": rss}
 
 
-def _phase(phase: str, directory: Path, transfers: int) -> dict[str, Any]:
+def _phase(phase: str, directory: Path, transfers: int, random_ids: bool) -> dict[str, Any]:
     """Runs one phase in a process of its own; its answer is the JSON on its last line."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.engine_history", "--phase", phase),
             *("--dir", str(directory), "--transfers", str(transfers)),
+            *(["--random-ids"] if random_ids else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -177,18 +184,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,5,20", help="millions of transfers, comma-separated")
     parser.add_argument("--dir", type=Path, default=None, help="where the data directories go")
+    parser.add_argument(
+        "--random-ids",
+        action="store_true",
+        help="random 127-bit transfer ids (as the service derives them) instead of"
+        " TigerBeetle's time-based ids",
+    )
     parser.add_argument("--phase", choices=["fill", "start"], help=argparse.SUPPRESS)
     parser.add_argument("--transfers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
-        run = _fill(args.dir, args.transfers) if args.phase == "fill" else _start(args.dir)
+        run = (
+            _fill(args.dir, args.transfers, args.random_ids)
+            if args.phase == "fill"
+            else _start(args.dir)
+        )
         print(json.dumps(asyncio.run(run)), flush=True)
         return
     sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
     root = Path(tempfile.mkdtemp(prefix="bench-history-", dir=args.dir))
     print(
         f"embedded engine, fsync on; python {sys.version.split()[0]}; {os.cpu_count()} cores;"
-        f" data in {root}",
+        f" {'random' if args.random_ids else 'time-based'} ids; data in {root}",
         flush=True,
     )
     header = (
@@ -200,9 +217,9 @@ def main(argv: list[str] | None = None) -> None:
         for millions in sizes:
             directory = root / f"{millions}m"
             directory.mkdir()
-            filled = _phase("fill", directory, int(millions * 1_000_000))
+            filled = _phase("fill", directory, int(millions * 1_000_000), args.random_ids)
             disk = _disk_bytes(directory)
-            started = _phase("start", directory, 0)
+            started = _phase("start", directory, 0, False)
             print(
                 f"{filled['transfers']:>12,} {filled['rss_mib']:>9,.0f}"
                 f" {disk / filled['transfers']:>9,.0f} {started['start_s']:>8.1f}"
