@@ -22,7 +22,8 @@ def test_the_sweep_prints_a_row_per_size_and_leaves_nothing_behind(tmp_path: Pat
     row = lines[2].split()
     # 20,000 transfers asked: three full batches of 8189.
     assert row[0] == "24,567"
-    rss, disk, start_s = float(row[1].replace(",", "")), int(row[2]), float(row[3])
-    assert rss > 0 and 64 <= disk <= 4096 and start_s >= 0
+    rss, disk, start_s = (float(v.replace(",", "")) for v in row[1:4])
+    # Bytes per transfer: at this small size mostly the history store's 32 MiB id filter.
+    assert rss > 0 and 16 <= disk <= 4096 and start_s >= 0
     assert "filled 24,567 transfers" in done.stderr
     assert list(tmp_path.iterdir()) == []  # the data directories are removed
