@@ -54,7 +54,8 @@ FORMAT = 2
 DIRECTORY = "history"
 CHUNK = 1024  # timestamps per A / U value
 PAGE = 64  # transfers per T value
-WRITE_SLICE = 2048  # transfers a checkpoint handles between two pauses for the requests
+WRITE_SLICE = 2048  # items a checkpoint handles between two pauses for the requests
+BATCH_KEYS = 512  # keys in each of a checkpoint's writes (one holds the GIL for about 1 ms)
 _STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
 _U64 = 8
 _U128 = 16
@@ -204,6 +205,7 @@ class HistoryStore:
         options.set_compression_type(DBCompressionType.lz4())
         options.set_write_buffer_size(min(64 << 20, max(4 << 20, cache_bytes // 2)))
         options.set_max_open_files(256)
+        options.set_max_write_buffer_number(4)
         options.increase_parallelism(2)
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
@@ -216,6 +218,7 @@ class HistoryStore:
         self._db = Rdict(str(self.path), options)
         self._write_options = WriteOptions()
         self._write_options.sync = fsync
+        self._unsynced = WriteOptions()  # a checkpoint's batches before its last
         self.visible_ts = 0  # reads see transfers up to here (the engine moves it)
         self._filter_path = self.path.with_name(self.path.name + "-ids.bloom")
         ids = IdFilter.load(self._filter_path, filter_bits_log2)
@@ -247,6 +250,7 @@ class HistoryStore:
         """The live state of the newest checkpoint, or None for a store never written."""
         raw = self._db.get(_STATE)
         if raw is None:
+            self._cut_partial(0)
             return None
         state = marshal.loads(raw)
         if state[0] != FORMAT:
@@ -256,15 +260,21 @@ class HistoryStore:
         _, record, commit_ts, prepare_ts, last_ts = state
         accounts = marshal.loads(self._one(_ACCOUNTS))
         pending = [tuple(t) for t in marshal.loads(self._one(_PENDING))]
+        self._cut_partial(last_ts)
         self.visible_ts = last_ts
         return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending)
 
     def write(self, checkpoint: Checkpoint) -> None:
         """Writes a checkpoint, atomically and durably (its ids into the filter first).
 
-        It runs beside the engine's requests: the Python half of the work goes in slices of
-        WRITE_SLICE items with a pause between them, so that requests waiting for the GIL get
-        it after one slice, not after a switch interval of 5 ms each."""
+        It runs beside the engine's requests, so it never holds the GIL for long: the Python
+        half of the work goes in slices with a pause between them, and the keys go to RocksDB
+        in batches of BATCH_KEYS (a write holds the GIL while RocksDB inserts: 0.75 s for one
+        batch of 254k transfers' keys). Only the last batch, the M keys, is synced, and only it
+        makes the checkpoint: before it, the batches are in RocksDB's log, in order, and a
+        crash keeps a prefix of them. The keys of a checkpoint cut short are removed when the
+        store is opened (`_cut_partial`); written again whole (a failed write is retried with
+        the same layer), they are the same keys with the same values."""
         layer = checkpoint.layer
         log = layer.log
         for start in range(0, len(log), WRITE_SLICE):
@@ -274,32 +284,13 @@ class HistoryStore:
         self.ids.save(self._filter_path, fsync=self._fsync)
         batch = WriteBatch(raw_mode=True)
         put = batch.put
-        dumps = marshal.dumps
-        by_user_data: dict[int, list[int]] = {}
-        for start in range(0, len(log), PAGE):
-            page = log[start : start + PAGE]
-            first = _ts8(page[0][12])
-            put(b"T" + first, dumps(page))
-            for index, t in enumerate(page):
-                put(b"I" + _id16(t[0]), first + _INDEX[index])
-                if t[5]:
-                    by_user_data.setdefault(t[5], []).append(t[12])
-            if start % WRITE_SLICE == 0:
+        for key, value in _keys(layer):
+            put(key, value)
+            if len(batch) >= BATCH_KEYS:
+                self._db.write(batch, self._unsynced)
+                batch = WriteBatch(raw_mode=True)
+                put = batch.put
                 time.sleep(0)
-        for account_id, transfers in layer.by_account.items():
-            _put_chunks(put, b"A" + _id16(account_id), [t[12] for t in transfers])
-        time.sleep(0)
-        for user_data, stamps in by_user_data.items():
-            _put_chunks(put, b"U" + _id16(user_data), stamps)
-        time.sleep(0)
-        for ts, balances in layer.history.items():
-            put(b"H" + _ts8(ts), dumps(balances))
-        for status, ts in layer.finished.values():
-            put(b"S" + _ts8(ts), bytes((status,)))
-        for tid in layer.orphans:
-            put(b"I" + _id16(tid), b"")
-        put(_ACCOUNTS, dumps(checkpoint.accounts))
-        put(_PENDING, dumps(checkpoint.pending))
         state = (
             FORMAT,
             checkpoint.record,
@@ -307,7 +298,43 @@ class HistoryStore:
             checkpoint.prepare_timestamp,
             checkpoint.last_transfer_ts,
         )
-        put(_STATE, dumps(state))
+        self._db.write(batch, self._unsynced)
+        last = WriteBatch(raw_mode=True)
+        last.put(_ACCOUNTS, marshal.dumps(checkpoint.accounts))
+        last.put(_PENDING, marshal.dumps(checkpoint.pending))
+        last.put(_STATE, marshal.dumps(state))
+        self._db.write(last, self._write_options)
+
+    def _cut_partial(self, visible: int) -> None:
+        """Removes what a checkpoint cut short by a crash wrote past `visible` (the newest
+        whole checkpoint's last timestamp): its pages, their ids, the chunks it listed under
+        their accounts and user data, and its history balances. Its pages were written before
+        the rest, so they name every account and user data it can have touched. (Its final
+        statuses and failed ids stay: they are the same as the journal's replay makes them.)"""
+        it = self._db.iter()
+        it.seek(b"T" + _ts8(visible + 1))
+        heads: set[bytes] = set()
+        batch = WriteBatch(raw_mode=True)
+        while it.valid() and it.key()[:1] == b"T":
+            for t in marshal.loads(it.value()):
+                batch.delete(b"I" + _id16(t[0]))
+                heads.add(b"A" + _id16(t[1]))
+                heads.add(b"A" + _id16(t[2]))
+                if t[5]:
+                    heads.add(b"U" + _id16(t[5]))
+            batch.delete(it.key())
+            it.next()
+        if not heads:
+            return
+        for head in heads:
+            it.seek(head + _ts8(visible + 1))
+            while it.valid() and it.key()[: len(head)] == head:
+                batch.delete(it.key())
+                it.next()
+        it.seek(b"H" + _ts8(visible + 1))
+        while it.valid() and it.key()[:1] == b"H":
+            batch.delete(it.key())
+            it.next()
         self._db.write(batch, self._write_options)
 
     # -------------------------------------------------------------------------------------
@@ -510,7 +537,33 @@ def _stamp(t: Any) -> int:
     return int(t[12])
 
 
-def _put_chunks(put: Any, head: bytes, stamps: list[int]) -> None:
+def _keys(layer: Layer) -> Iterator[tuple[bytes, bytes]]:
+    """The keys and values a checkpoint writes for `layer` (all but the M keys): pages and
+    their ids first, then the rest. The Python work pauses every WRITE_SLICE items."""
+    log = layer.log
+    dumps = marshal.dumps
+    by_user_data: dict[int, list[int]] = {}
+    for start in range(0, len(log), PAGE):
+        page = log[start : start + PAGE]
+        first = _ts8(page[0][12])
+        yield b"T" + first, dumps(page)
+        for index, t in enumerate(page):
+            yield b"I" + _id16(t[0]), first + _INDEX[index]
+            if t[5]:
+                by_user_data.setdefault(t[5], []).append(t[12])
+    for account_id, transfers in layer.by_account.items():
+        yield from _chunks(b"A" + _id16(account_id), [t[12] for t in transfers])
+    for user_data, stamps in by_user_data.items():
+        yield from _chunks(b"U" + _id16(user_data), stamps)
+    for ts, balances in layer.history.items():
+        yield b"H" + _ts8(ts), dumps(balances)
+    for status, ts in layer.finished.values():
+        yield b"S" + _ts8(ts), bytes((status,))
+    for tid in layer.orphans:
+        yield b"I" + _id16(tid), b""
+
+
+def _chunks(head: bytes, stamps: list[int]) -> Iterator[tuple[bytes, bytes]]:
     for start in range(0, len(stamps), CHUNK):
         chunk = stamps[start : start + CHUNK]
-        put(head + _ts8(chunk[-1]), marshal.dumps(chunk))
+        yield head + _ts8(chunk[-1]), marshal.dumps(chunk)

@@ -19,7 +19,15 @@ import pytest
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
 from ledger.embedded import journal as journal_module
 from ledger.embedded import store as store_module
-from ledger.types import Account, CreateTransferStatus, Transfer
+from ledger.types import (
+    Account,
+    AccountFilter,
+    AccountFilterFlags,
+    CreateTransferStatus,
+    QueryFilter,
+    QueryFilterFlags,
+    Transfer,
+)
 from tests.integration import crash_child
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -329,3 +337,130 @@ def test_concurrent_async_callers_share_syncs_and_all_survive(tmp_path: Path) ->
     with EmbeddedEngine(tmp_path) as reopened:
         assert set(reopened.state.transfers) == set(acknowledged)
         assert reopened.client_sync().lookup_accounts([2])[0].credits_posted == len(acknowledged)
+
+
+class _CutBeforeItsEnd:
+    """The store's database, but a checkpoint's last (synced) batch fails: the checkpoint is
+    cut short after its other batches, as a crash there would leave it."""
+
+    def __init__(self, db: Any, synced: Any, failures: int) -> None:
+        self._db, self._synced, self.failures = db, synced, failures
+
+    def write(self, batch: Any, options: Any) -> None:
+        if options is self._synced and self.failures:
+            self.failures -= 1
+            raise OSError(5, "Input/output error")
+        self._db.write(batch, options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def _cut_store(engine: EmbeddedEngine, failures: int) -> None:
+    store = engine.store
+    assert store is not None
+    store._db = _CutBeforeItsEnd(store._db, store._write_options, failures)  # type: ignore[assignment]
+
+
+def _transfers(first: int, count: int) -> list[Transfer]:
+    return [
+        Transfer(
+            id=first + i,
+            debit_account_id=1 + i % 2,
+            credit_account_id=2 - i % 2,
+            amount=1,
+            user_data_128=7,
+            ledger=1,
+            code=1,
+        )
+        for i in range(count)
+    ]
+
+
+def _listed_ids(engine: EmbeddedEngine) -> list[list[int]]:
+    """Every transfer of account 1 and of user data 7, forward and reversed, by id."""
+    client = engine.client_sync()
+    lists = []
+    for reversed_ in (False, True):
+        flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
+        account = AccountFilter(
+            account_id=1,
+            user_data_128=0,
+            user_data_64=0,
+            user_data_32=0,
+            code=0,
+            timestamp_min=0,
+            timestamp_max=0,
+            limit=8189,
+            flags=flags | AccountFilterFlags.REVERSED if reversed_ else flags,
+        )
+        query = QueryFilter(
+            user_data_128=7,
+            user_data_64=0,
+            user_data_32=0,
+            ledger=0,
+            code=0,
+            timestamp_min=0,
+            timestamp_max=0,
+            limit=8189,
+            flags=QueryFilterFlags.REVERSED if reversed_ else QueryFilterFlags.NONE,
+        )
+        lists.append([t.id for t in client.get_account_transfers(account)])
+        lists.append([t.id for t in client.query_transfers(query)])
+    return lists
+
+
+def _expected(batches: list[list[Transfer]]) -> list[list[int]]:
+    with EmbeddedEngine(None) as memory:
+        client = memory.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for batch in batches:
+            client.create_transfers(batch)
+        return _listed_ids(memory)
+
+
+def test_a_checkpoint_cut_short_by_a_crash_is_removed_and_written_again_whole(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint's batches before its last are in the store when a crash comes before the
+    last: start-up removes them (the journal still holds their records), and the checkpoints
+    after it, with other bounds, list every transfer once."""
+    batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
+    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+        _cut_store(engine, failures=1_000)
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for batch in batches[:8]:
+            client.create_transfers(batch)
+        assert engine.journal is not None
+        engine.journal.wait_snapshot(raise_error=False)
+        assert engine.store is not None
+        assert list(engine.store._prefixed(b"A")), "the cut checkpoint wrote its chunks"
+    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+        assert engine.store is not None
+        assert not list(engine.store._prefixed(b"A")) and not list(engine.store._prefixed(b"T"))
+        assert engine.replayed_records > 8
+        client = engine.client_sync()
+        for batch in batches[8:]:
+            client.create_transfers(batch)
+        engine.snapshot()
+        assert engine.store.count() == 120
+        assert _listed_ids(engine) == _expected(batches)
+    with EmbeddedEngine(tmp_path) as engine:
+        assert _listed_ids(engine) == _expected(batches)
+
+
+def test_a_checkpoint_that_failed_at_its_end_is_written_again_whole(tmp_path: Path) -> None:
+    batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
+    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+        _cut_store(engine, failures=1)
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for batch in batches:
+            client.create_transfers(batch)
+        engine.snapshot()
+        assert engine.store is not None and engine.store.count() == 120
+        assert _listed_ids(engine) == _expected(batches)
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records == 0
+        assert _listed_ids(engine) == _expected(batches)
