@@ -6,11 +6,13 @@ number of transfers it holds grows. Not a test.
     python -m bench.engine_history --dir /var/tmp/x    # where the data directories go
 
 For each size, on a fresh data directory, with fsync on: a process fills the engine with that
-many transfers in full batches (8189), then measures, at that size, transfers/s in full batches
-and the latency of single-transfer requests (64 concurrent callers), and its own RSS (after a
-full GC); the directory's bytes on disk per transfer; then a new process opens the engine on
-that directory and times it until it answers a lookup (start-up), with its RSS then. Each
-phase runs in a process of its own so that RSS is the engine's and nothing else's.
+many transfers in full batches (8189); waits until it is quiet (the fill's checkpoint or
+snapshot and RocksDB's compactions done: "settle s"); then measures, at that size, transfers/s
+in full batches and the latency of 200,000 single-transfer requests (64 concurrent callers;
+`--singles`: a window long enough to take in the checkpoints that come with them), and its own
+RSS (after a full GC); the directory's bytes on disk per transfer; then a new process opens the
+engine on that directory and times it until it answers a lookup (start-up), with its RSS then.
+Each phase runs in a process of its own so that RSS is the engine's and nothing else's.
 """
 
 from __future__ import annotations
@@ -54,6 +56,19 @@ def _p(values: list[float], q: int) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else 0.0
     )
+
+
+def _quiet(longest: float = 300.0) -> float:
+    """Waits until the process (all its threads: a checkpoint or snapshot, RocksDB's
+    compactions) has done with the fill, so that what is measured next is what requests cost in
+    a steady state, not the tail of the fill. Returns how long that took."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < longest:
+        cpu = time.process_time()
+        time.sleep(0.5)
+        if time.process_time() - cpu < 0.05:
+            break
+    return time.perf_counter() - start
 
 
 def _random_id() -> int:
@@ -108,7 +123,7 @@ class Filler:
         return time.perf_counter() - start, latencies
 
 
-async def _fill(directory: Path, transfers: int, random_ids: bool) -> dict[str, Any]:
+async def _fill(directory: Path, transfers: int, random_ids: bool, singles: int) -> dict[str, Any]:
     from ledger.embedded import EmbeddedEngine
 
     engine = EmbeddedEngine(directory, fsync=True)
@@ -129,17 +144,20 @@ async def _fill(directory: Path, transfers: int, random_ids: bool) -> dict[str, 
     fill_s = time.perf_counter() - start
     gc.collect()
     rss, hwm = _rss_mib()
+    quiet_s = _quiet()
     measured = await filler.batches(10)
-    single_s, single = await filler.singles(5_000, 64)
+    _quiet()
+    single_s, single = await filler.singles(singles, 64)
     await ledger.close()
     engine.close()
     return {
         "transfers": full * BATCH_EVENTS_MAX,
         "fill_per_s": full * BATCH_EVENTS_MAX / fill_s,
+        "quiet_s": quiet_s,
         "rss_mib": rss,
         "hwm_mib": hwm,
         "batch_per_s": 10 * BATCH_EVENTS_MAX / sum(measured),
-        "single_per_s": 5_000 / single_s,
+        "single_per_s": singles / single_s,
         "single_p50_ms": _p(single, 50) * 1000,
         "single_p99_ms": _p(single, 99) * 1000,
     }
@@ -160,12 +178,15 @@ async def _start(directory: Path) -> dict[str, Any]:
     return {"start_s": ready_s, "start_rss_mib": rss}
 
 
-def _phase(phase: str, directory: Path, transfers: int, random_ids: bool) -> dict[str, Any]:
+def _phase(
+    phase: str, directory: Path, transfers: int, random_ids: bool, singles: int = 0
+) -> dict[str, Any]:
     """Runs one phase in a process of its own; its answer is the JSON on its last line."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.engine_history", "--phase", phase),
             *("--dir", str(directory), "--transfers", str(transfers)),
+            *("--singles", str(singles)),
             *(["--random-ids"] if random_ids else []),
         ],
         stdout=subprocess.PIPE,
@@ -190,12 +211,19 @@ def main(argv: list[str] | None = None) -> None:
         help="random 127-bit transfer ids (as the service derives them) instead of"
         " TigerBeetle's time-based ids",
     )
+    parser.add_argument(
+        "--singles",
+        type=int,
+        default=200_000,
+        help="single-transfer requests measured at each size (a window long enough to take in"
+        " the engine's checkpoints, which come every 32 MiB of journal)",
+    )
     parser.add_argument("--phase", choices=["fill", "start"], help=argparse.SUPPRESS)
     parser.add_argument("--transfers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
         run = (
-            _fill(args.dir, args.transfers, args.random_ids)
+            _fill(args.dir, args.transfers, args.random_ids, args.singles)
             if args.phase == "fill"
             else _start(args.dir)
         )
@@ -210,20 +238,24 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = (
         f"{'transfers':>12} {'RSS MiB':>9} {'disk B/tr':>9} {'start s':>8} {'start RSS':>9}"
-        f" {'fill tr/s':>10} {'batch tr/s':>10} {'single/s':>9} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'fill tr/s':>10} {'settle s':>8} {'batch tr/s':>10} {'single/s':>9} {'p50 ms':>7}"
+        f" {'p99 ms':>7}"
     )
     print(header, flush=True)
     try:
         for millions in sizes:
             directory = root / f"{millions}m"
             directory.mkdir()
-            filled = _phase("fill", directory, int(millions * 1_000_000), args.random_ids)
+            filled = _phase(
+                "fill", directory, int(millions * 1_000_000), args.random_ids, args.singles
+            )
             disk = _disk_bytes(directory)
             started = _phase("start", directory, 0, False)
             print(
                 f"{filled['transfers']:>12,} {filled['rss_mib']:>9,.0f}"
                 f" {disk / filled['transfers']:>9,.0f} {started['start_s']:>8.1f}"
                 f" {started['start_rss_mib']:>9,.0f} {filled['fill_per_s']:>10,.0f}"
+                f" {filled['quiet_s']:>8.1f}"
                 f" {filled['batch_per_s']:>10,.0f} {filled['single_per_s']:>9,.0f}"
                 f" {filled['single_p50_ms']:>7.2f} {filled['single_p99_ms']:>7.2f}",
                 flush=True,
