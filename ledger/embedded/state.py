@@ -107,6 +107,9 @@ class StateMachine:
         # layer a checkpoint is writing to it (`frozen`), and the newest layer (`mem`), whose
         # parts the attributes below name.
         self.store = store
+        # Whether some transfers may be outside the newest layer: with a store, always (a
+        # frozen layer needs a store too), so that the hot path tests one attribute.
+        self.cold = store is not None
         self.frozen: Layer | None = None
         self._frozen_written = False
         self._bind(Layer())
@@ -142,11 +145,6 @@ class StateMachine:
         self.finished = layer.finished
         # Ids of transfers that failed with a transient status (`id_already_failed`).
         self.orphans = layer.orphans
-
-    @property
-    def cold(self) -> bool:
-        """Whether some transfers are outside the newest layer."""
-        return self.frozen is not None or self.store is not None
 
     # ---------------------------------------------------------------------------------------
     # Timestamps.
@@ -226,20 +224,23 @@ class StateMachine:
         if store is None:
             return
         live = self.live
-        may_contain = store.ids.may_contain
-        want: set[int] = set()
         cache = self.cache
+        named: list[int] = []
         for e in events:
             for tid in (e[0], e[4]):
-                if not tid:
-                    continue
-                t = live.get(tid)
-                if t is not None:
-                    # An earlier event of this request may post or void it (it then leaves
-                    # `live`): it stays at hand for the events after it.
-                    cache[tid] = t
-                elif may_contain(tid) and self._get(tid) is None and not self._is_orphan(tid):
-                    want.add(tid)
+                if tid:
+                    t = live.get(tid)
+                    if t is None:
+                        named.append(tid)
+                    else:
+                        # An earlier event of this request may post or void it (it then
+                        # leaves `live`): it stays at hand for the events after it.
+                        cache[tid] = t
+        want = {
+            tid
+            for tid in store.ids.maybe(named)
+            if self._get(tid) is None and not self._is_orphan(tid)
+        }
         if want:
             found, orphans = store.find(list(want))
             self.cache.update(found)

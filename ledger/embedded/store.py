@@ -25,6 +25,7 @@ read through RocksDB's bounded block cache. Invariants:
 
 from __future__ import annotations
 
+import itertools
 import marshal
 import os
 import struct
@@ -143,13 +144,20 @@ class IdFilter:
             bits[b >> 3] |= 1 << (b & 7)
 
     def may_contain(self, tid: int) -> bool:
-        h = (tid * _MIX) & _M128
-        bits = self.bits
-        b = h >> self.shift1
-        if not bits[b >> 3] >> (b & 7) & 1:
-            return False
-        b = (h >> self.shift2) & self.mask
-        return bool(bits[b >> 3] >> (b & 7) & 1)
+        return bool(self.maybe((tid,)))
+
+    def maybe(self, ids: Iterable[int]) -> list[int]:
+        """Those of `ids` the filter may contain (`may_contain`, in one call for a request)."""
+        bits, mask, s1, s2 = self.bits, self.mask, self.shift1, self.shift2
+        found = []
+        for tid in ids:
+            h = (tid * _MIX) & _M128
+            b = h >> s1
+            if bits[b >> 3] >> (b & 7) & 1:
+                b = (h >> s2) & mask
+                if bits[b >> 3] >> (b & 7) & 1:
+                    found.append(tid)
+        return found
 
     def save(self, path: Path, *, fsync: bool) -> None:
         tmp = path.with_suffix(".tmp")
@@ -282,15 +290,13 @@ class HistoryStore:
             time.sleep(0)
         self.ids.add(layer.orphans)
         self.ids.save(self._filter_path, fsync=self._fsync)
-        batch = WriteBatch(raw_mode=True)
-        put = batch.put
-        for key, value in _keys(layer):
-            put(key, value)
-            if len(batch) >= BATCH_KEYS:
-                self._db.write(batch, self._unsynced)
-                batch = WriteBatch(raw_mode=True)
-                put = batch.put
-                time.sleep(0)
+        for pairs in _key_slices(layer):
+            batch = WriteBatch(raw_mode=True)
+            put = batch.put
+            for key, value in pairs:
+                put(key, value)
+            self._db.write(batch, self._unsynced)
+            time.sleep(0)
         state = (
             FORMAT,
             checkpoint.record,
@@ -298,7 +304,6 @@ class HistoryStore:
             checkpoint.prepare_timestamp,
             checkpoint.last_transfer_ts,
         )
-        self._db.write(batch, self._unsynced)
         last = WriteBatch(raw_mode=True)
         last.put(_ACCOUNTS, marshal.dumps(checkpoint.accounts))
         last.put(_PENDING, marshal.dumps(checkpoint.pending))
@@ -342,8 +347,7 @@ class HistoryStore:
 
     def find(self, ids: list[int]) -> tuple[dict[int, Any], set[int]]:
         """The stored transfers of `ids` (by id), and which of `ids` failed transiently."""
-        may_contain = self.ids.may_contain
-        ids = [i for i in ids if may_contain(i)]
+        ids = self.ids.maybe(ids)
         if not ids:
             return {}, set()
         found = self._many([b"I" + _id16(i) for i in ids])
@@ -537,30 +541,48 @@ def _stamp(t: Any) -> int:
     return int(t[12])
 
 
-def _keys(layer: Layer) -> Iterator[tuple[bytes, bytes]]:
-    """The keys and values a checkpoint writes for `layer` (all but the M keys): pages and
-    their ids first, then the rest. The Python work pauses every WRITE_SLICE items."""
+def _key_slices(layer: Layer) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The keys and values a checkpoint writes for `layer` (all but the M keys), about
+    BATCH_KEYS at a time: pages and their ids first, then the rest."""
     log = layer.log
     dumps = marshal.dumps
-    by_user_data: dict[int, list[int]] = {}
+    index = _INDEX
+    pairs: list[tuple[bytes, bytes]] = []
     for start in range(0, len(log), PAGE):
         page = log[start : start + PAGE]
         first = _ts8(page[0][12])
-        yield b"T" + first, dumps(page)
-        for index, t in enumerate(page):
-            yield b"I" + _id16(t[0]), first + _INDEX[index]
-            if t[5]:
-                by_user_data.setdefault(t[5], []).append(t[12])
-    for account_id, transfers in layer.by_account.items():
-        yield from _chunks(b"A" + _id16(account_id), [t[12] for t in transfers])
-    for user_data, stamps in by_user_data.items():
-        yield from _chunks(b"U" + _id16(user_data), stamps)
-    for ts, balances in layer.history.items():
-        yield b"H" + _ts8(ts), dumps(balances)
-    for status, ts in layer.finished.values():
-        yield b"S" + _ts8(ts), bytes((status,))
-    for tid in layer.orphans:
-        yield b"I" + _id16(tid), b""
+        pairs.append((b"T" + first, dumps(page)))
+        pairs += [
+            (b"I" + t[0].to_bytes(_U128, "big"), first + index[i]) for i, t in enumerate(page)
+        ]
+        if len(pairs) >= BATCH_KEYS:
+            yield pairs
+            pairs = []
+    by_user_data: dict[int, list[int]] = {}
+    for t in log:
+        if t[5]:
+            by_user_data.setdefault(t[5], []).append(t[12])
+    rest = itertools.chain(
+        (
+            pair
+            for account_id, transfers in layer.by_account.items()
+            for pair in _chunks(b"A" + _id16(account_id), [t[12] for t in transfers])
+        ),
+        (
+            pair
+            for user_data, stamps in by_user_data.items()
+            for pair in _chunks(b"U" + _id16(user_data), stamps)
+        ),
+        ((b"H" + _ts8(ts), dumps(balances)) for ts, balances in layer.history.items()),
+        ((b"S" + _ts8(ts), bytes((status,))) for status, ts in layer.finished.values()),
+        ((b"I" + _id16(tid), b"") for tid in layer.orphans),
+    )
+    for pair in rest:
+        pairs.append(pair)
+        if len(pairs) >= BATCH_KEYS:
+            yield pairs
+            pairs = []
+    yield pairs
 
 
 def _chunks(head: bytes, stamps: list[int]) -> Iterator[tuple[bytes, bytes]]:
