@@ -25,7 +25,6 @@ read through RocksDB's bounded block cache. Invariants:
 
 from __future__ import annotations
 
-import itertools
 import marshal
 import os
 import struct
@@ -558,31 +557,32 @@ def _key_slices(layer: Layer) -> Iterator[list[tuple[bytes, bytes]]]:
         if len(pairs) >= BATCH_KEYS:
             yield pairs
             pairs = []
+    yield pairs
     by_user_data: dict[int, list[int]] = {}
     for t in log:
         if t[5]:
             by_user_data.setdefault(t[5], []).append(t[12])
-    rest = itertools.chain(
-        (
-            pair
-            for account_id, transfers in layer.by_account.items()
-            for pair in _chunks(b"A" + _id16(account_id), [t[12] for t in transfers])
-        ),
-        (
-            pair
-            for user_data, stamps in by_user_data.items()
-            for pair in _chunks(b"U" + _id16(user_data), stamps)
-        ),
-        ((b"H" + _ts8(ts), dumps(balances)) for ts, balances in layer.history.items()),
-        ((b"S" + _ts8(ts), bytes((status,))) for status, ts in layer.finished.values()),
-        ((b"I" + _id16(tid), b"") for tid in layer.orphans),
-    )
-    for pair in rest:
-        pairs.append(pair)
-        if len(pairs) >= BATCH_KEYS:
-            yield pairs
-            pairs = []
-    yield pairs
+    rest = _listed(b"A", {a: [t[12] for t in ts] for a, ts in layer.by_account.items()})
+    rest += _listed(b"U", by_user_data)
+    rest += [(b"H" + _ts8(ts), dumps(balances)) for ts, balances in layer.history.items()]
+    rest += [(b"S" + _ts8(ts), bytes((status,))) for status, ts in layer.finished.values()]
+    rest += [(b"I" + _id16(tid), b"") for tid in layer.orphans]
+    for start in range(0, len(rest), BATCH_KEYS):
+        yield rest[start : start + BATCH_KEYS]
+
+
+def _listed(prefix: bytes, lists: dict[int, list[int]]) -> list[tuple[bytes, bytes]]:
+    """The A or U keys and values of `lists` (timestamps by account or user data)."""
+    dumps = marshal.dumps
+    pairs = [
+        (prefix + key.to_bytes(_U128, "big") + stamps[-1].to_bytes(_U64, "big"), dumps(stamps))
+        for key, stamps in lists.items()
+        if len(stamps) <= CHUNK
+    ]
+    for key, stamps in lists.items():
+        if len(stamps) > CHUNK:
+            pairs += _chunks(prefix + _id16(key), stamps)
+    return pairs
 
 
 def _chunks(head: bytes, stamps: list[int]) -> Iterator[tuple[bytes, bytes]]:
