@@ -577,7 +577,7 @@ def _listed(prefix: bytes, lists: dict[int, list[int]]) -> list[tuple[bytes, byt
     pairs = [
         (prefix + key.to_bytes(_U128, "big") + stamps[-1].to_bytes(_U64, "big"), dumps(stamps))
         for key, stamps in lists.items()
-        if len(stamps) <= CHUNK
+        if 0 < len(stamps) <= CHUNK  # (a chain rolled back may leave an empty list)
     ]
     for key, stamps in lists.items():
         if len(stamps) > CHUNK:
