@@ -62,18 +62,13 @@ from ledger.types import (
     Transfer,
 )
 from tests.unit.test_store_differential import (
-    ADVANCES,
     LEDGERS,
     STEPS,
     World,
-    _create_accounts,
-    _create_transfers,
-    _draw_account,
-    _draw_transfers,
-    _read,
     _setup,
     note,
     open_disk_engine,
+    run_steps,
 )
 
 from .conftest import TB_ADDRESSES_ENV, ClusterSession, _cluster_addresses
@@ -376,23 +371,14 @@ def test_disk_engine_answers_as_the_cluster(
     world = World()
     try:
         _setup(pair, world)
-        for _ in range(data.draw(st.integers(*STEPS_PER_EXAMPLE), label="steps")):
-            step = data.draw(st.sampled_from(CLUSTER_STEPS))
-            if step == "transfers":
-                n = data.draw(st.integers(1, EVENTS_PER_TRANSFER_STEP))
-                events = [e for _ in range(n) for e in _draw_transfers(data, world)]
-                _create_transfers(pair, world, events)
-            elif step == "accounts":
-                n = data.draw(st.integers(1, 3))
-                _create_accounts(pair, world, [_draw_account(data, world) for _ in range(n)])
-            elif step == "advance":
-                pair.advance(data.draw(st.sampled_from(ADVANCES)))
-            elif step == "reopen":
-                pair.reopen()
-            elif step == "checkpoint_now":
-                pair.checkpoint_now()
-            for _ in range(data.draw(st.integers(1, 3))):
-                _read(pair, data, world)
+        run_steps(
+            pair,
+            data,
+            world,
+            steps=STEPS_PER_EXAMPLE,
+            kinds=CLUSTER_STEPS,
+            draws_per_batch=EVENTS_PER_TRANSFER_STEP,
+        )
         pair.reopen()
         _compare_everything(pair, world)
         TALLY["examples"] += 1

@@ -114,6 +114,18 @@ class Requests(Protocol):
         the answer."""
         ...
 
+    def advance(self, seconds: float) -> None:
+        """Moves the engines' clocks on."""
+        ...
+
+    def reopen(self) -> None:
+        """Closes the engine with its history on disk and opens it again from its directory."""
+        ...
+
+    def checkpoint_now(self) -> None:
+        """Has the engine with its history on disk checkpoint now."""
+        ...
+
 
 class Pair:
     """Engine A (in memory) and engine B (on disk), driven alike."""
@@ -461,6 +473,41 @@ def _read(pair: Requests, data: st.DataObject, world: World) -> None:
         pair.same(kind, query_filter)
 
 
+def run_steps(
+    pair: Requests,
+    data: st.DataObject,
+    world: World,
+    *,
+    steps: tuple[int, int],
+    kinds: list[str],
+    draws_per_batch: int,
+) -> None:
+    """A random sequence of steps of `kinds` (transfers, imported, accounts, advance, reopen,
+    checkpoint_now), each followed by one to three random reads."""
+    for _ in range(data.draw(st.integers(*steps), label="steps")):
+        step = data.draw(st.sampled_from(kinds))
+        if step == "transfers":
+            n = data.draw(st.integers(1, draws_per_batch))
+            events = [e for _ in range(n) for e in _draw_transfers(data, world)]
+            _create_transfers(pair, world, events)
+        elif step == "imported":
+            if data.draw(st.booleans()):
+                _create_transfers(pair, world, _imported_transfers(data, world))
+            else:
+                _create_accounts(pair, world, _imported_accounts(data, world))
+        elif step == "accounts":
+            n = data.draw(st.integers(1, 3))
+            _create_accounts(pair, world, [_draw_account(data, world) for _ in range(n)])
+        elif step == "advance":
+            pair.advance(data.draw(st.sampled_from(ADVANCES)))
+        elif step == "reopen":
+            pair.reopen()
+        elif step == "checkpoint_now":
+            pair.checkpoint_now()
+        for _ in range(data.draw(st.integers(1, 3))):
+            _read(pair, data, world)
+
+
 def _setup(pair: Requests, world: World) -> None:
     accounts = [
         Account(
@@ -505,28 +552,7 @@ def test_store_changes_no_semantics(tmp_path_factory: Any, data: st.DataObject) 
     world = World()
     try:
         _setup(pair, world)
-        for _ in range(data.draw(st.integers(3, 30), label="steps")):
-            step = data.draw(st.sampled_from(STEPS))
-            if step == "transfers":
-                n = data.draw(st.integers(1, 5))
-                events = [e for _ in range(n) for e in _draw_transfers(data, world)]
-                _create_transfers(pair, world, events)
-            elif step == "imported":
-                if data.draw(st.booleans()):
-                    _create_transfers(pair, world, _imported_transfers(data, world))
-                else:
-                    _create_accounts(pair, world, _imported_accounts(data, world))
-            elif step == "accounts":
-                n = data.draw(st.integers(1, 3))
-                _create_accounts(pair, world, [_draw_account(data, world) for _ in range(n)])
-            elif step == "advance":
-                pair.advance(data.draw(st.sampled_from(ADVANCES)))
-            elif step == "reopen":
-                pair.reopen()
-            elif step == "checkpoint_now":
-                pair.checkpoint_now()
-            for _ in range(data.draw(st.integers(1, 3))):
-                _read(pair, data, world)
+        run_steps(pair, data, world, steps=(3, 30), kinds=STEPS, draws_per_batch=5)
         # Any request runs the expiry pulse: let every timeout pass, then compare the states.
         pair.advance(120)
         pair.same("lookup_accounts", list(world.accounts))
