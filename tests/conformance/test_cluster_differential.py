@@ -71,6 +71,7 @@ from tests.unit.test_store_differential import (
     run_steps,
 )
 
+from ._helpers import account_filter, query_filter
 from .conftest import TB_ADDRESSES_ENV, ClusterSession, _cluster_addresses
 
 pytestmark = pytest.mark.skipif(
@@ -306,35 +307,15 @@ def _compare_everything(pair: ClusterPair, world: World) -> None:
         pair.same("lookup_transfers", ids[start : start + ANSWER_MAX])
     for order in (QueryFilterFlags.NONE, QueryFilterFlags.REVERSED):
         for ledger in (0, *LEDGERS):
-            query = QueryFilter(
-                user_data_128=0,
-                user_data_64=0,
-                user_data_32=0,
-                ledger=ledger,
-                code=0,
-                timestamp_min=0,
-                timestamp_max=0,
-                limit=ANSWER_MAX,
-                flags=order,
-            )
+            query = query_filter(ledger=ledger, limit=ANSWER_MAX, flags=order)
             assert len(pair.same("query_transfers", query)) < ANSWER_MAX
             assert len(pair.same("query_accounts", query)) < ANSWER_MAX
     both = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
     for account_id in world.accounts:
         for flags in (both, both | AccountFilterFlags.REVERSED):
-            account_filter = AccountFilter(
-                account_id=account_id,
-                user_data_128=0,
-                user_data_64=0,
-                user_data_32=0,
-                code=0,
-                timestamp_min=0,
-                timestamp_max=0,
-                limit=ANSWER_MAX,
-                flags=flags,
-            )
-            assert len(pair.same("get_account_transfers", account_filter)) < ANSWER_MAX
-            pair.same("get_account_balances", account_filter)
+            everything = account_filter(account_id, limit=ANSWER_MAX, flags=flags)
+            assert len(pair.same("get_account_transfers", everything)) < ANSWER_MAX
+            pair.same("get_account_balances", everything)
 
 
 @pytest.fixture(scope="module")

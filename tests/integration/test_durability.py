@@ -21,13 +21,12 @@ from ledger.embedded import journal as journal_module
 from ledger.embedded import store as store_module
 from ledger.types import (
     Account,
-    AccountFilter,
     AccountFilterFlags,
     CreateTransferStatus,
-    QueryFilter,
     QueryFilterFlags,
     Transfer,
 )
+from tests.conformance._helpers import account_filter, query_filter
 from tests.integration import crash_child
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -380,31 +379,14 @@ def _transfers(first: int, count: int) -> list[Transfer]:
 def _listed_ids(engine: EmbeddedEngine) -> list[list[int]]:
     """Every transfer of account 1 and of user data 7, forward and reversed, by id."""
     client = engine.client_sync()
+    both = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
     lists = []
-    for reversed_ in (False, True):
-        flags = AccountFilterFlags.DEBITS | AccountFilterFlags.CREDITS
-        account = AccountFilter(
-            account_id=1,
-            user_data_128=0,
-            user_data_64=0,
-            user_data_32=0,
-            code=0,
-            timestamp_min=0,
-            timestamp_max=0,
-            limit=8189,
-            flags=flags | AccountFilterFlags.REVERSED if reversed_ else flags,
-        )
-        query = QueryFilter(
-            user_data_128=7,
-            user_data_64=0,
-            user_data_32=0,
-            ledger=0,
-            code=0,
-            timestamp_min=0,
-            timestamp_max=0,
-            limit=8189,
-            flags=QueryFilterFlags.REVERSED if reversed_ else QueryFilterFlags.NONE,
-        )
+    for account_flags, query_flags in (
+        (both, QueryFilterFlags.NONE),
+        (both | AccountFilterFlags.REVERSED, QueryFilterFlags.REVERSED),
+    ):
+        account = account_filter(1, flags=account_flags)
+        query = query_filter(user_data_128=7, flags=query_flags)
         lists.append([t.id for t in client.get_account_transfers(account)])
         lists.append([t.id for t in client.query_transfers(query)])
     return lists
