@@ -10,7 +10,6 @@ another.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -41,6 +40,7 @@ from ledger.limits import HTTP_HEADER_BYTES_MAX, REQUEST_BODY_BYTES_MAX
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories.api_keys import KEY_CHARS
 from ledger.settings import FinanceSettings
+from ledger.tasks import stop_tasks
 from wallets.catalog import Catalog
 from wallets.control import ControlPlane
 from wallets.dimensions import DimensionSets
@@ -248,10 +248,8 @@ def create_app(
         try:
             yield
         finally:
-            for task in services.tasks:
-                task.cancel()
             # What one that ended early raised was logged when it ended.
-            await asyncio.gather(*services.tasks, return_exceptions=True)
+            await stop_tasks(services.tasks)
 
     @get(
         "/metrics",

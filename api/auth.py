@@ -22,7 +22,6 @@ This module is free of litestar: the HTTP layer calls it and maps `Unauthorized`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Collection
@@ -34,6 +33,7 @@ from grants.errors import CreditError
 from ledger.db import DatabaseSettings, Pool
 from ledger.notify import CatalogChange, listen_catalog_changes
 from ledger.repositories import api_keys
+from ledger.tasks import stop_tasks
 
 _logger = logging.getLogger(__name__)
 
@@ -139,9 +139,7 @@ class KeyCache:
                 await self.load(pool)
                 self.reloads += 1
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await stop_tasks([listener])
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The principal of the key in an `Authorization` header, or `Unauthorized`.

@@ -53,6 +53,7 @@ from ledger.clock import (
 from ledger.embedded.journal import DataDirectoryLocked, JournalCorrupt
 from ledger.migrate import migrate as apply_migrations
 from ledger.settings import FinanceSettings, LedgerSettings
+from ledger.tasks import stop_tasks
 
 DATA_DIR_DEFAULT = ".data"
 # The exit status of a command stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
@@ -328,9 +329,7 @@ class _Beside:
 
     async def stop(self) -> None:
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            await stop_tasks([self.task])
 
     async def _run(self) -> None:
         delay_s = 0.5
@@ -422,9 +421,7 @@ async def _jobs(data_dir: Path | None) -> None:
             )
             await jobs.run(rt.conninfo)
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            await stop_tasks([follower])
 
 
 @main.command()
