@@ -40,12 +40,14 @@ from rocksdict import (
     BlockBasedOptions,
     Cache,
     DBCompressionType,
+    IngestExternalFileOptions,
     Options,
     Rdict,
     WriteBatch,
     WriteOptions,
 )
 
+from ledger.embedded.checkpointer import Checkpointer
 from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 
 # The store's format. 1 was the snapshot files of the engine before this store (still read, to
@@ -56,11 +58,31 @@ CHUNK = 1024  # timestamps per A / U value
 PAGE = 64  # transfers per T value
 WRITE_SLICE = 2048  # items a checkpoint handles between two pauses for the requests
 BATCH_KEYS = 512  # keys in each of a checkpoint's writes (one holds the GIL for about 1 ms)
+# Checkpoints of this many transfers or more are built by the checkpointer process (smaller
+# ones, in tests and at a quiet time, cost less than the round trip).
+INGEST_MIN_TRANSFERS = 4096
 _STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
 _U64 = 8
 _U128 = 16
 _TS_MAX = (1 << 64) - 1
 _INDEX = [bytes((i,)) for i in range(256)]
+
+
+def sst_options(cache: Cache | None = None) -> Options:
+    """The options of the store's files: the database's, and the checkpointer's SST writer's
+    (so that the files it writes have the same compression and filters)."""
+    options = Options(raw_mode=True)
+    options.set_compression_type(DBCompressionType.lz4())
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    if cache is not None:
+        # Filters and indexes live in the cache too, so memory stays bounded by its size
+        # however many files the history takes.
+        table.set_block_cache(cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    options.set_block_based_table_factory(table)
+    return options
 
 
 class StoreFormatError(RuntimeError):
@@ -171,22 +193,27 @@ class IdFilter:
     @classmethod
     def load(cls, path: Path, bits_log2: int) -> IdFilter | None:
         """The filter saved at `path`, or None if there is none of this size, whole."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        size = cls.HEADER.size
-        if len(data) < size:
-            return None
-        magic, log2, crc = cls.HEADER.unpack_from(data)
-        body = memoryview(data)[size:]
-        if magic != cls.MAGIC or log2 != bits_log2 or len(body) != 1 << (log2 - 3):
-            return None
-        if zlib.crc32(body) != crc:
-            return None
         made = cls(bits_log2)
-        made.bits[:] = body
-        return made
+        return made if made.read(path) else None
+
+    def read(self, path: Path) -> bool:
+        """Replaces the bits with those saved at `path`; False (the bits then undefined) if
+        there are none of this size, whole. The read and the CRC let go of the GIL, and the
+        bits are read in place: the engine reads the checkpointer's filter while it serves
+        requests (a new 32 MiB array, zeroed, held the GIL for 25 ms)."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(self.HEADER.size)
+                if len(head) < self.HEADER.size:
+                    return False
+                magic, log2, crc = self.HEADER.unpack(head)
+                if magic != self.MAGIC or log2 != self.bits_log2:
+                    return False
+                if f.readinto(self.bits) != len(self.bits) or f.read(1):
+                    return False
+        except FileNotFoundError:
+            return False
+        return bool(zlib.crc32(self.bits) == crc)
 
 
 # An odd 128-bit constant (the golden ratio's): multiply-shift hashing takes the top bits.
@@ -204,25 +231,33 @@ class HistoryStore:
         fsync: bool = True,
         cache_bytes: int,
         filter_bits_log2: int = ID_FILTER_BITS_LOG2_DEFAULT,
+        ingest_min: int = INGEST_MIN_TRANSFERS,
     ) -> None:
         self.path = Path(path)
         self._fsync = fsync
-        options = Options(raw_mode=True)
+        options = sst_options(Cache(cache_bytes))
         options.create_if_missing(True)
-        options.set_compression_type(DBCompressionType.lz4())
         options.set_write_buffer_size(min(64 << 20, max(4 << 20, cache_bytes // 2)))
         options.set_max_open_files(256)
         options.set_max_write_buffer_number(4)
         options.increase_parallelism(2)
-        table = BlockBasedOptions()
-        table.set_bloom_filter(10, False)
-        # Filters and indexes live in the cache too, so memory stays bounded by its size
-        # however many files the history takes.
-        table.set_block_cache(Cache(cache_bytes))
-        table.set_cache_index_and_filter_blocks(True)
-        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-        options.set_block_based_table_factory(table)
         self._db = Rdict(str(self.path), options)
+        # Checkpoints of at least `ingest_min` transfers are built by the checkpointer process
+        # into SST files here, which RocksDB then takes in (moves into its own directory).
+        self.ingest_min = ingest_min
+        self._ingest_dir = self.path.with_name(self.path.name + "-ingest")
+        if self._ingest_dir.exists():
+            for leftover in self._ingest_dir.iterdir():  # of a checkpoint a crash cut short
+                leftover.unlink()
+        else:
+            self._ingest_dir.mkdir()
+        self._ingest_options = IngestExternalFileOptions()
+        self._ingest_options.set_move_files(True)
+        self._checkpointer = Checkpointer()
+        # What the checkpointer's filter is read into (allocated now, as zeroing 32 MiB holds
+        # the GIL).
+        self._spare_ids = IdFilter(filter_bits_log2)
+        self.filter_bits_log2 = filter_bits_log2
         self._write_options = WriteOptions()
         self._write_options.sync = fsync
         self._unsynced = WriteOptions()  # a checkpoint's batches before its last
@@ -236,6 +271,7 @@ class HistoryStore:
         self.ids = ids
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._db.close()
 
     def _many(self, keys: list[bytes]) -> list[bytes | None]:
@@ -283,19 +319,10 @@ class HistoryStore:
         store is opened (`_cut_partial`); written again whole (a failed write is retried with
         the same layer), they are the same keys with the same values."""
         layer = checkpoint.layer
-        log = layer.log
-        for start in range(0, len(log), WRITE_SLICE):
-            self.ids.add(t[0] for t in log[start : start + WRITE_SLICE])
-            time.sleep(0)
-        self.ids.add(layer.orphans)
-        self.ids.save(self._filter_path, fsync=self._fsync)
-        for pairs in _key_slices(layer):
-            batch = WriteBatch(raw_mode=True)
-            put = batch.put
-            for key, value in pairs:
-                put(key, value)
-            self._db.write(batch, self._unsynced)
-            time.sleep(0)
+        if len(layer.log) >= self.ingest_min:
+            self._ingest(layer)
+        else:
+            self._write_batches(layer)
         state = (
             FORMAT,
             checkpoint.record,
@@ -308,6 +335,58 @@ class HistoryStore:
         last.put(_PENDING, marshal.dumps(checkpoint.pending))
         last.put(_STATE, marshal.dumps(state))
         self._db.write(last, self._write_options)
+
+    def _write_batches(self, layer: Layer) -> None:
+        log = layer.log
+        for start in range(0, len(log), WRITE_SLICE):
+            self.ids.add(t[0] for t in log[start : start + WRITE_SLICE])
+            time.sleep(0)
+        self.ids.add(layer.orphans)
+        self.ids.save(self._filter_path, fsync=self._fsync)
+        by_account = {a: [t[12] for t in ts] for a, ts in layer.by_account.items()}
+        pages = _pages(layer.log)
+        for pairs in _key_slices(pages, by_account, layer.history.items(), *_rest(layer)):
+            batch = WriteBatch(raw_mode=True)
+            put = batch.put
+            for key, value in pairs:
+                put(key, value)
+            self._db.write(batch, self._unsynced)
+            time.sleep(0)
+
+    def _ingest(self, layer: Layer) -> None:
+        """The checkpointer process builds the keys into SST files (and adds the ids to the
+        saved filter); RocksDB takes the files in at once. Here, only the pages are made, a
+        slice at a time."""
+        pages: list[tuple[bytes, bytes]] = []
+        log = layer.log
+        for start in range(0, len(log), WRITE_SLICE):
+            made = _pages(log[start : start + WRITE_SLICE])
+            pages += [(first, value) for first, value, _ in made]
+            time.sleep(0)
+        finished, orphans = _rest(layer)
+        paths, filter_out = self._checkpointer.build(
+            pages,
+            directory=self._ingest_dir,
+            filter_path=self._filter_path,
+            filter_bits_log2=self.filter_bits_log2,
+            fsync=self._fsync,
+            history=list(layer.history.items()),
+            finished=finished,
+            orphans=orphans,
+        )
+        # Into the filter before the current one: requests may be reading the current one.
+        # (Should one still read the spare when the next checkpoint reads into it, it reads
+        # a newer filter, which holds every id the older one did.)
+        ids = self._spare_ids
+        if not ids.read(Path(filter_out)):
+            raise StoreFormatError(f"{filter_out}: the checkpointer's filter is not whole")
+        # The filter, saved, holds the ids before the store does, as in `_write_batches`.
+        os.replace(filter_out, self._filter_path)
+        if self._fsync:
+            _fsync_directory(self._filter_path.parent)
+        self._spare_ids, self.ids = self.ids, ids
+        if paths:
+            self._db.ingest_external_file(paths, self._ingest_options)
 
     def _cut_partial(self, visible: int) -> None:
         """Removes what a checkpoint cut short by a crash wrote past `visible` (the newest
@@ -540,33 +619,58 @@ def _stamp(t: Any) -> int:
     return int(t[12])
 
 
-def _key_slices(layer: Layer) -> Iterator[list[tuple[bytes, bytes]]]:
-    """The keys and values a checkpoint writes for `layer` (all but the M keys), about
-    BATCH_KEYS at a time: pages and their ids first, then the rest."""
-    log = layer.log
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pages(log: list[Any]) -> Iterator[tuple[bytes, bytes, list[Any]]]:
+    """The T pages of `log` (which starts a page): first timestamp, value, transfers."""
+    dumps = marshal.dumps
+    for start in range(0, len(log), PAGE):
+        page = log[start : start + PAGE]
+        yield _ts8(page[0][12]), dumps(page), page
+
+
+def _rest(layer: Layer) -> tuple[list[tuple[int, int]], list[int]]:
+    """A layer's final statuses (status, ts) and the ids that failed transiently."""
+    return list(layer.finished.values()), list(layer.orphans)
+
+
+def _key_slices(
+    pages: Iterable[tuple[bytes, bytes, list[Any]]],
+    by_account: dict[int, list[int]],
+    history: Iterable[tuple[int, Any]],
+    finished: Iterable[tuple[int, int]],
+    orphans: Iterable[int],
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The keys and values a checkpoint writes (all but the M keys), about BATCH_KEYS at a
+    time: pages and their ids first, then the rest. `by_account`: the timestamps of each
+    account's transfers, in order."""
     dumps = marshal.dumps
     index = _INDEX
     pairs: list[tuple[bytes, bytes]] = []
-    for start in range(0, len(log), PAGE):
-        page = log[start : start + PAGE]
-        first = _ts8(page[0][12])
-        pairs.append((b"T" + first, dumps(page)))
+    by_user_data: dict[int, list[int]] = {}
+    for first, value, page in pages:
+        pairs.append((b"T" + first, value))
         pairs += [
             (b"I" + t[0].to_bytes(_U128, "big"), first + index[i]) for i, t in enumerate(page)
         ]
+        for t in page:
+            if t[5]:
+                by_user_data.setdefault(t[5], []).append(t[12])
         if len(pairs) >= BATCH_KEYS:
             yield pairs
             pairs = []
     yield pairs
-    by_user_data: dict[int, list[int]] = {}
-    for t in log:
-        if t[5]:
-            by_user_data.setdefault(t[5], []).append(t[12])
-    rest = _listed(b"A", {a: [t[12] for t in ts] for a, ts in layer.by_account.items()})
+    rest = _listed(b"A", by_account)
     rest += _listed(b"U", by_user_data)
-    rest += [(b"H" + _ts8(ts), dumps(balances)) for ts, balances in layer.history.items()]
-    rest += [(b"S" + _ts8(ts), bytes((status,))) for status, ts in layer.finished.values()]
-    rest += [(b"I" + _id16(tid), b"") for tid in layer.orphans]
+    rest += [(b"H" + _ts8(ts), dumps(balances)) for ts, balances in history]
+    rest += [(b"S" + _ts8(ts), bytes((status,))) for status, ts in finished]
+    rest += [(b"I" + _id16(tid), b"") for tid in orphans]
     for start in range(0, len(rest), BATCH_KEYS):
         yield rest[start : start + BATCH_KEYS]
 

@@ -2,7 +2,8 @@
 
 Prints `S <id>` before submitting a linked pair of transfers and `A <id>` once the engine has
 acknowledged it; the parent kills it with SIGKILL at a random moment (often while a checkpoint
-is being written).
+is being written). With `ingest`, its checkpoints go through the checkpointer process, which
+the kill leaves running until it next reads.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ THREADS = 4
 SMALL = {"snapshot_bytes": 8192, "cache_bytes": 256 * 1024, "id_filter_bits_log2": 16}
 
 
-def main(data_dir: str, first_id: int) -> None:
+def main(data_dir: str, first_id: int, ingest: bool) -> None:
     engine = EmbeddedEngine(data_dir, **SMALL)
+    if ingest:  # every checkpoint through the checkpointer process, as large ones go
+        assert engine.store is not None
+        engine.store.ingest_min = 0
     client = engine.client_sync()
     client.create_accounts(
         [
@@ -66,4 +70,4 @@ def main(data_dir: str, first_id: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["ingest"])

@@ -257,6 +257,7 @@ def test_acknowledged_requests_survive_sigkill(tmp_path: Path) -> None:
                 str(ROOT / "tests" / "integration" / "crash_child.py"),
                 str(tmp_path),
                 str(first_id),
+                *(["ingest"] if round_ % 2 else []),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -401,14 +402,24 @@ def _expected(batches: list[list[Transfer]]) -> list[list[int]]:
         return _listed_ids(memory)
 
 
+def _open(path: Path, ingest: bool, **options: Any) -> EmbeddedEngine:
+    """The engine on `path`; with `ingest`, its checkpoints go through the checkpointer
+    process and SST files whatever their size (as large ones do), without, as WriteBatches."""
+    engine = EmbeddedEngine(path, **options)
+    assert engine.store is not None
+    engine.store.ingest_min = 0 if ingest else 1 << 62
+    return engine
+
+
+@pytest.mark.parametrize("ingest", [False, True], ids=["batches", "ingested"])
 def test_a_checkpoint_cut_short_by_a_crash_is_removed_and_written_again_whole(
-    tmp_path: Path,
+    tmp_path: Path, ingest: bool
 ) -> None:
-    """A checkpoint's batches before its last are in the store when a crash comes before the
-    last: start-up removes them (the journal still holds their records), and the checkpoints
+    """A checkpoint's keys are in the store when a crash comes before its last batch (the live
+    state): start-up removes them (the journal still holds their records), and the checkpoints
     after it, with other bounds, list every transfer once."""
     batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
-    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+    with _open(tmp_path, ingest, snapshot_bytes=3000) as engine:
         _cut_store(engine, failures=1_000)
         client = engine.client_sync()
         client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
@@ -418,7 +429,7 @@ def test_a_checkpoint_cut_short_by_a_crash_is_removed_and_written_again_whole(
         engine.journal.wait_snapshot(raise_error=False)
         assert engine.store is not None
         assert list(engine.store._prefixed(b"A")), "the cut checkpoint wrote its chunks"
-    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+    with _open(tmp_path, ingest, snapshot_bytes=3000) as engine:
         assert engine.store is not None
         assert not list(engine.store._prefixed(b"A")) and not list(engine.store._prefixed(b"T"))
         assert engine.replayed_records > 8
@@ -432,9 +443,12 @@ def test_a_checkpoint_cut_short_by_a_crash_is_removed_and_written_again_whole(
         assert _listed_ids(engine) == _expected(batches)
 
 
-def test_a_checkpoint_that_failed_at_its_end_is_written_again_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ingest", [False, True], ids=["batches", "ingested"])
+def test_a_checkpoint_that_failed_at_its_end_is_written_again_whole(
+    tmp_path: Path, ingest: bool
+) -> None:
     batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
-    with EmbeddedEngine(tmp_path, snapshot_bytes=3000) as engine:
+    with _open(tmp_path, ingest, snapshot_bytes=3000) as engine:
         _cut_store(engine, failures=1)
         client = engine.client_sync()
         client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
@@ -442,6 +456,39 @@ def test_a_checkpoint_that_failed_at_its_end_is_written_again_whole(tmp_path: Pa
             client.create_transfers(batch)
         engine.snapshot()
         assert engine.store is not None and engine.store.count() == 120
+        assert _listed_ids(engine) == _expected(batches)
+    with EmbeddedEngine(tmp_path) as engine:
+        assert engine.replayed_records == 0
+        assert _listed_ids(engine) == _expected(batches)
+
+
+def test_a_checkpointer_process_that_dies_is_replaced_and_the_checkpoint_written_whole(
+    tmp_path: Path,
+) -> None:
+    """Checkpoints built by the checkpointer process: RocksDB takes their files in (nothing is
+    left beside it), the ids reach the engine's filter, and when the process is killed, the
+    checkpoint it was to build fails and is written again, whole, by a new one."""
+    batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
+    with _open(tmp_path, True, snapshot_bytes=3000) as engine:
+        store = engine.store
+        assert store is not None and engine.journal is not None
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for batch in batches[:6]:
+            client.create_transfers(batch)
+        engine.snapshot()
+        first = store._checkpointer.pid
+        assert first is not None
+        assert store.count() == 60 and not list(store._ingest_dir.iterdir())
+        assert store.ids.maybe([100, 159]) == [100, 159]
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(Exception, match="checkpointer"):
+            engine.snapshot()
+        for batch in batches[6:]:
+            client.create_transfers(batch)
+        engine.snapshot()
+        assert store._checkpointer.pid not in (None, first)
+        assert store.count() == 120
         assert _listed_ids(engine) == _expected(batches)
     with EmbeddedEngine(tmp_path) as engine:
         assert engine.replayed_records == 0
