@@ -22,6 +22,7 @@ died); it ignores SIGINT, as the engine does, so that a Ctrl-C stops the server 
 
 from __future__ import annotations
 
+import ctypes
 import marshal
 import os
 import signal
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import threading
 import traceback
+from bisect import bisect_left
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -160,44 +163,64 @@ def _build(
 
     from ledger.embedded.store import IdFilter, _key_slices, sst_options
 
-    loads = marshal.loads
-    loaded = [(first, value, loads(value)) for first, value in pages]
-    by_account: dict[int, list[int]] = {}
-    for _, _, page in loaded:
-        for t in page:
-            ts = t[12]
-            for account in (t[1], t[2]):
-                listed = by_account.get(account)
-                if listed is None:
-                    by_account[account] = [ts]
-                else:
-                    listed.append(ts)
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
-    for _, _, page in loaded:
-        ids.add(t[0] for t in page)
     ids.add(orphans)
-    values: dict[bytes, bytes] = {}
-    for pairs in _key_slices(loaded, by_account, history, finished, orphans):
-        values.update(pairs)
-    keys = sorted(values)
+    by_account: dict[int, list[int]] = {}
+
+    def loaded() -> Iterator[tuple[bytes, bytes, list[Any]]]:
+        # One page's transfers at a time (all of them at once took 150 MiB more); their ids
+        # into the filter, their accounts' lists made, which `_key_slices` reads only once
+        # the pages are done.
+        for first, value in pages:
+            page = marshal.loads(value)
+            ids.add(t[0] for t in page)
+            for t in page:
+                ts = t[12]
+                for account in (t[1], t[2]):
+                    listed = by_account.get(account)
+                    if listed is None:
+                        by_account[account] = [ts]
+                    else:
+                        listed.append(ts)
+            yield first, value, page
+
+    pairs = [
+        pair
+        for chunk in _key_slices(loaded(), by_account, history, finished, orphans)
+        for pair in chunk
+    ]
+    pages.clear()  # the values are in `pairs` now
+    pairs.sort()  # keys are unique (the writer refuses a key that is not greater)
+    keys = [key for key, _ in pairs]
     # Two files, below and above the M keys: neither overlaps the M keys that the last
     # checkpoint left in the memtable, so ingesting them needs no flush.
-    cut = next((i for i, key in enumerate(keys) if key >= b"M"), len(keys))
+    cut = bisect_left(keys, b"M")
+    del keys
     stem = os.path.join(directory, f"{os.getpid()}-{serial}")
     paths = []
-    for part, chunk in enumerate((keys[:cut], keys[cut:])):
+    for part, chunk in enumerate((pairs[:cut], pairs[cut:])):
         if not chunk:
             continue
         path = f"{stem}-{part}.sst"
         writer = SstFileWriter(sst_options())
         writer.open(path)
-        for key in chunk:
-            writer[key] = values[key]
+        for key, value in chunk:
+            writer[key] = value
         writer.finish()  # synced
         paths.append(path)
     filter_out = f"{stem}-ids.bloom"
     ids.save(Path(filter_out), fsync=fsync)
     return paths, filter_out
+
+
+def _give_back_memory() -> None:
+    """Returns the memory of the checkpoint just built to the system (glibc keeps freed memory
+    for the process otherwise: 167 of a 241 MiB peak, between checkpoints)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.malloc_trim(0)
 
 
 def main() -> None:
@@ -224,6 +247,7 @@ def main() -> None:
         pages = []
         _send(stdout, answer)
         stdout.flush()
+        _give_back_memory()
 
 
 if __name__ == "__main__":

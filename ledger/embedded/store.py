@@ -4,9 +4,11 @@ The state machine keeps its live state in memory (accounts, pending transfers, t
 the last checkpoint interval); everything older lives here, written one checkpoint at a time and
 read through RocksDB's bounded block cache. Invariants:
 
-- The store holds the state after journal records 0..`record`-1, whole or not at all: a
-  checkpoint is one `WriteBatch`, written with `sync` (RocksDB's own log makes it atomic and
-  durable). Only once it is written does the journal drop the segments before `record`.
+- The store holds the state after journal records 0..`record`-1: a checkpoint's keys go in
+  first (ingested SST files built by the checkpointer process for a large layer, WriteBatches
+  for a small one), then its `M` keys in one synced batch, which alone makes it; the keys of a
+  checkpoint cut short before that are removed at open (`_cut_partial`). Only once the `M`
+  batch is written does the journal drop the segments before `record`.
 - Keys are big-endian, so the byte order of keys is the numeric order of what they hold:
     T first_ts               -> marshal([transfer, ...])  a page: up to PAGE transfers in
                                 timestamp order, all of one checkpoint, keyed by the first
@@ -61,6 +63,9 @@ BATCH_KEYS = 512  # keys in each of a checkpoint's writes (one holds the GIL for
 # Checkpoints of this many transfers or more are built by the checkpointer process (smaller
 # ones, in tests and at a quiet time, cost less than the round trip).
 INGEST_MIN_TRANSFERS = 4096
+# A larger layer (only the upgrade of a format-1 directory makes one: its whole history) goes
+# in batches, as the checkpointer holds all of a layer's keys in memory to sort them.
+INGEST_MAX_TRANSFERS = 1_000_000
 _STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
 _U64 = 8
 _U128 = 16
@@ -319,7 +324,7 @@ class HistoryStore:
         store is opened (`_cut_partial`); written again whole (a failed write is retried with
         the same layer), they are the same keys with the same values."""
         layer = checkpoint.layer
-        if len(layer.log) >= self.ingest_min:
+        if self.ingest_min <= len(layer.log) <= INGEST_MAX_TRANSFERS:
             self._ingest(layer)
         else:
             self._write_batches(layer)
