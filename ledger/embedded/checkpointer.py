@@ -32,7 +32,10 @@ import sys
 import threading
 import traceback
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterator
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -165,7 +168,7 @@ def _build(
 
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
     ids.add(orphans)
-    by_account: dict[int, list[int]] = {}
+    by_account: defaultdict[int, list[int]] = defaultdict(list)
 
     def loaded() -> Iterator[tuple[bytes, bytes, list[Any]]]:
         # One page's transfers at a time (all of them at once took 150 MiB more); their ids
@@ -175,27 +178,18 @@ def _build(
             page = marshal.loads(value)
             ids.add(t[0] for t in page)
             for t in page:
-                ts = t[12]
-                for account in (t[1], t[2]):
-                    listed = by_account.get(account)
-                    if listed is None:
-                        by_account[account] = [ts]
-                    else:
-                        listed.append(ts)
+                by_account[t[1]].append(t[12])
+                by_account[t[2]].append(t[12])
             yield first, value, page
 
-    pairs = [
-        pair
-        for chunk in _key_slices(loaded(), by_account, history, finished, orphans)
-        for pair in chunk
-    ]
+    slices = _key_slices(loaded(), by_account, history, finished, orphans)
+    pairs = list(chain.from_iterable(slices))
     pages.clear()  # the values are in `pairs` now
-    pairs.sort()  # keys are unique (the writer refuses a key that is not greater)
-    keys = [key for key, _ in pairs]
+    # Keys are unique (the writer refuses a key that is not greater than the one before).
+    pairs.sort(key=itemgetter(0))
     # Two files, below and above the M keys: neither overlaps the M keys that the last
     # checkpoint left in the memtable, so ingesting them needs no flush.
-    cut = bisect_left(keys, b"M")
-    del keys
+    cut = bisect_left(pairs, b"M", key=itemgetter(0))
     stem = os.path.join(directory, f"{os.getpid()}-{serial}")
     paths = []
     for part, chunk in enumerate((pairs[:cut], pairs[cut:])):
