@@ -228,7 +228,7 @@ class EmbeddedEngine:
         )
         with self._lock:
             self._check_open()
-            self.state.settle()
+            self.state.settle(len(events))
             self._pulse()
             timestamp = self.state.prepare(len(events), self._clock_ns())
             results = create(timestamp, events)

@@ -291,9 +291,11 @@ class StateMachine:
         """The frozen layer is in the store (called from the checkpoint's thread)."""
         self._frozen_written = True
 
-    def settle(self) -> None:
-        """Lets go of the frozen layer once the store has it (called before each request), and
-        frees a slice of the layers let go of."""
+    def settle(self, events: int = 0) -> None:
+        """Lets go of the frozen layer once the store has it (called before each request, of
+        `events` events), and frees a slice of the layers let go of: at least twice as many
+        transfers as the request can make, so that a layer is gone before the next one comes
+        (a fixed slice fell behind batches, and memory grew with the history)."""
         frozen = self.frozen
         if frozen is not None and self._frozen_written:
             assert self.store is not None
@@ -302,28 +304,35 @@ class StateMachine:
             self.frozen = None
             self._dying.append(frozen)
         if self._dying:
-            self._free_some()
+            self._free_some(max(FREE_SLICE, 2 * events))
 
-    def _free_some(self) -> None:
-        """Frees up to FREE_SLICE transfers of the layers let go of. Freeing a whole layer at
+    def _free_some(self, budget: int) -> None:
+        """Frees about `budget` transfers of the layers let go of. Freeing a whole layer at
         once held the GIL, and every request, for 127 ms (254,000 transfers: 1.5 million
-        objects); in slices, each request pays about half a millisecond until it is gone.
-        Dropping the other references first (the lists by account, the index by id) frees
-        nothing, so it is cheap; the transfers go with the log, a slice at a time."""
-        layer = self._dying[0]
-        layer.by_account.clear()
-        layer.transfers.clear()
-        layer.finished.clear()
-        layer.orphans.clear()
-        if layer.log:
-            del layer.log[-FREE_SLICE:]
-        elif layer.log_ts:
-            del layer.log_ts[-8 * FREE_SLICE :]
-        elif layer.history:
-            for _ in range(min(FREE_SLICE, len(layer.history))):
-                layer.history.popitem()
-        else:
-            self._dying.pop(0)
+        objects); in slices, a single request pays about half a millisecond, a batch a few
+        percent of its own time. Dropping the other references first (the lists by account,
+        the index by id) frees nothing, so it is cheap; the transfers go with the log."""
+        while budget > 0 and self._dying:
+            layer = self._dying[0]
+            layer.by_account.clear()
+            layer.transfers.clear()
+            layer.finished.clear()
+            layer.orphans.clear()
+            if layer.log:
+                n = min(budget, len(layer.log))
+                del layer.log[-n:]
+                budget -= n
+            elif layer.log_ts:
+                n = min(8 * budget, len(layer.log_ts))
+                del layer.log_ts[-n:]
+                budget -= n // 8 + 1
+            elif layer.history:
+                n = min(budget, len(layer.history))
+                for _ in range(n):
+                    layer.history.popitem()
+                budget -= n
+            else:
+                self._dying.pop(0)
 
     def _execute(
         self, timestamp: int, events: Sequence[Any], create: Any, statuses: Any, transfers: bool

@@ -518,3 +518,17 @@ def test_a_layer_the_store_has_is_freed_a_slice_per_request(tmp_path: Path) -> N
         assert sizes[:3] == [count - 2 * FREE_SLICE, count - 3 * FREE_SLICE, 0]
         assert len(sizes) < 10
         assert _listed_ids(engine)[0] == list(range(1000, 1000 + count))
+
+
+def test_freeing_keeps_up_with_batches(tmp_path: Path) -> None:
+    """Each request frees at least twice the transfers it can make, so layers let go of never
+    pile up (a fixed slice per request fell behind full batches: memory grew with history)."""
+    with EmbeddedEngine(tmp_path, snapshot_bytes=256 * 1024, fsync=False) as engine:
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        layers = []
+        for i in range(40):
+            client.create_transfers(_transfers(10_000 + 4000 * i, 4000))
+            layers.append(len(engine.state._dying))
+        assert engine.store is not None and engine.store.count() > 100_000
+        assert max(layers) == 1 and layers.count(0) > 20, layers
