@@ -328,8 +328,12 @@ class _Beside:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="projection")
 
     async def stop(self) -> None:
+        # A plain cancel: `_run` then ends its child, which can take seconds (a cancellation
+        # again would cut that short), and `_run` awaits nothing that can lose one.
         if self.task is not None:
-            await stop_tasks([self.task])
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
     async def _run(self) -> None:
         delay_s = 0.5

@@ -7,8 +7,11 @@ and so does our ledger client; a loop that runs until it is cancelled (the catal
 the projection) then goes on running, and whatever awaits it hangs. A service stopping during
 such a race never stopped (a test run waited out CI's whole budget on one).
 
-`stop_tasks` cancels again until each task has ended, and gives up, loudly, after a grace
-period rather than hang a shutdown.
+`stop_tasks` cancels again, a second apart, until each task has ended, and gives up, loudly,
+after a grace period rather than hang a shutdown. The second lets a task's own clean-up on
+cancellation finish (a cancellation again would cut it short): tasks whose clean-up takes
+longer (ending a child process) and that await nothing that can lose a cancellation are
+cancelled once, as before (`cli._Beside`, the engine's supervisor).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 _logger = logging.getLogger(__name__)
 
 # Between two cancellations of a task that is still running.
-RECANCEL_S = 0.1
+RECANCEL_S = 1.0
 # After this, the tasks still running are logged and left to the event loop's end.
 STOP_GRACE_S = 10.0
 
@@ -30,7 +33,7 @@ async def stop_tasks(
     tasks: Iterable[asyncio.Future[Any]], *, grace_s: float = STOP_GRACE_S
 ) -> list[asyncio.Future[Any]]:
     """Cancels `tasks` and waits until all have ended, cancelling again every `RECANCEL_S` the
-    ones a cancellation did not end. Returns the ones still running after `grace_s` (logged as
+    ones still running. Returns the ones still running after `grace_s` (logged as
     errors); what the others raised is theirs to report (a done callback), not raised here."""
     pending = {task for task in tasks if not task.done()}
     loop = asyncio.get_running_loop()

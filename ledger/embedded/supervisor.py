@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -63,7 +62,6 @@ from ledger.limits import (
     ENGINE_RUN_STABLE_S,
     JOURNAL_SNAPSHOT_BYTES_DEFAULT,
 )
-from ledger.tasks import stop_tasks
 from ledger.types import ClientClosedError
 
 _logger = logging.getLogger(__name__)
@@ -238,9 +236,8 @@ class EngineSupervisor:
         self._detail = "the engine was closed"
         task = self._task
         if task is not None and not task.done():
-            # A replacement being started is killed; it may hold the data directory, so this
-            # waits for as long as it takes.
-            await stop_tasks([task], grace_s=math.inf)
+            task.cancel()  # a replacement being started is killed
+            await asyncio.wait([task])
         process, self._process = self._process, None
         if process is not None:
             await process.aclose()
