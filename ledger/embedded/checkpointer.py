@@ -31,13 +31,14 @@ import subprocess
 import sys
 import threading
 import traceback
-from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
-from itertools import chain
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from ledger.embedded.store import IdFilter
 
 _FRAME = struct.Struct("<Q")
 PAGES_PER_FRAME = 32  # 2,048 transfers: a frame's marshal holds the lock for about 1 ms
@@ -164,47 +165,95 @@ def _build(
 ) -> tuple[list[str], str]:
     from rocksdict import SstFileWriter
 
-    from ledger.embedded.store import IdFilter, _key_slices, sst_options
+    from ledger.embedded.store import IdFilter, sst_options
 
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
-    ids.add(orphans)
-    by_account: defaultdict[int, list[int]] = defaultdict(list)
-
-    def loaded() -> Iterator[tuple[bytes, bytes, list[Any]]]:
-        # One page's transfers at a time (all of them at once took 150 MiB more); their ids
-        # into the filter, their accounts' lists made, which `_key_slices` reads only once
-        # the pages are done.
-        for first, value in pages:
-            page = marshal.loads(value)
-            ids.add(t[0] for t in page)
-            for t in page:
-                by_account[t[1]].append(t[12])
-                by_account[t[2]].append(t[12])
-            yield first, value, page
-
-    slices = _key_slices(loaded(), by_account, history, finished, orphans)
-    pairs = list(chain.from_iterable(slices))
-    pages.clear()  # the values are in `pairs` now
-    # Keys are unique (the writer refuses a key that is not greater than the one before).
-    pairs.sort(key=itemgetter(0))
+    below, above = families(pages, history, finished, orphans, ids)
+    pages.clear()  # the values are in `above` now
     # Two files, below and above the M keys: neither overlaps the M keys that the last
     # checkpoint left in the memtable, so ingesting them needs no flush.
-    cut = bisect_left(pairs, b"M", key=itemgetter(0))
     stem = os.path.join(directory, f"{os.getpid()}-{serial}")
     paths = []
-    for part, chunk in enumerate((pairs[:cut], pairs[cut:])):
-        if not chunk:
+    for part, parts in enumerate((below, above)):
+        if not any(items for _, items in parts):
             continue
         path = f"{stem}-{part}.sst"
         writer = SstFileWriter(sst_options())
         writer.open(path)
-        for key, value in chunk:
-            writer[key] = value
+        for joined, items in parts:
+            if joined:  # I keys, each joined to its value
+                for item in items:
+                    writer[item[:_I_KEY]] = item[_I_KEY:]
+            else:
+                for key, value in items:
+                    writer[key] = value
         writer.finish()  # synced
         paths.append(path)
     filter_out = f"{stem}-ids.bloom"
     ids.save(Path(filter_out), fsync=fsync)
     return paths, filter_out
+
+
+_I_KEY = 1 + 16  # b"I" and an id
+# A run of keys in order: (False, [(key, value), ...]) or (True, [I key + value, ...]).
+Part = tuple[bool, list[Any]]
+
+
+def families(
+    pages: Iterable[tuple[bytes, bytes]],
+    history: Iterable[tuple[int, Any]],
+    finished: Iterable[tuple[int, int]],
+    orphans: list[int],
+    ids: IdFilter,
+) -> tuple[list[Part], list[Part]]:
+    """Every key `HistoryStore._key_slices` makes of these pages and the rest, in order, in
+    two lists of runs: the keys below the M keys (A, H, I) and those above (S, T, U); the
+    ids go into `ids` on the way.
+
+    Only the I keys need sorting (the other families come in order, or nearly), and they are
+    sorted joined to their values, one bytes object each: the sort then compares bytes with
+    no key function and no tuples (1.4 µs a transfer, where sorting every pair by key took 2.2).
+    The pages are read one at a time (all of them at once took 150 MiB more)."""
+    from ledger.embedded.store import _INDEX, _listed, _ts8
+
+    loads, dumps = marshal.loads, marshal.dumps
+    index = _INDEX
+    joined: list[bytes] = []
+    t_pairs: list[tuple[bytes, bytes]] = []
+    by_account: defaultdict[int, list[int]] = defaultdict(list)
+    by_user_data: defaultdict[int, list[int]] = defaultdict(list)
+    for first, value in pages:
+        page = loads(value)
+        ids.add([t[0] for t in page])
+        t_pairs.append((b"T" + first, value))
+        joined += [b"I" + t[0].to_bytes(16, "big") + first + index[i] for i, t in enumerate(page)]
+        for t in page:
+            ts = t[12]
+            by_account[t[1]].append(ts)
+            by_account[t[2]].append(ts)
+            if t[5]:
+                by_user_data[t[5]].append(ts)
+    ids.add(orphans)
+    joined += [b"I" + tid.to_bytes(16, "big") for tid in orphans]  # the value b""
+    joined.sort()
+    by_key = itemgetter(0)
+    a_pairs = sorted(_listed(b"A", by_account), key=by_key)
+    h_pairs = sorted(((b"H" + _ts8(ts), dumps(b)) for ts, b in history), key=by_key)
+    s_pairs = sorted(((b"S" + _ts8(ts), bytes((st,))) for st, ts in finished), key=by_key)
+    u_pairs = sorted(_listed(b"U", by_user_data), key=by_key)
+    below: list[Part] = [(False, a_pairs), (False, h_pairs), (True, joined)]
+    above: list[Part] = [(False, s_pairs), (False, t_pairs), (False, u_pairs)]
+    return below, above
+
+
+def pairs_of(parts: list[Part]) -> Iterator[tuple[bytes, bytes]]:
+    """The (key, value) pairs of `families`' runs, in order (what the SST file gets)."""
+    for joined, items in parts:
+        if joined:
+            for item in items:
+                yield item[:_I_KEY], item[_I_KEY:]
+        else:
+            yield from items
 
 
 def _give_back_memory() -> None:

@@ -1,0 +1,91 @@
+"""The checkpointer process builds the same keys and values as the in-process writer.
+
+`families` (what the checkpointer's SST files get) is checked against `_key_slices` (what
+`HistoryStore._write_batches` writes) on drawn layers: ids, accounts and user data of any
+size, accounts with more than one chunk of timestamps, history balances, final statuses and
+ids that failed. Values are compared decoded: `marshal` may encode equal lists differently."""
+
+from __future__ import annotations
+
+import marshal
+from collections import defaultdict
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.embedded.checkpointer import families, pairs_of
+from ledger.embedded.store import CHUNK, PAGE, IdFilter, _key_slices, _pages
+
+_U128 = (1 << 128) - 1
+
+
+def _decoded(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, Any]]:
+    out: list[tuple[bytes, Any]] = []
+    for key, value in pairs:
+        if key[:1] in b"AUHT":
+            out.append((key, marshal.loads(value)))
+        else:
+            out.append((key, value))
+    return out
+
+
+@st.composite
+def layers(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any], list[int]]:
+    count = draw(st.integers(0, 3 * PAGE + 5))
+    ids = draw(st.lists(st.integers(1, _U128), min_size=count, max_size=count, unique=True))
+    accounts = draw(st.lists(st.integers(1, _U128), min_size=2, max_size=6, unique=True))
+    user_data = draw(st.lists(st.integers(0, _U128), min_size=1, max_size=4))
+    log = []
+    ts = draw(st.integers(1, 1 << 62))
+    for i, tid in enumerate(ids):
+        ts += draw(st.integers(1, 3))
+        dr = accounts[i % len(accounts)]
+        cr = accounts[(i + 1) % len(accounts)]
+        log.append((tid, dr, cr, i, 0, user_data[i % len(user_data)], 0, 0, 0, 1, 1, 0, ts, 0))
+    history = [(t[12], (t[1], 1, 2, 3, 4, t[2], 5, 6, 7, 8)) for t in log if t[3] % 3 == 0]
+    finished = [(draw(st.sampled_from((1, 2, 3))), t[12]) for t in log if t[3] % 4 == 1]
+    orphans = draw(
+        st.lists(st.integers(1, _U128).filter(lambda x: x not in set(ids)), max_size=4, unique=True)
+    )
+    return log, history, finished, orphans
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers())
+def test_the_checkpointer_writes_the_keys_of_the_in_process_writer(layer: Any) -> None:
+    log, history, finished, orphans = layer
+    pages = list(_pages(log))
+    by_account: defaultdict[int, list[int]] = defaultdict(list)
+    for t in log:
+        by_account[t[1]].append(t[12])
+        by_account[t[2]].append(t[12])
+    expected = list(chain.from_iterable(_key_slices(pages, by_account, history, finished, orphans)))
+    expected.sort(key=itemgetter(0))
+    ids = IdFilter(16)
+    below, above = families([(f, v) for f, v, _ in pages], history, finished, orphans, ids)
+    got_below, got_above = list(pairs_of(below)), list(pairs_of(above))
+    assert all(k < b"M" for k, _ in got_below) and all(k > b"M" for k, _ in got_above)
+    got = got_below + got_above
+    assert [k for k, _ in got] == sorted(k for k, _ in got)  # strictly in order, as SSTs need
+    assert len({k for k, _ in got}) == len(got)
+    assert _decoded(got) == _decoded(expected)
+    expected_ids = IdFilter(16)
+    expected_ids.add(chain((t[0] for t in log), orphans))
+    assert ids.bits == expected_ids.bits
+
+
+def test_an_account_with_more_than_a_chunk_gets_a_key_per_chunk() -> None:
+    log = [(i + 1, 7, 8, 0, 0, 9, 0, 0, 0, 1, 1, 0, 100 + i, 0) for i in range(2 * CHUNK + 3)]
+    pages = [(f, v) for f, v, _ in _pages(log)]
+    below, above = families(pages, [], [], [], IdFilter(16))
+    a_keys = [k for k, _ in pairs_of(below) if k[:1] == b"A"]
+    u_keys = [k for k, _ in pairs_of(above) if k[:1] == b"U"]
+    assert len(a_keys) == 2 * 3 and len(u_keys) == 3
+    assert [int.from_bytes(k[17:], "big") for k in u_keys] == [
+        100 + CHUNK - 1,
+        100 + 2 * CHUNK - 1,
+        100 + 2 * CHUNK + 2,
+    ]
