@@ -219,7 +219,9 @@ class StateMachine:
     def _prefetch(self, events: Sequence[TransferTuple]) -> None:
         """Reads what `events` may need from the store: the transfers of their ids and
         pending ids, whether their ids failed before, and the statuses of their pending
-        transfers."""
+        transfers. What the store, the frozen layer and the live pending transfers hold of
+        their ids goes into `cache` (and `orphan_cache`), which `_create_transfer` reads after
+        the newest layer."""
         store = self.store
         if len(self.cache) > CACHE_TRANSFERS_MAX:
             self.cache.clear()
@@ -240,6 +242,16 @@ class StateMachine:
                         # An earlier event of this request may post or void it (it then
                         # leaves `live`): it stays at hand for the events after it.
                         cache[tid] = t
+        frozen = self.frozen
+        if frozen is not None:
+            # The layer a checkpoint is writing: the store's filter does not know its ids yet.
+            in_frozen = frozen.transfers
+            for tid in named:
+                t = in_frozen.get(tid)
+                if t is not None:
+                    cache[tid] = t
+            if frozen.orphans:
+                self.orphan_cache |= frozen.orphans.intersection(named)
         want = {
             tid
             for tid in store.ids.maybe(named)
@@ -509,10 +521,12 @@ class StateMachine:
             return T.ID_MUST_NOT_BE_INT_MAX, ts_event
         e = self.transfers.get(tid)
         if e is None and self.cold:
-            e = self._get(tid)
+            # `_prefetch` put what the other layers, the store and the live pending transfers
+            # hold of this request's ids in the cache (one lookup here instead of four).
+            e = self.cache.get(tid)
         if e is not None:
             return self._transfer_exists(t, e, ts_event)
-        if tid in self.orphans or (self.cold and self._is_orphan(tid)):
+        if tid in self.orphans or (self.cold and tid in self.orphan_cache):
             return T.ID_ALREADY_FAILED, ts_event
         if flags & (TF_POST | TF_VOID):
             return self._post_or_void(ts_event, t)

@@ -3,6 +3,7 @@ a crash test that kills a writer with SIGKILL at random points."""
 
 from __future__ import annotations
 
+import dataclasses
 import marshal
 import os
 import random
@@ -188,9 +189,30 @@ def test_requests_go_on_while_a_checkpoint_is_written(
 
     monkeypatch.setattr(store_module.HistoryStore, "write", slow)
     with EmbeddedEngine(tmp_path, snapshot_bytes=1500) as engine:
+        client = engine.client_sync()
+        failed = Transfer(
+            id=99, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+        )
+        # No accounts yet: a transient failure, which the id keeps (`id_already_failed`).
+        assert client.create_transfers([failed])[0].status == (
+            CreateTransferStatus.DEBIT_ACCOUNT_NOT_FOUND
+        )
         _fill(engine, 20)  # one rotation (at ~14 records), whose checkpoint now waits
         assert started.wait(10)
-        client = engine.client_sync()
+        # The frozen layer's ids are known while it is written (the store's filter does not
+        # have them yet): a transfer again, a changed one, and the id that failed.
+        again = Transfer(
+            id=100, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
+        )
+        assert engine.state.frozen is not None and 100 in engine.state.frozen.transfers
+        assert [r.status for r in client.create_transfers([again])] == [CreateTransferStatus.EXISTS]
+        changed = dataclasses.replace(again, amount=2)
+        assert [r.status for r in client.create_transfers([changed])] == [
+            CreateTransferStatus.EXISTS_WITH_DIFFERENT_AMOUNT
+        ]
+        assert [r.status for r in client.create_transfers([failed])] == [
+            CreateTransferStatus.ID_ALREADY_FAILED
+        ]
         more = [
             Transfer(
                 id=900 + i, debit_account_id=1, credit_account_id=2, amount=1, ledger=1, code=1
