@@ -4,20 +4,23 @@ Indexing a checkpoint's transfers (their ids, accounts and user data as keys, so
 RocksDB) is CPU work of about 6 µs per transfer, and in the engine's process it holds the
 interpreter lock that the requests need: a checkpoint of 250,000 transfers halved single
 requests while it ran, and batch ingestion over HTTP ran 35 % slower. So a large checkpoint's
-pages are sent here (one `marshal` per page, which the page needs anyway) and this process, on
-the other core, builds every key, sorts them and writes them as SST files, with a copy of the
-id filter that has their ids. The engine then reads that filter, moves it in place and ingests
-the files (one call, atomic). The keys are exactly those `HistoryStore` writes in-process.
+transfers are sent here (one `marshal` per 2,048 of them, the cheapest way out of the
+engine's process) and this process, on the other core, makes the pages and every other key,
+sorts them and writes them as SST files, with a copy of the id filter that has their ids. The
+engine then reads that filter, moves it in place and ingests the files (one call, atomic).
+The keys are those `HistoryStore` writes in-process, with the same values.
 
 Protocol, over the child's stdin and stdout: frames of [u64 little-endian length][marshal].
-The parent sends ("pages", [(first_ts 8 bytes, page value), ...]) any number of times, then
-("end", directory, filter path, filter bits log2, fsync, history items, finished values,
-orphans); the child answers ("ok", [SST paths], filter path) or ("error", text), and is ready
-for the next checkpoint. It writes only in `directory`: the filter it returns is a copy of the
-one at the filter path with the ids added, which the engine moves in place. (A child whose
-engine was killed runs on until it next reads; it must not touch the files of the engine that
-opened the data directory after it.) It exits when its stdin closes (its engine closed, or
-died); it ignores SIGINT, as the engine does, so that a Ctrl-C stops the server first.
+The parent sends ("log", [transfer, ...]) any number of times (the layer's log in order, in
+slices of whole pages but the last), then ("end", directory, filter path, filter bits log2,
+fsync, history items, finished values, orphans); the child answers ("ok", [SST paths],
+filter path) or ("error", text), and is ready for the next checkpoint. It indexes each slice
+as it comes, while the engine sends the next. It writes only in `directory`: the filter it
+returns is a copy of the one at the filter path with the ids added, which the engine moves in
+place. (A child whose engine was killed runs on until it next reads; it must not touch the
+files of the engine that opened the data directory after it.) It exits when its stdin closes
+(its engine closed, or died); it ignores SIGINT, as the engine does, so that a Ctrl-C stops
+the server first.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from operator import itemgetter
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -41,12 +43,14 @@ if TYPE_CHECKING:
     from ledger.embedded.store import IdFilter
 
 _FRAME = struct.Struct("<Q")
+PAGE = 64  # transfers per T value (a page)
 PAGES_PER_FRAME = 32  # 2,048 transfers: a frame's marshal holds the lock for about 1 ms
 
 
 def _send(out: IO[bytes], message: Any) -> None:
     body = marshal.dumps(message)
-    out.write(_FRAME.pack(len(body)) + body)
+    out.write(_FRAME.pack(len(body)))
+    out.write(body)  # (not joined to its head: that copied every frame once more)
 
 
 def _receive(stream: IO[bytes]) -> Any:
@@ -74,7 +78,7 @@ class Checkpointer:
 
     def build(
         self,
-        pages: list[tuple[bytes, bytes]],
+        log: list[Any],
         *,
         directory: Path,
         filter_path: Path,
@@ -84,15 +88,16 @@ class Checkpointer:
         finished: list[tuple[int, int]],
         orphans: list[int],
     ) -> tuple[list[str], str]:
-        """The SST files holding every key `HistoryStore._key_slices` makes of these pages and
-        the rest, and a file with the filter saved at `filter_path` and their ids, all written
-        in `directory`."""
+        """The SST files holding every key `HistoryStore._key_slices` makes of the pages of
+        `log` (a layer's transfers in timestamp order) and the rest, and a file with the filter
+        saved at `filter_path` and their ids, all written in `directory`."""
         with self._lock:
             try:
                 child = self._start()
                 stdin, stdout = cast(IO[bytes], child.stdin), cast(IO[bytes], child.stdout)
-                for start in range(0, len(pages), PAGES_PER_FRAME):
-                    _send(stdin, ("pages", pages[start : start + PAGES_PER_FRAME]))
+                step = PAGES_PER_FRAME * PAGE
+                for start in range(0, len(log), step):
+                    _send(stdin, ("log", log[start : start + step]))
                 end = ("end", str(directory), str(filter_path), filter_bits_log2, fsync)
                 _send(stdin, (*end, history, finished, orphans))
                 stdin.flush()
@@ -153,7 +158,7 @@ class Checkpointer:
 
 
 def _build(
-    pages: list[tuple[bytes, bytes]],
+    keys: _Keys,
     directory: str,
     filter_path: str,
     filter_bits_log2: int,
@@ -168,25 +173,28 @@ def _build(
     from ledger.embedded.store import IdFilter, sst_options
 
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
-    below, above = families(pages, history, finished, orphans, ids)
-    pages.clear()  # the values are in `above` now
-    # Two files, below and above the M keys: neither overlaps the M keys that the last
-    # checkpoint left in the memtable, so ingesting them needs no flush.
+    parts = keys.finish(history, finished, orphans, ids)
+    # A file per family of keys. None overlaps the M keys that the last checkpoint left in
+    # the memtable, so ingesting them needs no flush; and the families keyed by timestamp
+    # (T, H, S) come after every key of theirs already stored, so RocksDB puts their files
+    # in its last level at once, where no compaction rewrites them (in two files, below and
+    # above the M keys, the pages went to level 0 with the rest and were compacted again and
+    # again: 5 % of a core under load, for most of the bytes). Only the A, I and U files
+    # overlap what is stored and are compacted.
     stem = os.path.join(directory, f"{os.getpid()}-{serial}")
     paths = []
-    for part, parts in enumerate((below, above)):
-        if not any(items for _, items in parts):
+    for family, (cut, items) in zip(_FAMILIES, parts, strict=True):
+        if not items:
             continue
-        path = f"{stem}-{part}.sst"
+        path = f"{stem}-{family}.sst"
         writer = SstFileWriter(sst_options())
         writer.open(path)
-        for joined, items in parts:
-            if joined:  # I keys, each joined to its value
-                for item in items:
-                    writer[item[:_I_KEY]] = item[_I_KEY:]
-            else:
-                for key, value in items:
-                    writer[key] = value
+        if cut:  # keys joined to their values
+            for item in items:
+                writer[item[:cut]] = item[cut:]
+        else:
+            for key, value in items:
+                writer[key] = value
         writer.finish()  # synced
         paths.append(path)
     filter_out = f"{stem}-ids.bloom"
@@ -194,64 +202,125 @@ def _build(
     return paths, filter_out
 
 
-_I_KEY = 1 + 16  # b"I" and an id
-# A run of keys in order: (False, [(key, value), ...]) or (True, [I key + value, ...]).
-Part = tuple[bool, list[Any]]
+# A family's keys in order: (0, [(key, value), ...]), or (n, [key + value, ...]) for keys
+# of n bytes joined to their values.
+Part = tuple[int, list[Any]]
+_FAMILIES = "AHISTU"  # in the order of their keys (M, the live state, is between I and S)
+_ID_KEY = 1 + 16  # an I key: b"I" and an id
+_LIST_KEY = 1 + 16 + 8  # an A or U key: the prefix, an account or user data, a timestamp
+_TS_KEY = 1 + 8  # an H key: b"H" and a timestamp
 
 
-def families(
-    pages: Iterable[tuple[bytes, bytes]],
-    history: Iterable[tuple[int, Any]],
-    finished: Iterable[tuple[int, int]],
-    orphans: list[int],
-    ids: IdFilter,
-) -> tuple[list[Part], list[Part]]:
-    """Every key `HistoryStore._key_slices` makes of these pages and the rest, in order, in
-    two lists of runs: the keys below the M keys (A, H, I) and those above (S, T, U); the
-    ids go into `ids` on the way.
+class _Keys:
+    """A checkpoint's keys, made a slice of its log at a time (`add`), then sorted (`finish`).
 
-    Only the I keys need sorting (the other families come in order, or nearly), and they are
-    sorted joined to their values, one bytes object each: the sort then compares bytes with
-    no key function and no tuples (1.4 µs a transfer, where sorting every pair by key took 2.2).
-    The pages are read one at a time (all of them at once took 150 MiB more)."""
-    from ledger.embedded.store import _INDEX, _listed, _ts8
+    The keys that are not made in order (I, A, U) are sorted joined to their values, one
+    bytes object each (keys of a family have one length): the sort then compares bytes with
+    no key function and no tuples (1.4 µs a transfer for the I keys, where sorting every pair
+    by its key took 2.2)."""
 
-    loads, dumps = marshal.loads, marshal.dumps
-    index = _INDEX
-    joined: list[bytes] = []
-    t_pairs: list[tuple[bytes, bytes]] = []
-    by_account: defaultdict[int, list[int]] = defaultdict(list)
-    by_user_data: defaultdict[int, list[int]] = defaultdict(list)
-    for first, value in pages:
-        page = loads(value)
-        ids.add([t[0] for t in page])
-        t_pairs.append((b"T" + first, value))
-        joined += [b"I" + t[0].to_bytes(16, "big") + first + index[i] for i, t in enumerate(page)]
-        for t in page:
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.joined: list[bytes] = []  # I keys and their values
+        self.pages: list[tuple[bytes, bytes]] = []  # T keys and values
+        self.by_account: defaultdict[int, list[int]] = defaultdict(list)
+        self.by_user_data: defaultdict[int, list[int]] = defaultdict(list)
+        self.whole = True  # every slice so far was whole pages
+
+    def add(self, log: list[Any]) -> None:
+        """The next transfers of the layer's log (whole pages, but for the last slice)."""
+        from ledger.embedded.store import _INDEX
+
+        assert self.whole, "a slice of the log after one that was not whole pages"
+        self.whole = len(log) % PAGE == 0
+        dumps = marshal.dumps
+        index = _INDEX
+        joined, pages = self.joined, self.pages
+        by_account, by_user_data = self.by_account, self.by_user_data
+        self.ids += [t[0] for t in log]
+        for start in range(0, len(log), PAGE):
+            page = log[start : start + PAGE]
+            first = page[0][12].to_bytes(8, "big")
+            pages.append((b"T" + first, dumps(page)))
+            joined += [
+                b"I" + t[0].to_bytes(16, "big") + first + index[i] for i, t in enumerate(page)
+            ]
+        for t in log:
             ts = t[12]
             by_account[t[1]].append(ts)
             by_account[t[2]].append(ts)
             if t[5]:
                 by_user_data[t[5]].append(ts)
-    ids.add(orphans)
-    joined += [b"I" + tid.to_bytes(16, "big") for tid in orphans]  # the value b""
-    joined.sort()
-    by_key = itemgetter(0)
-    a_pairs = sorted(_listed(b"A", by_account), key=by_key)
-    h_pairs = sorted(((b"H" + _ts8(ts), dumps(b)) for ts, b in history), key=by_key)
-    s_pairs = sorted(((b"S" + _ts8(ts), bytes((st,))) for st, ts in finished), key=by_key)
-    u_pairs = sorted(_listed(b"U", by_user_data), key=by_key)
-    below: list[Part] = [(False, a_pairs), (False, h_pairs), (True, joined)]
-    above: list[Part] = [(False, s_pairs), (False, t_pairs), (False, u_pairs)]
-    return below, above
+
+    def finish(
+        self,
+        history: Iterable[tuple[int, Any]],
+        finished: Iterable[tuple[int, int]],
+        orphans: list[int],
+        ids: IdFilter,
+    ) -> list[Part]:
+        """Every key, in order, a family at a time (`_FAMILIES`); the ids go into `ids`."""
+        dumps = marshal.dumps
+        ids.add(self.ids)
+        ids.add(orphans)
+        joined = self.joined
+        joined += [b"I" + tid.to_bytes(16, "big") for tid in orphans]  # the value b""
+        joined.sort()
+        h_joined = [b"H" + ts.to_bytes(8, "big") + dumps(b) for ts, b in history]
+        h_joined.sort()  # in order already: one pass
+        s_pairs = sorted((b"S" + ts.to_bytes(8, "big"), bytes((st,))) for st, ts in finished)
+        return [
+            (_LIST_KEY, _joined_lists(b"A", self.by_account)),
+            (_TS_KEY, h_joined),
+            (_ID_KEY, joined),
+            (0, s_pairs),
+            (0, self.pages),
+            (_LIST_KEY, _joined_lists(b"U", self.by_user_data)),
+        ]
+
+
+def families(
+    log: list[Any],
+    history: Iterable[tuple[int, Any]],
+    finished: Iterable[tuple[int, int]],
+    orphans: list[int],
+    ids: IdFilter,
+) -> list[Part]:
+    """Every key `HistoryStore._key_slices` makes of the pages of `log` and the rest, in
+    order, a family at a time (`_FAMILIES`), as the checkpointer makes them in slices of
+    PAGES_PER_FRAME pages; the ids go into `ids`."""
+    keys = _Keys()
+    step = PAGES_PER_FRAME * PAGE
+    for start in range(0, len(log), step):
+        keys.add(log[start : start + step])
+    return keys.finish(history, finished, orphans, ids)
+
+
+def _joined_lists(prefix: bytes, lists: dict[int, list[int]]) -> list[bytes]:
+    """The A or U keys of `lists` (timestamps by account or user data, none empty) joined to
+    their values, sorted: the keys and values of `store._listed`."""
+    from ledger.embedded.store import CHUNK
+
+    dumps = marshal.dumps
+    out = []
+    for key, stamps in lists.items():
+        head = prefix + key.to_bytes(16, "big")
+        if len(stamps) <= CHUNK:
+            out.append(head + stamps[-1].to_bytes(8, "big") + dumps(stamps))
+        else:
+            for start in range(0, len(stamps), CHUNK):
+                chunk = stamps[start : start + CHUNK]
+                out.append(head + chunk[-1].to_bytes(8, "big") + dumps(chunk))
+    out.sort()
+    return out
 
 
 def pairs_of(parts: list[Part]) -> Iterator[tuple[bytes, bytes]]:
-    """The (key, value) pairs of `families`' runs, in order (what the SST file gets)."""
-    for joined, items in parts:
-        if joined:
+    """The (key, value) pairs of `families`' runs, in order (what the SST files get)."""
+    for cut, items in parts:
+        if cut:
             for item in items:
-                yield item[:_I_KEY], item[_I_KEY:]
+                yield item[:cut], item[cut:]
         else:
             yield from items
 
@@ -269,25 +338,32 @@ def _give_back_memory() -> None:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    pages: list[tuple[bytes, bytes]] = []
+    keys = _Keys()
     serial = 0
+    failed: str | None = None  # a slice that could not be indexed: the checkpoint fails
     while True:
         message = _receive(stdin)
         if message is None:
             return
-        if message[0] == "pages":
-            pages += message[1]
+        if message[0] == "log":
+            if failed is None:
+                try:
+                    keys.add(message[1])
+                except Exception:
+                    failed = traceback.format_exc()
             continue
         _, directory, filter_path, bits_log2, fsync, history, finished, orphans = message
         serial += 1
         try:
+            if failed is not None:
+                raise RuntimeError(failed)
             paths, filter_out = _build(
-                pages, directory, filter_path, bits_log2, fsync, history, finished, orphans, serial
+                keys, directory, filter_path, bits_log2, fsync, history, finished, orphans, serial
             )
             answer: Any = ("ok", paths, filter_out)
         except Exception:
             answer = ("error", traceback.format_exc())
-        pages = []
+        keys, failed = _Keys(), None
         _send(stdout, answer)
         stdout.flush()
         _give_back_memory()

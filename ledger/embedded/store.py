@@ -49,7 +49,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ledger.embedded.checkpointer import Checkpointer
+from ledger.embedded.checkpointer import PAGE, Checkpointer
 from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 
 # The store's format. 1 was the snapshot files of the engine before this store (still read, to
@@ -57,7 +57,6 @@ from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 FORMAT = 2
 DIRECTORY = "history"
 CHUNK = 1024  # timestamps per A / U value
-PAGE = 64  # transfers per T value
 WRITE_SLICE = 2048  # items a checkpoint handles between two pauses for the requests
 BATCH_KEYS = 512  # keys in each of a checkpoint's writes (one holds the GIL for about 1 ms)
 # Checkpoints of this many transfers or more are built by the checkpointer process (smaller
@@ -359,18 +358,12 @@ class HistoryStore:
             time.sleep(0)
 
     def _ingest(self, layer: Layer) -> None:
-        """The checkpointer process builds the keys into SST files (and adds the ids to the
-        saved filter); RocksDB takes the files in at once. Here, only the pages are made, a
-        slice at a time."""
-        pages: list[tuple[bytes, bytes]] = []
-        log = layer.log
-        for start in range(0, len(log), WRITE_SLICE):
-            made = _pages(log[start : start + WRITE_SLICE])
-            pages += [(first, value) for first, value, _ in made]
-            time.sleep(0)
+        """The checkpointer process makes the pages and keys of the layer's log into SST files
+        (and adds the ids to the saved filter); RocksDB takes the files in at once. Here, the
+        log is only sent, a marshal of 2,048 transfers at a time."""
         finished, orphans = _rest(layer)
         paths, filter_out = self._checkpointer.build(
-            pages,
+            layer.log,
             directory=self._ingest_dir,
             filter_path=self._filter_path,
             filter_bits_log2=self.filter_bits_log2,

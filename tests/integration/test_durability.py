@@ -557,3 +557,27 @@ def test_freeing_keeps_up_with_batches(tmp_path: Path) -> None:
             layers.append(len(engine.state._dying))
         assert engine.store is not None and engine.store.count() > 100_000
         assert max(layers) == 1 and layers.count(0) > 20, layers
+
+
+def test_the_pages_a_checkpointer_writes_go_to_the_last_level_untouched(tmp_path: Path) -> None:
+    """A checkpoint's files are one per family of keys: the pages (T), history balances (H)
+    and final statuses (S) come after what is stored, and RocksDB puts them in its last level
+    as they are, never to be compacted; the ids (I), accounts (A) and user data (U) go above
+    and are merged by compactions."""
+    with _open(tmp_path, True, snapshot_bytes=3000) as engine:
+        store = engine.store
+        assert store is not None
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for i in range(12):
+            client.create_transfers(_transfers(100 + 10 * i, 10))
+            engine.snapshot()
+        files = store._db.live_files()
+        pages = [f for f in files if f["start_key"][:1] == b"T"]
+        assert len(pages) >= 10
+        bottom = max(f["level"] for f in files)
+        assert bottom > 0
+        assert all(f["end_key"][:1] == b"T" and f["level"] == bottom for f in pages)
+        ids = [f for f in files if f["start_key"][:1] == b"I"]
+        assert ids and all(f["end_key"][:1] == b"I" for f in ids)
+        assert store.count() == 120

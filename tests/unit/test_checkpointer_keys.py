@@ -16,6 +16,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.embedded import checkpointer
 from ledger.embedded.checkpointer import families, pairs_of
 from ledger.embedded.store import CHUNK, PAGE, IdFilter, _key_slices, _pages
 
@@ -34,7 +35,7 @@ def _decoded(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, Any]]:
 
 @st.composite
 def layers(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any], list[int]]:
-    count = draw(st.integers(0, 3 * PAGE + 5))
+    count = draw(st.integers(0, 3 * PAGE + 5))  # (slices of 32 pages in `families`)
     ids = draw(st.lists(st.integers(1, _U128), min_size=count, max_size=count, unique=True))
     accounts = draw(st.lists(st.integers(1, _U128), min_size=2, max_size=6, unique=True))
     user_data = draw(st.lists(st.integers(0, _U128), min_size=1, max_size=4))
@@ -54,8 +55,11 @@ def layers(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any], list[int]]
 
 
 @settings(max_examples=60, deadline=None)
-@given(layers())
-def test_the_checkpointer_writes_the_keys_of_the_in_process_writer(layer: Any) -> None:
+@given(layers(), st.sampled_from([1, 2, checkpointer.PAGES_PER_FRAME]))
+def test_the_checkpointer_writes_the_keys_of_the_in_process_writer(
+    layer: Any, pages_per_frame: int
+) -> None:
+    """(The log reaches the checkpointer in slices of `pages_per_frame` pages.)"""
     log, history, finished, orphans = layer
     pages = list(_pages(log))
     by_account: defaultdict[int, list[int]] = defaultdict(list)
@@ -65,10 +69,14 @@ def test_the_checkpointer_writes_the_keys_of_the_in_process_writer(layer: Any) -
     expected = list(chain.from_iterable(_key_slices(pages, by_account, history, finished, orphans)))
     expected.sort(key=itemgetter(0))
     ids = IdFilter(16)
-    below, above = families([(f, v) for f, v, _ in pages], history, finished, orphans, ids)
-    got_below, got_above = list(pairs_of(below)), list(pairs_of(above))
-    assert all(k < b"M" for k, _ in got_below) and all(k > b"M" for k, _ in got_above)
-    got = got_below + got_above
+    default, checkpointer.PAGES_PER_FRAME = checkpointer.PAGES_PER_FRAME, pages_per_frame
+    try:
+        parts = families(log, history, finished, orphans, ids)
+    finally:
+        checkpointer.PAGES_PER_FRAME = default
+    for family, part in zip("AHISTU", parts, strict=True):  # a file each
+        assert {k[:1] for k, _ in pairs_of([part])} <= {family.encode()}
+    got = list(pairs_of(parts))
     assert [k for k, _ in got] == sorted(k for k, _ in got)  # strictly in order, as SSTs need
     assert len({k for k, _ in got}) == len(got)
     assert _decoded(got) == _decoded(expected)
@@ -79,10 +87,9 @@ def test_the_checkpointer_writes_the_keys_of_the_in_process_writer(layer: Any) -
 
 def test_an_account_with_more_than_a_chunk_gets_a_key_per_chunk() -> None:
     log = [(i + 1, 7, 8, 0, 0, 9, 0, 0, 0, 1, 1, 0, 100 + i, 0) for i in range(2 * CHUNK + 3)]
-    pages = [(f, v) for f, v, _ in _pages(log)]
-    below, above = families(pages, [], [], [], IdFilter(16))
-    a_keys = [k for k, _ in pairs_of(below) if k[:1] == b"A"]
-    u_keys = [k for k, _ in pairs_of(above) if k[:1] == b"U"]
+    pairs = list(pairs_of(families(log, [], [], [], IdFilter(16))))
+    a_keys = [k for k, _ in pairs if k[:1] == b"A"]
+    u_keys = [k for k, _ in pairs if k[:1] == b"U"]
     assert len(a_keys) == 2 * 3 and len(u_keys) == 3
     assert [int.from_bytes(k[17:], "big") for k in u_keys] == [
         100 + CHUNK - 1,
