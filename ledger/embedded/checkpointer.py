@@ -327,7 +327,7 @@ def pairs_of(parts: list[Part]) -> Iterator[tuple[bytes, bytes]]:
 
 def _give_back_memory() -> None:
     """Returns the memory of the checkpoint just built to the system (glibc keeps freed memory
-    for the process otherwise: 167 of a 241 MiB peak, between checkpoints)."""
+    for the process otherwise: 167 of a 241 MiB peak, between checkpoints, when it was kept)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc
