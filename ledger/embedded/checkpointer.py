@@ -8,7 +8,7 @@ transfers are sent here (one `marshal` per 2,048 of them, the cheapest way out o
 engine's process) and this process, on the other core, makes the pages and every other key,
 sorts them and writes them as SST files, with a copy of the id filter that has their ids. The
 engine then reads that filter, moves it in place and ingests the files (one call, atomic).
-The keys are those `HistoryStore` writes in-process, with the same values.
+The keys are those `HistoryStore` writes in-process, with values that decode the same.
 
 Protocol, over the child's stdin and stdout: frames of [u64 little-endian length][marshal].
 The parent sends ("log", [transfer, ...]) any number of times (the layer's log in order, in
@@ -105,6 +105,9 @@ class Checkpointer:
             except (OSError, ValueError, EOFError) as error:
                 self._stop()
                 raise CheckpointerFailed(f"the checkpointer process failed: {error}") from error
+            except BaseException:
+                self._stop()  # (it holds part of the layer, which the next try sends again)
+                raise
             if answer is None:
                 self._stop()
                 raise CheckpointerFailed("the checkpointer process exited")
@@ -175,31 +178,44 @@ def _build(
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
     parts = keys.finish(history, finished, orphans, ids)
     # A file per family of keys. None overlaps the M keys that the last checkpoint left in
-    # the memtable, so ingesting them needs no flush; and the families keyed by timestamp
-    # (T, H, S) come after every key of theirs already stored, so RocksDB puts their files
-    # in its last level at once, where no compaction rewrites them (in two files, below and
-    # above the M keys, the pages went to level 0 with the rest and were compacted again and
-    # again: 5 % of a core under load, for most of the bytes). Only the A, I and U files
-    # overlap what is stored and are compacted.
+    # the memtable (after a checkpoint written in batches, RocksDB flushes first); and the
+    # pages (T) and history balances (H) come after every key of theirs already stored, so
+    # RocksDB puts their files in its last level at once, where no compaction rewrites them
+    # (in two files, below and above the M keys, the pages, most of the bytes, went to level
+    # 0 with the rest and were compacted again and again). The A, I and U files, and S when it
+    # finishes an older pending transfer, overlap what is stored and are compacted.
     stem = os.path.join(directory, f"{os.getpid()}-{serial}")
-    paths = []
-    for family, (cut, items) in zip(_FAMILIES, parts, strict=True):
-        if not items:
-            continue
-        path = f"{stem}-{family}.sst"
-        writer = SstFileWriter(sst_options())
-        writer.open(path)
-        if cut:  # keys joined to their values
-            for item in items:
-                writer[item[:cut]] = item[cut:]
-        else:
-            for key, value in items:
-                writer[key] = value
-        writer.finish()  # synced
-        paths.append(path)
+    paths: list[str] = []
     filter_out = f"{stem}-ids.bloom"
-    ids.save(Path(filter_out), fsync=fsync)
+    try:
+        for family, (cut, items) in zip(_FAMILIES, parts, strict=True):
+            if not items:
+                continue
+            path = f"{stem}-{family}.sst"
+            paths.append(path)
+            writer = SstFileWriter(sst_options())
+            writer.open(path)
+            if cut:  # keys joined to their values
+                for item in items:
+                    writer[item[:cut]] = item[cut:]
+            else:
+                for key, value in items:
+                    writer[key] = value
+            writer.finish()  # synced
+        ids.save(Path(filter_out), fsync=fsync)
+    except BaseException:
+        remove_files([*paths, filter_out])  # (a full disk should not fill up further)
+        raise
     return paths, filter_out
+
+
+def remove_files(paths: Iterable[str]) -> None:
+    """Removes the files of a checkpoint that failed (those that exist)."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 # A family's keys in order: (0, [(key, value), ...]), or (n, [key + value, ...]) for keys

@@ -49,7 +49,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ledger.embedded.checkpointer import PAGE, Checkpointer
+from ledger.embedded.checkpointer import PAGE, Checkpointer, remove_files
 from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 
 # The store's format. 1 was the snapshot files of the engine before this store (still read, to
@@ -321,7 +321,7 @@ class HistoryStore:
         makes the checkpoint: before it, the batches are in RocksDB's log, in order, and a
         crash keeps a prefix of them. The keys of a checkpoint cut short are removed when the
         store is opened (`_cut_partial`); written again whole (a failed write is retried with
-        the same layer), they are the same keys with the same values."""
+        the same layer), they are the same keys, with values that decode the same."""
         layer = checkpoint.layer
         if self.ingest_min <= len(layer.log) <= INGEST_MAX_TRANSFERS:
             self._ingest(layer)
@@ -372,19 +372,25 @@ class HistoryStore:
             finished=finished,
             orphans=orphans,
         )
-        # Into the filter before the current one: requests may be reading the current one.
-        # (Should one still read the spare when the next checkpoint reads into it, it reads
-        # a newer filter, which holds every id the older one did.)
-        ids = self._spare_ids
-        if not ids.read(Path(filter_out)):
-            raise StoreFormatError(f"{filter_out}: the checkpointer's filter is not whole")
-        # The filter, saved, holds the ids before the store does, as in `_write_batches`.
-        os.replace(filter_out, self._filter_path)
-        if self._fsync:
-            _fsync_directory(self._filter_path.parent)
-        self._spare_ids, self.ids = self.ids, ids
-        if paths:
-            self._db.ingest_external_file(paths, self._ingest_options)
+        try:
+            # Into the filter before the current one: requests may be reading the current
+            # one. (Should one still read the spare when the next checkpoint reads into it, it
+            # reads a newer filter, which holds every id the older one did.)
+            ids = self._spare_ids
+            if not ids.read(Path(filter_out)):
+                raise StoreFormatError(f"{filter_out}: the checkpointer's filter is not whole")
+            # The filter, saved, holds the ids before the store does, as in `_write_batches`.
+            os.replace(filter_out, self._filter_path)
+            if self._fsync:
+                _fsync_directory(self._filter_path.parent)
+            self._spare_ids, self.ids = self.ids, ids
+            if paths:
+                self._db.ingest_external_file(paths, self._ingest_options)
+        except BaseException:
+            # The checkpoint is written again, from new files (a full disk should not fill
+            # up further with these).
+            remove_files([*paths, filter_out])
+            raise
 
     def _cut_partial(self, visible: int) -> None:
         """Removes what a checkpoint cut short by a crash wrote past `visible` (the newest

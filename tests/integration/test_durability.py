@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from ledger.embedded import DataDirectoryLocked, EmbeddedEngine, JournalCorrupt
+from ledger.embedded import checkpointer as checkpointer_module
 from ledger.embedded import journal as journal_module
 from ledger.embedded import store as store_module
 from ledger.types import (
@@ -560,10 +561,9 @@ def test_freeing_keeps_up_with_batches(tmp_path: Path) -> None:
 
 
 def test_the_pages_a_checkpointer_writes_go_to_the_last_level_untouched(tmp_path: Path) -> None:
-    """A checkpoint's files are one per family of keys: the pages (T), history balances (H)
-    and final statuses (S) come after what is stored, and RocksDB puts them in its last level
-    as they are, never to be compacted; the ids (I), accounts (A) and user data (U) go above
-    and are merged by compactions."""
+    """A checkpoint's files are one per family of keys: the pages (T) come after what is
+    stored, and RocksDB puts them in its last level as they are, never to be compacted; the
+    ids (I), accounts (A) and user data (U) go above and are merged by compactions."""
     with _open(tmp_path, True, snapshot_bytes=3000) as engine:
         store = engine.store
         assert store is not None
@@ -581,3 +581,57 @@ def test_the_pages_a_checkpointer_writes_go_to_the_last_level_untouched(tmp_path
         ids = [f for f in files if f["start_key"][:1] == b"I"]
         assert ids and all(f["end_key"][:1] == b"I" for f in ids)
         assert store.count() == 120
+
+
+class _IngestFails:
+    """The store's database, but taking in a checkpoint's files fails once (a full disk)."""
+
+    def __init__(self, db: Any) -> None:
+        self._db, self.failed = db, 0
+
+    def ingest_external_file(self, paths: Any, options: Any) -> None:
+        if not self.failed:
+            self.failed += 1
+            raise OSError(28, "No space left on device")
+        self._db.ingest_external_file(paths, options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
+def test_a_checkpoint_that_failed_removes_its_files_and_is_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files of a checkpoint that failed are removed (on a full disk they would fill it
+    further), whether the engine failed to take them in or the checkpointer failed to write
+    them; the checkpoint is written whole at the next one."""
+    batches = [_transfers(100 + 10 * i, 10) for i in range(12)]
+    with _open(tmp_path, True, snapshot_bytes=3000) as engine:
+        store = engine.store
+        assert store is not None
+        store._db = _IngestFails(store._db)  # type: ignore[assignment]
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        for batch in batches:  # the first checkpoint (a rotation among them) fails
+            client.create_transfers(batch)
+        engine.snapshot()
+        assert store._db.failed == 1  # type: ignore[attr-defined]
+        assert store.count() == 120 and not list(store._ingest_dir.iterdir())
+        assert _listed_ids(engine) == _expected(batches)
+    # The checkpointer's side: a file it cannot write (its directory gone) leaves none.
+    written = tmp_path / "written"
+    written.mkdir()
+    keys = checkpointer_module._Keys()
+    keys.add([(1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 1, 0, 10, 0)])
+    real_save = store_module.IdFilter.save
+
+    def no_space(self: Any, path: Path, *, fsync: bool) -> None:
+        real_save(self, path, fsync=fsync)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.IdFilter, "save", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointer_module._build(
+            keys, str(written), str(tmp_path / "none.bloom"), 16, False, [], [], [], 1
+        )
+    assert not list(written.iterdir())
