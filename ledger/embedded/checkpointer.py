@@ -245,19 +245,16 @@ class _Keys:
 
     def add(self, log: list[Any]) -> None:
         """The next transfers of the layer's log (whole pages, but for the last slice)."""
-        from ledger.embedded.store import _INDEX
+        from ledger.embedded.store import _INDEX, _pages
 
         assert self.whole, "a slice of the log after one that was not whole pages"
         self.whole = len(log) % PAGE == 0
-        dumps = marshal.dumps
         index = _INDEX
         joined, pages = self.joined, self.pages
         by_account, by_user_data = self.by_account, self.by_user_data
         self.ids += [t[0] for t in log]
-        for start in range(0, len(log), PAGE):
-            page = log[start : start + PAGE]
-            first = page[0][12].to_bytes(8, "big")
-            pages.append((b"T" + first, dumps(page)))
+        for first, value, page in _pages(log):
+            pages.append((b"T" + first, value))
             joined += [
                 b"I" + t[0].to_bytes(16, "big") + first + index[i] for i, t in enumerate(page)
             ]
@@ -313,22 +310,13 @@ def families(
 
 
 def _joined_lists(prefix: bytes, lists: dict[int, list[int]]) -> list[bytes]:
-    """The A or U keys of `lists` (timestamps by account or user data, none empty) joined to
-    their values, sorted: the keys and values of `store._listed`."""
-    from ledger.embedded.store import CHUNK
+    """The A or U keys and values of `lists` (`store._listed`), each key joined to its value,
+    sorted."""
+    from ledger.embedded.store import _listed
 
-    dumps = marshal.dumps
-    out = []
-    for key, stamps in lists.items():
-        head = prefix + key.to_bytes(16, "big")
-        if len(stamps) <= CHUNK:
-            out.append(head + stamps[-1].to_bytes(8, "big") + dumps(stamps))
-        else:
-            for start in range(0, len(stamps), CHUNK):
-                chunk = stamps[start : start + CHUNK]
-                out.append(head + chunk[-1].to_bytes(8, "big") + dumps(chunk))
-    out.sort()
-    return out
+    joined = [key + value for key, value in _listed(prefix, lists)]
+    joined.sort()
+    return joined
 
 
 def pairs_of(parts: list[Part]) -> Iterator[tuple[bytes, bytes]]:
