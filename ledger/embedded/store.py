@@ -168,6 +168,20 @@ class IdFilter:
             b = (h >> s2) & mask
             bits[b >> 3] |= 1 << (b & 7)
 
+    def add_packed(self, raw: bytes) -> None:
+        """`add` for the ids packed in `raw`, 16 bytes each, big-endian: the same bits, set by
+        numpy (0.2 µs an id, where `add` takes 0.6; the checkpointer adds a checkpoint's ids
+        this way, as it has them packed for the I keys)."""
+        import numpy as np
+
+        bits = np.frombuffer(self.bits, np.uint8)
+        for position in _positions(raw, self.bits_log2):
+            np.bitwise_or.at(
+                bits,
+                (position >> np.uint64(3)).astype(np.intp),
+                np.left_shift(np.uint8(1), (position & np.uint64(7)).astype(np.uint8)),
+            )
+
     def may_contain(self, tid: int) -> bool:
         return bool(self.maybe((tid,)))
 
@@ -223,6 +237,35 @@ class IdFilter:
 # An odd 128-bit constant (the golden ratio's): multiply-shift hashing takes the top bits.
 _MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _M128 = (1 << 128) - 1
+_M64 = (1 << 64) - 1
+
+
+def _positions(raw: bytes, bits_log2: int) -> tuple[Any, Any]:
+    """The two bits `IdFilter.add` sets for each id packed in `raw` (16 bytes, big-endian),
+    as numpy arrays: the top 2 * bits_log2 bits of (id * _MIX) mod 2**128, computed in 64-bit
+    halves (numpy has no 128-bit integers), the high half of a 64 x 64 bit product from its
+    32-bit parts."""
+    import numpy as np
+
+    u64 = np.uint64
+    words = np.frombuffer(raw, ">u8").reshape(-1, 2)
+    hi, lo = words[:, 0].astype(u64), words[:, 1].astype(u64)
+    m_lo = _MIX & _M64
+    low32, s32 = u64(0xFFFFFFFF), u64(32)
+    x0, x1 = lo & low32, lo >> s32
+    y0, y1 = u64(m_lo & 0xFFFFFFFF), u64(m_lo >> 32)
+    p00, p01, p10 = x0 * y0, x0 * y1, x1 * y0
+    middle = (p00 >> s32) + (p01 & low32) + (p10 & low32)
+    carry = x1 * y1 + (p01 >> s32) + (p10 >> s32) + (middle >> s32)  # (lo * m_lo) >> 64
+    top = carry + hi * u64(m_lo) + lo * u64(_MIX >> 64)  # the product's top 64 bits
+    mask = u64((1 << bits_log2) - 1)
+    first = top >> u64(64 - bits_log2)
+    if 2 * bits_log2 <= 64:
+        second = (top >> u64(64 - 2 * bits_log2)) & mask
+    else:  # the second position takes bits of the low half too
+        bottom = lo * u64(m_lo)
+        second = (top << u64(2 * bits_log2 - 64) | bottom >> u64(128 - 2 * bits_log2)) & mask
+    return first, second
 
 
 class HistoryStore:
@@ -245,6 +288,15 @@ class HistoryStore:
         options.set_max_open_files(256)
         options.set_max_write_buffer_number(4)
         options.increase_parallelism(2)
+        # A large checkpoint adds up to four files to level 0 (its A, I, U and S keys, which
+        # overlap what is stored), and a compaction of level 0 rewrites every stored I key in
+        # the range of the level below (ids are random): started at 4 files, as by default,
+        # that ran after each checkpoint and cost 1.3 µs a transfer by 6 million transfers;
+        # at 16 files, 0.6. Reads do not mind: a new id reads nothing (the filter), the rest
+        # pass each level-0 file's filter. Writes stall only far above it.
+        options.set_level_zero_file_num_compaction_trigger(16)
+        options.set_level_zero_slowdown_writes_trigger(48)
+        options.set_level_zero_stop_writes_trigger(96)
         self._db = Rdict(str(self.path), options)
         # Checkpoints of at least `ingest_min` transfers are built by the checkpointer process
         # into SST files here, which RocksDB then takes in (moves into its own directory).

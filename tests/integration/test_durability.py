@@ -622,7 +622,8 @@ def test_a_checkpoint_that_failed_removes_its_files_and_is_written_again(
     written = tmp_path / "written"
     written.mkdir()
     keys = checkpointer_module._Keys()
-    keys.add([(1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 1, 0, 10, 0)])
+    for frame in checkpointer_module._frames([(1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 1, 0, 10, 0)]):
+        keys.add(frame)
     real_save = store_module.IdFilter.save
 
     def no_space(self: Any, path: Path, *, fsync: bool) -> None:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ledger.embedded import checkpointer
 from ledger.embedded.checkpointer import families, pairs_of
-from ledger.embedded.store import CHUNK, PAGE, IdFilter, _key_slices, _pages
+from ledger.embedded.store import _MIX, CHUNK, PAGE, IdFilter, _key_slices, _pages, _positions
 
 _U128 = (1 << 128) - 1
 
@@ -96,3 +96,35 @@ def test_an_account_with_more_than_a_chunk_gets_a_key_per_chunk() -> None:
         100 + 2 * CHUNK - 1,
         100 + 2 * CHUNK + 2,
     ]
+
+
+_EDGES = [0, 1, _U128, 1 << 64, (1 << 64) - 1, 1 << 127]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, _U128), max_size=50), st.integers(16, 36))
+def test_numpy_finds_the_bits_the_filter_sets_in_python(ids: list[int], bits_log2: int) -> None:
+    """`_positions` (numpy, 64-bit halves) against the 128-bit multiply-shift of `add`, at
+    every filter size (from 33 bits up the second position takes bits of the low half)."""
+    ids += _EDGES
+    first, second = _positions(b"".join(i.to_bytes(16, "big") for i in ids), bits_log2)
+    expected_first, expected_second = [], []
+    for tid in ids:
+        h = (tid * _MIX) & _U128
+        expected_first.append(h >> (128 - bits_log2))
+        expected_second.append((h >> (128 - 2 * bits_log2)) & ((1 << bits_log2) - 1))
+    assert first.tolist() == expected_first
+    assert second.tolist() == expected_second
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, _U128), max_size=400), st.sampled_from([16, 17, 20]))
+def test_a_filter_given_packed_ids_has_the_bits_of_one_given_them_one_by_one(
+    ids: list[int], bits_log2: int
+) -> None:
+    ids += ids[:3] + _EDGES  # (an id twice sets its bits once)
+    packed, one_by_one = IdFilter(bits_log2), IdFilter(bits_log2)
+    packed.add_packed(b"".join(i.to_bytes(16, "big") for i in ids))
+    one_by_one.add(ids)
+    assert packed.bits == one_by_one.bits
+    assert packed.maybe(ids) == ids
