@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 _FRAME = struct.Struct("<Q")
 PAGE = 64  # transfers per T value (a page)
-PAGES_PER_FRAME = 32  # 2,048 transfers: a frame's marshal holds the lock for about 1 ms
+PAGES_PER_FRAME = 32  # 2,048 transfers: a frame's marshals hold the lock for about 1 ms
 
 
 def _send(out: IO[bytes], message: Any) -> None:
@@ -234,7 +234,7 @@ _TS_KEY = 1 + 8  # an H key: b"H" and a timestamp
 
 
 class _Keys:
-    """A checkpoint's keys, made a slice of its log at a time (`add`), then sorted (`finish`).
+    """A checkpoint's keys, made a frame of its pages at a time (`add`), then sorted (`finish`).
 
     The ids are packed, 16 bytes each, and sorted by numpy with their I values, into keys
     joined to their values (0.4 µs a transfer, where making and sorting them one bytes object
@@ -243,18 +243,17 @@ class _Keys:
     have one length): the sort then compares bytes with no key function and no tuples."""
 
     def __init__(self) -> None:
-        self.packed_ids: list[bytes] = []  # the log's ids, 16 bytes each, a slice at a time
+        self.packed_ids: list[bytes] = []  # the log's ids, 16 bytes each, a frame at a time
         self.firsts: list[int] = []  # the first timestamp of each page
+        self.sizes: list[int] = []  # the transfers of each page
         self.pages: list[tuple[bytes, bytes]] = []  # T keys and values
         self.by_account: defaultdict[int, list[int]] = defaultdict(list)
         self.by_user_data: defaultdict[int, list[int]] = defaultdict(list)
-        self.whole = True  # every slice so far was whole pages
 
     def add(self, values: list[bytes]) -> None:
-        """The next pages of the layer's log, as T values (whole pages, but for the last)."""
-        assert self.whole, "a page after one that was not whole"
+        """The next pages of the layer's log, as T values."""
         loads = marshal.loads
-        pages, firsts = self.pages, self.firsts
+        pages, firsts, sizes = self.pages, self.firsts, self.sizes
         by_account, by_user_data = self.by_account, self.by_user_data
         log: list[Any] = []
         for value in values:
@@ -262,8 +261,8 @@ class _Keys:
             first = page[0][12]
             pages.append((b"T" + first.to_bytes(8, "big"), value))
             firsts.append(first)
+            sizes.append(len(page))
             log += page
-        self.whole = len(log) % PAGE == 0
         self.packed_ids.append(b"".join([t[0].to_bytes(16, "big") for t in log]))
         for t in log:
             ts = t[12]
@@ -285,7 +284,7 @@ class _Keys:
         self.packed_ids = []
         ids.add_packed(packed)
         ids.add(orphans)
-        joined = _id_keys(packed, self.firsts)
+        joined = _id_keys(packed, self.firsts, self.sizes)
         if orphans:
             joined += [b"I" + tid.to_bytes(16, "big") for tid in orphans]  # the value b""
             joined.sort()  # (two sorted runs: one merge)
@@ -302,10 +301,10 @@ class _Keys:
         ]
 
 
-def _id_keys(packed: bytes, firsts: list[int]) -> list[bytes]:
+def _id_keys(packed: bytes, firsts: list[int], sizes: list[int]) -> list[bytes]:
     """The I keys, each joined to its value, in order, of the ids packed in `packed` (the
-    log's, 16 bytes each, big-endian) in pages that start at `firsts`: b"I", the id, the
-    page's first timestamp and the index in the page."""
+    log's, 16 bytes each, big-endian) in pages that start at `firsts` and hold `sizes`
+    transfers: b"I", the id, the page's first timestamp and the index in the page."""
     import numpy as np
 
     n = len(packed) // 16
@@ -321,9 +320,11 @@ def _id_keys(packed: bytes, firsts: list[int]) -> list[bytes]:
     rows = np.empty((n, size), np.uint8)
     rows[:, 0] = ord("I")
     rows[:, 1:_ID_KEY] = np.frombuffer(packed, np.uint8).reshape(n, 16)
-    starts = np.repeat(np.array(firsts, ">u8"), PAGE)[:n]
+    counts = np.array(sizes, np.intp)
+    starts = np.repeat(np.array(firsts, ">u8"), counts)
     rows[:, _ID_KEY : _ID_KEY + 8] = starts.view(np.uint8).reshape(n, 8)
-    rows[:, _ID_KEY + 8] = np.arange(n) % PAGE
+    offsets = np.repeat(np.cumsum(counts) - counts, counts)  # where each one's page begins
+    rows[:, _ID_KEY + 8] = np.arange(n) - offsets
     flat = rows[order].tobytes()
     return [flat[at : at + size] for at in range(0, len(flat), size)]
 
@@ -336,7 +337,7 @@ def families(
     ids: IdFilter,
 ) -> list[Part]:
     """Every key `HistoryStore._key_slices` makes of the pages of `log` and the rest, in
-    order, a family at a time (`_FAMILIES`), as the checkpointer makes them in slices of
+    order, a family at a time (`_FAMILIES`), as the checkpointer makes them in frames of
     PAGES_PER_FRAME pages; the ids go into `ids`."""
     keys = _Keys()
     for frame in _frames(log):
@@ -390,11 +391,15 @@ def _give_back_memory() -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import numpy  # noqa: F401  (now, not in the first checkpoint: 0.1 s)
+    broken: str | None = None  # every checkpoint fails with this, said to the engine
+    try:
+        import numpy  # noqa: F401  (now, not in the first checkpoint: 0.1 s)
+    except ImportError:
+        broken = traceback.format_exc()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     keys = _Keys()
     serial = 0
-    failed: str | None = None  # a slice that could not be indexed: the checkpoint fails
+    failed = broken  # a frame that could not be indexed: the checkpoint fails
     while True:
         message = _receive(stdin)
         if message is None:
@@ -417,7 +422,7 @@ def main() -> None:
             answer: Any = ("ok", paths, filter_out)
         except Exception:
             answer = ("error", traceback.format_exc())
-        keys, failed = _Keys(), None
+        keys, failed = _Keys(), broken
         _send(stdout, answer)
         stdout.flush()
         _give_back_memory()

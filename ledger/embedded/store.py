@@ -292,8 +292,9 @@ class HistoryStore:
         # overlap what is stored), and a compaction of level 0 rewrites every stored I key in
         # the range of the level below (ids are random): started at 4 files, as by default,
         # that ran after each checkpoint and cost 1.3 µs a transfer by 6 million transfers;
-        # at 16 files, 0.6. Reads do not mind: a new id reads nothing (the filter), the rest
-        # pass each level-0 file's filter. Writes stall only far above it.
+        # at 16 files, 0.6. A new id reads nothing (the id filter) and other ids pass each
+        # level-0 file's bloom filter; a seek (an account's or user data's history) looks into
+        # each level-0 file, up to 16. Writes stall only far above it.
         options.set_level_zero_file_num_compaction_trigger(16)
         options.set_level_zero_slowdown_writes_trigger(48)
         options.set_level_zero_stop_writes_trigger(96)
@@ -410,9 +411,9 @@ class HistoryStore:
             time.sleep(0)
 
     def _ingest(self, layer: Layer) -> None:
-        """The checkpointer process makes the pages and keys of the layer's log into SST files
-        (and adds the ids to the saved filter); RocksDB takes the files in at once. Here, the
-        log is only sent, a marshal of 2,048 transfers at a time."""
+        """The checkpointer process makes the keys of the layer's pages into SST files (and
+        adds the ids to the saved filter); RocksDB takes the files in at once. Here, the log
+        is only sent, as its pages (a marshal of 64 transfers each), 32 pages at a time."""
         finished, orphans = _rest(layer)
         paths, filter_out = self._checkpointer.build(
             layer.log,

@@ -36,7 +36,15 @@ def _decoded(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, Any]]:
 @st.composite
 def layers(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[Any], list[int]]:
     count = draw(st.integers(0, 3 * PAGE + 5))  # (slices of 32 pages in `families`)
-    ids = draw(st.lists(st.integers(1, _U128), min_size=count, max_size=count, unique=True))
+    # Ids of any size, and ids that share their high half (sorted by both halves then).
+    shared = st.builds(
+        lambda high, low: high << 64 | low,
+        st.sampled_from([0, 1, (1 << 64) - 1]),
+        st.sampled_from([0, 1, (1 << 64) - 1]) | st.integers(0, (1 << 64) - 1),
+    ).filter(bool)
+    ids = draw(
+        st.lists(st.integers(1, _U128) | shared, min_size=count, max_size=count, unique=True)
+    )
     accounts = draw(st.lists(st.integers(1, _U128), min_size=2, max_size=6, unique=True))
     user_data = draw(st.lists(st.integers(0, _U128), min_size=1, max_size=4))
     log = []
