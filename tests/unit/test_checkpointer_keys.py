@@ -8,10 +8,13 @@ ids that failed. Values are compared decoded: `marshal` may encode equal lists d
 from __future__ import annotations
 
 import marshal
+import subprocess
+import sys
 from collections import defaultdict
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -136,3 +139,34 @@ def test_a_filter_given_packed_ids_has_the_bits_of_one_given_them_one_by_one(
     one_by_one.add(ids)
     assert packed.bits == one_by_one.bits
     assert packed.maybe(ids) == ids
+
+
+def test_a_checkpointer_without_numpy_fails_each_checkpoint_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """It answers every checkpoint with the import error (which the engine logs, and tries
+    the checkpoint again), instead of dying before it reads, which the engine saw only as
+    'the checkpointer process exited'."""
+    code = (
+        "import sys; sys.modules['numpy'] = None\n"
+        "from ledger.embedded.checkpointer import main; main()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    stdin, stdout = cast(IO[bytes], child.stdin), cast(IO[bytes], child.stdout)
+    log = [(1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 1, 0, 10, 0)]
+    try:
+        for _ in range(2):
+            for frame in checkpointer._frames(log):
+                checkpointer._send(stdin, ("pages", frame))
+            end = ("end", str(tmp_path), str(tmp_path / "ids.bloom"), 16, False, [], [], [])
+            checkpointer._send(stdin, end)
+            stdin.flush()
+            answer = checkpointer._receive(stdout)
+            assert answer[0] == "error" and "import of numpy" in answer[1], answer
+    finally:
+        stdin.close()
+        assert child.wait(timeout=30) == 0
+        stdout.close()
+    assert not list(tmp_path.iterdir())
