@@ -59,6 +59,7 @@ DIRECTORY = "history"
 CHUNK = 1024  # timestamps per A / U value
 WRITE_SLICE = 2048  # items a checkpoint handles between two pauses for the requests
 BATCH_KEYS = 512  # keys in each of a checkpoint's writes (one holds the GIL for about 1 ms)
+MAYBE_PACKED_MIN = 256  # ids that `IdFilter.maybe` tests with numpy, at least
 # Checkpoints of this many transfers or more are built by the checkpointer process (smaller
 # ones, in tests and at a quiet time, cost less than the round trip).
 INGEST_MIN_TRANSFERS = 4096
@@ -186,7 +187,16 @@ class IdFilter:
         return bool(self.maybe((tid,)))
 
     def maybe(self, ids: Iterable[int]) -> list[int]:
-        """Those of `ids` the filter may contain (`may_contain`, in one call for a request)."""
+        """Those of `ids` the filter may contain (`may_contain`, in one call for a request).
+        Many ids are tested by numpy (0.16 µs an id at 5,000, where the loop takes 0.35 to
+        0.4; below about 250 ids the loop is faster)."""
+        if isinstance(ids, list) and len(ids) >= MAYBE_PACKED_MIN:
+            try:
+                import numpy  # noqa: F401  (imported when the store opens; None if missing)
+            except ImportError:
+                pass
+            else:
+                return self._maybe_packed(ids)
         bits, mask, s1, s2 = self.bits, self.mask, self.shift1, self.shift2
         found = []
         for tid in ids:
@@ -197,6 +207,19 @@ class IdFilter:
                 if bits[b >> 3] >> (b & 7) & 1:
                     found.append(tid)
         return found
+
+    def _maybe_packed(self, ids: list[int]) -> list[int]:
+        """`maybe`, by numpy: the positions of `add_packed`, each bit read at once."""
+        import numpy as np
+
+        bits = np.frombuffer(self.bits, np.uint8)
+        raw = b"".join([tid.to_bytes(16, "big") for tid in ids])
+        hit: Any = None
+        for position in _positions(raw, self.bits_log2):
+            byte = bits[(position >> np.uint64(3)).astype(np.intp)]
+            bit = (byte >> (position & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
+            hit = bit if hit is None else hit & bit
+        return [ids[i] for i in np.flatnonzero(hit).tolist()]
 
     def save(self, path: Path, *, fsync: bool) -> None:
         tmp = path.with_suffix(".tmp")
@@ -326,6 +349,10 @@ class HistoryStore:
             ids.add(int.from_bytes(k[1:], "big") for k, _ in self._prefixed(b"I"))
             ids.save(self._filter_path, fsync=fsync)
         self.ids = ids
+        try:  # now, not in the first large request that `IdFilter.maybe` answers (0.1 s)
+            import numpy  # noqa: F401
+        except ImportError:  # that request's ids are then tested one at a time
+            pass
 
     def close(self) -> None:
         self._checkpointer.close()

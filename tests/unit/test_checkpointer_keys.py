@@ -21,7 +21,16 @@ from hypothesis import strategies as st
 
 from ledger.embedded import checkpointer
 from ledger.embedded.checkpointer import families, pairs_of
-from ledger.embedded.store import _MIX, CHUNK, PAGE, IdFilter, _key_slices, _pages, _positions
+from ledger.embedded.store import (
+    _MIX,
+    CHUNK,
+    MAYBE_PACKED_MIN,
+    PAGE,
+    IdFilter,
+    _key_slices,
+    _pages,
+    _positions,
+)
 
 _U128 = (1 << 128) - 1
 
@@ -139,6 +148,26 @@ def test_a_filter_given_packed_ids_has_the_bits_of_one_given_them_one_by_one(
     one_by_one.add(ids)
     assert packed.bits == one_by_one.bits
     assert packed.maybe(ids) == ids
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.integers(0, _U128), min_size=1, max_size=300),
+    st.lists(st.integers(0, _U128), min_size=1, max_size=300),
+    st.sampled_from([16, 20, 24]),
+)
+def test_many_ids_are_tested_by_numpy_with_the_answers_of_the_loop(
+    added: list[int], asked: list[int], bits_log2: int
+) -> None:
+    """`maybe` of MAYBE_PACKED_MIN ids or more (numpy) answers as one id at a time does (the
+    loop): the ids added, and the others the filter may contain, in their order. (Positions
+    at every filter size are checked above.)"""
+    ids = IdFilter(bits_log2)
+    ids.add(added)
+    many = (asked * (MAYBE_PACKED_MIN // len(asked) + 1) + added + _EDGES)[::-1]
+    expected = [tid for tid in many if ids.may_contain(tid)]
+    assert set(added) <= set(expected)
+    assert ids.maybe(many) == expected
 
 
 def test_a_checkpointer_without_numpy_fails_each_checkpoint_with_the_reason(
