@@ -33,6 +33,7 @@ import click
 from ledger import db
 from ledger.client import open_ledger_beside
 from ledger.clock import business_clock, wall_clock_ns
+from ledger.heap import HeapPolicy, manage_heap
 from ledger.migrate import migrate as apply_migrations
 from ledger.repositories import projection as repo
 from ledger.settings import LedgerSettings
@@ -147,6 +148,7 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
     watcher = asyncio.create_task(_stdin_closed()) if until_stdin_closes else None
     if watcher is not None:
         watcher.add_done_callback(lambda _: task.cancel())
+    heap = asyncio.create_task(manage_heap(HeapPolicy()))  # (CPython's defaults: ledger/heap.py)
     try:
         # The engine's clock: a sandbox's test clock, which its ticks must see pass expiries.
         clock_ns = wall_clock_ns if settings.tb_addresses else business_clock(settings.data_dir)
@@ -154,6 +156,7 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
     except asyncio.CancelledError:
         pass
     finally:
+        heap.cancel()
         if watcher is not None:
             watcher.cancel()
         await ledger.close()

@@ -20,8 +20,25 @@ The policy (`manage_heap`, a task the server runs):
   frees everything else as usual), so nothing leaks for longer than that. That step, and the
   few young collections after it, pause the process (a few hundred ms on a large heap), once
   an interval;
-- the youngest generation is collected every `young_threshold` allocations instead of CPython's
-  700, as a request makes a few hundred objects that almost all die by reference counting.
+- the youngest generation is collected when `young_threshold` more objects are tracked than at
+  the last collection, not CPython's 700. A young collection walks every young object alive:
+  in the server, those of the requests in flight (40,000 to 70,000 under batch load), which
+  die by reference counting once answered, having been walked at every collection meanwhile.
+  At 50,000 (before), the server ran about 5 young collections a second under batch
+  ingestion, 7 to 16 ms each; at 500,000, 1 a second or fewer, for a tenth of the time (in a
+  30-second run over HTTP: 2.1 to 2.4 s of the server's CPU in collections, then 0.12 to
+  0.28). Cycles that die young are still collected within `freeze_every_s`.
+
+Processes (each runs `manage_heap`):
+- the server (`api.app`);
+- the projection feed (`credit-ledger projection feed`): with CPython's defaults it collected
+  5,000 times in that run, 2.6 s of CPU; with this policy, 45 ms;
+- the engine process (`ledger.embedded.process`), which also calls `freeze_survivors` after
+  each read of requests: what a request leaves (its transfers, now the engine's state) goes to
+  the permanent generation at once, and no young collection walks it. Without that, every
+  transfer was walked once or twice before its layer went to the store (1.1 s of the engine's
+  CPU in that run; with it, 15 ms). Under load the engine makes no cyclic garbage (its young
+  collections found none), and the full step reclaims what it ever makes.
 
 Nothing here changes what is freed by reference counting, which is almost everything.
 """
@@ -41,7 +58,7 @@ _logger = logging.getLogger(__name__)
 class HeapPolicy:
     freeze_every_s: float = 10.0
     full_every_s: float = 3600.0
-    young_threshold: int = 50_000
+    young_threshold: int = 500_000
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,12 @@ def freeze() -> HeapReport:
     collected = gc.collect(1)
     gc.freeze()
     return HeapReport(gc.get_freeze_count(), collected, time.perf_counter() - start)
+
+
+def freeze_survivors() -> None:
+    """Moves every object the collector tracks to the permanent generation, without a
+    collection (in constant time); see the engine process above."""
+    gc.freeze()
 
 
 def full() -> HeapReport:

@@ -60,6 +60,7 @@ from ledger.embedded.engine import (
     transfer_tuples,
 )
 from ledger.embedded.journal import DataDirectoryLocked, JournalClosed, JournalCorrupt
+from ledger.heap import freeze_survivors
 from ledger.limits import ENGINE_START_TIMEOUT_S, JOURNAL_SNAPSHOT_BYTES_DEFAULT
 from ledger.types import (
     Account,
@@ -510,6 +511,10 @@ class _Requests(_Frames):
         super().__init__()
         self._engine = engine
         self._answers = answers
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        freeze_survivors()  # what these requests left is the engine's state (ledger/heap.py)
 
     def on_frame(self, payload: Any) -> None:
         operation, argument = payload

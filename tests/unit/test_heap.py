@@ -6,6 +6,7 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 
@@ -50,6 +51,27 @@ def test_freeze_collects_what_died_before_it() -> None:
     alive = _cycle()
     report = heap.freeze()
     assert alive() is None and report.collected >= 2
+
+
+def test_the_engine_process_freezes_what_its_requests_leave() -> None:
+    """What a request leaves in the engine process (its transfers, now state) is in the
+    permanent generation once the requests read are applied: no young collection walks it."""
+    from ledger.embedded.process import _frame, _Requests
+
+    kept: list[Any] = []
+
+    class Engine:
+        def apply(self, operation: int, argument: Any) -> tuple[list[Any], int]:
+            kept.append([tuple(event) for event in argument])  # the state it leaves
+            return [], 0
+
+    requests = _Requests(cast(Any, Engine()), asyncio.Queue())
+    frames = _frame(("create_accounts", [[1, 2], [3, 4]])) + _frame(("create_accounts", [[5]]))
+    requests.data_received(frames[:10])  # a frame and a half: the rest comes next
+    requests.data_received(frames[10:])
+    assert len(kept) == 2 and all(gc.is_tracked(state) for state in kept)
+    young_and_old = gc.get_objects()  # (the permanent generation is not listed)
+    assert not any(o is state for state in kept for o in young_and_old)
 
 
 async def test_manage_heap_runs_its_steps_and_restores_the_collector() -> None:
