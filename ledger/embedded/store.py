@@ -192,7 +192,7 @@ class IdFilter:
         0.4; below about 250 ids the loop is faster)."""
         if isinstance(ids, list) and len(ids) >= MAYBE_PACKED_MIN:
             try:
-                import numpy  # noqa: F401  (imported when the store opens; None if missing)
+                import numpy  # noqa: F401  (imported when the store opens: a lookup here)
             except ImportError:
                 pass
             else:
