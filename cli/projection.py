@@ -148,7 +148,7 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
     watcher = asyncio.create_task(_stdin_closed()) if until_stdin_closes else None
     if watcher is not None:
         watcher.add_done_callback(lambda _: task.cancel())
-    heap = asyncio.create_task(manage_heap(HeapPolicy()))  # (CPython's defaults: ledger/heap.py)
+    heap = asyncio.create_task(manage_heap(HeapPolicy()))  # (not CPython's: ledger/heap.py)
     try:
         # The engine's clock: a sandbox's test clock, which its ticks must see pass expiries.
         clock_ns = wall_clock_ns if settings.tb_addresses else business_clock(settings.data_dir)
@@ -157,6 +157,8 @@ async def _feed(data_dir: Path | None, until_stdin_closes: bool) -> None:
         pass
     finally:
         heap.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heap  # (its own `finally` gives the collector back as it was)
         if watcher is not None:
             watcher.cancel()
         await ledger.close()

@@ -7,7 +7,7 @@ grown by a quarter, so under load the process paused for 60-100 ms every few sec
 objects that can never be garbage. Measured on the debit benchmark: full collections took 1.3 s
 of a 20 s run, and request p99 was 107 ms; with this policy, 25-37 ms, and 20% more debits/s.
 
-The policy (`manage_heap`, a task the server runs):
+The policy (`manage_heap`, a task each process below runs):
 - every `freeze_every_s`, collect the two young generations and move every survivor to the
   permanent generation (`gc.freeze()`), which no collection walks; the collector then only ever
   sees the objects made since the last freeze;
@@ -37,8 +37,10 @@ Processes (each runs `manage_heap`):
   each read of requests: what a request leaves (its transfers, now the engine's state) goes to
   the permanent generation at once, and no young collection walks it. Without that, every
   transfer was walked once or twice before its layer went to the store (1.1 s of the engine's
-  CPU in that run; with it, 15 ms). Under load the engine makes no cyclic garbage (its young
-  collections found none), and the full step reclaims what it ever makes.
+  CPU in that run; with it, 15 ms). A cycle a request makes is frozen with the rest, so in the
+  engine only the full step reclaims it (within `full_every_s`, not `freeze_every_s`). Its
+  requests make none, whether created, refused, failed or read
+  (tests/unit/test_heap.py); a failed journal write may, once.
 
 Nothing here changes what is freed by reference counting, which is almost everything.
 """

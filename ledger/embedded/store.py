@@ -213,7 +213,8 @@ class IdFilter:
         import numpy as np
 
         bits = np.frombuffer(self.bits, np.uint8)
-        raw = b"".join([tid.to_bytes(16, "big") for tid in ids])
+        # (Mod 2**128, as the loop's hash is: an id out of range gets the loop's answer.)
+        raw = b"".join([(tid & _M128).to_bytes(16, "big") for tid in ids])
         hit: Any = None
         for position in _positions(raw, self.bits_log2):
             byte = bits[(position >> np.uint64(3)).astype(np.intp)]

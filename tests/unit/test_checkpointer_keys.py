@@ -164,10 +164,11 @@ def test_many_ids_are_tested_by_numpy_with_the_answers_of_the_loop(
     at every filter size are checked above.)"""
     ids = IdFilter(bits_log2)
     ids.add(added)
-    many = (asked * (MAYBE_PACKED_MIN // len(asked) + 1) + added + _EDGES)[::-1]
+    many = (asked * (MAYBE_PACKED_MIN // len(asked) + 1) + added + _EDGES + [-1, 1 << 128])[::-1]
     expected = [tid for tid in many if ids.may_contain(tid)]
     assert set(added) <= set(expected)
     assert ids.maybe(many) == expected
+    assert ids._maybe_packed(many) == expected  # (the path `maybe` took: not the loop twice)
 
 
 def test_a_checkpointer_without_numpy_fails_each_checkpoint_with_the_reason(

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -72,6 +73,51 @@ def test_the_engine_process_freezes_what_its_requests_leave() -> None:
     assert len(kept) == 2 and all(gc.is_tracked(state) for state in kept)
     young_and_old = gc.get_objects()  # (the permanent generation is not listed)
     assert not any(o is state for state in kept for o in young_and_old)
+
+
+def test_the_engine_process_requests_make_no_cyclic_garbage(tmp_path: Path) -> None:
+    """A cycle a request makes in the engine process is frozen with the rest, and only the
+    hourly full step would reclaim it: created, refused, malformed and unknown requests and
+    reads (of the store, past small checkpoints) make none."""
+    from ledger.embedded import EmbeddedEngine
+    from ledger.embedded.engine import account_tuples, transfer_tuples
+    from ledger.embedded.process import _Requests
+    from ledger.types import Account, Transfer
+
+    answers: asyncio.Queue[Any] = asyncio.Queue()
+    with EmbeddedEngine(tmp_path, fsync=False, snapshot_bytes=32 * 1024) as engine:
+        requests = _Requests(engine, answers)
+
+        def send(operation: str, argument: Any) -> None:
+            requests.on_frame((operation, argument))
+            position, _ = answers.get_nowait()
+            engine.wait(position)  # (as the process answers: the journal writes, checkpoints run)
+
+        accounts = [Account(id=i, ledger=1, code=1) for i in (1, 2)]
+        send("create_accounts", account_tuples(accounts))
+        gc.collect()
+        for n in range(200):
+            transfers = [
+                Transfer(
+                    id=n * 10 + i + 1,
+                    debit_account_id=1,
+                    credit_account_id=2,
+                    amount=1,
+                    ledger=1,
+                    code=1,
+                )
+                for i in range(10)
+            ]
+            transfers.append(  # refused: no such account
+                Transfer(id=10**9 + n, debit_account_id=1, credit_account_id=99, ledger=1, code=1)
+            )
+            send("create_transfers", transfer_tuples(transfers))
+            send("create_transfers", "not a list of transfers")
+            send("no such operation", None)
+            send("lookup_transfers", [1, n * 10 + 1, 10**12])
+            send("query_transfers", (0, 0, 0, 0, 0, 1, 0, 50, n % 2))
+        assert engine.store is not None and engine.store.visible_ts > 0  # (reads saw the store)
+        assert gc.collect() == 0
 
 
 async def test_manage_heap_runs_its_steps_and_restores_the_collector() -> None:
