@@ -176,12 +176,8 @@ class IdFilter:
         import numpy as np
 
         bits = np.frombuffer(self.bits, np.uint8)
-        for position in _positions(raw, self.bits_log2):
-            np.bitwise_or.at(
-                bits,
-                (position >> np.uint64(3)).astype(np.intp),
-                np.left_shift(np.uint8(1), (position & np.uint64(7)).astype(np.uint8)),
-            )
+        for byte, shift in _cells(raw, self.bits_log2):
+            np.bitwise_or.at(bits, byte, np.left_shift(np.uint8(1), shift))
 
     def may_contain(self, tid: int) -> bool:
         return bool(self.maybe((tid,)))
@@ -216,9 +212,8 @@ class IdFilter:
         # (Mod 2**128, as the loop's hash is: an id out of range gets the loop's answer.)
         raw = b"".join([(tid & _M128).to_bytes(16, "big") for tid in ids])
         hit: Any = None
-        for position in _positions(raw, self.bits_log2):
-            byte = bits[(position >> np.uint64(3)).astype(np.intp)]
-            bit = (byte >> (position & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
+        for byte, shift in _cells(raw, self.bits_log2):
+            bit = (bits[byte] >> shift) & np.uint8(1)
             hit = bit if hit is None else hit & bit
         return [ids[i] for i in np.flatnonzero(hit).tolist()]
 
@@ -262,6 +257,15 @@ class IdFilter:
 _MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _M128 = (1 << 128) - 1
 _M64 = (1 << 64) - 1
+
+
+def _cells(raw: bytes, bits_log2: int) -> Iterator[tuple[Any, Any]]:
+    """For each of the two bits of the ids packed in `raw` (`_positions`): the index of its
+    byte in the filter, and its place in that byte, as numpy arrays."""
+    import numpy as np
+
+    for position in _positions(raw, bits_log2):
+        yield (position >> np.uint64(3)).astype(np.intp), (position & np.uint64(7)).astype(np.uint8)
 
 
 def _positions(raw: bytes, bits_log2: int) -> tuple[Any, Any]:
