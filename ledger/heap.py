@@ -42,6 +42,10 @@ Processes (each runs `manage_heap`):
   requests make none, whether created, refused, failed or read
   (tests/unit/test_heap.py); a failed journal write may, once.
 
+The checkpointer process (`ledger/embedded/checkpointer.py`) runs no automatic collection at
+all: a checkpoint makes no cycles (tests/unit/test_checkpointer_keys.py), and it collects once
+after each, which walks only what that checkpoint left.
+
 Nothing here changes what is freed by reference counting, which is almost everything.
 """
 

@@ -7,6 +7,7 @@ ids that failed. Values are compared decoded: `marshal` may encode equal lists d
 
 from __future__ import annotations
 
+import gc
 import marshal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO, Any, cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -200,3 +202,42 @@ def test_a_checkpointer_without_numpy_fails_each_checkpoint_with_the_reason(
         assert child.wait(timeout=30) == 0
         stdout.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_checkpoint_in_the_checkpointer_makes_no_cyclic_garbage(tmp_path: Path) -> None:
+    """The checkpointer runs with the cyclic collector off (its `main`) and collects once
+    after each checkpoint: building one, and one that fails, leave nothing for the collector,
+    so the collections it no longer runs would have found nothing."""
+    log = [
+        (i + 1, 7 + i % 3, 8, i, 0, (i // 2) * 11, 0, 0, 0, 1, 1, 0, (1 << 60) + i, 0)
+        for i in range(3 * PAGE + 5)
+    ]
+    history = [(t[12], (t[1], 1, 2, 3, 4, t[2], 5, 6, 7, 8)) for t in log[::4]]
+    filter_path = tmp_path / "ids.bloom"
+    IdFilter(16).save(filter_path, fsync=False)
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for serial in (1, 2):
+            keys = checkpointer._Keys()
+            for frame in checkpointer._frames(log):
+                keys.add(frame)
+            paths, out = checkpointer._build(
+                keys, str(tmp_path), str(filter_path), 16, False, history, [(1, 5)], [10**9], serial
+            )
+            assert len(paths) == 6 and Path(out).exists()  # (S: one final status)
+            del keys
+            assert gc.collect() == 0
+        failing = checkpointer._Keys()
+        for frame in checkpointer._frames(log):
+            failing.add(frame)
+        with pytest.raises(Exception, match="No such file"):  # the directory is gone
+            checkpointer._build(
+                failing, str(tmp_path / "gone"), str(filter_path), 16, False, [], [], [], 3
+            )
+        del failing
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()
