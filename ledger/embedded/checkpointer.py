@@ -38,7 +38,7 @@ import sys
 import threading
 import traceback
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -380,14 +380,15 @@ def pairs_of(parts: list[Part]) -> Iterator[tuple[bytes, bytes]]:
             yield from items
 
 
-def _give_back_memory() -> None:
-    """Returns the memory of the checkpoint just built to the system (glibc keeps freed memory
-    for the process otherwise: 167 of a 241 MiB peak, between checkpoints, when it was kept)."""
+def _memory_trimmer() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, which returns the memory of the checkpoint just built to the
+    system (glibc keeps freed memory for the process otherwise: 167 of a 241 MiB peak, between
+    checkpoints, when it was kept); None without glibc. Looked up once: a `ctypes.CDLL` made
+    and dropped leaves a reference cycle."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc
-        return
-    libc.malloc_trim(0)
+        return cast("Callable[[int], int]", ctypes.CDLL("libc.so.6").malloc_trim)
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def main() -> None:
@@ -397,13 +398,15 @@ def main() -> None:
         import numpy  # noqa: F401  (now, not in the first checkpoint: 0.1 s)
     except ImportError:
         broken = traceback.format_exc()
+    trim = _memory_trimmer()
     # No automatic collections: a checkpoint makes no reference cycles, and the transfers it
     # reads (tuples, which the collector tracks) and its lists by user data (72,000 at batch
     # rates) made the collector walk them again and again, about a tenth of the CPU a
     # checkpoint takes. What was alive at start is frozen; one collection after each
-    # checkpoint walks what is left of it, which is little, and takes whatever cycle a failed
-    # one made (a traceback).
+    # checkpoint walks what is left of it, which is little, and takes any cycle a failure
+    # might make.
     gc.disable()
+    gc.collect()
     gc.freeze()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     keys = _Keys()
@@ -435,7 +438,8 @@ def main() -> None:
         _send(stdout, answer)
         stdout.flush()
         gc.collect()
-        _give_back_memory()
+        if trim is not None:
+            trim(0)
 
 
 if __name__ == "__main__":
