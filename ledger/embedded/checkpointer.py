@@ -12,8 +12,9 @@ ingests the files (one call, atomic). The keys are those `HistoryStore` writes i
 with values that decode the same.
 
 Protocol, over the child's stdin and stdout: frames of [u64 little-endian length][marshal].
-The parent sends ("pages", [page, ...]) any number of times (the layer's log in order, as T
-values: marshalled lists of PAGE transfers, but the last; PAGES_PER_FRAME a frame), then
+The parent sends ("begin", directory), then ("pages", [page, ...]) any number of times (the
+layer's log in order, as T values: marshalled lists of PAGE transfers, but the last;
+PAGES_PER_FRAME a frame), which the child writes to the pages' SST file as they come, then
 ("end", directory, filter path, filter bits log2, fsync, history items, finished values,
 orphans); the child answers ("ok", [SST paths], filter path) or ("error", text), and is
 ready for the next checkpoint. It indexes each frame as it comes, while the engine sends the
@@ -98,6 +99,7 @@ class Checkpointer:
             try:
                 child = self._start()
                 stdin, stdout = cast(IO[bytes], child.stdin), cast(IO[bytes], child.stdout)
+                _send(stdin, ("begin", str(directory)))
                 for frame in _frames(log):
                     _send(stdin, ("pages", frame))
                 end = ("end", str(directory), str(filter_path), filter_bits_log2, fsync)
@@ -184,6 +186,7 @@ def _build(
 
     ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
     parts = keys.finish(history, finished, orphans, ids)
+    streamed = keys.stream
     # A file per family of keys. None overlaps the M keys that the last checkpoint left in
     # the memtable (after a checkpoint written in batches, RocksDB flushes first); and the
     # pages (T) and history balances (H) come after every key of theirs already stored, so
@@ -196,6 +199,10 @@ def _build(
     filter_out = f"{stem}-ids.bloom"
     try:
         for family, (cut, items) in zip(_FAMILIES, parts, strict=True):
+            if family == "T" and streamed is not None:  # written as the frames came
+                if streamed.finish():
+                    paths.append(streamed.path)
+                continue
             if not items:
                 continue
             path = f"{stem}-{family}.sst"
@@ -243,7 +250,8 @@ class _Keys:
     order (A, U) are sorted joined to their values, one bytes object each (keys of a family
     have one length): the sort then compares bytes with no key function and no tuples."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: _PageFile | None = None) -> None:
+        self.stream = stream  # the pages go there as they come, not to `pages`
         self.packed_ids: list[bytes] = []  # the log's ids, 16 bytes each, a frame at a time
         self.firsts: list[int] = []  # the first timestamp of each page
         self.sizes: list[int] = []  # the transfers of each page
@@ -257,10 +265,14 @@ class _Keys:
         pages, firsts, sizes = self.pages, self.firsts, self.sizes
         by_account, by_user_data = self.by_account, self.by_user_data
         log: list[Any] = []
+        stream = self.stream
         for value in values:
             page = loads(value)
             first = page[0][12]
-            pages.append((b"T" + first.to_bytes(8, "big"), value))
+            if stream is None:
+                pages.append((b"T" + first.to_bytes(8, "big"), value))
+            else:
+                stream.put(b"T" + first.to_bytes(8, "big"), value)
             firsts.append(first)
             sizes.append(len(page))
             log += page
@@ -300,6 +312,35 @@ class _Keys:
             (0, self.pages),
             (_LIST_KEY, _joined_lists(b"U", self.by_user_data)),
         ]
+
+
+class _PageFile:
+    """The SST file of a checkpoint's pages (T), written as its frames come: the pages are in
+    order already, and most of a checkpoint's bytes (38 MB for 360,000 of the service's
+    transfers). Held to the end, they added to the checkpointer's peak (246 MiB against 222 in
+    `bench.checkpoint`); written at once, each frame's memory is used again for the next."""
+
+    def __init__(self, path: str) -> None:
+        from rocksdict import SstFileWriter
+
+        from ledger.embedded.store import sst_options
+
+        self.path = path
+        self.count = 0
+        self._writer = SstFileWriter(sst_options())
+        self._writer.open(path)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._writer[key] = value
+        self.count += 1
+
+    def finish(self) -> bool:
+        """Finishes (and syncs) the file; False, and no file, if no page came."""
+        if self.count == 0:
+            remove_files([self.path])
+            return False
+        self._writer.finish()
+        return True
 
 
 def _id_keys(packed: bytes, firsts: list[int], sizes: list[int]) -> list[bytes]:
@@ -411,11 +452,21 @@ def main() -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     keys = _Keys()
     serial = 0
+    begun = False  # this checkpoint's "begin" came: its pages go to their file as they come
     failed = broken  # a frame that could not be indexed: the checkpoint fails
     while True:
         message = _receive(stdin)
         if message is None:
             return
+        if message[0] == "begin":
+            serial += 1
+            begun = True
+            if failed is None:
+                try:
+                    keys = _Keys(_PageFile(f"{message[1]}/{os.getpid()}-{serial}-T.sst"))
+                except Exception:
+                    failed = traceback.format_exc()
+            continue
         if message[0] == "pages":
             if failed is None:
                 try:
@@ -424,7 +475,8 @@ def main() -> None:
                     failed = traceback.format_exc()
             continue
         _, directory, filter_path, bits_log2, fsync, history, finished, orphans = message
-        serial += 1
+        if not begun:
+            serial += 1
         try:
             if failed is not None:
                 raise RuntimeError(failed)
@@ -434,7 +486,9 @@ def main() -> None:
             answer: Any = ("ok", paths, filter_out)
         except Exception:
             answer = ("error", traceback.format_exc())
-        keys, failed = _Keys(), broken
+            if keys.stream is not None:
+                remove_files([keys.stream.path])  # (a full disk should not fill up further)
+        keys, failed, begun = _Keys(), broken, False
         _send(stdout, answer)
         stdout.flush()
         gc.collect()

@@ -11,6 +11,7 @@ import gc
 import marshal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from itertools import chain
 from operator import itemgetter
@@ -249,3 +250,90 @@ def test_a_checkpoint_in_the_checkpointer_makes_no_cyclic_garbage(tmp_path: Path
     finally:
         if enabled:
             gc.enable()
+
+
+def _checkpointer_child() -> tuple[subprocess.Popen[bytes], IO[bytes], IO[bytes]]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from ledger.embedded.checkpointer import main; main()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    return child, cast(IO[bytes], child.stdin), cast(IO[bytes], child.stdout)
+
+
+def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
+    tmp_path: Path,
+) -> None:
+    """Over its pipe, as the engine drives it: the pages' file is open once "begin" comes,
+    before the last frame; the files it answers hold the keys `families` makes, and its
+    filter the ids. A checkpoint that fails (its directory does not exist; its end is wrong,
+    after its pages were written) leaves nothing behind, and the next one succeeds."""
+    from rocksdict import Rdict
+
+    from ledger.embedded.store import sst_options
+
+    log = [
+        (i + 1, 7 + i % 5, 8, i, 0, (i // 3) * 13, 0, 0, 0, 1, 1, 0, (1 << 60) + 2 * i, 0)
+        for i in range(2 * checkpointer.PAGES_PER_FRAME * PAGE + 7)  # three frames
+    ]
+    history = [(t[12], (t[1], 1, 2, 3, 4, t[2], 5, 6, 7, 8)) for t in log[::5]]
+    finished = [(2, log[1][12])]
+    orphans = [10**9]
+    filter_path = tmp_path / "ids.bloom"
+    IdFilter(16).save(filter_path, fsync=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    child, stdin, stdout = _checkpointer_child()
+    try:
+        # A checkpoint that fails: its directory is gone.
+        checkpointer._send(stdin, ("begin", str(tmp_path / "gone")))
+        for frame in checkpointer._frames(log):
+            checkpointer._send(stdin, ("pages", frame))
+        end = ("end", str(tmp_path / "gone"), str(filter_path), 16, False, [], [], [])
+        checkpointer._send(stdin, end)
+        stdin.flush()
+        answer = checkpointer._receive(stdout)
+        assert answer[0] == "error" and "gone" in answer[1], answer
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.bloom", "out"]
+        # One that fails at its end, after its pages were written: their file goes too.
+        checkpointer._send(stdin, ("begin", str(out_dir)))
+        for frame in checkpointer._frames(log):
+            checkpointer._send(stdin, ("pages", frame))
+        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 99, False, [], [], []))
+        stdin.flush()
+        answer = checkpointer._receive(stdout)
+        assert answer[0] == "error" and "AssertionError" in answer[1], answer
+        assert not list(out_dir.iterdir())
+
+        frames = list(checkpointer._frames(log))
+        checkpointer._send(stdin, ("begin", str(out_dir)))
+        for frame in frames[:-1]:
+            checkpointer._send(stdin, ("pages", frame))
+        stdin.flush()
+        deadline = time.monotonic() + 30
+        while not list(out_dir.glob("*-T.sst")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [p.name[-6:] for p in out_dir.iterdir()] == ["-T.sst"]  # before the last frame
+        checkpointer._send(stdin, ("pages", frames[-1]))
+        end = ("end", str(out_dir), str(filter_path), 16, False, history, finished, orphans)
+        checkpointer._send(stdin, end)
+        stdin.flush()
+        answer = checkpointer._receive(stdout)
+    finally:
+        stdin.close()
+        assert child.wait(timeout=30) == 0
+        stdout.close()
+    assert answer[0] == "ok", answer
+    paths, filter_out = answer[1], answer[2]
+    assert sorted(Path(p).name[-5:-4] for p in paths) == list("AHISTU")
+    db = Rdict(str(tmp_path / "db"), sst_options())
+    try:
+        db.ingest_external_file(paths)
+        got = [(k, v) for k, v in db.items()]
+    finally:
+        db.close()
+    expected_ids = IdFilter(16)
+    expected = list(pairs_of(families(log, history, finished, orphans, expected_ids)))
+    assert _decoded(got) == _decoded(expected)
+    written = IdFilter.load(Path(filter_out), 16)
+    assert written is not None and written.bits == expected_ids.bits
