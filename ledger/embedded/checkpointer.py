@@ -14,7 +14,8 @@ with values that decode the same.
 Protocol, over the child's stdin and stdout: frames of [u64 little-endian length][marshal].
 The parent sends ("begin", directory), then ("pages", [page, ...]) any number of times (the
 layer's log in order, as T values: marshalled lists of PAGE transfers, but the last;
-PAGES_PER_FRAME a frame), which the child writes to the pages' SST file as they come, then
+PAGES_PER_FRAME a frame), which the child writes to the pages' SST file as they come ("begin"
+may be left out: the pages are then held to the end), then
 ("end", directory, filter path, filter bits log2, fsync, history items, finished values,
 orphans); the child answers ("ok", [SST paths], filter path) or ("error", text), and is
 ready for the next checkpoint. It indexes each frame as it comes, while the engine sends the
@@ -96,6 +97,7 @@ class Checkpointer:
         `log` (a layer's transfers in timestamp order) and the rest, and a file with the filter
         saved at `filter_path` and their ids, all written in `directory`."""
         with self._lock:
+            child: subprocess.Popen[bytes] | None = None
             try:
                 child = self._start()
                 stdin, stdout = cast(IO[bytes], child.stdin), cast(IO[bytes], child.stdout)
@@ -107,19 +109,27 @@ class Checkpointer:
                 stdin.flush()
                 answer = _receive(stdout)
             except (OSError, ValueError, EOFError) as error:
-                self._stop()
+                self._stop_leaving_nothing(child, directory)
                 raise CheckpointerFailed(f"the checkpointer process failed: {error}") from error
             except BaseException:
-                self._stop()  # (it holds part of the layer, which the next try sends again)
+                # (It holds part of the layer, which the next try sends again.)
+                self._stop_leaving_nothing(child, directory)
                 raise
             if answer is None:
-                self._stop()
+                self._stop_leaving_nothing(child, directory)
                 raise CheckpointerFailed("the checkpointer process exited")
             if answer[0] != "ok":
                 raise CheckpointerFailed(f"the checkpointer failed: {answer[1]}")
             paths: list[str] = answer[1]
             filter_out: str = answer[2]
             return paths, filter_out
+
+    def _stop_leaving_nothing(self, child: subprocess.Popen[bytes] | None, directory: Path) -> None:
+        """Stops the child, then removes what it wrote in `directory` for the checkpoint it
+        did not finish (its pages' file, from "begin" on: its files carry its pid)."""
+        self._stop()
+        if child is not None:
+            remove_files(str(path) for path in directory.glob(f"{child.pid}-*"))
 
     def _start(self) -> subprocess.Popen[bytes]:
         child = self._child
@@ -456,14 +466,18 @@ def main() -> None:
     failed = broken  # a frame that could not be indexed: the checkpoint fails
     while True:
         message = _receive(stdin)
-        if message is None:
-            return
-        if message[0] == "begin":
+        if message is None or message[0] == "begin":
+            if keys.stream is not None:  # a checkpoint cut short: its pages' file goes
+                remove_files([keys.stream.path])
+                keys = _Keys()
+            if message is None:
+                return
             serial += 1
             begun = True
             if failed is None:
                 try:
-                    keys = _Keys(_PageFile(f"{message[1]}/{os.getpid()}-{serial}-T.sst"))
+                    path = os.path.join(message[1], f"{os.getpid()}-{serial}-T.sst")
+                    keys = _Keys(_PageFile(path))
                 except Exception:
                     failed = traceback.format_exc()
             continue

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import marshal
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -266,8 +268,9 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
 ) -> None:
     """Over its pipe, as the engine drives it: the pages' file is open once "begin" comes,
     before the last frame; the files it answers hold the keys `families` makes, and its
-    filter the ids. A checkpoint that fails (its directory does not exist; its end is wrong,
-    after its pages were written) leaves nothing behind, and the next one succeeds."""
+    filter the ids. A checkpoint that fails (its directory does not exist; its filter cannot
+    be saved, after its pages' file was finished), one with no pages and one cut short leave
+    no file behind, and the next one succeeds."""
     from rocksdict import Rdict
 
     from ledger.embedded.store import sst_options
@@ -295,15 +298,26 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
         answer = checkpointer._receive(stdout)
         assert answer[0] == "error" and "gone" in answer[1], answer
         assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.bloom", "out"]
-        # One that fails at its end, after its pages were written: their file goes too.
+        # One that fails at its very end, its pages' file finished: the filter cannot be saved.
+        blocked = out_dir / f"{child.pid}-2-ids.tmp"
+        blocked.mkdir()
         checkpointer._send(stdin, ("begin", str(out_dir)))
         for frame in checkpointer._frames(log):
             checkpointer._send(stdin, ("pages", frame))
-        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 99, False, [], [], []))
+        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], []))
         stdin.flush()
         answer = checkpointer._receive(stdout)
-        assert answer[0] == "error" and "AssertionError" in answer[1], answer
-        assert not list(out_dir.iterdir())
+        assert answer[0] == "error" and "IsADirectoryError" in answer[1], answer
+        assert list(out_dir.iterdir()) == [blocked]
+        blocked.rmdir()
+        # One with no pages (a layer of history balances, say): no pages' file.
+        checkpointer._send(stdin, ("begin", str(out_dir)))
+        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], [7]))
+        stdin.flush()
+        answer = checkpointer._receive(stdout)
+        assert answer[0] == "ok" and [Path(p).name[-6:] for p in answer[1]] == ["-I.sst"]
+        for leftover in out_dir.iterdir():
+            leftover.unlink()
 
         frames = list(checkpointer._frames(log))
         checkpointer._send(stdin, ("begin", str(out_dir)))
@@ -319,12 +333,16 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
         checkpointer._send(stdin, end)
         stdin.flush()
         answer = checkpointer._receive(stdout)
+        # One cut short (its engine stopped it): the child takes its pages' file with it.
+        checkpointer._send(stdin, ("begin", str(out_dir)))
+        checkpointer._send(stdin, ("pages", frames[0]))
     finally:
         stdin.close()
         assert child.wait(timeout=30) == 0
         stdout.close()
     assert answer[0] == "ok", answer
     paths, filter_out = answer[1], answer[2]
+    assert sorted(str(p) for p in out_dir.iterdir()) == sorted([*paths, filter_out])
     assert sorted(Path(p).name[-5:-4] for p in paths) == list("AHISTU")
     db = Rdict(str(tmp_path / "db"), sst_options())
     try:
@@ -337,3 +355,70 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
     assert _decoded(got) == _decoded(expected)
     written = IdFilter.load(Path(filter_out), 16)
     assert written is not None and written.bits == expected_ids.bits
+
+
+def test_the_pages_go_to_their_file_as_each_frame_comes(tmp_path: Path) -> None:
+    """`_Keys` given a pages' file keeps no page: each frame's go to the file at once."""
+    log = [(i + 1, 7, 8, i, 0, 0, 0, 0, 0, 1, 1, 0, (1 << 60) + i, 0) for i in range(3 * PAGE)]
+    (frame,) = checkpointer._frames(log)
+    stream = checkpointer._PageFile(str(tmp_path / "T.sst"))
+    keys = checkpointer._Keys(stream)
+    keys.add(frame)
+    assert keys.pages == [] and stream.count == len(frame) == 3
+    assert keys.firsts == [t[12] for t in log[::PAGE]]
+    assert stream.finish() and (tmp_path / "T.sst").stat().st_size > 0
+
+
+def test_a_checkpoint_cut_short_by_its_engine_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's side stops the child when sending fails part way (here, after the first
+    frame, the child killed), and removes what the child had written for it: its pages'
+    file. The next checkpoint starts a new child."""
+    log = [
+        (i + 1, 7, 8, i, 0, 0, 0, 0, 0, 1, 1, 0, (1 << 60) + i, 0)
+        for i in range(3 * checkpointer.PAGES_PER_FRAME * PAGE)
+    ]
+    frames = checkpointer._frames
+
+    def failing(log: list[Any]) -> Any:
+        for n, frame in enumerate(frames(log)):
+            if n == 1:
+                deadline = time.monotonic() + 30  # (the child has opened its file)
+                while not list(tmp_path.glob("*-T.sst")) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert built.pid is not None
+                os.kill(built.pid, signal.SIGKILL)  # (it cannot remove its file itself)
+                raise BrokenPipeError("cut short")
+            yield frame
+
+    monkeypatch.setattr(checkpointer, "_frames", failing)
+    IdFilter(16).save(tmp_path / "ids.bloom", fsync=False)
+    built = checkpointer.Checkpointer()
+    try:
+        with pytest.raises(checkpointer.CheckpointerFailed, match="cut short"):
+            built.build(
+                log,
+                directory=tmp_path,
+                filter_path=tmp_path / "ids.bloom",
+                filter_bits_log2=16,
+                fsync=False,
+                history=[],
+                finished=[],
+                orphans=[],
+            )
+        assert [p.name for p in tmp_path.iterdir()] == ["ids.bloom"]
+        monkeypatch.setattr(checkpointer, "_frames", frames)
+        paths, _ = built.build(
+            log,
+            directory=tmp_path,
+            filter_path=tmp_path / "ids.bloom",
+            filter_bits_log2=16,
+            fsync=False,
+            history=[],
+            finished=[],
+            orphans=[],
+        )
+        assert sorted(Path(p).name[-5:-4] for p in paths) == list("AIT")
+    finally:
+        built.close()
