@@ -395,21 +395,9 @@ def test_a_checkpoint_cut_short_by_its_engine_leaves_no_file(
     monkeypatch.setattr(checkpointer, "_frames", failing)
     IdFilter(16).save(tmp_path / "ids.bloom", fsync=False)
     built = checkpointer.Checkpointer()
-    try:
-        with pytest.raises(checkpointer.CheckpointerFailed, match="cut short"):
-            built.build(
-                log,
-                directory=tmp_path,
-                filter_path=tmp_path / "ids.bloom",
-                filter_bits_log2=16,
-                fsync=False,
-                history=[],
-                finished=[],
-                orphans=[],
-            )
-        assert [p.name for p in tmp_path.iterdir()] == ["ids.bloom"]
-        monkeypatch.setattr(checkpointer, "_frames", frames)
-        paths, _ = built.build(
+
+    def build() -> tuple[list[str], str]:
+        return built.build(
             log,
             directory=tmp_path,
             filter_path=tmp_path / "ids.bloom",
@@ -419,6 +407,13 @@ def test_a_checkpoint_cut_short_by_its_engine_leaves_no_file(
             finished=[],
             orphans=[],
         )
+
+    try:
+        with pytest.raises(checkpointer.CheckpointerFailed, match="cut short"):
+            build()
+        assert [p.name for p in tmp_path.iterdir()] == ["ids.bloom"]
+        monkeypatch.setattr(checkpointer, "_frames", frames)
+        paths, _ = build()
         assert sorted(Path(p).name[-5:-4] for p in paths) == list("AIT")
     finally:
         built.close()
