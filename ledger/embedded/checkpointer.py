@@ -461,8 +461,7 @@ def main() -> None:
     gc.freeze()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     keys = _Keys()
-    serial = 0
-    begun = False  # this checkpoint's "begin" came: its pages go to their file as they come
+    serial = 0  # of the checkpoint before this one
     failed = broken  # a frame that could not be indexed: the checkpoint fails
     while True:
         message = _receive(stdin)
@@ -472,11 +471,9 @@ def main() -> None:
                 keys = _Keys()
             if message is None:
                 return
-            serial += 1
-            begun = True
             if failed is None:
                 try:
-                    path = os.path.join(message[1], f"{os.getpid()}-{serial}-T.sst")
+                    path = os.path.join(message[1], f"{os.getpid()}-{serial + 1}-T.sst")
                     keys = _Keys(_PageFile(path))
                 except Exception:
                     failed = traceback.format_exc()
@@ -489,8 +486,7 @@ def main() -> None:
                     failed = traceback.format_exc()
             continue
         _, directory, filter_path, bits_log2, fsync, history, finished, orphans = message
-        if not begun:
-            serial += 1
+        serial += 1
         try:
             if failed is not None:
                 raise RuntimeError(failed)
@@ -502,7 +498,7 @@ def main() -> None:
             answer = ("error", traceback.format_exc())
             if keys.stream is not None:
                 remove_files([keys.stream.path])  # (a full disk should not fill up further)
-        keys, failed, begun = _Keys(), broken, False
+        keys, failed = _Keys(), broken
         _send(stdout, answer)
         stdout.flush()
         gc.collect()
