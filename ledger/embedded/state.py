@@ -106,6 +106,9 @@ class StateMachine:
         # Accounts in timestamp order, for query_accounts.
         self.account_log: list[list[int]] = []
         self.account_log_ts: list[int] = []
+        # How many of `account_log` the store has (a checkpoint writes those after them, and
+        # those its layer changed, not all of them).
+        self.accounts_stored = 0
         # Transfers live in layers, oldest first: the store (on disk, when there is one), the
         # layer a checkpoint is writing to it (`frozen`), and the newest layer (`mem`), whose
         # parts the attributes below name.
@@ -149,6 +152,8 @@ class StateMachine:
         self.finished = layer.finished
         # Ids of transfers that failed with a transient status (`id_already_failed`).
         self.orphans = layer.orphans
+        # Accounts an expiry changed (the others a layer changed are its `by_account` keys).
+        self.touched = layer.touched
 
     # ---------------------------------------------------------------------------------------
     # Timestamps.
@@ -295,9 +300,26 @@ class StateMachine:
             commit_timestamp=self.commit_timestamp,
             prepare_timestamp=self.prepare_timestamp,
             last_transfer_ts=self.last_transfer_ts,
-            accounts=[list(a) for a in self.account_log],
+            accounts=self._changed_accounts(layer),
             pending=list(self.live.values()),
         )
+
+    def _changed_accounts(self, layer: Layer) -> list[list[int]]:
+        """Copies of the accounts created since the last checkpoint, and of those `layer`
+        changed: a checkpoint writes only these (all of them, 1 million accounts, held the
+        lock and then the GIL for about 1.5 s at every checkpoint). Every change of a balance
+        or flag is a transfer of the layer (`_insert_transfer` lists it under both accounts,
+        and an undone one leaves the key) or an expiry (`touched`)."""
+        log, accounts = self.account_log, self.accounts
+        created = log[self.accounts_stored :]
+        self.accounts_stored = len(log)  # (a checkpoint that fails is written again, whole)
+        changed = [list(a) for a in created]
+        before = created[0][_TS] if created else TIMESTAMP_MAX + 1
+        for aid in layer.by_account.keys() | layer.touched:
+            a = accounts.get(aid)
+            if a is not None and a[_TS] < before:
+                changed.append(list(a))
+        return changed
 
     def written(self) -> None:
         """The frozen layer is in the store (called from the checkpoint's thread)."""
@@ -905,6 +927,8 @@ class StateMachine:
             cr = self.accounts[p[2]]
             dr[_DP] -= p[3]
             cr[_CP] -= p[3]
+            self.touched.add(p[1])
+            self.touched.add(p[2])
             if p[11] & TF_CLOSING_DEBIT:
                 dr[_FLAGS] &= ~AF_CLOSED
             if p[11] & TF_CLOSING_CREDIT:
@@ -1107,6 +1131,8 @@ class StateMachine:
             sm.account_log.append(a)
             sm.account_log_ts.append(a[_TS])
             sm.account_timestamps.add(a[_TS])
+        if loaded.format >= 3:  # (else the next checkpoint writes them all, as keys)
+            sm.accounts_stored = len(sm.account_log)
         for t in loaded.pending:
             sm.live[t[0]] = t
             if t[8]:

@@ -19,8 +19,12 @@ read through RocksDB's bounded block cache. Invariants:
     U user_data_128 last_ts  -> marshal([ts, ...])  the same per user_data_128 (non-zero)
     H ts                     -> marshal(balances)   history accounts' balances after ts
     S ts                     -> status (1 byte)     a pending transfer's final status
-    M state / accounts / pending                    the checkpoint's live state
-- A store only grows; a checkpoint never rewrites what an earlier one wrote (but the M keys).
+    M state / pending                               the checkpoint's live state
+    Mc account_ts            -> marshal(account)    an account (balances, flags) as of the
+                                checkpoint that last changed it (between the other M keys:
+                                no file a checkpoint ingests overlaps them)
+- A store only grows; a checkpoint never rewrites what an earlier one wrote (but the M keys,
+  in its last batch).
 - Reads never see past `visible_ts`: the engine moves it once the layer a checkpoint wrote has
   left its memory, so a transfer is never read twice (from memory and from here).
 """
@@ -45,6 +49,7 @@ from rocksdict import (
     IngestExternalFileOptions,
     Options,
     Rdict,
+    ReadOptions,
     WriteBatch,
     WriteOptions,
 )
@@ -53,8 +58,10 @@ from ledger.embedded.checkpointer import PAGE, Checkpointer, remove_files
 from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 
 # The store's format. 1 was the snapshot files of the engine before this store (still read, to
-# upgrade a data directory); 2 is this layout.
-FORMAT = 2
+# upgrade a data directory); 2 had every account in one M value, rewritten at each checkpoint
+# (still read: the next checkpoint writes them as Mc keys); 3 is this layout.
+FORMAT = 3
+FORMATS_READ = (2, 3)
 DIRECTORY = "history"
 CHUNK = 1024  # timestamps per A / U value
 WRITE_SLICE = 2048  # items a checkpoint handles between two pauses for the requests
@@ -66,7 +73,8 @@ INGEST_MIN_TRANSFERS = 4096
 # A larger layer (only the upgrade of a format-1 directory makes one: its whole history) goes
 # in batches, as the checkpointer holds all of a layer's keys in memory to sort them.
 INGEST_MAX_TRANSFERS = 1_000_000
-_STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"
+_STATE, _ACCOUNTS, _PENDING = b"Mstate", b"Maccounts", b"Mpending"  # (_ACCOUNTS: format 2)
+_ACCOUNT = b"Mc"  # and the account's timestamp
 _U64 = 8
 _U128 = 16
 _TS_MAX = (1 << 64) - 1
@@ -114,6 +122,10 @@ class Layer:
     history: dict[int, tuple[int, ...]] = field(default_factory=dict)  # by timestamp
     finished: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (status, ts)
     orphans: set[int] = field(default_factory=set)
+    # Accounts whose balances changed with no transfer of the layer naming them (the expiry of
+    # a pending transfer): with the keys of `by_account` and the accounts created since, what
+    # a checkpoint writes of the accounts.
+    touched: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -125,7 +137,7 @@ class Checkpoint:
     commit_timestamp: int
     prepare_timestamp: int
     last_transfer_ts: int
-    accounts: list[list[int]]
+    accounts: list[list[int]]  # those changed or created since the last checkpoint (copies)
     pending: list[Any]
 
 
@@ -135,8 +147,9 @@ class Loaded:
     commit_timestamp: int
     prepare_timestamp: int
     last_transfer_ts: int
-    accounts: list[list[int]]
+    accounts: list[list[int]]  # all of them, in timestamp order
     pending: list[Any]
+    format: int  # 2: the accounts in one value, which the next checkpoint writes as keys
 
 
 class IdFilter:
@@ -347,6 +360,7 @@ class HistoryStore:
         self._write_options.sync = fsync
         self._unsynced = WriteOptions()  # a checkpoint's batches before its last
         self.visible_ts = 0  # reads see transfers up to here (the engine moves it)
+        self._accounts_value = False  # format 2's M value of every account is still there
         self._filter_path = self.path.with_name(self.path.name + "-ids.bloom")
         ids = IdFilter.load(self._filter_path, filter_bits_log2)
         if ids is None:  # none yet, another size, or damaged: made again from the store
@@ -385,16 +399,28 @@ class HistoryStore:
             self._cut_partial(0)
             return None
         state = marshal.loads(raw)
-        if state[0] != FORMAT:
+        if state[0] not in FORMATS_READ:
             raise StoreFormatError(
-                f"{self.path} holds history format {state[0]}; this version reads {FORMAT}"
+                f"{self.path} holds history format {state[0]}; this version reads"
+                f" {', '.join(map(str, FORMATS_READ))}"
             )
-        _, record, commit_ts, prepare_ts, last_ts = state
-        accounts = marshal.loads(self._one(_ACCOUNTS))
+        format_, record, commit_ts, prepare_ts, last_ts = state
+        if format_ == 2:
+            accounts = marshal.loads(self._one(_ACCOUNTS))
+            self._accounts_value = True
+        else:
+            accounts = self._accounts()
         pending = [tuple(t) for t in marshal.loads(self._one(_PENDING))]
         self._cut_partial(last_ts)
         self.visible_ts = last_ts
-        return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending)
+        return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending, format_)
+
+    def _accounts(self) -> list[list[int]]:
+        """The accounts of the Mc keys, in timestamp order (1 million in about 1.7 s)."""
+        bound = ReadOptions()
+        bound.set_iterate_upper_bound(b"Md")
+        loads = marshal.loads
+        return [loads(value) for value in self._db.values(from_key=_ACCOUNT, read_opt=bound)]
 
     def write(self, checkpoint: Checkpoint) -> None:
         """Writes a checkpoint, atomically and durably (its ids into the filter first).
@@ -420,10 +446,18 @@ class HistoryStore:
             checkpoint.last_transfer_ts,
         )
         last = WriteBatch(raw_mode=True)
-        last.put(_ACCOUNTS, marshal.dumps(checkpoint.accounts))
-        last.put(_PENDING, marshal.dumps(checkpoint.pending))
-        last.put(_STATE, marshal.dumps(state))
+        put, dumps = last.put, marshal.dumps
+        accounts = checkpoint.accounts
+        for start in range(0, len(accounts), WRITE_SLICE):
+            for a in accounts[start : start + WRITE_SLICE]:
+                put(_ACCOUNT + _ts8(a[11]), dumps(a))
+            time.sleep(0)
+        if self._accounts_value:  # format 2's: every account is an Mc key now
+            last.delete(_ACCOUNTS)
+        put(_PENDING, dumps(checkpoint.pending))
+        put(_STATE, dumps(state))
         self._db.write(last, self._write_options)
+        self._accounts_value = False
 
     def _write_batches(self, layer: Layer) -> None:
         log = layer.log

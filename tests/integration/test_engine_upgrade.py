@@ -1,10 +1,12 @@
-"""A data directory written by the engine before the history store (format 1: a snapshot and a
-journal tail, written by commit 92b27bc with tests/fixtures/make_engine_format_1.py) opens,
-answers every read as that engine did, and is upgraded into the store on the way."""
+"""Data directories written by earlier engines (tests/fixtures/make_engine_fixture.py) open,
+answer every read as those engines did, and are upgraded on the way: format 1 (a snapshot and
+a journal tail, the engine before the history store, commit 92b27bc) into the store; format 2
+(the store with every account in one value, commit 59381d0) into a key per account."""
 
 from __future__ import annotations
 
 import json
+import marshal
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ def _reads(client: Any, max_id: int) -> dict[str, Any]:
     return {
         "accounts": [
             [int(getattr(a, name)) for name in ACCOUNT_FIELDS]
-            for a in client.lookup_accounts([1, 2, 3])
+            for a in client.lookup_accounts([1, 2, 3, 4])
         ],
         "lookup": _rows(client.lookup_transfers(list(range(1000, max_id + 2)))),
         "account_1": _rows(
@@ -136,3 +138,69 @@ def test_a_format_1_directory_is_upgraded_and_reads_as_before(tmp_path: Path) ->
             CreateTransferStatus.ID_ALREADY_FAILED,
             CreateTransferStatus.PENDING_TRANSFER_ALREADY_VOIDED,
         ]
+
+
+def _live_keys(directory: Path) -> dict[bytes, Any]:
+    """The store's M keys (its live state), read with no engine open: the accounts' (Mc and
+    the account's timestamp) and pending transfers' decoded, the state's format."""
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(
+        str(directory / "history"), Options(raw_mode=True), access_type=AccessType.read_only()
+    )
+    try:
+        return {
+            key: marshal.loads(value) for key, value in db.items(from_key=b"M") if key[:1] == b"M"
+        }
+    finally:
+        db.close()
+
+
+def test_a_format_2_directory_writes_its_accounts_as_keys_at_its_next_checkpoint(
+    tmp_path: Path,
+) -> None:
+    expected = json.loads((FIXTURES / "engine-format-2.json").read_text())
+    directory = tmp_path / "data"
+    shutil.copytree(FIXTURES / "engine-format-2", directory)
+    before = _live_keys(directory)
+    assert before[b"Mstate"][0] == 2 and len(before[b"Maccounts"]) == 4
+    assert not [key for key in before if key.startswith(b"Mc")]
+    clock = ManualClock(start_ns=expected["clock_ns"])
+    with EmbeddedEngine(directory, clock_ns=clock) as engine:
+        assert not engine.upgraded and engine.replayed_records > 0
+        assert engine.store is not None and engine.store.count() > 0
+        reads = _reads(engine.client_sync(), expected["max_id"])
+        assert reads == {name: expected[name] for name in reads}
+        engine.snapshot()  # the first checkpoint: every account, from the one value
+    after = _live_keys(directory)
+    assert after[b"Mstate"][0] == 3 and b"Maccounts" not in after
+    accounts = [value for key, value in after.items() if key.startswith(b"Mc")]
+    assert [a[0] for a in accounts] == [1, 2, 3, 4]
+    assert [[a[1], a[2], a[3], a[4]] for a in accounts] == [
+        row[1:5] for row in expected["accounts"]
+    ]
+
+    with EmbeddedEngine(directory, clock_ns=clock) as engine:
+        assert engine.replayed_records == 0
+        client = engine.client_sync()
+        reads = _reads(client, expected["max_id"])
+        assert reads == {name: expected[name] for name in reads}
+        moved = client.create_transfers(
+            [
+                Transfer(
+                    id=expected["max_id"] + 1,
+                    debit_account_id=1,
+                    credit_account_id=3,
+                    amount=7,
+                    ledger=7,
+                    code=1,
+                )
+            ]
+        )
+        assert [r.status for r in moved] == [CreateTransferStatus.CREATED]
+        engine.snapshot()  # writes accounts 1 and 3 again, not 2
+        balances = _reads(client, expected["max_id"])["accounts"]
+    with EmbeddedEngine(directory, clock_ns=clock) as engine:
+        assert engine.replayed_records == 0
+        assert _reads(engine.client_sync(), expected["max_id"])["accounts"] == balances
+    assert balances[0][2] == expected["accounts"][0][2] + 7  # debits posted of account 1

@@ -596,3 +596,51 @@ def test_a_pending_transfer_older_than_a_checkpoint_posted_twice_in_one_batch(
         assert pair.a.state.canonical_bytes() == pair.b.state.canonical_bytes()
     finally:
         pair.close()
+
+
+def test_a_checkpoint_writes_the_accounts_its_interval_changed_an_expiry_too(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint writes only the accounts created or changed since the one before (not all
+    of them), and among the changed, those of a pending transfer that expired with no transfer
+    of the interval naming them: reopened, the engine has their balances as they were."""
+    pair = Pair(tmp_path / "engine")
+    written: list[list[int]] = []
+    store = pair.b.store
+    assert store is not None
+    write = store.write
+
+    def recording(checkpoint: Any) -> None:
+        written.append(sorted(a[0] for a in checkpoint.accounts))
+        write(checkpoint)
+
+    store.write = recording  # type: ignore[method-assign]
+    try:
+        pair.same("create_accounts", [Account(id=i, ledger=1, code=1) for i in (1, 2, 3, 4)])
+        pending = Transfer(
+            id=10,
+            debit_account_id=1,
+            credit_account_id=2,
+            amount=5,
+            ledger=1,
+            code=1,
+            flags=TransferFlags.PENDING,
+            timeout=1,
+        )
+        pair.same("create_transfers", [pending])
+        pair.checkpoint_now()
+        pair.same(
+            "create_transfers",
+            [Transfer(id=11, debit_account_id=3, credit_account_id=2, amount=1, ledger=1, code=1)],
+        )
+        pair.checkpoint_now()
+        pair.advance(2)
+        (one, _, _, _) = pair.same("lookup_accounts", [1, 2, 3, 4])  # the expiry's request
+        assert one.debits_pending == 0
+        pair.checkpoint_now()
+        assert written == [[1, 2, 3, 4], [2, 3], [1, 2]]
+        pair.reopen()  # (asserts that the state is the same as before)
+        pair.same("lookup_accounts", [1, 2, 3, 4])
+        assert pair.a.state.canonical_bytes() == pair.b.state.canonical_bytes()
+    finally:
+        pair.close()
