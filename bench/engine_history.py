@@ -4,6 +4,7 @@ number of transfers it holds grows. Not a test.
     python -m bench.engine_history                     # 1, 5 and 20 million transfers
     python -m bench.engine_history --sizes 0.1,0.5     # millions; a quick look
     python -m bench.engine_history --dir /var/tmp/x    # where the data directories go
+    python -m bench.engine_history --accounts 1000000  # transfers among 1 million accounts
 
 For each size, on a fresh data directory, with fsync on: a process fills the engine with that
 many transfers in full batches (8189); waits until it is quiet (the fill's checkpoint or
@@ -37,7 +38,7 @@ from ledger.limits import BATCH_EVENTS_MAX
 from ledger.settings import LedgerSettings
 from ledger.types import Account, CreateTransferStatus, Transfer, new_id
 
-ACCOUNTS = 10_000
+ACCOUNTS = 10_000  # the default: transfers go between neighbours, a batch across 8,189 of them
 LEDGER = 9
 CREATED = CreateTransferStatus.CREATED
 
@@ -76,30 +77,36 @@ def _random_id() -> int:
 
 
 class Filler:
-    def __init__(self, ledger: Ledger, random_ids: bool) -> None:
+    def __init__(self, ledger: Ledger, random_ids: bool, accounts: int) -> None:
         self.ledger = ledger
         self.base = new_id()
         self.new_id = _random_id if random_ids else new_id
+        self.accounts = accounts
+        self.next = 0  # the first account of the next batch
 
     def transfer(self, i: int) -> Transfer:
+        n = self.accounts
         return Transfer(
             id=self.new_id(),
-            debit_account_id=self.base + (i % ACCOUNTS),
-            credit_account_id=self.base + ((i + 1) % ACCOUNTS),
+            debit_account_id=self.base + (i % n),
+            credit_account_id=self.base + ((i + 1) % n),
             amount=1,
             ledger=LEDGER,
             code=1,
         )
 
     async def setup(self) -> None:
-        accounts = [Account(id=self.base + i, ledger=LEDGER, code=1) for i in range(ACCOUNTS)]
-        results = await self.ledger.create_accounts(accounts)
-        assert all(r.status.name == "CREATED" for r in results)
+        for start in range(0, self.accounts, BATCH_EVENTS_MAX):
+            ids = range(start, min(self.accounts, start + BATCH_EVENTS_MAX))
+            accounts = [Account(id=self.base + i, ledger=LEDGER, code=1) for i in ids]
+            results = await self.ledger.create_accounts(accounts)
+            assert all(r.status.name == "CREATED" for r in results)
 
     async def batches(self, count: int) -> list[float]:
         latencies = []
         for _ in range(count):
-            batch = [self.transfer(i) for i in range(BATCH_EVENTS_MAX)]
+            first, self.next = self.next, self.next + BATCH_EVENTS_MAX  # (on to the next ones)
+            batch = [self.transfer(first + i) for i in range(BATCH_EVENTS_MAX)]
             t0 = time.perf_counter()
             results = await self.ledger.create_transfers(batch)
             latencies.append(time.perf_counter() - t0)
@@ -123,12 +130,14 @@ class Filler:
         return time.perf_counter() - start, latencies
 
 
-async def _fill(directory: Path, transfers: int, random_ids: bool, singles: int) -> dict[str, Any]:
+async def _fill(
+    directory: Path, transfers: int, random_ids: bool, singles: int, accounts: int
+) -> dict[str, Any]:
     from ledger.embedded import EmbeddedEngine
 
     engine = EmbeddedEngine(directory, fsync=True)
     ledger = open_ledger(LedgerSettings(), engine=engine)
-    filler = Filler(ledger, random_ids)
+    filler = Filler(ledger, random_ids, accounts)
     await filler.setup()
     full = -(-transfers // BATCH_EVENTS_MAX)
     start = time.perf_counter()
@@ -179,14 +188,19 @@ async def _start(directory: Path) -> dict[str, Any]:
 
 
 def _phase(
-    phase: str, directory: Path, transfers: int, random_ids: bool, singles: int = 0
+    phase: str,
+    directory: Path,
+    transfers: int,
+    random_ids: bool,
+    singles: int = 0,
+    accounts: int = ACCOUNTS,
 ) -> dict[str, Any]:
     """Runs one phase in a process of its own; its answer is the JSON on its last line."""
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.engine_history", "--phase", phase),
             *("--dir", str(directory), "--transfers", str(transfers)),
-            *("--singles", str(singles)),
+            *("--singles", str(singles), "--accounts", str(accounts)),
             *(["--random-ids"] if random_ids else []),
         ],
         stdout=subprocess.PIPE,
@@ -218,12 +232,19 @@ def main(argv: list[str] | None = None) -> None:
         help="single-transfer requests measured at each size (a window long enough to take in"
         " the engine's checkpoints, which come every 32 MiB of journal)",
     )
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        default=ACCOUNTS,
+        help="accounts the transfers go between (each batch to the next 8,189 of them, so that"
+        " a checkpoint has many of them to write when there are many)",
+    )
     parser.add_argument("--phase", choices=["fill", "start"], help=argparse.SUPPRESS)
     parser.add_argument("--transfers", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.phase:
         run = (
-            _fill(args.dir, args.transfers, args.random_ids, args.singles)
+            _fill(args.dir, args.transfers, args.random_ids, args.singles, args.accounts)
             if args.phase == "fill"
             else _start(args.dir)
         )
@@ -233,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-history-", dir=args.dir))
     print(
         f"embedded engine, fsync on; python {sys.version.split()[0]}; {os.cpu_count()} cores;"
-        f" {'random' if args.random_ids else 'time-based'} ids; data in {root}",
+        f" {'random' if args.random_ids else 'time-based'} ids; {args.accounts:,} accounts;"
+        f" data in {root}",
         flush=True,
     )
     header = (
@@ -247,7 +269,12 @@ def main(argv: list[str] | None = None) -> None:
             directory = root / f"{millions}m"
             directory.mkdir()
             filled = _phase(
-                "fill", directory, int(millions * 1_000_000), args.random_ids, args.singles
+                "fill",
+                directory,
+                int(millions * 1_000_000),
+                args.random_ids,
+                args.singles,
+                args.accounts,
             )
             disk = _disk_bytes(directory)
             started = _phase("start", directory, 0, False)
