@@ -416,7 +416,8 @@ class HistoryStore:
         return Loaded(record, commit_ts, prepare_ts, last_ts, accounts, pending, format_)
 
     def _accounts(self) -> list[list[int]]:
-        """The accounts of the Mc keys, in timestamp order (1 million in about 1.7 s)."""
+        """The accounts of the Mc keys, in timestamp order (start-up with 1 million accounts
+        took 1.39 s, against 1.17 s when they were one value)."""
         bound = ReadOptions()
         bound.set_iterate_upper_bound(b"Md")
         loads = marshal.loads
@@ -429,10 +430,13 @@ class HistoryStore:
         half of the work goes in slices with a pause between them, and the keys go to RocksDB
         in batches of BATCH_KEYS (a write holds the GIL while RocksDB inserts: 0.75 s for one
         batch of 254k transfers' keys). Only the last batch, the M keys, is synced, and only it
-        makes the checkpoint: before it, the batches are in RocksDB's log, in order, and a
-        crash keeps a prefix of them. The keys of a checkpoint cut short are removed when the
-        store is opened (`_cut_partial`); written again whole (a failed write is retried with
-        the same layer), they are the same keys, with values that decode the same."""
+        makes the checkpoint. It holds an Mc key per account changed since the last one, which
+        RocksDB inserts holding the GIL: 51 ms for 254k of them (every account, at the first
+        checkpoint after a format-2 store opens or an upgrade). Before it, the batches are in
+        RocksDB's log, in order, and a crash keeps a prefix of them. The keys of a checkpoint
+        cut short are removed when the store is opened (`_cut_partial`); written again whole
+        (a failed write is retried with the same layer), they are the same keys, with values
+        that decode the same."""
         layer = checkpoint.layer
         if self.ingest_min <= len(layer.log) <= INGEST_MAX_TRANSFERS:
             self._ingest(layer)
