@@ -571,6 +571,20 @@ def test_store_changes_no_semantics(tmp_path_factory: Any, data: st.DataObject) 
         pair.close()
 
 
+def _pending_1_to_2(tid: int, timeout: int = 0) -> Transfer:
+    """A pending transfer of 5 from account 1 to account 2 (ledger 1)."""
+    return Transfer(
+        id=tid,
+        debit_account_id=1,
+        credit_account_id=2,
+        amount=5,
+        ledger=1,
+        code=1,
+        flags=TransferFlags.PENDING,
+        timeout=timeout,
+    )
+
+
 def test_a_pending_transfer_older_than_a_checkpoint_posted_twice_in_one_batch(
     tmp_path: Path,
 ) -> None:
@@ -579,16 +593,7 @@ def test_a_pending_transfer_older_than_a_checkpoint_posted_twice_in_one_batch(
     pair = Pair(tmp_path / "engine", ingest=True)
     try:
         pair.same("create_accounts", [Account(id=i, ledger=1, code=1) for i in (1, 2)])
-        pending = Transfer(
-            id=10,
-            debit_account_id=1,
-            credit_account_id=2,
-            amount=5,
-            ledger=1,
-            code=1,
-            flags=TransferFlags.PENDING,
-        )
-        pair.same("create_transfers", [pending])
+        pair.same("create_transfers", [_pending_1_to_2(10)])
         pair.checkpoint_now()
         post = Transfer(id=11, pending_id=10, amount=5, flags=TransferFlags.POST_PENDING_TRANSFER)
         void = Transfer(id=12, pending_id=10, flags=TransferFlags.VOID_PENDING_TRANSFER)
@@ -617,17 +622,7 @@ def test_a_checkpoint_writes_the_accounts_its_interval_changed_an_expiry_too(
     store.write = recording  # type: ignore[method-assign]
     try:
         pair.same("create_accounts", [Account(id=i, ledger=1, code=1) for i in (1, 2, 3, 4)])
-        pending = Transfer(
-            id=10,
-            debit_account_id=1,
-            credit_account_id=2,
-            amount=5,
-            ledger=1,
-            code=1,
-            flags=TransferFlags.PENDING,
-            timeout=1,
-        )
-        pair.same("create_transfers", [pending])
+        pair.same("create_transfers", [_pending_1_to_2(10, timeout=1)])
         pair.checkpoint_now()
         pair.same(
             "create_transfers",
