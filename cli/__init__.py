@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import os
 import signal
 import socket
@@ -242,7 +243,7 @@ async def _serve(
                 plans=services.plans,
             )
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
-            app.on_shutdown.append(jobs.stop)
+            app.on_shutdown.append(functools.partial(_stop_jobs, jobs, app.state))
         server = Server(
             configure(
                 app,
@@ -396,6 +397,22 @@ def _listen_or_exit(host: str, port: int) -> socket.socket:
 
 def _start(coro: Any, state: Any) -> None:
     state.jobs_task = asyncio.get_running_loop().create_task(coro, name="jobs")
+
+
+# What stopping the jobs may take beyond their ticks' `stop_wait_s` (leaving the leadership).
+JOBS_STOP_SLACK_S = 3.0
+
+
+async def _stop_jobs(jobs: Any, state: Any) -> None:
+    """Stops the jobs and waits for them (a tick still running gets `stop_wait_s` to finish)
+    before the pool and the ledger close under them; cancels them past that."""
+    jobs.stop()
+    task = getattr(state, "jobs_task", None)
+    if task is None:
+        return
+    _, late = await asyncio.wait({task}, timeout=jobs.settings.stop_wait_s + JOBS_STOP_SLACK_S)
+    if late:
+        await stop_tasks(late)
 
 
 @main.command(name="jobs")

@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -48,6 +50,11 @@ _logger = logging.getLogger(__name__)
 
 # The advisory lock whose holder runs the jobs (a signed 64-bit key).
 LEADER_LOCK_KEY = derive_id("lock/jobs-leader") % (1 << 63)
+
+
+def _skipped_while_running(record: logging.LogRecord) -> bool:
+    """False for APScheduler's line about a tick skipped because the one before still runs."""
+    return "maximum number of running instances reached" not in record.getMessage()
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class JobSettings:
     plan_allocation_interval_s: float = 30.0
     misfire_grace_time_s: int = 30
     leader_retry_s: float = 10.0
+    # At shutdown, ticks still running get this long to finish; the rest are cancelled (each
+    # tick is a transaction, or idempotent steps: the next leader takes it up).
+    stop_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         assert self.sweep_interval_s > 0 and self.reconcile_interval_s > 0
@@ -84,6 +94,7 @@ class JobSettings:
         assert self.reconcile_older_than_s >= 0 and self.leader_retry_s > 0
         assert self.alerts_interval_s > 0 and self.expiring_scan_interval_s > 0
         assert self.webhook_dispatch_interval_s > 0 and self.webhook_deliver_interval_s > 0
+        assert self.stop_wait_s >= 0
 
 
 class Jobs:
@@ -123,6 +134,7 @@ class Jobs:
         self.reconciles = 0
         self.projection_checks = 0
         self._stopping = asyncio.Event()
+        self._running: set[asyncio.Task[Any]] = set()  # ticks running now (`_tracked`)
 
     def stop(self) -> None:
         """Ends `run` (and gives up the leadership) at its next check."""
@@ -243,6 +255,11 @@ class Jobs:
         # APScheduler says "Running job ..." and "... executed successfully" at INFO for every
         # tick: a line a minute that tells nothing. Its warnings and errors still show.
         logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+        # Nor that a tick was skipped because the one before still runs: `max_instances=1`
+        # and `coalesce` are the design (a line a second under load, at WARNING).
+        apscheduler_log = logging.getLogger("apscheduler.scheduler")
+        if _skipped_while_running not in apscheduler_log.filters:
+            apscheduler_log.addFilter(_skipped_while_running)
         scheduler = AsyncIOScheduler(timezone="UTC")
         options = {
             "coalesce": True,
@@ -261,8 +278,47 @@ class Jobs:
             ("plan-allocations", self.allocate_plans, self.settings.plan_allocation_interval_s),
         ]
         for id_, tick, interval_s in ticks:
-            scheduler.add_job(tick, "interval", seconds=interval_s, id=id_, **options)
+            scheduler.add_job(
+                self._tracked(id_, tick),
+                "interval",
+                seconds=interval_s,
+                id=id_,
+                name=id_,
+                **options,
+            )
         return scheduler
+
+    def _tracked(
+        self, name: str, tick: Callable[[], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """`tick`, known to `run` while it runs, so that a shutdown waits for it (or cancels
+        it) rather than leave it to APScheduler's shutdown, which cancelled it and logged an
+        error with its traceback, for every tick busy at a Ctrl-C."""
+
+        async def run() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._running.add(task)
+            try:
+                await tick()
+            except asyncio.CancelledError:
+                if not self._stopping.is_set():
+                    raise
+                _logger.info("%s: cut short by the shutdown; the next leader takes it up", name)
+            finally:
+                self._running.discard(task)
+
+        return run
+
+    async def _finish_running(self) -> None:
+        """Waits up to `stop_wait_s` for the ticks still running, then cancels the others."""
+        if not self._running:
+            return
+        _, late = await asyncio.wait(set(self._running), timeout=self.settings.stop_wait_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     async def run(self, database: DatabaseSettings | str) -> None:
         """Runs the jobs until cancelled, as leader whenever this process holds the lock."""
@@ -276,6 +332,10 @@ class Jobs:
                 await self._pause()
         finally:
             self.leader = False
+            # (APScheduler's shutdown cancels the ticks still running, which it then logs as
+            # errors: they get their time first, and are cancelled here if they need more.)
+            scheduler.pause()
+            await self._finish_running()
             scheduler.shutdown(wait=False)
             await self.webhooks.aclose()
 

@@ -283,6 +283,7 @@ def test_ctrl_c_stops_serve_cleanly(tmp_path_factory: pytest.TempPathFactory) ->
     output, _ = server.communicate(timeout=30)
     assert server.returncode == 130, output
     assert "Traceback" not in output and "Aborted!" not in output, output
+    assert "never awaited" not in output, output  # (a shutdown hook that did not run)
     assert "Finished server process" in output
     _assert_stopped(children, data_dir)
 

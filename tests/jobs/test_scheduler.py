@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 
 import anyio
@@ -128,3 +129,52 @@ async def test_the_projection_check_runs_on_the_leader_and_the_others_read_it(
     assert other.projection_checks == 0
     assert other.projection_check.last_counts == leader.projection_check.last_counts
     assert other.projection_check.last_ran_at_s == leader.projection_check.last_ran_at_s
+
+
+@pytest.mark.parametrize("tick_s", [0.1, None])
+async def test_a_shutdown_waits_for_a_running_tick_then_cuts_it_short(
+    plane: ControlPlane,
+    migrated_db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    tick_s: float | None,
+) -> None:
+    """A tick still running when the service stops gets `stop_wait_s` to finish (0.1 s of
+    work), then is cancelled (one that would never end), with a line at INFO: not left to
+    APScheduler's shutdown, which cancelled it and logged an error with its traceback. The
+    ticks skipped meanwhile (`max_instances=1`) are not logged either."""
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    class Slow(Jobs):
+        async def derive_alerts(self) -> None:
+            if not self.leader or ended:
+                return
+            started.set()
+            try:
+                if tick_s is None:
+                    await asyncio.Event().wait()
+                else:
+                    await asyncio.sleep(tick_s)
+                ended.append("finished")
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+
+    settings = JobSettings(
+        leader_retry_s=0.05,
+        alerts_interval_s=0.05,
+        webhook_dispatch_interval_s=600,
+        webhook_deliver_interval_s=600,
+        stop_wait_s=1.0,
+    )
+    jobs = Slow(plane, settings)
+    with caplog.at_level(logging.INFO), anyio.fail_after(30):
+        run = asyncio.create_task(jobs.run(migrated_db_url))
+        await started.wait()
+        await asyncio.sleep(0.3)  # the next ticks come, and are skipped, not logged
+        jobs.stop()
+        await run
+    assert ended == (["finished"] if tick_s else ["cancelled"])
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    cut = [r for r in caplog.records if "cut short by the shutdown" in r.getMessage()]
+    assert len(cut) == (0 if tick_s else 1)
