@@ -331,6 +331,7 @@ class Jobs:
                 self.leader = False
                 await self._pause()
         finally:
+            self._stopping.set()  # (also when cancelled: `credit-ledger jobs` at a Ctrl-C)
             self.leader = False
             # (APScheduler's shutdown cancels the ticks still running, which it then logs as
             # errors: they get their time first, and are cancelled here if they need more.)

@@ -178,3 +178,31 @@ async def test_a_shutdown_waits_for_a_running_tick_then_cuts_it_short(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     cut = [r for r in caplog.records if "cut short by the shutdown" in r.getMessage()]
     assert len(cut) == (0 if tick_s else 1)
+
+
+async def test_a_cancelled_run_cuts_its_running_tick_short_quietly(
+    plane: ControlPlane, migrated_db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`credit-ledger jobs` stops by cancellation (Ctrl-C), not `stop()`: the same quiet end."""
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    class Stuck(Jobs):
+        async def derive_alerts(self) -> None:
+            if not self.leader:
+                return
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                ended.append("ended")
+
+    jobs = Stuck(plane, JobSettings(leader_retry_s=0.05, alerts_interval_s=0.05, stop_wait_s=0.1))
+    with caplog.at_level(logging.INFO), anyio.fail_after(30):
+        run = asyncio.create_task(jobs.run(migrated_db_url))
+        await started.wait()
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    assert ended == ["ended"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
