@@ -243,7 +243,8 @@ async def _serve(
                 plans=services.plans,
             )
             app.on_startup.append(lambda: _start(jobs.run(rt.conninfo), app.state))
-            app.on_shutdown.append(functools.partial(_stop_jobs, jobs, app.state))
+            # First: the jobs would otherwise lead on while the other hooks end.
+            app.on_shutdown.insert(0, functools.partial(_stop_jobs, jobs, app.state))
         server = Server(
             configure(
                 app,

@@ -40,6 +40,7 @@ from ledger.limits import (
     FINANCE_POST_BATCHES_PER_TICK,
     PLAN_ALLOCATIONS_PER_TICK,
 )
+from ledger.tasks import stop_tasks
 from wallets.alerts import Alerts
 from wallets.control import ControlPlane
 from wallets.plans import PlanService
@@ -311,14 +312,13 @@ class Jobs:
         return run
 
     async def _finish_running(self) -> None:
-        """Waits up to `stop_wait_s` for the ticks still running, then cancels the others."""
+        """Waits up to `stop_wait_s` for the ticks still running, then cancels the others (and
+        again, as `stop_tasks` does, should one lose its cancellation)."""
         if not self._running:
             return
         _, late = await asyncio.wait(set(self._running), timeout=self.settings.stop_wait_s)
-        for task in late:
-            task.cancel()
         if late:
-            await asyncio.wait(late)
+            await stop_tasks(late, grace_s=self.settings.stop_wait_s + 1.0)
 
     async def run(self, database: DatabaseSettings | str) -> None:
         """Runs the jobs until cancelled, as leader whenever this process holds the lock."""
@@ -336,9 +336,13 @@ class Jobs:
             # (APScheduler's shutdown cancels the ticks still running, which it then logs as
             # errors: they get their time first, and are cancelled here if they need more.)
             scheduler.pause()
-            await self._finish_running()
-            scheduler.shutdown(wait=False)
-            await self.webhooks.aclose()
+            try:
+                await self._finish_running()
+            finally:  # (also when this cleanup is itself cancelled: `stop_tasks` cancels again)
+                for task in self._running:
+                    task.cancel()
+                scheduler.shutdown(wait=False)
+                await self.webhooks.aclose()
 
     async def _lead(self, database: DatabaseSettings | str) -> None:
         if isinstance(database, DatabaseSettings):
