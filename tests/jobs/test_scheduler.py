@@ -135,6 +135,18 @@ async def test_the_projection_check_runs_on_the_leader_and_the_others_read_it(
     assert other.projection_check.last_ran_at_s == leader.projection_check.last_ran_at_s
 
 
+def _alerts_only(*, stop_wait_s: float) -> JobSettings:
+    """The alerts tick every 0.05 s, a quick leadership; the other frequent ticks far apart."""
+    return JobSettings(
+        alerts_interval_s=0.05,
+        leader_retry_s=0.05,
+        webhook_dispatch_interval_s=600,
+        webhook_deliver_interval_s=600,
+        finance_post_interval_s=600,
+        stop_wait_s=stop_wait_s,
+    )
+
+
 @pytest.mark.parametrize("tick_s", [0.6, None])
 async def test_a_shutdown_waits_for_a_running_tick_then_cuts_it_short(
     plane: ControlPlane,
@@ -165,14 +177,7 @@ async def test_a_shutdown_waits_for_a_running_tick_then_cuts_it_short(
                 ended.append("cancelled")
                 raise
 
-    settings = JobSettings(
-        leader_retry_s=0.05,
-        alerts_interval_s=0.05,
-        webhook_dispatch_interval_s=600,
-        webhook_deliver_interval_s=600,
-        stop_wait_s=1.0,
-    )
-    jobs = Slow(plane, settings)
+    jobs = Slow(plane, _alerts_only(stop_wait_s=1.0))
     with caplog.at_level(logging.INFO), anyio.fail_after(30):
         run = asyncio.create_task(jobs.run(migrated_db_url))
         await started.wait()
@@ -202,7 +207,7 @@ async def test_a_cancelled_run_cuts_its_running_tick_short_quietly(
             finally:
                 ended.append("ended")
 
-    jobs = Stuck(plane, JobSettings(leader_retry_s=0.05, alerts_interval_s=0.05, stop_wait_s=0.1))
+    jobs = Stuck(plane, _alerts_only(stop_wait_s=0.1))
     with caplog.at_level(logging.INFO), anyio.fail_after(30):
         run = asyncio.create_task(jobs.run(migrated_db_url))
         await started.wait()
@@ -239,17 +244,9 @@ async def test_serve_stopping_jobs_whose_leadership_hangs_still_ends_every_tick(
 
     webhooks = mock.Mock()
     webhooks.aclose = mock.AsyncMock()
-    settings = JobSettings(
-        alerts_interval_s=0.05,
-        leader_retry_s=0.05,
-        webhook_dispatch_interval_s=600,
-        webhook_deliver_interval_s=600,
-        finance_post_interval_s=600,
-        stop_wait_s=0.2,
-    )
     jobs = Hanging(
         mock.MagicMock(),
-        settings,
+        _alerts_only(stop_wait_s=0.2),
         projection_check=mock.AsyncMock(),
         poster=mock.Mock(),
         alerts=mock.Mock(),
