@@ -308,9 +308,9 @@ class StateMachine:
         """Copies of the accounts created since the last checkpoint, and of those `layer`
         changed: a checkpoint writes only these (all of them, at 1 million accounts, held the
         lock for 215 ms and then the GIL for 299 ms, at every checkpoint: `bench.checkpoint
-        --accounts`). Every change of a balance
-        or flag is a transfer of the layer (`_insert_transfer` lists it under both accounts,
-        and an undone one leaves the key) or an expiry (`touched`)."""
+        --accounts`). Every change of a balance or flag is a transfer of the layer
+        (`_insert_transfer` lists it under both accounts, and an undone one leaves the key) or
+        an expiry (`touched`)."""
         log, accounts = self.account_log, self.accounts
         created = log[self.accounts_stored :]
         self.accounts_stored = len(log)  # (a checkpoint that fails is written again, whole)
