@@ -352,6 +352,9 @@ class HistoryStore:
         self._ingest_options = IngestExternalFileOptions()
         self._ingest_options.set_move_files(True)
         self._checkpointer = Checkpointer()
+        # The checkpointer's filter that was moved to `_filter_path`, while nothing else was
+        # saved there since: the child kept a copy, which it adds to rather than read the file.
+        self._moved_filter = ""
         # What the checkpointer's filter is read into (allocated now, as zeroing 32 MiB holds
         # the GIL).
         self._spare_ids = IdFilter(filter_bits_log2)
@@ -470,6 +473,7 @@ class HistoryStore:
             time.sleep(0)
         self.ids.add(layer.orphans)
         self.ids.save(self._filter_path, fsync=self._fsync)
+        self._moved_filter = ""
         by_account = {a: [t[12] for t in ts] for a, ts in layer.by_account.items()}
         pages = _pages(layer.log)
         for pairs in _key_slices(pages, by_account, layer.history.items(), *_rest(layer)):
@@ -494,7 +498,9 @@ class HistoryStore:
             history=list(layer.history.items()),
             finished=finished,
             orphans=orphans,
+            moved=self._moved_filter,
         )
+        self._moved_filter = ""
         try:
             # Into the filter before the current one: requests may be reading the current
             # one. (Should one still read the spare when the next checkpoint reads into it, it
@@ -504,6 +510,7 @@ class HistoryStore:
                 raise StoreFormatError(f"{filter_out}: the checkpointer's filter is not whole")
             # The filter, saved, holds the ids before the store does, as in `_write_batches`.
             os.replace(filter_out, self._filter_path)
+            self._moved_filter = filter_out  # (the child kept a copy of it)
             if self._fsync:
                 _fsync_directory(self._filter_path.parent)
             self._spare_ids, self.ids = self.ids, ids
@@ -802,9 +809,17 @@ def _key_slices(
         yield rest[start : start + BATCH_KEYS]
 
 
+def stamps_value(stamps: list[int]) -> bytes:
+    """An A or U value: a list of timestamps, marshalled without references (version 2). Its
+    timestamps are distinct, so the value is as long as version 4's; but version 4 looks up
+    every int shared with another list (a transfer's timestamp is listed under both its
+    accounts) in a table, which made the lists of a hot account three times slower."""
+    return marshal.dumps(stamps, 2)
+
+
 def _listed(prefix: bytes, lists: dict[int, list[int]]) -> list[tuple[bytes, bytes]]:
     """The A or U keys and values of `lists` (timestamps by account or user data)."""
-    dumps = marshal.dumps
+    dumps = stamps_value
     pairs = [
         (prefix + key.to_bytes(_U128, "big") + stamps[-1].to_bytes(_U64, "big"), dumps(stamps))
         for key, stamps in lists.items()
@@ -819,4 +834,4 @@ def _listed(prefix: bytes, lists: dict[int, list[int]]) -> list[tuple[bytes, byt
 def _chunks(head: bytes, stamps: list[int]) -> Iterator[tuple[bytes, bytes]]:
     for start in range(0, len(stamps), CHUNK):
         chunk = stamps[start : start + CHUNK]
-        yield head + _ts8(chunk[-1]), marshal.dumps(chunk)
+        yield head + _ts8(chunk[-1]), stamps_value(chunk)

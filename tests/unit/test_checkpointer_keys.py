@@ -195,7 +195,7 @@ def test_a_checkpointer_without_numpy_fails_each_checkpoint_with_the_reason(
         for _ in range(2):
             for frame in checkpointer._frames(log):
                 checkpointer._send(stdin, ("pages", frame))
-            end = ("end", str(tmp_path), str(tmp_path / "ids.bloom"), 16, False, [], [], [])
+            end = ("end", str(tmp_path), str(tmp_path / "ids.bloom"), 16, False, [], [], [], "")
             checkpointer._send(stdin, end)
             stdin.flush()
             answer = checkpointer._receive(stdout)
@@ -292,7 +292,7 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
         checkpointer._send(stdin, ("begin", str(tmp_path / "gone")))
         for frame in checkpointer._frames(log):
             checkpointer._send(stdin, ("pages", frame))
-        end = ("end", str(tmp_path / "gone"), str(filter_path), 16, False, [], [], [])
+        end = ("end", str(tmp_path / "gone"), str(filter_path), 16, False, [], [], [], "")
         checkpointer._send(stdin, end)
         stdin.flush()
         answer = checkpointer._receive(stdout)
@@ -304,7 +304,9 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
         checkpointer._send(stdin, ("begin", str(out_dir)))
         for frame in checkpointer._frames(log):
             checkpointer._send(stdin, ("pages", frame))
-        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], []))
+        checkpointer._send(
+            stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], [], "")
+        )
         stdin.flush()
         answer = checkpointer._receive(stdout)
         assert answer[0] == "error" and "IsADirectoryError" in answer[1], answer
@@ -312,7 +314,9 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
         blocked.rmdir()
         # One with no pages (a layer of history balances, say): no pages' file.
         checkpointer._send(stdin, ("begin", str(out_dir)))
-        checkpointer._send(stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], [7]))
+        checkpointer._send(
+            stdin, ("end", str(out_dir), str(filter_path), 16, False, [], [], [7], "")
+        )
         stdin.flush()
         answer = checkpointer._receive(stdout)
         assert answer[0] == "ok" and [Path(p).name[-6:] for p in answer[1]] == ["-I.sst"]
@@ -329,7 +333,7 @@ def test_the_checkpointer_process_writes_the_pages_as_they_come_and_every_key(
             time.sleep(0.01)
         assert [p.name[-6:] for p in out_dir.iterdir()] == ["-T.sst"]  # before the last frame
         checkpointer._send(stdin, ("pages", frames[-1]))
-        end = ("end", str(out_dir), str(filter_path), 16, False, history, finished, orphans)
+        end = ("end", str(out_dir), str(filter_path), 16, False, history, finished, orphans, "")
         checkpointer._send(stdin, end)
         stdin.flush()
         answer = checkpointer._receive(stdout)
@@ -364,7 +368,7 @@ def test_the_pages_go_to_their_file_as_each_frame_comes(tmp_path: Path) -> None:
     stream = checkpointer._PageFile(str(tmp_path / "T.sst"))
     keys = checkpointer._Keys(stream)
     keys.add(frame)
-    assert keys.pages == [] and stream.count == len(frame) == 3
+    assert keys.page_keys == keys.page_values == [] and stream.count == len(frame) == 3
     assert keys.firsts == [t[12] for t in log[::PAGE]]
     assert stream.finish() and (tmp_path / "T.sst").stat().st_size > 0
 
@@ -417,3 +421,61 @@ def test_a_checkpoint_cut_short_by_its_engine_leaves_no_file(
         assert sorted(Path(p).name[-5:-4] for p in paths) == list("AIT")
     finally:
         built.close()
+
+
+def test_the_checkpointer_adds_to_the_filter_it_kept_only_when_the_engine_moved_it(
+    tmp_path: Path,
+) -> None:
+    """After a checkpoint, the engine moves the child's filter in place and says so in its next
+    "end": the child then adds to the copy it kept, without reading the file (here the file is
+    replaced behind the engine's back, and its ids are not in the answer). When the engine says
+    nothing (it saved a filter of its own there since), the child reads the file: that file's
+    ids are in the answer, and the kept copy's are not."""
+
+    def page(first: int) -> list[Any]:
+        return [(first + i, 7, 8, 1, 0, 0, 0, 0, 0, 1, 1, 0, first + i, 0) for i in range(5)]
+
+    def checkpoint(log: list[Any], moved: str) -> str:
+        checkpointer._send(stdin, ("begin", str(out_dir)))
+        for frame in checkpointer._frames(log):
+            checkpointer._send(stdin, ("pages", frame))
+        end = ("end", str(out_dir), str(filter_path), 16, False, [], [], [], moved)
+        checkpointer._send(stdin, end)
+        stdin.flush()
+        answer = checkpointer._receive(stdout)
+        assert answer[0] == "ok", answer
+        for path in answer[1]:
+            os.unlink(path)
+        return str(answer[2])
+
+    def holds(path: Path | str, ids: list[int]) -> list[bool]:
+        saved = IdFilter.load(Path(path), 16)
+        assert saved is not None
+        return [saved.may_contain(i) for i in ids]
+
+    first, second, third, engines = [100, 101], [200, 201], [300, 301], [900, 901]
+    filter_path = tmp_path / "ids.bloom"
+    IdFilter(16).save(filter_path, fsync=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    child, stdin, stdout = _checkpointer_child()
+    try:
+        out = checkpoint(page(100)[:2], "")
+        os.replace(out, filter_path)
+        # The file is replaced behind the engine's back: the child, told its own was moved
+        # there, adds to the copy it kept.
+        other = IdFilter(16)
+        other.add(engines)
+        other.save(filter_path, fsync=False)
+        out = checkpoint(page(200)[:2], out)
+        assert holds(out, first + second) == [True] * 4
+        assert holds(out, engines) == [False, False]
+        # The engine saved a filter of its own there (told ""): the child reads it.
+        other.save(filter_path, fsync=False)
+        out = checkpoint(page(300)[:2], "")
+        assert holds(out, engines + third) == [True] * 4
+        assert holds(out, first + second) == [False] * 4
+    finally:
+        stdin.close()
+        assert child.wait(timeout=30) == 0
+        stdout.close()

@@ -639,3 +639,40 @@ def test_a_checkpoint_writes_the_accounts_its_interval_changed_an_expiry_too(
         assert pair.a.state.canonical_bytes() == pair.b.state.canonical_bytes()
     finally:
         pair.close()
+
+
+def test_the_filter_holds_every_id_whichever_way_each_checkpoint_went(tmp_path: Path) -> None:
+    """Checkpoints through the checkpointer, in batches in the engine, then through the
+    checkpointer again: the filter saved at the end holds every id of the three. (The child
+    adds to the filter it kept only when the engine says it moved that one in place; the
+    batches saved a filter of the engine's own in between, which the child must read.)"""
+    from ledger.embedded.store import IdFilter
+
+    clock = ManualClock(10**18)
+    with open_disk_engine(tmp_path / "disk", clock, ingest=True) as engine:
+        store = engine.store
+        assert store is not None
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        ids: list[int] = []
+        for way, start in (("ingest", 1000), ("batches", 2000), ("ingest", 3000)):
+            store.ingest_min = 0 if way == "ingest" else 1 << 62
+            batch = [
+                Transfer(
+                    id=start + i,
+                    debit_account_id=1,
+                    credit_account_id=2,
+                    amount=1,
+                    ledger=1,
+                    code=1,
+                )
+                for i in range(10)
+            ]
+            assert all(
+                r.status is CreateTransferStatus.CREATED for r in client.create_transfers(batch)
+            )
+            ids += [t.id for t in batch]
+            engine.snapshot()
+        saved = IdFilter.load(store._filter_path, 16)
+        assert saved is not None
+        assert [i for i in ids if not saved.may_contain(i)] == []
