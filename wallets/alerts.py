@@ -137,8 +137,18 @@ def _groups(entries: Sequence[repo.AlertEntry]) -> list[list[repo.AlertEntry]]:
     return out
 
 
+# A wallet's threshold that stands at a level: (threshold, the level, its mark's key).
+_Level = tuple[int, int, tuple[int, int]]
+# A budget's threshold: (threshold, its percent of the cap).
+_Percent = tuple[int, int]
+
+
 def derive(entries: Sequence[repo.AlertEntry], ctx: Context) -> None:
     """Applies the entries to the figures and records the events and rule crossings (pure)."""
+    # Each subject's thresholds, found once for the batch rather than at every operation
+    # (neither the thresholds nor the allocations change inside it).
+    levels = _wallet_levels(ctx)
+    percents = _budget_percents(ctx)
     for group in _groups(entries):
         wallets_before: dict[int, tuple[int, int]] = {}
         budgets_before: dict[int, int] = {}
@@ -155,9 +165,34 @@ def derive(entries: Sequence[repo.AlertEntry], ctx: Context) -> None:
             ctx.emitted.append(_timed_out(entry, key, credits, wallet_id))
         last = group[-1]
         for wallet_id, before in wallets_before.items():
-            _evaluate_wallet(ctx, ctx.wallets[wallet_id], before, last)
+            figures = ctx.wallets[wallet_id]
+            _evaluate_wallet(ctx, figures, before, last, levels.get(wallet_id, ()))
         for account_id, balance in budgets_before.items():
-            _evaluate_budget(ctx, ctx.budgets[account_id], balance, last)
+            period = ctx.budgets[account_id]
+            _evaluate_budget(ctx, period, balance, last, percents.get(period.budget_id, ()))
+
+
+def _wallet_levels(ctx: Context) -> dict[int, list[_Level]]:
+    """wallet -> its thresholds that stand at a level, in `ctx.thresholds`' order."""
+    out: dict[int, list[_Level]] = {}
+    for threshold in ctx.thresholds:
+        wallet_id = threshold.wallet_id
+        if wallet_id is None:
+            continue
+        level = wallet_level(threshold, ctx.allocations.get(wallet_id))
+        if level is not None:
+            out.setdefault(wallet_id, []).append((threshold.id, level, (threshold.id, wallet_id)))
+    return out
+
+
+def _budget_percents(ctx: Context) -> dict[int, list[_Percent]]:
+    """budget -> its thresholds, in `ctx.thresholds`' order."""
+    out: dict[int, list[_Percent]] = {}
+    for threshold in ctx.thresholds:
+        if threshold.budget_id is not None:
+            assert threshold.percent is not None
+            out.setdefault(threshold.budget_id, []).append((threshold.id, threshold.percent))
+    return out
 
 
 def _apply(
@@ -190,81 +225,91 @@ def _apply(
 
 
 def _evaluate_wallet(
-    ctx: Context, figures: repo.WalletFigures, before: tuple[int, int], last: repo.AlertEntry
+    ctx: Context,
+    figures: repo.WalletFigures,
+    before: tuple[int, int],
+    last: repo.AlertEntry,
+    levels: Sequence[_Level],
 ) -> None:
     available_before, deficit_before = before
     wallet_id = figures.wallet_id
-    at = last.engine_ts
-    common = {"wallet_id": id_text(wallet_id), "transfer_id": id_text(last.transfer_id)}
-    if available_before > 0 >= figures.available:
+    available = figures.available
+    if available_before > 0 >= available:
         figures.depletions += 1
         ctx.emitted.append(
-            Emitted(
+            _wallet_event(
                 "balance.depleted",
                 (wallet_id, figures.depletions),
-                at,
-                {**common, "available": str(figures.available)},
-                wallet_id=wallet_id,
+                last,
+                wallet_id,
+                {"available": str(available)},
             )
         )
     if deficit_before <= 0 < figures.deficit:
         figures.overdrafts += 1
         ctx.emitted.append(
-            Emitted(
+            _wallet_event(
                 "overdraft.opened",
                 (wallet_id, figures.overdrafts),
-                at,
-                {**common, "deficit": str(figures.deficit)},
-                wallet_id=wallet_id,
+                last,
+                wallet_id,
+                {"deficit": str(figures.deficit)},
             )
         )
     elif deficit_before > 0 >= figures.deficit:
         ctx.emitted.append(
-            Emitted(
+            _wallet_event(
                 "overdraft.repaid",
                 (wallet_id, figures.overdrafts),
-                at,
-                {**common, "repaid": str(deficit_before)},
-                wallet_id=wallet_id,
+                last,
+                wallet_id,
+                {"repaid": str(deficit_before)},
             )
         )
-    for threshold in ctx.thresholds:
-        if threshold.wallet_id != wallet_id:
-            continue
-        level = wallet_level(threshold, ctx.allocations.get(wallet_id))
-        if level is None:
-            continue
-        mark = _mark(ctx, threshold.id, wallet_id)
-        if figures.available >= level:
-            _arm(ctx, mark, True)
+    for threshold_id, level, key in levels:
+        mark = _mark(ctx, key)
+        if available >= level:
+            _arm(ctx, key, mark, True)
         elif mark.armed:
-            _arm(ctx, mark, False)
+            _arm(ctx, key, mark, False)
             mark.crossings += 1
             ctx.emitted.append(
-                Emitted(
+                _wallet_event(
                     "balance.low",
-                    ("threshold", threshold.id, wallet_id, mark.crossings),
-                    at,
+                    ("threshold", threshold_id, wallet_id, mark.crossings),
+                    last,
+                    wallet_id,
                     {
-                        **common,
-                        "threshold_id": id_text(threshold.id),
+                        "threshold_id": id_text(threshold_id),
                         "threshold": str(level),
-                        "available": str(figures.available),
+                        "available": str(available),
                         "crossing": mark.crossings,
                     },
-                    wallet_id=wallet_id,
                 )
             )
     rule = ctx.rules.get(wallet_id)
     if rule is not None:
-        if figures.available >= rule.threshold:
+        if available >= rule.threshold:
             rule.armed = True
         elif rule.armed:
             rule.armed = False
             rule.crossings += 1
             ctx.crossings.append(
-                Crossing(wallet_id, rule.crossings, last.transfer_id, at, figures.available)
+                Crossing(wallet_id, rule.crossings, last.transfer_id, last.engine_ts, available)
             )
+
+
+def _wallet_event(
+    type_: str,
+    key: tuple[int | str, ...],
+    last: repo.AlertEntry,
+    wallet_id: int,
+    data: dict[str, Any],
+) -> Emitted:
+    """A wallet's event at the operation that ends with `last` (its data made only when it
+    fires: most operations cross nothing)."""
+    common = {"wallet_id": id_text(wallet_id), "transfer_id": id_text(last.transfer_id)}
+    return Emitted(type_, key, last.engine_ts, {**common, **data}, wallet_id=wallet_id)
 
 
 def wallet_level(threshold: repo.Threshold, allocation: int | None) -> int | None:
@@ -278,47 +323,44 @@ def wallet_level(threshold: repo.Threshold, allocation: int | None) -> int | Non
 
 
 def _evaluate_budget(
-    ctx: Context, period: repo.BudgetPeriod, balance_before: int, last: repo.AlertEntry
+    ctx: Context,
+    period: repo.BudgetPeriod,
+    balance_before: int,
+    last: repo.AlertEntry,
+    percents: Sequence[_Percent],
 ) -> None:
-    at = last.engine_ts
-    used = period.credit_limit - period.balance
-    common = {
-        "budget_id": id_text(period.budget_id),
-        "period_start": rfc3339_of(datetime_of_ns(period.period_start_ns)),
-        "cap": str(period.credit_limit),
-        "used": str(used),
-        "transfer_id": id_text(last.transfer_id),
-    }
-    if period.credit_limit > 0 and balance_before > 0 >= period.balance:
+    credit_limit = period.credit_limit
+    used = credit_limit - period.balance
+    if credit_limit > 0 and balance_before > 0 >= period.balance:
         period.exceedings += 1
         ctx.emitted.append(
             Emitted(
                 "budget.exceeded",
                 (period.account_id, period.exceedings),
-                at,
-                common,
+                last.engine_ts,
+                _budget_common(period, used, last),
                 budget_id=period.budget_id,
             )
         )
-    for threshold in ctx.thresholds:
-        if threshold.budget_id != period.budget_id or period.credit_limit <= 0:
-            continue
-        assert threshold.percent is not None
-        mark = _mark(ctx, threshold.id, period.account_id)
-        if used * 100 < threshold.percent * period.credit_limit:
-            _arm(ctx, mark, True)
+    if credit_limit <= 0:
+        return
+    for threshold_id, percent in percents:
+        key = (threshold_id, period.account_id)
+        mark = _mark(ctx, key)
+        if used * 100 < percent * credit_limit:
+            _arm(ctx, key, mark, True)
         elif mark.armed:
-            _arm(ctx, mark, False)
+            _arm(ctx, key, mark, False)
             mark.crossings += 1
             ctx.emitted.append(
                 Emitted(
                     "budget.threshold_reached",
-                    ("threshold", threshold.id, period.account_id, mark.crossings),
-                    at,
+                    ("threshold", threshold_id, period.account_id, mark.crossings),
+                    last.engine_ts,
                     {
-                        **common,
-                        "threshold_id": id_text(threshold.id),
-                        "percent": threshold.percent,
+                        **_budget_common(period, used, last),
+                        "threshold_id": id_text(threshold_id),
+                        "percent": percent,
                         "crossing": mark.crossings,
                     },
                     budget_id=period.budget_id,
@@ -326,18 +368,30 @@ def _evaluate_budget(
             )
 
 
-def _mark(ctx: Context, threshold_id: int, subject_id: int) -> repo.Mark:
-    key = (threshold_id, subject_id)
+def _budget_common(period: repo.BudgetPeriod, used: int, last: repo.AlertEntry) -> dict[str, Any]:
+    """What every event of a budget period says (made only when one fires)."""
+    return {
+        "budget_id": id_text(period.budget_id),
+        "period_start": rfc3339_of(datetime_of_ns(period.period_start_ns)),
+        "cap": str(period.credit_limit),
+        "used": str(used),
+        "transfer_id": id_text(last.transfer_id),
+    }
+
+
+def _mark(ctx: Context, key: tuple[int, int]) -> repo.Mark:
+    """The mark of (threshold, subject), a new one (armed) the first time."""
     mark = ctx.marks.get(key)
     if mark is None:
-        mark = ctx.marks[key] = repo.Mark(threshold_id=threshold_id, subject_id=subject_id)
+        mark = ctx.marks[key] = repo.Mark(threshold_id=key[0], subject_id=key[1])
     return mark
 
 
-def _arm(ctx: Context, mark: repo.Mark, armed: bool) -> None:
-    if mark.armed != armed or (mark.threshold_id, mark.subject_id) not in ctx.changed_marks:
+def _arm(ctx: Context, key: tuple[int, int], mark: repo.Mark, armed: bool) -> None:
+    """Sets the mark (its key), recorded to be saved: every mark the batch evaluates is."""
+    if mark.armed != armed or key not in ctx.changed_marks:
         mark.armed = armed
-        ctx.changed_marks[(mark.threshold_id, mark.subject_id)] = mark
+        ctx.changed_marks[key] = mark
 
 
 def _expired(entry: repo.AlertEntry, wallet_id: int) -> Emitted:

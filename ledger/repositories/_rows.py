@@ -8,6 +8,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final, TypeVar
 
+from psycopg import AsyncCursor
+from psycopg.rows import TupleRow
+from psycopg.types.numeric import IntLoader
+
 from ledger.db import Connection
 from ledger.limits import LIST_PAGE_ROWS_MAX, U128_MAX
 
@@ -66,6 +70,21 @@ def from_amount(value: Decimal | int) -> int:
     result = int(value)
     assert result == value, value
     return result
+
+
+def hex_id(column: str) -> str:
+    """SQL reading a `uuid` column as its 128 bits in hex, 32 digits ('0' when NULL: no id);
+    `int(text, 16)` is then the id, as `from_uuid` gives it. A read of many rows skips
+    building a uuid.UUID for each id this way (a Python loader costs more than the text)."""
+    return f"coalesce(replace({column}::text, '-', ''), '0')"
+
+
+def int_amounts(cursor: AsyncCursor[TupleRow]) -> AsyncCursor[TupleRow]:
+    """The cursor, reading `numeric` (`u128` and other amounts) as ints, not Decimals: a
+    many-row read skips the Decimal and `from_amount`'s conversion. Text format only (the
+    default); psycopg's C loader parses the digits, and refuses a value with a fraction."""
+    cursor.adapters.register_loader("numeric", IntLoader)
+    return cursor
 
 
 def page_limit(limit: int) -> int:
