@@ -238,8 +238,9 @@ class StateMachine:
         cache = self.cache
         # (In comprehensions, not a loop over each event's two ids: 0.28 against 0.45 ms for a
         # request of 2,500 transfers.)
+        naming = [e for e in events if e[4]]  # the events that name a pending transfer
         ids = [e[0] for e in events]
-        ids += [e[4] for e in events if e[4]]  # the pending ids of posts and voids
+        ids += [e[4] for e in naming]
         held = [tid for tid in ids if tid in live] if live else None
         if held:
             for tid in held:
@@ -268,14 +269,9 @@ class StateMachine:
             self.cache.update(found)
             self.orphan_cache |= orphans
         stamps: dict[int, int] = {}
-        for e in events:
+        for e in naming:
             pid = e[4]
-            if (
-                not pid
-                or pid in live
-                or pid in self.status_cache
-                or not e[11] & (TF_POST | TF_VOID)
-            ):
+            if pid in live or pid in self.status_cache or not e[11] & (TF_POST | TF_VOID):
                 continue
             if pid in self.finished or (self.frozen is not None and pid in self.frozen.finished):
                 continue
