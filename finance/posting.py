@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -66,35 +67,45 @@ SYSTEM_ACTOR = "system"
 WINDOW_NS_MIN = 1_000_000_000  # 1 s of engine time
 WINDOW_NS_MAX = 1 << 62  # about 146 years: everything
 RUNTIME_ACTOR = "runtime"
+_NS_PER_DAY = 86_400 * 1_000_000_000
+_EPOCH = dt.date(1970, 1, 1)
 
 
 def route_of(entry: repo.BlockEntry) -> rec.Route:
+    route = _ROUTES.get(entry.kind)
+    if route is not None:
+        return route
     if entry.kind == "correction":
         return rec.Route.RESTORE if entry.amount > 0 else rec.Route.USAGE
     if entry.kind == "rollover":
         return rec.Route.ROLLOVER_IN if entry.amount > 0 else rec.Route.ROLLOVER_OUT
-    return _ROUTES[entry.kind]
+    raise KeyError(entry.kind)
 
 
-def accounting_date(entry: repo.BlockEntry) -> dt.datetime:
-    """When an entry counts in the books: its business effective time, except for a void,
-    which counts when it happened (its engine time): a void's transfer carries the block's
-    expiry in `user_data_64`, for the readers of the ledger, not the day it was voided."""
+def accounting_date_ns(entry: repo.BlockEntry) -> int:
+    """When an entry counts in the books (ns since the epoch; the journal keeps the µs): its
+    business effective time, except for a void, which counts when it happened (its engine
+    time): a void's transfer carries the block's expiry in `user_data_64`, for the readers of
+    the ledger, not the day it was voided."""
     if entry.kind == "void":
-        return datetime_of_ns(entry.engine_ts)
-    return entry.accounting_date
+        return entry.engine_ts
+    return entry.effective_at_ns
 
 
-def month_of(at: dt.datetime) -> dt.date:
-    at = at.astimezone(dt.UTC)
+def month_of(at_ns: int) -> dt.date:
+    """The month (UTC) of an instant, ns since the epoch."""
+    return _month_of_day(at_ns // _NS_PER_DAY)
+
+
+@functools.lru_cache(maxsize=4096)
+def _month_of_day(day: int) -> dt.date:
+    at = _EPOCH + dt.timedelta(days=day)
     return dt.date(at.year, at.month, 1)
 
 
-def booking(
-    accounting_date: dt.datetime, last_closed: dt.date | None
-) -> tuple[dt.date, dt.date | None]:
+def booking(accounting_date_ns: int, last_closed: dt.date | None) -> tuple[dt.date, dt.date | None]:
     """(posting period, the closed period it adjusts or None)."""
-    period = month_of(accounting_date)
+    period = month_of(accounting_date_ns)
     if last_closed is not None and period <= last_closed:
         return repo.next_period(last_closed), period
     return period, None
@@ -149,7 +160,8 @@ def new_block(
 ) -> repo.Block:
     """A block as its grant entry and catalog row describe it. A block the catalog does not
     know (written outside the service) is taken as promotional: nothing says it was paid for."""
-    method, rate = policy_for(policies, entry.credit_type_id, entry.accounting_date)
+    effective_at = datetime_of_ns(entry.effective_at_ns)
+    method, rate = policy_for(policies, entry.credit_type_id, effective_at)
     return repo.Block(
         block_id=entry.block_id,
         customer_id=entry.customer_id,
@@ -161,7 +173,7 @@ def new_block(
         credits=grant.credits if grant else abs(entry.amount),
         consideration_minor=grant.consideration_minor if grant else 0,
         exchange_rate=grant.exchange_rate if grant else None,
-        effective_at=grant.effective_at if grant else entry.accounting_date,
+        effective_at=grant.effective_at if grant else effective_at,
         expires_at=grant.expires_at if grant else None,
         method=method,
         rate=rate,
@@ -171,7 +183,7 @@ def new_block(
         functional_out_minor=None,
         accrued_minor=0,
         functional_accrued_minor=None,
-        granted_period=month_of(entry.accounting_date),
+        granted_period=month_of(entry.effective_at_ns),
     )
 
 
@@ -192,10 +204,16 @@ class _Context:
     terms: dict[int, rec.Terms] = field(default_factory=dict)
     journals: list[repo.Journal] = field(default_factory=list)
     memo: list[repo.MemoRow] = field(default_factory=list)
-    changed: dict[int, repo.Block] = field(default_factory=dict)
+    # The blocks the batch moved -> where their recognition stands now, in the order the batch
+    # first moved them; `blocks` keeps their terms (`changed` joins the two once, at the end).
+    states: dict[int, rec.State] = field(default_factory=dict)
     # A rollover's transfer -> the value (in minor units, and in the functional currency when
     # known) its source block gave up: its rollover block's consideration.
     rolled: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+
+    def changed(self) -> list[repo.Block]:
+        """The blocks the batch moved, each in its new state."""
+        return [_with_state(self.blocks[block_id], s) for block_id, s in self.states.items()]
 
 
 _BIRTHS = (rec.Route.GRANT, rec.Route.ROLLOVER_IN)
@@ -217,30 +235,22 @@ def sources_first(entries: Sequence[repo.BlockEntry]) -> list[repo.BlockEntry]:
 
 def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
     """Turns entries into journals and memo rows (pure, given the context)."""
+    seq = ctx.seq
+    bookings: dict[int, tuple[dt.date, dt.date | None]] = {}  # by day: a day books alike
     for entry in sources_first(entries):
         route = route_of(entry)
         block = ctx.blocks.get(entry.block_id)
-        if route is rec.Route.ROLLOVER_IN and block is None:
-            block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
-            # Born with exactly the value its source gave up, whatever its grants row says
-            # (a source finance never saw gives nothing: then the row's).
-            moved = ctx.rolled.get(entry.transfer_id)
-            if moved is not None:
-                block = msgspec.structs.replace(
-                    block, consideration_minor=moved[0], functional_consideration_minor=moved[1]
-                )
-            if block.consideration_minor and block.currency is None:
-                block = msgspec.structs.replace(block, consideration_minor=0)
         if block is None:
-            if route is not rec.Route.GRANT:
-                _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
-            block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
-        terms = ctx.terms.get(block.block_id)
+            block = _new_block(entry, route, ctx)
+        block_id = block.block_id
+        terms = ctx.terms.get(block_id)
         if terms is None:  # fixed at the grant: worked out once per block and batch
-            terms = ctx.terms[block.block_id] = terms_of(block, ctx.functional_currency)
+            terms = ctx.terms[block_id] = terms_of(block, ctx.functional_currency)
         credits = abs(entry.amount)
         refund = ctx.refunds.get(entry.operation_id) if route is rec.Route.REFUND else None
-        before = state_of(block) if route not in _BIRTHS else rec.State()
+        before = rec.State() if route in _BIRTHS else ctx.states.get(block_id)
+        if before is None:
+            before = state_of(block)
         drafts, state = rec.apply(
             terms,
             before,
@@ -249,34 +259,62 @@ def post_entries(entries: Sequence[repo.BlockEntry], ctx: _Context) -> None:
             refund_minor=None if refund is None else refund[0],
         )
         if route is rec.Route.ROLLOVER_OUT:
-            functional = (
-                None
-                if state.functional_out_minor is None or before.functional_out_minor is None
-                else state.functional_out_minor - before.functional_out_minor
-            )
-            ctx.rolled[entry.transfer_id] = (
-                (state.value_out_minor - before.value_out_minor, functional)
-                if terms.paid
-                else (0, None)
-            )
-        block = _with_state(block, state)
-        ctx.blocks[block.block_id] = ctx.changed[block.block_id] = block
-        period, adjusts = booking(accounting_date(entry), ctx.last_closed)
+            ctx.rolled[entry.transfer_id] = _given_up(terms, before, state)
+        ctx.states[block_id] = state
+        at_ns = accounting_date_ns(entry)
+        booked = bookings.get(day := at_ns // _NS_PER_DAY)
+        if booked is None:
+            booked = bookings[day] = booking(at_ns, ctx.last_closed)
+        period, adjusts = booked
         if route is rec.Route.RESTORE and adjusts is None:
             original = ctx.usage_periods.get(entry.operation_id)
             if original is not None and ctx.last_closed is not None and original <= ctx.last_closed:
                 adjusts = original
         if not terms.paid:
-            ctx.seq += 1
-            ctx.memo.append(_memo(entry, route, credits, period, adjusts, ctx.seq))
+            seq += 1
+            ctx.memo.append(_memo(entry, route, credits, period, adjusts, seq, at_ns))
             continue
         for index, draft in enumerate(drafts):
             assert rec.balanced(draft), draft
-            ctx.seq += 1
+            seq += 1
             actor, reason = _who(entry, route, draft, ctx)
             ctx.journals.append(
-                _journal(entry, block, draft, index, period, adjusts, ctx.seq, actor, reason)
+                _journal(entry, block, draft, index, period, adjusts, seq, actor, reason, at_ns)
             )
+    ctx.seq = seq
+
+
+def _new_block(entry: repo.BlockEntry, route: rec.Route, ctx: _Context) -> repo.Block:
+    """The block of an entry on a block finance does not know yet, as its grant describes it;
+    a rollover block is born with exactly the value its source gave up, whatever its grants
+    row says (a source finance never saw gives nothing: then the row's)."""
+    if route is rec.Route.ROLLOVER_IN:
+        block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
+        moved = ctx.rolled.get(entry.transfer_id)
+        if moved is not None:
+            block = msgspec.structs.replace(
+                block, consideration_minor=moved[0], functional_consideration_minor=moved[1]
+            )
+        if block.consideration_minor and block.currency is None:
+            block = msgspec.structs.replace(block, consideration_minor=0)
+    else:
+        if route is not rec.Route.GRANT:
+            _logger.error("finance: entry %s on a block without its grant", entry.transfer_id)
+        block = new_block(entry, ctx.grants.get(entry.block_id), ctx.policies)
+    ctx.blocks[block.block_id] = block
+    return block
+
+
+def _given_up(terms: rec.Terms, before: rec.State, state: rec.State) -> tuple[int, int | None]:
+    """What a rollover's source block gave up: its rollover block's consideration."""
+    if not terms.paid:
+        return 0, None
+    functional = (
+        None
+        if state.functional_out_minor is None or before.functional_out_minor is None
+        else state.functional_out_minor - before.functional_out_minor
+    )
+    return state.value_out_minor - before.value_out_minor, functional
 
 
 def _with_state(block: repo.Block, state: rec.State) -> repo.Block:
@@ -295,6 +333,8 @@ def _who(
     entry: repo.BlockEntry, route: rec.Route, draft: rec.Draft, ctx: _Context
 ) -> tuple[str, str]:
     """The actor and reason a journal names."""
+    if route is rec.Route.USAGE:  # most journals: first
+        return RUNTIME_ACTOR, entry.kind if draft.kind == "usage" else draft.reason
     if route is rec.Route.GRANT:
         grant = ctx.grants.get(entry.block_id)
         return (grant.actor, grant.reason or "purchase") if grant else (SYSTEM_ACTOR, "purchase")
@@ -326,37 +366,41 @@ def _journal(
     seq: int,
     actor: str,
     reason: str,
+    at_ns: int,
 ) -> repo.Journal:
+    # Positional (the fields' order), as the memo's: a batch makes thousands.
     return repo.Journal(
-        id=journal_id(entry.transfer_id, entry.kind, entry.block_id, index),
-        seq=seq,
-        posting_period=period,
-        accounting_date=accounting_date(entry),
-        engine_ts=entry.engine_ts,
-        kind=draft.kind,
-        block_id=entry.block_id,
-        customer_id=block.customer_id,
-        credit_type_id=entry.credit_type_id,
-        wallet_id=entry.wallet_id,
-        resource_id=entry.resource_id,
-        operation_id=entry.operation_id,
-        dimension_set_id=entry.dimension_set_id,
-        currency=block.currency or "",
-        credits=draft.credits,
-        source_transfer_ids=(entry.transfer_id,),
-        actor=actor,
-        reason=reason,
-        adjusts_period=adjusts,
-        lines=tuple(
-            repo.JournalLine(
-                number,
-                line.account,
-                line.debit_minor,
-                line.credit_minor,
-                line.functional_debit_minor,
-                line.functional_credit_minor,
-            )
-            for number, line in enumerate(draft.lines, start=1)
+        journal_id(entry.transfer_id, entry.kind, entry.block_id, index),
+        seq,
+        period,
+        at_ns,  # accounting_date_ns
+        entry.engine_ts,
+        draft.kind,
+        entry.block_id,
+        block.customer_id,
+        entry.credit_type_id,
+        entry.wallet_id,
+        entry.resource_id,
+        entry.operation_id,
+        entry.dimension_set_id,
+        block.currency or "",
+        draft.credits,
+        (entry.transfer_id,),  # source_transfer_ids
+        actor,
+        reason,
+        adjusts,  # adjusts_period
+        tuple(
+            [
+                repo.JournalLine(
+                    number,
+                    line.account,
+                    line.debit_minor,
+                    line.credit_minor,
+                    line.functional_debit_minor,
+                    line.functional_credit_minor,
+                )
+                for number, line in enumerate(draft.lines, start=1)
+            ]
         ),
     )
 
@@ -368,20 +412,21 @@ def _memo(
     period: dt.date,
     adjusts: dt.date | None,
     seq: int,
+    at_ns: int,
 ) -> repo.MemoRow:
     return repo.MemoRow(
-        id=derive_id("finance/memo", entry.transfer_id, entry.kind, entry.block_id),
-        seq=seq,
-        posting_period=period,
-        accounting_date=accounting_date(entry),
-        engine_ts=entry.engine_ts,
-        kind=_MEMO_KINDS[route],
-        block_id=entry.block_id,
-        customer_id=entry.customer_id,
-        credit_type_id=entry.credit_type_id,
-        credits=credits,
-        transfer_id=entry.transfer_id,
-        adjusts_period=adjusts,
+        derive_id("finance/memo", entry.transfer_id, entry.kind, entry.block_id),
+        seq,
+        period,
+        at_ns,  # accounting_date_ns
+        entry.engine_ts,
+        _MEMO_KINDS[route],
+        entry.block_id,
+        entry.customer_id,
+        entry.credit_type_id,
+        credits,
+        entry.transfer_id,
+        adjusts,  # adjusts_period
     )
 
 
@@ -438,7 +483,7 @@ class Poster:
             post_entries(entries, ctx)
             await repo.insert_journals(conn, ctx.journals)
             await repo.insert_memo(conn, ctx.memo)
-            await repo.save_blocks(conn, list(ctx.changed.values()))
+            await repo.save_blocks(conn, ctx.changed())
             await repo.advance(
                 conn, repo.State(through, ctx.seq, state.journals + len(ctx.journals))
             )

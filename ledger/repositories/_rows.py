@@ -79,6 +79,16 @@ def hex_id(column: str) -> str:
     return f"coalesce(replace({column}::text, '-', ''), '0')"
 
 
+class HexIds(dict[str, int]):
+    """The id of each `hex_id` text asked for (`int(text, 16)`), parsed the first time: the
+    rows of a many-row read share most of their ids (a batch's blocks, wallets, customers),
+    and a dict lookup costs less than the parse."""
+
+    def __missing__(self, text: str) -> int:
+        value = self[text] = int(text, 16)
+        return value
+
+
 def int_amounts(cursor: AsyncCursor[TupleRow]) -> AsyncCursor[TupleRow]:
     """The cursor, reading `numeric` (`u128` and other amounts) as ints, not Decimals: a
     many-row read skips the Decimal and `from_amount`'s conversion. Text format only (the

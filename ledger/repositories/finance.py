@@ -9,8 +9,9 @@ DELETE and TRUNCATE); the poster writes a batch of them in one transaction with 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Final
@@ -19,7 +20,14 @@ import msgspec
 from psycopg.types.json import Jsonb
 
 from ledger.db import Connection
-from ledger.repositories._rows import from_amount, from_uuid, uuids
+from ledger.repositories._rows import (
+    HexIds,
+    from_amount,
+    from_uuid,
+    hex_id,
+    int_amounts,
+    uuids,
+)
 
 # The kinds of projected entries on blocks that finance reads (ledger_entries.kind).
 BLOCK_KINDS: Final = (
@@ -47,7 +55,8 @@ class BlockEntry(msgspec.Struct, frozen=True):
 
     transfer_id: int
     kind: str
-    accounting_date: dt.datetime  # the entry's business effective time
+    # The entry's business effective time, ns since the epoch (to the µs Postgres keeps).
+    effective_at_ns: int
     engine_ts: int
     credit_type_id: int
     block_id: int
@@ -121,11 +130,14 @@ class JournalLine(msgspec.Struct, frozen=True):
     functional_credit_minor: int | None
 
 
-class Journal(msgspec.Struct, frozen=True):
+class Journal(msgspec.Struct, frozen=True, gc=False):
+    # Not tracked by the garbage collector (a batch makes thousands, and its tuples would have
+    # it tracked): it holds numbers, dates, text and tuples of ids and of lines (which hold the
+    # same), so it is in no cycle.
     id: int
     seq: int
     posting_period: dt.date
-    accounting_date: dt.datetime
+    accounting_date_ns: int  # ns since the epoch (the column keeps the µs)
     engine_ts: int
     kind: str
     block_id: int
@@ -148,7 +160,7 @@ class MemoRow(msgspec.Struct, frozen=True):
     id: int
     seq: int
     posting_period: dt.date
-    accounting_date: dt.datetime
+    accounting_date_ns: int  # ns since the epoch (the column keeps the µs)
     engine_ts: int
     kind: str
     block_id: int
@@ -204,39 +216,59 @@ async def advance(conn: Connection, state: State) -> None:
 # -- what the poster reads -------------------------------------------------------------------------
 
 
+_ENTRIES_SQL: Final = f"""
+    SELECT {hex_id("transfer_id")}, kind, (extract(epoch FROM effective_at) * 1000000)::bigint,
+           engine_ts, credit_type_id,
+           {hex_id("account_id")}, {hex_id("wallet_id")}, {hex_id("resource_id")},
+           {hex_id("customer_id")}, {hex_id("operation_id")}, {hex_id("dimension_set_id")}, amount
+    FROM ledger_entries
+    WHERE engine_ts > %s AND engine_ts <= %s AND account_kind = 'block' AND amount <> 0
+      AND kind = ANY(%s)
+    ORDER BY engine_ts, transfer_id, kind
+    LIMIT %s
+"""
+
+
 async def block_entries(
     conn: Connection, after_ts: int, through_ts: int, limit: int
 ) -> list[BlockEntry]:
     """Entries on blocks that moved posted credits, of engine time after_ts..through_ts, in
-    engine time order (at most `limit`)."""
-    cursor = await conn.execute(
-        """
-        SELECT transfer_id, kind, effective_at, engine_ts, credit_type_id, account_id, wallet_id,
-               resource_id, customer_id, operation_id, dimension_set_id, amount
-        FROM ledger_entries
-        WHERE engine_ts > %s AND engine_ts <= %s AND account_kind = 'block' AND amount <> 0
-          AND kind = ANY(%s)
-        ORDER BY engine_ts, transfer_id, kind
-        LIMIT %s
-        """,
-        (after_ts, through_ts, list(BLOCK_KINDS), limit),
-    )
+    engine time order (at most `limit`). Ids are read as hex text, amounts as ints and the
+    effective time as µs (a batch is thousands of rows: no uuid.UUID, Decimal or datetime a
+    value); a NULL id is 0."""
+    cursor = int_amounts(conn.cursor())
+    await cursor.execute(_ENTRIES_SQL, (after_ts, through_ts, list(BLOCK_KINDS), limit))
+    # A batch's entries share their blocks, wallets, resources, customers and dimension sets.
+    ids = HexIds()
     return [
         BlockEntry(
-            from_uuid(r[0]),
-            r[1],
-            r[2],
-            int(r[3]),
-            int(r[4]),
-            from_uuid(r[5]),
-            _id(r[6]),
-            _id(r[7]),
-            _id(r[8]),
-            _id(r[9]),
-            _id(r[10]),
-            int(r[11]),
+            int(transfer, 16),
+            kind,
+            effective_at_us * 1000,
+            engine_ts,
+            credit_type_id,
+            ids[block],
+            ids[wallet],
+            ids[resource],
+            ids[customer],
+            int(operation, 16),
+            ids[dimension_set],
+            amount,
         )
-        for r in await cursor.fetchall()
+        for (
+            transfer,
+            kind,
+            effective_at_us,
+            engine_ts,
+            credit_type_id,
+            block,
+            wallet,
+            resource,
+            customer,
+            operation,
+            dimension_set,
+            amount,
+        ) in await cursor.fetchall()
     ]
 
 
@@ -460,80 +492,14 @@ async def insert_journals(conn: Connection, journals: Sequence[Journal]) -> None
     # The next month's too, so that a month's first journal rarely creates its partition.
     months = {j.posting_period for j in journals}
     await _ensure_partitions(conn, months | {next_period(m) for m in months})
-    journal_rows = []
-    line_rows = []
-    for j in journals:
-        period = j.posting_period.isoformat()
-        journal = _hex(j.id)
-        journal_rows.append(
-            "\t".join(
-                (
-                    journal,
-                    str(j.seq),
-                    period,
-                    j.accounting_date.isoformat(),
-                    str(j.engine_ts),
-                    j.kind,
-                    _hex(j.block_id),
-                    _hex_or_null(j.customer_id),
-                    str(j.credit_type_id),
-                    _hex_or_null(j.wallet_id),
-                    _hex_or_null(j.resource_id),
-                    _hex_or_null(j.operation_id),
-                    _hex_or_null(j.dimension_set_id),
-                    j.currency,
-                    str(j.credits),
-                    "{" + ",".join(_hex(t) for t in j.source_transfer_ids) + "}",
-                    _text(j.actor),
-                    _text(j.reason),
-                    _NULL if j.adjusts_period is None else j.adjusts_period.isoformat(),
-                )
-            )
-        )
-        for line in j.lines:
-            line_rows.append(
-                "\t".join(
-                    (
-                        journal,
-                        period,
-                        str(line.line),
-                        line.account,
-                        str(line.debit_minor),
-                        str(line.credit_minor),
-                        _int_or_null(line.functional_debit_minor),
-                        _int_or_null(line.functional_credit_minor),
-                    )
-                )
-            )
+    journal_rows, line_rows = _journals_text(journals)
     async with conn.cursor() as cursor:
         statement = f"COPY finance_journals ({_JOURNAL_COLUMNS}) FROM STDIN"
         async with cursor.copy(statement) as copy:
-            await copy.write(("\n".join(journal_rows) + "\n").encode())
+            await copy.write(journal_rows)
         statement = f"COPY finance_journal_lines ({_LINE_COLUMNS}) FROM STDIN"
         async with cursor.copy(statement) as copy:
-            await copy.write(("\n".join(line_rows) + "\n").encode())
-
-
-_NULL: Final = "\\N"
-_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _hex(value: int) -> str:
-    """A u128 as the 32 hex digits Postgres reads as a uuid (COPY's text format)."""
-    return f"{value:032x}"
-
-
-def _hex_or_null(value: int) -> str:
-    return _NULL if value == 0 else f"{value:032x}"
-
-
-def _int_or_null(value: int | None) -> str:
-    return _NULL if value is None else str(value)
-
-
-def _text(value: str) -> str:
-    """Text escaped for COPY's text format."""
-    return value.translate(_ESCAPES)
+            await copy.write(line_rows)
 
 
 async def insert_memo(conn: Connection, rows: Sequence[MemoRow]) -> None:
@@ -541,23 +507,102 @@ async def insert_memo(conn: Connection, rows: Sequence[MemoRow]) -> None:
         return
     statement = f"COPY finance_memo ({_MEMO_COLUMNS}) FROM STDIN"
     async with conn.cursor() as cursor, cursor.copy(statement) as copy:
-        for m in rows:
-            await copy.write_row(
-                (
-                    _uuid(m.id),
-                    m.seq,
-                    m.posting_period,
-                    m.accounting_date,
-                    m.engine_ts,
-                    m.kind,
-                    _uuid(m.block_id),
-                    _uuid_or_none(m.customer_id),
-                    m.credit_type_id,
-                    m.credits,
-                    _uuid(m.transfer_id),
-                    m.adjusts_period,
-                )
+        await copy.write(_memo_text(rows))
+
+
+# The rows of the journals, their lines and the memo in COPY's text format, written here rather
+# than by psycopg's adapters (a batch is thousands of rows, and an adapter a value costs more
+# than the text). Postgres stores what the adapters' text gave it: a uuid from its 32 hex
+# digits (an id of 0 in a column that takes NULL is NULL), a date in ISO 8601, a timestamptz
+# in UTC to the µs, numbers in decimal, NULL as `\N`, free text escaped (`_ESCAPES`: COPY's
+# delimiter, line ends and backslash); kinds, accounts and currency codes are the code's own
+# constants, with nothing to escape. What repeats from row to row (a block, a wallet, a month,
+# an actor) is made into text once a batch (`_Texts`).
+_NULL: Final = "\\N"
+_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_EPOCH: Final = dt.datetime(1970, 1, 1)  # naive: its isoformat() has no offset
+
+
+class _Texts(dict[Any, str]):
+    """The text of each value asked for, made by `text` the first time."""
+
+    def __init__(self, text: Callable[[Any], str]) -> None:
+        super().__init__()
+        self._text = text
+
+    def __missing__(self, value: Any) -> str:
+        made = self[value] = self._text(value)
+        return made
+
+
+def _journals_text(journals: Sequence[Journal]) -> tuple[bytes, bytes]:
+    """The journals' rows and their lines' rows."""
+    ids, blocks = _Texts(_hex_or_null), _Texts(_hex)
+    periods, texts = _Texts(_date_or_null), _Texts(_escaped)
+    journal_rows = []
+    line_rows = []
+    for j in journals:
+        journal, period = _hex(j.id), periods[j.posting_period]
+        journal_rows.append(
+            f"{journal}\t{j.seq}\t{period}\t{_timestamp(j.accounting_date_ns)}\t"
+            f"{j.engine_ts}\t{j.kind}\t{blocks[j.block_id]}\t{ids[j.customer_id]}\t"
+            f"{j.credit_type_id}\t{ids[j.wallet_id]}\t{ids[j.resource_id]}\t"
+            f"{_hex_or_null(j.operation_id)}\t{ids[j.dimension_set_id]}\t{j.currency}\t"
+            f"{j.credits}\t{{{','.join([_hex(t) for t in j.source_transfer_ids])}}}\t"
+            f"{texts[j.actor]}\t{texts[j.reason]}\t{periods[j.adjusts_period]}\n"
+        )
+        head = f"{journal}\t{period}\t"
+        for line in j.lines:
+            debit, credit = line.functional_debit_minor, line.functional_credit_minor
+            line_rows.append(
+                f"{head}{line.line}\t{line.account}\t{line.debit_minor}\t{line.credit_minor}\t"
+                f"{_NULL if debit is None else debit}\t{_NULL if credit is None else credit}\n"
             )
+    return "".join(journal_rows).encode(), "".join(line_rows).encode()
+
+
+def _memo_text(rows: Sequence[MemoRow]) -> bytes:
+    ids, blocks, periods = _Texts(_hex_or_null), _Texts(_hex), _Texts(_date_or_null)
+    return "".join(
+        [
+            f"{_hex(m.id)}\t{m.seq}\t{periods[m.posting_period]}\t"
+            f"{_timestamp(m.accounting_date_ns)}\t{m.engine_ts}\t{m.kind}\t"
+            f"{blocks[m.block_id]}\t{ids[m.customer_id]}\t{m.credit_type_id}\t{m.credits}\t"
+            f"{_hex(m.transfer_id)}\t{periods[m.adjusts_period]}\n"
+            for m in rows
+        ]
+    ).encode()
+
+
+def _hex(value: int) -> str:
+    """A u128 id as the 32 hex digits Postgres reads as a uuid (OverflowError: not a u128)."""
+    return value.to_bytes(16, "big").hex()
+
+
+def _hex_or_null(value: int) -> str:
+    """An id for a column that takes NULL: 0 (no id) is NULL."""
+    return _NULL if value == 0 else value.to_bytes(16, "big").hex()
+
+
+def _date_or_null(value: dt.date | None) -> str:
+    return _NULL if value is None else value.isoformat()
+
+
+def _escaped(value: str) -> str:
+    """Text escaped for COPY's text format."""
+    return value.translate(_ESCAPES)
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    return (_EPOCH + dt.timedelta(seconds=seconds)).isoformat(" ")
+
+
+def _timestamp(at_ns: int) -> str:
+    """A timestamptz in UTC, to the µs (what Postgres keeps; the ns below it are dropped, as
+    `ledger.clock.datetime_of_ns` drops them)."""
+    seconds, micros = divmod(at_ns // 1000, 1_000_000)
+    return f"{_second(seconds)}.{micros:06d}+00"
 
 
 async def _ensure_partitions(conn: Connection, periods: set[dt.date]) -> None:
