@@ -42,6 +42,7 @@ from cli.projection import projection
 from cli.reconcile import reconcile
 from cli.usage import usage
 from ledger import db
+from ledger.children import child_env, python_command
 from ledger.client import Ledger, open_ledger
 from ledger.clock import (
     ClockMismatch,
@@ -341,14 +342,9 @@ class _Beside:
         delay_s = 0.5
         while True:
             child = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "cli",
-                "projection",
-                "feed",
-                "--until-stdin-closes",
+                *python_command("-m", "cli", "projection", "feed", "--until-stdin-closes"),
                 stdin=asyncio.subprocess.PIPE,
-                env=self.env,
+                env=child_env(self.env),
                 # Out of the terminal's process group: a Ctrl-C stops the server, which then
                 # ends this process (a SIGINT during its imports would print a traceback).
                 start_new_session=True,

@@ -48,6 +48,8 @@ from itertools import chain
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from ledger.children import child_env, python_command
+
 if TYPE_CHECKING:
     from ledger.embedded.store import IdFilter
 
@@ -144,7 +146,8 @@ class Checkpointer:
             return child
         self._child = child = subprocess.Popen(
             # Not `-m`: the package imports this module before runpy would run it.
-            [sys.executable, "-c", "from ledger.embedded.checkpointer import main; main()"],
+            python_command("-c", "from ledger.embedded.checkpointer import main; main()"),
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,

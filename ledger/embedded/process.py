@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from ledger.children import child_env, python_command
 from ledger.client import LedgerUnavailable
 from ledger.embedded.engine import (
     OP_CREATE_ACCOUNTS,
@@ -260,9 +261,7 @@ class EngineProcess:
                 with contextlib.suppress(OSError):
                     end.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER_BYTES)
         command = [
-            sys.executable,
-            "-m",
-            "ledger.embedded",
+            *python_command("-m", "ledger.embedded"),
             "--fd",
             str(theirs.fileno()),
             "--data-dir",
@@ -274,7 +273,7 @@ class EngineProcess:
             command.append("--no-fsync")
         try:
             self._child = subprocess.Popen(
-                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
+                command, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=child_env()
             )
         except BaseException:
             ours.close()

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -396,3 +399,62 @@ class Debits:
                 r = await self.send(http, idem)
                 assert (r.status_code, r.json()["amount"]) == (201, amount), r.text
                 assert r.headers.get("idempotency-hit") == "true", idem
+
+
+def test_serve_runs_its_own_code_whatever_directory_it_starts_in(tmp_path: Path) -> None:
+    """Started in a directory that holds `ledger` and `cli` packages of its own (a user's
+    project), the service's children (the engine, the projection feed) import the service's
+    code, not those: it gets ready, the projection catches up with a grant, and neither decoy
+    is ever imported. (They were: `-m` puts the working directory first on `sys.path`.)"""
+    project, marker = tmp_path / "project", tmp_path / "decoy-imported"
+    decoy = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\nraise SystemExit(3)\n"
+    for name in ("ledger/__init__.py", "ledger/embedded/__init__.py", "cli/__init__.py"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(decoy)
+    (project / "cli" / "__main__.py").write_text(decoy)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    env = served.env_for(data_dir)
+    key = served.create_key(env, "elsewhere")
+    port = served.free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = data_dir / "serve.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            env=env,
+            cwd=project,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        served.wait_ready(server, url)
+        headers = {"Authorization": f"Bearer {key}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+
+            def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                r = client.post(path, json=body, headers={"Idempotency-Key": str(uuid.uuid4())})
+                assert r.status_code == 201, r.text
+                return dict(r.json())
+
+            post("/v1/credit-types", {"code": "tokens", "name": "Tokens"})
+            customer = post("/v1/customers", {"name": "Elsewhere"})
+            resource = post("/v1/resources", {"customer_id": customer["id"], "kind": "agent"})
+            wallet = post("/v1/wallets", {"resource_id": resource["id"], "credit_type": "tokens"})
+            post("/v1/grants", {"wallet_id": wallet["id"], "amount": 10, "category": "promotional"})
+            lag = None
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                text = client.get("/metrics").text
+                found = re.search(r"^credit_projection_lag_seconds ([-\d.e+]+)", text, re.M)
+                lag = None if found is None else float(found.group(1))
+                if lag is not None and 0 <= lag < 5:
+                    break
+                time.sleep(0.2)
+        assert lag is not None and 0 <= lag < 5, log.read_text(errors="replace")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    assert not marker.exists(), marker.read_text()

@@ -479,3 +479,35 @@ def test_the_checkpointer_adds_to_the_filter_it_kept_only_when_the_engine_moved_
         stdin.close()
         assert child.wait(timeout=30) == 0
         stdout.close()
+
+
+def test_the_checkpointer_runs_the_engines_code_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from a directory that holds a `ledger` package of its own, the checkpointer
+    process imports the engine's code, not that one (`-c` put the working directory first on
+    `sys.path`), and writes the checkpoint."""
+    project, marker = tmp_path / "project", tmp_path / "decoy-imported"
+    for name in ("ledger/__init__.py", "ledger/embedded/__init__.py"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(f"open({str(marker)!r}, 'a').write('x')\nraise SystemExit(3)\n")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    log = [(i + 1, 7, 8, 1, 0, 0, 0, 0, 0, 1, 1, 0, (1 << 60) + i, 0) for i in range(3)]
+    monkeypatch.chdir(project)
+    ck = checkpointer.Checkpointer()
+    try:
+        paths, filter_out = ck.build(
+            log,
+            directory=out_dir,
+            filter_path=tmp_path / "ids.bloom",
+            filter_bits_log2=16,
+            fsync=False,
+            history=[],
+            finished=[],
+            orphans=[],
+        )
+    finally:
+        ck.close()
+    assert sorted(Path(p).name[-5:-4] for p in paths) == list("AIT")
+    assert Path(filter_out).exists() and not marker.exists()
