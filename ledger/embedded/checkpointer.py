@@ -288,14 +288,14 @@ class FilterCache:
 class _Keys:
     """A checkpoint's keys, made a frame of its pages at a time (`add`), then sorted (`finish`).
 
-    The ids are packed, 16 bytes each, and sorted by numpy with their I values, into keys
-    joined to their values (0.4 µs a transfer, where making and sorting them one bytes object
-    at a time took 1.4); the filter takes them packed too. The other keys that are not made in
-    order (A, U) are sorted joined to their values, one bytes object each (keys of a family
-    have one length): the sort then compares bytes with no key function and no tuples."""
+    The ids are packed, 16 bytes each, and sorted by numpy with their I values (0.4 µs a
+    transfer, where making and sorting them one bytes object at a time took 1.4), which come
+    out as a list of keys and a list of values; the filter takes them packed too. The other
+    keys that are not made in order (A, U) are made in the order of their lists, then sorted
+    as (key, value) pairs (`_sorted_lists`)."""
 
     def __init__(self, stream: _PageFile | None = None) -> None:
-        self.stream = stream  # the pages go there as they come, not to `pages`
+        self.stream = stream  # the pages go there as they come, not to `page_keys`
         self.packed_ids: list[bytes] = []  # the log's ids, 16 bytes each, a frame at a time
         self.firsts: list[int] = []  # the first timestamp of each page
         self.sizes: list[int] = []  # the transfers of each page
