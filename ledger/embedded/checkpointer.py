@@ -17,7 +17,8 @@ layer's log in order, as T values: marshalled lists of PAGE transfers, but the l
 PAGES_PER_FRAME a frame), which the child writes to the pages' SST file as they come ("begin"
 may be left out: the pages are then held to the end), then
 ("end", directory, filter path, filter bits log2, fsync, history items, finished values,
-orphans, moved); the child answers ("ok", [SST paths], filter path) or ("error", text), and is
+orphans, moved); the child answers ("ok", [SST paths], filter path), ("filter", text) when the
+filter at the filter path is missing or damaged, or ("error", text), and is
 ready for the next checkpoint. It indexes each frame as it comes, while the engine sends the
 next. It writes only in `directory`: the filter it returns is a copy of the one at the
 filter path with the ids added, which the engine moves in place. `moved` is the path of the
@@ -79,6 +80,13 @@ class CheckpointerFailed(RuntimeError):
     """The checkpointer process failed or went away; the checkpoint is written again later."""
 
 
+class FilterUnreadable(CheckpointerFailed):
+    """The id filter at the filter path is missing or damaged (nothing of ours writes it so):
+    the checkpointer will not start one from empty, which would lack every id the store
+    holds and let an old id be taken as new. The engine saves its own there, and the
+    checkpoint is written again later."""
+
+
 class Checkpointer:
     """The engine's side: one child process, started at the first checkpoint that needs it,
     used by one checkpoint at a time (the journal's checkpoint thread)."""
@@ -127,6 +135,8 @@ class Checkpointer:
             if answer is None:
                 self._stop_leaving_nothing(child, directory)
                 raise CheckpointerFailed("the checkpointer process exited")
+            if answer[0] == "filter":
+                raise FilterUnreadable(answer[1])
             if answer[0] != "ok":
                 raise CheckpointerFailed(f"the checkpointer failed: {answer[1]}")
             paths: list[str] = answer[1]
@@ -208,7 +218,9 @@ def _build(
 
     ids = cache.take(moved, filter_bits_log2) if cache is not None else None
     if ids is None:
-        ids = IdFilter.load(Path(filter_path), filter_bits_log2) or IdFilter(filter_bits_log2)
+        ids = IdFilter.load(Path(filter_path), filter_bits_log2)
+        if ids is None:
+            raise FilterUnreadable(f"the id filter {filter_path} is missing or damaged")
     parts = keys.finish(history, finished, orphans, ids)
     streamed = keys.stream
     # A file per family of keys. None overlaps the M keys that the last checkpoint left in
@@ -550,6 +562,8 @@ def main() -> None:
                 moved,
             )
             answer: Any = ("ok", paths, filter_out)
+        except FilterUnreadable as error:
+            answer = ("filter", str(error))
         except Exception:
             answer = ("error", traceback.format_exc())
             if keys.stream is not None:

@@ -54,7 +54,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from ledger.embedded.checkpointer import PAGE, Checkpointer, remove_files
+from ledger.embedded.checkpointer import PAGE, Checkpointer, FilterUnreadable, remove_files
 from ledger.limits import ID_FILTER_BITS_LOG2_DEFAULT
 
 # The store's format. 1 was the snapshot files of the engine before this store (still read, to
@@ -489,18 +489,24 @@ class HistoryStore:
         adds the ids to the saved filter); RocksDB takes the files in at once. Here, the log
         is only sent, as its pages (a marshal of 64 transfers each), 32 pages at a time."""
         finished, orphans = _rest(layer)
-        paths, filter_out = self._checkpointer.build(
-            layer.log,
-            directory=self._ingest_dir,
-            filter_path=self._filter_path,
-            filter_bits_log2=self.filter_bits_log2,
-            fsync=self._fsync,
-            history=list(layer.history.items()),
-            finished=finished,
-            orphans=orphans,
-            moved=self._moved_filter,
-        )
-        self._moved_filter = ""
+        moved, self._moved_filter = self._moved_filter, ""
+        try:
+            paths, filter_out = self._checkpointer.build(
+                layer.log,
+                directory=self._ingest_dir,
+                filter_path=self._filter_path,
+                filter_bits_log2=self.filter_bits_log2,
+                fsync=self._fsync,
+                history=list(layer.history.items()),
+                finished=finished,
+                orphans=orphans,
+                moved=moved,
+            )
+        except FilterUnreadable:
+            # Something outside damaged or removed it: the engine's own, which holds every id
+            # the store does, goes there, and the checkpoint is written again at the next one.
+            self.ids.save(self._filter_path, fsync=self._fsync)
+            raise
         try:
             # Into the filter before the current one: requests may be reading the current
             # one. (Should one still read the spare when the next checkpoint reads into it, it

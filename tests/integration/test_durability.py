@@ -599,6 +599,45 @@ class _IngestFails:
         return getattr(self._db, name)
 
 
+def test_a_damaged_id_filter_fails_the_checkpoint_and_is_saved_again_whole(
+    tmp_path: Path,
+) -> None:
+    """The id filter's file damaged behind the engine's back between two checkpoints. After a
+    checkpoint in batches, the checkpointer must read it: it does not start one from empty
+    (the engine would then take every older id as new, and accept a transfer again), the
+    checkpoint fails, the engine saves its own filter there, and the next one is written.
+    After a checkpoint through the checkpointer, the child adds to the copy it kept, which
+    replaces the damaged file. Either way an id of each earlier checkpoint is still `exists`,
+    after a reopen too."""
+    first, second, third = _transfers(100, 10), _transfers(200, 10), _transfers(300, 10)
+    with _open(tmp_path, False, snapshot_bytes=1 << 30) as engine:
+        store = engine.store
+        assert store is not None
+        client = engine.client_sync()
+        client.create_accounts([Account(id=1, ledger=1, code=1), Account(id=2, ledger=1, code=1)])
+        client.create_transfers(first)
+        engine.snapshot()  # in batches: the engine saved the filter
+        store.ingest_min = 0
+        store._filter_path.write_bytes(b"damaged")
+        client.create_transfers(second)
+        with pytest.raises(checkpointer_module.FilterUnreadable, match="missing or damaged"):
+            engine.snapshot()  # the engine saves its filter again
+        assert store.count() == 10
+        engine.snapshot()
+        assert store.count() == 20
+        store._filter_path.write_bytes(b"damaged")  # the child's, moved in place
+        client.create_transfers(third)
+        engine.snapshot()
+        assert store.count() == 30
+        assert store_module.IdFilter.load(store._filter_path, store.filter_bits_log2) is not None
+        again = client.create_transfers([first[3], second[3]])
+        assert [r.status for r in again] == [CreateTransferStatus.EXISTS] * 2
+    with _open(tmp_path, True) as engine:
+        again = engine.client_sync().create_transfers([first[4], second[4], third[4]])
+        assert [r.status for r in again] == [CreateTransferStatus.EXISTS] * 3
+        assert _listed_ids(engine) == _expected([first, second, third])
+
+
 def test_a_checkpoint_that_failed_removes_its_files_and_is_written_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -624,6 +663,7 @@ def test_a_checkpoint_that_failed_removes_its_files_and_is_written_again(
     keys = checkpointer_module._Keys()
     for frame in checkpointer_module._frames([(1, 1, 2, 1, 0, 0, 0, 0, 0, 1, 1, 0, 10, 0)]):
         keys.add(frame)
+    store_module.IdFilter(16).save(tmp_path / "ids.bloom", fsync=False)
     real_save = store_module.IdFilter.save
 
     def no_space(self: Any, path: Path, *, fsync: bool) -> None:
@@ -633,6 +673,6 @@ def test_a_checkpoint_that_failed_removes_its_files_and_is_written_again(
     monkeypatch.setattr(store_module.IdFilter, "save", no_space)
     with pytest.raises(OSError, match="No space left"):
         checkpointer_module._build(
-            keys, str(written), str(tmp_path / "none.bloom"), 16, False, [], [], [], 1
+            keys, str(written), str(tmp_path / "ids.bloom"), 16, False, [], [], [], 1
         )
     assert not list(written.iterdir())

@@ -494,6 +494,7 @@ def test_the_checkpointer_runs_the_engines_code_whatever_the_working_directory(
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     log = [(i + 1, 7, 8, 1, 0, 0, 0, 0, 0, 1, 1, 0, (1 << 60) + i, 0) for i in range(3)]
+    IdFilter(16).save(tmp_path / "ids.bloom", fsync=False)
     monkeypatch.chdir(project)
     ck = checkpointer.Checkpointer()
     try:
