@@ -401,16 +401,7 @@ def test_a_checkpoint_cut_short_by_its_engine_leaves_no_file(
     built = checkpointer.Checkpointer()
 
     def build() -> tuple[list[str], str]:
-        return built.build(
-            log,
-            directory=tmp_path,
-            filter_path=tmp_path / "ids.bloom",
-            filter_bits_log2=16,
-            fsync=False,
-            history=[],
-            finished=[],
-            orphans=[],
-        )
+        return _build_plain(built, log, tmp_path, tmp_path / "ids.bloom")
 
     try:
         with pytest.raises(checkpointer.CheckpointerFailed, match="cut short"):
@@ -498,17 +489,25 @@ def test_the_checkpointer_runs_the_engines_code_whatever_the_working_directory(
     monkeypatch.chdir(project)
     ck = checkpointer.Checkpointer()
     try:
-        paths, filter_out = ck.build(
-            log,
-            directory=out_dir,
-            filter_path=tmp_path / "ids.bloom",
-            filter_bits_log2=16,
-            fsync=False,
-            history=[],
-            finished=[],
-            orphans=[],
-        )
+        paths, filter_out = _build_plain(ck, log, out_dir, tmp_path / "ids.bloom")
     finally:
         ck.close()
     assert sorted(Path(p).name[-5:-4] for p in paths) == list("AIT")
     assert Path(filter_out).exists() and not marker.exists()
+
+
+def _build_plain(
+    ck: checkpointer.Checkpointer, log: list[Any], directory: Path, filter_path: Path
+) -> tuple[list[str], str]:
+    """A checkpoint of `log` alone (no history balances, statuses or failed ids), filter of
+    2^16 bits, no fsync."""
+    return ck.build(
+        log,
+        directory=directory,
+        filter_path=filter_path,
+        filter_bits_log2=16,
+        fsync=False,
+        history=[],
+        finished=[],
+        orphans=[],
+    )
