@@ -16,10 +16,10 @@ import os
 import site
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
-# The directory that holds this installation's packages (ledger, cli, api, ...).
-CODE_ROOT = str(Path(__file__).resolve().parents[1])
+# The directory that holds this installation's packages (ledger, cli, api, ...), as imported
+# (not resolved: files installed as links into a cache are still in site-packages).
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def python_command(*args: str) -> list[str]:
@@ -33,9 +33,13 @@ def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     unless it is a site-packages directory (the child finds it there anyway, and ahead of the
     standard library it could hide a module of it)."""
     out = dict(os.environ if env is None else env)
-    sites = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    sites = {os.path.abspath(p) for p in [*site.getsitepackages(), site.getusersitepackages()]}
     if CODE_ROOT in sites:
         return out
-    rest = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p and p != CODE_ROOT]
+    rest = [
+        p
+        for p in out.get("PYTHONPATH", "").split(os.pathsep)
+        if p and os.path.abspath(p) != CODE_ROOT
+    ]
     out["PYTHONPATH"] = os.pathsep.join([CODE_ROOT, *rest])
     return out
