@@ -9,7 +9,6 @@ DELETE and TRUNCATE); the poster writes a batch of them in one transaction with 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
@@ -20,6 +19,14 @@ import msgspec
 from psycopg.types.json import Jsonb
 
 from ledger.db import Connection
+from ledger.repositories._copy import (
+    NULL,
+    copy_text,
+    escaped,
+    timestamp_us,
+    uuid_hex,
+    uuid_hex_or_null,
+)
 from ledger.repositories._rows import (
     HexIds,
     from_amount,
@@ -493,34 +500,20 @@ async def insert_journals(conn: Connection, journals: Sequence[Journal]) -> None
     months = {j.posting_period for j in journals}
     await _ensure_partitions(conn, months | {next_period(m) for m in months})
     journal_rows, line_rows = _journals_text(journals)
-    async with conn.cursor() as cursor:
-        statement = f"COPY finance_journals ({_JOURNAL_COLUMNS}) FROM STDIN"
-        async with cursor.copy(statement) as copy:
-            await copy.write(journal_rows)
-        statement = f"COPY finance_journal_lines ({_LINE_COLUMNS}) FROM STDIN"
-        async with cursor.copy(statement) as copy:
-            await copy.write(line_rows)
+    await copy_text(conn, "finance_journals", _JOURNAL_COLUMNS, journal_rows)
+    await copy_text(conn, "finance_journal_lines", _LINE_COLUMNS, line_rows)
 
 
 async def insert_memo(conn: Connection, rows: Sequence[MemoRow]) -> None:
     if not rows:
         return
-    statement = f"COPY finance_memo ({_MEMO_COLUMNS}) FROM STDIN"
-    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
-        await copy.write(_memo_text(rows))
+    await copy_text(conn, "finance_memo", _MEMO_COLUMNS, _memo_text(rows))
 
 
-# The rows of the journals, their lines and the memo in COPY's text format, written here rather
-# than by psycopg's adapters (a batch is thousands of rows, and an adapter a value costs more
-# than the text). Postgres stores what the adapters' text gave it: a uuid from its 32 hex
-# digits (an id of 0 in a column that takes NULL is NULL), a date in ISO 8601, a timestamptz
-# in UTC to the µs, numbers in decimal, NULL as `\N`, free text escaped (`_ESCAPES`: COPY's
-# delimiter, line ends and backslash); kinds, accounts and currency codes are the code's own
-# constants, with nothing to escape. What repeats from row to row (a block, a wallet, a month,
-# an actor) is made into text once a batch (`_Texts`).
-_NULL: Final = "\\N"
-_ESCAPES: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-_EPOCH: Final = dt.datetime(1970, 1, 1)  # naive: its isoformat() has no offset
+# The rows of the journals, their lines and the memo in COPY's text format (`_copy`). Kinds,
+# accounts and currency codes are the code's own constants, with nothing to escape. What
+# repeats from row to row (a block, a wallet, a month, an actor) is made into text once a batch
+# (`_Texts`).
 
 
 class _Texts(dict[Any, str]):
@@ -537,18 +530,18 @@ class _Texts(dict[Any, str]):
 
 def _journals_text(journals: Sequence[Journal]) -> tuple[bytes, bytes]:
     """The journals' rows and their lines' rows."""
-    ids, blocks = _Texts(_hex_or_null), _Texts(_hex)
-    periods, texts = _Texts(_date_or_null), _Texts(_escaped)
+    ids, blocks = _Texts(uuid_hex_or_null), _Texts(uuid_hex)
+    periods, texts = _Texts(_date_or_null), _Texts(escaped)
     journal_rows = []
     line_rows = []
     for j in journals:
-        journal, period = _hex(j.id), periods[j.posting_period]
+        journal, period = uuid_hex(j.id), periods[j.posting_period]
         journal_rows.append(
-            f"{journal}\t{j.seq}\t{period}\t{_timestamp(j.accounting_date_ns)}\t"
+            f"{journal}\t{j.seq}\t{period}\t{timestamp_us(j.accounting_date_ns)}\t"
             f"{j.engine_ts}\t{j.kind}\t{blocks[j.block_id]}\t{ids[j.customer_id]}\t"
             f"{j.credit_type_id}\t{ids[j.wallet_id]}\t{ids[j.resource_id]}\t"
-            f"{_hex_or_null(j.operation_id)}\t{ids[j.dimension_set_id]}\t{j.currency}\t"
-            f"{j.credits}\t{{{','.join([_hex(t) for t in j.source_transfer_ids])}}}\t"
+            f"{uuid_hex_or_null(j.operation_id)}\t{ids[j.dimension_set_id]}\t{j.currency}\t"
+            f"{j.credits}\t{{{','.join([uuid_hex(t) for t in j.source_transfer_ids])}}}\t"
             f"{texts[j.actor]}\t{texts[j.reason]}\t{periods[j.adjusts_period]}\n"
         )
         head = f"{journal}\t{period}\t"
@@ -556,53 +549,26 @@ def _journals_text(journals: Sequence[Journal]) -> tuple[bytes, bytes]:
             debit, credit = line.functional_debit_minor, line.functional_credit_minor
             line_rows.append(
                 f"{head}{line.line}\t{line.account}\t{line.debit_minor}\t{line.credit_minor}\t"
-                f"{_NULL if debit is None else debit}\t{_NULL if credit is None else credit}\n"
+                f"{NULL if debit is None else debit}\t{NULL if credit is None else credit}\n"
             )
     return "".join(journal_rows).encode(), "".join(line_rows).encode()
 
 
 def _memo_text(rows: Sequence[MemoRow]) -> bytes:
-    ids, blocks, periods = _Texts(_hex_or_null), _Texts(_hex), _Texts(_date_or_null)
+    ids, blocks, periods = _Texts(uuid_hex_or_null), _Texts(uuid_hex), _Texts(_date_or_null)
     return "".join(
         [
-            f"{_hex(m.id)}\t{m.seq}\t{periods[m.posting_period]}\t"
-            f"{_timestamp(m.accounting_date_ns)}\t{m.engine_ts}\t{m.kind}\t"
+            f"{uuid_hex(m.id)}\t{m.seq}\t{periods[m.posting_period]}\t"
+            f"{timestamp_us(m.accounting_date_ns)}\t{m.engine_ts}\t{m.kind}\t"
             f"{blocks[m.block_id]}\t{ids[m.customer_id]}\t{m.credit_type_id}\t{m.credits}\t"
-            f"{_hex(m.transfer_id)}\t{periods[m.adjusts_period]}\n"
+            f"{uuid_hex(m.transfer_id)}\t{periods[m.adjusts_period]}\n"
             for m in rows
         ]
     ).encode()
 
 
-def _hex(value: int) -> str:
-    """A u128 id as the 32 hex digits Postgres reads as a uuid (OverflowError: not a u128)."""
-    return value.to_bytes(16, "big").hex()
-
-
-def _hex_or_null(value: int) -> str:
-    """An id for a column that takes NULL: 0 (no id) is NULL."""
-    return _NULL if value == 0 else value.to_bytes(16, "big").hex()
-
-
 def _date_or_null(value: dt.date | None) -> str:
-    return _NULL if value is None else value.isoformat()
-
-
-def _escaped(value: str) -> str:
-    """Text escaped for COPY's text format."""
-    return value.translate(_ESCAPES)
-
-
-@functools.lru_cache(maxsize=4096)
-def _second(seconds: int) -> str:
-    return (_EPOCH + dt.timedelta(seconds=seconds)).isoformat(" ")
-
-
-def _timestamp(at_ns: int) -> str:
-    """A timestamptz in UTC, to the µs (what Postgres keeps; the ns below it are dropped, as
-    `ledger.clock.datetime_of_ns` drops them)."""
-    seconds, micros = divmod(at_ns // 1000, 1_000_000)
-    return f"{_second(seconds)}.{micros:06d}+00"
+    return NULL if value is None else value.isoformat()
 
 
 async def _ensure_partitions(conn: Connection, periods: set[dt.date]) -> None:

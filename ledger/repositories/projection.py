@@ -13,6 +13,7 @@ from typing import Any, Final
 import msgspec
 
 from ledger.db import Connection
+from ledger.repositories._copy import NULL, copy_text, timestamp_us, uuid_hex_or_null
 from ledger.repositories._rows import from_amount, from_uuid, uuids
 
 ZERO_UUID: Final = "00000000-0000-0000-0000-000000000000"
@@ -195,9 +196,7 @@ async def count_entries(conn: Connection, entries: int) -> None:
 async def open_pending(conn: Connection, legs: Sequence[PendingLeg]) -> None:
     if not legs:
         return
-    statement = f"COPY projection_pending ({_PENDING_COLUMNS}) FROM STDIN"
-    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
-        await copy.write(_pending_text(legs))
+    await copy_text(conn, "projection_pending", _PENDING_COLUMNS, _pending_text(legs))
 
 
 async def resolve_pending(conn: Connection, ids: Collection[int]) -> None:
@@ -262,9 +261,7 @@ async def insert_entries(conn: Connection, rows: Sequence[EntryRow]) -> None:
     if not rows:
         return
     await _ensure_partitions(conn, {_month(row.entry.effective_at_ns) for row in rows})
-    statement = f"COPY ledger_entries ({_ENTRY_COLUMNS}) FROM STDIN"
-    async with conn.cursor() as cursor, cursor.copy(statement) as copy:
-        await copy.write(_entries_text(rows))
+    await copy_text(conn, "ledger_entries", _ENTRY_COLUMNS, _entries_text(rows))
 
 
 async def add_rollups(conn: Connection, rows: Sequence[RollupRow]) -> None:
@@ -366,13 +363,6 @@ def _uuid_text(value: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_NULL: Final = "\\N"  # COPY's NULL
-
-
-def _nullable(value: int) -> str:
-    return _NULL if value == 0 else f"{value:032x}"
-
-
 def _decimal_nano(value: int) -> str:
     """10^-9 units as a decimal with 9 places."""
     sign = "-" if value < 0 else ""
@@ -380,29 +370,18 @@ def _decimal_nano(value: int) -> str:
     return f"{sign}{whole}.{fraction:09d}"
 
 
-@functools.lru_cache(maxsize=4096)
-def _second_text(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _timestamp_us(at_ns: int) -> str:
-    """A timestamptz in COPY's text format, to the microsecond (what Postgres keeps)."""
-    seconds, micros = divmod(at_ns // 1000, 1_000_000)
-    return f"{_second_text(seconds)}.{micros:06d}+00"
-
-
 def _entries_text(rows: Sequence[EntryRow]) -> bytes:
-    """The rows in COPY's text format, written here rather than by psycopg's adapters."""
+    """The rows in COPY's text format (`_copy`)."""
     lines = []
     for row in rows:
         e = row.entry
         lines.append(
-            f"{e.transfer_id:032x}\t{e.kind}\t{_timestamp_us(e.effective_at_ns)}\t{e.engine_ts}\t"
+            f"{e.transfer_id:032x}\t{e.kind}\t{timestamp_us(e.effective_at_ns)}\t{e.engine_ts}\t"
             f"{e.code}\t{e.credit_type_id}\t{e.account_id:032x}\t{e.account_kind}\t"
-            f"{_nullable(e.wallet_id)}\t{_nullable(row.resource_id)}\t"
-            f"{_nullable(row.customer_id)}\t{_nullable(e.operation_id)}\t"
-            f"{_nullable(e.reservation_id)}\t{e.amount}\t{e.pending}\t"
-            f"{_nullable(e.dimension_set_id)}\t{row.currency or _NULL}\t"
+            f"{uuid_hex_or_null(e.wallet_id)}\t{uuid_hex_or_null(row.resource_id)}\t"
+            f"{uuid_hex_or_null(row.customer_id)}\t{uuid_hex_or_null(e.operation_id)}\t"
+            f"{uuid_hex_or_null(e.reservation_id)}\t{e.amount}\t{e.pending}\t"
+            f"{uuid_hex_or_null(e.dimension_set_id)}\t{row.currency or NULL}\t"
             f"{_decimal_nano(row.value_nano)}\n"
         )
     return "".join(lines).encode()
@@ -430,8 +409,8 @@ def _pending_text(legs: Sequence[PendingLeg]) -> bytes:
         lines.append(
             f"{leg.transfer_id:032x}\t{leg.expires_at_ns}\t{leg.amount}\t{leg.code}\t"
             f"{leg.credit_type_id}\t{leg.account_id:032x}\t{leg.account_kind}\t"
-            f"{leg.owner_id:032x}\t{_nullable(leg.wallet_id)}\t"
-            f"{_nullable(leg.reservation_id)}\t{_nullable(leg.dimension_set_id)}\n"
+            f"{leg.owner_id:032x}\t{uuid_hex_or_null(leg.wallet_id)}\t"
+            f"{uuid_hex_or_null(leg.reservation_id)}\t{uuid_hex_or_null(leg.dimension_set_id)}\n"
         )
     return "".join(lines).encode()
 
